@@ -1,0 +1,39 @@
+"""One error tree for the whole tool: each class carries the exit code the tasks end with."""
+
+from __future__ import annotations
+
+
+class ModelArtsImagesError(Exception):
+    """A failure the user can act on; its message is shown without a traceback."""
+
+    exit_code = 1
+
+
+class ConfigError(ModelArtsImagesError):
+    """versions.yaml, invoke.yaml or a command-line flag is wrong."""
+
+    exit_code = 2
+
+
+class FetchError(ModelArtsImagesError):
+    """An installer or wheel could not be downloaded or did not match its hash."""
+
+    exit_code = 3
+
+
+class BuildError(ModelArtsImagesError):
+    """The image could not be built."""
+
+    exit_code = 4
+
+
+class VerifyError(ModelArtsImagesError):
+    """The image failed verification inside a container."""
+
+    exit_code = 5
+
+
+class RegistryError(ModelArtsImagesError):
+    """Login, tagging or pushing to the registry failed."""
+
+    exit_code = 6

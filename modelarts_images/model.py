@@ -1,0 +1,78 @@
+"""Domain values: what an image is once versions.yaml has been loaded and checked."""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+CONDA_PREFIX = "/home/ma-user/miniconda3"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Artifact:
+    """A file the build needs: the conda installer or a wheel."""
+
+    url: str
+    sha256: str | None  # None: not pinned in versions.yaml; versions.lock pins it
+
+    @property
+    def filename(self) -> str:
+        """The file name as pip and bash see it (percent-escapes decoded, '+cu102' restored)."""
+        return unquote(posixpath.basename(urlsplit(self.url).path))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageSpec:
+    """One entry of versions.yaml with its defaults applied."""
+
+    id: str
+    default: bool
+    python: str
+    cuda: str  # "10.2", "11.8", ... or "cpu"
+    torch: str
+    torchvision: str | None
+    torchaudio: str | None
+    tag: str
+    registry: str
+    organization: str
+    repository: str
+    base_image: str
+    pip_index: str
+    apt_mirror: str
+    installer: Artifact
+    wheels: tuple[Artifact, ...]  # empty: derived from the PyTorch wheel index when fetched
+
+    @property
+    def reference(self) -> str:
+        return f"{self.registry}/{self.organization}/{self.repository}:{self.tag}"
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.cuda == "cpu"
+
+    @property
+    def variant(self) -> str:
+        """PyTorch's name for the wheel build: 'cpu' or 'cu' + the CUDA digits ('cu102')."""
+        return "cpu" if self.is_cpu else "cu" + self.cuda.replace(".", "")
+
+    @property
+    def packages(self) -> tuple[tuple[str, str], ...]:
+        """(name, version) of the PyTorch packages the image carries, torch first."""
+        listed = (("torch", self.torch), ("torchvision", self.torchvision), ("torchaudio", self.torchaudio))
+        return tuple((name, version) for name, version in listed if version is not None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VersionsFile:
+    """A loaded versions.yaml."""
+
+    path: str
+    images: tuple[ImageSpec, ...]
+
+    @property
+    def default_image(self) -> ImageSpec | None:
+        marked = [image for image in self.images if image.default]
+        if marked:
+            return marked[0]
+        return self.images[0] if len(self.images) == 1 else None

@@ -1,0 +1,95 @@
+"""The tool's own settings: invoke.yaml's `modelarts` section, overridden by command-line flags."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import key_path, schema_problems, split_ids, suggest
+from .errors import ConfigError
+
+SECTION = "modelarts"
+
+# Built-in values; invoke.yaml beats them and flags beat invoke.yaml.
+BUILTIN: Mapping[str, Any] = {
+    "versions": "versions.yaml",
+    "only": "",
+    "all": False,
+    "registry": None,
+    "organization": None,
+    "repository": None,
+    "pip_index": None,
+    "apt_mirror": None,
+    "cache_dir": "cache",
+    "backend": "buildkit",
+}
+# invoke.yaml keys that fill a versions.yaml key the file itself leaves out.
+IMAGE_FALLBACKS = ("registry", "organization", "repository", "pip_index", "apt_mirror")
+BACKENDS = ("docker", "buildkit")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Selection:
+    """Which images a task works on."""
+
+    versions: Path
+    only: tuple[str, ...]
+    all_images: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    selection: Selection
+    fallbacks: Mapping[str, str]
+    cache_dir: Path
+    backend: str
+
+
+def resolve(
+    section: Mapping[str, Any] | None,
+    *,
+    root: Path,
+    versions: str | None = None,
+    only: Sequence[str] = (),
+    all_images: bool = False,
+) -> Settings:
+    """Merge built-ins, the invoke.yaml section and the flags.
+
+    A --versions flag is taken from the current directory; paths in invoke.yaml from the project root.
+    """
+    given = dict(section or {})
+    unknown = sorted(set(given) - set(BUILTIN))
+    if unknown:
+        raise ConfigError("\n".join(f"invoke.yaml: {SECTION}.{key}: unknown key{suggest(key, BUILTIN)}"
+                                    for key in unknown))
+    values = {**BUILTIN, **{k: v for k, v in given.items() if v is not None}}
+    fallbacks = {key: values[key] for key in IMAGE_FALLBACKS if values[key] not in (None, "")}
+    problems = schema_problems({"images": [{"id": "x"}], "defaults": fallbacks})
+    if problems:
+        raise ConfigError("\n".join(f"invoke.yaml: {SECTION}.{key_path(path[1:])}: {message}"
+                                    for path, message in problems))
+    if values["backend"] not in BACKENDS:
+        raise ConfigError(f"invoke.yaml: {SECTION}.backend: must be one of {', '.join(BACKENDS)}"
+                          f"{suggest(str(values['backend']), BACKENDS)}")
+    # A flag selection replaces the configured one as a whole, so --all is not mixed with a configured only.
+    flagged = bool(only) or all_images
+    selection = Selection(
+        versions=Path(versions).resolve() if versions else root / str(values["versions"]),
+        only=split_ids(only) if flagged else split_ids(values["only"]),
+        all_images=all_images if flagged else _flag(values["all"]),
+    )
+    return Settings(
+        selection=selection,
+        fallbacks=fallbacks,
+        cache_dir=root / str(values["cache_dir"]),
+        backend=str(values["backend"]),
+    )
+
+
+def _flag(value: object) -> bool:
+    # Environment overrides arrive as strings ("1", "true"); invoke.yaml gives booleans.
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)

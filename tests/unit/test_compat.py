@@ -1,0 +1,81 @@
+"""The compatibility table: known anchors, and the messages for combinations that do not exist."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelarts_images import compat
+
+TABLE = {
+    "2.1.2": compat.Release(torch="2.1.2", torchvision="0.16.2", torchaudio="2.1.2",
+                            python=("3.8", "3.9", "3.10", "3.11"), cuda=("11.8", "12.1"), index="simple"),
+    "9.9.9": compat.Release(torch="9.9.9", torchvision="0.99.0", torchaudio=None,
+                            python=("3.12",), cuda=(), index="simple"),
+}
+
+
+def test_table_anchors() -> None:
+    table = compat.load_table()
+    assert table["1.8.1"].torchvision == "0.9.1" and table["1.8.1"].torchaudio == "0.8.1"
+    assert set(table["1.8.1"].cuda) >= {"10.1", "10.2", "11.1"}
+    assert table["1.8.1"].python == ("3.6", "3.7", "3.8", "3.9")
+    assert table["2.1.2"].python == ("3.8", "3.9", "3.10", "3.11")
+    assert "2.13.0" in table  # the release the engine tests install
+
+
+def test_cuda_10_2_ends_at_1_12_1() -> None:
+    table = compat.load_table()
+    with_cu102 = [torch for torch, release in table.items() if "10.2" in release.cuda]
+    assert max(with_cu102, key=compat.version_key) == "1.12.1"
+
+
+def test_python_3_7_ends_at_1_13() -> None:
+    table = compat.load_table()
+    with_py37 = [torch for torch, release in table.items() if "3.7" in release.python]
+    assert max(with_py37, key=compat.version_key).startswith("1.13.")
+
+
+def test_every_release_is_well_formed() -> None:
+    for torch, release in compat.load_table().items():
+        assert release.torch == torch
+        assert release.python, torch
+        assert release.index in ("flat", "simple")
+        assert all(compat.version_key(v) for v in (*release.python, *release.cuda))
+
+
+def test_a_published_combination_has_no_problem() -> None:
+    assert compat.check(torch="2.1.2", python="3.10", cuda="12.1", torchvision="0.16.2", torchaudio="2.1.2",
+                        table=TABLE) == []
+    assert compat.check(torch="2.1.2", python="3.10", cuda="cpu", torchvision=None, torchaudio=None,
+                        table=TABLE) == []
+
+
+@pytest.mark.parametrize(("kwargs", "key", "message"), [
+    ({"python": "3.7"}, "python", "torch 2.1.2 has no wheels for Python 3.7 (available: 3.8–3.11)"),
+    ({"cuda": "10.2"}, "cuda", "torch 2.1.2 has no wheels for CUDA 10.2 (available: 11.8, 12.1, cpu)"),
+    ({"torchvision": "0.16.0"}, "torchvision", "torch 2.1.2 goes with torchvision 0.16.2, not 0.16.0"),
+    ({"torchaudio": "2.1.0"}, "torchaudio", "torch 2.1.2 goes with torchaudio 2.1.2, not 2.1.0"),
+    ({"torch": "1.0.0"}, "torch", "torch 1.0.0 is not a release this tool knows (known: 2.1.2 to 9.9.9; "
+                                  "see modelarts_images/data/compat.yaml)"),
+])
+def test_problems(kwargs: dict[str, str], key: str, message: str) -> None:
+    asked = {"torch": "2.1.2", "python": "3.10", "cuda": "12.1", "torchvision": None, "torchaudio": None, **kwargs}
+    assert compat.check(**asked, table=TABLE) == [compat.Problem(key=key, message=message)]  # type: ignore[arg-type]
+
+
+def test_missing_torchaudio_release() -> None:
+    problems = compat.check(torch="9.9.9", python="3.12", cuda="cpu", torchvision=None, torchaudio="9.9.9",
+                            table=TABLE)
+    assert problems == [compat.Problem(key="torchaudio",
+                                       message="torch 9.9.9 has no matching torchaudio release; leave torchaudio out")]
+
+
+@pytest.mark.parametrize(("versions", "text"), [
+    (("3.8", "3.9", "3.10", "3.11"), "3.8–3.11"),
+    (("3.10", "3.8", "3.9"), "3.8–3.10"),
+    (("3.8", "3.10"), "3.8, 3.10"),
+    (("3.8", "3.9"), "3.8, 3.9"),
+    ((), "none"),
+])
+def test_span(versions: tuple[str, ...], text: str) -> None:
+    assert compat.span(versions) == text
