@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 CONDA_PREFIX = "/home/ma-user/miniconda3"
@@ -76,3 +77,25 @@ class VersionsFile:
         if marked:
             return marked[0]
         return self.images[0] if len(self.images) == 1 else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FetchedFile:
+    """An artifact in the local cache, verified against its sha256."""
+
+    filename: str  # the name it gets in the build context (what pip and bash see)
+    path: Path  # the verified file in the cache
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class FetchedImage:
+    """Everything the build of one image needs, already on disk."""
+
+    image: ImageSpec
+    installer: FetchedFile
+    wheels: tuple[FetchedFile, ...]  # torch, torchvision, torchaudio as listed or derived
+    # The wheels those depend on, for an install without any index; None when they could not be
+    # fetched, and the build then installs them from the image's pip_index.
+    closure: tuple[FetchedFile, ...] | None
