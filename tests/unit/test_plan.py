@@ -44,8 +44,11 @@ def test_derived_wheels_use_the_right_index() -> None:
     assert old is not None
     assert old.index_url == "https://download.pytorch.org/whl/torch_stable.html"
     assert old.requirements == ("torch==1.8.1", "torchvision==0.9.1", "torchaudio==0.8.1")
-    new = plans["pytorch-2.1.2-cuda12.1"].wheel_source
-    assert new is not None and new.index_url == "https://download.pytorch.org/whl/cu121"
+    assert plans["pytorch-2.1.2-cuda12.1"].wheel_source == plan.WheelSource(
+        index_url="https://download.pytorch.org/whl/torch_stable.html",
+        requirements=("torch==2.1.2", "torchvision==0.16.2", "torchaudio==2.1.2"))
+    new = plans["pytorch-2.9.1-cuda12.8"].wheel_source
+    assert new is not None and new.index_url == "https://download.pytorch.org/whl/cu128"
     cpu = next(p for p in plans.values() if p.image.is_cpu)
     assert cpu.wheel_source is not None and cpu.wheel_source.index_url.endswith("/whl/cpu")
     assert dict(cpu.build_args)["GPU_RUNTIME"] == "cpu"
