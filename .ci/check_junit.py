@@ -1,19 +1,36 @@
-"""Fail when the test run executed nothing (pytest exit 5 must never pass as green)."""
+"""Judge a pytest JUnit report: fail when nothing ran, or (with --engine) when no engine-tier test passed.
+
+pytest exits 5 when it collects nothing; this check makes "ran nothing" a failure with a message, whatever
+the exit code said.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-report = Path(sys.argv[1])
-if not report.is_file():
-    sys.exit(f"ci: {report} is missing: the test session did not run")
-suite = ET.parse(report).getroot()
-suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-assert suite is not None
-tests, skipped = int(suite.get("tests", 0)), int(suite.get("skipped", 0))
-failed = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
-print(f"ci: {tests - skipped - failed} passed, {failed} failed, {skipped} skipped")
-if tests - skipped == 0:
+parser = argparse.ArgumentParser()
+parser.add_argument("report", type=Path)
+parser.add_argument("--engine", action="store_true", help="require at least one passed test from tests/engine")
+args = parser.parse_args()
+
+if not args.report.is_file():
+    sys.exit(f"ci: {args.report} is missing: the test session did not run")
+passed = failed = skipped = engine_passed = 0
+for case in ET.parse(args.report).getroot().iter("testcase"):
+    outcome = {child.tag for child in case}
+    if outcome & {"failure", "error"}:
+        failed += 1
+    elif "skipped" in outcome:
+        skipped += 1
+    else:
+        passed += 1
+        engine_passed += case.get("classname", "").startswith("tests.engine.")
+print(f"ci: {passed} passed, {failed} failed, {skipped} skipped")
+if passed + failed == 0:
     sys.exit("ci: no test ran")
+if args.engine and engine_passed == 0:
+    sys.exit("ci: the engine tier did not run (no test from tests/engine passed)")
+print(f"ci: engine tier: {engine_passed} passed")

@@ -45,8 +45,15 @@ def exits_cleanly(task_body: Callable[P, R]) -> Callable[P, R]:
 def tool_settings(
     ctx: Context, *, versions: str | None = None, only: Sequence[str] = (), all_images: bool = False
 ) -> settings.Settings:
-    section: Any = ctx.config.get(settings.SECTION, None)
+    section = _plain(ctx.config.get(settings.SECTION, None))
     return settings.resolve(section, root=ROOT, versions=versions, only=only, all_images=all_images)
+
+
+def _plain(value: Any) -> Any:
+    """invoke's config proxies as plain dicts, so the library never sees invoke types."""
+    if hasattr(value, "keys"):
+        return {key: _plain(value[key]) for key in value.keys()}  # noqa: SIM118 - proxies are not Mappings
+    return value
 
 
 def selected_images(resolved: settings.Settings) -> tuple[ImageSpec, ...]:

@@ -24,6 +24,8 @@ BUILTIN: Mapping[str, Any] = {
     "apt_mirror": None,
     "cache_dir": "cache",
     "backend": "buildkit",
+    "jobs": 4,
+    "mirrors": {},
 }
 # invoke.yaml keys that fill a versions.yaml key the file itself leaves out.
 IMAGE_FALLBACKS = ("registry", "organization", "repository", "pip_index", "apt_mirror")
@@ -45,6 +47,8 @@ class Settings:
     fallbacks: Mapping[str, str]
     cache_dir: Path
     backend: str
+    jobs: int
+    mirrors: Mapping[str, str]
 
 
 def resolve(
@@ -85,7 +89,29 @@ def resolve(
         fallbacks=fallbacks,
         cache_dir=root / str(values["cache_dir"]),
         backend=str(values["backend"]),
+        jobs=_positive(values["jobs"], "jobs"),
+        mirrors=_mirrors(values["mirrors"]),
     )
+
+
+def _positive(value: object, key: str) -> int:
+    try:
+        number = int(str(value))
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ConfigError(f"invoke.yaml: {SECTION}.{key}: must be a whole number of at least 1 (got {value!r})")
+    return number
+
+
+def _mirrors(value: object) -> Mapping[str, str]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) and k.split(":", 1)[0] in ("http", "https", "file")
+        for k, v in value.items()
+    ):
+        raise ConfigError(f"invoke.yaml: {SECTION}.mirrors: must map URL prefixes to replacement prefixes, "
+                          "e.g. https://download.pytorch.org/whl/: https://mirror.example.com/pytorch/whl/")
+    return dict(value)
 
 
 def _flag(value: object) -> bool:

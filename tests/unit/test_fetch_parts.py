@@ -1,0 +1,133 @@
+"""Pure parts of fetch: index parsing, wheel choice, the lock file, the cache record, mirrors, platform tags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from modelarts_images import closure, index, lockfile
+from modelarts_images.cache import Cache, sha256_of
+from modelarts_images.errors import ConfigError, FetchError
+from modelarts_images.fetch import mirrored
+from modelarts_images.model import Artifact, ImageSpec
+
+SHA = "a" * 64
+
+FLAT_PAGE = """<html><body>
+<a href="cu102/torch-1.8.1%2Bcu102-cp37-cp37m-linux_x86_64.whl">cu102/torch-1.8.1+cu102-cp37-cp37m-linux_x86_64.whl</a>
+<a href="cu111/torch-1.8.1%2Bcu111-cp37-cp37m-linux_x86_64.whl">cu111/torch-1.8.1+cu111-cp37-cp37m-linux_x86_64.whl</a>
+<a href="torch-1.8.1-cp37-cp37m-linux_x86_64.whl">torch-1.8.1-cp37-cp37m-linux_x86_64.whl</a>
+<a href="cu102/torch-1.8.1%2Bcu102-cp38-cp38-linux_x86_64.whl">x</a>
+<a href="torchaudio-0.8.1-cp37-cp37m-linux_x86_64.whl">torchaudio</a>
+<a href="cu102/torch-1.8.1%2Bcu102-cp37-none-macosx_10_9_x86_64.whl">mac</a>
+</body></html>"""
+
+SIMPLE_PAGE = f"""<a href="/whl/cu121/torch-2.1.2%2Bcu121-cp310-cp310-linux_x86_64.whl#sha256={SHA}">t</a>
+<a href="/whl/cu121/torch-2.1.2%2Bcu121-cp311-cp311-linux_x86_64.whl#sha256={'b' * 64}">t</a>"""
+
+
+def image(**overrides: object) -> ImageSpec:
+    values: dict[str, object] = dict(
+        id="x", default=False, python="3.7", cuda="10.2", torch="1.8.1", torchvision=None, torchaudio="0.8.1",
+        tag="t", registry="r", organization="o", repository="p", base_image="ubuntu:18.04", pip_index="https://p/s",
+        apt_mirror="http://m", installer=Artifact(url="file:///i.sh", sha256=None), wheels=())
+    values.update(overrides)
+    return ImageSpec(**values)  # type: ignore[arg-type]
+
+
+def test_flat_page_picks_the_variant_wheel() -> None:
+    page = "https://download.pytorch.org/whl/torch_stable.html"
+    links = index.parse_links(FLAT_PAGE, page)
+    chosen = index.choose_wheel(links, package="torch", version="1.8.1", image=image(), page_url=page)
+    assert chosen == Artifact(url="https://download.pytorch.org/whl/cu102/torch-1.8.1%2Bcu102-cp37-cp37m-linux_x86_64.whl",
+                              sha256=None)
+    audio = index.choose_wheel(links, package="torchaudio", version="0.8.1", image=image(), page_url=page)
+    assert audio.filename == "torchaudio-0.8.1-cp37-cp37m-linux_x86_64.whl"
+
+
+def test_simple_page_carries_the_hash() -> None:
+    page = index.page_urls("https://download.pytorch.org/whl/cu121", "torch")
+    assert page == "https://download.pytorch.org/whl/cu121/torch/"
+    links = index.parse_links(SIMPLE_PAGE, page)
+    chosen = index.choose_wheel(links, package="torch", version="2.1.2", page_url=page,
+                                image=image(python="3.10", cuda="12.1", torch="2.1.2", torchaudio=None))
+    assert chosen.url == "https://download.pytorch.org/whl/cu121/torch-2.1.2%2Bcu121-cp310-cp310-linux_x86_64.whl"
+    assert chosen.sha256 == SHA
+
+
+def test_no_fitting_wheel_names_the_page() -> None:
+    page = "https://download.pytorch.org/whl/torch_stable.html"
+    with pytest.raises(FetchError, match=r"^x: no torch==1.8.1 wheel for Python 3.9, cu102, Linux x86_64 at https://"):
+        index.choose_wheel(index.parse_links(FLAT_PAGE, page), package="torch", version="1.8.1",
+                           image=image(python="3.9"), page_url=page)
+
+
+def test_lock_round_trip(tmp_path: Path) -> None:
+    entry = lockfile.LockedImage(
+        inputs="python 3.7; cu102", installer=Artifact(url="https://i/inst.sh", sha256=SHA),
+        wheels=(Artifact(url="https://w/b.whl", sha256=SHA), Artifact(url="https://w/a.whl", sha256=SHA)),
+        closure=None)
+    path = tmp_path / "versions.lock"
+    lockfile.write(path, {"x": entry, "a": entry})
+    text = path.read_text("utf-8")
+    assert text.startswith("# versions.lock")
+    assert text.index("  a:") < text.index("  x:")
+    assert text.index("https://w/a.whl") < text.index("https://w/b.whl")
+    again = lockfile.read(path)
+    assert again["x"].installer == entry.installer
+    assert [w.url for w in again["x"].wheels] == ["https://w/a.whl", "https://w/b.whl"]
+    assert again["x"].closure is None
+    assert not (tmp_path / "versions.lock.tmp").exists()
+
+
+def test_lock_unreadable(tmp_path: Path) -> None:
+    path = tmp_path / "versions.lock"
+    path.write_text("images:\n  x:\n    inputs: y\n", "utf-8")
+    with pytest.raises(ConfigError, match=r"^versions.lock: unreadable \(KeyError\); delete it and run `inv lock`$"):
+        lockfile.read(path)
+
+
+def test_cache_trusts_its_record_and_notices_changes(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    cache.prepare()
+    content = b"wheel bytes"
+    source = tmp_path / "download"
+    source.write_bytes(content)
+    digest = sha256_of(source)
+    cache.adopt(source, digest)
+    assert cache.has(digest)
+    blob = cache.blob(digest)
+    # Same size, new content, old mtime: the record no longer matches the inode/mtime, so it is re-hashed.
+    stat = blob.stat()
+    blob.write_bytes(b"wheel BYTES")
+    os.utime(blob, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert not cache.has(digest)
+    assert not blob.exists()
+
+
+def test_cache_rehash_on_request(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    cache.prepare()
+    cache.blob(SHA).write_bytes(b"not matching")
+    cache.record(SHA)
+    assert cache.has(SHA)  # the record vouches for it
+    assert not cache.has(SHA, rehash=True)  # --verify-cache does not
+
+
+def test_mirrors_use_the_longest_prefix() -> None:
+    mirrors = {"https://download.pytorch.org/": "https://a/", "https://download.pytorch.org/whl/": "https://b/"}
+    assert mirrored("https://download.pytorch.org/whl/cu102/t.whl", mirrors) == "https://b/cu102/t.whl"
+    assert mirrored("https://download.pytorch.org/x", mirrors) == "https://a/x"
+    assert mirrored("https://repo.anaconda.com/x", mirrors) == "https://repo.anaconda.com/x"
+    assert mirrored("https://x/y", None) == "https://x/y"
+
+
+def test_platform_tags_follow_the_base_glibc() -> None:
+    tags = closure.platform_tags("ubuntu:18.04")
+    assert tags[0] == "manylinux_2_27_x86_64"
+    assert "manylinux_2_28_x86_64" not in tags
+    assert tags[-4:] == ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64"]
+    assert closure.platform_tags("registry.example/mirror/ubuntu:22.04")[0] == "manylinux_2_35_x86_64"
+    assert closure.platform_tags("something:else")[0] == "manylinux_2_28_x86_64"
