@@ -32,3 +32,10 @@ def typecheck(session: nox.Session) -> None:
     """Type-check the code with mypy --strict."""
     _install(session)
     session.run("mypy", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run the benchmarks (fetch against nginx on loopback) and write bench/results/."""
+    _install(session)
+    session.run("python", "bench/bench_fetch.py", *session.posargs)
