@@ -126,8 +126,10 @@ def _pinned(image: ImageSpec, locked: lockfile.LockedImage | None) -> lockfile.L
     """The lock entry when it still describes this entry, with versions.yaml's own pins applied over it."""
     if locked is None or locked.inputs != lockfile.inputs_of(image):
         return None
-    if image.installer.sha256 and image.installer.sha256 != locked.installer.sha256:
-        return None
+    pinned_by_lock = {artifact.url: artifact.sha256 for artifact in (locked.installer, *locked.wheels)}
+    for artifact in (image.installer, *image.wheels):
+        if artifact.sha256 and pinned_by_lock.get(artifact.url) != artifact.sha256:
+            return None  # versions.yaml pins it differently now: resolve again
     return locked
 
 

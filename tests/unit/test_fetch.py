@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,3 +159,62 @@ def test_dependency_closure_is_pinned_and_fetched(setup: Setup) -> None:
     closure = setup.lock()["images"]["test-cpu"]["closure"]  # type: ignore[index]
     assert len(closure) == 1 and "typing_extensions" in closure[0]["url"]
     assert (setup.root / "cache" / "blobs" / "sha256" / closure[0]["sha256"]).is_file()
+
+
+def test_changed_pin_in_versions_yaml_wins_over_the_lock(setup: Setup) -> None:
+    setup.versions()
+    assert setup.inv("fetch", "--no-closure").returncode == 0
+    other = INSTALLER + b"# new release\n"
+    setup.server.add("/files/stand-in.sh", other)
+    setup.versions(installer_sha=sha(other))
+    result = setup.inv("fetch", "--no-closure", "--locked")
+    assert result.returncode == 3  # the lock no longer describes the entry
+    result = setup.inv("fetch", "--no-closure")
+    assert result.returncode == 0, result.stderr
+    assert setup.lock()["images"]["test-cpu"]["installer"]["sha256"] == sha(other)  # type: ignore[index]
+
+
+def test_two_fetches_at_once_share_the_cache(setup: Setup) -> None:
+    big = make_wheel(TORCH, padding=3_000_000)
+    setup.server.add("/files/torch-2.13.0%2Bcpu-cp311-cp311-linux_x86_64.whl", big, throttle=4_000_000)
+    setup.versions()
+    setup.inv("plan")  # writes the invoke config file used by both runs
+    config = setup.root / "invoke-test.yaml"
+    command = [sys.executable, "-m", "invoke", "-f", str(config), "fetch", "--no-closure",
+               "--versions", str(setup.root / "versions.yaml")]
+    runs = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outcomes = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outcomes
+    blob = setup.root / "cache" / "blobs" / "sha256" / sha(big)
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == sha(big)
+    assert not list((setup.root / "cache").rglob("*.part"))
+
+
+def test_a_killed_fetch_resumes(setup: Setup) -> None:
+    big = make_wheel(TORCH, padding=4_000_000)
+    setup.server.add("/files/torch-2.13.0%2Bcpu-cp311-cp311-linux_x86_64.whl", big, throttle=2_000_000)
+    setup.versions()
+    setup.inv("plan")
+    config = setup.root / "invoke-test.yaml"
+    command = [sys.executable, "-m", "invoke", "-f", str(config), "fetch", "--no-closure",
+               "--versions", str(setup.root / "versions.yaml")]
+    run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cache = setup.root / "cache"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        parts = list(cache.rglob("*.part"))
+        if parts and parts[0].stat().st_size > 1_000_000:
+            break
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    kept = sum(part.stat().st_size for part in cache.rglob("*.part"))
+    assert kept > 1_000_000
+    setup.server.add("/files/torch-2.13.0%2Bcpu-cp311-cp311-linux_x86_64.whl", big)  # full speed now
+    result = setup.inv("fetch", "--no-closure")
+    assert result.returncode == 0, result.stderr
+    last = setup.server.requests("/files/torch-2.13.0%2Bcpu-cp311-cp311-linux_x86_64.whl")[-1]
+    assert last.headers["range"].startswith("bytes=")
+    assert last.bytes_sent <= len(big) - kept
+    assert hashlib.sha256((cache / "blobs" / "sha256" / sha(big)).read_bytes()).hexdigest() == sha(big)
