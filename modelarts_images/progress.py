@@ -31,8 +31,9 @@ def human(size: float) -> str:
 class PlainLines:
     """One line per file at most every `interval` seconds, and one when it completes."""
 
-    def __init__(self, interval: float = 5.0) -> None:
+    def __init__(self, interval: float = 5.0, *, label: str = "fetch") -> None:
         self.interval = interval
+        self.label = label
         self._last: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -45,7 +46,7 @@ class PlainLines:
                 return
             self._last[url] = now
         share = f" ({100 * done // total}%)" if total else ""
-        print(f"fetch: {name} {human(done)}{' / ' + human(total) if total else ''}{share}", file=sys.stderr,
+        print(f"{self.label}: {name} {human(done)}{' / ' + human(total) if total else ''}{share}", file=sys.stderr,
               flush=True)
 
 
@@ -74,10 +75,10 @@ class Bars:
 
 
 @contextmanager
-def for_terminal() -> Iterator[Bars | PlainLines]:
-    """Bars when stderr is a terminal, plain lines otherwise."""
+def for_terminal(label: str = "fetch") -> Iterator[Bars | PlainLines]:
+    """Bars when stderr is a terminal, plain lines (each starting with `label`) otherwise."""
     if sys.stderr.isatty():
         with Bars() as bars:
             yield bars
     else:
-        yield PlainLines()
+        yield PlainLines(label=label)

@@ -26,6 +26,8 @@ BUILTIN: Mapping[str, Any] = {
     "backend": "buildkit",
     "jobs": 4,
     "mirrors": {},
+    "reports_dir": "reports",
+    "extra_tags": [],
 }
 # invoke.yaml keys that fill a versions.yaml key the file itself leaves out.
 IMAGE_FALLBACKS = ("registry", "organization", "repository", "pip_index", "apt_mirror")
@@ -49,6 +51,8 @@ class Settings:
     backend: str
     jobs: int
     mirrors: Mapping[str, str]
+    reports_dir: Path
+    extra_tags: tuple[str, ...]
 
 
 def resolve(
@@ -91,6 +95,8 @@ def resolve(
         backend=str(values["backend"]),
         jobs=_positive(values["jobs"], "jobs"),
         mirrors=_mirrors(values["mirrors"]),
+        reports_dir=root / str(values["reports_dir"]),
+        extra_tags=split_ids(values["extra_tags"]),
     )
 
 
