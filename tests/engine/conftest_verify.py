@@ -1,0 +1,212 @@
+"""Fixtures for tests/engine/test_verify.py (imported there; tests/engine/conftest.py is another module's).
+
+Test images, built once per session with the docker SDK from TEST_BASE and removed at the end:
+
+- `good`: the product's layout: ma-user 1000:100 with home /home/ma-user, /home/ma-user/miniconda3 a venv of
+  the base's Python 3.11 with a REAL torch 2.13.0+cpu installed with --no-index from wheels fetched on the host
+  (containers cannot reach an HTTPS index), PATH and PYTHONUNBUFFERED set, USER ma-user, WORKDIR
+  /home/ma-user, the base named in the org.opencontainers.image.base.name label;
+- `no_torch`: `good` with torch deleted;
+- `nonconforming`: `good` plus a setuid-root binary, a ~/.netrc, a pip.conf with credentials in its URL, and
+  conda metadata naming Anaconda's `defaults` channel (a warning only).
+
+With no engine, base image or torch wheel, the tests are skipped with the reason; MODELARTS_IMAGES_REQUIRE_ENGINE=1
+turns that into a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+
+from modelarts_images import engine_run
+from modelarts_images.errors import VerifyError
+from modelarts_images.model import CONDA_PREFIX, Artifact, ImageSpec
+
+TEST_BASE = "modelarts-test-base:bookworm"
+TORCH_VERSION = "2.13.0"
+TORCH_WHEEL = Path("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
+TORCH_WHEEL_ENV = "MODELARTS_IMAGES_TEST_TORCH_WHEEL"
+REQUIRE_ENGINE = "MODELARTS_IMAGES_REQUIRE_ENGINE"
+REPOSITORY = "modelarts-verify-test"
+# The test base's platform, for pip on the host: CPython 3.11 on glibc 2.36 (Debian bookworm).
+PIP_TARGET = ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none",
+              "--platform", "manylinux_2_36_x86_64", "--platform", "manylinux_2_28_x86_64",
+              "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
+              "--platform", "linux_x86_64", "--only-binary=:all:"]
+
+GOOD_DOCKERFILE = f"""\
+ARG BASE
+FROM ${{BASE}} AS packages
+COPY wheels/ /tmp/wheels/
+RUN python3 -m venv {CONDA_PREFIX} \\
+ && PIP_DISABLE_PIP_VERSION_CHECK=1 {CONDA_PREFIX}/bin/pip install --no-cache-dir --no-index \\
+        --find-links /tmp/wheels /tmp/wheels/torch-*.whl \\
+ && rm -rf /tmp/wheels
+
+FROM ${{BASE}}
+ARG BASE
+RUN useradd -m -d /home/ma-user -s /bin/bash -g 100 -u 1000 ma-user
+COPY --from=packages --chown=1000:100 {CONDA_PREFIX} {CONDA_PREFIX}
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{CONDA_PREFIX}/bin \\
+    PYTHONUNBUFFERED=1
+LABEL org.opencontainers.image.base.name=${{BASE}}
+USER ma-user
+WORKDIR /home/ma-user
+"""
+
+NO_TORCH_DOCKERFILE = """\
+ARG GOOD
+FROM ${GOOD}
+USER root
+RUN rm -rf {prefix}/lib/python3.11/site-packages/torch
+USER ma-user
+""".replace("{prefix}", CONDA_PREFIX)
+
+NONCONFORMING_DOCKERFILE = """\
+ARG GOOD
+FROM ${GOOD}
+USER root
+RUN cp /bin/true /usr/local/bin/escalate && chmod 4755 /usr/local/bin/escalate \\
+ && printf 'machine pypi.example.com login robot password t0ken\\n' > /home/ma-user/.netrc \\
+ && chown 1000:100 /home/ma-user/.netrc \\
+ && printf '[global]\\nindex-url = https://robot:t0ken@pypi.example.com/simple\\n' > /etc/pip.conf \\
+ && mkdir -p {prefix}/conda-meta \\
+ && printf '{"name": "python", "version": "3.11.2", "channel": "https://repo.anaconda.com/pkgs/main/linux-64"}' \\
+        > {prefix}/conda-meta/python-3.11.2-h0.json
+USER ma-user
+""".replace("{prefix}", CONDA_PREFIX)
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip with the reason, or fail with it when CI requires the engine tier to run."""
+    if os.environ.get(REQUIRE_ENGINE) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_ENGINE}=1: the engine tier must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+def entry(*, tag: str, torch: str = TORCH_VERSION, python: str = "3.11", cuda: str = "cpu") -> ImageSpec:
+    """The versions.yaml entry the test images stand for."""
+    return ImageSpec(
+        id="verify-test", default=True, python=python, cuda=cuda, torch=torch, torchvision=None, torchaudio=None,
+        tag=tag, registry="localhost:5999", organization="engine-tests", repository=REPOSITORY,
+        base_image=TEST_BASE, pip_index="", apt_mirror="", wheels=(),
+        installer=Artifact(url="https://example.invalid/stand-in-installer.sh", sha256=None),
+    )
+
+
+def build(client: Any, context_dir: Path, dockerfile: str, tag: str, buildargs: dict[str, str]) -> str:
+    """Build `dockerfile` in `context_dir` with the SDK's low-level API, checking every event for an error."""
+    (context_dir / "Dockerfile").write_text(dockerfile, encoding="utf-8")
+    tail: list[str] = []
+    for event in client.api.build(path=str(context_dir), tag=tag, buildargs=buildargs, rm=True, forcerm=True,
+                                  decode=True):
+        if "error" in event or "errorDetail" in event:
+            detail = event.get("error") or event.get("errorDetail", {}).get("message")
+            raise AssertionError(f"building {tag} failed: {detail}\n" + "".join(tail[-30:]))
+        if "stream" in event:
+            tail.append(str(event["stream"]))
+    client.images.get(tag)  # really there
+    return tag
+
+
+def remove_image(client: Any, reference: str) -> None:
+    with contextlib.suppress(Exception):  # already gone
+        client.images.remove(reference, force=True)
+
+
+def torch_wheel() -> Path:
+    override = os.environ.get(TORCH_WHEEL_ENV)
+    wheel = Path(override) if override else TORCH_WHEEL
+    if not wheel.is_file():
+        unavailable(f"no torch {TORCH_VERSION} CPU wheel for Python 3.11 at {wheel} (set {TORCH_WHEEL_ENV})")
+    return wheel
+
+
+def download_wheels(wheel: Path, dest: Path) -> None:
+    """The wheel's dependency wheels for the test base's Python 3.11 on glibc 2.36, with the host's pip."""
+    command = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet", "download", *PIP_TARGET,
+               "-d", str(dest), str(wheel)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        unavailable(f"the host's pip could not get torch's dependency wheels: {result.stderr.strip()[-500:]}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="session")
+def verify_client() -> Any:
+    try:
+        client = engine_run.connect()
+    except VerifyError as error:
+        unavailable(f"no Docker Engine: {error}")
+    try:
+        client.images.get(TEST_BASE)
+    except Exception as error:  # any failure means the same here
+        unavailable(f"base image {TEST_BASE} is missing ({error}); make it with scripts/test-base-image.sh")
+    return client
+
+
+@pytest.fixture(scope="session")
+def verify_run_id() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def good_image(verify_client: Any, verify_run_id: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The well-formed test image (reference), built once per session and removed at the end."""
+    wheel = torch_wheel()
+    context_dir = tmp_path_factory.mktemp("verify-good")
+    wheels = context_dir / "wheels"
+    wheels.mkdir()
+    try:
+        os.link(wheel, wheels / wheel.name)
+    except OSError:
+        shutil.copyfile(wheel, wheels / wheel.name)
+    download_wheels(wheel, wheels)
+    tag = f"{REPOSITORY}:good-{verify_run_id}"
+    try:
+        yield build(verify_client, context_dir, GOOD_DOCKERFILE, tag, {"BASE": TEST_BASE})
+    finally:
+        remove_image(verify_client, tag)
+
+
+def _derived(client: Any, good: str, tmp: Path, dockerfile: str, tag: str) -> Iterator[str]:
+    try:
+        yield build(client, tmp, dockerfile, tag, {"GOOD": good})
+    finally:
+        remove_image(client, tag)
+
+
+@pytest.fixture(scope="session")
+def no_torch_image(verify_client: Any, good_image: str, verify_run_id: str,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from _derived(verify_client, good_image, tmp_path_factory.mktemp("verify-no-torch"), NO_TORCH_DOCKERFILE,
+                        f"{REPOSITORY}:no-torch-{verify_run_id}")
+
+
+@pytest.fixture(scope="session")
+def nonconforming_image(verify_client: Any, good_image: str, verify_run_id: str,
+                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from _derived(verify_client, good_image, tmp_path_factory.mktemp("verify-nonconforming"),
+                        NONCONFORMING_DOCKERFILE, f"{REPOSITORY}:nonconforming-{verify_run_id}")
+
+
+@pytest.fixture
+def containers(verify_client: Any) -> engine_run.Containers:
+    return engine_run.Containers(verify_client, timeout=300)
+
+
+def container_exists(client: Any, name: str) -> bool:
+    return bool(client.containers.list(all=True, filters={"name": f"^/{name}$"}))

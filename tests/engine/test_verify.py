@@ -1,0 +1,219 @@
+"""Verification on a real engine with a real torch: the run as ModelArts does it, failures, cleanup, conformance.
+
+Images come from tests/engine/conftest_verify.py (built once per session, removed at the end). Its fixtures are
+imported here by name, so the test arguments that use them shadow the imports (ruff F811, off for this file).
+"""
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from modelarts_images import conformance, engine_run
+from modelarts_images import verify as verifying
+from modelarts_images.errors import VerifyError
+from tests.engine.conftest_verify import (  # noqa: F401 - the fixtures are used by name
+    container_exists,
+    containers,
+    entry,
+    good_image,
+    no_torch_image,
+    nonconforming_image,
+    verify_client,
+    verify_run_id,
+)
+
+pytestmark = pytest.mark.engine
+
+
+def _by_name(outcomes: list[tuple[str, conformance.CheckOutcome]] | list[conformance.CheckOutcome]) -> dict[
+        str, conformance.CheckOutcome]:
+    found: dict[str, conformance.CheckOutcome] = {}
+    for item in outcomes:
+        if isinstance(item, tuple):
+            where, outcome = item
+            found[f"{where}/{outcome.name}"] = outcome
+        else:
+            found[item.name] = item
+    return found
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CPU verification, as ModelArts runs it
+
+
+def test_cpu_verification_of_a_good_image_passes(containers: engine_run.Containers, good_image: str) -> None:
+    image = entry(tag=good_image.split(":")[-1])
+    report = verifying.verify_image(containers, image, reference=good_image, devices=("cpu",))
+    verifying.raise_for_report(report)  # nothing failed
+    assert report.ok
+    (run,) = report.runs
+    assert run.exit_code == 0 and not run.timed_out
+    result = run.result
+    assert result is not None and result.ok
+    assert result.torch == "2.13.0+cpu" and result.torch_cuda is None
+    assert result.python is not None and result.python.startswith("3.11.")
+    assert (result.uid, result.gid, result.user) == (1000, 100, "ma-user")
+    assert result.cwd == "/home/ma-user"
+    assert result.python_executable == "/home/ma-user/miniconda3/bin/python"
+    assert result.device == "cpu" and not result.cuda_available
+    env = dict(result.environment)
+    assert env["MA_JOB_DIR"] == "/home/ma-user/modelarts/user-job-dir"
+    assert env["MA_NUM_GPUS"] == "0" and env["VC_TASK_INDEX"] == "0" and env["VC_WORKER_NUM"] == "1"
+    assert [check.name for check in result.checks] == ["import-torch", "tensor", "matmul", "autograd-sgd"]
+    # the original recipe's human output is still there for people reading the log
+    assert any(line.startswith("tensor([[") for line in run.output_tail)
+    assert run.command == ("/home/ma-user/miniconda3/bin/python",
+                           "/home/ma-user/modelarts/user-job-dir/code/pytorch-verification.py")
+    # the report as saved
+    saved = verifying.report_dict(report)
+    assert saved["ok"] is True and saved["runs"][0]["result"]["torch"] == "2.13.0+cpu"
+
+
+def test_an_entry_expecting_another_torch_fails_naming_the_check(containers: engine_run.Containers,
+                                                                   good_image: str) -> None:
+    image = entry(tag="x", torch="2.12.0")
+    report = verifying.verify_image(containers, image, reference=good_image, devices=("cpu",),
+                                    check_conformance=False)
+    with pytest.raises(VerifyError) as raised:
+        verifying.raise_for_report(report)
+    assert raised.value.exit_code == 5
+    message = str(raised.value)
+    assert "cpu/torch-version" in message and "expected 2.12.0" in message
+    assert "cpu/python-version" not in message  # only what failed is named
+
+
+def test_an_image_without_torch_fails_with_exit_5(containers: engine_run.Containers, no_torch_image: str) -> None:
+    image = entry(tag="x")
+    report = verifying.verify_image(containers, image, reference=no_torch_image, devices=("cpu",),
+                                    check_conformance=False)
+    (run,) = report.runs
+    assert run.exit_code == 1  # the script's verdict
+    assert run.result is not None and run.result.torch is None
+    failed = {name for name, outcome in _by_name(report.outcomes()).items() if outcome.blocking}
+    assert {"cpu/script:import-torch", "cpu/torch-version", "cpu/exit-status"} <= failed
+    with pytest.raises(VerifyError) as raised:
+        verifying.raise_for_report(report)
+    assert raised.value.exit_code == 5
+    assert "cpu/script:import-torch" in str(raised.value) and "No module named 'torch'" in str(raised.value)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# GPU on an engine without a GPU runtime
+
+
+def test_gpu_mode_on_this_engine_is_a_clear_error(verify_client: Any, containers: engine_run.Containers,
+                                                 good_image: str) -> None:
+    if containers.gpu_support().available:
+        pytest.skip("this engine has a GPU runtime")
+    spec = verifying.run_spec(good_image, device="gpu")
+    with pytest.raises(VerifyError) as raised:
+        containers.run(spec)
+    message = str(raised.value)
+    assert raised.value.exit_code == 5
+    assert 'could not select device driver "" with capabilities: [[gpu]]' in message
+    assert "NVIDIA Container Toolkit" in message and "--device cpu" in message
+
+    report = verifying.verify_image(containers, entry(tag="x"), reference=good_image, devices=("gpu",),
+                                    check_conformance=False)
+    with pytest.raises(VerifyError) as whole:
+        verifying.raise_for_report(report)
+    assert "gpu/run" in str(whole.value) and "no GPU runtime" in str(whole.value)
+    assert not engine_run.stray_containers(verify_client) or all(
+        not name.startswith(engine_run.NAME_PREFIX + "gpu") for name in engine_run.stray_containers(verify_client))
+
+
+def test_auto_falls_back_to_the_cpu_with_a_skipped_line(containers: engine_run.Containers, good_image: str) -> None:
+    support = containers.gpu_support(good_image)  # the real try: a container asking for a GPU
+    if support.available:
+        pytest.skip("this engine has a GPU runtime")
+    assert "could not select device driver" in support.reason
+    devices, skipped = verifying.resolve_devices("auto", support)
+    assert devices == ("cpu",)
+    assert skipped and skipped[0].startswith("GPU: skipped, no GPU runtime")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The container is always removed
+
+
+def test_a_container_past_its_timeout_is_killed_and_removed(verify_client: Any, good_image: str,
+                                                            verify_run_id: str) -> None:
+    name = f"{engine_run.NAME_PREFIX}timeout-{verify_run_id}"
+    spec = engine_run.ContainerRun(image=good_image, command=("sleep", "60"), user="1000:100",
+                                   working_dir="/home/ma-user", network=False)
+    started = time.monotonic()
+    output = engine_run.run_container(verify_client, spec, timeout=2, name=name)
+    assert output.timed_out and output.exit_code is None
+    assert time.monotonic() - started < 30
+    assert not container_exists(verify_client, name)
+
+
+def test_a_failing_run_leaves_no_container(verify_client: Any, good_image: str, verify_run_id: str) -> None:
+    name = f"{engine_run.NAME_PREFIX}fail-{verify_run_id}"
+    spec = engine_run.ContainerRun(image=good_image, command=("sh", "-c", "echo oops >&2; exit 3"), user="1000:100",
+                                   working_dir="/home/ma-user", network=False)
+    output = engine_run.run_container(verify_client, spec, timeout=60, name=name)
+    assert output.exit_code == 3 and "oops" in output.stderr
+    assert not container_exists(verify_client, name)
+    # and one that cannot even start (no such executable)
+    broken = engine_run.ContainerRun(image=good_image, command=("/nonexistent",), user="1000:100", working_dir="/")
+    with pytest.raises(VerifyError):
+        engine_run.run_container(verify_client, broken, timeout=60, name=name)
+    assert not container_exists(verify_client, name)
+
+
+def test_ctrl_c_removes_the_container(verify_client: Any, good_image: str, verify_run_id: str) -> None:
+    name = f"{engine_run.NAME_PREFIX}interrupt-{verify_run_id}"
+    spec = engine_run.ContainerRun(image=good_image, command=("sleep", "60"), user="1000:100",
+                                   working_dir="/home/ma-user", network=False)
+    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            engine_run.run_container(verify_client, spec, timeout=50, name=name)
+    finally:
+        timer.cancel()
+    assert not container_exists(verify_client, name)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ModelArts conformance
+
+
+def test_the_good_image_conforms(containers: engine_run.Containers, good_image: str) -> None:
+    outcomes = _by_name(conformance.check_image(containers, good_image, base_image="modelarts-test-base:bookworm"))
+    assert list(outcomes) == ["ma-user", "boot-python", "default-user", "setuid-setgid", "credentials",
+                              "image-size", "conda-channel"]
+    failed = {name: outcome.detail for name, outcome in outcomes.items() if not outcome.ok}
+    assert not failed
+    assert outcomes["conda-channel"].skipped and "no conda metadata" in outcomes["conda-channel"].detail
+    assert "from the base image" in outcomes["setuid-setgid"].detail
+    assert "User ma-user" in outcomes["default-user"].detail
+
+
+def test_a_setuid_file_and_a_netrc_fail_conformance_and_defaults_warns(containers: engine_run.Containers,
+                                                     nonconforming_image: str) -> None:
+    outcomes = _by_name(conformance.check_image(containers, nonconforming_image,
+                                                base_image="modelarts-test-base:bookworm"))
+    assert not outcomes["setuid-setgid"].ok and "/usr/local/bin/escalate" in outcomes["setuid-setgid"].detail
+    credentials = outcomes["credentials"]
+    assert not credentials.ok
+    assert "/home/ma-user/.netrc (netrc)" in credentials.detail
+    assert "/etc/pip.conf (pip-config with a URL with user:password@)" in credentials.detail
+    assert "t0ken" not in credentials.detail  # facts, never the secret
+    assert outcomes["ma-user"].ok and outcomes["boot-python"].ok and outcomes["default-user"].ok
+    conda = outcomes["conda-channel"]  # read from the image's conda-meta: a warning, not a failure
+    assert conda.warning and not conda.blocking and "1 of 1 conda packages" in conda.detail
+
+    report = verifying.verify_image(containers, entry(tag="x"), reference=nonconforming_image, devices=("cpu",))
+    with pytest.raises(VerifyError) as raised:
+        verifying.raise_for_report(report)
+    assert "conformance/setuid-setgid" in str(raised.value) and "conformance/credentials" in str(raised.value)
+    assert report.runs[0].result is not None and report.runs[0].result.ok  # torch itself is fine
