@@ -43,10 +43,11 @@ def exits_cleanly(task_body: Callable[P, R]) -> Callable[P, R]:
 
 
 def tool_settings(
-    ctx: Context, *, versions: str | None = None, only: Sequence[str] = (), all_images: bool = False
+    ctx: Context, *, versions: str | None = None, only: Sequence[str] = (), all_images: bool = False,
+    backend: str | None = None,
 ) -> settings.Settings:
     section = _plain(ctx.config.get(settings.SECTION, None))
-    return settings.resolve(section, root=ROOT, versions=versions, only=only, all_images=all_images)
+    return settings.resolve(section, root=ROOT, versions=versions, only=only, all_images=all_images, backend=backend)
 
 
 def _plain(value: Any) -> Any:

@@ -48,11 +48,11 @@ def wheel_source(image: ImageSpec) -> WheelSource:
 
 
 def build_args(image: ImageSpec) -> tuple[tuple[str, str], ...]:
+    """The build arguments; never the pip index, which pip.conf or a secret carries (arguments reach the history)."""
     return (
         ("BASE_IMAGE", image.base_image),
         ("INSTALLER", image.installer.filename),
         ("CONDA_PREFIX", CONDA_PREFIX),
-        ("PIP_INDEX", image.pip_index),
         ("APT_MIRROR", image.apt_mirror),
         # CUDA wheels carry their own CUDA runtime; the variables tell the NVIDIA runtime to mount the driver.
         ("GPU_RUNTIME", "cpu" if image.is_cpu else "cuda"),

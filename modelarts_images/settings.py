@@ -27,6 +27,7 @@ BUILTIN: Mapping[str, Any] = {
     "jobs": 4,
     "mirrors": {},
     "reports_dir": "reports",
+    "base_prefix": "",
     "extra_tags": [],
 }
 # invoke.yaml keys that fill a versions.yaml key the file itself leaves out.
@@ -52,6 +53,7 @@ class Settings:
     jobs: int
     mirrors: Mapping[str, str]
     reports_dir: Path
+    base_prefix: str
     extra_tags: tuple[str, ...]
 
 
@@ -62,6 +64,7 @@ def resolve(
     versions: str | None = None,
     only: Sequence[str] = (),
     all_images: bool = False,
+    backend: str | None = None,
 ) -> Settings:
     """Merge built-ins, the invoke.yaml section and the flags.
 
@@ -73,13 +76,16 @@ def resolve(
         raise ConfigError("\n".join(f"invoke.yaml: {SECTION}.{key}: unknown key{suggest(key, BUILTIN)}"
                                     for key in unknown))
     values = {**BUILTIN, **{k: v for k, v in given.items() if v is not None}}
+    if backend is not None:
+        values["backend"] = backend
     fallbacks = {key: values[key] for key in IMAGE_FALLBACKS if values[key] not in (None, "")}
     problems = schema_problems({"images": [{"id": "x"}], "defaults": fallbacks})
     if problems:
         raise ConfigError("\n".join(f"invoke.yaml: {SECTION}.{key_path(path[1:])}: {message}"
                                     for path, message in problems))
     if values["backend"] not in BACKENDS:
-        raise ConfigError(f"invoke.yaml: {SECTION}.backend: must be one of {', '.join(BACKENDS)}"
+        where = "--backend" if backend is not None else f"invoke.yaml: {SECTION}.backend"
+        raise ConfigError(f"{where}: must be one of {', '.join(BACKENDS)}"
                           f"{suggest(str(values['backend']), BACKENDS)}")
     # A flag selection replaces the configured one as a whole, so --all is not mixed with a configured only.
     flagged = bool(only) or all_images
@@ -96,6 +102,7 @@ def resolve(
         jobs=_positive(values["jobs"], "jobs"),
         mirrors=_mirrors(values["mirrors"]),
         reports_dir=root / str(values["reports_dir"]),
+        base_prefix=str(values["base_prefix"] or ""),
         extra_tags=split_ids(values["extra_tags"]),
     )
 

@@ -1,0 +1,220 @@
+"""Engine tier: a real Docker Engine, a real base image, a real torch wheel and its real dependency wheels.
+
+What `inv fetch` would put in the cache is made here on the host (no container can reach an HTTPS index):
+
+- the installer is tests/fixtures/stand-in-installer.sh (a venv of the base's python3 instead of Miniconda);
+- the wheel is a CPU torch for Python 3.11 ($MODELARTS_IMAGES_TEST_TORCH_WHEEL, /opt/wheels, or downloaded
+  with the host's pip);
+- its dependency closure is downloaded once per session with the host's pip.
+
+`stage_in_cache()` and `fetched_image()` are plain functions so benchmarks and other tests can make the same
+inputs. With no engine answering, the tests are skipped with the reason; MODELARTS_IMAGES_REQUIRE_ENGINE=1
+(set in CI) turns that skip into a failure. The torch image is built with the engine's cache (cold on a fresh
+CI machine); MODELARTS_IMAGES_TEST_NO_CACHE=1 rebuilds every step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+
+from modelarts_images import engine
+from modelarts_images.errors import BuildError
+from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+TEST_BASE = "modelarts-test-base:bookworm"
+STAND_IN_INSTALLER = ROOT / "tests" / "fixtures" / "stand-in-installer.sh"
+TORCH_VERSION = "2.13.0"
+TORCH_WHEEL_NAME = "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
+TORCH_WHEEL_DIRS = (Path("/opt/wheels"),)
+REQUIRE_ENGINE = "MODELARTS_IMAGES_REQUIRE_ENGINE"
+# The image's platform for pip on the host: Python 3.11 on glibc 2.36 (Debian bookworm).
+# pip does not widen explicit --platform values, so every tag glibc 2.36 can load is listed.
+PLATFORMS = [*(f"manylinux_2_{minor}_x86_64" for minor in range(36, 4, -1)), "manylinux2014_x86_64",
+             "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64"]
+PIP_TARGET = ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none",
+              *(option for platform in PLATFORMS for option in ("--platform", platform)), "--only-binary=:all:"]
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip with the reason, or fail with it when CI requires the engine tier to run."""
+    if os.environ.get(REQUIRE_ENGINE) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_ENGINE}=1: the engine tier must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reusable helpers: artifacts as fetch leaves them
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def stage_in_cache(paths: Sequence[Path], cache_dir: Path, *, url_base: str = "https://example.invalid/") -> list[
+        FetchedFile]:
+    """Put files into a cache laid out like fetch's (blobs/sha256/<hex>, hardlinked when possible)."""
+    staged = []
+    for path in paths:
+        digest = sha256_file(path)
+        blob = cache_dir / "blobs" / "sha256" / digest
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        if not blob.exists():
+            try:
+                os.link(path, blob)
+            except OSError:
+                shutil.copyfile(path, blob)
+        staged.append(FetchedFile(filename=path.name, path=blob, url=url_base + path.name, sha256=digest))
+    return staged
+
+
+def image_spec(*, tag: str, image_id: str = "engine-test", repository: str = "modelarts-images-test",
+               base_image: str = TEST_BASE, pip_index: str = "", installer: str = STAND_IN_INSTALLER.name,
+               torch: str = TORCH_VERSION) -> ImageSpec:
+    return ImageSpec(
+        id=image_id, default=True, python="3.11", cuda="cpu", torch=torch, torchvision=None, torchaudio=None, tag=tag,
+        registry="localhost:5999", organization="engine-tests", repository=repository, base_image=base_image,
+        pip_index=pip_index, apt_mirror="http://repo.huaweicloud.com",
+        installer=Artifact(url="https://example.invalid/" + installer, sha256=None), wheels=(),
+    )
+
+
+def fetched_image(spec: ImageSpec, *, cache_dir: Path, installer: Path, wheels: Sequence[Path],
+                  closure: Sequence[Path] | None) -> FetchedImage:
+    """The FetchedImage fetch would return for `spec` with these files in its cache."""
+    (staged_installer,) = stage_in_cache([installer], cache_dir)
+    return FetchedImage(
+        image=spec,
+        installer=staged_installer,
+        wheels=tuple(stage_in_cache(wheels, cache_dir)),
+        closure=None if closure is None else tuple(stage_in_cache(closure, cache_dir)),
+    )
+
+
+def find_torch_wheel(download_dir: Path) -> Path:
+    """The CPU torch wheel: $MODELARTS_IMAGES_TEST_TORCH_WHEEL, /opt/wheels, or `pip download` on the host."""
+    override = os.environ.get("MODELARTS_IMAGES_TEST_TORCH_WHEEL")
+    if override:
+        return Path(override)
+    for directory in TORCH_WHEEL_DIRS:
+        if (directory / TORCH_WHEEL_NAME).is_file():
+            return directory / TORCH_WHEEL_NAME
+    download_dir.mkdir(parents=True, exist_ok=True)
+    pip(["download", "--no-deps", *PIP_TARGET, "-d", str(download_dir), f"torch=={TORCH_VERSION}"])
+    found = sorted(download_dir.glob(f"torch-{TORCH_VERSION}*.whl"))
+    if not found:
+        unavailable(f"no torch {TORCH_VERSION} wheel for Python 3.11 in {TORCH_WHEEL_DIRS} or from the host's pip")
+    return found[0]
+
+
+def download_closure(wheels: Sequence[Path], dest: Path) -> list[Path]:
+    """The dependency wheels of `wheels` for the test image's Python and platform, without the wheels themselves."""
+    dest.mkdir(parents=True, exist_ok=True)
+    pip(["download", *PIP_TARGET, "-d", str(dest), *map(str, wheels)])
+    own = {wheel.name for wheel in wheels}
+    closure = []
+    for path in sorted(dest.glob("*.whl")):
+        if path.name in own:
+            path.unlink()  # pip copies the local wheels it was given
+        else:
+            closure.append(path)
+    return closure
+
+
+def pip(arguments: list[str]) -> None:
+    command = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet", *arguments]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        unavailable(f"the host's pip could not get the test wheels: {result.stderr.strip()[-500:]}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    try:
+        client = engine.connect()
+    except BuildError as error:
+        unavailable(f"no Docker Engine: {error}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def test_base(docker_client: Any) -> str:
+    try:
+        docker_client.images.get(TEST_BASE)
+    except Exception as error:  # any failure means the same thing here
+        unavailable(f"base image {TEST_BASE} is missing ({error}); make it with scripts/test-base-image.sh")
+    return TEST_BASE
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    """Unique per test run, so tags never collide with another run on the same engine."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def torch_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return find_torch_wheel(tmp_path_factory.mktemp("torch-download"))
+
+
+@pytest.fixture(scope="session")
+def torch_closure(torch_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return download_closure([torch_wheel], tmp_path_factory.mktemp("torch-closure"))
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def fetched_torch(test_base: str, run_id: str, torch_wheel: Path, torch_closure: list[Path],
+                  cache_dir: Path) -> FetchedImage:
+    """The test entry as fetch would leave it: stand-in installer, CPU torch 2.13.0, its closure."""
+    return fetched_image(image_spec(tag=f"{TORCH_VERSION}-cpu-{run_id}", base_image=test_base), cache_dir=cache_dir,
+                         installer=STAND_IN_INSTALLER, wheels=[torch_wheel], closure=torch_closure)
+
+
+@pytest.fixture
+def remove_images(docker_client: Any) -> Iterator[list[str]]:
+    """Image references or ids appended here are removed when the test ends."""
+    made: list[str] = []
+    yield made
+    for reference in made:
+        remove_image(docker_client, reference)
+
+
+def remove_image(client: Any, reference: str) -> None:
+    with contextlib.suppress(Exception):  # already gone, or never built
+        client.images.remove(reference, force=True)
+
+
+def run_in(client: Any, image: str, script: str, *, user: str | None = None) -> tuple[int, str]:
+    """Run `bash -c script` in a new container of `image`; the container is removed whatever happens."""
+    container = client.containers.create(image, ["bash", "-c", script], user=user, detach=True)
+    try:
+        container.start()
+        status = container.wait(timeout=300)["StatusCode"]
+        return int(status), container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
+    finally:
+        container.remove(force=True)

@@ -1,0 +1,472 @@
+"""Building the image: the decisions (no engine needed) and real builds with both backends (marker `engine`).
+
+The torch image is built once per backend (module-scoped fixture) and every assertion reads the real image:
+its config, its labels, and what a container of it shows.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelarts_images import build, engine
+from modelarts_images.build import BuildResult
+from modelarts_images.errors import BuildError, ConfigError
+from modelarts_images.model import CONDA_PREFIX, FetchedImage
+from tests.engine.conftest import (
+    STAND_IN_INSTALLER,
+    TEST_BASE,
+    fetched_image,
+    image_spec,
+    remove_image,
+    run_in,
+)
+from tests.support.wheels import make_wheel
+
+BACKENDS = ["docker", "buildkit"]
+
+
+def retagged(fetched: FetchedImage, suffix: str) -> FetchedImage:
+    return dataclasses.replace(fetched, image=dataclasses.replace(fetched.image, tag=f"{fetched.image.tag}-{suffix}"))
+
+
+def small_image(tmp_path: Path, run_id: str, suffix: str, *, installer: Path = STAND_IN_INSTALLER,
+                pip_index: str = "", closure: bool = True) -> FetchedImage:
+    """An entry with one tiny wheel instead of torch: for builds whose point is not torch."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    app = wheels / "demo_app-1.0-py3-none-any.whl"
+    app.write_bytes(make_wheel(app.name, requires=("demo_dep",) if not closure else ()))
+    spec = image_spec(tag=f"small-{run_id}-{suffix}", installer=installer.name, pip_index=pip_index)
+    return fetched_image(spec, cache_dir=tmp_path / "cache", installer=installer, wheels=[app],
+                         closure=[] if closure else None)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Decisions, without an engine
+
+
+def test_build_arguments_follow_the_fetched_entry(tmp_path: Path) -> None:
+    fetched = small_image(tmp_path, "x", "args", pip_index="https://robot:t0ken@pypi.example.com/simple")
+    inputs = build.build_inputs(fetched)
+    args = dict(inputs.build_args)
+    assert args["BASE_IMAGE"] == TEST_BASE
+    assert args["INSTALLER"] == STAND_IN_INSTALLER.name
+    assert args["CONDA_PREFIX"] == CONDA_PREFIX
+    assert args["GPU_RUNTIME"] == "cpu"
+    assert args["HERMETIC"] == "1"
+    assert "PIP_INDEX" not in args, "a build argument lands in the image history"
+    assert inputs.target == "image" and not inputs.needs_secret  # hermetic: the index is not used at all
+    assert not any("t0ken" in value for _, value in inputs.build_args + inputs.labels)
+
+
+def test_an_index_with_credentials_needs_the_secret_target(tmp_path: Path) -> None:
+    fetched = small_image(tmp_path, "x", "secret", pip_index="https://robot:t0ken@pypi.example.com/simple",
+                          closure=False)
+    inputs = build.build_inputs(fetched)
+    assert inputs.needs_secret and inputs.target == "image-secret"
+    assert dict(inputs.build_args)["HERMETIC"] == "0"
+    assert dict(inputs.build_args)["INDEX_WITHOUT_CREDENTIALS"] == "https://pypi.example.com/simple"
+    assert dict(inputs.labels)["modelarts-images.pip-index"] == "https://pypi.example.com/simple"
+    assert not any("t0ken" in value for _, value in inputs.build_args + inputs.labels)
+    preview = build.build_command_preview(fetched, backend="buildkit", work_dir=tmp_path / "work")
+    assert "--target image-secret" in preview and "--secret id=pip.conf,src=" in preview and "t0ken" not in preview
+
+
+def test_the_classic_builder_refuses_an_index_with_credentials(tmp_path: Path) -> None:
+    fetched = small_image(tmp_path, "x", "refused", pip_index="https://robot:t0ken@pypi.example.com/simple",
+                          closure=False)
+    with pytest.raises(ConfigError, match="--backend buildkit") as caught:
+        build.build_image(fetched, backend="docker", work_dir=tmp_path / "work")
+    assert caught.value.exit_code == 2
+    assert "t0ken" not in str(caught.value)
+    assert not (tmp_path / "work").exists(), "refused before anything was assembled"
+
+
+def test_unknown_backend_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'podman' is not one of docker, buildkit"):
+        build.build_image(small_image(tmp_path, "x", "b"), backend="podman", work_dir=tmp_path / "work")
+
+
+def test_labels_record_every_resolved_artifact(tmp_path: Path) -> None:
+    fetched = small_image(tmp_path, "x", "labels")
+    labels = dict(build.image_labels(fetched, base_image="mirror.example.com/library/ubuntu:22.04"))
+    assert labels["modelarts-images.torch"] == "2.13.0"
+    assert labels["org.opencontainers.image.base.name"] == "mirror.example.com/library/ubuntu:22.04"
+    assert labels["modelarts-images.installer"] == (
+        f"https://example.invalid/{STAND_IN_INSTALLER.name} sha256:{fetched.installer.sha256}")
+    assert labels["modelarts-images.wheel.demo_app-1.0-py3-none-any.whl"].endswith(fetched.wheels[0].sha256)
+    assert labels["modelarts-images.hermetic"] == "true"
+
+
+@pytest.mark.parametrize(("reference", "prefix", "expected"), [
+    ("ubuntu:22.04", "mirror.example.com/library/", "mirror.example.com/library/ubuntu:22.04"),
+    ("ubuntu:22.04", "mirror.example.com/library", "mirror.example.com/library/ubuntu:22.04"),
+    ("nvidia/cuda:12.1.1-runtime-ubuntu22.04", "hub.example.com",
+     "hub.example.com/nvidia/cuda:12.1.1-runtime-ubuntu22.04"),
+    ("swr.cn-north-4.myhuaweicloud.com/org/ubuntu:22.04", "mirror.example.com/",
+     "swr.cn-north-4.myhuaweicloud.com/org/ubuntu:22.04"),
+    ("localhost:5000/ubuntu:22.04", "mirror.example.com/", "localhost:5000/ubuntu:22.04"),
+    ("ubuntu:22.04", None, "ubuntu:22.04"),
+])
+def test_base_prefix_applies_only_to_references_without_a_registry(reference: str, prefix: str | None,
+                                                                    expected: str) -> None:
+    spec = image_spec(tag="t", base_image=reference)
+    assert build.effective_base_image(spec, base_prefix=prefix) == expected
+
+
+def test_base_image_override_wins_and_gets_the_prefix_too() -> None:
+    spec = image_spec(tag="t", base_image="ubuntu:18.04")
+    assert build.effective_base_image(spec, base_image="ubuntu:22.04", base_prefix="m.example.com/library/") == (
+        "m.example.com/library/ubuntu:22.04")
+
+
+@pytest.mark.parametrize(("reference", "deleted"), [
+    ("nvidia/cuda:10.2-runtime-ubuntu18.04", True),
+    ("nvidia/cuda:9.0-base", True),
+    ("nvidia/cuda:11.1.1-cudnn8-runtime-ubuntu18.04", True),
+    ("nvidia/cuda:11.3.1-runtime-ubuntu20.04", True),
+    ("nvidia/cuda:11.4.3-runtime-ubuntu20.04", False),
+    ("nvidia/cuda:12.1.1-runtime-ubuntu22.04", False),
+    ("mirror.example.com/nvidia/cuda:10.2-runtime-ubuntu18.04", True),
+    ("ubuntu:18.04", False),
+])
+def test_deleted_nvidia_tags_are_recognised(reference: str, deleted: bool) -> None:
+    assert engine.deleted_nvidia_tag(reference) is deleted
+
+
+def test_nvidia_advice_names_the_matching_ubuntu() -> None:
+    advice = engine.nvidia_replacement("nvidia/cuda:10.2-runtime-ubuntu18.04")
+    assert "NVIDIA deleted" in advice and "ubuntu:18.04" in advice and "NVIDIA_VISIBLE_DEVICES=all" in advice
+
+
+@pytest.mark.parametrize(("created_by", "step"), [
+    ("/bin/sh -c #(nop) COPY dir:0a1b in /home/ma-user/miniconda3 ", "COPY dir:0a1b in /home/ma-user/miniconda3"),
+    ("|2 APT_MIRROR=http://m CONDA_PREFIX=/x /bin/sh -c set -eu;     apt-get update", "RUN set -eu; apt-get update"),
+    ("RUN |1 APT_MIRROR=http://m /bin/sh -c set -eu; apt-get update # buildkit", "RUN set -eu; apt-get update"),
+    ("COPY /home/ma-user/miniconda3 /home/ma-user/miniconda3 # buildkit",
+     "COPY /home/ma-user/miniconda3 /home/ma-user/miniconda3"),
+    ("/bin/sh -c useradd -m ma-user", "RUN useradd -m ma-user"),
+    ("/bin/sh -c #(nop) COPY --chown=1000:100dir:0a1b in /home/ma-user/miniconda3 ",
+     "COPY --chown=1000:100 dir:0a1b in /home/ma-user/miniconda3"),
+])
+def test_history_entries_read_as_dockerfile_steps(created_by: str, step: str) -> None:
+    assert engine.step_of(created_by) == step
+
+
+def fake_docker(directory: Path, *, buildx: bool, client: str) -> str:
+    """A real executable that answers like a docker CLI for the two questions discovery asks."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "docker"
+    answer = "echo github.com/docker/buildx v0.12.1 abc; exit 0" if buildx else "exit 1"
+    path.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = buildx ]; then {answer}; fi\n'
+        f'if [ "$1" = version ]; then echo {client}; exit 0; fi\n'
+        "exit 1\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_buildkit_cli_prefers_buildx_then_an_old_client(tmp_path: Path) -> None:
+    new = fake_docker(tmp_path / "new", buildx=False, client="28.2.2")
+    old = fake_docker(tmp_path / "old", buildx=False, client="20.10.24+dfsg1")
+    plugin = fake_docker(tmp_path / "plugin", buildx=True, client="28.2.2")
+    assert engine.find_buildkit_cli([new, old]) == engine.BuildKitCli(path=old, mode="legacy",
+                                                                      version="20.10.24+dfsg1")
+    assert engine.find_buildkit_cli([new, old, plugin]).mode == "buildx"
+    with pytest.raises(BuildError, match="docker-buildx") as caught:
+        engine.find_buildkit_cli([new])
+    assert "client 28.2.2, no buildx" in str(caught.value) and caught.value.exit_code == 4
+
+
+def test_buildkit_commands_for_swr(tmp_path: Path) -> None:
+    request = engine.BuildRequest(context_dir=tmp_path, target="image", tag="r/o/p:t", build_args=(("A", "1"),),
+                                  labels=(("l", "v w"),), no_cache=True, platform="linux/amd64")
+    buildx = engine.BuildKitCli(path="/usr/bin/docker", mode="buildx", version="github.com/docker/buildx v0.12.1 x")
+    command, env = engine.buildkit_command(buildx, request, tmp_path / "iid")
+    assert command[:4] == ["/usr/bin/docker", "buildx", "build", "--load"]
+    assert "--provenance=false" in command and "--sbom=false" in command and env == {}
+    assert command[command.index("--label"):command.index("--label") + 2] == ["--label", "l=v w"]
+    legacy = engine.BuildKitCli(path="/usr/bin/docker", mode="legacy", version="20.10.24")
+    command, env = engine.buildkit_command(legacy, request, tmp_path / "iid")
+    assert command[:2] == ["/usr/bin/docker", "build"] and env == {"DOCKER_BUILDKIT": "1"}
+    assert "--provenance=false" not in command and "--progress=plain" in command
+
+
+def test_masked_commands_hide_url_credentials() -> None:
+    assert engine.masked(["x", "--label", "u=https://robot:t0ken@h.example.com/simple"]) == (
+        "x --label u=https://***@h.example.com/simple")
+
+
+def test_an_unreachable_engine_is_a_build_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with pytest.raises(BuildError, match="Is dockerd running") as caught:
+        engine.connect()
+    assert caught.value.exit_code == 4 and "DOCKER_HOST=unix:///nonexistent/docker.sock" in str(caught.value)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The torch image, built for real with each backend
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def built(request: pytest.FixtureRequest, docker_client: Any, fetched_torch: FetchedImage,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BuildResult, FetchedImage]]:
+    backend = str(request.param)
+    fetched = retagged(fetched_torch, backend)
+    try:
+        result = build.build_image(fetched, backend=backend, work_dir=tmp_path_factory.mktemp(f"work-{backend}"),
+                                   no_cache=os.environ.get("MODELARTS_IMAGES_TEST_NO_CACHE") == "1",
+                                   base_image=None, platform=None, base_prefix=None)
+        print(build.format_result(result))  # shown with -rP / -s: size and layer attribution of the test image
+        yield result, fetched
+    finally:
+        remove_image(docker_client, fetched.image.reference)
+
+
+@pytest.mark.engine
+def test_image_config(built: tuple[BuildResult, FetchedImage], docker_client: Any) -> None:
+    result, _ = built
+    image = docker_client.images.get(result.reference)
+    assert image.id == result.image_id
+    config = image.attrs["Config"]
+    assert config["User"] == "ma-user"
+    assert config["WorkingDir"] == "/home/ma-user"
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["PATH"].split(":")[-1] == f"{CONDA_PREFIX}/bin" and "/usr/bin" in env["PATH"].split(":")
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert "NVIDIA_VISIBLE_DEVICES" not in env, "a CPU entry does not ask for GPUs"
+
+
+@pytest.mark.engine
+def test_image_labels(built: tuple[BuildResult, FetchedImage], docker_client: Any) -> None:
+    result, fetched = built
+    labels = docker_client.images.get(result.reference).attrs["Config"]["Labels"]
+    assert labels["modelarts-images.torch"] == "2.13.0"
+    assert labels["modelarts-images.python"] == "3.11"
+    assert labels["modelarts-images.cuda"] == "cpu"
+    assert labels["org.opencontainers.image.base.name"] == TEST_BASE
+    assert labels["modelarts-images.installer"].endswith(f"sha256:{fetched.installer.sha256}")
+    torch = fetched.wheels[0]
+    assert labels[f"modelarts-images.wheel.{torch.filename}"].endswith(f"sha256:{torch.sha256}")
+    for dependency in fetched.closure or ():
+        assert labels[f"modelarts-images.dependency.{dependency.filename}"].endswith(f"sha256:{dependency.sha256}")
+    assert labels["modelarts-images.hermetic"] == "true"
+
+
+@pytest.mark.engine
+def test_container_runs_as_ma_user_with_torch(built: tuple[BuildResult, FetchedImage], docker_client: Any) -> None:
+    result, _ = built
+    # -W: torch warns on stderr that numpy is missing (torch does not need it; torchvision would bring it)
+    python = f"{CONDA_PREFIX}/bin/python -W ignore::UserWarning"
+    status, output = run_in(docker_client, result.reference,
+                            f'id; pwd; {python} -c "import torch; print(torch.__version__)"; '
+                            f"command -v vim curl; test -w {CONDA_PREFIX} && echo conda-writable")
+    assert status == 0, output
+    lines = output.splitlines()
+    assert lines[0].startswith("uid=1000(ma-user) gid=100(")
+    assert lines[1] == "/home/ma-user"
+    assert lines[2] == "2.13.0+cpu"
+    assert lines[3:5] == ["/usr/bin/vim", "/usr/bin/curl"]
+    assert lines[5] == "conda-writable"
+
+
+@pytest.mark.engine
+def test_no_wheel_installer_or_pip_cache_in_the_image(built: tuple[BuildResult, FetchedImage],
+                                                      docker_client: Any) -> None:
+    result, fetched = built
+    ours = [fetched.installer.filename, *(item.filename for item in (*fetched.wheels, *(fetched.closure or ())))]
+    script = ("find / -xdev \\( -name '*.whl' -o -name '*.sh' -path '*installer*' \\) -print 2>/dev/null; "
+              "echo ---; ls -d /root/.cache/pip /home/ma-user/.cache/pip /tmp/build /tmp/installer 2>/dev/null; "
+              "echo ---; ls -A /tmp")
+    status, output = run_in(docker_client, result.reference, script, user="root")
+    assert status == 0, output
+    found, leftovers, tmp = (part.split() for part in output.split("---"))
+    _, base_output = run_in(docker_client, TEST_BASE, "find / -xdev -name '*.whl' -print 2>/dev/null")
+    from_base = set(base_output.split())
+    assert not [path for path in found if Path(path).name in ours], "a fetched file reached the image"
+    assert set(found) <= from_base, f"wheels the base image does not have: {set(found) - from_base}"
+    assert leftovers == [] and tmp == []
+
+
+@pytest.mark.engine
+def test_summary_attributes_the_largest_layer(built: tuple[BuildResult, FetchedImage], docker_client: Any) -> None:
+    result, _ = built
+    assert result.size == docker_client.images.get(result.reference).attrs["Size"]
+    assert result.backend in BACKENDS and result.duration > 0
+    largest = result.layers[0]
+    assert largest.step.startswith("COPY") and CONDA_PREFIX in largest.step and not largest.from_base
+    assert largest.size > 300_000_000  # torch
+    assert any(layer.from_base for layer in result.layers), "the base image's layer is shown as such"
+    assert "built in" in build.format_result(result)
+
+
+@pytest.mark.engine
+def test_a_rebuild_is_served_from_the_cache(built: tuple[BuildResult, FetchedImage], docker_client: Any,
+                                           tmp_path: Path) -> None:
+    result, fetched = built
+    again = build.build_image(fetched, backend=result.backend, work_dir=tmp_path / "work")
+    assert again.image_id == result.image_id
+    assert again.duration < 60
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Small real builds: failures, indexes, preflight
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_failing_step_is_reported_with_its_log(backend: str, docker_client: Any, test_base: str, run_id: str,
+                                                 tmp_path: Path) -> None:
+    broken = tmp_path / "broken-installer.sh"
+    broken.write_text("#!/bin/bash\necho 'stand-in installer: unpacking'\necho 'stand-in installer: disk on fire' >&2\n"
+                      "exit 1\n")
+    fetched = small_image(tmp_path, run_id, f"broken-{backend}", installer=broken)
+    try:
+        with pytest.raises(BuildError) as caught:
+            build.build_image(fetched, backend=backend, work_dir=tmp_path / "work")
+    finally:
+        remove_image(docker_client, fetched.image.reference)
+    message = str(caught.value)
+    assert caught.value.exit_code == 4
+    assert "/tmp/installer/" in message.split("\n", 1)[0], f"the failing step is not named: {message}"
+    assert "stand-in installer: unpacking" in message and "disk on fire" in message
+    assert re.search(r"non-zero code: 1|exit code: 1", message)
+
+
+class _Index(ThreadingHTTPServer):
+    """A PEP 503 simple index over plain HTTP, with optional basic auth, that records who asked."""
+
+    daemon_threads = True
+
+    def __init__(self, host: str, files: dict[str, bytes], credentials: str | None) -> None:
+        super().__init__((host, 0), _IndexHandler)
+        self.files = files
+        self.expected = None if credentials is None else "Basic " + base64.b64encode(credentials.encode()).decode()
+        self.seen: list[tuple[str, bool]] = []
+
+
+class _IndexHandler(BaseHTTPRequestHandler):
+    server: _Index
+
+    def do_GET(self) -> None:
+        authorized = self.server.expected is None or self.headers.get("Authorization") == self.server.expected
+        self.server.seen.append((self.path, authorized))
+        if not authorized:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="test"')
+            self.end_headers()
+            return
+        parts = [part for part in self.path.split("/") if part]
+        if len(parts) == 2 and parts[0] == "simple":
+            project = parts[1].replace("_", "-")
+            links = "".join(f'<a href="/files/{name}#sha256={hashlib.sha256(data).hexdigest()}">{name}</a>\n'
+                            for name, data in self.server.files.items()
+                            if name.split("-")[0].replace("_", "-") == project)
+            body = f"<html><body>\n{links}</body></html>\n".encode()
+        elif len(parts) == 2 and parts[0] == "files" and parts[1] in self.server.files:
+            body = self.server.files[parts[1]]
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html" if parts[0] == "simple" else "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # the base class's signature
+        """Quiet."""
+
+
+@pytest.fixture
+def index(docker_client: Any) -> Iterator[_Index]:
+    """The index, listening on the engine's bridge gateway so build containers reach it."""
+    try:
+        gateway = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+        server = _Index(gateway, {"demo_dep-1.0-py3-none-any.whl": make_wheel("demo_dep-1.0-py3-none-any.whl")},
+                        credentials=None)
+    except (OSError, KeyError, IndexError) as error:
+        pytest.skip(f"cannot serve an index on the engine's bridge gateway (remote engine?): {error}")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.engine
+def test_without_a_closure_the_dependencies_come_from_pip_index(index: _Index, docker_client: Any, test_base: str,
+                                                                run_id: str, tmp_path: Path) -> None:
+    host, port = index.server_address[:2]
+    fetched = small_image(tmp_path, run_id, "index", pip_index=f"http://{host!s}:{port}/simple/", closure=False)
+    try:
+        result = build.build_image(fetched, backend="docker", work_dir=tmp_path / "work")
+        status, output = run_in(docker_client, result.reference, "python -c 'import demo_dep, demo_app; print(1)'")
+        assert status == 0, output
+    finally:
+        remove_image(docker_client, fetched.image.reference)
+    assert ("/files/demo_dep-1.0-py3-none-any.whl", True) in index.seen
+
+
+@pytest.mark.engine
+def test_an_index_with_credentials_goes_in_as_a_buildkit_secret(index: _Index, docker_client: Any, test_base: str,
+                                                                run_id: str, tmp_path: Path) -> None:
+    password = f"pw-{run_id}-s3cret"
+    index.expected = "Basic " + base64.b64encode(f"robot:{password}".encode()).decode()
+    host, port = index.server_address[:2]
+    fetched = small_image(tmp_path, run_id, "secret", pip_index=f"http://robot:{password}@{host!s}:{port}/simple/",
+                          closure=False)
+    try:
+        result = build.build_image(fetched, backend="buildkit", work_dir=tmp_path / "work")
+        status, output = run_in(docker_client, result.reference,
+                                f"python -c 'import demo_dep; print(1)' && "
+                                f"! grep -rqsF -- '{password}' /etc /home /tmp /root {CONDA_PREFIX} && echo clean",
+                                user="root")
+        assert status == 0 and output.split() == ["1", "clean"], output
+        history = docker_client.api.history(result.image_id)
+        attrs = docker_client.api.inspect_image(result.image_id)
+    finally:
+        remove_image(docker_client, fetched.image.reference)
+    assert ("/files/demo_dep-1.0-py3-none-any.whl", True) in index.seen, "pip did not use the credentials"
+    assert password not in repr(history) and password not in repr(attrs)
+    context_files = [path for path in (tmp_path / "work").rglob("*") if path.is_file()]
+    assert context_files and not [path for path in context_files if password.encode() in path.read_bytes()]
+
+
+@pytest.mark.engine
+def test_preflight_finds_the_local_base(docker_client: Any, test_base: str) -> None:
+    assert engine.check_base_image(docker_client, test_base) == "local"
+    build.preflight([image_spec(tag="t")], client=docker_client)
+
+
+@pytest.mark.engine
+def test_preflight_explains_deleted_nvidia_tags(docker_client: Any) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build.preflight([image_spec(tag="t", base_image="nvidia/cuda:10.2-runtime-ubuntu18.04")], client=docker_client)
+    message = str(caught.value)
+    assert "NVIDIA deleted nvidia/cuda:10.2-runtime-ubuntu18.04" in message and "ubuntu:18.04" in message
+
+
+@pytest.mark.engine
+def test_preflight_names_a_missing_base(docker_client: Any) -> None:
+    started = time.monotonic()
+    with pytest.raises((BuildError, ConfigError)) as caught:
+        engine.check_base_image(docker_client, "modelarts-test-base:no-such-tag")
+    assert "base image modelarts-test-base:no-such-tag: not in the engine" in str(caught.value)
+    assert "--base-prefix" in str(caught.value)
+    assert time.monotonic() - started < 60

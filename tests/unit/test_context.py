@@ -1,0 +1,209 @@
+"""The build context: pip.conf rendering, zero-copy assembly from the cache, the tar the classic builder gets."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from modelarts_images import context, engine
+from modelarts_images.errors import ConfigError
+from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def spec(**overrides: object) -> ImageSpec:
+    values: dict[str, object] = {
+        "id": "pytorch-2.13.0-cpu", "default": True, "python": "3.11", "cuda": "cpu", "torch": "2.13.0",
+        "torchvision": None, "torchaudio": None, "tag": "2.13.0-cpu", "registry": "swr.example.com",
+        "organization": "demo", "repository": "pytorch", "base_image": "ubuntu:22.04",
+        "pip_index": "https://repo.huaweicloud.com/repository/pypi/simple", "apt_mirror": "http://repo.huaweicloud.com",
+        "installer": Artifact(url="https://example.com/Miniconda3-py311_23.5.2-0-Linux-x86_64.sh", sha256=None),
+        "wheels": (),
+    }
+    values.update(overrides)
+    return ImageSpec(**values)  # type: ignore[arg-type]
+
+
+def cached(cache: Path, filename: str, data: bytes) -> FetchedFile:
+    """A file stored the way the cache stores it: named by its sha256, not by its file name."""
+    digest = hashlib.sha256(data).hexdigest()
+    path = cache / "blobs" / "sha256" / digest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return FetchedFile(filename=filename, path=path, url=f"https://example.com/{filename}", sha256=digest)
+
+
+def fetched_image(cache: Path, *, closure: bool = True, **overrides: object) -> FetchedImage:
+    return FetchedImage(
+        image=spec(**overrides),
+        installer=cached(cache, "Miniconda3-py311_23.5.2-0-Linux-x86_64.sh", b"#!/bin/sh\necho installer\n"),
+        wheels=(cached(cache, "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl", b"torch" * 1000),),
+        closure=(cached(cache, "sympy-1.14.0-py3-none-any.whl", b"sympy"),
+                 cached(cache, "mpmath-1.3.0-py3-none-any.whl", b"mpmath")) if closure else None,
+    )
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    return {path.relative_to(root).as_posix(): (path.read_bytes() if path.is_file() else None)
+            for path in sorted(root.rglob("*"))}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# pip.conf
+
+
+def test_pip_conf_as_the_recipe_wrote_it() -> None:
+    assert context.render_pip_conf("https://repo.huaweicloud.com/repository/pypi/simple") == (
+        "[global]\n"
+        "index-url = https://repo.huaweicloud.com/repository/pypi/simple\n"
+        "trusted-host = repo.huaweicloud.com\n"
+        "timeout = 120\n"
+    )
+
+
+def test_pip_conf_trusts_the_host_without_port_or_credentials() -> None:
+    text = context.render_pip_conf("http://user:s3cret@10.0.0.5:8080/simple/")
+    assert "index-url = http://user:s3cret@10.0.0.5:8080/simple/\n" in text
+    assert "trusted-host = 10.0.0.5\n" in text
+
+
+def test_pip_conf_without_an_index_keeps_pip_default() -> None:
+    assert context.render_pip_conf("") == "[global]\ntimeout = 120\n"
+
+
+@pytest.mark.parametrize("bad", ["https://example.com/simple\n[global]\nindex-url = http://evil", "not a url"])
+def test_pip_conf_refuses_what_is_not_one_url(bad: str) -> None:
+    with pytest.raises(ConfigError, match="pip_index"):
+        context.render_pip_conf(bad)
+
+
+def test_credentials_are_recognised_removed_and_masked() -> None:
+    url = "https://robot:t0ken@pypi.example.com/simple"
+    assert context.has_credentials(url)
+    assert not context.has_credentials("https://pypi.example.com/simple")
+    assert context.has_credentials("https://t0ken@pypi.example.com/simple")
+    assert context.without_credentials(url) == "https://pypi.example.com/simple"
+    assert context.redacted(url) == "https://robot:***@pypi.example.com/simple"
+    assert context.redacted("https://t0ken@pypi.example.com/simple") == "https://***@pypi.example.com/simple"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Assembly
+
+
+def test_context_holds_hardlinks_to_the_cache(tmp_path: Path) -> None:
+    fetched = fetched_image(tmp_path / "cache")
+    built = context.assemble(fetched, tmp_path / "work")
+    assert built == tmp_path / "work" / fetched.image.id
+    for directory, item in [("installer", fetched.installer), ("wheels", fetched.wheels[0]),
+                            ("deps", (fetched.closure or ())[0])]:
+        linked = built / directory / item.filename
+        assert linked.stat().st_ino == item.path.stat().st_ino, f"{linked} is a copy, not a hardlink"
+        assert linked.stat().st_nlink >= 2
+    assert (built / "Dockerfile").read_bytes() == (ROOT / "context" / "Dockerfile").read_bytes()
+    assert (built / ".dockerignore").read_bytes() == (ROOT / "context" / ".dockerignore").read_bytes()
+    assert sorted(path.name for path in (built / "deps").iterdir()) == [
+        "mpmath-1.3.0-py3-none-any.whl", "sympy-1.14.0-py3-none-any.whl"]
+
+
+def test_context_pip_conf_never_holds_credentials(tmp_path: Path) -> None:
+    fetched = fetched_image(tmp_path / "cache", pip_index="https://robot:t0ken@pypi.example.com/simple")
+    built = context.assemble(fetched, tmp_path / "work")
+    text = (built / "pip.conf").read_text("utf-8")
+    assert "t0ken" not in text and "robot" not in text
+    assert "index-url = https://pypi.example.com/simple\n" in text
+
+
+def test_without_closure_deps_is_an_empty_directory(tmp_path: Path) -> None:
+    built = context.assemble(fetched_image(tmp_path / "cache", closure=False), tmp_path / "work")
+    assert (built / "deps").is_dir() and not any((built / "deps").iterdir())
+
+
+def test_assembly_is_idempotent_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    fetched = fetched_image(tmp_path / "cache")
+    work = tmp_path / "work"
+    first = context.assemble(fetched, work)
+    before = tree(first)
+    inodes = {path.name: path.stat().st_ino for path in first.rglob("*.whl")}
+    (first / "stale-file").write_text("left over from an older build")
+    (first / "wheels" / "torch-1.0.0-cp37-cp37m-linux_x86_64.whl").write_bytes(b"old wheel")
+    second = context.assemble(fetched, work)
+    assert second == first
+    assert tree(second) == before
+    assert {path.name: path.stat().st_ino for path in second.rglob("*.whl")} == inodes
+    assert [path.name for path in work.iterdir()] == [fetched.image.id], "staging or old directories left behind"
+
+
+def test_a_failed_assembly_keeps_the_previous_context(tmp_path: Path) -> None:
+    fetched = fetched_image(tmp_path / "cache")
+    work = tmp_path / "work"
+    before = tree(context.assemble(fetched, work))
+    fetched.wheels[0].path.unlink()  # the cache lost a file
+    with pytest.raises(FileNotFoundError):
+        context.assemble(fetched, work)
+    assert tree(work / fetched.image.id) == before
+    assert [path.name for path in work.iterdir()] == [fetched.image.id]
+
+
+@pytest.mark.parametrize("name", ["../escape.whl", "", "a/b.whl"])
+def test_file_names_that_would_leave_their_directory_are_refused(tmp_path: Path, name: str) -> None:
+    fetched = fetched_image(tmp_path / "cache")
+    bad = FetchedFile(filename=name, path=fetched.wheels[0].path, url="https://example.com/x", sha256="0" * 64)
+    with pytest.raises(ConfigError, match="cannot be a file name"):
+        context.assemble(FetchedImage(image=fetched.image, installer=fetched.installer, wheels=(bad,),
+                                      closure=fetched.closure), tmp_path / "work")
+
+
+def test_a_cache_on_another_filesystem_is_copied_with_a_warning(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK) or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm writable and on another filesystem than the temporary directory")
+    source = shm / f"modelarts-test-{os.getpid()}.whl"
+    source.write_bytes(b"wheel bytes")
+    try:
+        with caplog.at_level(logging.WARNING, logger="modelarts_images.context"):
+            context.link_or_copy(source, tmp_path / "copy.whl")
+        assert (tmp_path / "copy.whl").read_bytes() == b"wheel bytes"
+        assert (tmp_path / "copy.whl").stat().st_ino != source.stat().st_ino
+        assert "copying it instead" in caplog.text
+    finally:
+        source.unlink()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The tar the docker backend streams
+
+
+def test_streamed_context_is_a_tar_of_the_allowed_entries(tmp_path: Path) -> None:
+    fetched = fetched_image(tmp_path / "cache")
+    built = context.assemble(fetched, tmp_path / "work")
+    (built / "not-for-the-engine").write_text("x")
+    entries = ("Dockerfile", ".dockerignore", "pip.conf", "installer", "wheels", "deps")
+    data = b"".join(engine.stream_context(built, entries))
+    assert len(data) % tarfile.BLOCKSIZE == 0
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+        members = {member.name: member for member in archive.getmembers()}
+        assert "not-for-the-engine" not in members
+        torch_name = "wheels/" + fetched.wheels[0].filename
+        assert members["wheels"].isdir() and members[torch_name].isfile()
+        extracted = archive.extractfile(torch_name)
+        assert extracted is not None and extracted.read() == fetched.wheels[0].path.read_bytes()
+        assert members[torch_name].uid == 0 and members[torch_name].mtime == int(fetched.wheels[0].path.stat().st_mtime)
+        on_disk = {path.relative_to(built).as_posix() for path in built.rglob("*")}
+        assert set(members) == on_disk - {"not-for-the-engine"}
+
+
+def test_long_names_survive_the_tar(tmp_path: Path) -> None:
+    name = "markupsafe-3.0.4-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64.whl" * 2
+    (tmp_path / "deps").mkdir()
+    (tmp_path / "deps" / name).write_bytes(b"z" * 1000)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(engine.stream_context(tmp_path))), mode="r:") as archive:
+        assert archive.getnames() == ["deps", f"deps/{name}"]
