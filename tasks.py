@@ -9,13 +9,14 @@ from invoke.context import Context
 from invoke.tasks import task
 
 from modelarts_images import build as building
-from modelarts_images import conformance, engine, engine_run
+from modelarts_images import conformance, engine
 from modelarts_images import fetch as fetching
 from modelarts_images import plan as planning
 from modelarts_images import publish as publishing
 from modelarts_images import verify as verifying
 from modelarts_images.cli import ROOT, SELECTION_HELP, exits_cleanly, selected_images, tool_settings
-from modelarts_images.errors import ConfigError
+from modelarts_images.engine import run as engine_run
+from modelarts_images.errors import ConfigError, RegistryError
 from modelarts_images.model import FetchedImage
 from modelarts_images.progress import for_terminal, human
 
@@ -173,7 +174,7 @@ def login(
     else:
         resolved = tool_settings(c, versions=versions, only=only or (), all_images=all_)
         registries = sorted({image.registry for image in selected_images(resolved)})
-    client = engine.connect()
+    client = engine.connect(RegistryError)
     for host in registries:
         result = publishing.login(host, client=client, env=os.environ, region=region)
         print(f"{host}: login accepted for {result.user} ({result.source})")
@@ -197,7 +198,7 @@ def push(
         region=region,
         dry_run=dry_run,
     )
-    client = engine.connect()
+    client = engine.connect(RegistryError)
     with for_terminal("push") as progress:
         records = publishing.push_images(images, options, client=client, env=os.environ, progress=progress)
     print(publishing.summary(records))

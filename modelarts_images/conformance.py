@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .engine_run import ContainerOutput, ContainerRun, GpuSupport, ImageConfig
+from .engine.run import ContainerOutput, ContainerRun, GpuSupport, ImageConfig
 from .errors import VerifyError
 from .model import CONDA_PREFIX
 
@@ -242,7 +242,7 @@ class ImageFacts:
 
 
 class ContainerEngine(Protocol):
-    """What verification needs from the engine (engine_run.Containers; a fake in unit tests)."""
+    """What verification needs from the engine (engine.run.Containers; a fake in unit tests)."""
 
     def run(self, spec: ContainerRun) -> ContainerOutput: ...
 

@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import engine_push, swr
+from . import swr
+from .engine import push as engine_push
 from .errors import ConfigError, RegistryError
 from .model import ImageSpec
 from .registry import Manifest, Registry

@@ -5,7 +5,7 @@ set, the job's code from OBS under ${MA_JOB_DIR}/<code dir>, and the boot comman
 shell, no profile, so no `conda activate`. `run_spec()` describes exactly that container (with verify/ mounted
 read-only where OBS code would land); `parse_result()` reads the JSON line verify/pytorch-verification.py ends
 with; `check_against()` compares it with the versions.yaml entry. Everything here is pure except
-`verify_image()`, which drives an injected engine (engine_run.Containers, or a fake in the unit tests).
+`verify_image()`, which drives an injected engine (engine.run.Containers, or a fake in the unit tests).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from . import conformance
 from .conformance import MA_GID, MA_HOME, MA_UID, MA_USER, CheckOutcome, ContainerEngine
-from .engine_run import ContainerOutput, ContainerRun, GpuSupport, ImageConfig, Mount
+from .engine.run import ContainerOutput, ContainerRun, GpuSupport, ImageConfig, Mount
 from .errors import ConfigError, VerifyError
 from .model import ImageSpec
 

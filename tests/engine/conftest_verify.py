@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from modelarts_images import engine_run
+from modelarts_images.engine import run as engine_run
 from modelarts_images.errors import VerifyError
 from modelarts_images.model import CONDA_PREFIX, Artifact, ImageSpec
 

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import requests
 
-from modelarts_images import engine_push, publish, registry, swr
+from modelarts_images import publish, registry, swr
+from modelarts_images.engine import push as engine_push
 from modelarts_images.errors import RegistryError
 from tests.engine import conftest_push
 from tests.engine.conftest_push import (

@@ -1,5 +1,5 @@
 """registry.py against a small but real v2 registry on loopback (Basic and Bearer auth, faults), and the push
-stream reader of engine_push.py fed with the events the engine sends."""
+stream reader of engine/push.py fed with the events the engine sends."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from modelarts_images import engine_push, registry
+from modelarts_images import registry
+from modelarts_images.engine import push as engine_push
 from modelarts_images.errors import RegistryError
 from modelarts_images.swr import Credentials, Reference
 

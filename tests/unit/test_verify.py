@@ -11,10 +11,11 @@ from typing import Any
 import docker.types
 import pytest
 
-from modelarts_images import conformance, engine_run
+from modelarts_images import conformance
 from modelarts_images import verify as verifying
 from modelarts_images.conformance import CheckOutcome
-from modelarts_images.engine_run import ContainerOutput, ContainerRun, GpuSupport, ImageConfig
+from modelarts_images.engine import run as engine_run
+from modelarts_images.engine.run import ContainerOutput, ContainerRun, GpuSupport, ImageConfig
 from modelarts_images.errors import ConfigError, VerifyError
 from modelarts_images.model import Artifact, ImageSpec
 

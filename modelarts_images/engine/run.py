@@ -25,7 +25,8 @@ import docker.errors
 import docker.types
 import requests
 
-from .errors import VerifyError
+from ..errors import VerifyError
+from . import connect as engine_connect
 
 log = logging.getLogger(__name__)
 
@@ -104,16 +105,8 @@ class GpuSupport:
 
 
 def connect() -> Any:
-    """A docker SDK client for the engine of DOCKER_HOST or the current docker context, checked with a ping."""
-    try:
-        client = docker.from_env()
-        client.ping()
-    except (docker.errors.DockerException, requests.RequestException, OSError) as error:
-        raise VerifyError(
-            f"no Docker Engine answers ({error}). Is dockerd running (scripts/engine-up.sh starts one)? "
-            "DOCKER_HOST or `docker context use` choose another engine."
-        ) from error
-    return client
+    """A client for verification runs: no engine is a verification failure (exit 5)."""
+    return engine_connect(VerifyError)
 
 
 # --------------------------------------------------------------------------------------------------------------

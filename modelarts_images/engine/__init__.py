@@ -32,7 +32,7 @@ import docker
 import docker.errors
 import requests
 
-from .errors import BuildError, ConfigError
+from ..errors import BuildError, ConfigError, ModelArtsImagesError
 
 log = logging.getLogger(__name__)
 build_log = logging.getLogger(f"{__name__}.build")
@@ -107,13 +107,16 @@ def endpoint() -> str:
     return "unix:///var/run/docker.sock (the default; set DOCKER_HOST or a docker context for another engine)"
 
 
-def connect() -> Any:
-    """A docker SDK client for the engine of DOCKER_HOST or the current docker context, checked with a ping."""
+def connect(error_class: type[ModelArtsImagesError] = BuildError) -> Any:
+    """A docker SDK client for the engine of DOCKER_HOST or the current docker context, checked with a ping.
+
+    No engine is an error of the stage that needed one (build 4, verify 5, registry 6).
+    """
     try:
         client = docker.from_env()
         client.ping()
     except (docker.errors.DockerException, requests.RequestException, OSError) as error:
-        raise BuildError(
+        raise error_class(
             f"no Docker Engine answers at {endpoint()}: {error}. Is dockerd running (scripts/engine-up.sh starts "
             "one)? DOCKER_HOST or `docker context use` choose another engine."
         ) from error

@@ -24,8 +24,8 @@ import docker.auth
 import docker.errors
 import requests
 
-from .errors import RegistryError
-from .swr import Credentials, Reference, mask, missing_login_hint
+from ..errors import RegistryError
+from ..swr import Credentials, Reference, mask, missing_login_hint
 
 log = logging.getLogger("modelarts_images.engine.push")
 
