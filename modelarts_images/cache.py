@@ -35,6 +35,17 @@ class Cache:
         self.incoming.mkdir(parents=True, exist_ok=True)
 
     @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """An flock on incoming/<name>.adopting, for work that spans a download and its move into the store.
+
+        Not <name>.lock: the download of <name> takes that one itself, and flock would wait on its own holder.
+        """
+        self.prepare()
+        with (self.incoming / f"{name}.adopting").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    @contextlib.contextmanager
     def _records(self) -> Iterator[dict[str, list[int]]]:
         """Read-modify-write of verified.json under a lock shared by every fetch process."""
         self.prepare()

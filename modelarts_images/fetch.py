@@ -95,22 +95,36 @@ class _Fetcher:
             raise FetchError(f"{owner}: --locked, and {artifact.url} has no sha256 in versions.yaml or versions.lock")
         source = mirrored(artifact.url, options.mirrors)
         if artifact.sha256:
-            target = cache.blob(artifact.sha256)
-        else:
-            log.warning("%s: %s has no sha256 to check against; trusting this first download and pinning it in "
-                        "versions.lock (trust on first use)", owner, artifact.url)
-            target = cache.incoming / (hashlib.sha256(artifact.url.encode()).hexdigest()[:16] + "-" + artifact.filename)
+            transfer = self._download(source, cache.blob(artifact.sha256), artifact.sha256, owner)
+            cache.record(transfer.sha256)
+            return FetchedFile(filename=artifact.filename, path=transfer.path, url=artifact.url,
+                               sha256=transfer.sha256)
+        log.warning("%s: %s has no sha256 to check against; trusting this first download and pinning it in "
+                    "versions.lock (trust on first use)", owner, artifact.url)
+        key = hashlib.sha256(artifact.url.encode()).hexdigest()[:16] + "-" + artifact.filename
+        # Another fetch may be taking the same unpinned file: one downloads and moves it into the store, the
+        # other then finds it there through the note left beside the download.
+        with cache.exclusive(key):
+            note = cache.incoming / f"{key}.sha256"
+            known = note.read_text("utf-8").strip() if note.exists() else None
+            if known and not options.refresh and cache.has(known):
+                self.reused += 1
+                return FetchedFile(filename=artifact.filename, path=cache.blob(known), url=artifact.url, sha256=known)
+            transfer = self._download(source, cache.incoming / key, None, owner)
+            path = cache.adopt(transfer.path, transfer.sha256)
+            note.write_text(transfer.sha256, encoding="utf-8")
+        return FetchedFile(filename=artifact.filename, path=path, url=artifact.url, sha256=transfer.sha256)
+
+    def _download(self, source: str, target: Path, sha256: str | None, owner: str) -> download.Transfer:
         try:
-            transfer = download.download(source, target, expected_sha256=artifact.sha256, session=self.session,
+            transfer = download.download(source, target, expected_sha256=sha256, session=self.session,
                                          progress=self.progress)
         except FetchError as error:
             raise FetchError(f"{owner}: {error}") from None
-        self.fetched += 1
+        self.fetched += transfer.attempts > 0
+        self.reused += transfer.attempts == 0
         self.bytes += transfer.bytes_transferred
-        path = cache.adopt(target, transfer.sha256) if not artifact.sha256 else target
-        if artifact.sha256:
-            cache.record(transfer.sha256)
-        return FetchedFile(filename=artifact.filename, path=path, url=artifact.url, sha256=transfer.sha256)
+        return transfer
 
     def many(self, wanted: Sequence[tuple[Artifact, str]]) -> dict[str, FetchedFile]:
         """Fetch distinct URLs in parallel; returns them by URL."""
@@ -151,13 +165,14 @@ def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress
     first = fetcher.many([(artifact, image_id) for image_id, plan in plans.items()
                           for artifact in (plan.installer, *plan.wheels)])
     results: list[FetchedImage] = []
-    updated: list[str] = []
+    changes: dict[str, lockfile.LockedImage] = {}
     for image in images:
         plan = plans[image.id]
         wheels = tuple(first[wheel.url] for wheel in plan.wheels)
         closure = plan.closure
         fresh = plan is not lock.get(image.id)
-        if fresh and options.closure:
+        # A closure missing from the lock (pip failed, or an earlier --no-closure) is tried again.
+        if options.closure and (fresh or closure is None) and not options.locked:
             closure = closure_resolver.resolve(image, wheels)
         rest = fetcher.many([(artifact, image.id) for artifact in closure or ()])
         results.append(FetchedImage(
@@ -166,18 +181,17 @@ def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress
             wheels=wheels,
             closure=None if closure is None else tuple(rest[artifact.url] for artifact in closure),
         ))
-        if fresh:
-            lock[image.id] = replace(
+        if fresh or closure != plan.closure:
+            changes[image.id] = replace(
                 plan,
                 installer=_as_artifact(first[plan.installer.url]),
                 wheels=tuple(_as_artifact(wheel) for wheel in wheels),
                 closure=None if closure is None else tuple(_as_artifact(rest[a.url]) for a in closure),
             )
-            updated.append(image.id)
-    if updated:
-        lockfile.write(options.lock_path, lock)
+    if changes:
+        lockfile.update(options.lock_path, changes, guard=options.cache_dir / "versions-lock.flock")
     summary = FetchSummary(fetched=fetcher.fetched, reused=fetcher.reused, bytes_transferred=fetcher.bytes,
-                           seconds=time.monotonic() - started, lock_updated=tuple(updated))
+                           seconds=time.monotonic() - started, lock_updated=tuple(changes))
     return results, summary
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +47,7 @@ def read(path: Path) -> dict[str, LockedImage]:
     if not path.exists():
         return {}
     try:
-        raw = yaml.safe_load(path.read_text("utf-8")) or {}
+        raw = yaml.safe_load(path.read_text("utf-8")) or {"images": {}}
         entries = raw["images"]
         return {
             image_id: LockedImage(
@@ -81,6 +83,15 @@ def render(entries: Mapping[str, LockedImage]) -> str:
 
 def write(path: Path, entries: Mapping[str, LockedImage]) -> None:
     """Replace the file atomically, so an interrupted run never leaves half a lock behind."""
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(render(entries), encoding="utf-8")
-    partial.replace(path)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
+                                     suffix=".tmp", delete=False) as partial:
+        partial.write(render(entries))
+    Path(partial.name).replace(path)
+
+
+def update(path: Path, changes: Mapping[str, LockedImage], *, guard: Path) -> None:
+    """Merge `changes` into the file under an flock on `guard`, so concurrent fetches keep each other's entries."""
+    guard.parent.mkdir(parents=True, exist_ok=True)
+    with guard.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        write(path, {**read(path), **changes})

@@ -218,3 +218,15 @@ def test_a_killed_fetch_resumes(setup: Setup) -> None:
     assert last.headers["range"].startswith("bytes=")
     assert last.bytes_sent <= len(big) - kept
     assert hashlib.sha256((cache / "blobs" / "sha256" / sha(big)).read_bytes()).hexdigest() == sha(big)
+
+
+def test_a_closure_skipped_once_is_resolved_later(setup: Setup) -> None:
+    wheel = make_wheel(TORCH, requires=("typing-extensions",))
+    setup.server.add("/files/torch-2.13.0%2Bcpu-cp311-cp311-linux_x86_64.whl", wheel)
+    setup.versions()
+    assert setup.inv("fetch", "--no-closure").returncode == 0
+    assert setup.lock()["images"]["test-cpu"]["closure"] is None  # type: ignore[index]
+    result = setup.inv("fetch")
+    assert result.returncode == 0, result.stderr
+    assert "1 dependency wheels" in result.stdout
+    assert len(setup.lock()["images"]["test-cpu"]["closure"]) == 1  # type: ignore[index]

@@ -79,7 +79,7 @@ def test_lock_round_trip(tmp_path: Path) -> None:
     assert again["x"].installer == entry.installer
     assert [w.url for w in again["x"].wheels] == ["https://w/a.whl", "https://w/b.whl"]
     assert again["x"].closure is None
-    assert not (tmp_path / "versions.lock.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["versions.lock"]
 
 
 def test_lock_unreadable(tmp_path: Path) -> None:
