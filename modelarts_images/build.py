@@ -23,6 +23,7 @@ from pathlib import Path
 from . import context, engine, plan
 from .errors import BuildError, ConfigError
 from .model import Artifact, FetchedFile, FetchedImage, ImageSpec
+from .progress import human
 
 BACKENDS = ("docker", "buildkit")
 TARGET = "image"
@@ -244,17 +245,9 @@ def _unfetched(image: ImageSpec) -> FetchedImage:
 
 def format_result(result: BuildResult) -> str:
     """The build summary: reference, id, size, duration and the largest layers with their steps."""
-    lines = [f"{result.reference}: {result.image_id[:19]} {_human(result.size)} built in {result.duration:.1f} s "
+    lines = [f"{result.reference}: {result.image_id[:19]} {human(result.size)} built in {result.duration:.1f} s "
              f"({result.backend})"]
     for layer in result.layers:
         origin = "base " if layer.from_base else ""
-        lines.append(f"  {_human(layer.size):>9}  {origin}{layer.step}")
+        lines.append(f"  {human(layer.size):>9}  {origin}{layer.step}")
     return "\n".join(lines)
-
-
-def _human(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1000
-    raise AssertionError("unreachable")

@@ -21,10 +21,11 @@ from rich.progress import (
 
 
 def human(size: float) -> str:
+    """Decimal units, as docker prints image sizes: 1.5 KB is 1500 bytes."""
     for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
+        if size < 1000 or unit == "GB":
             return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
+        size /= 1000
     raise AssertionError("unreachable")
 
 

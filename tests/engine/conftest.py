@@ -16,7 +16,6 @@ CI machine); MODELARTS_IMAGES_TEST_NO_CACHE=1 rebuilds every step.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ from typing import Any, NoReturn
 import pytest
 
 from modelarts_images import engine
+from modelarts_images.cache import sha256_of
 from modelarts_images.errors import BuildError
 from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
 
@@ -58,20 +58,12 @@ def unavailable(reason: str) -> NoReturn:
 # Reusable helpers: artifacts as fetch leaves them
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def stage_in_cache(paths: Sequence[Path], cache_dir: Path, *, url_base: str = "https://example.invalid/") -> list[
         FetchedFile]:
     """Put files into a cache laid out like fetch's (blobs/sha256/<hex>, hardlinked when possible)."""
     staged = []
     for path in paths:
-        digest = sha256_file(path)
+        digest = sha256_of(path)
         blob = cache_dir / "blobs" / "sha256" / digest
         blob.parent.mkdir(parents=True, exist_ok=True)
         if not blob.exists():

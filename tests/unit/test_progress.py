@@ -14,8 +14,8 @@ def test_plain_lines_are_throttled_but_always_report_completion(capsys: pytest.C
     lines(url, 2 << 20, 4 << 20)  # within the interval: silent
     lines(url, 4 << 20, 4 << 20)  # complete: always said
     assert capsys.readouterr().err.splitlines() == [
-        "fetch: torch.whl 1.0 MB / 4.0 MB (25%)",
-        "fetch: torch.whl 4.0 MB / 4.0 MB (100%)",
+        "fetch: torch.whl 1.0 MB / 4.2 MB (25%)",
+        "fetch: torch.whl 4.2 MB / 4.2 MB (100%)",
     ]
 
 
@@ -29,6 +29,7 @@ def test_off_a_terminal_plain_lines_are_used() -> None:
         assert isinstance(progress, PlainLines)
 
 
-@pytest.mark.parametrize(("size", "text"), [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KB"), (3 << 30, "3.0 GB")])
+@pytest.mark.parametrize(("size", "text"), [(0, "0 B"), (999, "999 B"), (1500, "1.5 KB"), (3 * 10**9, "3.0 GB"),
+                                          (5 * 10**12, "5000.0 GB")])
 def test_human(size: int, text: str) -> None:
     assert human(size) == text
