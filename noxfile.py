@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import uuid
+from typing import Any
+
 import nox
 
 nox.options.sessions = ["lint", "typecheck", "tests"]
@@ -36,6 +40,58 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the benchmarks (fetch against nginx on loopback) and write bench/results/."""
+    """Run the benchmarks (fetch against nginx, build, matrix rerun) and write bench/results/; posargs: names."""
     _install(session)
-    session.run("python", "bench/bench_fetch.py", *session.posargs)
+    for name in session.posargs or ["fetch", "build", "matrix"]:
+        # The engine benchmarks reuse the engine tier's helpers from tests/.
+        session.run("python", f"bench/bench_{name}.py", env={"PYTHONPATH": "."})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The matrix: engine sessions, run in the current environment (python=False), logic in modelarts_images.matrix.
+
+MATRIX_RUN = uuid.uuid4().hex[:12]  # marks the cells this nox run ran, for the closing summary
+
+
+def _matrix_params() -> list[Any]:
+    """One param per entry of versions.yaml (id = image id, tags cpu / cudaNN); a single 'all' param when the
+    file cannot be read, so the session still runs and reports the file's problem."""
+    try:
+        from modelarts_images.matrix import nox_cells
+
+        cells = nox_cells()
+    except Exception:  # any problem is reported by the session itself
+        return [nox.param(None, id="all")]
+    return [nox.param(cell_id, id=cell_id, tags=tags) for cell_id, tags in cells]
+
+
+@nox.session(python=False, tags=["matrix"])
+@nox.parametrize("cell", _matrix_params())
+def matrix(session: nox.Session, cell: str | None) -> None:
+    """Fetch, build, verify (and --push) images of versions.yaml; posargs: --versions --device --push --force --shard.
+
+    Every option: `python -m modelarts_images.matrix --help`.
+    """
+    args = list(session.posargs)
+    command = [sys.executable, "-m", "modelarts_images.matrix", *args]
+    env = {"MODELARTS_MATRIX_RUN": MATRIX_RUN}
+    if any(arg == "--versions" or arg.startswith("--versions=") for arg in args):
+        # Another versions file: the cells above are versions.yaml's, so the first selected one runs every cell
+        # of that file (narrow with --only in posargs) in one process; the others have nothing left to do.
+        if _MATRIX_FILE_DONE:
+            session.skip("--versions given: the first matrix session ran every cell of that file")
+        _MATRIX_FILE_DONE.append(True)
+        session.run(*command, env=env)
+        return
+    session.notify("matrix_summary")
+    session.run(*command, *(["--only", cell] if cell else []), "--no-summary", env=env)
+
+
+_MATRIX_FILE_DONE: list[bool] = []
+
+
+@nox.session(python=False, name="matrix_summary")
+def matrix_summary(session: nox.Session) -> None:
+    """Show the matrix cells this run ran (reports/matrix.json) and fail naming each failed cell."""
+    session.run(sys.executable, "-m", "modelarts_images.matrix", "--summary", *session.posargs,
+                env={"MODELARTS_MATRIX_RUN": MATRIX_RUN})

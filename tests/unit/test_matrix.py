@@ -1,0 +1,225 @@
+"""The matrix without an engine: shards, cell input hashes, and the resume/continue logic with stand-in steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelarts_images import fetch as fetching
+from modelarts_images import matrix, settings
+from modelarts_images.errors import BuildError, ConfigError
+from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
+
+
+def spec(image_id: str, *, tag: str | None = None, pip_index: str = "https://pypi.example/simple") -> ImageSpec:
+    return ImageSpec(
+        id=image_id, default=False, python="3.11", cuda="cpu", torch="2.13.0", torchvision=None, torchaudio=None,
+        tag=tag or image_id, registry="localhost:5999", organization="tests", repository="matrix",
+        base_image="modelarts-test-base:bookworm", pip_index=pip_index, apt_mirror="http://repo.example",
+        installer=Artifact(url="https://x.invalid/stand-in-installer.sh", sha256=None), wheels=(),
+    )
+
+
+def fetched(image: ImageSpec, *, wheel_sha: str = "a" * 64, closure: bool = True) -> FetchedImage:
+    def file(name: str, sha: str) -> FetchedFile:
+        return FetchedFile(filename=name, path=Path("/cache") / sha, url=f"https://x.invalid/{name}", sha256=sha)
+
+    return FetchedImage(image=image, installer=file("stand-in-installer.sh", "1" * 64),
+                        wheels=(file("torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl", wheel_sha),),
+                        closure=(file("numpy-2.0-cp311-cp311-linux_x86_64.whl", "2" * 64),) if closure else None)
+
+
+STEPS = matrix.Steps(backend="buildkit", device="cpu", push=False)
+
+
+def inputs(item: FetchedImage, steps: matrix.Steps = STEPS, **digests: str) -> dict[str, str]:
+    return matrix.cell_inputs(item, steps, context_digest=digests.get("context", "c" * 64),
+                              verify_digest=digests.get("verify", "v" * 64))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Shards
+
+
+@pytest.mark.parametrize("text, expected", [("1/1", (1, 1)), ("2/3", (2, 3)), ("", None), (None, None)])
+def test_parse_shard(text: str | None, expected: tuple[int, int] | None) -> None:
+    assert matrix.parse_shard(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0/2", "3/2", "1/0", "a/b", "2", "1/-1"])
+def test_parse_shard_refuses(text: str) -> None:
+    with pytest.raises(ConfigError, match="--shard"):
+        matrix.parse_shard(text)
+
+
+@pytest.mark.parametrize("cells", [0, 1, 2, 5, 7, 13])
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 8])
+def test_shards_partition_exactly(cells: int, count: int) -> None:
+    items = [f"cell-{n}" for n in range(cells)]
+    slices = [matrix.shard(items, (index, count)) for index in range(1, count + 1)]
+    flat = [item for part in slices for item in part]
+    assert sorted(flat) == sorted(items) and len(flat) == len(set(flat))  # every cell in exactly one shard
+    assert slices == [matrix.shard(items, (index, count)) for index in range(1, count + 1)]  # deterministic
+    assert max(map(len, slices)) - min(map(len, slices)) <= 1  # balanced
+    assert all(part == [item for item in items if item in part] for part in slices)  # file order kept
+
+
+def test_no_shard_is_everything() -> None:
+    assert matrix.shard(["a", "b"], None) == ["a", "b"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Input hashes
+
+
+def test_hash_is_stable() -> None:
+    assert matrix.cell_hash(inputs(fetched(spec("a")))) == matrix.cell_hash(inputs(fetched(spec("a"))))
+
+
+@pytest.mark.parametrize("change, part", [
+    (lambda: inputs(fetched(spec("a"), wheel_sha="b" * 64)), "artifacts"),
+    (lambda: inputs(fetched(spec("a")), verify="w" * 64), "verify-script"),
+    (lambda: inputs(fetched(spec("a")), context="d" * 64), "dockerfile"),
+    (lambda: inputs(fetched(spec("a")), matrix.Steps(backend="docker", device="cpu", push=False)), "backend"),
+    (lambda: inputs(fetched(spec("a")), matrix.Steps(backend="buildkit", device="both", push=False)), "steps"),
+    (lambda: inputs(fetched(spec("a")), matrix.Steps(backend="buildkit", device="cpu", push=True)), "steps"),
+    (lambda: inputs(fetched(spec("a", tag="other"))), "build-args"),
+    (lambda: inputs(fetched(spec("a", pip_index="https://u:secret@pypi.example/simple"))), "build-args"),
+])
+def test_one_input_changes_one_part(change: Any, part: str) -> None:
+    before = inputs(fetched(spec("a")))
+    after = change()
+    assert matrix.changed_inputs(before, after) == [part]
+    assert matrix.cell_hash(before) != matrix.cell_hash(after)
+
+
+def test_losing_the_closure_changes_artifacts_and_build_args() -> None:
+    before, after = inputs(fetched(spec("a"))), inputs(fetched(spec("a"), closure=False))
+    assert matrix.changed_inputs(before, after) == ["artifacts", "build-args"]  # HERMETIC=0 is a build argument
+
+
+def test_changing_one_entry_leaves_the_other_cell_alone() -> None:
+    a, b = spec("a"), spec("b")
+    before = {image.id: matrix.cell_hash(inputs(fetched(image))) for image in (a, b)}
+    after = {"a": matrix.cell_hash(inputs(fetched(a, wheel_sha="f" * 64))), "b": matrix.cell_hash(inputs(fetched(b)))}
+    assert before["a"] != after["a"] and before["b"] == after["b"]
+
+
+def test_no_secret_in_inputs() -> None:
+    parts = inputs(fetched(spec("a", pip_index="https://u:hunter2@pypi.example/simple")))
+    assert "hunter2" not in json.dumps(parts)
+
+
+def test_tree_digest_follows_content(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM x\n")
+    first = matrix.tree_digest(tmp_path)
+    (tmp_path / "Dockerfile").write_text("FROM y\n")
+    assert matrix.tree_digest(tmp_path) != first
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The runner with stand-in steps: resume, --force, a failing cell does not stop the others
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.images = self
+        self.ids: dict[str, str] = {}
+
+    def get(self, reference: str) -> Any:
+        if reference not in self.ids:
+            raise LookupError(reference)
+        return type("Image", (), {"id": self.ids[reference]})()
+
+
+@pytest.fixture
+def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    client = FakeClient()
+    calls: list[str] = []
+    wheel_sha: dict[str, str] = {}
+    failing: set[str] = set()
+
+    def fake_fetch(images: Any, options: Any, **_: Any) -> Any:
+        (image,) = images
+        return [fetched(image, wheel_sha=wheel_sha.get(image.id, "a" * 64))], None
+
+    def fake_build(self: matrix.Runner, cell: matrix.Cell, item: FetchedImage) -> None:
+        calls.append(cell.image.id)
+        if cell.image.id in failing:
+            raise BuildError(f"{cell.image.id}: step 3/9 failed: installer exited 1")
+        cell.image_id = f"sha256:{cell.image.id}"
+        client.ids[cell.image.reference] = cell.image_id
+
+    monkeypatch.setattr(fetching, "fetch_images", fake_fetch)
+    monkeypatch.setattr(matrix.Runner, "_build", fake_build)
+    monkeypatch.setattr(matrix.Runner, "_verify", lambda self, cell: None)
+    resolved = settings.resolve(None, root=tmp_path)
+    options = matrix.MatrixOptions(settings=resolved, device="cpu", template_dir=tmp_path / "context",
+                                   verify_dir=tmp_path / "verify", run_token="t1")
+    lines: list[str] = []
+
+    def run(images: list[ImageSpec], **changes: Any) -> list[dict[str, Any]]:
+        lines.clear()
+        chosen = options.__class__(**{**options.__dict__, **changes})
+        return matrix.run_matrix(images, chosen, engines=lambda: (client, None), out=lines.append, summary=False)
+
+    return type("Harness", (), {"run": staticmethod(run), "calls": calls, "wheel_sha": wheel_sha,
+                                "failing": failing, "lines": lines, "reports": tmp_path / "reports",
+                                "client": client})
+
+
+def test_rerun_skips_and_a_change_reruns_one_cell(harness: Any) -> None:
+    cells = [spec("a"), spec("b")]
+    first = harness.run(cells)
+    assert [r["status"] for r in first] == ["passed", "passed"] and harness.calls == ["a", "b"]
+    second = harness.run(cells)
+    assert [r["status"] for r in second] == ["skipped", "skipped"] and harness.calls == ["a", "b"]
+    assert any(line.startswith("a: skipped, inputs unchanged") for line in harness.lines)
+    harness.wheel_sha["b"] = "e" * 64
+    third = harness.run(cells)
+    assert [r["status"] for r in third] == ["skipped", "passed"] and harness.calls == ["a", "b", "b"]
+    assert "b: running, changed: artifacts" in harness.lines
+    harness.run(cells, force=True)
+    assert harness.calls == ["a", "b", "b", "a", "b"]
+    report = json.loads((harness.reports / "matrix.json").read_text())
+    assert [cell["id"] for cell in report["cells"]] == ["a", "b"]
+
+
+def test_image_gone_from_engine_reruns(harness: Any) -> None:
+    harness.run([spec("a")])
+    harness.client.ids.clear()
+    harness.run([spec("a")])
+    assert harness.calls == ["a", "a"]
+
+
+def test_failing_cell_does_not_stop_the_others(harness: Any) -> None:
+    harness.failing.add("a")
+    with pytest.raises(matrix.MatrixError) as raised:
+        harness.run([spec("a"), spec("b"), spec("c")])
+    assert harness.calls == ["a", "b", "c"]
+    assert "1 of 3 matrix cell(s) failed" in str(raised.value) and "a: a: step 3/9 failed" in str(raised.value)
+    harness.failing.clear()
+    records = harness.run([spec("a"), spec("b"), spec("c")])
+    assert [r["status"] for r in records] == ["passed", "skipped", "skipped"]  # a failed cell runs again
+
+
+def test_shard_runs_its_slice(harness: Any) -> None:
+    cells = [spec(name) for name in "abcde"]
+    for index in (1, 2):
+        harness.run(cells, shard=(index, 2))
+    assert sorted(harness.calls) == list("abcde") and len(harness.calls) == 5
+    assert [r["status"] for r in harness.run(cells)] == ["skipped"] * 5
+
+
+def test_artifacts_hash_ignores_order_and_spelling() -> None:
+    item = fetched(spec("a"))
+    extra = FetchedFile(filename="Jinja2-3.1-py3-none-any.whl", path=Path("/c"), url="u", sha256="3" * 64)
+    one = FetchedImage(image=item.image, installer=item.installer, wheels=item.wheels,
+                       closure=(*(item.closure or ()), extra))
+    other = FetchedImage(image=item.image, installer=item.installer, wheels=item.wheels,
+                         closure=(FetchedFile(filename="jinja2-3.1-py3-none-any.whl", path=Path("/d"), url="v",
+                                              sha256="3" * 64), *(item.closure or ())))
+    assert inputs(one) == inputs(other)

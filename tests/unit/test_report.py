@@ -1,0 +1,128 @@
+"""Matrix report rendering from canned records, the package manifest, and the training-job body."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from modelarts_images import report, trainingjob
+from modelarts_images.engine.run import ContainerOutput, ContainerRun
+from modelarts_images.model import Artifact, ImageSpec
+
+
+def record(cell_id: str, status: str = "passed", **extra: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "id": cell_id, "reference": f"swr.cn-north-4.myhuaweicloud.com/org/pytorch:{cell_id}", "status": status,
+        "reason": "", "hash": "ab" * 32, "inputs": {}, "changed": ["artifacts"],
+        "durations": {"fetch": 1.25, "build": 60.0, "verify": 12.5}, "image_id": "sha256:" + "1" * 64,
+        "size": 2_500_000_000, "layers": [{"size": 2_000_000_000, "step": "RUN pip install", "from_base": False},
+                                          {"size": 80_000_000, "step": "ADD rootfs", "from_base": True}],
+        "python": "3.11", "cuda": "cpu", "torch": "2.13.0",
+        "verification": {
+            "runs": [{"device": "cpu", "ok": status == "passed",
+                      "checks": [{"name": "torch-version", "status": "pass", "ok": True, "detail": "torch 2.13.0"}]}],
+            "skipped": ["GPU: skipped, no GPU runtime (no nvidia)"],
+            "conformance": [{"name": "user", "status": "pass", "ok": True, "detail": "ma-user 1000:100"},
+                            {"name": "size", "status": "FAIL" if status == "failed" else "pass",
+                             "ok": status != "failed", "detail": "2.5 GB"}],
+        },
+        "manifest": {"pip": ["torch==2.13.0+cpu", "numpy==2.0.0"], "dpkg": ["bash=5.2", "vim=9.0"]},
+        "digest": None, "pushed": None, "training_job": None, "finished": "2025-01-01T00:00:00+00:00", "run": "r1",
+    }
+    base.update(extra)
+    return base
+
+
+def test_json_holds_every_cell() -> None:
+    document = json.loads(report.render_json([record("a"), record("b", "failed", reason="boom")]))
+    assert document["schema"] == 1
+    assert [cell["id"] for cell in document["cells"]] == ["a", "b"]
+
+
+def test_markdown_has_table_layers_checks_and_manifest() -> None:
+    text = report.render_markdown([record("a", digest="sha256:" + "d" * 64, pushed="swr/x:a"),
+                                   record("b", "failed", reason="b: verify failed")])
+    assert "| cell | status | size | fetch | build | verify | CPU | GPU | conformance | digest |" in text
+    assert "| a | passed | 2.5 GB | 1.2 s | 60.0 s | 12.5 s | pass | skipped | pass (2) | sha256:dddddddddddd |" in text
+    assert "| b | failed |" in text and "FAIL (size)" in text
+    assert "- status: **failed**: b: verify failed" in text
+    assert "- 2.0 GB `RUN pip install`" in text and "(base) `ADD rootfs`" in text
+    assert "- [pass] torch-version: torch 2.13.0" in text
+    assert "<summary>pip (2 entries)</summary>" in text and "torch==2.13.0+cpu" in text
+    assert "<summary>dpkg (2 entries)</summary>" in text
+    assert "GPU: skipped" in text
+
+
+def test_plain_summary_table_is_aligned() -> None:
+    text = report.summary_table([record("a"), record("long-cell-id", "skipped")], tty=False)
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["cell", "status", "size"]
+    assert lines[2].startswith("long-cell-id  skipped")
+    assert lines[1].index("passed") == lines[2].index("skipped")
+
+
+def test_rich_summary_table_renders() -> None:
+    text = report.summary_table([record("a")], tty=True)
+    assert "matrix" in text and "passed" in text
+
+
+def test_write_and_print_summary(tmp_path: Path, capsys: Any) -> None:
+    report.write_cell(tmp_path, record("a"))
+    report.write_cell(tmp_path, record("b", "failed", reason="b: broken", run="r2"))
+    report.write_reports(tmp_path, ["a", "b", "missing"])
+    assert (tmp_path / "matrix.md").is_file()
+    assert report.print_summary(tmp_path, run_token="r1", tty=False) == 0
+    assert report.print_summary(tmp_path, tty=False) == 1
+    assert "FAILED b: b: broken" in capsys.readouterr().out
+
+
+def test_parse_manifest_sections() -> None:
+    text = ("noise\n### modelarts-images manifest: pip\ntorch==2.13.0\n# comment\n\n"
+            "### modelarts-images manifest: dpkg\nbash=5.2\n")
+    assert report.parse_manifest(text) == {"pip": ["torch==2.13.0"], "dpkg": ["bash=5.2"]}
+
+
+class FakeEngine:
+    def __init__(self, output: ContainerOutput) -> None:
+        self.output = output
+        self.specs: list[ContainerRun] = []
+
+    def run(self, spec: ContainerRun) -> ContainerOutput:
+        self.specs.append(spec)
+        return self.output
+
+
+def test_capture_manifest_runs_without_network() -> None:
+    engine = FakeEngine(ContainerOutput(name="x", exit_code=0, stdout="### modelarts-images manifest: conda\n"
+                                        "torch=2.1\n", stderr="", seconds=0.1, timed_out=False))
+    assert report.capture_manifest(engine, "img:1") == {"conda": ["torch=2.1"]}
+    (spec,) = engine.specs
+    assert spec.image == "img:1" and spec.network is False and spec.command[:2] == ("/bin/sh", "-c")
+    assert "conda list" in spec.command[2] and "pip freeze" in spec.command[2] and "dpkg-query" in spec.command[2]
+
+
+def test_capture_manifest_records_failure() -> None:
+    engine = FakeEngine(ContainerOutput(name="x", exit_code=127, stdout="", stderr="sh: not found", seconds=0.1,
+                                        timed_out=False))
+    assert "exited with 127" in report.capture_manifest(engine, "img:1")["error"][0]
+
+
+def test_training_job_body() -> None:
+    image = ImageSpec(
+        id="pytorch-1.8.1-cuda10.2", default=True, python="3.7", cuda="10.2", torch="1.8.1", torchvision=None,
+        torchaudio=None, tag="1.8.1-cuda10.2", registry="swr.cn-north-4.myhuaweicloud.com", organization="org",
+        repository="pytorch", base_image="ubuntu:18.04", pip_index="", apt_mirror="",
+        installer=Artifact(url="https://x/Miniconda3-py37_4.12.0-Linux-x86_64.sh", sha256=None), wheels=())
+    digest = "sha256:" + "e" * 64
+    body = trainingjob.training_job_body(image, digest=digest)
+    assert body["kind"] == "job"
+    assert body["metadata"]["name"] == "verify-pytorch-1-8-1-cuda10-2"
+    algorithm = body["algorithm"]
+    assert algorithm["engine"]["image_url"] == f"swr.cn-north-4.myhuaweicloud.com/org/pytorch@{digest}"
+    assert algorithm["engine"]["run_user"] == "1000"
+    assert algorithm["command"] == "/home/ma-user/miniconda3/bin/python ${MA_JOB_DIR}/code/pytorch-verification.py"
+    assert body["spec"]["resource"] == {"flavor_id": trainingjob.GPU_FLAVOR, "node_count": 1}
+    cpu = trainingjob.training_job_body(image, digest=digest, flavor_id="modelarts.vm.cpu.2u", node_count=2)
+    assert cpu["spec"]["resource"] == {"flavor_id": "modelarts.vm.cpu.2u", "node_count": 2}
+    assert len(trainingjob.job_name(ImageSpec(**{**image.__dict__, "id": "x" * 100}))) == 64
