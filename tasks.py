@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from invoke.context import Context
 from invoke.tasks import task
 
-from modelarts_images import build as building
-from modelarts_images import conformance, engine
-from modelarts_images import fetch as fetching
-from modelarts_images import plan as planning
-from modelarts_images import publish as publishing
-from modelarts_images import verify as verifying
 from modelarts_images.cli import ROOT, SELECTION_HELP, exits_cleanly, selected_images, tool_settings
-from modelarts_images.engine import run as engine_run
 from modelarts_images.errors import ConfigError, RegistryError
-from modelarts_images.model import FetchedImage
-from modelarts_images.progress import for_terminal, human
+from modelarts_images.model import IMAGE_SIZE_BUDGET, VERIFY_TIMEOUT_S
+
+if TYPE_CHECKING:
+    from modelarts_images.model import FetchedImage, ImageSpec
+    from modelarts_images.settings import Settings
+
+# Each task imports the modules it needs when it runs: the docker SDK, requests and rich together take longer to
+# import than a no-op rebuild takes to run, and `inv plan` or `inv fetch` need none of the engine's.
 
 FETCH_HELP = {
     **SELECTION_HELP,
@@ -36,15 +36,18 @@ def plan(
     c: Context, versions: str | None = None, only: list[str] | None = None, all_: bool = False, json_: bool = False
 ) -> None:
     """Show what would be built for the selected images: reference, base, artifacts, build arguments."""
+    from modelarts_images import plan as planning
+
     resolved = tool_settings(c, versions=versions, only=only or (), all_images=all_)
     plans = [planning.make_plan(image) for image in selected_images(resolved)]
     print(planning.as_json(plans) if json_ else planning.as_text(plans))
 
 
-def _fetch(c: Context, versions: str | None, only: list[str] | None, all_: bool, jobs: int | None, offline: bool,
-           locked: bool, verify_cache: bool, no_closure: bool, refresh: bool) -> list[FetchedImage]:
-    resolved = tool_settings(c, versions=versions, only=only or (), all_images=all_)
-    images = selected_images(resolved)
+def _fetch(resolved: Settings, images: tuple[ImageSpec, ...], *, jobs: int | None, offline: bool, locked: bool,
+           verify_cache: bool, no_closure: bool, refresh: bool) -> list[FetchedImage]:
+    from modelarts_images import fetch as fetching
+    from modelarts_images.progress import for_terminal, human
+
     options = fetching.FetchOptions(
         cache_dir=resolved.cache_dir,
         lock_path=resolved.selection.versions.with_suffix(".lock"),
@@ -76,7 +79,9 @@ def fetch(
     no_closure: bool = False,
 ) -> None:
     """Download the installer and wheels of the selected images into the cache, sha256-verified."""
-    _fetch(c, versions, only, all_, jobs, offline, locked, verify_cache, no_closure, refresh=False)
+    resolved = tool_settings(c, versions=versions, only=only or (), all_images=all_)
+    _fetch(resolved, selected_images(resolved), jobs=jobs, offline=offline, locked=locked,
+           verify_cache=verify_cache, no_closure=no_closure, refresh=False)
 
 
 @task(iterable=["only"], help={key: FETCH_HELP[key] for key in (*SELECTION_HELP, "jobs", "no_closure")})
@@ -86,8 +91,9 @@ def lock(
     jobs: int | None = None, no_closure: bool = False,
 ) -> None:
     """Resolve the selected images again and pin every artifact's sha256 in versions.lock."""
-    _fetch(c, versions, only, all_, jobs, offline=False, locked=False, verify_cache=False, no_closure=no_closure,
-           refresh=True)
+    resolved = tool_settings(c, versions=versions, only=only or (), all_images=all_)
+    _fetch(resolved, selected_images(resolved), jobs=jobs, offline=False, locked=False, verify_cache=False,
+           no_closure=no_closure, refresh=True)
 
 
 BUILD_HELP = {
@@ -114,6 +120,8 @@ def build(
     offline: bool = False, locked: bool = False,
 ) -> None:
     """Build the selected images (fetching what the cache lacks first) and tag them with their references."""
+    from modelarts_images import build as building
+
     resolved = tool_settings(c, versions=versions, only=only or (), all_images=all_, backend=backend)
     images = selected_images(resolved)
     prefix = base_prefix if base_prefix is not None else resolved.base_prefix or None
@@ -126,7 +134,7 @@ def build(
             print(f"# {image.id}\n{command}")
         return
     building.preflight(images, base_image=base_image, base_prefix=prefix)  # before any download
-    fetched = _fetch(c, versions, only, all_, None, offline=offline, locked=locked, verify_cache=False,
+    fetched = _fetch(resolved, images, jobs=None, offline=offline, locked=locked, verify_cache=False,
                      no_closure=False, refresh=False)
     _show_engine_log()
     for item in fetched:
@@ -169,6 +177,9 @@ def login(
     registry: str | None = None, region: str | None = None,
 ) -> None:
     """Check the registry login from the environment (SWR AK/SK, SWR login command, or user/password)."""
+    from modelarts_images import engine
+    from modelarts_images import publish as publishing
+
     if registry:
         registries = [registry]
     else:
@@ -188,6 +199,10 @@ def push(
     region: str | None = None, dry_run: bool = False,
 ) -> None:
     """Push the selected images to their registry: SWR name rules, tag guard, login from the environment."""
+    from modelarts_images import engine
+    from modelarts_images import publish as publishing
+    from modelarts_images.progress import for_terminal
+
     resolved = tool_settings(c, versions=versions, only=only or (), all_images=all_)
     images = selected_images(resolved)
     options = publishing.PushOptions(
@@ -218,10 +233,14 @@ VERIFY_HELP = {
 @exits_cleanly
 def verify(
     c: Context, versions: str | None = None, only: list[str] | None = None, all_: bool = False,
-    image: str | None = None, device: str = "auto", timeout: float = verifying.DEFAULT_TIMEOUT,
-    size_budget: float = conformance.DEFAULT_SIZE_BUDGET / 1e9, reports: str | None = None,
+    image: str | None = None, device: str = "auto", timeout: float = VERIFY_TIMEOUT_S,
+    size_budget: float = IMAGE_SIZE_BUDGET / 1e9,
+    reports: str | None = None,
 ) -> None:
     """Run pytorch-verification.py in the selected images as ModelArts does, and check ModelArts' image rules."""
+    from modelarts_images import verify as verifying
+    from modelarts_images.engine import run as engine_run
+
     if device not in verifying.DEVICE_CHOICES:
         raise ConfigError(f"--device: {device!r} is not one of {', '.join(verifying.DEVICE_CHOICES)}")
     resolved = tool_settings(c, versions=versions, only=only or (), all_images=all_)

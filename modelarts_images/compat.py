@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
 
-import yaml
-
+from . import yamlio
 from .errors import ConfigError
 
 TABLE_RESOURCE = "compat.yaml"
@@ -58,7 +57,7 @@ def span(versions: tuple[str, ...]) -> str:
 @functools.cache
 def load_table() -> Mapping[str, Release]:
     text = resources.files("modelarts_images").joinpath("data").joinpath(TABLE_RESOURCE).read_text(encoding="utf-8")
-    raw = yaml.safe_load(text)
+    raw = yamlio.safe_load(text)
     try:
         return {
             torch: Release(

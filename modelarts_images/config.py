@@ -51,7 +51,7 @@ class _Int(int, _Number):
     pass
 
 
-class _StrictLoader(yaml.SafeLoader):
+class _StrictLoader(yaml.SafeLoader):  # the pure-Python parser: its messages name what it expected
     """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
 
 

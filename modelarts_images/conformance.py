@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from .engine.run import ContainerOutput, ContainerRun, GpuSupport, ImageConfig
 from .errors import VerifyError
-from .model import CONDA_PREFIX
+from .model import CONDA_PREFIX, IMAGE_SIZE_BUDGET
 
 MA_USER = "ma-user"
 MA_UID = 1000
@@ -39,13 +39,7 @@ MA_GID = 100
 MA_HOME = "/home/ma-user"
 BOOT_PYTHON = f"{CONDA_PREFIX}/bin/python"
 
-# ModelArts' documented limit for custom training images: "The size of a custom image cannot exceed 9.5 GB"
-# (Huawei Cloud, ModelArts > Custom Images > For Training Models > Specifications for Custom Images Used for
-# Training Jobs, modelarts_23_0217; the same figure in T-Systems' Open Telekom Cloud copy of that page).
-# Not sure of: whether the platform measures it compressed (in SWR) or uncompressed, and whether GB means 10^9
-# or 2^30 bytes. This compares the engine's uncompressed size with 9.5 * 10^9 bytes, the strictest reading.
-# (ModelArts' limit for *inference* images is different: 50 GB in current docs.) --size-budget changes it.
-DEFAULT_SIZE_BUDGET = 9_500_000_000
+DEFAULT_SIZE_BUDGET = IMAGE_SIZE_BUDGET
 
 FACTS_PREFIX = "MODELARTS_CONFORMANCE_FACTS "
 BOOT_PREFIX = "MODELARTS_BOOT_FACTS "

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from . import yamlio
 from .errors import ConfigError
 from .model import Artifact, ImageSpec
 
@@ -47,7 +48,7 @@ def read(path: Path) -> dict[str, LockedImage]:
     if not path.exists():
         return {}
     try:
-        raw = yaml.safe_load(path.read_text("utf-8")) or {"images": {}}
+        raw = yamlio.safe_load(path.read_text("utf-8")) or {"images": {}}
         entries = raw["images"]
         return {
             image_id: LockedImage(

@@ -20,7 +20,7 @@ from . import conformance
 from .conformance import MA_GID, MA_HOME, MA_UID, MA_USER, CheckOutcome, ContainerEngine
 from .engine.run import ContainerOutput, ContainerRun, GpuSupport, ImageConfig, Mount
 from .errors import ConfigError, VerifyError
-from .model import ImageSpec
+from .model import VERIFY_TIMEOUT_S, ImageSpec
 
 __all__ = [
     "BOOT_COMMAND",
@@ -70,7 +70,7 @@ BOOT_COMMAND = f"{conformance.BOOT_PYTHON} ${{MA_JOB_DIR}}/code/{SCRIPT_NAME}"
 DEVICES = ("cpu", "gpu")
 DEVICE_CHOICES = ("cpu", "gpu", "both", "auto")
 HOSTNAME = "modelarts-job-worker-0"
-DEFAULT_TIMEOUT = 600.0
+DEFAULT_TIMEOUT = VERIFY_TIMEOUT_S
 LOG_TAIL = 40
 REPORT_SCHEMA = 1
 

@@ -16,6 +16,7 @@ Build output goes to the `modelarts_images.engine.build` logger at INFO, one rec
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import re
@@ -375,6 +376,12 @@ def _probe(command: Sequence[str]) -> subprocess.CompletedProcess[str] | None:
         return None
 
 
+def _client_version(text: str) -> str | None:
+    """'Docker version 20.10.24+dfsg1, build 297e128' -> '20.10.24+dfsg1'."""
+    match = re.search(r"\d+\.\d+[^\s,]*", text)
+    return match.group(0) if match else None
+
+
 def _version_tuple(text: str) -> tuple[int, ...] | None:
     match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
     if match is None:
@@ -382,22 +389,53 @@ def _version_tuple(text: str) -> tuple[int, ...] | None:
     return tuple(int(part) for part in match.groups() if part is not None)
 
 
-def find_buildkit_cli(candidates: Sequence[str] | None = None) -> BuildKitCli:
-    """`docker buildx` where it works; else a docker CLI older than 23 (DOCKER_BUILDKIT=1); else BuildError."""
-    paths = list(candidates) if candidates is not None else _docker_candidates()
+# Where the docker CLI looks for plugins besides $DOCKER_CONFIG/cli-plugins and config.json's cliPluginsExtraDirs.
+SYSTEM_PLUGIN_DIRS = ("/usr/local/lib/docker/cli-plugins", "/usr/local/libexec/docker/cli-plugins",
+                      "/usr/lib/docker/cli-plugins", "/usr/libexec/docker/cli-plugins")
+
+
+def buildx_plugin_installed() -> bool:
+    """Whether a docker-buildx plugin file is where the docker CLI looks for it."""
+    config_dir = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    try:
+        extra = json.loads((config_dir / "config.json").read_text("utf-8")).get("cliPluginsExtraDirs") or []
+    except (OSError, ValueError, AttributeError):
+        extra = []
+    directories = [config_dir / "cli-plugins", *(Path(d) for d in extra if isinstance(d, str)),
+                   *(Path(d) for d in SYSTEM_PLUGIN_DIRS)]
+    return any((directory / "docker-buildx").is_file() for directory in directories)
+
+
+def _with_buildx(paths: Sequence[str]) -> BuildKitCli | None:
     for path in paths:
         result = _probe([path, "buildx", "version"])
         if result is not None and result.returncode == 0:
             return BuildKitCli(path=path, mode="buildx", version=result.stdout.strip())
-    found = []
+    return None
+
+
+def find_buildkit_cli(candidates: Sequence[str] | None = None) -> BuildKitCli:
+    """`docker buildx` where it works; else a docker CLI older than 23 (DOCKER_BUILDKIT=1); else BuildError.
+
+    Each probe starts a docker CLI (tens of milliseconds), so `docker buildx version` runs first only where a
+    buildx plugin file exists, and the client version comes from `docker --version`, which asks no engine.
+    """
+    paths = list(candidates) if candidates is not None else _docker_candidates()
+    plugin = buildx_plugin_installed()
+    found = _with_buildx(paths) if plugin else None
+    if found is not None:
+        return found
+    clients = []
     for path in paths:
-        result = _probe([path, "version", "--format", "{{.Client.Version}}"])
-        text = result.stdout.strip() if result is not None else ""
-        version = _version_tuple(text)
-        if version is not None and version[0] < 23:
-            return BuildKitCli(path=path, mode="legacy", version=text)
-        found.append(f"{path} (client {text or 'unknown'}, no buildx)")
-    where = "; ".join(found) if found else "no docker CLI on PATH"
+        result = _probe([path, "--version"])
+        version = _client_version(result.stdout) if result is not None and result.returncode == 0 else None
+        if version is not None and int(version.split(".", 1)[0]) < 23:
+            return BuildKitCli(path=path, mode="legacy", version=version)
+        clients.append(f"{path} (client {version or 'unknown'}, no buildx)")
+    found = None if plugin else _with_buildx(paths)  # a plugin somewhere the CLI was configured to look
+    if found is not None:
+        return found
+    where = "; ".join(clients) if clients else "no docker CLI on PATH"
     raise BuildError(
         f"the buildkit backend needs `docker buildx` or a docker CLI older than 23 (which builds with BuildKit "
         f"when DOCKER_BUILDKIT=1); found: {where}. Install the buildx plugin (Debian/Ubuntu: apt-get install "

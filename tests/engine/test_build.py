@@ -173,18 +173,25 @@ def fake_docker(directory: Path, *, buildx: bool, client: str) -> str:
     path.write_text(
         "#!/bin/sh\n"
         f'if [ "$1" = buildx ]; then {answer}; fi\n'
-        f'if [ "$1" = version ]; then echo {client}; exit 0; fi\n'
+        f'if [ "$1" = --version ]; then echo "Docker version {client}, build 0123abc"; exit 0; fi\n'
         "exit 1\n")
     path.chmod(0o755)
     return str(path)
 
 
-def test_buildkit_cli_prefers_buildx_then_an_old_client(tmp_path: Path) -> None:
+def test_buildkit_cli_prefers_buildx_then_an_old_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "SYSTEM_PLUGIN_DIRS", ())
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "config"))
     new = fake_docker(tmp_path / "new", buildx=False, client="28.2.2")
     old = fake_docker(tmp_path / "old", buildx=False, client="20.10.24+dfsg1")
     plugin = fake_docker(tmp_path / "plugin", buildx=True, client="28.2.2")
     assert engine.find_buildkit_cli([new, old]) == engine.BuildKitCli(path=old, mode="legacy",
                                                                       version="20.10.24+dfsg1")
+    # Without a plugin file buildx is asked for only when no old client does; with one, buildx comes first.
+    assert engine.find_buildkit_cli([new, old, plugin]).mode == "legacy"
+    assert engine.find_buildkit_cli([new, plugin]).mode == "buildx"
+    (tmp_path / "config" / "cli-plugins").mkdir(parents=True)
+    (tmp_path / "config" / "cli-plugins" / "docker-buildx").write_text("#!/bin/sh\n")
     assert engine.find_buildkit_cli([new, old, plugin]).mode == "buildx"
     with pytest.raises(BuildError, match="docker-buildx") as caught:
         engine.find_buildkit_cli([new])
