@@ -25,6 +25,9 @@ for case in ET.parse(args.report).getroot().iter("testcase"):
         failed += 1
     elif "skipped" in outcome:
         skipped += 1
+        reason = case.find("skipped")
+        print(f"ci: skipped {case.get('classname')}::{case.get('name')}: "
+              f"{reason.get('message', '') if reason is not None else ''}")
     else:
         passed += 1
         engine_passed += case.get("classname", "").startswith("tests.engine.")

@@ -337,16 +337,22 @@ def _classic_line(transcript: _Transcript, raw: str) -> None:
 
 def classic_equivalent(request: BuildRequest) -> list[str]:
     """The docker CLI command that does what the docker backend does (for --dry-run and logs)."""
-    command = ["docker", "build", "--target", request.target, "-t", request.tag]
-    for name, value in request.build_args:
-        command += ["--build-arg", f"{name}={value}"]
-    for name, value in request.labels:
-        command += ["--label", f"{name}={value}"]
-    if request.no_cache:
-        command.append("--no-cache")
-    if request.platform:
-        command += ["--platform", request.platform]
+    command = ["docker", "build", "--target", request.target, "-t", request.tag, *_cli_options(request)]
     return ["env", "DOCKER_BUILDKIT=0", *command, str(request.context_dir)]
+
+
+def _cli_options(request: BuildRequest) -> list[str]:
+    """The docker CLI's options for the build arguments, labels, cache and platform of a request."""
+    options: list[str] = []
+    for name, value in request.build_args:
+        options += ["--build-arg", f"{name}={value}"]
+    for name, value in request.labels:
+        options += ["--label", f"{name}={value}"]
+    if request.no_cache:
+        options.append("--no-cache")
+    if request.platform:
+        options += ["--platform", request.platform]
+    return options
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -458,16 +464,9 @@ def buildkit_command(cli: BuildKitCli, request: BuildRequest, iidfile: Path) -> 
         command = [cli.path, "build"]
         extra_env["DOCKER_BUILDKIT"] = "1"
     command += ["--progress=plain", "--target", request.target, "-t", request.tag, "--iidfile", str(iidfile)]
-    for name, value in request.build_args:
-        command += ["--build-arg", f"{name}={value}"]
-    for name, value in request.labels:
-        command += ["--label", f"{name}={value}"]
+    command += _cli_options(request)
     for secret_id, path in request.secrets:
         command += ["--secret", f"id={secret_id},src={path}"]
-    if request.no_cache:
-        command.append("--no-cache")
-    if request.platform:
-        command += ["--platform", request.platform]
     command.append(str(request.context_dir))
     return command, extra_env
 

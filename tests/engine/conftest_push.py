@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import secrets
 import socket
 import subprocess
@@ -23,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any
 
 import docker
 import docker.errors
@@ -31,20 +30,12 @@ import pytest
 import requests
 
 from modelarts_images.model import Artifact, ImageSpec
+from tests.engine.conftest import TEST_BASE, unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
-TEST_BASE = "modelarts-test-base:bookworm"
-REQUIRE_ENGINE = "MODELARTS_IMAGES_REQUIRE_ENGINE"
 ORGANIZATION = "engine-tests"
 REPOSITORY = "modelarts-push"
-
-
-def unavailable(reason: str) -> NoReturn:
-    """Skip with the reason, or fail with it when CI requires the engine tier to run."""
-    if os.environ.get(REQUIRE_ENGINE) == "1":
-        pytest.fail(f"{reason} ({REQUIRE_ENGINE}=1: the engine tier must run)", pytrace=False)
-    pytest.skip(reason)
 
 
 def free_port() -> int:

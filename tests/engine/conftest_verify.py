@@ -16,33 +16,19 @@ turns that into a failure.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 
 from modelarts_images.engine import run as engine_run
-from modelarts_images.errors import VerifyError
 from modelarts_images.model import CONDA_PREFIX, Artifact, ImageSpec
+from tests.engine.conftest import TEST_BASE, TORCH_VERSION, remove_image
 
-TEST_BASE = "modelarts-test-base:bookworm"
-TORCH_VERSION = "2.13.0"
-TORCH_WHEEL = Path("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
-TORCH_WHEEL_ENV = "MODELARTS_IMAGES_TEST_TORCH_WHEEL"
-REQUIRE_ENGINE = "MODELARTS_IMAGES_REQUIRE_ENGINE"
 REPOSITORY = "modelarts-verify-test"
-# The test base's platform, for pip on the host: CPython 3.11 on glibc 2.36 (Debian bookworm).
-PIP_TARGET = ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none",
-              "--platform", "manylinux_2_36_x86_64", "--platform", "manylinux_2_28_x86_64",
-              "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
-              "--platform", "linux_x86_64", "--only-binary=:all:"]
 
 GOOD_DOCKERFILE = f"""\
 ARG BASE
@@ -87,13 +73,6 @@ USER ma-user
 """.replace("{prefix}", CONDA_PREFIX)
 
 
-def unavailable(reason: str) -> NoReturn:
-    """Skip with the reason, or fail with it when CI requires the engine tier to run."""
-    if os.environ.get(REQUIRE_ENGINE) == "1":
-        pytest.fail(f"{reason} ({REQUIRE_ENGINE}=1: the engine tier must run)", pytrace=False)
-    pytest.skip(reason)
-
-
 def entry(*, tag: str, torch: str = TORCH_VERSION, python: str = "3.11", cuda: str = "cpu") -> ImageSpec:
     """The versions.yaml entry the test images stand for."""
     return ImageSpec(
@@ -119,67 +98,27 @@ def build(client: Any, context_dir: Path, dockerfile: str, tag: str, buildargs: 
     return tag
 
 
-def remove_image(client: Any, reference: str) -> None:
-    with contextlib.suppress(Exception):  # already gone
-        client.images.remove(reference, force=True)
-
-
-def torch_wheel() -> Path:
-    override = os.environ.get(TORCH_WHEEL_ENV)
-    wheel = Path(override) if override else TORCH_WHEEL
-    if not wheel.is_file():
-        unavailable(f"no torch {TORCH_VERSION} CPU wheel for Python 3.11 at {wheel} (set {TORCH_WHEEL_ENV})")
-    return wheel
-
-
-def download_wheels(wheel: Path, dest: Path) -> None:
-    """The wheel's dependency wheels for the test base's Python 3.11 on glibc 2.36, with the host's pip."""
-    command = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet", "download", *PIP_TARGET,
-               "-d", str(dest), str(wheel)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        unavailable(f"the host's pip could not get torch's dependency wheels: {result.stderr.strip()[-500:]}")
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Fixtures
 
 
 @pytest.fixture(scope="session")
-def verify_client() -> Any:
-    try:
-        client = engine_run.connect()
-    except VerifyError as error:
-        unavailable(f"no Docker Engine: {error}")
-    try:
-        client.images.get(TEST_BASE)
-    except Exception as error:  # any failure means the same here
-        unavailable(f"base image {TEST_BASE} is missing ({error}); make it with scripts/test-base-image.sh")
-    return client
-
-
-@pytest.fixture(scope="session")
-def verify_run_id() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-@pytest.fixture(scope="session")
-def good_image(verify_client: Any, verify_run_id: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def good_image(docker_client: Any, test_base: str, run_id: str, torch_wheel: Path, torch_closure: list[Path],
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The well-formed test image (reference), built once per session and removed at the end."""
-    wheel = torch_wheel()
     context_dir = tmp_path_factory.mktemp("verify-good")
     wheels = context_dir / "wheels"
     wheels.mkdir()
+    for wheel in [torch_wheel, *torch_closure]:
+        try:
+            os.link(wheel, wheels / wheel.name)
+        except OSError:
+            shutil.copyfile(wheel, wheels / wheel.name)
+    tag = f"{REPOSITORY}:good-{run_id}"
     try:
-        os.link(wheel, wheels / wheel.name)
-    except OSError:
-        shutil.copyfile(wheel, wheels / wheel.name)
-    download_wheels(wheel, wheels)
-    tag = f"{REPOSITORY}:good-{verify_run_id}"
-    try:
-        yield build(verify_client, context_dir, GOOD_DOCKERFILE, tag, {"BASE": TEST_BASE})
+        yield build(docker_client, context_dir, GOOD_DOCKERFILE, tag, {"BASE": test_base})
     finally:
-        remove_image(verify_client, tag)
+        remove_image(docker_client, tag)
 
 
 def _derived(client: Any, good: str, tmp: Path, dockerfile: str, tag: str) -> Iterator[str]:
@@ -190,22 +129,22 @@ def _derived(client: Any, good: str, tmp: Path, dockerfile: str, tag: str) -> It
 
 
 @pytest.fixture(scope="session")
-def no_torch_image(verify_client: Any, good_image: str, verify_run_id: str,
+def no_torch_image(docker_client: Any, good_image: str, run_id: str,
                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from _derived(verify_client, good_image, tmp_path_factory.mktemp("verify-no-torch"), NO_TORCH_DOCKERFILE,
-                        f"{REPOSITORY}:no-torch-{verify_run_id}")
+    yield from _derived(docker_client, good_image, tmp_path_factory.mktemp("verify-no-torch"), NO_TORCH_DOCKERFILE,
+                        f"{REPOSITORY}:no-torch-{run_id}")
 
 
 @pytest.fixture(scope="session")
-def nonconforming_image(verify_client: Any, good_image: str, verify_run_id: str,
+def nonconforming_image(docker_client: Any, good_image: str, run_id: str,
                         tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from _derived(verify_client, good_image, tmp_path_factory.mktemp("verify-nonconforming"),
-                        NONCONFORMING_DOCKERFILE, f"{REPOSITORY}:nonconforming-{verify_run_id}")
+    yield from _derived(docker_client, good_image, tmp_path_factory.mktemp("verify-nonconforming"),
+                        NONCONFORMING_DOCKERFILE, f"{REPOSITORY}:nonconforming-{run_id}")
 
 
 @pytest.fixture
-def containers(verify_client: Any) -> engine_run.Containers:
-    return engine_run.Containers(verify_client, timeout=300)
+def containers(docker_client: Any) -> engine_run.Containers:
+    return engine_run.Containers(docker_client, timeout=300)
 
 
 def container_exists(client: Any, name: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import ipaddress
 import os
 import re
 import threading
@@ -31,6 +32,7 @@ from tests.engine.conftest import (
     image_spec,
     remove_image,
     run_in,
+    unavailable,
 )
 from tests.support.wheels import make_wheel
 
@@ -398,15 +400,21 @@ class _IndexHandler(BaseHTTPRequestHandler):
         """Quiet."""
 
 
+def bridge_gateway(client: Any) -> str:
+    """The host's address on the engine's default bridge; engines that do not list it use the subnet's first."""
+    (config,) = client.networks.get("bridge").attrs["IPAM"]["Config"]
+    return str(config.get("Gateway") or next(ipaddress.ip_network(config["Subnet"]).hosts()))
+
+
 @pytest.fixture
 def index(docker_client: Any) -> Iterator[_Index]:
     """The index, listening on the engine's bridge gateway so build containers reach it."""
     try:
-        gateway = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+        gateway = bridge_gateway(docker_client)
         server = _Index(gateway, {"demo_dep-1.0-py3-none-any.whl": make_wheel("demo_dep-1.0-py3-none-any.whl")},
                         credentials=None)
-    except (OSError, KeyError, IndexError) as error:
-        pytest.skip(f"cannot serve an index on the engine's bridge gateway (remote engine?): {error}")
+    except (OSError, KeyError, IndexError, ValueError) as error:
+        unavailable(f"cannot serve an index on the engine's bridge gateway (remote engine?): {error!r}")
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

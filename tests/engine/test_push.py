@@ -23,8 +23,8 @@ from modelarts_images import publish, registry, swr
 from modelarts_images.engine import push as engine_push
 from modelarts_images.errors import RegistryError
 from tests.engine import conftest_push
+from tests.engine.conftest import TEST_BASE
 from tests.engine.conftest_push import (
-    TEST_BASE,
     ArgvWatcher,
     RunningRegistry,
     build_variant,

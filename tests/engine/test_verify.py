@@ -26,8 +26,6 @@ from tests.engine.conftest_verify import (  # noqa: F401 - the fixtures are used
     good_image,
     no_torch_image,
     nonconforming_image,
-    verify_client,
-    verify_run_id,
 )
 
 pytestmark = pytest.mark.engine
@@ -109,7 +107,7 @@ def test_an_image_without_torch_fails_with_exit_5(containers: engine_run.Contain
 # GPU on an engine without a GPU runtime
 
 
-def test_gpu_mode_on_this_engine_is_a_clear_error(verify_client: Any, containers: engine_run.Containers,
+def test_gpu_mode_on_this_engine_is_a_clear_error(docker_client: Any, containers: engine_run.Containers,
                                                  good_image: str) -> None:
     if containers.gpu_support().available:
         pytest.skip("this engine has a GPU runtime")
@@ -126,8 +124,8 @@ def test_gpu_mode_on_this_engine_is_a_clear_error(verify_client: Any, containers
     with pytest.raises(VerifyError) as whole:
         verifying.raise_for_report(report)
     assert "gpu/run" in str(whole.value) and "no GPU runtime" in str(whole.value)
-    assert not engine_run.stray_containers(verify_client) or all(
-        not name.startswith(engine_run.NAME_PREFIX + "gpu") for name in engine_run.stray_containers(verify_client))
+    assert not engine_run.stray_containers(docker_client) or all(
+        not name.startswith(engine_run.NAME_PREFIX + "gpu") for name in engine_run.stray_containers(docker_client))
 
 
 def test_auto_falls_back_to_the_cpu_with_a_skipped_line(containers: engine_run.Containers, good_image: str) -> None:
@@ -144,44 +142,44 @@ def test_auto_falls_back_to_the_cpu_with_a_skipped_line(containers: engine_run.C
 # The container is always removed
 
 
-def test_a_container_past_its_timeout_is_killed_and_removed(verify_client: Any, good_image: str,
-                                                            verify_run_id: str) -> None:
-    name = f"{engine_run.NAME_PREFIX}timeout-{verify_run_id}"
+def test_a_container_past_its_timeout_is_killed_and_removed(docker_client: Any, good_image: str,
+                                                            run_id: str) -> None:
+    name = f"{engine_run.NAME_PREFIX}timeout-{run_id}"
     spec = engine_run.ContainerRun(image=good_image, command=("sleep", "60"), user="1000:100",
                                    working_dir="/home/ma-user", network=False)
     started = time.monotonic()
-    output = engine_run.run_container(verify_client, spec, timeout=2, name=name)
+    output = engine_run.run_container(docker_client, spec, timeout=2, name=name)
     assert output.timed_out and output.exit_code is None
     assert time.monotonic() - started < 30
-    assert not container_exists(verify_client, name)
+    assert not container_exists(docker_client, name)
 
 
-def test_a_failing_run_leaves_no_container(verify_client: Any, good_image: str, verify_run_id: str) -> None:
-    name = f"{engine_run.NAME_PREFIX}fail-{verify_run_id}"
+def test_a_failing_run_leaves_no_container(docker_client: Any, good_image: str, run_id: str) -> None:
+    name = f"{engine_run.NAME_PREFIX}fail-{run_id}"
     spec = engine_run.ContainerRun(image=good_image, command=("sh", "-c", "echo oops >&2; exit 3"), user="1000:100",
                                    working_dir="/home/ma-user", network=False)
-    output = engine_run.run_container(verify_client, spec, timeout=60, name=name)
+    output = engine_run.run_container(docker_client, spec, timeout=60, name=name)
     assert output.exit_code == 3 and "oops" in output.stderr
-    assert not container_exists(verify_client, name)
+    assert not container_exists(docker_client, name)
     # and one that cannot even start (no such executable)
     broken = engine_run.ContainerRun(image=good_image, command=("/nonexistent",), user="1000:100", working_dir="/")
     with pytest.raises(VerifyError):
-        engine_run.run_container(verify_client, broken, timeout=60, name=name)
-    assert not container_exists(verify_client, name)
+        engine_run.run_container(docker_client, broken, timeout=60, name=name)
+    assert not container_exists(docker_client, name)
 
 
-def test_ctrl_c_removes_the_container(verify_client: Any, good_image: str, verify_run_id: str) -> None:
-    name = f"{engine_run.NAME_PREFIX}interrupt-{verify_run_id}"
+def test_ctrl_c_removes_the_container(docker_client: Any, good_image: str, run_id: str) -> None:
+    name = f"{engine_run.NAME_PREFIX}interrupt-{run_id}"
     spec = engine_run.ContainerRun(image=good_image, command=("sleep", "60"), user="1000:100",
                                    working_dir="/home/ma-user", network=False)
     timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            engine_run.run_container(verify_client, spec, timeout=50, name=name)
+            engine_run.run_container(docker_client, spec, timeout=50, name=name)
     finally:
         timer.cancel()
-    assert not container_exists(verify_client, name)
+    assert not container_exists(docker_client, name)
 
 
 # --------------------------------------------------------------------------------------------------------------
