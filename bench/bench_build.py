@@ -16,7 +16,7 @@
 Needs a Docker Engine with the base image modelarts-test-base:bookworm (scripts/test-base-image.sh). Run with
 `nox -s bench` or `.venv/bin/python bench/bench_build.py`; prints one `key: value` line per figure and writes
 bench/results/build.json. Removes the images it made (tags, and the stage images its classic builds left);
-BuildKit's cache stays, so reruns are warm for that backend and for the recipe; about 6 minutes in all, most
+BuildKit's cache stays, so reruns are warm for that backend and for the recipe; 3 to 6 minutes in all, most
 of it the classic builder's packages stage, rebuilt each run since its stage images are removed afterwards.
 """
 

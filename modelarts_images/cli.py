@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -20,6 +22,8 @@ R = TypeVar("R")
 
 ROOT = Path(__file__).resolve().parent.parent
 
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
+
 SELECTION_HELP = {
     "versions": "versions file to read (default: versions.yaml, or modelarts.versions in invoke.yaml)",
     "only": "image id to work on; repeat for several (default: the entry marked default: true)",
@@ -33,11 +37,18 @@ def exits_cleanly(task_body: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(task_body)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return task_body(*args, **kwargs)
+            result = task_body(*args, **kwargs)
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+            return result
         except ModelArtsImagesError as error:
             if logging.getLogger().isEnabledFor(logging.DEBUG):
                 raise
             raise Exit(f"error: {error}", code=error.exit_code) from None
+        except BrokenPipeError:
+            # The reader went away (`inv plan | head`): stop quietly, as command-line tools do on SIGPIPE, and
+            # point stdout at /dev/null so the interpreter's final flush cannot fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise Exit(code=SIGPIPE_EXIT) from None
 
     return wrapper
 

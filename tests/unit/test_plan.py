@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -107,3 +108,14 @@ def test_unknown_only_exits_2() -> None:
     assert result.returncode == 2
     assert "no image has id 'pytorch-1.8.1-cuda10'; did you mean" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_reader_that_went_away_ends_the_task_quietly() -> None:
+    read, write = os.pipe()
+    os.close(read)  # like `inv plan | head` once head has exited
+    try:
+        result = subprocess.run([sys.executable, "-m", "invoke", "plan", "--only", "pytorch-1.8.1-cuda10.2"],
+                                cwd=ROOT, stdout=write, stderr=subprocess.PIPE, text=True, check=False)
+    finally:
+        os.close(write)
+    assert (result.returncode, result.stderr) == (141, "")
