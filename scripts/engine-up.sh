@@ -51,15 +51,19 @@ start_dockerd() {
   done
   echo "engine-up: dockerd did not answer within ${wait_s}s, see $log" >&2
   kill "$pid" 2>/dev/null || true
+  # A retry must not race the old daemon for its pidfile and socket.
+  for ((i = 0; i < 30; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
   return 1
 }
 
 if ! answers; then
   : >"$log"
   if ! start_dockerd; then
-    if grep -qiE 'overlay|graphdriver|storage.driver' "$log"; then
+    # Only the failure lines tell why: containerd logs "overlayfs" plugins on every start.
+    failures=$(grep -iE 'level=(error|fatal)|failed to start daemon' "$log" || true)
+    if grep -qiE 'overlay|graphdriver|storage.driver' <<<"$failures"; then
       start_dockerd --storage-driver=vfs
-    elif grep -qiE 'iptables|docker0|bridge' "$log"; then
+    elif grep -qiE 'iptables|docker0|bridge' <<<"$failures"; then
       start_dockerd --iptables=false --bridge=none
     else
       tail -n 30 "$log" >&2; exit 1

@@ -60,4 +60,4 @@ echo "test-base-image: debootstrap took $((SECONDS - t))s" >&2; t=$SECONDS
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*   # keep the image small
 tar --numeric-owner -C "$root" -c . | docker_cli import --change 'CMD ["/bin/bash"]' - "$name" >/dev/null
 echo "test-base-image: import took $((SECONDS - t))s" >&2
-docker_cli run --rm "$name" python3 -c 'import sys; print("test-base-image: '"$name"' python", sys.version.split()[0])'
+docker_cli run --rm "$name" python3 -c 'import sys; print("test-base-image:", sys.argv[1], "python", sys.version.split()[0])' "$name"

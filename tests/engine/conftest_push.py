@@ -181,7 +181,6 @@ class ArgvWatcher:
         self.interval = interval
         self.found: list[tuple[int, str]] = []
         self.scans = 0
-        self.processes_seen: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -210,7 +209,6 @@ class ArgvWatcher:
                 cmdline = (entry / "cmdline").read_bytes()
             except OSError:  # gone already, or not ours to read
                 continue
-            self.processes_seen.add(pid)
             if any(needle in cmdline for needle in self.needles):
                 self.found.append((pid, cmdline.replace(b"\0", b" ").decode("utf-8", "replace")))
         self.scans += 1

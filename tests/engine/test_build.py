@@ -13,7 +13,6 @@ import ipaddress
 import os
 import re
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -328,7 +327,6 @@ def test_a_rebuild_is_served_from_the_cache(built: tuple[BuildResult, FetchedIma
     result, fetched = built
     again = build.build_image(fetched, backend=result.backend, work_dir=tmp_path / "work")
     assert again.image_id == result.image_id
-    assert again.duration < 60
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -479,9 +477,7 @@ def test_preflight_explains_deleted_nvidia_tags(docker_client: Any) -> None:
 
 @pytest.mark.engine
 def test_preflight_names_a_missing_base(docker_client: Any) -> None:
-    started = time.monotonic()
     with pytest.raises((BuildError, ConfigError)) as caught:
         engine.check_base_image(docker_client, "modelarts-test-base:no-such-tag")
     assert "base image modelarts-test-base:no-such-tag: not in the engine" in str(caught.value)
     assert "--base-prefix" in str(caught.value)
-    assert time.monotonic() - started < 60

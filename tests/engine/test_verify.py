@@ -111,6 +111,7 @@ def test_gpu_mode_on_this_engine_is_a_clear_error(docker_client: Any, containers
                                                  good_image: str) -> None:
     if containers.gpu_support().available:
         pytest.skip("this engine has a GPU runtime")
+    before = set(engine_run.stray_containers(docker_client))
     spec = verifying.run_spec(good_image, device="gpu")
     with pytest.raises(VerifyError) as raised:
         containers.run(spec)
@@ -124,8 +125,7 @@ def test_gpu_mode_on_this_engine_is_a_clear_error(docker_client: Any, containers
     with pytest.raises(VerifyError) as whole:
         verifying.raise_for_report(report)
     assert "gpu/run" in str(whole.value) and "no GPU runtime" in str(whole.value)
-    assert not engine_run.stray_containers(docker_client) or all(
-        not name.startswith(engine_run.NAME_PREFIX + "gpu") for name in engine_run.stray_containers(docker_client))
+    assert set(engine_run.stray_containers(docker_client)) <= before  # the failed GPU runs left no container
 
 
 def test_auto_falls_back_to_the_cpu_with_a_skipped_line(containers: engine_run.Containers, good_image: str) -> None:
@@ -145,12 +145,12 @@ def test_auto_falls_back_to_the_cpu_with_a_skipped_line(containers: engine_run.C
 def test_a_container_past_its_timeout_is_killed_and_removed(docker_client: Any, good_image: str,
                                                             run_id: str) -> None:
     name = f"{engine_run.NAME_PREFIX}timeout-{run_id}"
-    spec = engine_run.ContainerRun(image=good_image, command=("sleep", "60"), user="1000:100",
+    spec = engine_run.ContainerRun(image=good_image, command=("sleep", "3600"), user="1000:100",
                                    working_dir="/home/ma-user", network=False)
     started = time.monotonic()
     output = engine_run.run_container(docker_client, spec, timeout=2, name=name)
     assert output.timed_out and output.exit_code is None
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 600  # killed, not waited for: the sleep would take an hour
     assert not container_exists(docker_client, name)
 
 

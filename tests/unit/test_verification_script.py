@@ -45,6 +45,8 @@ def torch_python() -> tuple[str | None, str]:
 @pytest.fixture
 def python_with_torch() -> str:
     found, tried = torch_python()
+    if found is None and os.environ.get(TORCH_PYTHON):
+        pytest.fail(f"{TORCH_PYTHON}={os.environ[TORCH_PYTHON]} cannot import torch (tried {tried})", pytrace=False)
     if found is None:
         pytest.skip(f"no Python with torch (tried {tried}): set {TORCH_PYTHON}=/path/to/python of an environment with "
                     "torch installed to run these")
