@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING
 from invoke.context import Context
 from invoke.tasks import task
 
-from modelarts_images.cli import ROOT, SELECTION_HELP, exits_cleanly, selected_images, tool_settings
+from modelarts_images.cli import (
+    ROOT,
+    SELECTION_HELP,
+    exits_cleanly,
+    positive_number,
+    selected_images,
+    tool_settings,
+)
 from modelarts_images.errors import ConfigError, RegistryError
 from modelarts_images.model import IMAGE_SIZE_BUDGET, VERIFY_TIMEOUT_S
 
@@ -43,7 +50,7 @@ def plan(
     print(planning.as_json(plans) if json_ else planning.as_text(plans))
 
 
-def _fetch(resolved: Settings, images: tuple[ImageSpec, ...], *, jobs: int | None, offline: bool, locked: bool,
+def _fetch(resolved: Settings, images: tuple[ImageSpec, ...], *, jobs: str | None, offline: bool, locked: bool,
            verify_cache: bool, no_closure: bool, refresh: bool) -> list[FetchedImage]:
     from modelarts_images import fetch as fetching
     from modelarts_images.progress import for_terminal, human
@@ -51,7 +58,7 @@ def _fetch(resolved: Settings, images: tuple[ImageSpec, ...], *, jobs: int | Non
     options = fetching.FetchOptions(
         cache_dir=resolved.cache_dir,
         lock_path=resolved.selection.versions.with_suffix(".lock"),
-        jobs=jobs or resolved.jobs,
+        jobs=positive_number("--jobs", jobs, resolved.jobs, int),
         offline=offline,
         locked=locked,
         verify_cache=verify_cache,
@@ -75,7 +82,7 @@ def _fetch(resolved: Settings, images: tuple[ImageSpec, ...], *, jobs: int | Non
 @exits_cleanly
 def fetch(
     c: Context, versions: str | None = None, only: list[str] | None = None, all_: bool = False,
-    jobs: int | None = None, offline: bool = False, locked: bool = False, verify_cache: bool = False,
+    jobs: str | None = None, offline: bool = False, locked: bool = False, verify_cache: bool = False,
     no_closure: bool = False,
 ) -> None:
     """Download the installer and wheels of the selected images into the cache, sha256-verified."""
@@ -88,7 +95,7 @@ def fetch(
 @exits_cleanly
 def lock(
     c: Context, versions: str | None = None, only: list[str] | None = None, all_: bool = False,
-    jobs: int | None = None, no_closure: bool = False,
+    jobs: str | None = None, no_closure: bool = False,
 ) -> None:
     """Resolve the selected images again and pin every artifact's sha256 in versions.lock."""
     resolved = tool_settings(c, versions=versions, only=only or (), all_images=all_)
@@ -233,8 +240,7 @@ VERIFY_HELP = {
 @exits_cleanly
 def verify(
     c: Context, versions: str | None = None, only: list[str] | None = None, all_: bool = False,
-    image: str | None = None, device: str = "auto", timeout: float = VERIFY_TIMEOUT_S,
-    size_budget: float = IMAGE_SIZE_BUDGET / 1e9,
+    image: str | None = None, device: str = "auto", timeout: str | None = None, size_budget: str | None = None,
     reports: str | None = None,
 ) -> None:
     """Run pytorch-verification.py in the selected images as ModelArts does, and check ModelArts' image rules."""
@@ -247,18 +253,26 @@ def verify(
     images = selected_images(resolved)
     if image and len(images) != 1:
         raise ConfigError(f"--image: verifies one entry, but {len(images)} are selected; pick one with --only")
-    containers = engine_run.Containers(engine_run.connect(), timeout=float(timeout))
+    timeout_s = positive_number("--timeout", timeout, VERIFY_TIMEOUT_S, float)
+    budget = int(positive_number("--size-budget", size_budget, IMAGE_SIZE_BUDGET / 1e9, float) * 1e9)
     reports_dir = ROOT / reports if reports else resolved.reports_dir / "verify"
+    try:  # before any container runs, so a bad directory costs nothing
+        reports_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"--reports: cannot use {reports_dir} for the results: {error.strerror}") from None
+    containers = engine_run.Containers(engine_run.connect(), timeout=timeout_s)
     done = []
     for entry in images:
         reference = image or entry.reference
         gpu = containers.gpu_support(reference) if device == "auto" else None
         devices, skipped = verifying.resolve_devices(device, gpu)
         report = verifying.verify_image(containers, entry, reference=reference, devices=devices, skipped=skipped,
-                                        size_budget=int(float(size_budget) * 1e9))
+                                        size_budget=budget)
         path = reports_dir / f"{entry.id}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(verifying.report_json(report), encoding="utf-8")
+        try:
+            path.write_text(verifying.report_json(report), encoding="utf-8")
+        except OSError as error:
+            raise ConfigError(f"cannot write the verification result {path}: {error.strerror}") from None
         print(verifying.format_report(report))
         print(f"  result: {path}")
         done.append(report)

@@ -14,11 +14,12 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 
 from . import config, settings
-from .errors import ModelArtsImagesError
+from .errors import ConfigError, ModelArtsImagesError
 from .model import ImageSpec
 
 P = ParamSpec("P")
 R = TypeVar("R")
+N = TypeVar("N", int, float)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,3 +73,16 @@ def selected_images(resolved: settings.Settings) -> tuple[ImageSpec, ...]:
     selection = resolved.selection
     versions = config.load_versions(selection.versions, fallbacks=resolved.fallbacks)
     return config.select(versions, only=selection.only, all_images=selection.all_images)
+
+
+def positive_number(flag: str, text: str | None, default: N, kind: type[N]) -> N:
+    """A numeric flag, taken as text because invoke turns a bad number into a traceback: above 0, or an error."""
+    if text is None:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ConfigError(f"{flag}: {text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+    if not value > 0:  # also refuses nan
+        raise ConfigError(f"{flag}: must be above 0, got {text}")
+    return value

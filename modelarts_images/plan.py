@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from . import compat
+from .context import redacted
 from .model import CONDA_PREFIX, Artifact, ImageSpec
 
 PYTORCH_DOWNLOADS = "https://download.pytorch.org/whl"
@@ -97,6 +98,7 @@ def as_json(plans: Sequence[ImagePlan]) -> str:
             "id": plan.image.id,
             "reference": plan.image.reference,
             **image,
+            "pip_index": redacted(plan.image.pip_index) if plan.image.pip_index else plan.image.pip_index,
             "variant": plan.image.variant,
             "artifacts": [asdict(artifact) for artifact in plan.artifacts],
             "wheel_source": asdict(plan.wheel_source) if plan.wheel_source else None,

@@ -76,6 +76,7 @@ def resolve(
         raise ConfigError("\n".join(f"invoke.yaml: {SECTION}.{key}: unknown key{suggest(key, BUILTIN)}"
                                     for key in unknown))
     values = {**BUILTIN, **{k: v for k, v in given.items() if v is not None}}
+    _check_types(values)
     if backend is not None:
         values["backend"] = backend
     fallbacks = {key: values[key] for key in IMAGE_FALLBACKS if values[key] not in (None, "")}
@@ -105,6 +106,22 @@ def resolve(
         base_prefix=str(values["base_prefix"] or ""),
         extra_tags=split_ids(values["extra_tags"]),
     )
+
+
+TEXT_KEYS = ("versions", "cache_dir", "reports_dir", "base_prefix", "backend")
+LIST_KEYS = ("only", "extra_tags")  # a list of strings, or one string of comma- or space-separated words
+
+
+def _check_types(values: Mapping[str, Any]) -> None:
+    """Wrong types are caught here, before a str() or a split turns them into something else or a traceback."""
+    for key in TEXT_KEYS:
+        if not isinstance(values[key], str):
+            raise ConfigError(f"invoke.yaml: {SECTION}.{key}: must be a string (got {values[key]!r})")
+    for key in LIST_KEYS:
+        value = values[key]
+        if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+            raise ConfigError(f"invoke.yaml: {SECTION}.{key}: must be a list of strings or one comma-separated "
+                              f"string (got {value!r})")
 
 
 def _positive(value: object, key: str) -> int:

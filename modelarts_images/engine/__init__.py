@@ -564,9 +564,9 @@ def image_summary(client: Any, image_id: str, *, base_image: str | None = None, 
     try:
         size = int(client.api.inspect_image(image_id)["Size"])
         history = client.api.history(image_id)
-        base_entries = len(client.api.history(base_image)) if base_image else 0
     except (docker.errors.DockerException, requests.RequestException) as error:
         raise BuildError(f"{image_id}: cannot read the built image back from the engine: {error}") from error
+    base_entries = _history_length(client, base_image) if base_image else 0
     layers = []
     for index, entry in enumerate(history):  # newest first; the base's entries are the oldest
         from_base = index >= len(history) - base_entries
@@ -575,3 +575,13 @@ def image_summary(client: Any, image_id: str, *, base_image: str | None = None, 
             layers.append(Layer(size=int(entry["Size"]), step=_short(step, 120), from_base=from_base))
     layers.sort(key=lambda layer: layer.size, reverse=True)
     return ImageSummary(image_id=image_id, size=size, layers=tuple(layers[:top]))
+
+
+def _history_length(client: Any, reference: str) -> int:
+    """How many history entries the base has; 0 when the engine does not list it, which is the case for a base
+    BuildKit pulled into its own store: the layers are then shown without telling the base's apart."""
+    try:
+        return len(client.api.history(reference))
+    except (docker.errors.DockerException, requests.RequestException) as error:
+        log.debug("no history for base %s (%s): its layers are not marked", reference, error)
+        return 0

@@ -481,3 +481,12 @@ def test_preflight_names_a_missing_base(docker_client: Any) -> None:
         engine.check_base_image(docker_client, "modelarts-test-base:no-such-tag")
     assert "base image modelarts-test-base:no-such-tag: not in the engine" in str(caught.value)
     assert "--base-prefix" in str(caught.value)
+
+
+@pytest.mark.engine
+def test_a_base_the_engine_does_not_list_leaves_layers_unmarked(docker_client: Any, test_base: str) -> None:
+    # BuildKit keeps a base it pulled in its own store, where the engine's image list does not show it.
+    summary = engine.image_summary(docker_client, test_base, base_image="modelarts-test-base:pulled-by-buildkit")
+    assert summary.layers and not any(layer.from_base for layer in summary.layers)
+    marked = engine.image_summary(docker_client, test_base, base_image=test_base)
+    assert all(layer.from_base for layer in marked.layers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -63,6 +64,15 @@ def test_json_round_trip() -> None:
     assert first["build_args"]["BASE_IMAGE"] == "ubuntu:18.04"
     assert first["artifacts"][0]["sha256"] == "4dc4214839c60b2f5eb3efbdee1ef5d9b45e74f2c09fcae6c8934a13f36ffc3e"
     assert first["artifacts"][1]["sha256"] is None
+
+
+def test_json_hides_the_pip_index_password() -> None:
+    recipe = shipped()["pytorch-1.8.1-cuda10.2"]
+    image = dataclasses.replace(recipe.image, pip_index="https://robot:s3cret@pypi.example.com/simple")
+    text = plan.as_json([plan.make_plan(image)]) + plan.as_text([plan.make_plan(image)])
+    assert "s3cret" not in text
+    assert json.loads(plan.as_json([plan.make_plan(image)]))[0]["pip_index"] == (
+        "https://robot:***@pypi.example.com/simple")
 
 
 def test_text_names_every_value() -> None:

@@ -54,3 +54,20 @@ def test_bad_backend(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^invoke.yaml: modelarts.backend: must be one of docker, buildkit; "
                                           r"did you mean 'buildkit'\?$"):
         settings.resolve({"backend": "buildkitt"}, root=tmp_path)
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"only": 5}, "invoke.yaml: modelarts.only: must be a list of strings or one comma-separated string (got 5)"),
+    ({"extra_tags": [1]}, "invoke.yaml: modelarts.extra_tags: must be a list of strings"),
+    ({"cache_dir": {"a": 1}}, "invoke.yaml: modelarts.cache_dir: must be a string (got {'a': 1})"),
+    ({"versions": ["a.yaml"]}, "invoke.yaml: modelarts.versions: must be a string"),
+])
+def test_wrong_types_are_named(tmp_path: Path, section: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings.resolve(section, root=tmp_path)
+    assert str(caught.value).startswith(message)
+
+
+def test_list_keys_take_a_comma_separated_string(tmp_path: Path) -> None:
+    resolved = settings.resolve({"extra_tags": "{tag}-{date}, {revision}"}, root=tmp_path)
+    assert resolved.extra_tags == ("{tag}-{date}", "{revision}")
