@@ -84,6 +84,8 @@ def matrix(session: nox.Session, cell: str | None) -> None:
         session.run(*command, env=env)
         return
     session.notify("matrix_summary")
+    # A --shard K/N in posargs still splits by each cell's position in the whole versions file (matrix.py cuts
+    # shards before --only narrows the selection), so every cell's session runs in exactly one shard's job.
     session.run(*command, *(["--only", cell] if cell else []), "--no-summary", env=env)
 
 

@@ -486,6 +486,15 @@ def _setuid_files(engine: ContainerEngine, reference: str) -> tuple[tuple[str, .
         return None, str(error)
 
 
+def _boot_facts(engine: ContainerEngine, reference: str, environment: tuple[tuple[str, str], ...]) -> BootFacts:
+    # Like the other probes: a container that cannot start is this image's failed check, not an error that
+    # stops the verification (and its report) of every image.
+    try:
+        return parse_boot(engine.run(boot_run(reference, environment)))
+    except VerifyError as error:
+        return BootFacts(ok=False, detail=f"the boot probe did not run in {reference}: {error}")
+
+
 def gather(engine: ContainerEngine, reference: str, *, base_image: str | None,
            environment: tuple[tuple[str, str], ...] = ()) -> ImageFacts:
     """Run the probes in containers of `reference` (and of `base_image`) and collect what they saw."""
@@ -499,7 +508,7 @@ def gather(engine: ContainerEngine, reference: str, *, base_image: str | None,
         probe = parse_probe(output.stdout)
     except VerifyError as error:
         probe_error = str(error)
-    boot = parse_boot(engine.run(boot_run(reference, environment)))
+    boot = _boot_facts(engine, reference, environment)
     setuid_files, setuid_error = _setuid_files(engine, reference)
     base_files: tuple[str, ...] | None = None
     base_error: str | None = None

@@ -14,7 +14,9 @@ its last success, and whose image is still in the engine, is skipped with a line
 State lives in <reports_dir>/matrix-state.json; a failed cell loses its entry, so it runs again next time.
 
 Shardable: `--shard K/N` (1 <= K <= N) keeps the cells whose position in the versions file, counted from 0, is
-K-1 modulo N: every cell is in exactly one shard, and the split depends only on the file's order.
+K-1 modulo N: every cell is in exactly one shard, and the split depends only on the file's order. The position is
+the one in the whole file, before --only narrows it, so a cell lands in the same shard whether it runs alone (as
+in nox's per-cell sessions) or with the others.
 """
 
 from __future__ import annotations
@@ -77,12 +79,28 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return index, count
 
 
+def in_shard(position: int, spec: tuple[int, int] | None) -> bool:
+    """Whether the item at `position` (from 0) belongs to shard K of N (every item does without a spec)."""
+    if spec is None:
+        return True
+    index, count = spec
+    return position % count == index - 1
+
+
 def shard(items: Sequence[Any], spec: tuple[int, int] | None) -> list[Any]:
     """The items of shard K of N: those at positions K-1, K-1+N, K-1+2N, ... (all of them without a spec)."""
-    if spec is None:
-        return list(items)
-    index, count = spec
-    return [item for position, item in enumerate(items) if position % count == index - 1]
+    return [item for position, item in enumerate(items) if in_shard(position, spec)]
+
+
+def shard_cells(images: Sequence[ImageSpec], spec: tuple[int, int] | None, *,
+                file_ids: Sequence[str]) -> list[ImageSpec]:
+    """The selected images that belong to shard K of N by their position among `file_ids` (every id of the
+    versions file, in its order), not in the selection: `--only b --shard 2/2` must agree with `--shard 2/2`."""
+    positions = {cell_id: position for position, cell_id in enumerate(file_ids)}
+    missing = [image.id for image in images if image.id not in positions]
+    if missing:
+        raise ConfigError(f"--shard: {', '.join(missing)} not among the versions file's cells")
+    return [image for image in images if in_shard(positions[image.id], spec)]
 
 
 def _digest(value: object) -> str:
@@ -176,16 +194,17 @@ class State:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def update(self, cell_id: str, entry: dict[str, Any] | None) -> None:
-        with self._locked():
-            cells = self.read()
-            if entry is None:
-                cells.pop(cell_id, None)
-            else:
-                cells[cell_id] = entry
-            temporary = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-            temporary.write_text(json.dumps({"schema": STATE_SCHEMA, "cells": cells}, indent=2, sort_keys=True)
-                                 + "\n", encoding="utf-8")
-            temporary.replace(self.path)
+        try:
+            with self._locked():
+                cells = self.read()
+                if entry is None:
+                    cells.pop(cell_id, None)
+                else:
+                    cells[cell_id] = entry
+                reporting.write_atomic(self.path, json.dumps({"schema": STATE_SCHEMA, "cells": cells}, indent=2,
+                                                             sort_keys=True) + "\n", what="matrix state")
+        except OSError as error:  # the lock file: write_atomic names its own failures
+            raise ConfigError(f"cannot lock the matrix state {self.path}: {error.strerror or error}") from error
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -371,9 +390,8 @@ class Runner:
         devices, skipped = verifying.resolve_devices(options.device, gpu)
         report = verifying.verify_image(containers, spec, devices=devices, skipped=skipped,
                                         script_dir=options.verify_dir)
-        path = options.reports_dir / "verify" / f"{spec.id}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(verifying.report_json(report), encoding="utf-8")
+        reporting.write_atomic(options.reports_dir / "verify" / f"{spec.id}.json", verifying.report_json(report),
+                               what="verification report")
         cell.verification = verifying.report_dict(report)
         cell.manifest = reporting.capture_manifest(containers, spec.reference)
         cell.durations["verify"] = time.monotonic() - started
@@ -399,15 +417,21 @@ class Runner:
             cell.training_job = str(trainingjob.write_body(options.reports_dir, spec.id, body))
 
 
-def run_matrix(images: Sequence[ImageSpec], options: MatrixOptions, *, engines: Engines | None = None,
-               out: Callable[[str], None] = print, summary: bool = True) -> list[dict[str, Any]]:
-    """Run the cells of this shard, write the reports, and raise MatrixError naming every failed cell."""
-    cells = shard(images, options.shard)
+def run_matrix(images: Sequence[ImageSpec], options: MatrixOptions, *, file_ids: Sequence[str] | None = None,
+               engines: Engines | None = None, out: Callable[[str], None] = print,
+               summary: bool = True) -> list[dict[str, Any]]:
+    """Run the selected cells of this shard, write the reports, and raise MatrixError naming every failed cell.
+
+    `file_ids`: every cell id of the versions file, in its order (default: the selected ones); shards are cut by
+    position in it, and the reports cover its cells, so runs of single cells add up to the whole matrix."""
+    ids = list(file_ids) if file_ids is not None else [image.id for image in images]
+    cells = shard_cells(images, options.shard, file_ids=ids)
     if options.shard is not None:
-        out(f"shard {options.shard[0]}/{options.shard[1]}: {len(cells)} of {len(images)} cells: "
+        out(f"shard {options.shard[0]}/{options.shard[1]}: {len(cells)} of {len(images)} selected cells: "
             + (", ".join(image.id for image in cells) or "none"))
+    reporting.check_writable(options.reports_dir)  # before the builds, not after them
     records = Runner(options, engines=engines, out=out).run(cells)
-    reporting.write_reports(options.reports_dir, [image.id for image in images])
+    reporting.write_reports(options.reports_dir, ids)
     if summary:
         out(reporting.summary_table(records, tty=sys.stdout.isatty()))
     out(f"reports: {options.reports_dir / reporting.JSON_NAME}, {options.reports_dir / reporting.MD_NAME}")
@@ -432,13 +456,27 @@ def load_section(config_file: str | None) -> dict[str, Any] | None:
     """invoke.yaml's `modelarts` section as invoke sees it: the project file, a runtime file, INVOKE_MODELARTS_*."""
     from invoke.config import Config
 
-    loaded = Config(project_location=ROOT, runtime_path=Path(config_file) if config_file else None)
+    runtime = _runtime_file(config_file)
+    loaded = Config(project_location=ROOT, runtime_path=runtime)
     loaded.load_project()
-    if config_file:
-        loaded.load_runtime()
+    if runtime is not None:
+        try:
+            loaded.load_runtime()
+        except Exception as error:  # invoke's own errors, and the YAML parser's, name no flag
+            raise ConfigError(f"--config {config_file}: cannot be read: {error}") from error
     loaded.load_shell_env()
     section = _plain(loaded.get(settings.SECTION, None))
     return section if isinstance(section, dict) else None
+
+
+def _runtime_file(config_file: str | None) -> Path | None:
+    """--config's file; ConfigError when it is missing (invoke would skip it and run with the defaults)."""
+    if not config_file:
+        return None
+    path = Path(config_file)
+    if not path.is_file():
+        raise ConfigError(f"--config {config_file}: no such file" + (" (a directory)" if path.is_dir() else ""))
+    return path
 
 
 def nox_cells(versions: Path | None = None) -> list[tuple[str, list[str]]]:
@@ -482,11 +520,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return reporting.print_summary(resolved.reports_dir, run_token=args.run)
         versions = config.load_versions(resolved.selection.versions, fallbacks=resolved.fallbacks)
         images = config.select(versions, only=config.split_ids(args.only), all_images=not args.only)
+        file_ids = [image.id for image in versions.images]
         options = MatrixOptions(settings=resolved, device=args.device, push=args.push, force=args.force,
                                 shard=parse_shard(args.shard), timeout=args.timeout, offline=args.offline,
                                 locked=args.locked, region=args.region, flavor_id=args.flavor, run_token=args.run)
         _show_engine_log()
-        run_matrix(images, options, summary=not args.no_summary)
+        run_matrix(images, options, file_ids=file_ids, summary=not args.no_summary)
     except ModelArtsImagesError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code

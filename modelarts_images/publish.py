@@ -33,6 +33,7 @@ from .engine import push as engine_push
 from .errors import ConfigError, RegistryError
 from .model import ImageSpec
 from .registry import Manifest, Registry
+from .report import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -97,20 +98,36 @@ def expand_tags(templates: Iterable[str], *, tag: str, date: str, revision: str 
     values = {"tag": tag, "date": date, "revision": revision}
     tags: list[str] = []
     for template in templates:
-        try:
-            fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-        except ValueError as error:
-            raise ConfigError(f"extra tag {template!r}: {error}") from None
-        unknown = [name for name in fields if name not in PLACEHOLDERS]
-        if unknown:
-            raise ConfigError(f"extra tag {template!r}: unknown placeholder {{{unknown[0]}}}; use "
-                              + ", ".join(f"{{{name}}}" for name in PLACEHOLDERS))
+        fields = template_fields(template)
         if "revision" in fields and revision is None:
             raise ConfigError(f"extra tag {template!r}: no git revision is known here (not a git checkout?)")
         expanded = template.format(**values)
         if expanded != tag and expanded not in tags:
             tags.append(expanded)
     return tuple(tags)
+
+
+def template_fields(template: str) -> list[str]:
+    """The fields an extra-tag template names; ConfigError for anything but a plain {tag}, {date} or {revision}.
+
+    A format spec or a conversion ({date:%Y}, {tag!r}) would reach str.format and fail there with a bare
+    ValueError, or quietly make a tag SWR refuses; the documented fields are plain substitutions only."""
+    use = "use " + ", ".join(f"{{{name}}}" for name in PLACEHOLDERS) + " (plain, without a format spec or conversion)"
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as error:
+        raise ConfigError(f"extra tag {template!r}: {error}; {use}") from None
+    fields = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if name not in PLACEHOLDERS:
+            raise ConfigError(f"extra tag {template!r}: unknown placeholder {shown}; {use}")
+        if spec or conversion:
+            raise ConfigError(f"extra tag {template!r}: {shown} has a format spec or conversion; {use}")
+        fields.append(name)
+    return fields
 
 
 def git_revision(root: Path, length: int = 12) -> str | None:
@@ -145,16 +162,12 @@ def utc_now() -> dt.datetime:
 
 
 def write_record(record: PushRecord, reports_dir: Path) -> Path:
-    """<reports_dir>/push-<id>.json, written atomically."""
-    reports_dir.mkdir(parents=True, exist_ok=True)
+    """<reports_dir>/push-<id>.json, written atomically; RegistryError naming it when it cannot be."""
     path = reports_dir / f"push-{record.id}.json"
     document: dict[str, Any] = asdict(record)
     document.pop("record")
     document["tags"] = [asdict(item) for item in record.tags]
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    temporary.replace(path)
-    return path
+    return write_atomic(path, json.dumps(document, indent=2) + "\n", what="push record", error=RegistryError)
 
 
 def summary(records: Sequence[PushRecord]) -> str:
@@ -265,7 +278,11 @@ class _Publisher:
             tags=tuple(results), time=now.isoformat(timespec="seconds"),
             login=credentials.source if credentials else None, record=None,
         )
-        path = write_record(record, options.reports_dir)
+        try:
+            path = write_record(record, options.reports_dir)
+        except RegistryError as error:
+            # the push itself went through: say so, so nobody pushes again to find out
+            raise RegistryError(f"{image.id}: pushed {record.reference} as {record.digest}, but {error}") from error
         return dataclasses.replace(record, record=path)
 
     def _guard(self, registry: Registry, target: swr.Reference, local: engine_push.LocalImage

@@ -10,14 +10,19 @@ manifest is read from the image through engine.run's container helpers (`capture
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
 import shutil
+import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from .engine.run import ContainerOutput, ContainerRun
+from .errors import ConfigError, ModelArtsImagesError
 from .model import CONDA_PREFIX
 
 JSON_NAME = "matrix.json"
@@ -82,13 +87,44 @@ def capture_manifest(engine: Runs, reference: str) -> dict[str, list[str]]:
 # Records on disk
 
 
+def write_atomic(path: Path, text: str, *, what: str = "report",
+                 error: type[ModelArtsImagesError] = ConfigError) -> Path:
+    """Write `text` to `path` through a temporary file in the same directory and os.replace, so a reader or a
+    concurrent shard sharing the directory sees the old file or the new one, never half of either. An OSError
+    (a directory that cannot be created or written) becomes `error` naming the path; the temporary file is
+    removed whatever fails."""
+    # A unique name per writer (shards may write the same file at once), created like any file, so the
+    # umask decides its mode, not mkstemp's 0600.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with temporary.open("x", encoding="utf-8") as handle:
+                handle.write(text)
+            temporary.replace(path)  # os.replace: atomic within the directory
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
+    except OSError as problem:
+        raise error(f"cannot write the {what} {path}: {problem.strerror or problem}") from problem
+    return path
+
+
+def check_writable(reports_dir: Path) -> None:
+    """ConfigError now, rather than after hours of builds, when the reports directory cannot take a file."""
+    try:
+        reports_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=reports_dir):  # nameless where the OS allows: nothing to clean up
+            pass
+    except OSError as problem:
+        raise ConfigError(f"cannot write to the reports directory {reports_dir}: {problem.strerror or problem} "
+                          "(modelarts.reports_dir in invoke.yaml)") from problem
+
+
 def write_cell(reports_dir: Path, record: Mapping[str, Any]) -> Path:
     path = reports_dir / CELLS_DIR / f"{record['id']}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    temporary.replace(path)
-    return path
+    return write_atomic(path, json.dumps(record, indent=2) + "\n", what="matrix cell record")
 
 
 def read_cells(reports_dir: Path, ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -108,9 +144,9 @@ def read_cells(reports_dir: Path, ids: Sequence[str] | None = None) -> list[dict
 def write_reports(reports_dir: Path, ids: Sequence[str]) -> list[dict[str, Any]]:
     """matrix.json and matrix.md from the cell records of `ids` (the versions file's cells, in its order)."""
     records = read_cells(reports_dir, ids)
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    (reports_dir / JSON_NAME).write_text(render_json(records), encoding="utf-8")
-    (reports_dir / MD_NAME).write_text(render_markdown(records), encoding="utf-8")
+    # atomically: concurrent shards sharing the directory each rewrite both files
+    write_atomic(reports_dir / JSON_NAME, render_json(records), what="matrix report")
+    write_atomic(reports_dir / MD_NAME, render_markdown(records), what="matrix report")
     return records
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from .conformance import MA_UID
 from .model import ImageSpec
+from .report import write_atomic
 from .verify import BOOT_COMMAND, CODE_DIR, MA_JOB_DIR
 
 CPU_FLAVOR = "modelarts.vm.cpu.8u"  # UNCERTAIN: region-dependent
@@ -81,8 +82,6 @@ def training_job_body(image: ImageSpec, *, digest: str, flavor_id: str | None = 
 
 
 def write_body(reports_dir: Path, image_id: str, body: dict[str, Any]) -> Path:
-    """<reports_dir>/trainingjob/<id>.json"""
+    """<reports_dir>/trainingjob/<id>.json, written atomically; ConfigError naming it when it cannot be."""
     path = reports_dir / "trainingjob" / f"{image_id}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
-    return path
+    return write_atomic(path, json.dumps(body, indent=2) + "\n", what="training-job body")

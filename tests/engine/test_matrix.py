@@ -88,6 +88,16 @@ def test_matrix_runs_resumes_and_continues_past_failure(docker_client: Any, test
             assert "cell-a: skipped, inputs unchanged" in second.stdout
             assert "cell-b: skipped, inputs unchanged" in second.stdout
 
+            # 2b. one cell at a time, as nox's per-cell sessions run it: --shard still counts the cell's place
+            # in the whole file (cell-b is second: shard 2/2's), so it runs in exactly one of the two shards
+            for index, expected in ((1, "0 of 1 selected cells: none"), (2, "1 of 1 selected cells: cell-b")):
+                alone = _run([sys.executable, "-m", "modelarts_images.matrix", *common, "--only", "cell-b",
+                              "--shard", f"{index}/2"], env)
+                assert alone.returncode == 0, alone.stdout[-3000:] + alone.stderr[-3000:]
+                assert f"shard {index}/2: {expected}" in alone.stdout, alone.stdout[-3000:]
+            report = json.loads((reports / "matrix.json").read_text("utf-8"))
+            assert [cell["id"] for cell in report["cells"]] == ["cell-a", "cell-b"]  # the file's, not just b
+
             # 3. touch one entry's input (its tag, a build argument): only that cell runs
             write([cell_a, {**cell_b, "tag": f"b2-{run_id}"}])
             third = _run([sys.executable, "-m", "modelarts_images.matrix", *common], env)

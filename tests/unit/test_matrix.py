@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from modelarts_images import fetch as fetching
-from modelarts_images import matrix, settings
+from modelarts_images import matrix, report, settings
 from modelarts_images.errors import BuildError, ConfigError
 from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
 
@@ -184,8 +184,8 @@ def test_rerun_skips_and_a_change_reruns_one_cell(harness: Any) -> None:
     assert "b: running, changed: artifacts" in harness.lines
     harness.run(cells, force=True)
     assert harness.calls == ["a", "b", "b", "a", "b"]
-    report = json.loads((harness.reports / "matrix.json").read_text())
-    assert [cell["id"] for cell in report["cells"]] == ["a", "b"]
+    written = json.loads((harness.reports / "matrix.json").read_text())
+    assert [cell["id"] for cell in written["cells"]] == ["a", "b"]
 
 
 def test_image_gone_from_engine_reruns(harness: Any) -> None:
@@ -223,3 +223,82 @@ def test_artifacts_hash_ignores_order_and_spelling() -> None:
                          closure=(FetchedFile(filename="jinja2-3.1-py3-none-any.whl", path=Path("/d"), url="v",
                                               sha256="3" * 64), *(item.closure or ())))
     assert inputs(one) == inputs(other)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Shards cut by position in the whole file, whatever --only selects (nox runs one cell per session)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4])
+def test_each_cell_run_alone_lands_in_exactly_one_shard(count: int) -> None:
+    cells = [spec(name) for name in "abcde"]
+    file_ids = [cell.id for cell in cells]
+    for position, cell in enumerate(cells):
+        homes = [index for index in range(1, count + 1)
+                 if matrix.shard_cells([cell], (index, count), file_ids=file_ids) == [cell]]
+        assert homes == [position % count + 1], cell.id
+    for index in range(1, count + 1):  # alone or all together, the same split
+        together = matrix.shard_cells(cells, (index, count), file_ids=file_ids)
+        alone = [cell for cell in cells if matrix.shard_cells([cell], (index, count), file_ids=file_ids)]
+        assert together == alone == matrix.shard(cells, (index, count))
+
+
+def test_a_cell_outside_the_file_is_refused() -> None:
+    with pytest.raises(ConfigError, match="--shard: z not among"):
+        matrix.shard_cells([spec("z")], (1, 2), file_ids=["a"])
+
+
+def _two_cell_file(tmp_path: Path) -> tuple[Path, Path]:
+    entry = {"python": "3.11", "cuda": "cpu", "torch": "2.13.0", "registry": "localhost:5999",
+             "organization": "tests", "repository": "matrix", "base_image": "modelarts-test-base:bookworm",
+             "installer": {"url": "https://x.invalid/stand-in-installer.sh", "sha256": "1" * 64}}
+    versions = tmp_path / "two.yaml"
+    versions.write_text(json.dumps({"images": [{**entry, "id": "a", "tag": "a"},
+                                               {**entry, "id": "b", "tag": "b"}]}), "utf-8")
+    invoke_file = tmp_path / "invoke-matrix.yaml"
+    invoke_file.write_text(json.dumps({"modelarts": {"cache_dir": str(tmp_path / "cache"),
+                                                     "reports_dir": str(tmp_path / "reports")}}), "utf-8")
+    return versions, invoke_file
+
+
+def test_only_then_shard_counts_the_whole_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    versions, invoke_file = _two_cell_file(tmp_path)
+    report.write_cell(tmp_path / "reports", {"id": "a", "reference": "localhost:5999/tests/matrix:a",
+                                              "status": "passed", "run": "earlier"})
+    # b is second in the file: shard 2/2's. Shard 1/2 has nothing to do (before: b ran, offline, and failed).
+    code = matrix.main(["--versions", str(versions), "--config", str(invoke_file), "--only", "b", "--shard", "1/2",
+                        "--offline", "--no-summary"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "shard 1/2: 0 of 1 selected cells: none" in out
+    # the report covers the file's cells, not just the one selected: single-cell runs add up to the matrix
+    written = json.loads((tmp_path / "reports" / "matrix.json").read_text("utf-8"))
+    assert [cell["id"] for cell in written["cells"]] == ["a"]
+
+
+@pytest.mark.parametrize("name, message", [
+    ("missing.yaml", "no such file"),
+    ("broken.yaml", "cannot be read"),
+    ("settings.txt", "cannot be read"),
+])
+def test_a_bad_config_file_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str,
+                                             message: str) -> None:
+    if name != "missing.yaml":
+        (tmp_path / name).write_text("modelarts: [\n", "utf-8")
+    code = matrix.main(["--config", str(tmp_path / name), "--summary"])
+    assert code == ConfigError.exit_code
+    assert f"error: --config {tmp_path / name}: {message}" in capsys.readouterr().err
+
+
+def test_an_unwritable_reports_dir_stops_before_any_cell(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    versions, invoke_file = _two_cell_file(tmp_path)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the reports directory should be\n", "utf-8")
+    invoke_file.write_text(json.dumps({"modelarts": {"cache_dir": str(tmp_path / "cache"),
+                                                     "reports_dir": str(blocker / "reports")}}), "utf-8")
+    code = matrix.main(["--versions", str(versions), "--config", str(invoke_file), "--offline", "--no-summary"])
+    captured = capsys.readouterr()
+    assert code == ConfigError.exit_code
+    assert f"error: cannot write to the reports directory {blocker / 'reports'}: " in captured.err
+    assert "a: FAILED" not in captured.out  # no cell ran

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from modelarts_images import report, trainingjob
 from modelarts_images.engine.run import ContainerOutput, ContainerRun
+from modelarts_images.errors import ConfigError
 from modelarts_images.model import Artifact, ImageSpec
 
 
@@ -77,6 +81,42 @@ def test_write_and_print_summary(tmp_path: Path, capsys: Any) -> None:
     assert "FAILED b: b: broken" in capsys.readouterr().out
 
 
+def test_reports_are_replaced_whole_not_rewritten_in_place(tmp_path: Path) -> None:
+    report.write_cell(tmp_path, record("a"))
+    report.write_reports(tmp_path, ["a", "b"])
+    before = {name: (tmp_path / name).read_text("utf-8") for name in (report.JSON_NAME, report.MD_NAME)}
+    readers = {name: (tmp_path / name).open(encoding="utf-8") for name in before}
+    try:
+        # another shard finishes meanwhile: a reader already holding the files keeps whole old ones
+        report.write_cell(tmp_path, record("b"))
+        report.write_reports(tmp_path, ["a", "b"])
+        assert {name: reader.read() for name, reader in readers.items()} == before
+    finally:
+        for reader in readers.values():
+            reader.close()
+    assert [cell["id"] for cell in json.loads((tmp_path / report.JSON_NAME).read_text())["cells"]] == ["a", "b"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [report.CELLS_DIR, report.JSON_NAME, report.MD_NAME]
+
+
+def test_unwritable_reports_dir_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("a file, not a directory\n")
+    reports_dir = tmp_path / "blocker" / "reports"
+    expected = f"cannot write the matrix report {reports_dir / report.JSON_NAME}: "
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        report.write_reports(reports_dir, ["a"])
+    with pytest.raises(ConfigError, match=re.escape(f"cannot write to the reports directory {reports_dir}: ")):
+        report.check_writable(reports_dir)
+    report.check_writable(tmp_path / "fresh")
+    assert list((tmp_path / "fresh").iterdir()) == []
+
+
+def test_a_failed_replace_leaves_no_temporary_file(tmp_path: Path) -> None:
+    (tmp_path / report.JSON_NAME).mkdir()  # os.replace cannot put a file over a directory
+    with pytest.raises(ConfigError, match=re.escape(f"cannot write the matrix report {tmp_path / report.JSON_NAME}")):
+        report.write_reports(tmp_path, [])
+    assert sorted(path.name for path in tmp_path.iterdir()) == [report.JSON_NAME]
+
+
 def test_parse_manifest_sections() -> None:
     text = ("noise\n### modelarts-images manifest: pip\ntorch==2.13.0\n# comment\n\n"
             "### modelarts-images manifest: dpkg\nbash=5.2\n")
@@ -106,6 +146,16 @@ def test_capture_manifest_records_failure() -> None:
     engine = FakeEngine(ContainerOutput(name="x", exit_code=127, stdout="", stderr="sh: not found", seconds=0.1,
                                         timed_out=False))
     assert "exited with 127" in report.capture_manifest(engine, "img:1")["error"][0]
+
+
+def test_training_job_body_written_or_a_config_error(tmp_path: Path) -> None:
+    path = trainingjob.write_body(tmp_path, "cell", {"kind": "job"})
+    assert path == tmp_path / "trainingjob" / "cell.json" and json.loads(path.read_text()) == {"kind": "job"}
+    assert [item.name for item in path.parent.iterdir()] == ["cell.json"]
+    (tmp_path / "blocked").write_text("a file, not a directory\n")
+    expected = f"cannot write the training-job body {tmp_path / 'blocked' / 'trainingjob' / 'cell.json'}: "
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        trainingjob.write_body(tmp_path / "blocked", "cell", {"kind": "job"})
 
 
 def test_training_job_body() -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -265,6 +267,24 @@ def test_expand_tags_errors() -> None:
         publish.expand_tags(["{tag"], tag="t", date="d", revision=None)
 
 
+@pytest.mark.parametrize(("template", "shown", "why"), [
+    ("{date:%Y}", "{date:%Y}", "has a format spec or conversion"),
+    ("{tag!z}", "{tag!z}", "has a format spec or conversion"),
+    ("v{tag!r}", "{tag!r}", "has a format spec or conversion"),
+    ("{date:{tag}}", "{date:{tag}}", "has a format spec or conversion"),
+    ("{tag[0]}", "{tag[0]}", "unknown placeholder"),
+    ("{tag.upper}", "{tag.upper}", "unknown placeholder"),
+    ("{}", "{}", "unknown placeholder"),
+    ("{0}", "{0}", "unknown placeholder"),
+])
+def test_expand_tags_takes_only_plain_fields(template: str, shown: str, why: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        publish.expand_tags([template], tag="t", date="20240601", revision="0123456789ab")
+    message = str(raised.value)
+    assert message.startswith(f"extra tag {template!r}: ") and f"{why}" in message and shown in message
+    assert message.endswith("use {tag}, {date}, {revision} (plain, without a format spec or conversion)")
+
+
 def test_git_revision_reads_branch_packed_and_detached(tmp_path: Path) -> None:
     sha = "0123456789abcdef0123456789abcdef01234567"
     git = tmp_path / ".git"
@@ -313,3 +333,11 @@ def test_write_record(tmp_path: Path) -> None:
     assert "record" not in document
     assert not list((tmp_path / "reports").glob("*.tmp"))
     assert "pushed  r/o/p:t  sha256:aaaa" in publish.summary([record])
+    (tmp_path / "blocker").write_text("a file, not a directory\n")
+    expected = f"cannot write the push record {tmp_path / 'blocker' / 'reports' / 'push-img.json'}: "
+    with pytest.raises(RegistryError, match=re.escape(expected)):
+        publish.write_record(record, tmp_path / "blocker" / "reports")
+    (tmp_path / "reports" / "push-other.json").mkdir()  # the replace fails: the temporary file goes too
+    with pytest.raises(RegistryError, match=r"push-other\.json"):
+        publish.write_record(dataclasses.replace(record, id="other"), tmp_path / "reports")
+    assert sorted(path.name for path in (tmp_path / "reports").iterdir()) == ["push-img.json", "push-other.json"]

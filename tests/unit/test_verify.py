@@ -411,6 +411,32 @@ def test_a_run_that_cannot_start_is_a_failed_check_not_a_crash() -> None:
     assert "gpu/run: a GPU was asked for" in str(raised.value)
 
 
+class BootCannotStart(FakeEngine):
+    """The boot probe's container is refused by the engine (as run_container raises it)."""
+
+    def run(self, spec: ContainerRun) -> ContainerOutput:
+        if spec.command[:2] == (conformance.BOOT_PYTHON, "-c"):
+            self.runs.append(spec)
+            raise VerifyError("container for img did not start: OCI runtime create failed: unable to find user 1000")
+        return super().run(spec)
+
+
+def test_a_boot_probe_that_cannot_start_is_a_failed_check_not_a_crash() -> None:
+    engine = BootCannotStart(verification=output(log_with(result_dict(
+        torch="2.13.0+cpu", torch_cuda=None, python="3.11.2", device="cpu", cuda_available=False))))
+    report = verifying.verify_image(engine, CPU_ENTRY, reference="img", devices=("cpu",))
+    checks = names(list(report.conformance))
+    assert checks["boot-python"].blocking
+    assert checks["boot-python"].detail == ("the boot probe did not run in img: container for img did not start: "
+                                            "OCI runtime create failed: unable to find user 1000")
+    assert {"ma-user", "default-user", "setuid-setgid", "credentials", "image-size"} <= set(checks)
+    assert all(checks[name].ok for name in ("ma-user", "setuid-setgid"))  # the other probes still ran
+    saved = json.loads(verifying.report_json(report))  # the report can be written
+    assert saved["ok"] is False and saved["id"] == CPU_ENTRY.id
+    with pytest.raises(VerifyError, match="conformance/boot-python: the boot probe did not run"):
+        verifying.raise_for_report(report)
+
+
 def test_the_script_exit_status_is_checked_too() -> None:
     engine = FakeEngine(verification=output(log_with(result_dict()), exit_code=1))
     report = verifying.verify_image(engine, entry(), reference="img", devices=("gpu",), check_conformance=False)
