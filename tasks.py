@@ -246,6 +246,7 @@ def verify(
     """Run pytorch-verification.py in the selected images as ModelArts does, and check ModelArts' image rules."""
     from modelarts_images import verify as verifying
     from modelarts_images.engine import run as engine_run
+    from modelarts_images.files import write_atomic
 
     if device not in verifying.DEVICE_CHOICES:
         raise ConfigError(f"--device: {device!r} is not one of {', '.join(verifying.DEVICE_CHOICES)}")
@@ -269,10 +270,7 @@ def verify(
         report = verifying.verify_image(containers, entry, reference=reference, devices=devices, skipped=skipped,
                                         size_budget=budget)
         path = reports_dir / f"{entry.id}.json"
-        try:
-            path.write_text(verifying.report_json(report), encoding="utf-8")
-        except OSError as error:
-            raise ConfigError(f"cannot write the verification result {path}: {error.strerror}") from None
+        write_atomic(path, verifying.report_json(report), what="verification result")
         print(verifying.format_report(report))
         print(f"  result: {path}")
         done.append(report)

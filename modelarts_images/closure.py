@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from .errors import FetchError
 from .model import Artifact, FetchedFile, ImageSpec
 
 log = logging.getLogger(__name__)
@@ -39,18 +41,17 @@ def pip_command(image: ImageSpec, wheels: Sequence[Path], target: Path, report: 
     return [*command, "--target", str(target), "--report", str(report), *map(str, wheels)]
 
 
-def resolve(image: ImageSpec, wheels: Sequence[FetchedFile]) -> tuple[Artifact, ...] | None:
+def resolve(image: ImageSpec, wheels: Sequence[FetchedFile], *, scratch_parent: Path | None = None,
+            ) -> tuple[Artifact, ...] | None:
     """URL and sha256 of every dependency wheel, or None (with the reason logged) when pip cannot find them.
 
     pip reads the host's own configuration (PIP_INDEX_URL, pip.conf), so a company index works here too.
+    `scratch_parent` should be inside the cache, so the wheels can be hardlinked rather than copied.
     """
-    with tempfile.TemporaryDirectory(prefix="modelarts-closure-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="modelarts-closure-", dir=scratch_parent) as scratch:
         report = Path(scratch) / "report.json"
         # pip reads what a wheel is from its file name; cached files are named by their hash.
-        named = []
-        for wheel in wheels:
-            named.append(Path(scratch) / wheel.filename)
-            os.link(wheel.path, named[-1])
+        named = [_named_copy(image, wheel, Path(scratch)) for wheel in wheels]
         command = pip_command(image, named, Path(scratch) / "target", report)
         log.debug("+ %s", " ".join(command))
         result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -69,3 +70,18 @@ def resolve(image: ImageSpec, wheels: Sequence[FetchedFile]) -> tuple[Artifact, 
         hashes = info.get("archive_info", {}).get("hashes", {})
         closure.append(Artifact(url=info["url"], sha256=hashes.get("sha256")))
     return tuple(sorted(closure, key=lambda artifact: artifact.filename))
+
+
+def _named_copy(image: ImageSpec, wheel: FetchedFile, scratch: Path) -> Path:
+    """The wheel under its own name in `scratch`: a hardlink, or a copy where the cache is on another filesystem."""
+    named = scratch / wheel.filename
+    try:
+        try:
+            os.link(wheel.path, named)
+        except OSError as error:
+            log.debug("cannot hardlink %s into %s (%s); copying it", wheel.path, scratch, error.strerror)
+            shutil.copyfile(wheel.path, named)
+    except OSError as error:
+        raise FetchError(f"{image.id}: cannot put {wheel.filename} into {scratch} for pip: {error.strerror or error}"
+                         ) from None
+    return named

@@ -6,6 +6,9 @@ an HTTP Range request (guarded by If-Range, so a changed remote file is never sp
 connection errors, stalls, short bodies and 5xx answers are retried with exponential backoff, 4xx answers are
 not. An flock on ``<target>.lock`` keeps two processes from writing the same cache entry.
 
+URLs appear in messages and logs only through ``shown()``: a mirror URL from invoke.yaml may carry
+``user:password@``, which must never reach a terminal or a CI log.
+
 Reuse rule: once the lock is held, an existing ``target`` whose sha256 matches ``expected_sha256`` (or any
 existing ``target`` when ``expected_sha256`` is None) is returned as is with ``bytes_transferred == 0``; an
 existing ``target`` with another hash is deleted and downloaded again.
@@ -20,6 +23,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,7 +38,8 @@ import requests
 # own exceptions, which must be caught to retry. urllib3 is requests' transport, not a second HTTP client.
 import urllib3.exceptions
 
-from .errors import FetchError
+from .context import redacted
+from .errors import ConfigError, FetchError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,42 @@ class _TransientError(Exception):
     """A transient failure: the next attempt resumes from the bytes already on disk."""
 
 
+class AbortedError(FetchError):
+    """The caller's abort event was set (another download failed, or Ctrl-C): the partial stays for a resume."""
+
+
+def shown(url: str) -> str:
+    """The URL as messages and logs show it, with any user:password@ masked."""
+    try:
+        text = redacted(url)
+    except (ConfigError, ValueError):  # a line break or a broken host: urlsplit cannot say what to mask
+        text = url
+    return _scrubbed(text, url)  # what urlsplit does not take for credentials (a URL without scheme) as well
+
+
+def _scrubbed(text: str, url: str) -> str:
+    """`text` with the URL's user:password@ masked wherever it appears: requests quotes URLs in its errors."""
+    authority = (url.partition("://")[2] or url).split("/", 1)[0]
+    userinfo = authority.rpartition("@")[0]
+    if not userinfo:
+        return text
+    user, colon, _ = userinfo.partition(":")
+    return text.replace(userinfo + "@", f"{user}:***@" if colon else "***@")  # the form context.redacted gives
+
+
+def _check_abort(url: str, abort: threading.Event | None) -> None:
+    if abort is not None and abort.is_set():
+        raise AbortedError(f"stopped before the end: {shown(url)}")
+
+
+def _pause(seconds: float, abort: threading.Event | None) -> None:
+    """The backoff before a retry; an abort cuts it short instead of holding the caller for up to MAX_BACKOFF."""
+    if abort is None:
+        time.sleep(seconds)
+    else:
+        abort.wait(seconds)
+
+
 def download(
     url: str,
     target: Path,
@@ -75,11 +116,13 @@ def download(
     read_timeout: float = 30,
     progress: ProgressCallback | None = None,
     chunk_size: int = 1 << 20,
+    abort: threading.Event | None = None,
 ) -> Transfer:
     """Download `url` (http, https or file) to `target`, verified against `expected_sha256` when given.
 
     Raises FetchError for every expected failure: 4xx answers, retries exhausted, a hash mismatch, a missing
-    local file, an unwritable cache.
+    local file, an unwritable cache. Setting `abort` (from another thread) makes it raise AbortedError at the next
+    chunk or retry, keeping the partial for a later resume.
     """
     expected = expected_sha256.lower() if expected_sha256 else None
     try:
@@ -90,7 +133,7 @@ def download(
                 return reused
             report = _Progress(url, progress)
             if urlsplit(url).scheme == "file":
-                return _copy_local(url, target, expected, chunk_size, report)
+                return _copy_local(url, target, expected, chunk_size, report, abort)
             http = session if session is not None else requests.Session()  # trust_env stays on: proxies work
             try:
                 return _download_http(
@@ -103,12 +146,13 @@ def download(
                     timeouts=(connect_timeout, read_timeout),
                     chunk_size=chunk_size,
                     report=report,
+                    abort=abort,
                 )
             finally:
                 if session is None:
                     http.close()
     except OSError as exc:  # the cache itself (disk full, permissions), not the network
-        raise FetchError(f"cannot write {target} for {url}: {exc}") from exc
+        raise FetchError(f"cannot write {target} for {shown(url)}: {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -209,7 +253,7 @@ class _Partial:
         digest = self.hasher.hexdigest()
         if expected is not None and digest != expected:
             self.discard()
-            raise FetchError(f"sha256 mismatch for {url}: expected {expected}, got {digest}")
+            raise FetchError(f"sha256 mismatch for {shown(url)}: expected {expected}, got {digest}")
         with self.path.open("rb+") as fh:
             os.fsync(fh.fileno())  # the rename must not publish a file whose bytes are still only in cache
         self.path.replace(self.target)  # atomic: the target is either absent or complete
@@ -243,11 +287,13 @@ class _Progress:
             self.callback(self.url, done, total)
 
 
-def _copy_local(url: str, target: Path, expected: str | None, chunk_size: int, report: _Progress) -> Transfer:
+def _copy_local(
+    url: str, target: Path, expected: str | None, chunk_size: int, report: _Progress, abort: threading.Event | None
+) -> Transfer:
     """file:// URLs: same hashing, atomic rename and mismatch rules, without HTTP."""
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
-        raise FetchError(f"file URL with a remote host is not supported: {url}")
+        raise FetchError(f"file URL with a remote host is not supported: {shown(url)}")
     source = Path(url2pathname(parts.path))  # percent-decodes ('%2B' -> '+')
     partial = _Partial(target)
     try:
@@ -256,14 +302,15 @@ def _copy_local(url: str, target: Path, expected: str | None, chunk_size: int, r
             partial.restart()  # a local copy is cheap: no resume
             with partial.path.open("ab") as fh:
                 while chunk := src.read(chunk_size):
+                    _check_abort(url, abort)
                     partial.append(fh, chunk)
                     report(partial.size, total)
     except FileNotFoundError:
         partial.discard()
-        raise FetchError(f"local file not found: {source} ({url})") from None
+        raise FetchError(f"local file not found: {source} ({shown(url)})") from None
     except IsADirectoryError:
         partial.discard()
-        raise FetchError(f"local path is a directory: {source} ({url})") from None
+        raise FetchError(f"local path is a directory: {source} ({shown(url)})") from None
     report(partial.size, total, final=True)
     return partial.finish(url, expected, attempts=1)
 
@@ -279,23 +326,27 @@ def _download_http(
     timeouts: tuple[float, float],
     chunk_size: int,
     report: _Progress,
+    abort: threading.Event | None,
 ) -> Transfer:
     partial = _Partial(target)
-    if partial.size and partial.meta_url() not in (None, url):
-        log.info("discarding %s: it was started from %s", partial.path, partial.meta_url())
+    earlier = partial.meta_url()
+    if partial.size and earlier not in (None, url):
+        log.info("discarding %s: it was started from %s", partial.path, shown(earlier or ""))
         partial.restart()
     attempt = 0
     restarted_after_mismatch = False
     while True:
         attempt += 1
+        _check_abort(url, abort)
         try:
-            _attempt(url, partial, http, timeouts=timeouts, chunk_size=chunk_size, report=report)
+            _attempt(url, partial, http, timeouts=timeouts, chunk_size=chunk_size, report=report, abort=abort)
         except _TransientError as exc:
             if attempt > retries:
-                raise FetchError(f"download failed after {attempt} attempts: {url}: {exc}") from None
+                raise FetchError(f"download failed after {attempt} attempts: {shown(url)}: {exc}") from None
             delay = min(backoff * 2 ** (attempt - 1), MAX_BACKOFF)
-            log.warning("%s: %s; retrying in %.2fs (attempt %d of %d)", url, exc, delay, attempt + 1, retries + 1)
-            time.sleep(delay)
+            log.warning("%s: %s; retrying in %.2fs (attempt %d of %d)", shown(url), exc, delay, attempt + 1,
+                        retries + 1)
+            _pause(delay, abort)
             continue
         if (
             expected is not None
@@ -304,7 +355,8 @@ def _download_http(
             and partial.hasher.hexdigest() != expected
         ):
             # Without a validator the kept bytes may come from another version of the file: one clean restart.
-            log.warning("%s: resumed file does not match its sha256; downloading it again from the start", url)
+            log.warning("%s: resumed file does not match its sha256; downloading it again from the start",
+                        shown(url))
             partial.restart()
             restarted_after_mismatch = True
             continue
@@ -319,6 +371,7 @@ def _attempt(
     timeouts: tuple[float, float],
     chunk_size: int,
     report: _Progress,
+    abort: threading.Event | None,
 ) -> None:
     """One request, appending to the partial. Raises _TransientError or FetchError."""
     offset = partial.size
@@ -326,7 +379,7 @@ def _attempt(
     if response.status_code == 416:
         # The partial is complete or longer than the remote file: neither can be trusted, start over.
         response.close()
-        log.info("%s: server refused to resume at byte %d; starting over", url, offset)
+        log.info("%s: server refused to resume at byte %d; starting over", shown(url), offset)
         partial.restart()
         offset = 0
         response = _request(url, http, 0, None, timeouts)
@@ -341,15 +394,17 @@ def _attempt(
                     f"server sent a range other than bytes={offset}-: {response.headers.get('Content-Range')}"
                 )
             total = None if match.group(3) == "*" else int(match.group(3))
-            log.info("resuming %s at byte %d", url, offset)
+            log.info("resuming %s at byte %d", shown(url), offset)
         else:
             if offset:
-                log.info("%s: server sent the whole file (Range ignored or remote changed); starting over", url)
+                log.info("%s: server sent the whole file (Range ignored or remote changed); starting over",
+                         shown(url))
             partial.restart(url, _validator(response))
             offset = 0
             total = length
         _stream(
-            response, partial, offset, length, total, read_timeout=timeouts[1], chunk_size=chunk_size, report=report
+            url, response, partial, offset, length, total,
+            read_timeout=timeouts[1], chunk_size=chunk_size, report=report, abort=abort,
         )
 
 
@@ -365,15 +420,15 @@ def _request(
     try:
         return http.get(url, headers=headers, stream=True, timeout=timeouts)
     except requests.exceptions.SSLError as exc:  # a certificate problem does not heal by retrying
-        raise FetchError(f"TLS error for {url}: {exc}") from None
+        raise FetchError(f"TLS error for {shown(url)}: {_scrubbed(str(exc), url)}") from None
     except requests.exceptions.ConnectTimeout:
         raise _TransientError(f"no connection within {timeouts[0]:g}s") from None
     except requests.exceptions.ReadTimeout:
         raise _TransientError(f"no response within {timeouts[1]:g}s") from None
     except requests.exceptions.ConnectionError as exc:
-        raise _TransientError(f"connection failed: {exc}") from None
+        raise _TransientError(f"connection failed: {_scrubbed(str(exc), url)}") from None
     except requests.RequestException as exc:  # invalid URL, too many redirects: permanent
-        raise FetchError(f"cannot download {url}: {exc}") from None
+        raise FetchError(f"cannot download {shown(url)}: {_scrubbed(str(exc), url)}") from None
 
 
 def _check_status(url: str, response: requests.Response) -> None:
@@ -382,7 +437,7 @@ def _check_status(url: str, response: requests.Response) -> None:
         return
     if status >= 500:
         raise _TransientError(f"HTTP {status} {response.reason}")
-    raise FetchError(f"HTTP {status} {response.reason} for {url}")
+    raise FetchError(f"HTTP {status} {response.reason} for {shown(url)}")
 
 
 def _content_length(response: requests.Response) -> int | None:
@@ -401,6 +456,7 @@ def _validator(response: requests.Response) -> str | None:
 
 
 def _stream(
+    url: str,
     response: requests.Response,
     partial: _Partial,
     offset: int,
@@ -410,8 +466,13 @@ def _stream(
     read_timeout: float,
     chunk_size: int,
     report: _Progress,
+    abort: threading.Event | None,
 ) -> None:
-    """Append the body to the partial; a stall, a cut or a body shorter than announced raises _TransientError."""
+    """Append the body to the partial; a stall, a cut or a body shorter than announced raises _TransientError.
+
+    `abort` is checked after every read: a read returns whatever has arrived, so a set event takes effect within
+    moments on a live transfer (within the read timeout on a stalled one).
+    """
     # The raw body without decoding: the file is stored exactly as served, as pip does. read1 (urllib3 2)
     # returns whatever has arrived, so a cut loses nothing already received; read() would wait for a full chunk.
     read = getattr(response.raw, "read1", response.raw.read)
@@ -427,8 +488,9 @@ def _stream(
                 raise _TransientError(f"connection cut after {_of(partial.size, total)}") from None
             if not chunk:
                 break
-            partial.append(fh, chunk)
+            partial.append(fh, chunk)  # kept: what arrived before an abort serves the resume
             report(partial.size, total)
+            _check_abort(url, abort)
     if length is not None and partial.size - offset < length:
         raise _TransientError(f"connection cut after {_of(partial.size, total)}")
     report(partial.size, total, final=True)
@@ -448,9 +510,19 @@ def get_text(
             response = _request(url, session, 0, None, timeouts)
             with response:
                 _check_status(url, response)
-                return response.text
+                return _body_text(url, response)
         except _TransientError as cause:
             if attempt == retries:
-                raise FetchError(f"cannot read {url} after {attempt + 1} attempts: {cause}") from None
+                raise FetchError(f"cannot read {shown(url)} after {attempt + 1} attempts: {cause}") from None
             time.sleep(min(backoff * 2**attempt, MAX_BACKOFF))
     raise AssertionError("unreachable")
+
+
+def _body_text(url: str, response: requests.Response) -> str:
+    """The body of a streamed response; a cut or a stall while reading it is transient like one before it."""
+    try:
+        return response.text
+    except (requests.exceptions.ChunkedEncodingError, requests.ConnectionError) as exc:  # ReadTimeout included
+        raise _TransientError(f"connection cut while reading the page: {_scrubbed(str(exc), url)}") from None
+    except requests.RequestException as exc:  # a body that cannot be decoded does not heal by retrying
+        raise FetchError(f"cannot read {shown(url)}: {_scrubbed(str(exc), url)}") from None

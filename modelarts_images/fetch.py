@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import requests
 from . import closure as closure_resolver
 from . import download, index, lockfile
 from .cache import Cache
+from .download import shown
 from .errors import FetchError
 from .model import Artifact, FetchedFile, FetchedImage, ImageSpec
 from .plan import wheel_source
@@ -60,13 +62,30 @@ class _Fetcher:
         self.progress = progress
         self.cache = Cache(options.cache_dir)
         self.session = requests.Session()
+        # Set by the first failure (or Ctrl-C): queued fetches do not start, running downloads stop early.
+        self.abort = threading.Event()
+        self._counting = threading.Lock()  # worker threads update the summary counters
         self.fetched = 0
         self.reused = 0
         self.bytes = 0
 
+    def count(self, *, fetched: int = 0, reused: int = 0, transferred: int = 0) -> None:
+        with self._counting:
+            self.fetched += fetched
+            self.reused += reused
+            self.bytes += transferred
+
+    def prepare(self) -> None:
+        try:
+            self.cache.prepare()
+        except OSError as error:
+            raise FetchError(f"cannot use the cache directory {self.options.cache_dir}: {error.strerror or error}; "
+                             "set cache_dir in invoke.yaml (or INVOKE_MODELARTS_CACHE_DIR) to a directory this user "
+                             "can create and write") from None
+
     def text(self, url: str, image: ImageSpec) -> str:
         if self.options.offline:
-            raise FetchError(f"{image.id}: --offline, but its wheels must be looked up at {url}; "
+            raise FetchError(f"{image.id}: --offline, but its wheels must be looked up at {shown(url)}; "
                              "run `inv lock` online once so versions.lock pins them")
         try:
             return download.get_text(mirrored(url, self.options.mirrors), session=self.session)
@@ -85,14 +104,17 @@ class _Fetcher:
     def one(self, artifact: Artifact, owner: str) -> FetchedFile:
         """Put one artifact into the cache (or prove it is there) and return where it is."""
         options, cache = self.options, self.cache
+        if self.abort.is_set():
+            raise download.AbortedError(f"{owner}: not started: another download failed")
         if artifact.sha256 and cache.has(artifact.sha256, rehash=options.verify_cache):
-            self.reused += 1
+            self.count(reused=1)
             return FetchedFile(filename=artifact.filename, path=cache.blob(artifact.sha256), url=artifact.url,
                                sha256=artifact.sha256)
         if options.offline:
-            raise FetchError(f"{owner}: --offline, and {artifact.filename} is not in the cache ({artifact.url})")
+            raise FetchError(f"{owner}: --offline, and {artifact.filename} is not in the cache ({shown(artifact.url)})")
         if options.locked and not artifact.sha256:
-            raise FetchError(f"{owner}: --locked, and {artifact.url} has no sha256 in versions.yaml or versions.lock")
+            raise FetchError(f"{owner}: --locked, and {shown(artifact.url)} has no sha256 in versions.yaml or "
+                             "versions.lock")
         source = mirrored(artifact.url, options.mirrors)
         if artifact.sha256:
             transfer = self._download(source, cache.blob(artifact.sha256), artifact.sha256, owner)
@@ -100,7 +122,7 @@ class _Fetcher:
             return FetchedFile(filename=artifact.filename, path=transfer.path, url=artifact.url,
                                sha256=transfer.sha256)
         log.warning("%s: %s has no sha256 to check against; trusting this first download and pinning it in "
-                    "versions.lock (trust on first use)", owner, artifact.url)
+                    "versions.lock (trust on first use)", owner, shown(artifact.url))
         key = hashlib.sha256(artifact.url.encode()).hexdigest()[:16] + "-" + artifact.filename
         # Another fetch may be taking the same unpinned file: one downloads and moves it into the store, the
         # other then finds it there through the note left beside the download.
@@ -108,7 +130,7 @@ class _Fetcher:
             note = cache.incoming / f"{key}.sha256"
             known = note.read_text("utf-8").strip() if note.exists() else None
             if known and not options.refresh and cache.has(known):
-                self.reused += 1
+                self.count(reused=1)
                 return FetchedFile(filename=artifact.filename, path=cache.blob(known), url=artifact.url, sha256=known)
             transfer = self._download(source, cache.incoming / key, None, owner)
             path = cache.adopt(transfer.path, transfer.sha256)
@@ -118,22 +140,56 @@ class _Fetcher:
     def _download(self, source: str, target: Path, sha256: str | None, owner: str) -> download.Transfer:
         try:
             transfer = download.download(source, target, expected_sha256=sha256, session=self.session,
-                                         progress=self.progress)
+                                         progress=self.progress, abort=self.abort)
+        except download.AbortedError as error:
+            raise download.AbortedError(f"{owner}: {error}") from None
         except FetchError as error:
             raise FetchError(f"{owner}: {error}") from None
-        self.fetched += transfer.attempts > 0
-        self.reused += transfer.attempts == 0
-        self.bytes += transfer.bytes_transferred
+        self.count(fetched=transfer.attempts > 0, reused=transfer.attempts == 0,
+                   transferred=transfer.bytes_transferred)
         return transfer
 
+    def _one_or_abort(self, artifact: Artifact, owner: str) -> FetchedFile:
+        """one(), setting the abort event when it fails.
+
+        Set by the worker itself, the event is up before this worker takes the next queued artifact, however late
+        the waiting thread wakes.
+        """
+        try:
+            return self.one(artifact, owner)
+        except BaseException:
+            self.abort.set()
+            raise
+
     def many(self, wanted: Sequence[tuple[Artifact, str]]) -> dict[str, FetchedFile]:
-        """Fetch distinct URLs in parallel; returns them by URL."""
+        """Fetch distinct URLs in parallel; returns them by URL. The first failure is raised as soon as it happens.
+
+        One URL is fetched once however many images want it; a pool's `with` would wait for every running
+        download before a failure (or Ctrl-C) could end the run, hence the explicit abort and shutdown.
+        """
         unique: dict[str, tuple[Artifact, str]] = {}
         for artifact, owner in wanted:
             unique.setdefault(artifact.url, (artifact, owner))
-        with ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
-            futures = {url: pool.submit(self.one, artifact, owner) for url, (artifact, owner) in unique.items()}
+        pool = ThreadPoolExecutor(max_workers=max(1, self.options.jobs))
+        try:
+            futures = {url: pool.submit(self._one_or_abort, artifact, owner)
+                       for url, (artifact, owner) in unique.items()}
+            wait(futures.values(), return_when=FIRST_EXCEPTION)
+            _raise_first_failure(futures.values())
             return {url: future.result() for url, future in futures.items()}
+        except BaseException:  # Ctrl-C included: stop the workers before the exception leaves
+            self.abort.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _raise_first_failure(futures: Iterable[Future[FetchedFile]]) -> None:
+    """Re-raise the failure that caused the others: the downloads it aborted only say they were stopped."""
+    failures = [future.exception() for future in futures if future.done() and not future.cancelled()]
+    errors = [error for error in failures if error is not None]
+    if errors:
+        raise next((error for error in errors if not isinstance(error, download.AbortedError)), errors[0])
 
 
 def _pinned(image: ImageSpec, locked: lockfile.LockedImage | None) -> lockfile.LockedImage | None:
@@ -151,7 +207,7 @@ def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress
                  ) -> tuple[list[FetchedImage], FetchSummary]:
     started = time.monotonic()
     fetcher = _Fetcher(options, progress)
-    fetcher.cache.prepare()
+    fetcher.prepare()
     lock = lockfile.read(options.lock_path)
     plans: dict[str, lockfile.LockedImage] = {}
     for image in images:
@@ -173,7 +229,7 @@ def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress
         fresh = plan is not lock.get(image.id)
         # A closure missing from the lock (pip failed, or an earlier --no-closure) is tried again.
         if options.closure and (fresh or closure is None) and not options.locked:
-            closure = closure_resolver.resolve(image, wheels)
+            closure = closure_resolver.resolve(image, wheels, scratch_parent=fetcher.cache.incoming)
         rest = fetcher.many([(artifact, image.id) for artifact in closure or ()])
         results.append(FetchedImage(
             image=image,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,8 @@ from pathlib import Path
 import yaml
 
 from . import yamlio
-from .errors import ConfigError
+from .errors import ConfigError, FetchError
+from .files import write_atomic
 from .model import Artifact, ImageSpec
 
 HEADER = """\
@@ -48,7 +48,13 @@ def read(path: Path) -> dict[str, LockedImage]:
     if not path.exists():
         return {}
     try:
-        raw = yamlio.safe_load(path.read_text("utf-8")) or {"images": {}}
+        text = path.read_text("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); delete it and run `inv lock`") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        raw = yamlio.safe_load(text) or {"images": {}}
         entries = raw["images"]
         return {
             image_id: LockedImage(
@@ -84,10 +90,7 @@ def render(entries: Mapping[str, LockedImage]) -> str:
 
 def write(path: Path, entries: Mapping[str, LockedImage]) -> None:
     """Replace the file atomically, so an interrupted run never leaves half a lock behind."""
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                     suffix=".tmp", delete=False) as partial:
-        partial.write(render(entries))
-    Path(partial.name).replace(path)
+    write_atomic(path, render(entries), what="lock file", error=FetchError)
 
 
 def update(path: Path, changes: Mapping[str, LockedImage], *, guard: Path) -> None:

@@ -44,6 +44,7 @@ from . import report as reporting
 from . import verify as verifying
 from .context import TEMPLATE_DIR, without_credentials
 from .errors import ConfigError, ModelArtsImagesError, RegistryError, VerifyError
+from .files import write_atomic
 from .model import FetchedImage, ImageSpec
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ class State:
                     cells.pop(cell_id, None)
                 else:
                     cells[cell_id] = entry
-                reporting.write_atomic(self.path, json.dumps({"schema": STATE_SCHEMA, "cells": cells}, indent=2,
+                write_atomic(self.path, json.dumps({"schema": STATE_SCHEMA, "cells": cells}, indent=2,
                                                              sort_keys=True) + "\n", what="matrix state")
         except OSError as error:  # the lock file: write_atomic names its own failures
             raise ConfigError(f"cannot lock the matrix state {self.path}: {error.strerror or error}") from error
@@ -390,7 +391,7 @@ class Runner:
         devices, skipped = verifying.resolve_devices(options.device, gpu)
         report = verifying.verify_image(containers, spec, devices=devices, skipped=skipped,
                                         script_dir=options.verify_dir)
-        reporting.write_atomic(options.reports_dir / "verify" / f"{spec.id}.json", verifying.report_json(report),
+        write_atomic(options.reports_dir / "verify" / f"{spec.id}.json", verifying.report_json(report),
                                what="verification report")
         cell.verification = verifying.report_dict(report)
         cell.manifest = reporting.capture_manifest(containers, spec.reference)

@@ -31,9 +31,9 @@ from typing import Any
 from . import swr
 from .engine import push as engine_push
 from .errors import ConfigError, RegistryError
+from .files import write_atomic
 from .model import ImageSpec
 from .registry import Manifest, Registry
-from .report import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@
 - ``HEAD``/``GET /v2/<name>/manifests/<tag>`` with Accept for docker v2 schema 2, docker manifest lists, OCI
   manifests and OCI indexes: the digest (Docker-Content-Digest, checked against the body's sha256 on GET) and
   the media type; 404 means the tag is absent.
-- Connection errors, timeouts, 429 and 5xx answers are retried with exponential backoff; everything else fails
-  at once with RegistryError (exit 6).
+- Connection errors, timeouts, bodies cut short, 429 and 5xx answers are retried with exponential backoff;
+  everything else (a malformed token realm, a redirect loop, ...) fails at once with RegistryError (exit 6).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 
 import requests
 
+from .download import shown
 from .errors import RegistryError
 from .swr import Credentials, mask, missing_login_hint
 
@@ -220,15 +221,19 @@ class Registry:
                 return response
             except requests.exceptions.SSLError as error:  # a certificate problem does not heal by retrying
                 raise RegistryError(self._mask(f"TLS error talking to {self.registry}: {error}")) from None
-            except (requests.ConnectionError, requests.Timeout, _TransientError) as error:
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                    _TransientError) as error:
                 if attempt > self.retries:
                     raise RegistryError(self._mask(
-                        f"cannot reach the registry {self.registry} ({method} {url}) after {attempt} attempts: "
+                        f"cannot reach the registry {self.registry} ({method} {shown(url)}) after {attempt} attempts: "
                         f"{_short(error)}")) from None
                 delay = min(self.backoff * 2 ** (attempt - 1), MAX_BACKOFF)
-                log.warning("%s", self._mask(f"{method} {url}: {_short(error)}; retrying in {delay:.2f}s "
+                log.warning("%s", self._mask(f"{method} {shown(url)}: {_short(error)}; retrying in {delay:.2f}s "
                                              f"(attempt {attempt + 1} of {self.retries + 1})"))
                 time.sleep(delay)
+            except requests.RequestException as error:  # a malformed URL, a redirect loop: retrying cannot help
+                raise RegistryError(self._mask(
+                    f"{self.registry}: {method} {shown(url)} failed: {_short(error)}")) from None
 
     def _authenticate(self, response: requests.Response, scope: str) -> str:
         """The Authorization header answering the 401's challenge."""

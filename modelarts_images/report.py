@@ -10,19 +10,17 @@ manifest is read from the image through engine.run's container helpers (`capture
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shlex
 import shutil
 import tempfile
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from .engine.run import ContainerOutput, ContainerRun
-from .errors import ConfigError, ModelArtsImagesError
+from .errors import ConfigError
+from .files import write_atomic
 from .model import CONDA_PREFIX
 
 JSON_NAME = "matrix.json"
@@ -85,30 +83,6 @@ def capture_manifest(engine: Runs, reference: str) -> dict[str, list[str]]:
 
 # --------------------------------------------------------------------------------------------------------------
 # Records on disk
-
-
-def write_atomic(path: Path, text: str, *, what: str = "report",
-                 error: type[ModelArtsImagesError] = ConfigError) -> Path:
-    """Write `text` to `path` through a temporary file in the same directory and os.replace, so a reader or a
-    concurrent shard sharing the directory sees the old file or the new one, never half of either. An OSError
-    (a directory that cannot be created or written) becomes `error` naming the path; the temporary file is
-    removed whatever fails."""
-    # A unique name per writer (shards may write the same file at once), created like any file, so the
-    # umask decides its mode, not mkstemp's 0600.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with temporary.open("x", encoding="utf-8") as handle:
-                handle.write(text)
-            temporary.replace(path)  # os.replace: atomic within the directory
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
-            raise
-    except OSError as problem:
-        raise error(f"cannot write the {what} {path}: {problem.strerror or problem}") from problem
-    return path
 
 
 def check_writable(reports_dir: Path) -> None:

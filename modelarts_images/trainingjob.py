@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from .conformance import MA_UID
+from .files import write_atomic
 from .model import ImageSpec
-from .report import write_atomic
 from .verify import BOOT_COMMAND, CODE_DIR, MA_JOB_DIR
 
 CPU_FLAVOR = "modelarts.vm.cpu.8u"  # UNCERTAIN: region-dependent

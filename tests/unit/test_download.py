@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,8 +18,9 @@ from pathlib import Path
 from typing import TypedDict
 
 import pytest
+import requests
 
-from modelarts_images.download import Transfer, download
+from modelarts_images.download import AbortedError, Transfer, download, get_text
 from modelarts_images.errors import FetchError
 from tests.support.http_server import FileServer, serve
 
@@ -401,3 +403,84 @@ def test_killed_download_leaves_a_partial_that_the_next_run_resumes(server: File
     assert (result.resumed_from, result.bytes_transferred) == (kept, len(data) - kept)
     [resumed] = [r for r in server.requests("/kill") if r.status == 206]
     assert resumed.headers["range"] == f"bytes={kept}-"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Credentials in URLs, bodies cut while read as text, aborts
+
+
+def with_userinfo(url: str, userinfo: str) -> str:
+    return url.replace("http://", f"http://{userinfo}@", 1)
+
+
+@pytest.mark.parametrize(("userinfo", "masked"), [("mirror-user:s3cret-pw", "mirror-user:***@"), ("s3cret-pw", "***@")])
+def test_credentials_in_the_url_reach_no_message_or_log(
+    server: FileServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, userinfo: str, masked: str
+) -> None:
+    url = with_userinfo(server.add("/busy.whl", b"x", fail_times=100, fail_status=503), userinfo)
+
+    with caplog.at_level("INFO", logger="modelarts_images.download"), pytest.raises(FetchError) as caught:
+        download(url, tmp_path / "busy.whl", expected_sha256=None, retries=1, **FAST)
+
+    assert f"http://{masked}127.0.0.1:{server.port}/busy.whl" in str(caught.value)
+    assert "retrying" in caplog.text and masked in caplog.text
+    assert "s3cret" not in str(caught.value) + caplog.text
+
+
+def test_credentials_are_masked_in_every_kind_of_failure(server: FileServer, tmp_path: Path) -> None:
+    missing = with_userinfo(server.url("/missing.whl"), "u:s3cret-pw")
+    data = blob(1000)
+    wrong = with_userinfo(server.add("/wrong.whl", data), "u:s3cret-pw")
+    messages = []
+    for url, expected in ((missing, None), (wrong, "0" * 64), ("u:s3cret-pw@127.0.0.1/no-scheme.whl", None)):
+        with pytest.raises(FetchError) as caught:
+            download(url, tmp_path / "f.whl", expected_sha256=expected, **FAST)
+        messages.append(str(caught.value))
+
+    assert ["HTTP 404" in messages[0], "sha256 mismatch" in messages[1], "cannot download" in messages[2]] == [True] * 3
+    assert all("u:***@" in message and "s3cret" not in message for message in messages), messages
+
+
+def test_page_cut_while_read_is_retried(server: FileServer) -> None:
+    page = b"<a href='torch.whl'>torch</a>\n" * 4000
+    url = server.add("/simple/torch/", page, cut_after=1000)
+
+    with requests.Session() as session:
+        assert get_text(url, session=session, backoff=0.01) == page.decode()
+
+    assert [r.bytes_sent for r in server.requests("/simple/torch/")] == [1000, len(page)]
+
+
+def test_page_cut_every_time_is_a_fetch_error_naming_the_url(server: FileServer) -> None:
+    url = with_userinfo(server.add("/simple/torch/", b"x" * 100_000, cut_after=1000, cut_times=None), "u:s3cret-pw")
+
+    with requests.Session() as session, pytest.raises(FetchError) as caught:
+        get_text(url, session=session, retries=1, backoff=0.01)
+
+    assert str(caught.value).startswith(
+        f"cannot read http://u:***@127.0.0.1:{server.port}/simple/torch/ after 2 attempts: connection cut")
+    assert "s3cret" not in str(caught.value)
+
+
+def test_abort_stops_a_running_download_and_keeps_its_partial(server: FileServer, tmp_path: Path) -> None:
+    data = blob(2 * MB)
+    url = server.add("/slow.whl", data, throttle=500_000)  # 4 s in full
+    part = tmp_path / "slow.whl.part"
+    abort = threading.Event()
+
+    def stop_when_started() -> None:
+        deadline = time.monotonic() + 10
+        while (not part.exists() or part.stat().st_size < 50_000) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        abort.set()
+
+    stopper = threading.Thread(target=stop_when_started)
+    stopper.start()
+    started = time.monotonic()
+    with pytest.raises(AbortedError, match="stopped before the end"):
+        download(url, tmp_path / "slow.whl", expected_sha256=sha(data), abort=abort, **FAST)
+    stopper.join()
+
+    assert time.monotonic() - started < 2.5
+    assert 0 < part.stat().st_size < len(data)  # kept for the next run to resume
+    assert not (tmp_path / "slow.whl").exists()

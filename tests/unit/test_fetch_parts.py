@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,45 @@ def test_lock_unreadable(tmp_path: Path) -> None:
     path.write_text("images:\n  x:\n    inputs: y\n", "utf-8")
     with pytest.raises(ConfigError, match=r"^versions.lock: unreadable \(KeyError\); delete it and run `inv lock`$"):
         lockfile.read(path)
+
+
+def lock_entry() -> lockfile.LockedImage:
+    return lockfile.LockedImage(inputs="python 3.7; cu102", installer=Artifact(url="https://i/inst.sh", sha256=SHA),
+                                wheels=(), closure=None)
+
+
+def test_lock_that_is_not_text(tmp_path: Path) -> None:
+    path = tmp_path / "versions.lock"
+    path.write_bytes(b"images:\n\xff\xfe\x00binary")
+    with pytest.raises(ConfigError, match=rf"^{path}: not UTF-8 text \(byte 8\); delete it and run `inv lock`$"):
+        lockfile.read(path)
+
+
+def test_rewritten_lock_keeps_its_mode(tmp_path: Path) -> None:
+    path = tmp_path / "versions.lock"
+    lockfile.write(path, {"x": lock_entry()})
+    path.chmod(0o640)
+    lockfile.write(path, {"y": lock_entry()})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert "  y:" in path.read_text("utf-8")
+
+
+def test_new_lock_gets_the_umask_mode(tmp_path: Path) -> None:
+    path = tmp_path / "versions.lock"
+    previous = os.umask(0o027)
+    try:
+        lockfile.write(path, {"x": lock_entry()})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_failed_lock_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    path = tmp_path / "versions.lock"
+    (path / "taken").mkdir(parents=True)  # a directory where the lock goes: the rename fails
+    with pytest.raises(FetchError, match=rf"^cannot write the lock file {path}: "):
+        lockfile.write(path, {"x": lock_entry()})
+    assert [p.name for p in tmp_path.iterdir()] == ["versions.lock"]
 
 
 def test_cache_trusts_its_record_and_notices_changes(tmp_path: Path) -> None:

@@ -50,6 +50,8 @@ class State:
     fail_times: int = 0  # the first requests get 503
     wrong_digest: bool = False
     omit_digest_on_head: bool = False
+    realm: str | None = None  # the Bearer challenge's realm; None: this server's /token
+    redirect_loop: bool = False  # every request is redirected to itself
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     url: str = ""
 
@@ -80,6 +82,9 @@ class Handler(BaseHTTPRequestHandler):
         state = self.state
         parts = urlsplit(self.path)
         state.requests.append((self.command, self.path, dict(self.headers.items())))
+        if state.redirect_loop:
+            self.send(302, headers={"Location": self.path}, head=head)
+            return
         if state.fail_times > 0:
             state.fail_times -= 1
             self.send(503, b"busy", head=head)
@@ -94,7 +99,8 @@ class Handler(BaseHTTPRequestHandler):
         expected = {"basic": basic(USER, PASSWORD), "bearer": f"Bearer {TOKEN}", "none": None}[state.auth]
         if expected is not None and self.headers.get("Authorization") != expected:
             challenge = ('Basic realm="test"' if state.auth == "basic"
-                         else f'Bearer realm="{state.url}/token",service="test",scope="repository:x:pull"')
+                         else f'Bearer realm="{state.realm or state.url + "/token"}",service="test",'
+                              'scope="repository:x:pull"')
             self.send(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
                       {"WWW-Authenticate": challenge, "Content-Type": "application/json"}, head=head)
             return
@@ -244,6 +250,24 @@ def test_registry_down_is_retried_then_fails() -> None:
             pytest.raises(RegistryError, match=rf"cannot reach the registry {host} .* after 3 attempts") as e:
         api.manifest("o/r", "t")
     assert e.value.exit_code == 6
+
+
+@pytest.mark.parametrize("realm", ["not-a-url", "http://", "ftp://127.0.0.1/token", "http://[::1/token"])
+def test_malformed_token_realm_is_a_registry_error(realm: str) -> None:
+    state = State(auth="bearer", realm=realm)
+    with serve(state) as host, registry.Registry(host, None, retries=1, backoff=0.01) as api, \
+            pytest.raises(RegistryError, match=rf"^{host}: GET .* failed: ") as caught:
+        api.manifest("o/r", "t")
+    assert caught.value.exit_code == 6
+    assert len(state.requests) == 1  # not retried: a malformed URL does not heal
+
+
+def test_redirect_loop_is_a_registry_error() -> None:
+    state = State(redirect_loop=True)
+    with serve(state) as host, registry.Registry(host, creds(host), retries=1, backoff=0.01) as api, \
+            pytest.raises(RegistryError, match=r"GET http://.*/v2/o/r/manifests/t failed: Exceeded 30 redirects"):
+        api.manifest("o/r", "t")
+    assert len(state.requests) == 31
 
 
 def test_digest_that_does_not_match_the_bytes_is_an_error() -> None:
