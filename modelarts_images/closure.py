@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from .download import shown
 from .errors import FetchError
 from .model import Artifact, FetchedFile, ImageSpec
 
@@ -58,7 +59,7 @@ def resolve(image: ImageSpec, wheels: Sequence[FetchedFile], *, scratch_parent: 
         if result.returncode != 0:
             reason = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
             log.warning("%s: the dependency wheels cannot be fetched for Python %s (%s); the build will install "
-                        "them from %s", image.id, image.python, reason, image.pip_index)
+                        "them from %s", image.id, image.python, reason, shown(image.pip_index) or "(no pip_index)")
             return None
         items = json.loads(report.read_text("utf-8"))["install"]
     own = {wheel.filename for wheel in wheels}

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from urllib.parse import unquote, urldefrag, urljoin
 
+from .download import shown
 from .errors import FetchError
 from .model import Artifact, ImageSpec
 from .wheels import parse_wheel_name, wheel_problem
@@ -61,7 +62,7 @@ def choose_wheel(links: list[Link], *, package: str, version: str, image: ImageS
         candidates.append(link)
     if not candidates:
         raise FetchError(f"{image.id}: no {package}=={version} wheel for Python {image.python}, "
-                         f"{image.variant}, Linux x86_64 at {page_url}")
+                         f"{image.variant}, Linux x86_64 at {shown(page_url)}")
     # Prefer the wheel that names the variant over an unlabelled one (old flat pages list both).
     best = sorted(candidates, key=lambda link: "+" not in link.filename)[0]
     return Artifact(url=best.url, sha256=best.sha256)

@@ -3,6 +3,7 @@ downloads, Ctrl-C. A real HTTP server on loopback, real files, nothing mocked.""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -87,6 +88,21 @@ def test_closure_of_wheels_on_another_filesystem(other_filesystem: Path) -> None
     resolved = closure.resolve(spec(Artifact(url="file:///i.sh", sha256=None), ()), [fetched])
 
     assert resolved == ()  # the scratch directory is elsewhere: copied, not linked
+
+
+def test_a_closure_pip_cannot_resolve_is_logged_without_the_index_password(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    wheel = tmp_path / sha(b"torch")
+    wheel.write_bytes(make_wheel(TORCH, requires=("no-such-distribution-anywhere==0.0.0.1",)))
+    fetched = FetchedFile(filename=TORCH, path=wheel, url="https://x/" + TORCH, sha256=sha(b"torch"))
+    image = dataclasses.replace(spec(Artifact(url="file:///i.sh", sha256=None), ()),
+                                pip_index="https://robot:s3cret@pypi.example.com/simple")
+
+    with caplog.at_level("WARNING"):
+        assert closure.resolve(image, [fetched], scratch_parent=tmp_path) is None
+
+    assert "the build will install them from https://robot:***@pypi.example.com/simple" in caplog.text
+    assert "s3cret" not in caplog.text
 
 
 def test_fetch_with_the_cache_on_another_filesystem(server: FileServer, tmp_path: Path,
