@@ -246,7 +246,7 @@ def verify(
     """Run pytorch-verification.py in the selected images as ModelArts does, and check ModelArts' image rules."""
     from modelarts_images import verify as verifying
     from modelarts_images.engine import run as engine_run
-    from modelarts_images.files import write_atomic
+    from modelarts_images.files import check_writable, write_atomic
 
     if device not in verifying.DEVICE_CHOICES:
         raise ConfigError(f"--device: {device!r} is not one of {', '.join(verifying.DEVICE_CHOICES)}")
@@ -257,10 +257,7 @@ def verify(
     timeout_s = positive_number("--timeout", timeout, VERIFY_TIMEOUT_S, float)
     budget = int(positive_number("--size-budget", size_budget, IMAGE_SIZE_BUDGET / 1e9, float) * 1e9)
     reports_dir = ROOT / reports if reports else resolved.reports_dir / "verify"
-    try:  # before any container runs, so a bad directory costs nothing
-        reports_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(f"--reports: cannot use {reports_dir} for the results: {error.strerror}") from None
+    check_writable(reports_dir, set_by="--reports, or modelarts.reports_dir in invoke.yaml")  # before any run
     containers = engine_run.Containers(engine_run.connect(), timeout=timeout_s)
     done = []
     for entry in images:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import secrets
 import stat
+import tempfile
 from pathlib import Path
 
 from .errors import ConfigError, ModelArtsImagesError
@@ -38,3 +39,14 @@ def write_atomic(path: Path, text: str, *, what: str, error: type[ModelArtsImage
         temporary.unlink(missing_ok=True)
         raise
     return path
+
+
+def check_writable(reports_dir: Path, *, set_by: str = "modelarts.reports_dir in invoke.yaml") -> None:
+    """ConfigError now, rather than after hours of builds, when the reports directory cannot take a file."""
+    try:
+        reports_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=reports_dir):  # nameless where the OS allows: nothing to clean up
+            pass
+    except OSError as problem:
+        raise ConfigError(f"cannot write to the reports directory {reports_dir}: {problem.strerror or problem} "
+                          f"({set_by})") from problem

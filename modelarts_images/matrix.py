@@ -44,7 +44,7 @@ from . import report as reporting
 from . import verify as verifying
 from .context import TEMPLATE_DIR, without_credentials
 from .errors import ConfigError, ModelArtsImagesError, RegistryError, VerifyError
-from .files import write_atomic
+from .files import check_writable, write_atomic
 from .model import FetchedImage, ImageSpec
 
 log = logging.getLogger(__name__)
@@ -430,7 +430,7 @@ def run_matrix(images: Sequence[ImageSpec], options: MatrixOptions, *, file_ids:
     if options.shard is not None:
         out(f"shard {options.shard[0]}/{options.shard[1]}: {len(cells)} of {len(images)} selected cells: "
             + (", ".join(image.id for image in cells) or "none"))
-    reporting.check_writable(options.reports_dir)  # before the builds, not after them
+    check_writable(options.reports_dir)  # before the builds, not after them
     records = Runner(options, engines=engines, out=out).run(cells)
     reporting.write_reports(options.reports_dir, ids)
     if summary:

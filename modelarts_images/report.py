@@ -13,13 +13,11 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from .engine.run import ContainerOutput, ContainerRun
-from .errors import ConfigError
 from .files import write_atomic
 from .model import CONDA_PREFIX
 
@@ -83,17 +81,6 @@ def capture_manifest(engine: Runs, reference: str) -> dict[str, list[str]]:
 
 # --------------------------------------------------------------------------------------------------------------
 # Records on disk
-
-
-def check_writable(reports_dir: Path) -> None:
-    """ConfigError now, rather than after hours of builds, when the reports directory cannot take a file."""
-    try:
-        reports_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=reports_dir):  # nameless where the OS allows: nothing to clean up
-            pass
-    except OSError as problem:
-        raise ConfigError(f"cannot write to the reports directory {reports_dir}: {problem.strerror or problem} "
-                          "(modelarts.reports_dir in invoke.yaml)") from problem
 
 
 def write_cell(reports_dir: Path, record: Mapping[str, Any]) -> Path:

@@ -1,4 +1,4 @@
-"""Numeric flags: invoke would turn a bad number into a traceback, the tasks turn it into exit 2 naming the flag."""
+"""Flags and environment values the tasks check before any work: exit 2 naming the flag, never a traceback."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def run_inv(*args: str) -> subprocess.CompletedProcess[str]:
     (("verify", "--timeout", "-1"), "error: --timeout: must be above 0, got -1"),
     (("verify", "--size-budget", "big"), "error: --size-budget: 'big' is not a number"),
     (("verify", "--size-budget", "nan"), "error: --size-budget: must be above 0, got nan"),
+    (("verify", "--reports", "/etc/passwd/x"), "error: cannot write to the reports directory /etc/passwd/x: "
+     "Not a directory (--reports, or modelarts.reports_dir in invoke.yaml)"),
 ])
 def test_a_bad_number_is_a_clear_error(args: tuple[str, ...], message: str) -> None:
     result = run_inv(*args)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from modelarts_images import report, trainingjob
+from modelarts_images import files, report, trainingjob
 from modelarts_images.engine.run import ContainerOutput, ContainerRun
 from modelarts_images.errors import ConfigError
 from modelarts_images.model import Artifact, ImageSpec
@@ -105,8 +105,8 @@ def test_unwritable_reports_dir_is_a_config_error_naming_it(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match=re.escape(expected)):
         report.write_reports(reports_dir, ["a"])
     with pytest.raises(ConfigError, match=re.escape(f"cannot write to the reports directory {reports_dir}: ")):
-        report.check_writable(reports_dir)
-    report.check_writable(tmp_path / "fresh")
+        files.check_writable(reports_dir)
+    files.check_writable(tmp_path / "fresh")
     assert list((tmp_path / "fresh").iterdir()) == []
 
 
