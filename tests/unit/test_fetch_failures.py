@@ -40,7 +40,7 @@ def spec(installer: Artifact, wheels: tuple[Artifact, ...]) -> ImageSpec:
     return ImageSpec(
         id="test-cpu", default=False, python="3.11", cuda="cpu", torch="2.13.0", torchvision=None, torchaudio=None,
         tag="t", registry="r", organization="o", repository="p", base_image="modelarts-test-base:bookworm",
-        pip_index="https://pypi.org/simple", apt_mirror="http://m", installer=installer, wheels=wheels)
+        pip_index="https://pypi.example.com/simple", apt_mirror="http://m", installer=installer, wheels=wheels)
 
 
 def image(server: FileServer, wheel: bytes) -> ImageSpec:
