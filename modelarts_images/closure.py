@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from .context import link_or_copy
 from .download import shown
 from .errors import FetchError
 from .model import Artifact, FetchedFile, ImageSpec
@@ -77,11 +76,7 @@ def _named_copy(image: ImageSpec, wheel: FetchedFile, scratch: Path) -> Path:
     """The wheel under its own name in `scratch`: a hardlink, or a copy where the cache is on another filesystem."""
     named = scratch / wheel.filename
     try:
-        try:
-            os.link(wheel.path, named)
-        except OSError as error:
-            log.debug("cannot hardlink %s into %s (%s); copying it", wheel.path, scratch, error.strerror)
-            shutil.copyfile(wheel.path, named)
+        link_or_copy(wheel.path, named)
     except OSError as error:
         raise FetchError(f"{image.id}: cannot put {wheel.filename} into {scratch} for pip: {error.strerror or error}"
                          ) from None

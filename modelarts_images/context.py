@@ -131,8 +131,8 @@ def link_or_copy(source: Path, destination: Path) -> None:
     except OSError as error:
         if error.errno not in _LINK_FALLBACK:
             raise
-        log.warning("cannot hardlink %s into the build context (%s); copying it instead. Keep the cache and "
-                    "the build directory on one filesystem to avoid the copy", source, error.strerror)
+        log.warning("cannot hardlink %s at %s (%s); copying it instead. Keep the cache and the build directory "
+                    "on one filesystem to avoid the copy", source, destination, error.strerror)
         shutil.copy2(source, destination)
 
 
