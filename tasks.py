@@ -246,7 +246,7 @@ def verify(
     """Run pytorch-verification.py in the selected images as ModelArts does, and check ModelArts' image rules."""
     from modelarts_images import verify as verifying
     from modelarts_images.engine import run as engine_run
-    from modelarts_images.files import check_writable, write_atomic
+    from modelarts_images.files import check_writable
 
     if device not in verifying.DEVICE_CHOICES:
         raise ConfigError(f"--device: {device!r} is not one of {', '.join(verifying.DEVICE_CHOICES)}")
@@ -266,8 +266,7 @@ def verify(
         devices, skipped = verifying.resolve_devices(device, gpu)
         report = verifying.verify_image(containers, entry, reference=reference, devices=devices, skipped=skipped,
                                         size_budget=budget)
-        path = reports_dir / f"{entry.id}.json"
-        write_atomic(path, verifying.report_json(report), what="verification result")
+        path = verifying.save_report(report, reports_dir)
         print(verifying.format_report(report))
         print(f"  result: {path}")
         done.append(report)

@@ -88,11 +88,6 @@ def in_shard(position: int, spec: tuple[int, int] | None) -> bool:
     return position % count == index - 1
 
 
-def shard(items: Sequence[Any], spec: tuple[int, int] | None) -> list[Any]:
-    """The items of shard K of N: those at positions K-1, K-1+N, K-1+2N, ... (all of them without a spec)."""
-    return [item for position, item in enumerate(items) if in_shard(position, spec)]
-
-
 def shard_cells(images: Sequence[ImageSpec], spec: tuple[int, int] | None, *,
                 file_ids: Sequence[str]) -> list[ImageSpec]:
     """The selected images that belong to shard K of N by their position among `file_ids` (every id of the
@@ -203,7 +198,7 @@ class State:
                 else:
                     cells[cell_id] = entry
                 write_atomic(self.path, json.dumps({"schema": STATE_SCHEMA, "cells": cells}, indent=2,
-                                                             sort_keys=True) + "\n", what="matrix state")
+                                                   sort_keys=True) + "\n", what="matrix state")
         except OSError as error:  # the lock file: write_atomic names its own failures
             raise ConfigError(f"cannot lock the matrix state {self.path}: {error.strerror or error}") from error
 
@@ -391,8 +386,7 @@ class Runner:
         devices, skipped = verifying.resolve_devices(options.device, gpu)
         report = verifying.verify_image(containers, spec, devices=devices, skipped=skipped,
                                         script_dir=options.verify_dir)
-        write_atomic(options.reports_dir / "verify" / f"{spec.id}.json", verifying.report_json(report),
-                               what="verification report")
+        verifying.save_report(report, options.reports_dir / "verify")
         cell.verification = verifying.report_dict(report)
         cell.manifest = reporting.capture_manifest(containers, spec.reference)
         cell.durations["verify"] = time.monotonic() - started

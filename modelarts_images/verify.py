@@ -20,6 +20,7 @@ from . import conformance
 from .conformance import MA_GID, MA_HOME, MA_UID, MA_USER, CheckOutcome, ContainerEngine
 from .engine.run import ContainerOutput, ContainerRun, GpuSupport, ImageConfig, Mount
 from .errors import ConfigError, VerifyError
+from .files import write_atomic
 from .model import VERIFY_TIMEOUT_S, ImageSpec
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "report_json",
     "resolve_devices",
     "run_spec",
+    "save_report",
     "verify_image",
 ]
 
@@ -467,6 +469,11 @@ def report_dict(report: ImageReport) -> dict[str, Any]:
 def report_json(report: ImageReport) -> str:
     """The report as saved under reports/verify/<id>.json."""
     return json.dumps(report_dict(report), indent=2, sort_keys=False) + "\n"
+
+
+def save_report(report: ImageReport, directory: Path) -> Path:
+    """<directory>/<id>.json, replaced whole; ConfigError naming it when it cannot be written."""
+    return write_atomic(directory / f"{report.id}.json", report_json(report), what="verification result")
 
 
 def format_report(report: ImageReport) -> str:

@@ -58,17 +58,20 @@ def test_parse_shard_refuses(text: str) -> None:
 @pytest.mark.parametrize("cells", [0, 1, 2, 5, 7, 13])
 @pytest.mark.parametrize("count", [1, 2, 3, 4, 8])
 def test_shards_partition_exactly(cells: int, count: int) -> None:
-    items = [f"cell-{n}" for n in range(cells)]
-    slices = [matrix.shard(items, (index, count)) for index in range(1, count + 1)]
-    flat = [item for part in slices for item in part]
-    assert sorted(flat) == sorted(items) and len(flat) == len(set(flat))  # every cell in exactly one shard
-    assert slices == [matrix.shard(items, (index, count)) for index in range(1, count + 1)]  # deterministic
+    items = [spec(f"cell-{n}") for n in range(cells)]
+    ids = [item.id for item in items]
+    slices = [matrix.shard_cells(items, (index, count), file_ids=ids) for index in range(1, count + 1)]
+    flat = [item.id for part in slices for item in part]
+    assert sorted(flat) == sorted(ids) and len(flat) == len(set(flat))  # every cell in exactly one shard
+    assert slices == [matrix.shard_cells(items, (index, count), file_ids=ids)
+                      for index in range(1, count + 1)]  # deterministic
     assert max(map(len, slices)) - min(map(len, slices)) <= 1  # balanced
     assert all(part == [item for item in items if item in part] for part in slices)  # file order kept
 
 
 def test_no_shard_is_everything() -> None:
-    assert matrix.shard(["a", "b"], None) == ["a", "b"]
+    cells = [spec("a"), spec("b")]
+    assert matrix.shard_cells(cells, None, file_ids=["a", "b"]) == cells
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -240,7 +243,7 @@ def test_each_cell_run_alone_lands_in_exactly_one_shard(count: int) -> None:
     for index in range(1, count + 1):  # alone or all together, the same split
         together = matrix.shard_cells(cells, (index, count), file_ids=file_ids)
         alone = [cell for cell in cells if matrix.shard_cells([cell], (index, count), file_ids=file_ids)]
-        assert together == alone == matrix.shard(cells, (index, count))
+        assert together == alone == [cell for position, cell in enumerate(cells) if position % count == index - 1]
 
 
 def test_a_cell_outside_the_file_is_refused() -> None:
