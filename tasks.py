@@ -17,8 +17,8 @@ from modelarts_images.cli import (
     selected_images,
     tool_settings,
 )
+from modelarts_images.contract import IMAGE_SIZE_BUDGET, VERIFY_TIMEOUT_S
 from modelarts_images.errors import ConfigError, RegistryError
-from modelarts_images.model import IMAGE_SIZE_BUDGET, VERIFY_TIMEOUT_S
 
 if TYPE_CHECKING:
     from modelarts_images.model import FetchedImage, ImageSpec

@@ -9,7 +9,7 @@ Rules (ModelArts, "Specifications for Custom Images Used for Training Jobs", and
   has permission setuid or setgid");
 - `credentials`: no credential file left anywhere: .docker/config.json, .netrc, .git-credentials, and pip.conf,
   pip.ini or .pypirc holding a password or a URL with user:password@;
-- `image-size`: within a budget, by default ModelArts' limit (DEFAULT_SIZE_BUDGET);
+- `image-size`: within a budget, by default ModelArts' limit (contract.IMAGE_SIZE_BUDGET);
 - `conda-channel` (warning only): conda packages from Anaconda's `defaults` channel, which Anaconda's terms make
   paid for larger organisations.
 
@@ -29,17 +29,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .contract import BOOT_PYTHON, CONDA_PREFIX, IMAGE_SIZE_BUDGET, MA_GID, MA_HOME, MA_UID, MA_USER
 from .engine.run import ContainerOutput, ContainerRun, GpuSupport, ImageConfig
 from .errors import VerifyError
-from .model import CONDA_PREFIX, IMAGE_SIZE_BUDGET
-
-MA_USER = "ma-user"
-MA_UID = 1000
-MA_GID = 100
-MA_HOME = "/home/ma-user"
-BOOT_PYTHON = f"{CONDA_PREFIX}/bin/python"
-
-DEFAULT_SIZE_BUDGET = IMAGE_SIZE_BUDGET
 
 FACTS_PREFIX = "MODELARTS_CONFORMANCE_FACTS "
 BOOT_PREFIX = "MODELARTS_BOOT_FACTS "
@@ -441,7 +433,7 @@ def check_conda_channels(probe: ProbeFacts) -> CheckOutcome:
                         detail=f"{len(probe.conda_packages)} conda packages, none from Anaconda's `defaults` channel")
 
 
-def evaluate(facts: ImageFacts, *, size_budget: int = DEFAULT_SIZE_BUDGET) -> list[CheckOutcome]:
+def evaluate(facts: ImageFacts, *, size_budget: int = IMAGE_SIZE_BUDGET) -> list[CheckOutcome]:
     """Every rule, judged on the gathered facts."""
     outcomes: list[CheckOutcome] = []
     if facts.probe is None:
@@ -526,7 +518,7 @@ def gather(engine: ContainerEngine, reference: str, *, base_image: str | None,
 
 
 def check_image(engine: ContainerEngine, reference: str, *, base_image: str | None,
-                size_budget: int = DEFAULT_SIZE_BUDGET,
+                size_budget: int = IMAGE_SIZE_BUDGET,
                 environment: tuple[tuple[str, str], ...] = ()) -> list[CheckOutcome]:
     """Gather the facts of `reference` and judge them against every rule."""
     return evaluate(gather(engine, reference, base_image=base_image, environment=environment),

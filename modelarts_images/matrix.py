@@ -43,6 +43,7 @@ from . import publish as publishing
 from . import report as reporting
 from . import verify as verifying
 from .context import TEMPLATE_DIR, without_credentials
+from .contract import VERIFY_TIMEOUT_S
 from .errors import ConfigError, ModelArtsImagesError, RegistryError, VerifyError
 from .files import check_writable, write_atomic
 from .model import FetchedImage, ImageSpec
@@ -215,7 +216,7 @@ class MatrixOptions:
     force: bool = False
     shard: tuple[int, int] | None = None
     work_dir: Path = ROOT / "build"
-    timeout: float = verifying.DEFAULT_TIMEOUT
+    timeout: float = VERIFY_TIMEOUT_S
     offline: bool = False
     locked: bool = False
     region: str | None = None
@@ -492,7 +493,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=settings.BACKENDS, help="docker or buildkit (default: invoke.yaml's)")
     p.add_argument("--force", action="store_true", help="run every cell, even those unchanged since their success")
     p.add_argument("--shard", help="K/N: run only the K-th of N deterministic slices of the cells")
-    p.add_argument("--timeout", type=float, default=verifying.DEFAULT_TIMEOUT,
+    p.add_argument("--timeout", type=float, default=VERIFY_TIMEOUT_S,
                    help="seconds a verification container may run")
     p.add_argument("--offline", action="store_true", help="fetch from the cache only")
     p.add_argument("--locked", action="store_true", help="refuse artifacts versions.lock does not pin")

@@ -7,16 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-CONDA_PREFIX = "/home/ma-user/miniconda3"
-# ModelArts' documented limit for custom training images: "The size of a custom image cannot exceed 9.5 GB"
-# (Huawei Cloud, ModelArts > Custom Images > For Training Models > Specifications for Custom Images Used for
-# Training Jobs, modelarts_23_0217; the same figure in T-Systems' Open Telekom Cloud copy of that page).
-# Not sure of: whether the platform measures it compressed (in SWR) or uncompressed, and whether GB means 10^9
-# or 2^30 bytes. This compares the engine's uncompressed size with 9.5 * 10^9 bytes, the strictest reading.
-# (ModelArts' limit for *inference* images is different: 50 GB in current docs.) `--size-budget` changes it.
-IMAGE_SIZE_BUDGET = 9_500_000_000
-VERIFY_TIMEOUT_S = 600.0  # how long one verification container may run by default
-
 
 @dataclass(frozen=True, kw_only=True)
 class Artifact:

@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass
 
 from . import compat
 from .context import redacted
-from .model import CONDA_PREFIX, Artifact, ImageSpec
+from .contract import CONDA_PREFIX
+from .model import Artifact, ImageSpec
 
 PYTORCH_DOWNLOADS = "https://download.pytorch.org/whl"
 LABEL_PREFIX = "modelarts-images."

@@ -43,7 +43,8 @@ class PlainLines:
         name = url.rsplit("/", 1)[-1]
         with self._lock:
             complete = total is not None and done >= total
-            if not complete and now - self._last.get(url, 0.0) < self.interval:
+            last = self._last.get(url)  # None: never printed, so printed now whatever the clock says
+            if not complete and last is not None and now - last < self.interval:
                 return
             self._last[url] = now
         share = f" ({100 * done // total}%)" if total else ""

@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from .contract import CONDA_PREFIX
 from .engine.run import ContainerOutput, ContainerRun
 from .files import write_atomic
-from .model import CONDA_PREFIX
 
 JSON_NAME = "matrix.json"
 MD_NAME = "matrix.md"

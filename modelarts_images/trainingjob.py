@@ -30,10 +30,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .conformance import MA_UID
+from .contract import BOOT_COMMAND, CODE_DIR, MA_JOB_DIR, MA_UID
 from .files import write_atomic
 from .model import ImageSpec
-from .verify import BOOT_COMMAND, CODE_DIR, MA_JOB_DIR
 
 CPU_FLAVOR = "modelarts.vm.cpu.8u"  # UNCERTAIN: region-dependent
 GPU_FLAVOR = "modelarts.vm.gpu.v100"  # UNCERTAIN: region-dependent

@@ -17,90 +17,38 @@ from pathlib import Path
 from typing import Any
 
 from . import conformance
-from .conformance import MA_GID, MA_HOME, MA_UID, MA_USER, CheckOutcome, ContainerEngine
+from .conformance import CheckOutcome, ContainerEngine
+from .contract import (
+    BOOT_COMMAND,
+    BOOT_PYTHON,
+    CODE_DIR,
+    IMAGE_SIZE_BUDGET,
+    MA_GID,
+    MA_HOME,
+    MA_JOB_DIR,
+    MA_UID,
+    SCRIPT_NAME,
+    WORKER_HOSTNAME,
+    job_environment,
+)
 from .engine.run import ContainerOutput, ContainerRun, GpuSupport, ImageConfig, Mount
 from .errors import ConfigError, VerifyError
 from .files import write_atomic
-from .model import VERIFY_TIMEOUT_S, ImageSpec
-
-__all__ = [
-    "BOOT_COMMAND",
-    "CODE_DIR",
-    "DEFAULT_TIMEOUT",
-    "DEVICES",
-    "DEVICE_CHOICES",
-    "MA_GID",
-    "MA_HOME",
-    "MA_JOB_DIR",
-    "MA_LOG_DIR",
-    "MA_UID",
-    "MA_USER",
-    "RESULT_PREFIX",
-    "SCRIPT_NAME",
-    "VERIFY_DIR",
-    "CheckOutcome",
-    "DeviceRun",
-    "ImageReport",
-    "RunSpec",
-    "VerificationResult",
-    "check_against",
-    "failure_message",
-    "format_report",
-    "modelarts_environment",
-    "parse_result",
-    "raise_for_failures",
-    "raise_for_report",
-    "raise_for_reports",
-    "report_dict",
-    "report_json",
-    "resolve_devices",
-    "run_spec",
-    "save_report",
-    "verify_image",
-]
+from .model import ImageSpec
 
 RESULT_PREFIX = "MODELARTS_VERIFY_RESULT "
-SCRIPT_NAME = "pytorch-verification.py"
 VERIFY_DIR = Path(__file__).resolve().parent.parent / "verify"
-MA_MOUNT_PATH = f"{MA_HOME}/modelarts"
-MA_JOB_DIR = f"{MA_MOUNT_PATH}/user-job-dir"
-MA_LOG_DIR = f"{MA_MOUNT_PATH}/log"
-CODE_DIR = f"{MA_JOB_DIR}/code"
-# The boot command as typed in the ModelArts console; ModelArts expands ${MA_JOB_DIR} before running it, so the
-# container's argv carries the expanded path (run_spec().command).
-BOOT_COMMAND = f"{conformance.BOOT_PYTHON} ${{MA_JOB_DIR}}/code/{SCRIPT_NAME}"
 DEVICES = ("cpu", "gpu")
 DEVICE_CHOICES = ("cpu", "gpu", "both", "auto")
-HOSTNAME = "modelarts-job-worker-0"
-DEFAULT_TIMEOUT = VERIFY_TIMEOUT_S
 LOG_TAIL = 40
 REPORT_SCHEMA = 1
-
-RunSpec = ContainerRun  # the ModelArts run spec is a container run; run_spec() fills it as ModelArts would
 
 
 # --------------------------------------------------------------------------------------------------------------
 # The run spec
 
 
-def modelarts_environment(*, gpus: int) -> tuple[tuple[str, str], ...]:
-    """The variables ModelArts injects into a single-node training container (MA_CURRENT_IP, the pod's
-    address, is left out: the engine's network decides it)."""
-    return (
-        ("MA_HOME", MA_HOME),
-        ("MA_MOUNT_PATH", MA_MOUNT_PATH),
-        ("MA_JOB_DIR", MA_JOB_DIR),
-        ("MA_LOG_DIR", MA_LOG_DIR),
-        ("MA_NUM_GPUS", str(max(gpus, 0))),
-        ("MA_NUM_HOSTS", "1"),
-        ("MA_TASK_NAME", "worker"),
-        ("VC_TASK_INDEX", "0"),
-        ("VC_WORKER_NUM", "1"),
-        ("VC_WORKER_HOSTS", HOSTNAME),
-    )
-
-
-def run_spec(reference: str, *, device: str, script_dir: Path = VERIFY_DIR, gpus: int = 1) -> RunSpec:
+def run_spec(reference: str, *, device: str, script_dir: Path = VERIFY_DIR, gpus: int = 1) -> ContainerRun:
     """The container ModelArts would start for the boot command, on a CPU flavor or a `gpus`-GPU flavor.
 
     On a GPU the script gets --require-gpu, so a missing CUDA fails instead of falling back to the CPU.
@@ -110,16 +58,16 @@ def run_spec(reference: str, *, device: str, script_dir: Path = VERIFY_DIR, gpus
     if gpus < 1:
         raise ConfigError(f"gpus: {gpus} must be 1 or more")
     gpu = device == "gpu"
-    command: tuple[str, ...] = (conformance.BOOT_PYTHON, f"{CODE_DIR}/{SCRIPT_NAME}")
-    return RunSpec(
+    command: tuple[str, ...] = (BOOT_PYTHON, f"{CODE_DIR}/{SCRIPT_NAME}")
+    return ContainerRun(
         image=reference,
         command=command + (("--require-gpu",) if gpu else ()),
         user=f"{MA_UID}:{MA_GID}",
         working_dir=MA_HOME,
-        environment=modelarts_environment(gpus=gpus if gpu else 0),
+        environment=job_environment(gpus=gpus if gpu else 0),
         mounts=(Mount(source=str(Path(script_dir).resolve()), target=CODE_DIR, read_only=True),),
         gpus=gpus if gpu else 0,
-        hostname=HOSTNAME,
+        hostname=WORKER_HOSTNAME,
     )
 
 
@@ -415,7 +363,7 @@ def base_image_of(config: ImageConfig, image: ImageSpec) -> str:
 
 def verify_image(engine: ContainerEngine, image: ImageSpec, *, reference: str | None = None,
                  devices: Sequence[str] = ("cpu",), skipped: Sequence[str] = (), script_dir: Path = VERIFY_DIR,
-                 gpus: int = 1, size_budget: int = conformance.DEFAULT_SIZE_BUDGET,
+                 gpus: int = 1, size_budget: int = IMAGE_SIZE_BUDGET,
                  check_conformance: bool = True) -> ImageReport:
     """Run the verification script in `reference` (default: the entry's reference) on each device, check the
     results against the entry and the image against ModelArts' rules. Failed checks are in the report;
@@ -430,7 +378,7 @@ def verify_image(engine: ContainerEngine, image: ImageSpec, *, reference: str | 
     if check_conformance:
         checks = tuple(conformance.check_image(engine, reference, base_image=base_image_of(config, image),
                                                size_budget=size_budget,
-                                               environment=modelarts_environment(gpus=0)))
+                                               environment=job_environment(gpus=0)))
     return ImageReport(id=image.id, reference=reference, image=image, image_id=config.image_id, size=config.size,
                        runs=runs, skipped=tuple(skipped), conformance=checks)
 

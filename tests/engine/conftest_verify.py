@@ -24,8 +24,9 @@ from typing import Any
 
 import pytest
 
+from modelarts_images.contract import CONDA_PREFIX
 from modelarts_images.engine import run as engine_run
-from modelarts_images.model import CONDA_PREFIX, Artifact, ImageSpec
+from modelarts_images.model import Artifact, ImageSpec
 from tests.engine.conftest import TEST_BASE, TORCH_VERSION, remove_image
 
 REPOSITORY = "modelarts-verify-test"

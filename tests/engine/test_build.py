@@ -22,8 +22,9 @@ import pytest
 
 from modelarts_images import build, engine
 from modelarts_images.build import BuildResult
+from modelarts_images.contract import CONDA_PREFIX
 from modelarts_images.errors import BuildError, ConfigError
-from modelarts_images.model import CONDA_PREFIX, FetchedImage
+from modelarts_images.model import FetchedImage
 from tests.engine.conftest import (
     STAND_IN_INSTALLER,
     TEST_BASE,

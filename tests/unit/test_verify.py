@@ -11,7 +11,7 @@ from typing import Any
 import docker.types
 import pytest
 
-from modelarts_images import conformance
+from modelarts_images import conformance, contract
 from modelarts_images import verify as verifying
 from modelarts_images.conformance import CheckOutcome
 from modelarts_images.engine import run as engine_run
@@ -78,7 +78,7 @@ def test_in_container_code_parses_as_python_3_7(source_name: str) -> None:
 
 def test_the_script_and_the_parser_agree_on_the_prefix() -> None:
     assert f'RESULT_PREFIX = "{verifying.RESULT_PREFIX}"' in SCRIPT.read_text(encoding="utf-8")
-    assert SCRIPT.name == verifying.SCRIPT_NAME and SCRIPT.parent == verifying.VERIFY_DIR
+    assert SCRIPT.name == contract.SCRIPT_NAME and SCRIPT.parent == verifying.VERIFY_DIR
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -91,16 +91,16 @@ def test_cpu_run_spec_is_the_modelarts_boot_command(tmp_path: Path) -> None:
     assert spec.command == ("/home/ma-user/miniconda3/bin/python",
                             "/home/ma-user/modelarts/user-job-dir/code/pytorch-verification.py")
     # the console's boot command with ${MA_JOB_DIR} expanded by the platform, no shell in between
-    assert verifying.BOOT_COMMAND == \
+    assert contract.BOOT_COMMAND == \
         "/home/ma-user/miniconda3/bin/python ${MA_JOB_DIR}/code/pytorch-verification.py"
-    assert " ".join(spec.command) == verifying.BOOT_COMMAND.replace("${MA_JOB_DIR}", spec.env["MA_JOB_DIR"])
+    assert " ".join(spec.command) == contract.BOOT_COMMAND.replace("${MA_JOB_DIR}", spec.env["MA_JOB_DIR"])
     assert spec.user == "1000:100"
     assert spec.working_dir == "/home/ma-user"
     assert spec.env == {
         "MA_HOME": "/home/ma-user", "MA_MOUNT_PATH": "/home/ma-user/modelarts",
         "MA_JOB_DIR": "/home/ma-user/modelarts/user-job-dir", "MA_LOG_DIR": "/home/ma-user/modelarts/log",
         "MA_NUM_GPUS": "0", "MA_NUM_HOSTS": "1", "MA_TASK_NAME": "worker", "VC_TASK_INDEX": "0",
-        "VC_WORKER_NUM": "1", "VC_WORKER_HOSTS": verifying.HOSTNAME,
+        "VC_WORKER_NUM": "1", "VC_WORKER_HOSTS": contract.WORKER_HOSTNAME,
     }
     assert spec.mounts == (engine_run.Mount(source=str(tmp_path.resolve()),
                                             target="/home/ma-user/modelarts/user-job-dir/code", read_only=True),)
@@ -347,9 +347,9 @@ class FakeEngine:
 
     def run(self, spec: ContainerRun) -> ContainerOutput:
         self.runs.append(spec)
-        if spec.command[:2] == (conformance.BOOT_PYTHON, "-I"):
+        if spec.command[:2] == (contract.BOOT_PYTHON, "-I"):
             return output(conformance.FACTS_PREFIX + json.dumps(GOOD_PROBE))
-        if spec.command[:2] == (conformance.BOOT_PYTHON, "-c"):
+        if spec.command[:2] == (contract.BOOT_PYTHON, "-c"):
             return output(conformance.BOOT_PREFIX + json.dumps(GOOD_BOOT))
         if spec.command == conformance.SETUID_COMMAND:
             return output("/usr/bin/su\n/usr/bin/passwd\n")
@@ -415,7 +415,7 @@ class BootCannotStart(FakeEngine):
     """The boot probe's container is refused by the engine (as run_container raises it)."""
 
     def run(self, spec: ContainerRun) -> ContainerOutput:
-        if spec.command[:2] == (conformance.BOOT_PYTHON, "-c"):
+        if spec.command[:2] == (contract.BOOT_PYTHON, "-c"):
             self.runs.append(spec)
             raise VerifyError("container for img did not start: OCI runtime create failed: unable to find user 1000")
         return super().run(spec)
@@ -545,7 +545,7 @@ def test_a_pip_conf_without_secrets_passes() -> None:
 
 def test_the_size_budget() -> None:
     assert evaluated()["image-size"].ok
-    assert conformance.DEFAULT_SIZE_BUDGET == 9_500_000_000
+    assert contract.IMAGE_SIZE_BUDGET == 9_500_000_000
     outcome = names(conformance.evaluate(facts(size=12_000_000_000)))["image-size"]
     assert not outcome.ok and outcome.detail == "12.00 GB uncompressed, over the budget of 9.50 GB"
     assert names(conformance.evaluate(facts(size=12_000_000_000), size_budget=20_000_000_000))["image-size"].ok
