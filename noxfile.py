@@ -57,7 +57,7 @@ def _matrix_params() -> list[Any]:
     """One param per entry of versions.yaml (id = image id, tags cpu / cudaNN); a single 'all' param when the
     file cannot be read, so the session still runs and reports the file's problem."""
     try:
-        from modelarts_images.matrix import nox_cells
+        from modelarts_images.matrix.cli import nox_cells
 
         cells = nox_cells()
     except Exception:  # any problem is reported by the session itself

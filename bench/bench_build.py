@@ -5,10 +5,10 @@
    for each backend (buildkit: `DOCKER_BUILDKIT=1 docker build`; docker: the classic builder). The entry is
    the engine tests' one (stand-in installer, CPU torch 2.13.0 for Python 3.11 and its dependency wheels),
    staged in a cache with a versions.lock that pins everything, so fetch finds it all and downloads nothing.
-   Also timed: `modelarts_images.build.build_image()` in this process (the task without interpreter start and
+   Also timed: `modelarts_images.build.builder.build_image()` in this process (the task without interpreter start and
    imports), and the pieces of the difference (Python start, `import tasks`, the BuildKit CLI probe, ...).
 2. Context assembly for more than 2 GiB of wheels (sparse files named like torch and its CUDA dependencies):
-   `modelarts_images.context.assemble()` timed, and every file checked to be a hardlink of its cache blob.
+   `modelarts_images.build.context.assemble()` timed, and every file checked to be a hardlink of its cache blob.
 3. Image size against the original recipe's Dockerfile (../shared/reference/original-recipe.md, or
    $MODELARTS_IMAGES_RECIPE), adapted only in its FROM lines and in where its files come from, built from the
    same files in the same run with the same builder; `docker history` of both, compared step by step.
@@ -44,8 +44,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script: the project and its tests' helpers
 
-from modelarts_images import build as building  # noqa: E402
-from modelarts_images import config, context, engine, lockfile  # noqa: E402
+from modelarts_images import engine
+from modelarts_images.build import builder as building  # noqa: E402
+from modelarts_images.build import context
+from modelarts_images.config import versions as config
+from modelarts_images.fetch import lockfile  # noqa: E402
 from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec  # noqa: E402
 from tests.engine.conftest import (  # noqa: E402
     STAND_IN_INSTALLER,
@@ -208,7 +211,7 @@ def noop_rebuilds(client: Any, versions: Path, invoke_config: Path, fetched: Fet
             "first_build_s": round(first, 2),
             "invoke_build_s": round(inv, 3),
             "invoke_build_runs_s": [round(t, 3) for t in invoke_times],
-            "build_image_s": round(library, 3),  # modelarts_images.build.build_image() in this process
+            "build_image_s": round(library, 3),  # modelarts_images.build.builder.build_image() in this process
             "build_image_runs_s": [round(t, 3) for t in library_times],
             "raw_docker_build_s": round(raw_s, 3),
             "raw_docker_build_runs_s": [round(t, 3) for t in raw_times],

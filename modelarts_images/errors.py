@@ -37,3 +37,16 @@ class RegistryError(ModelArtsImagesError):
     """Login, tagging or pushing to the registry failed."""
 
     exit_code = 6
+
+
+class EngineError(ModelArtsImagesError):
+    """The container engine did not do what was asked: unreachable, refused, or failed.
+
+    It belongs to no stage by itself: the pipeline step that used the engine raises it again as its own
+    stage's error (build 4, verify 5, registry 6), with the same message.
+    """
+
+
+class WriteError(ModelArtsImagesError):
+    """A file could not be written (disk full, permissions, a directory in the way); the pipeline step that
+    wrote it raises it again as its own stage's error, with the same message."""

@@ -6,10 +6,10 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-from . import compat
-from .context import redacted
-from .contract import CONDA_PREFIX
-from .model import Artifact, ImageSpec
+from modelarts_images.config import compat
+from modelarts_images.contract import CONDA_PREFIX
+from modelarts_images.model import Artifact, FetchedImage, ImageSpec
+from modelarts_images.shared import redact
 
 PYTORCH_DOWNLOADS = "https://download.pytorch.org/whl"
 LABEL_PREFIX = "modelarts-images."
@@ -49,38 +49,66 @@ def wheel_source(image: ImageSpec) -> WheelSource:
     )
 
 
-def build_args(image: ImageSpec) -> tuple[tuple[str, str], ...]:
-    """The build arguments; never the pip index, which pip.conf or a secret carries (arguments reach the history)."""
-    return (
-        ("BASE_IMAGE", image.base_image),
+def build_args(image: ImageSpec, *, base_image: str | None = None, hermetic: bool | None = None,
+               ) -> tuple[tuple[str, str], ...]:
+    """The build arguments, decided here only; never the pip index's credentials (arguments reach the history).
+
+    `base_image` is the base actually used (default: the entry's); `hermetic` whether the dependency wheels were
+    fetched, None before fetch knows.
+    """
+    args = [
+        ("BASE_IMAGE", base_image or image.base_image),
         ("INSTALLER", image.installer.filename),
         ("CONDA_PREFIX", CONDA_PREFIX),
         ("APT_MIRROR", image.apt_mirror),
         # CUDA wheels carry their own CUDA runtime; the variables tell the NVIDIA runtime to mount the driver.
         ("GPU_RUNTIME", "cpu" if image.is_cpu else "cuda"),
-    )
+    ]
+    if hermetic is not None:
+        args.append(("HERMETIC", "1" if hermetic else "0"))
+    if hermetic is False and redact.has_credentials(image.pip_index):
+        # Part of the cache key of the secret step, so a change of index rebuilds it (the secret is not).
+        args.append(("INDEX_WITHOUT_CREDENTIALS", redact.without_credentials(image.pip_index)))
+    return tuple(args)
 
 
-def labels(image: ImageSpec) -> tuple[tuple[str, str], ...]:
-    """OCI labels and the entry's own record: versions, base and every artifact (never a secret)."""
+def labels(image: ImageSpec, *, base_image: str | None = None, fetched: FetchedImage | None = None,
+           ) -> tuple[tuple[str, str], ...]:
+    """OCI labels and the entry's own record: versions, base and every artifact with its sha256 (never a secret).
+
+    Before fetch (`fetched` None) the artifacts are the entry's own, perhaps unpinned; after it, what fetch
+    resolved, the dependency wheels and whether the build is hermetic.
+    """
     pairs: list[tuple[str, str]] = [
         ("org.opencontainers.image.title", f"{image.repository}:{image.tag}"),
         ("org.opencontainers.image.version", image.tag),
         ("org.opencontainers.image.description",
          f"PyTorch {image.torch} ({image.variant}) on Python {image.python} for ModelArts training"),
-        ("org.opencontainers.image.base.name", image.base_image),
+        ("org.opencontainers.image.base.name", base_image or image.base_image),
         (f"{LABEL_PREFIX}id", image.id),
         (f"{LABEL_PREFIX}python", image.python),
         (f"{LABEL_PREFIX}cuda", image.cuda),
     ]
     pairs += [(f"{LABEL_PREFIX}{name}", version) for name, version in image.packages]
-    pairs.append((f"{LABEL_PREFIX}installer", _describe(image.installer)))
-    pairs += [(f"{LABEL_PREFIX}wheel.{wheel.filename}", _describe(wheel)) for wheel in image.wheels]
+    if fetched is None:
+        pairs.append((f"{LABEL_PREFIX}installer", _describe(image.installer.url, image.installer.sha256)))
+        pairs += [(f"{LABEL_PREFIX}wheel.{wheel.filename}", _describe(wheel.url, wheel.sha256))
+                  for wheel in image.wheels]
+        return tuple(pairs)
+    pairs.append((f"{LABEL_PREFIX}installer", _describe(fetched.installer.url, fetched.installer.sha256)))
+    pairs += [(f"{LABEL_PREFIX}wheel.{wheel.filename}", _describe(wheel.url, wheel.sha256))
+              for wheel in fetched.wheels]
+    pairs += [(f"{LABEL_PREFIX}dependency.{dep.filename}", _describe(dep.url, dep.sha256))
+              for dep in fetched.closure or ()]
+    hermetic = fetched.closure is not None
+    pairs.append((f"{LABEL_PREFIX}hermetic", "true" if hermetic else "false"))
+    if not hermetic:
+        pairs.append((f"{LABEL_PREFIX}pip-index", redact.without_credentials(image.pip_index)))
     return tuple(pairs)
 
 
-def _describe(artifact: Artifact) -> str:
-    return f"{artifact.url} sha256:{artifact.sha256 or UNPINNED}"
+def _describe(url: str, sha256: str | None) -> str:
+    return f"{redact.without_credentials(url)} sha256:{sha256 or UNPINNED}"
 
 
 def make_plan(image: ImageSpec) -> ImagePlan:
@@ -94,12 +122,10 @@ def make_plan(image: ImageSpec) -> ImagePlan:
 
 def as_json(plans: Sequence[ImagePlan]) -> str:
     def one(plan: ImagePlan) -> Mapping[str, object]:
-        image = asdict(plan.image)
         return {
             "id": plan.image.id,
             "reference": plan.image.reference,
-            **image,
-            "pip_index": redacted(plan.image.pip_index) if plan.image.pip_index else plan.image.pip_index,
+            **asdict(plan.image),
             "variant": plan.image.variant,
             "artifacts": [asdict(artifact) for artifact in plan.artifacts],
             "wheel_source": asdict(plan.wheel_source) if plan.wheel_source else None,
@@ -107,7 +133,18 @@ def as_json(plans: Sequence[ImagePlan]) -> str:
             "labels": dict(plan.labels),
         }
 
-    return json.dumps([one(plan) for plan in plans], indent=2)
+    return json.dumps(_masked([one(plan) for plan in plans]), indent=2)
+
+
+def _masked(value: object) -> object:
+    """Every text in a JSON-like value with URL credentials masked (pip_index, mirrors, artifact URLs)."""
+    if isinstance(value, str):
+        return redact.url(value)
+    if isinstance(value, Mapping):
+        return {key: _masked(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(item) for item in value]
+    return value
 
 
 def as_text(plans: Sequence[ImagePlan]) -> str:
@@ -122,7 +159,7 @@ def as_text(plans: Sequence[ImagePlan]) -> str:
             ("packages", ", ".join(f"{name} {version}" for name, version in image.packages)),
         ]
         for artifact in plan.artifacts:
-            rows.append(("installer" if artifact is image.installer else "wheel", artifact.url))
+            rows.append(("installer" if artifact is image.installer else "wheel", redact.url(artifact.url)))
             rows.append(("", f"sha256 {artifact.sha256 or UNPINNED + ' (versions.lock pins it)'}"))
         if plan.wheel_source is not None:
             rows.append(("wheels", f"from {plan.wheel_source.index_url}, resolved by fetch"))

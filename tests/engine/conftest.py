@@ -28,8 +28,8 @@ from typing import Any, NoReturn
 import pytest
 
 from modelarts_images import engine
-from modelarts_images.cache import sha256_of
 from modelarts_images.errors import BuildError
+from modelarts_images.fetch.cache import sha256_of
 from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
-from modelarts_images import build, engine
-from modelarts_images.build import BuildResult
+from modelarts_images import engine
+from modelarts_images.build import builder as build
+from modelarts_images.build.builder import BuildResult
 from modelarts_images.contract import CONDA_PREFIX
 from modelarts_images.errors import BuildError, ConfigError
 from modelarts_images.model import FetchedImage

@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 import requests
 
-from modelarts_images import publish, registry, swr
 from modelarts_images.engine import push as engine_push
 from modelarts_images.errors import RegistryError
+from modelarts_images.http import registry
+from modelarts_images.publish import publisher as publish
+from modelarts_images.publish import swr
 from tests.engine import conftest_push
 from tests.engine.conftest import TEST_BASE
 from tests.engine.conftest_push import (

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from modelarts_images import conformance
-from modelarts_images import verify as verifying
 from modelarts_images.engine import run as engine_run
 from modelarts_images.errors import VerifyError
+from modelarts_images.verify import conformance
+from modelarts_images.verify import verification as verifying
 from tests.engine.conftest_verify import (  # noqa: F401 - the fixtures are used by name
     container_exists,
     containers,

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from modelarts_images.cli import positive_number
 from modelarts_images.errors import ConfigError
+from modelarts_images.frontend import positive_number
 from tests.conftest import ROOT
 
 

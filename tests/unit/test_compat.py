@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelarts_images import compat
+from modelarts_images.config import compat
 
 TABLE = {
     "2.1.2": compat.Release(torch="2.1.2", torchvision="0.16.2", torchaudio="2.1.2",
@@ -56,7 +56,7 @@ def test_a_published_combination_has_no_problem() -> None:
     ({"torchvision": "0.16.0"}, "torchvision", "torch 2.1.2 goes with torchvision 0.16.2, not 0.16.0"),
     ({"torchaudio": "2.1.0"}, "torchaudio", "torch 2.1.2 goes with torchaudio 2.1.2, not 2.1.0"),
     ({"torch": "1.0.0"}, "torch", "torch 1.0.0 is not a release this tool knows (known: 2.1.2 to 9.9.9; "
-                                  "see modelarts_images/data/compat.yaml)"),
+                                  "see modelarts_images/config/data/compat.yaml)"),
 ])
 def test_problems(kwargs: dict[str, str], key: str, message: str) -> None:
     asked = {"torch": "2.1.2", "python": "3.10", "cuda": "12.1", "torchvision": None, "torchaudio": None, **kwargs}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from modelarts_images import config
+from modelarts_images.config import versions as config
 from modelarts_images.errors import ConfigError
 from modelarts_images.model import Artifact
 from tests.conftest import INVOKE_FALLBACKS, ROOT

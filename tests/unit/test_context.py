@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from modelarts_images import context, engine
+from modelarts_images import engine
+from modelarts_images.build import context
 from modelarts_images.errors import ConfigError
 from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
 
@@ -169,7 +170,7 @@ def test_a_cache_on_another_filesystem_is_copied_with_a_warning(tmp_path: Path,
     source = shm / f"modelarts-test-{os.getpid()}.whl"
     source.write_bytes(b"wheel bytes")
     try:
-        with caplog.at_level(logging.WARNING, logger="modelarts_images.context"):
+        with caplog.at_level(logging.WARNING, logger="modelarts_images.build.context"):
             context.link_or_copy(source, tmp_path / "copy.whl")
         assert (tmp_path / "copy.whl").read_bytes() == b"wheel bytes"
         assert (tmp_path / "copy.whl").stat().st_ino != source.stat().st_ino

@@ -20,8 +20,8 @@ from typing import TypedDict
 import pytest
 import requests
 
-from modelarts_images.download import AbortedError, Transfer, download, get_text
 from modelarts_images.errors import FetchError
+from modelarts_images.http.download import AbortedError, Transfer, download, get_text
 from tests.support.http_server import FileServer, serve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -351,7 +351,7 @@ def test_two_threads_downloading_one_target(server: FileServer, tmp_path: Path) 
 CHILD = """
 import json, sys
 from pathlib import Path
-from modelarts_images.download import download
+from modelarts_images.http.download import download
 t = download(sys.argv[1], Path(sys.argv[2]), expected_sha256=sys.argv[3], backoff=0.01, read_timeout=5)
 print(json.dumps({"bytes_transferred": t.bytes_transferred, "sha256": t.sha256}))
 """
@@ -419,7 +419,7 @@ def test_credentials_in_the_url_reach_no_message_or_log(
 ) -> None:
     url = with_userinfo(server.add("/busy.whl", b"x", fail_times=100, fail_status=503), userinfo)
 
-    with caplog.at_level("INFO", logger="modelarts_images.download"), pytest.raises(FetchError) as caught:
+    with caplog.at_level("INFO", logger="modelarts_images.http.download"), pytest.raises(FetchError) as caught:
         download(url, tmp_path / "busy.whl", expected_sha256=None, retries=1, **FAST)
 
     assert f"http://{masked}127.0.0.1:{server.port}/busy.whl" in str(caught.value)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from modelarts_images import closure
 from modelarts_images.errors import FetchError
-from modelarts_images.fetch import FetchOptions, fetch_images
+from modelarts_images.fetch import closure
+from modelarts_images.fetch.fetcher import FetchOptions, fetch_images
 from modelarts_images.model import Artifact, FetchedFile, ImageSpec
 from tests.conftest import ROOT
 from tests.support.http_server import FileServer, serve
@@ -177,7 +177,7 @@ def test_a_failure_stops_the_running_downloads(server: FileServer, tmp_path: Pat
 CHILD = """
 import sys
 from pathlib import Path
-from modelarts_images.fetch import FetchOptions, fetch_images
+from modelarts_images.fetch.fetcher import FetchOptions, fetch_images
 from tests.unit.test_fetch_failures import spec, Artifact
 url, digest, cache = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 artifact = Artifact(url=url, sha256=digest)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from modelarts_images import closure, index, lockfile
-from modelarts_images.cache import Cache, sha256_of
 from modelarts_images.errors import ConfigError, FetchError
-from modelarts_images.fetch import mirrored
+from modelarts_images.fetch import closure, index, lockfile
+from modelarts_images.fetch.cache import Cache, sha256_of
+from modelarts_images.fetch.fetcher import mirrored
 from modelarts_images.model import Artifact, ImageSpec
 
 SHA = "a" * 64

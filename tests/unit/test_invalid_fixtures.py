@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from modelarts_images import compat, config
+from modelarts_images.config import compat
+from modelarts_images.config import versions as config
 from modelarts_images.errors import ConfigError
 from tests.conftest import FIXTURES, INVOKE_FALLBACKS, ROOT
 

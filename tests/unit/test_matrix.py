@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
-from modelarts_images import fetch as fetching
-from modelarts_images import matrix, report, settings
+from modelarts_images.config import settings
 from modelarts_images.errors import BuildError, ConfigError
+from modelarts_images.fetch import fetcher as fetching
+from modelarts_images.matrix import report
+from modelarts_images.matrix import runner as matrix
 from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
 
 

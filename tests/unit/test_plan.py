@@ -8,7 +8,8 @@ import os
 import subprocess
 import sys
 
-from modelarts_images import config, plan
+from modelarts_images import plan
+from modelarts_images.config import versions as config
 from tests.conftest import INVOKE_FALLBACKS, ROOT
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelarts_images.progress import PlainLines, for_terminal, human
+from modelarts_images.shared.progress import PlainLines, for_terminal, human
 
 
 def test_plain_lines_are_throttled_but_always_report_completion(capsys: pytest.CaptureFixture[str]) -> None:

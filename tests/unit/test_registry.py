@@ -18,10 +18,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from modelarts_images import registry
 from modelarts_images.engine import push as engine_push
 from modelarts_images.errors import RegistryError
-from modelarts_images.swr import Credentials, Reference
+from modelarts_images.http import registry
+from modelarts_images.publish.swr import Credentials, Reference
 
 USER, PASSWORD = "tester", "s3cret-Passw0rd"
 TOKEN = "token-abc"
@@ -226,7 +226,7 @@ def test_wrong_password_is_rejected_without_showing_it(auth: str) -> None:
 
 def test_5xx_is_retried_with_backoff(caplog: pytest.LogCaptureFixture) -> None:
     state = State(manifests={"o/r:t": (registry.DOCKER_MANIFEST, manifest_body())}, fail_times=2)
-    with caplog.at_level(logging.WARNING, logger="modelarts_images.registry"), serve(state) as host, \
+    with caplog.at_level(logging.WARNING, logger="modelarts_images.http.registry"), serve(state) as host, \
             registry.Registry(host, creds(host), retries=3, backoff=0.01) as api:
         assert api.manifest("o/r", "t") is not None
     retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from modelarts_images import files, report, trainingjob
+from modelarts_images import contract
+from modelarts_images.shared import files
 from modelarts_images.engine.run import ContainerOutput, ContainerRun
-from modelarts_images.errors import ConfigError
+from modelarts_images.errors import ConfigError, VerifyError
+from modelarts_images.matrix import report
 from modelarts_images.model import Artifact, ImageSpec
+from modelarts_images.publish import trainingjob
+from modelarts_images.verify import probes
 
 
 def record(cell_id: str, status: str = "passed", **extra: Any) -> dict[str, Any]:
@@ -140,12 +145,95 @@ def test_capture_manifest_runs_without_network() -> None:
     (spec,) = engine.specs
     assert spec.image == "img:1" and spec.network is False and spec.command[:2] == ("/bin/sh", "-c")
     assert "conda list" in spec.command[2] and "pip freeze" in spec.command[2] and "dpkg-query" in spec.command[2]
+    # the script's text from verify/probes/ on the command line (nothing mounted), the prefix as its $1
+    assert spec.command[2] == probes.probe_source(probes.MANIFEST)
+    assert spec.command[3:] == ("sh", contract.CONDA_PREFIX) and spec.mounts == ()
+    assert (spec.user, spec.working_dir) == ("0:0", "/")
 
 
 def test_capture_manifest_records_failure() -> None:
     engine = FakeEngine(ContainerOutput(name="x", exit_code=127, stdout="", stderr="sh: not found", seconds=0.1,
                                         timed_out=False))
     assert "exited with 127" in report.capture_manifest(engine, "img:1")["error"][0]
+
+
+def test_capture_manifest_records_a_missing_probe_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(probes, "PROBES_DIR", tmp_path)
+    engine = FakeEngine(ContainerOutput(name="x", exit_code=0, stdout="", stderr="", seconds=0.1, timed_out=False))
+    (error,) = report.capture_manifest(engine, "img:1")["error"]
+    assert error.startswith(f"probe manifest.sh: cannot read {tmp_path / 'manifest.sh'}") and not engine.specs
+    with pytest.raises(VerifyError, match=r"manifest\.sh"):
+        report.manifest_spec("img:1")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# verify/probes/manifest.sh itself, run by the host's /bin/sh the way manifest_spec's container runs it, against
+# stand-in conda, python and dpkg-query that answer only to the exact arguments the script must pass
+
+
+STAND_INS = {
+    "conda": 'if [ "$*" = "list --export" ]; then echo "# platform: linux-64"; echo "torch=2.1.0=cpu"; '
+             'else exit 3; fi',
+    "python": 'if [ "$*" = "-m pip freeze --all" ]; then echo "torch==2.13.0"; echo "pip==24.0"; else exit 3; fi',
+    # dpkg-query itself expands ${Package}, ${Version} and \n: the script must hand them over unexpanded
+    "dpkg-query": 'if [ "$1 $2" = "-W -f" ] && [ "$3" = \'${Package}=${Version}\\n\' ]; then echo "bash=5.2"; '
+                  'else exit 3; fi',
+}
+
+
+def stand_in(directory: Path, name: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(f"#!/bin/sh\n{STAND_INS[name]}\n", encoding="utf-8")
+    path.chmod(0o755)
+
+
+def run_manifest(tmp_path: Path, prefix: Path | None) -> subprocess.CompletedProcess[str]:
+    command = report.manifest_spec("img").command
+    argv = list(command[:4]) + ([] if prefix is None else [str(prefix)])
+    # PATH holds only the stand-ins: dpkg-query is found (or not) where the test put it
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False,
+                          env={"PATH": str(tmp_path / "path")})
+
+
+needs_sh = pytest.mark.skipif(not Path("/bin/sh").exists(), reason="no /bin/sh on this machine")
+
+
+@needs_sh
+def test_manifest_script_prefers_conda_and_lists_dpkg(tmp_path: Path) -> None:
+    prefix = tmp_path / "miniconda3"
+    for name in ("conda", "python"):
+        stand_in(prefix / "bin", name)
+    stand_in(tmp_path / "path", "dpkg-query")
+    completed = run_manifest(tmp_path, prefix)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == ("### modelarts-images manifest: conda\n# platform: linux-64\ntorch=2.1.0=cpu\n"
+                                "### modelarts-images manifest: dpkg\nbash=5.2\n")
+    assert report.parse_manifest(completed.stdout) == {"conda": ["torch=2.1.0=cpu"], "dpkg": ["bash=5.2"]}
+
+
+@needs_sh
+def test_manifest_script_falls_back_to_pip_freeze(tmp_path: Path) -> None:
+    prefix = tmp_path / "miniconda3"
+    stand_in(prefix / "bin", "python")
+    completed = run_manifest(tmp_path, prefix)
+    assert completed.returncode == 0, completed.stderr
+    assert report.parse_manifest(completed.stdout) == {"pip": ["torch==2.13.0", "pip==24.0"]}
+
+
+@needs_sh
+def test_manifest_script_of_an_image_without_conda_or_dpkg_prints_nothing(tmp_path: Path) -> None:
+    (tmp_path / "path").mkdir()
+    completed = run_manifest(tmp_path, tmp_path / "miniconda3")
+    assert (completed.returncode, completed.stdout) == (0, "")
+
+
+@needs_sh
+def test_manifest_script_without_a_prefix_stops(tmp_path: Path) -> None:
+    stand_in(tmp_path / "path", "dpkg-query")
+    completed = run_manifest(tmp_path, None)
+    assert completed.returncode != 0 and completed.stdout == ""
+    assert "usage: manifest.sh CONDA_PREFIX" in completed.stderr
 
 
 def test_training_job_body_written_or_a_config_error(tmp_path: Path) -> None:

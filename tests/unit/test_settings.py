@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from modelarts_images import settings
+from modelarts_images.config import settings
 from modelarts_images.errors import ConfigError
 
 

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from modelarts_images import config, publish, swr
+from modelarts_images.config import versions as config
 from modelarts_images.errors import ConfigError, RegistryError
+from modelarts_images.publish import publisher as publish
+from modelarts_images.publish import swr
 
 SWR_HOST = "swr.cn-north-4.myhuaweicloud.com"
 # Test values in the shape of real ones: a 20-character AK and a 40-character SK.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from modelarts_images import verify as verifying
+from modelarts_images.verify import verification as verifying
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "verify" / "pytorch-verification.py"

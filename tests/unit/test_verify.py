@@ -11,13 +11,14 @@ from typing import Any
 import docker.types
 import pytest
 
-from modelarts_images import conformance, contract
-from modelarts_images import verify as verifying
-from modelarts_images.conformance import CheckOutcome
+from modelarts_images import contract
 from modelarts_images.engine import run as engine_run
 from modelarts_images.engine.run import ContainerOutput, ContainerRun, GpuSupport, ImageConfig
 from modelarts_images.errors import ConfigError, VerifyError
 from modelarts_images.model import Artifact, ImageSpec
+from modelarts_images.verify import conformance, probes
+from modelarts_images.verify import verification as verifying
+from modelarts_images.verify.conformance import CheckOutcome
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "verify" / "pytorch-verification.py"
@@ -71,9 +72,27 @@ def failed(outcomes: list[CheckOutcome]) -> set[str]:
 
 @pytest.mark.parametrize("source_name", ["script", "probe", "boot"])
 def test_in_container_code_parses_as_python_3_7(source_name: str) -> None:
-    source = {"script": SCRIPT.read_text(encoding="utf-8"), "probe": conformance.PROBE_SOURCE,
-              "boot": conformance.BOOT_SOURCE}[source_name]
+    # the probes as the containers get them: the command line's -c argument (tests/unit/test_probes.py checks
+    # every file of verify/probes/ the same way)
+    source = {"script": SCRIPT.read_text(encoding="utf-8"), "probe": conformance.probe_run("img").command[3],
+              "boot": conformance.boot_run("img").command[2]}[source_name]
     ast.parse(source, feature_version=(3, 7))
+
+
+def test_the_probes_and_their_parsers_agree_on_the_prefixes() -> None:
+    assert f'PREFIX = "{conformance.FACTS_PREFIX}"' in probes.probe_source(probes.CONFORMANCE_FACTS)
+    assert f'PREFIX = "{conformance.BOOT_PREFIX}"' in probes.probe_source(probes.BOOT_FACTS)
+
+
+def test_the_probes_travel_on_the_command_line_from_their_files() -> None:
+    probe = conformance.probe_run("img")
+    assert probe.command == (contract.BOOT_PYTHON, "-I", "-c", probes.probe_source(probes.CONFORMANCE_FACTS),
+                             contract.CONDA_PREFIX, contract.MA_USER)
+    assert (probe.user, probe.working_dir, probe.network, probe.mounts) == ("0:0", "/", False, ())
+    boot = conformance.boot_run("img", (("MA_JOB_DIR", "/x"),))
+    assert boot.command == (contract.BOOT_PYTHON, "-c", probes.probe_source(probes.BOOT_FACTS))
+    assert (boot.user, boot.working_dir, boot.network, boot.mounts) == ("1000:100", "/home/ma-user", False, ())
+    assert boot.environment == (("MA_JOB_DIR", "/x"),)
 
 
 def test_the_script_and_the_parser_agree_on_the_prefix() -> None:
@@ -192,6 +211,10 @@ def test_parse_result_of_a_script_without_torch() -> None:
 @pytest.mark.parametrize(("text", "expected"), [
     pytest.param("tensor([1.])\nTraceback (most recent call last):\nKilled\n", "expected a line starting with "
                                                                    "'MODELARTS_VERIFY_RESULT'", id="killed"),
+    pytest.param("tensor([1.])\nTraceback (most recent call last):\nKilled\n",
+                 "pytorch-verification.py: expected a line starting with 'MODELARTS_VERIFY_RESULT' and a JSON object, "
+                 "found none (the script did not get to its end; last lines: tensor([1.]) | Traceback (most recent "
+                 "call last): | Killed)", id="killed-whole-message"),
     pytest.param("", "no output at all", id="empty"),
     pytest.param(log_with("{not json"), "not valid JSON", id="garbled"),
     pytest.param(log_with("[1, 2]"), "holds list, expected a JSON object", id="not-an-object"),

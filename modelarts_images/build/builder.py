@@ -1,0 +1,254 @@
+"""Build one fetched image: decide the build (pure), check the bases, assemble the context, let the engine build.
+
+Backends: "docker" (the docker SDK's low-level build API, i.e. the classic builder) and "buildkit" (the docker
+CLI: `docker buildx build --load`, or `DOCKER_BUILDKIT=1 docker build` with a client older than 23). Both
+build the same Dockerfile (context/Dockerfile) to the same image; only a pip index URL with credentials, used
+when the dependency wheels were not fetched, needs BuildKit (it goes in as a secret).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelarts_images import plan
+from modelarts_images.build import context
+from modelarts_images.engine.api import Backend, BaseImage, BaseImageSource, BuildRequest, Engine, Layer
+from modelarts_images.errors import BuildError, ConfigError, EngineError
+from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
+from modelarts_images.options import BuildOptions
+from modelarts_images.shared import redact
+from modelarts_images.shared.text import size
+
+TARGET = "image"
+SECRET_TARGET = "image-secret"  # BuildKit only: the pip index comes in as a secret (see context/Dockerfile)
+PIP_SECRET_ID = "pip.conf"
+# What the classic builder is sent: the same allow-list as context/.dockerignore.
+CONTEXT_ENTRIES = (context.DOCKERFILE, context.DOCKERIGNORE, context.PIP_CONF, context.INSTALLER_DIR,
+                   context.WHEELS_DIR, context.DEPS_DIR)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildResult:
+    reference: str
+    image_id: str
+    size: int  # bytes, as the engine reports the image
+    layers: tuple[Layer, ...]  # the largest, largest first, with the step that made each
+    duration: float  # seconds, context assembly included
+    backend: Backend
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildInputs:
+    """Everything about a build that follows from the fetched entry and the options, without any I/O."""
+
+    reference: str
+    base_image: str
+    target: str
+    hermetic: bool  # dependency wheels fetched: pip installs with --no-index
+    needs_secret: bool  # pip index with credentials, used (not hermetic): BuildKit secret
+    build_args: tuple[tuple[str, str], ...]
+    labels: tuple[tuple[str, str], ...]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pure decisions
+
+
+def has_registry_host(reference: str) -> bool:
+    """Whether a reference names its registry ('mirror.example.com/x', 'localhost:5000/x') or means Docker Hub."""
+    first, slash, _ = reference.partition("/")
+    return bool(slash) and ("." in first or ":" in first or first == "localhost")
+
+
+def effective_base_image(image: ImageSpec, options: BuildOptions) -> str:
+    """The base image actually used: --base-image or the entry's, with the registry prefix prepended when it
+    names no registry (ubuntu:20.04 -> mirror.example.com/library/ubuntu:20.04)."""
+    reference = options.base_image or image.base_image
+    if options.base_prefix and not has_registry_host(reference):
+        reference = options.base_prefix.rstrip("/") + "/" + reference
+    return reference
+
+
+def build_inputs(fetched: FetchedImage, options: BuildOptions) -> BuildInputs:
+    image = fetched.image
+    base = effective_base_image(image, options)
+    hermetic = fetched.closure is not None
+    needs_secret = not hermetic and redact.has_credentials(image.pip_index)
+    return BuildInputs(
+        reference=image.reference,
+        base_image=base,
+        target=SECRET_TARGET if needs_secret else TARGET,
+        hermetic=hermetic,
+        needs_secret=needs_secret,
+        build_args=plan.build_args(image, base_image=base, hermetic=hermetic),
+        labels=plan.labels(image, base_image=base, fetched=fetched),
+    )
+
+
+def check_backend(backend: Backend, inputs: BuildInputs, *, image_id: str) -> None:
+    """ConfigError for a secret the classic builder cannot keep out of the layers."""
+    if backend is Backend.DOCKER and inputs.needs_secret:
+        raise ConfigError(
+            f"{image_id}: pip_index carries credentials and the dependency wheels were not fetched, so pip needs "
+            "that index inside the build; the docker backend (classic builder) could only pass it in a layer or "
+            "a build argument. Use --backend buildkit (it goes in as a BuildKit secret), or run `inv fetch` "
+            "without --no-closure so the build needs no index."
+        )
+
+
+_NVIDIA_CUDA = re.compile(r"(?:^|/)nvidia/cuda:(?P<major>\d+)\.(?P<minor>\d+)[^@]*$")
+_UBUNTU_IN_TAG = re.compile(r"ubuntu(?P<version>\d\d\.\d\d)")
+
+
+def deleted_nvidia_tag(reference: str) -> bool:
+    """Whether this is one of the nvidia/cuda tags NVIDIA removed from Docker Hub (CUDA ≤ 10.x, 11.0–11.3)."""
+    match = _NVIDIA_CUDA.search(reference)
+    if match is None:
+        return False
+    major, minor = int(match["major"]), int(match["minor"])
+    return major <= 10 or (major == 11 and minor <= 3)
+
+
+def nvidia_replacement(reference: str) -> str:
+    """What to use instead of a deleted nvidia/cuda tag."""
+    match = _UBUNTU_IN_TAG.search(reference)
+    ubuntu = f"ubuntu:{match['version']}" if match else "ubuntu:XX.04"
+    return (
+        f"NVIDIA deleted {reference} from Docker Hub (end-of-life CUDA tags: 10.x and older were removed in 2023, "
+        f"11.0–11.3 are being removed). PyTorch's pip wheels carry their own CUDA runtime, cuDNN and cuBLAS, so "
+        f"use base_image: {ubuntu} for this entry (or --base-image {ubuntu}): the build sets "
+        "NVIDIA_VISIBLE_DEVICES=all and NVIDIA_DRIVER_CAPABILITIES=compute,utility for CUDA entries so the "
+        "NVIDIA runtime mounts the driver. Or point base_image (or --base-prefix) at a copy you mirrored "
+        "earlier."
+    )
+
+
+_BASE_ADVICE = ("load it into the engine (docker pull / docker load), or use a registry you can reach: "
+                "--base-prefix MIRROR/ (prepended to base images that name no registry) or --base-image REF")
+
+
+def base_image_problem(base: BaseImage) -> ConfigError | BuildError | None:
+    """Why a build cannot start from this base: not there (a configuration problem), or its registry cannot be
+    reached (a build problem); None when it is there."""
+    reference, reason = base.reference, base.reason
+    if base.source in (BaseImageSource.LOCAL, BaseImageSource.REGISTRY):
+        return None
+    if deleted_nvidia_tag(reference):
+        return ConfigError(f"base image {reference}: not in the engine and not in its registry ({reason}). "
+                           + nvidia_replacement(reference))
+    if base.source is BaseImageSource.UNREACHABLE:
+        return BuildError(f"base image {reference}: not in the engine, and its registry cannot be reached "
+                          f"({reason}); {_BASE_ADVICE}")
+    return ConfigError(f"base image {reference}: not in the engine, and its registry does not have it ({reason}); "
+                       f"check base_image in versions.yaml, or {_BASE_ADVICE}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# With the engine
+
+
+def check_bases(images: Sequence[ImageSpec], options: BuildOptions, engine: Engine) -> None:
+    """Before any download: every selected image's base exists, in the engine or in a registry that answers."""
+    for base in dict.fromkeys(effective_base_image(image, options) for image in images):
+        problem = base_image_problem(engine.base_image(base))
+        if problem is not None:
+            raise problem
+
+
+@contextlib.contextmanager
+def _pip_secret(image: ImageSpec, inputs: BuildInputs) -> Iterator[tuple[tuple[str, Path], ...]]:
+    """The full pip.conf in a private temporary file (0600, outside the context) while the build runs."""
+    if not inputs.needs_secret:
+        yield ()
+        return
+    descriptor, name = tempfile.mkstemp(prefix="modelarts-pip-", suffix=".conf")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+            stream.write(context.render_pip_conf(image.pip_index))
+        yield ((PIP_SECRET_ID, Path(name)),)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def _request(inputs: BuildInputs, options: BuildOptions, context_dir: Path,
+             secrets: tuple[tuple[str, Path], ...] = ()) -> BuildRequest:
+    return BuildRequest(
+        backend=options.backend,
+        context_dir=context_dir,
+        target=inputs.target,
+        tag=inputs.reference,
+        build_args=inputs.build_args,
+        labels=inputs.labels,
+        no_cache=options.no_cache,
+        platform=options.platform,
+        secrets=secrets,
+        context_entries=CONTEXT_ENTRIES,
+    )
+
+
+def build_image(fetched: FetchedImage, options: BuildOptions, engine: Engine) -> BuildResult:
+    """Build the image of a fetched entry and tag it with the entry's reference (its base checked already)."""
+    started = time.monotonic()
+    image = fetched.image
+    inputs = build_inputs(fetched, options)
+    check_backend(options.backend, inputs, image_id=image.id)
+    context_dir = context.assemble(fetched, options.work_dir)
+    with _pip_secret(image, inputs) as secrets:
+        image_id = engine.build(_request(inputs, options, context_dir, secrets))
+    if not image_id:
+        raise BuildError(f"{image.id}: the build reported no image id")
+    summary = engine.summary(image_id, base_image=inputs.base_image)
+    return BuildResult(reference=inputs.reference, image_id=summary.image_id, size=summary.size,
+                       layers=summary.layers, duration=time.monotonic() - started, backend=options.backend)
+
+
+def build_command_preview(image: ImageSpec, options: BuildOptions) -> str:
+    """For --dry-run: the command the build would run, shown as hermetic with the entry's own artifacts."""
+    from modelarts_images.engine import cli  # the docker CLI is only looked for (no engine is asked)
+
+    fetched = _unfetched(image)
+    inputs = build_inputs(fetched, options)
+    check_backend(options.backend, inputs, image_id=image.id)
+    context_dir = context.context_dir(options.work_dir, image.id)
+    scratch = Path(tempfile.gettempdir())
+    secrets = ((PIP_SECRET_ID, scratch / "modelarts-pip-XXXXXXXX.conf"),) if inputs.needs_secret else ()
+    request = _request(inputs, options, context_dir, secrets)
+    if options.backend is Backend.DOCKER:
+        return ("# docker SDK, classic builder (client.api.build); the same as:\n"
+                + redact.command(cli.classic_equivalent(request)))
+    note = ""
+    try:
+        found = cli.find_buildkit_cli()
+    except EngineError as error:
+        found = cli.BuildKitCli(path="docker", mode=cli.BuildKitMode.BUILDX, version="")
+        note = f"# {error}\n"
+    command, extra_env = cli.buildkit_command(found, request, scratch / "modelarts-build-XXXXXXXX" / "iid")
+    prefix = "".join(f"{name}={shlex.quote(value)} " for name, value in extra_env.items())
+    return note + prefix + redact.command(command)
+
+
+def _unfetched(image: ImageSpec) -> FetchedImage:
+    def stand_in(artifact: Artifact) -> FetchedFile:
+        return FetchedFile(filename=artifact.filename, path=Path(artifact.filename), url=artifact.url,
+                           sha256=artifact.sha256 or plan.UNPINNED)
+
+    return FetchedImage(image=image, installer=stand_in(image.installer),
+                        wheels=tuple(stand_in(wheel) for wheel in image.wheels), closure=())
+
+
+def format_result(result: BuildResult) -> str:
+    """The build summary: reference, id, size, duration and the largest layers with their steps."""
+    lines = [f"{result.reference}: {result.image_id[:19]} {size(result.size)} built in {result.duration:.1f} s "
+             f"({result.backend})"]
+    for layer in result.layers:
+        origin = "base " if layer.from_base else ""
+        lines.append(f"  {size(layer.size):>9}  {origin}{layer.step}")
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""The build context of one image: the Dockerfile and the fetched files, hardlinked from the cache.
+
+    work_dir/<image id>/
+        Dockerfile, .dockerignore     from context/ in the repository
+        installer/<installer>         the conda installer
+        wheels/*.whl                  torch, torchvision, torchaudio
+        deps/*.whl                    their dependency wheels (empty when fetch has none: the build uses pip_index)
+        pip.conf                      rendered from pip_index, credentials removed
+
+Zero-copy: every file is a hardlink to the verified file in the cache, so assembling the context of gigabytes
+of wheels takes milliseconds; only a cache on another filesystem is copied, with a warning. The directory is
+assembled beside its final place and swapped in with a rename, so a build never sees half a context and
+assembling twice gives the same result.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from modelarts_images.errors import ConfigError
+from modelarts_images.model import FetchedFile, FetchedImage
+from modelarts_images.paths import CONTEXT_TEMPLATE
+from modelarts_images.shared import redact
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_DIR = CONTEXT_TEMPLATE
+DOCKERFILE = "Dockerfile"
+DOCKERIGNORE = ".dockerignore"
+PIP_CONF = "pip.conf"
+INSTALLER_DIR = "installer"
+WHEELS_DIR = "wheels"
+DEPS_DIR = "deps"
+PIP_TIMEOUT = 120
+# Failures of os.link that a copy can get past: another filesystem, or one without hardlinks.
+_LINK_FALLBACK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP}
+
+
+def render_pip_conf(index_url: str) -> str:
+    """pip.conf as the recipe wrote it: the index, its host trusted (plain-HTTP mirrors), a 120 s timeout.
+
+    An empty index URL leaves pip on its default index. The URL is written as given, credentials included:
+    the caller decides whether the text goes into the context or into a BuildKit secret.
+    """
+    lines = ["[global]"]
+    if index_url:
+        if any(char in index_url for char in "\r\n"):
+            raise ConfigError(f"pip_index: {redact.url(index_url)!r}: a URL cannot contain a line break")
+        host = urlsplit(index_url).hostname
+        if not host:
+            raise ConfigError(f"pip_index: {redact.url(index_url)!r} is not a URL with a host")
+        lines += [f"index-url = {index_url}", f"trusted-host = {host}"]
+    lines.append(f"timeout = {PIP_TIMEOUT}")
+    return "\n".join(lines) + "\n"
+
+
+def context_dir(work_dir: Path, image_id: str) -> Path:
+    return work_dir / image_id
+
+
+def assemble(fetched: FetchedImage, work_dir: Path, *, template_dir: Path = TEMPLATE_DIR) -> Path:
+    """Put the build context of `fetched` at work_dir/<image id> (replacing what was there) and return it."""
+    image = fetched.image
+    target = context_dir(work_dir, image.id)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{image.id}.", suffix=".partial", dir=work_dir))
+    try:
+        for name in (DOCKERFILE, DOCKERIGNORE):
+            shutil.copyfile(template_dir / name, staging / name)
+        (staging / PIP_CONF).write_text(render_pip_conf(redact.without_credentials(image.pip_index)), encoding="utf-8")
+        _link_all(staging / INSTALLER_DIR, [fetched.installer])
+        _link_all(staging / WHEELS_DIR, fetched.wheels)
+        _link_all(staging / DEPS_DIR, fetched.closure or ())
+        _swap_in(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _link_all(directory: Path, files: Iterable[FetchedFile]) -> None:
+    directory.mkdir()
+    for item in files:
+        name = item.filename
+        if not name or name in (".", "..") or "/" in name or "\0" in name:
+            raise ConfigError(f"{item.url}: {name!r} cannot be a file name in the build context")
+        destination = directory / name
+        if destination.exists():
+            raise ConfigError(f"{item.url}: two artifacts of this image are both named {name!r}")
+        link_or_copy(item.path, destination)
+
+
+def link_or_copy(source: Path, destination: Path) -> None:
+    """Hardlink `source` at `destination`; copy only where the filesystem cannot link it (with a warning)."""
+    try:
+        os.link(source, destination)
+    except OSError as error:
+        if error.errno not in _LINK_FALLBACK:
+            raise
+        log.warning("cannot hardlink %s at %s (%s); copying it instead. Keep the cache and the build directory "
+                    "on one filesystem to avoid the copy", source, destination, error.strerror)
+        shutil.copy2(source, destination)
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Replace `target` with `staging` by renames; an old context is moved aside first, then deleted."""
+    old: Path | None = None
+    if target.exists() or target.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        target.replace(old / "context")
+    staging.replace(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

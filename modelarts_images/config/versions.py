@@ -1,0 +1,330 @@
+"""Load versions.yaml: parse, check against versions.schema.json, apply defaults, check the meaning.
+
+Every message names the file and the key path so the user can go straight to the line to fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from modelarts_images.config import compat
+from modelarts_images.config.references import derived_tag
+from modelarts_images.config.wheels import installer_problem, wheel_distribution, wheel_problem
+from modelarts_images.errors import ConfigError
+from modelarts_images.model import Artifact, ImageSpec, VersionsFile
+
+# Keys that must have a value once defaults are applied; registry, organization and repository
+# may also come from invoke.yaml.
+REQUIRED_KEYS = ("python", "cuda", "torch", "installer", "base_image")
+PUBLISHING_KEYS = ("registry", "organization", "repository")
+
+# Used when neither versions.yaml nor invoke.yaml says otherwise: the recipe's registry and Huawei's mirrors.
+BUILTIN_DEFAULTS: Mapping[str, str] = {
+    "registry": "swr.cn-north-4.myhuaweicloud.com",
+    "repository": "pytorch",
+    "pip_index": "https://repo.huaweicloud.com/repository/pypi/simple",
+    "apt_mirror": "http://repo.huaweicloud.com",
+}
+
+
+class _Number:
+    """Mixin that keeps the text YAML read a number from, so a message can show it quoted."""
+
+    raw: str
+
+
+class _Float(float, _Number):
+    pass
+
+
+class _Int(int, _Number):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):  # the pure-Python parser: its messages name what it expected
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in mapping:
+            raise yaml.MarkedYAMLError(
+                problem=f"duplicate key {key!r}", problem_mark=key_node.start_mark
+            )
+        mapping[key] = loader.construct_object(value_node, deep=True)
+    return mapping
+
+
+def _construct_float(loader: _StrictLoader, node: yaml.ScalarNode) -> float:
+    value = _Float(loader.construct_yaml_float(node))
+    value.raw = node.value
+    return value
+
+
+def _construct_int(loader: _StrictLoader, node: yaml.ScalarNode) -> int:
+    value = _Int(loader.construct_yaml_int(node))
+    value.raw = node.value
+    return value
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+@functools.cache
+def schema() -> dict[str, Any]:
+    text = resources.files(__package__).joinpath("data").joinpath("versions.schema.json").read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def key_path(parts: Iterable[str | int]) -> str:
+    """('images', 2, 'installer', 'sha256') -> 'images[2].installer.sha256'."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _type_name(value: object) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+             dict: "a mapping", type(None): "null"}
+    for kind, name in names.items():
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def _type_message(error: jsonschema.ValidationError) -> str:
+    expected: str | list[str] = error.validator_value  # type: ignore[assignment]
+    wanted = " or ".join(["null" if t == "null" else f"a {t}" if t != "object" else "a mapping"
+                          for t in ([expected] if isinstance(expected, str) else expected)])
+    wanted = wanted.replace("a array", "a list").replace("a integer", "an integer")
+    got = error.instance
+    if isinstance(got, _Number) and "string" in expected:
+        key = error.path[-1] if error.path else "value"
+        return f'must be a string: YAML reads {got.raw} as a number, so quote it ({key}: "{got.raw}")'
+    return f"must be {wanted} (got {_type_name(got)})"
+
+
+def schema_problems(document: object) -> list[tuple[tuple[str | int, ...], str]]:
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    validator = jsonschema.Draft202012Validator(schema())
+    for error in validator.iter_errors(document):
+        path = tuple(error.absolute_path)
+        where = error.schema if isinstance(error.schema, dict) else {}
+        if error.validator == "additionalProperties":
+            allowed = list(where.get("properties", {}))
+            for extra in sorted(set(error.instance) - set(allowed), key=str):
+                hint = suggest(str(extra), allowed)
+                if not hint and path == ("defaults",) and extra in ("id", "default", "tag", "wheels"):
+                    hint = f" ('{extra}' can only be set on each image)"
+                problems.append(((*path, str(extra)), f"unknown key{hint}"))
+        elif error.validator == "required":
+            required: list[str] = list(error.validator_value)
+            for missing in required:
+                # A misspelt key already points here ("did you mean 'images'?"): one message is enough.
+                misspelt = any(key not in where.get("properties", {}) and suggest(str(key), [missing])
+                               for key in error.instance)
+                if missing not in error.instance and not misspelt:
+                    problems.append((path, f"missing required key '{missing}'"))
+        elif error.validator == "type":
+            problems.append((path, _type_message(error)))
+        elif "x-message" in where:
+            problems.append((path, str(where["x-message"])))
+        else:
+            problems.append((path, error.message))
+    return problems
+
+
+def _fail(label: str, problems: Sequence[tuple[tuple[str | int, ...] | str, str]]) -> ConfigError:
+    lines = []
+    for path, message in problems:
+        where = path if isinstance(path, str) else key_path(path)
+        lines.append(f"{label}: {where}: {message}" if where else f"{label}: {message}")
+    return ConfigError("\n".join(dict.fromkeys(lines)))
+
+
+def parse_yaml(path: Path) -> object:
+    """Read a YAML file, turning every way that can fail into a ConfigError naming the file."""
+    label = path.name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc}") from None
+    try:
+        document = yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ConfigError(f"{label}: {where}not valid YAML: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{label}: not valid YAML: {exc}") from None
+    if document is None:
+        raise ConfigError(f"{label}: the file is empty; it needs an 'images:' list (see the README)")
+    return document
+
+
+def load_versions(path: Path, *, fallbacks: Mapping[str, str] | None = None) -> VersionsFile:
+    """Load and check versions.yaml; fallbacks (from invoke.yaml) fill keys the file leaves out."""
+    label = path.name
+    document = parse_yaml(path)
+    if not isinstance(document, dict):
+        raise ConfigError(f"{label}: must be a mapping with an 'images:' list (got {_type_name(document)})")
+    structural = schema_problems(document)
+    if structural:
+        raise _fail(label, sorted(structural, key=lambda p: [str(x).zfill(6) for x in p[0]]))
+    inherited = {**BUILTIN_DEFAULTS, **(fallbacks or {}), **document.get("defaults", {})}
+    merged = [{**inherited, **entry} for entry in document["images"]]
+    problems = [p for index, entry in enumerate(merged) for p in _entry_problems(index, entry)]
+    problems += _cross_entry_problems(merged)
+    if problems:
+        raise _fail(label, problems)
+    return VersionsFile(path=str(path), images=tuple(_to_spec(entry) for entry in merged))
+
+
+def _entry_problems(index: int, entry: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+    at: tuple[str | int, ...] = ("images", index)
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for key in REQUIRED_KEYS:
+        if key not in entry:
+            problems.append((at, f"missing key '{key}' (set it on the image or under defaults)"))
+    for key in PUBLISHING_KEYS:
+        if key not in entry:
+            problems.append((at, f"missing key '{key}' (set it on the image, under defaults or in invoke.yaml)"))
+    if problems:
+        return problems
+    for problem in compat.check(
+        torch=entry["torch"],
+        python=entry["python"],
+        cuda=entry["cuda"],
+        torchvision=entry.get("torchvision"),
+        torchaudio=entry.get("torchaudio"),
+    ):
+        problems.append(((*at, problem.key), problem.message))
+    installer = Artifact(url=entry["installer"]["url"], sha256=None)
+    message = installer_problem(installer.filename, python=entry["python"])
+    if message:
+        problems.append(((*at, "installer", "url"), message))
+    wheels = entry.get("wheels", [])
+    listed: set[str] = set()
+    for position, wheel in enumerate(wheels):
+        filename = Artifact(url=wheel["url"], sha256=None).filename
+        message = wheel_problem(filename, python=entry["python"], cuda=entry["cuda"], versions=entry)
+        if message:
+            problems.append(((*at, "wheels", position, "url"), message))
+        listed.add(wheel_distribution(filename) or filename)
+    if wheels:
+        for package in ("torch", "torchvision", "torchaudio"):
+            if package in entry and package not in listed:
+                problems.append(((*at, "wheels"), f"lists no {package} wheel, but {package}: "
+                                 f"{entry[package]} is set (add its wheel, or leave wheels out to derive them)"))
+            elif package in listed and package not in entry:
+                problems.append(((*at, "wheels"), f"lists a {package} wheel, but {package} is not set"))
+    return problems
+
+
+def _cross_entry_problems(entries: Sequence[Mapping[str, Any]]) -> list[tuple[tuple[str | int, ...], str]]:
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    first_with_id: dict[str, int] = {}
+    first_with_reference: dict[str, int] = {}
+    first_default: int | None = None
+    for index, entry in enumerate(entries):
+        known = first_with_id.setdefault(entry["id"], index)
+        if known != index:
+            problems.append((("images", index, "id"), f"'{entry['id']}' is already used by images[{known}]"))
+        if entry.get("default"):
+            if first_default is None:
+                first_default = index
+            else:
+                problems.append((("images", index, "default"),
+                                 f"only one image may be the default; images[{first_default}] already is"))
+        if all(key in entry for key in ("torch", "cuda", *PUBLISHING_KEYS)):
+            reference = _reference(entry)
+            known = first_with_reference.setdefault(reference, index)
+            if known != index:
+                problems.append((("images", index), f"its image reference {reference} is the same as "
+                                 f"images[{known}]'s; give one of them a different tag"))
+    return problems
+
+
+def _reference(entry: Mapping[str, Any]) -> str:
+    tag = entry.get("tag") or derived_tag(torch=entry["torch"], cuda=entry["cuda"])
+    return f"{entry['registry']}/{entry['organization']}/{entry['repository']}:{tag}"
+
+
+def _artifact(raw: Mapping[str, Any]) -> Artifact:
+    return Artifact(url=raw["url"], sha256=raw.get("sha256"))
+
+
+def _to_spec(entry: Mapping[str, Any]) -> ImageSpec:
+    return ImageSpec(
+        id=entry["id"],
+        default=bool(entry.get("default", False)),
+        python=entry["python"],
+        cuda=entry["cuda"],
+        torch=entry["torch"],
+        torchvision=entry.get("torchvision"),
+        torchaudio=entry.get("torchaudio"),
+        tag=entry.get("tag") or derived_tag(torch=entry["torch"], cuda=entry["cuda"]),
+        registry=entry["registry"],
+        organization=entry["organization"],
+        repository=entry["repository"],
+        base_image=entry["base_image"],
+        pip_index=entry["pip_index"],
+        apt_mirror=entry["apt_mirror"],
+        installer=_artifact(entry["installer"]),
+        wheels=tuple(_artifact(wheel) for wheel in entry.get("wheels", [])),
+    )
+
+
+def select(versions: VersionsFile, *, only: Sequence[str] = (), all_images: bool = False) -> tuple[ImageSpec, ...]:
+    """The images a task works on: --all, the --only ids in file order, or the default entry."""
+    if all_images and only:
+        raise ConfigError("--all and --only exclude each other; use one of them")
+    if all_images:
+        return versions.images
+    label = Path(versions.path).name
+    if only:
+        ids = [image.id for image in versions.images]
+        unknown = [wanted for wanted in only if wanted not in ids]
+        if unknown:
+            raise ConfigError("\n".join(
+                f"{label}: no image has id '{wanted}'{suggest(wanted, ids)} (ids: {', '.join(ids)})"
+                for wanted in unknown))
+        return tuple(image for image in versions.images if image.id in only)
+    default = versions.default_image
+    if default is None:
+        raise ConfigError(f"{label}: no image is marked 'default: true'; choose with --only ID or --all")
+    return (default,)
+
+
+_SPLIT = re.compile(r"[\s,]+")
+
+
+def split_ids(text: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Ids from a repeated flag, or from one comma/space separated string (environment, invoke.yaml)."""
+    if text is None:
+        return ()
+    parts = [text] if isinstance(text, str) else list(text)
+    return tuple(word for part in parts for word in _SPLIT.split(part) if word)

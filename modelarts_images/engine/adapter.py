@@ -1,0 +1,122 @@
+"""The Docker Engine behind the `Engine` protocol: the one object the stages hold, built by `connect()`."""
+
+from __future__ import annotations
+
+import os
+
+import docker
+import docker.errors
+import requests
+
+from modelarts_images.engine import builds, containers, images, publishing
+from modelarts_images.engine.api import (
+    Backend,
+    BaseImage,
+    BuildRequest,
+    ContainerOutput,
+    ContainerRun,
+    GpuSupport,
+    ImageConfig,
+    ImageSummary,
+    Pushed,
+    RegistryAuth,
+    RegistryLogin,
+)
+from modelarts_images.engine.cli import BuildKitCli, find_buildkit_cli
+from modelarts_images.errors import EngineError
+from modelarts_images.shared import retry
+from modelarts_images.shared.progress import ProgressCallback
+
+# Logins and pushes: a registry that is briefly away gets a few more tries, never minutes of them.
+REGISTRY_BACKOFF = retry.Backoff(retries=3, base=1.0)
+
+
+def endpoint() -> str:
+    """Which engine a client will talk to, in words, for messages."""
+    host = os.environ.get("DOCKER_HOST")
+    if host:
+        return f"DOCKER_HOST={host}"
+    context = os.environ.get("DOCKER_CONTEXT")
+    if context:
+        return f"docker context {context!r} (DOCKER_CONTEXT)"
+    try:
+        from docker.context import ContextAPI
+
+        current = ContextAPI.get_current_context()
+        if current is not None and current.name != "default":
+            return f"docker context {current.name!r} ({current.Host})"
+    except Exception:  # only for a message: any failure reading the contexts falls through to the default
+        pass
+    return "unix:///var/run/docker.sock (the default; set DOCKER_HOST or a docker context for another engine)"
+
+
+def connect(*, registry_backoff: retry.Backoff = REGISTRY_BACKOFF) -> DockerEngine:
+    """The engine DOCKER_HOST or the current docker context names, checked with a ping; EngineError if none."""
+    where = endpoint()
+    try:
+        client = docker.from_env()
+        client.ping()
+    except (docker.errors.DockerException, requests.RequestException, OSError) as error:
+        raise EngineError(
+            f"no Docker Engine answers at {where}: {error}. Is dockerd running (scripts/engine-up.sh starts "
+            "one)? DOCKER_HOST or `docker context use` choose another engine."
+        ) from error
+    return DockerEngine(client, endpoint=where, registry_backoff=registry_backoff)
+
+
+class DockerEngine:
+    """The Engine protocol over a docker SDK client, and the docker CLI for BuildKit builds."""
+
+    def __init__(self, client: docker.DockerClient, *, endpoint: str,
+                 registry_backoff: retry.Backoff = REGISTRY_BACKOFF) -> None:
+        self.client = client
+        self._endpoint = endpoint
+        self.registry_backoff = registry_backoff
+        self._buildkit: BuildKitCli | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return self._endpoint
+
+    def close(self) -> None:
+        self.client.close()
+
+    def base_image(self, reference: str) -> BaseImage:
+        return images.base_image(self.client, reference, self._endpoint)
+
+    def buildkit_cli(self) -> BuildKitCli:
+        """The docker CLI that drives BuildKit, found once (each probe starts a process)."""
+        if self._buildkit is None:
+            self._buildkit = find_buildkit_cli()
+        return self._buildkit
+
+    def build(self, request: BuildRequest) -> str:
+        if request.backend is Backend.BUILDKIT:
+            return builds.build_buildkit(request, self.buildkit_cli())
+        return builds.build_classic(self.client, request)
+
+    def image(self, reference: str) -> ImageConfig | None:
+        return images.image_config(self.client, reference)
+
+    def summary(self, image_id: str, *, base_image: str | None) -> ImageSummary:
+        return images.image_summary(self.client, image_id, base_image=base_image)
+
+    def run(self, spec: ContainerRun) -> ContainerOutput:
+        return containers.run_container(self.client, spec)
+
+    def gpu_support(self, image: str | None = None) -> GpuSupport:
+        return containers.gpu_support(self.client, image)
+
+    def stored_login(self, registry: str) -> RegistryLogin | None:
+        return publishing.stored_login(registry)
+
+    def login(self, login: RegistryLogin) -> RegistryAuth:
+        return publishing.login(self.client, login, backoff=self.registry_backoff)
+
+    def tag(self, source: str, repository: str, tag: str) -> None:
+        publishing.tag(self.client, source, repository, tag)
+
+    def push(self, repository: str, tag: str, *, auth: RegistryAuth | None, secrets: tuple[str, ...] = (),
+             progress: ProgressCallback | None = None) -> Pushed:
+        return publishing.push(self.client, repository, tag, auth=auth, secrets=secrets,
+                               backoff=self.registry_backoff, progress=progress)

@@ -1,0 +1,237 @@
+"""What the tool asks of a container engine, as one typed protocol, and the records that go in and come out.
+
+Nothing here talks to an engine: `engine.docker.DockerEngine` implements the protocol with the docker SDK and
+the docker CLI, and unit tests implement it with fakes. Every failure of the engine is an EngineError; the
+pipeline step that asked turns it into its stage's error (build 4, verify 5, registry 6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from modelarts_images.contract import VERIFY_TIMEOUT_S
+from modelarts_images.errors import EngineError
+from modelarts_images.shared.choices import Choice
+from modelarts_images.shared.progress import ProgressCallback
+
+
+class Refusal(Choice):
+    """Why a registry operation through the engine failed, for the message the publish step gives."""
+
+    AUTH = "auth"  # the registry refused the login or the push for lack of rights
+    NOT_LOCAL = "not-local"  # no local image of that name
+    OTHER = "other"
+
+
+class RegistryRefusedError(EngineError):
+    """The registry, through the engine, refused a login or a push (`kind` says why; the message is masked)."""
+
+    def __init__(self, message: str, *, kind: Refusal, detail: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.detail = detail  # the engine's own words, masked
+
+
+class Backend(Choice):
+    """How an image is built."""
+
+    DOCKER = "docker"  # the docker SDK's low-level build API: the classic builder
+    BUILDKIT = "buildkit"  # the docker CLI: `docker buildx build --load`, or DOCKER_BUILDKIT=1 before client 23
+
+
+class BaseImageSource(Choice):
+    """Where a base image was found, or why it was not."""
+
+    LOCAL = "local"  # in the engine
+    REGISTRY = "registry"  # its registry answers for it
+    MISSING = "missing"  # its registry answers, without it
+    UNREACHABLE = "unreachable"  # its registry cannot be reached
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaseImage:
+    reference: str
+    source: BaseImageSource
+    reason: str = ""  # the engine's words when it is missing or unreachable
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Builds
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildRequest:
+    """One image build, the same for both backends."""
+
+    backend: Backend
+    context_dir: Path
+    target: str
+    tag: str
+    build_args: tuple[tuple[str, str], ...]
+    labels: tuple[tuple[str, str], ...]
+    no_cache: bool = False
+    platform: str | None = None
+    # BuildKit secrets: (id, file); the classic builder refuses a request that has any
+    secrets: tuple[tuple[str, Path], ...] = ()
+    # what the classic builder is sent: these top-level entries of the context (the .dockerignore allow-list)
+    context_entries: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Layer:
+    """One layer of an image, with the step that created it."""
+
+    size: int
+    step: str
+    from_base: bool  # part of the base image rather than of this build
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageSummary:
+    image_id: str
+    size: int
+    layers: tuple[Layer, ...]  # largest first
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Containers and images
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mount:
+    """A bind mount of a host directory into the container."""
+
+    source: str  # absolute host path
+    target: str  # absolute path in the container
+    read_only: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerRun:
+    """One container to run: everything the engine is told, nothing else."""
+
+    image: str
+    # The argv, executed without a shell. It replaces the image's ENTRYPOINT and CMD, as a Kubernetes
+    # `command:` does (ModelArts' boot command is not appended to an image's entrypoint).
+    command: tuple[str, ...]
+    user: str  # "uid:gid" or a name
+    working_dir: str
+    environment: tuple[tuple[str, str], ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    gpus: int = 0  # 0: no GPU asked for; N: N GPUs; -1: all the engine has
+    hostname: str | None = None
+    network: bool = True  # False: no network at all (probes)
+    timeout: float = VERIFY_TIMEOUT_S  # seconds before the container is killed
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(self.environment)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerOutput:
+    name: str
+    exit_code: int | None  # None when it was killed for running past the timeout
+    stdout: str
+    stderr: str
+    seconds: float
+    timed_out: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageConfig:
+    """What a local image's config says about how it runs."""
+
+    reference: str
+    image_id: str  # sha256:<hex> of the config; a registry manifest's config.digest for the same image
+    user: str  # "" means root
+    working_dir: str
+    size: int  # bytes, uncompressed, as the engine reports it
+    labels: tuple[tuple[str, str], ...]
+    environment: tuple[str, ...]  # NAME=value as in the config
+    entrypoint: tuple[str, ...]
+    cmd: tuple[str, ...]
+
+    def label(self, name: str) -> str | None:
+        return dict(self.labels).get(name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GpuSupport:
+    available: bool
+    reason: str  # in words, for "GPU: skipped, ..." lines
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Registries
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegistryLogin:
+    """A user and password for one registry; the password never shows in repr()."""
+
+    registry: str
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegistryAuth:
+    """What the engine accepted at login, sent again with each push (in a header, never on a command line)."""
+
+    config: Mapping[str, str] = field(repr=False)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(value for key, value in self.config.items() if key in ("password", "identitytoken") and value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pushed:
+    """A push the registry acknowledged."""
+
+    reference: str
+    digest: str  # sha256:<hex> of the manifest the registry stored
+    manifest_size: int | None  # bytes of that manifest, when the stream said
+    attempts: int
+
+
+class Engine(Protocol):
+    """A container engine as every stage uses it: build, inspect, run, log in, tag and push."""
+
+    @property
+    def endpoint(self) -> str:
+        """Which engine this is, in words, for messages."""
+        ...
+
+    def base_image(self, reference: str) -> BaseImage: ...
+
+    def build(self, request: BuildRequest) -> str:
+        """Build and tag; the image id."""
+        ...
+
+    def image(self, reference: str) -> ImageConfig | None:
+        """The config of a local image, None when the engine has no such image."""
+        ...
+
+    def summary(self, image_id: str, *, base_image: str | None) -> ImageSummary: ...
+
+    def run(self, spec: ContainerRun) -> ContainerOutput:
+        """Run to completion or timeout; the container is always removed."""
+        ...
+
+    def gpu_support(self, image: str | None = None) -> GpuSupport: ...
+
+    def stored_login(self, registry: str) -> RegistryLogin | None:
+        """What `docker login` stored for the registry, if anything."""
+        ...
+
+    def login(self, login: RegistryLogin) -> RegistryAuth: ...
+
+    def tag(self, source: str, repository: str, tag: str) -> None: ...
+
+    def push(self, repository: str, tag: str, *, auth: RegistryAuth | None, secrets: tuple[str, ...] = (),
+             progress: ProgressCallback | None = None) -> Pushed: ...

@@ -1,0 +1,236 @@
+"""Builds on the engine, streamed as they run: the classic builder through the docker SDK, BuildKit through the
+docker CLI. Each output line goes to the `modelarts_images.engine.build` logger at INFO as it comes; a failure
+raises EngineError naming the failing step with the last lines of that step's output.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import re
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import docker.errors
+import requests
+
+from modelarts_images.engine.api import BuildRequest
+from modelarts_images.engine.cli import BuildKitCli, buildkit_command, classic_equivalent
+from modelarts_images.errors import EngineError
+from modelarts_images.shared import redact
+from modelarts_images.shared.text import one_line
+
+log = logging.getLogger("modelarts_images.engine")
+build_log = logging.getLogger("modelarts_images.engine.build")
+
+TAIL_LINES = 30
+CHUNK = 1 << 20
+
+
+@dataclass
+class _Transcript:
+    """The build's output as it streams: the current step, per-step log tails and the overall tail."""
+
+    tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES))
+    step: str | None = None
+    step_names: dict[str, str] = field(default_factory=dict)  # BuildKit vertex '#7' -> '[conda 2/3] RUN ...'
+    step_tails: dict[str, collections.deque[str]] = field(default_factory=dict)
+    failed_vertex: str | None = None
+
+    def line(self, text: str) -> str:
+        text = _ANSI.sub("", text).rstrip("\r")
+        build_log.info("%s", text)
+        self.tail.append(text)
+        return text
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # the classic builder colours a step's stderr
+_CLASSIC_STEP = re.compile(r"^Step \d+/\d+ : ")
+_BK_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_BK_VERTEX = re.compile(r"^(#\d+) (.*)$")
+_BK_NAME = re.compile(r"^\[[^\]]+\] ")
+_BK_LOG = re.compile(r"^\d+\.\d+ (.*)$")
+
+
+def _failure(tag: str, step: str | None, error: str, tail: Iterable[str]) -> EngineError:
+    lines = list(tail)
+    where = f" at {one_line(step, 160)}" if step else ""
+    shown = "\n".join(f"  | {line}" for line in lines) or "  | (no output)"
+    return EngineError(f"build of {tag} failed{where}:\n  {error.strip()}\nlast {len(lines)} lines of its log:\n"
+                       f"{shown}")
+
+
+def stream_context(root: Path, entries: Sequence[str] = ()) -> Iterator[bytes]:
+    """The build context as an uncompressed tar, read from the files as it is sent (nothing is staged).
+
+    `entries`: the top-level names to send (all when empty). Directories come before their contents, names
+    are sorted, owners are root, times and modes are the files' own.
+    """
+    wanted = set(entries)
+    for path in sorted(root.iterdir()):
+        if wanted and path.name not in wanted:
+            continue
+        yield from _tar_tree(root, path)
+    yield bytes(2 * tarfile.BLOCKSIZE)
+
+
+def _tar_tree(root: Path, path: Path) -> Iterator[bytes]:
+    status = path.lstat()
+    info = tarfile.TarInfo(path.relative_to(root).as_posix())
+    info.mtime = int(status.st_mtime)
+    info.mode = status.st_mode & 0o7777
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    if path.is_symlink():
+        raise EngineError(f"{path}: the build context holds only files and directories, not links")
+    if path.is_dir():
+        info.type = tarfile.DIRTYPE
+        yield info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        for child in sorted(path.iterdir()):
+            yield from _tar_tree(root, child)
+        return
+    info.size = status.st_size
+    yield info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    sent = 0
+    with path.open("rb") as stream:
+        while sent < info.size and (chunk := stream.read(min(CHUNK, info.size - sent))):
+            sent += len(chunk)
+            yield chunk
+    if sent != info.size:
+        raise EngineError(f"{path} changed while it was being sent to the engine")
+    yield bytes(-info.size % tarfile.BLOCKSIZE)
+
+
+def build_classic(client: docker.DockerClient, request: BuildRequest) -> str:
+    """Build with the classic builder through client.api.build; return the image id."""
+    if request.secrets:
+        raise EngineError("the docker backend (classic builder) cannot pass build secrets; use --backend buildkit")
+    transcript = _Transcript()
+    pending = ""
+    image_id: str | None = None
+    log.info("+ docker SDK build (classic builder), as %s", redact.command(classic_equivalent(request)))
+    try:
+        events = client.api.build(
+            # docker-py sends any iterable of bytes as the body when custom_context is set; nothing is staged
+            fileobj=stream_context(request.context_dir, request.context_entries),  # type: ignore[arg-type]
+            custom_context=True,
+            tag=request.tag,
+            target=request.target,
+            buildargs=dict(request.build_args),
+            labels=dict(request.labels),
+            nocache=request.no_cache,
+            platform=request.platform,
+            rm=True,
+            forcerm=True,
+            pull=False,
+            decode=True,
+        )
+        for event in events:
+            if "stream" in event:
+                pending += str(event["stream"])
+                *complete, pending = pending.split("\n")
+                for text in complete:
+                    _classic_line(transcript, text)
+            elif "status" in event:  # pulling a base image the engine did not have
+                detail = f" {event['id']}" if event.get("id") else ""
+                if not event.get("progressDetail"):
+                    transcript.line(f"{event['status']}{detail}")
+            if "aux" in event and isinstance(event["aux"], Mapping) and "ID" in event["aux"]:
+                image_id = str(event["aux"]["ID"])
+            if "error" in event or "errorDetail" in event:
+                if pending:
+                    _classic_line(transcript, pending)
+                details = event.get("errorDetail") or {}
+                message = str(event.get("error") or details.get("message") or "unknown error")
+                raise _failure(request.tag, transcript.step, message, transcript.step_tails.get("", transcript.tail))
+    except docker.errors.APIError as error:
+        raise _failure(request.tag, transcript.step, str(error.explanation or error), transcript.tail) from error
+    except (docker.errors.DockerException, requests.RequestException) as error:
+        raise _failure(request.tag, transcript.step, f"the engine connection failed: {error}",
+                       transcript.tail) from error
+    if pending:
+        _classic_line(transcript, pending)
+    if image_id is None:
+        built = [line for line in transcript.tail if line.startswith("Successfully built ")]
+        if not built:
+            raise _failure(request.tag, transcript.step, "the engine ended the build without an image id",
+                           transcript.tail)
+        image_id = built[-1].split()[-1]
+    return image_id
+
+
+def _classic_line(transcript: _Transcript, raw: str) -> None:
+    """One line of classic-builder output; a step's own lines are kept apart for the error message."""
+    text = transcript.line(raw)
+    if _CLASSIC_STEP.match(text):
+        transcript.step = text
+        transcript.step_tails[""] = collections.deque(maxlen=TAIL_LINES)
+    if "" in transcript.step_tails and not text.startswith(("Removing intermediate container", " ---> ")):
+        transcript.step_tails[""].append(text)
+
+
+def build_buildkit(request: BuildRequest, cli: BuildKitCli) -> str:
+    """Build with BuildKit through the docker CLI; return the image id."""
+    with tempfile.TemporaryDirectory(prefix="modelarts-build-") as scratch:
+        iidfile = Path(scratch) / "iid"
+        command, extra_env = buildkit_command(cli, request, iidfile)
+        prefix = "".join(f"{name}={value} " for name, value in extra_env.items())
+        log.info("+ %s%s", prefix, redact.command(command))
+        transcript = _Transcript()
+        try:
+            process = subprocess.Popen(command, env={**os.environ, **extra_env}, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
+        except OSError as error:
+            raise EngineError(f"cannot run {cli.path}: {error}") from error
+        try:
+            assert process.stdout is not None
+            for raw in process.stdout:
+                _buildkit_line(transcript, raw.rstrip("\n"))
+            returncode = process.wait()
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        if returncode != 0:
+            raise _buildkit_failure(request.tag, transcript, returncode)
+        try:
+            return iidfile.read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise _failure(request.tag, transcript.step, f"the build wrote no image id ({error})",
+                           transcript.tail) from error
+
+
+def _buildkit_line(transcript: _Transcript, raw: str) -> None:
+    text = transcript.line(raw)
+    match = _BK_VERTEX.match(text)
+    if match is None:
+        return
+    vertex, rest = match.groups()
+    if _BK_NAME.match(rest) and vertex not in transcript.step_names:
+        transcript.step_names[vertex] = rest
+        transcript.step = rest
+        return
+    if rest.startswith("ERROR"):
+        transcript.failed_vertex = transcript.failed_vertex or vertex
+    if _BK_DIGEST.match(rest):
+        return
+    logged = _BK_LOG.match(rest)
+    transcript.step_tails.setdefault(vertex, collections.deque(maxlen=TAIL_LINES)).append(
+        logged.group(1) if logged else rest)
+
+
+def _buildkit_failure(tag: str, transcript: _Transcript, returncode: int) -> EngineError:
+    vertex = transcript.failed_vertex
+    step = transcript.step_names.get(vertex, transcript.step) if vertex else transcript.step
+    errors = [line for line in transcript.tail if re.match(r"^(error|ERROR)\b|^#\d+ ERROR", line)]
+    error = errors[-1] if errors else f"docker exited with status {returncode}"
+    tail: Iterable[str] = transcript.tail
+    if vertex and vertex in transcript.step_tails:
+        tail = transcript.step_tails[vertex]
+    return _failure(tag, step, error, tail)

@@ -1,0 +1,257 @@
+"""fetch: put every artifact the selected images need into the cache, verified, and keep versions.lock current."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import requests
+
+from modelarts_images.errors import FetchError
+from modelarts_images.fetch import closure as closure_resolver
+from modelarts_images.fetch import index, lockfile
+from modelarts_images.fetch.cache import Cache
+from modelarts_images.http import download
+from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
+from modelarts_images.options import FetchOptions
+from modelarts_images.plan import wheel_source
+from modelarts_images.shared import redact
+from modelarts_images.shared.progress import ProgressCallback
+from modelarts_images.shared.text import size
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True, kw_only=True)
+class FetchSummary:
+    fetched: int
+    reused: int
+    bytes_transferred: int
+    seconds: float
+    lock_updated: tuple[str, ...]  # image ids whose versions.lock entry was (re)written
+
+
+def mirrored(url: str, mirrors: Mapping[str, str]) -> str:
+    """Rewrite the longest matching prefix; the lock and labels keep the original URL."""
+    for prefix in sorted(mirrors, key=len, reverse=True):
+        if url.startswith(prefix):
+            return mirrors[prefix] + url[len(prefix):]
+    return url
+
+
+class _Fetcher:
+    def __init__(self, options: FetchOptions, progress: ProgressCallback | None) -> None:
+        self.options = options
+        self.progress = progress
+        self.cache = Cache(options.cache_dir)
+        self.session = requests.Session()
+        # Set by the first failure (or Ctrl-C): queued fetches do not start, running downloads stop early.
+        self.abort = threading.Event()
+        self._counting = threading.Lock()  # worker threads update the summary counters
+        self.fetched = 0
+        self.reused = 0
+        self.bytes = 0
+
+    def count(self, *, fetched: int = 0, reused: int = 0, transferred: int = 0) -> None:
+        with self._counting:
+            self.fetched += fetched
+            self.reused += reused
+            self.bytes += transferred
+
+    def prepare(self) -> None:
+        try:
+            self.cache.prepare()
+        except OSError as error:
+            raise FetchError(f"cannot use the cache directory {self.options.cache_dir}: {error.strerror or error}; "
+                             "set cache_dir in invoke.yaml (or INVOKE_MODELARTS_CACHE_DIR) to a directory this user "
+                             "can create and write") from None
+
+    def text(self, url: str, image: ImageSpec) -> str:
+        if self.options.offline:
+            raise FetchError(f"{image.id}: --offline, but its wheels must be looked up at {redact.url(url)}; "
+                             "run `inv lock` online once so versions.lock pins them")
+        try:
+            return download.get_text(mirrored(url, self.options.mirrors), session=self.session)
+        except FetchError as error:
+            raise FetchError(f"{image.id}: {error}") from None
+
+    def derive_wheels(self, image: ImageSpec) -> tuple[Artifact, ...]:
+        source = wheel_source(image)
+        wheels = []
+        for name, version in image.packages:
+            page = index.page_urls(source.index_url, name)
+            links = index.parse_links(self.text(page, image), page)
+            wheels.append(index.choose_wheel(links, package=name, version=version, image=image, page_url=page))
+        return tuple(wheels)
+
+    def one(self, artifact: Artifact, owner: str) -> FetchedFile:
+        """Put one artifact into the cache (or prove it is there) and return where it is."""
+        options, cache = self.options, self.cache
+        if self.abort.is_set():
+            raise download.AbortedError(f"{owner}: not started: another download failed")
+        if artifact.sha256 and cache.has(artifact.sha256, rehash=options.verify_cache):
+            self.count(reused=1)
+            return FetchedFile(filename=artifact.filename, path=cache.blob(artifact.sha256), url=artifact.url,
+                               sha256=artifact.sha256)
+        if options.offline:
+            raise FetchError(f"{owner}: --offline, and {artifact.filename} is not in the cache "
+                             f"({redact.url(artifact.url)})")
+        if options.locked and not artifact.sha256:
+            raise FetchError(f"{owner}: --locked, and {redact.url(artifact.url)} has no sha256 in versions.yaml or "
+                             "versions.lock")
+        source = mirrored(artifact.url, options.mirrors)
+        if artifact.sha256:
+            transfer = self._download(source, cache.blob(artifact.sha256), artifact.sha256, owner)
+            cache.record(transfer.sha256)
+            return FetchedFile(filename=artifact.filename, path=transfer.path, url=artifact.url,
+                               sha256=transfer.sha256)
+        log.warning("%s: %s has no sha256 to check against; trusting this first download and pinning it in "
+                    "versions.lock (trust on first use)", owner, redact.url(artifact.url))
+        key = hashlib.sha256(artifact.url.encode()).hexdigest()[:16] + "-" + artifact.filename
+        # Another fetch may be taking the same unpinned file: one downloads and moves it into the store, the
+        # other then finds it there through the note left beside the download.
+        with cache.exclusive(key):
+            note = cache.incoming / f"{key}.sha256"
+            known = note.read_text("utf-8").strip() if note.exists() else None
+            if known and not options.refresh and cache.has(known):
+                self.count(reused=1)
+                return FetchedFile(filename=artifact.filename, path=cache.blob(known), url=artifact.url, sha256=known)
+            transfer = self._download(source, cache.incoming / key, None, owner)
+            path = cache.adopt(transfer.path, transfer.sha256)
+            note.write_text(transfer.sha256, encoding="utf-8")
+        return FetchedFile(filename=artifact.filename, path=path, url=artifact.url, sha256=transfer.sha256)
+
+    def _download(self, source: str, target: Path, sha256: str | None, owner: str) -> download.Transfer:
+        try:
+            transfer = download.download(source, target, expected_sha256=sha256, session=self.session,
+                                         progress=self.progress, abort=self.abort)
+        except download.AbortedError as error:
+            raise download.AbortedError(f"{owner}: {error}") from None
+        except FetchError as error:
+            raise FetchError(f"{owner}: {error}") from None
+        self.count(fetched=transfer.attempts > 0, reused=transfer.attempts == 0,
+                   transferred=transfer.bytes_transferred)
+        return transfer
+
+    def _one_or_abort(self, artifact: Artifact, owner: str) -> FetchedFile:
+        """one(), setting the abort event when it fails.
+
+        Set by the worker itself, the event is up before this worker takes the next queued artifact, however late
+        the waiting thread wakes.
+        """
+        try:
+            return self.one(artifact, owner)
+        except BaseException:
+            self.abort.set()
+            raise
+
+    def many(self, wanted: Sequence[tuple[Artifact, str]]) -> dict[str, FetchedFile]:
+        """Fetch distinct URLs in parallel; returns them by URL. The first failure is raised as soon as it happens.
+
+        One URL is fetched once however many images want it; a pool's `with` would wait for every running
+        download before a failure (or Ctrl-C) could end the run, hence the explicit abort and shutdown.
+        """
+        unique: dict[str, tuple[Artifact, str]] = {}
+        for artifact, owner in wanted:
+            unique.setdefault(artifact.url, (artifact, owner))
+        pool = ThreadPoolExecutor(max_workers=max(1, self.options.jobs))
+        try:
+            futures = {url: pool.submit(self._one_or_abort, artifact, owner)
+                       for url, (artifact, owner) in unique.items()}
+            wait(futures.values(), return_when=FIRST_EXCEPTION)
+            _raise_first_failure(futures.values())
+            return {url: future.result() for url, future in futures.items()}
+        except BaseException:  # Ctrl-C included: stop the workers before the exception leaves
+            self.abort.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _raise_first_failure(futures: Iterable[Future[FetchedFile]]) -> None:
+    """Re-raise the failure that caused the others: the downloads it aborted only say they were stopped."""
+    failures = [future.exception() for future in futures if future.done() and not future.cancelled()]
+    errors = [error for error in failures if error is not None]
+    if errors:
+        raise next((error for error in errors if not isinstance(error, download.AbortedError)), errors[0])
+
+
+def _pinned(image: ImageSpec, locked: lockfile.LockedImage | None) -> lockfile.LockedImage | None:
+    """The lock entry when it still describes this entry, with versions.yaml's own pins applied over it."""
+    if locked is None or locked.inputs != lockfile.inputs_of(image):
+        return None
+    pinned_by_lock = {artifact.url: artifact.sha256 for artifact in (locked.installer, *locked.wheels)}
+    for artifact in (image.installer, *image.wheels):
+        if artifact.sha256 and pinned_by_lock.get(artifact.url) != artifact.sha256:
+            return None  # versions.yaml pins it differently now: resolve again
+    return locked
+
+
+def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress: ProgressCallback | None = None,
+                 ) -> tuple[list[FetchedImage], FetchSummary]:
+    started = time.monotonic()
+    fetcher = _Fetcher(options, progress)
+    fetcher.prepare()
+    lock = lockfile.read(options.lock_path)
+    plans: dict[str, lockfile.LockedImage] = {}
+    for image in images:
+        pinned = None if options.refresh else _pinned(image, lock.get(image.id))
+        if pinned is None and options.locked:
+            raise FetchError(f"{image.id}: --locked, but versions.lock has no current entry for it; run `inv lock`")
+        if pinned is None:
+            pinned = lockfile.LockedImage(inputs=lockfile.inputs_of(image), installer=image.installer,
+                                          wheels=image.wheels or fetcher.derive_wheels(image), closure=None)
+        plans[image.id] = pinned
+    first = fetcher.many([(artifact, image_id) for image_id, plan in plans.items()
+                          for artifact in (plan.installer, *plan.wheels)])
+    results: list[FetchedImage] = []
+    changes: dict[str, lockfile.LockedImage] = {}
+    for image in images:
+        plan = plans[image.id]
+        wheels = tuple(first[wheel.url] for wheel in plan.wheels)
+        closure = plan.closure
+        fresh = plan is not lock.get(image.id)
+        # A closure missing from the lock (pip failed, or an earlier --no-closure) is tried again.
+        if options.closure and (fresh or closure is None) and not options.locked:
+            closure = closure_resolver.resolve(image, wheels, scratch_parent=fetcher.cache.incoming)
+        rest = fetcher.many([(artifact, image.id) for artifact in closure or ()])
+        results.append(FetchedImage(
+            image=image,
+            installer=first[plan.installer.url],
+            wheels=wheels,
+            closure=None if closure is None else tuple(rest[artifact.url] for artifact in closure),
+        ))
+        if fresh or closure != plan.closure:
+            changes[image.id] = replace(
+                plan,
+                installer=_as_artifact(first[plan.installer.url]),
+                wheels=tuple(_as_artifact(wheel) for wheel in wheels),
+                closure=None if closure is None else tuple(_as_artifact(rest[a.url]) for a in closure),
+            )
+    if changes:
+        lockfile.update(options.lock_path, changes, guard=options.cache_dir / "versions-lock.flock")
+    summary = FetchSummary(fetched=fetcher.fetched, reused=fetcher.reused, bytes_transferred=fetcher.bytes,
+                           seconds=time.monotonic() - started, lock_updated=tuple(changes))
+    return results, summary
+
+
+def _as_artifact(fetched: FetchedFile) -> Artifact:
+    return Artifact(url=fetched.url, sha256=fetched.sha256)
+
+
+def format_fetched(fetched: Sequence[FetchedImage], summary: FetchSummary) -> str:
+    """What fetch did: one line per image, the totals, the images whose lock entry was written."""
+    lines = []
+    for image in fetched:
+        closure = "no dependency wheels" if image.closure is None else f"{len(image.closure)} dependency wheels"
+        lines.append(f"{image.image.id}: installer, {len(image.wheels)} wheels, {closure}")
+    lines.append(f"fetched {summary.fetched}, reused {summary.reused}, {size(summary.bytes_transferred)} "
+                 f"transferred in {summary.seconds:.1f} s")
+    if summary.lock_updated:
+        lines.append(f"versions.lock: pinned {', '.join(summary.lock_updated)}")
+    return "\n".join(lines)

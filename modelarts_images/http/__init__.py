@@ -1,0 +1,1 @@
+"""The HTTP edge: downloads and the registry's v2 API (requests only)."""

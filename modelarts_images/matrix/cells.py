@@ -1,0 +1,207 @@
+"""The matrix's pure parts: which shard a cell belongs to, what its inputs are, and the record it leaves.
+
+Shardable: `--shard K/N` (1 <= K <= N) keeps the cells whose position in the versions file, counted from 0, is
+K-1 modulo N: every cell is in exactly one shard, and the split depends only on the file's order. The position is
+the one in the whole file, before --only narrows it, so a cell lands in the same shard whether it runs alone (as
+in nox's per-cell sessions) or with the others.
+
+Resumable: a cell's input hash covers the build context template (context/), the build arguments and target,
+the sha256 of every artifact fetch resolved (installer, wheels, dependency wheels), the verification script and
+probes (verify/), the backend and the steps asked for (device, push, extra tags).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelarts_images.build.builder import build_inputs
+from modelarts_images.engine.api import Layer
+from modelarts_images.errors import ConfigError
+from modelarts_images.model import FetchedImage, ImageSpec
+from modelarts_images.options import BuildOptions, DeviceChoice
+from modelarts_images.shared import redact
+from modelarts_images.shared.choices import Choice
+from modelarts_images.verify.manifest import Manifest
+from modelarts_images.verify.report import ImageReport
+
+# --------------------------------------------------------------------------------------------------------------
+# Shards
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'K/N' -> (K, N), 1 <= K <= N; None for no sharding."""
+    if text is None or text == "":
+        return None
+    head, slash, tail = text.partition("/")
+    try:
+        index, count = int(head), int(tail)
+    except ValueError:
+        index = count = 0
+    if not slash or count < 1 or not 1 <= index <= count:
+        raise ConfigError(f"--shard: {text!r} must be K/N with 1 <= K <= N, e.g. --shard 2/3")
+    return index, count
+
+
+def in_shard(position: int, spec: tuple[int, int] | None) -> bool:
+    """Whether the item at `position` (from 0) belongs to shard K of N (every item does without a spec)."""
+    if spec is None:
+        return True
+    index, count = spec
+    return position % count == index - 1
+
+
+def shard_cells(images: Sequence[ImageSpec], spec: tuple[int, int] | None, *,
+                file_ids: Sequence[str]) -> list[ImageSpec]:
+    """The selected images that belong to shard K of N by their position among `file_ids` (every id of the
+    versions file, in its order), not in the selection: `--only b --shard 2/2` must agree with `--shard 2/2`."""
+    positions = {cell_id: position for position, cell_id in enumerate(file_ids)}
+    missing = [image.id for image in images if image.id not in positions]
+    if missing:
+        raise ConfigError(f"--shard: {', '.join(missing)} not among the versions file's cells")
+    return [image for image in images if in_shard(positions[image.id], spec)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Input hashes
+
+
+def _digest(value: object) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def tree_digest(root: Path) -> str:
+    """sha256 over the relative names and contents of every file under root (sorted); empty tree: its name."""
+    digest = hashlib.sha256()
+    if root.is_dir():
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            digest.update(path.relative_to(root).as_posix().encode("utf-8") + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Steps:
+    """What the matrix is asked to do with each cell, as far as it decides whether a success still counts."""
+
+    build: BuildOptions
+    device: DeviceChoice
+    push: bool
+    extra_tags: tuple[str, ...] = ()
+
+
+def cell_inputs(fetched: FetchedImage, steps: Steps, *, context_digest: str, verify_digest: str) -> dict[str, str]:
+    """Each input of a cell, hashed on its own (so a rerun can say which one changed)."""
+    image = fetched.image
+    inputs = build_inputs(fetched, steps.build)
+    return {
+        "dockerfile": context_digest,
+        "build-args": _digest({
+            "reference": inputs.reference, "target": inputs.target, "hermetic": inputs.hermetic,
+            "args": inputs.build_args,
+            # the index itself decides what a non-hermetic build installs; credentials only as part of a hash
+            "pip_index": hashlib.sha256(image.pip_index.encode("utf-8")).hexdigest(),
+            "pip_index_shown": redact.without_credentials(image.pip_index),
+        }),
+        # by content only, in a fixed order: a closure fresh from the resolver and the same one read back from
+        # versions.lock may list (and spell) the files differently
+        "artifacts": _digest({"installer": fetched.installer.sha256,
+                              "wheels": sorted(item.sha256 for item in fetched.wheels),
+                              "closure": None if fetched.closure is None else sorted(
+                                  item.sha256 for item in fetched.closure)}),
+        "verify-script": verify_digest,
+        "backend": _digest(steps.build.backend),
+        "steps": _digest({"device": steps.device, "push": steps.push, "extra_tags": steps.extra_tags}),
+    }
+
+
+def cell_hash(parts: Mapping[str, str]) -> str:
+    return _digest(dict(parts))
+
+
+def changed_inputs(old: Mapping[str, str] | None, new: Mapping[str, str]) -> list[str]:
+    """Names of the inputs that differ (all of them when nothing was recorded)."""
+    if not old:
+        return sorted(new)
+    return sorted(name for name in set(old) | set(new) if old.get(name) != new.get(name))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The record a cell leaves
+
+
+class CellStatus(Choice):
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # inputs unchanged since its last success, image still in the engine
+
+
+@dataclass(frozen=True, kw_only=True)
+class CellRecord:
+    """What one cell did; kept in <reports_dir>/matrix/<id>.json, merged into matrix.json and matrix.md."""
+
+    id: str
+    reference: str
+    status: CellStatus
+    python: str
+    cuda: str
+    torch: str
+    reason: str = ""
+    hash: str = ""
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    changed: tuple[str, ...] = ()  # inputs that differ from the last success
+    durations: Mapping[str, float] = field(default_factory=dict)  # seconds per step: fetch, build, verify, push
+    image_id: str = ""
+    size: int | None = None
+    layers: tuple[Layer, ...] = ()  # the largest
+    verification: ImageReport | None = None
+    manifest: Manifest = field(default_factory=dict)
+    digest: str | None = None  # when pushed
+    pushed: str | None = None
+    training_job: str | None = None  # path of the ModelArts training-job body
+    finished: str = ""  # ISO 8601, UTC
+    run: str = ""  # the run (nox invocation) that wrote it
+
+    @classmethod
+    def start(cls, image: ImageSpec) -> CellRecord:
+        return cls(id=image.id, reference=image.reference, status=CellStatus.FAILED, python=image.python,
+                   cuda=image.cuda, torch=image.torch)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "reference": self.reference, "status": self.status.value, "reason": self.reason,
+            "hash": self.hash, "inputs": dict(self.inputs), "changed": list(self.changed),
+            "durations": {key: round(value, 3) for key, value in self.durations.items()},
+            "image_id": self.image_id, "size": self.size,
+            "layers": [{"size": layer.size, "step": layer.step, "from_base": layer.from_base} for layer in self.layers],
+            "python": self.python, "cuda": self.cuda, "torch": self.torch,
+            "verification": self.verification.to_json() if self.verification is not None else None,
+            "manifest": {section: list(lines) for section, lines in self.manifest.items()},
+            "digest": self.digest, "pushed": self.pushed, "training_job": self.training_job,
+            "finished": self.finished, "run": self.run,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CellRecord:
+        """A record to_json() wrote; KeyError, TypeError or ValueError when it is not one."""
+        verification = data.get("verification")
+        return cls(
+            id=str(data["id"]), reference=str(data["reference"]), status=CellStatus(data["status"]),
+            python=str(data.get("python", "")), cuda=str(data.get("cuda", "")), torch=str(data.get("torch", "")),
+            reason=str(data.get("reason", "")), hash=str(data.get("hash", "")),
+            inputs={str(k): str(v) for k, v in (data.get("inputs") or {}).items()},
+            changed=tuple(str(name) for name in data.get("changed") or ()),
+            durations={str(k): float(v) for k, v in (data.get("durations") or {}).items()},
+            image_id=str(data.get("image_id", "")), size=data.get("size"),
+            layers=tuple(Layer(size=int(layer["size"]), step=str(layer["step"]), from_base=bool(layer["from_base"]))
+                         for layer in data.get("layers") or ()),
+            verification=ImageReport.from_json(verification) if verification else None,
+            manifest={str(k): tuple(str(line) for line in v) for k, v in (data.get("manifest") or {}).items()},
+            digest=data.get("digest"), pushed=data.get("pushed"), training_job=data.get("training_job"),
+            finished=str(data.get("finished", "")), run=str(data.get("run", "")),
+        )

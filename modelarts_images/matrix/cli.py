@@ -1,0 +1,79 @@
+"""The matrix's command line: what `nox -s matrix -- ...` passes on (`python -m modelarts_images.matrix`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from modelarts_images.config import versions
+from modelarts_images.engine.api import Backend
+from modelarts_images.errors import ModelArtsImagesError
+from modelarts_images.frontend import load_section, options_for, show_engine_log
+from modelarts_images.matrix import report as reporting
+from modelarts_images.matrix.cells import parse_shard
+from modelarts_images.matrix.runner import MatrixOptions, run_matrix
+from modelarts_images.options import HELP, DeviceChoice, Flags, resolve
+from modelarts_images.paths import ROOT
+
+RUN_TOKEN_ENV = "MODELARTS_MATRIX_RUN"
+
+
+def nox_cells(versions_file: Path | None = None) -> list[tuple[str, list[str]]]:
+    """(id, tags) of each cell of versions.yaml (with invoke.yaml's fallbacks) for noxfile's parametrization:
+    tags `cpu` or `cudaNN` (the CUDA major), e.g. `nox -t cuda11`."""
+    options = resolve(load_section(None), Flags(versions=str(versions_file) if versions_file else None), root=ROOT)
+    images = versions.load_versions(options.selection.versions, fallbacks=options.fallbacks).images
+    return [(image.id, ["cpu" if image.is_cpu else f"cuda{image.cuda.split('.')[0]}"]) for image in images]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nox -s matrix --",
+                                description="Fetch, build, verify (and push) every image of a versions file.")
+    p.add_argument("--versions", help=HELP["versions"])
+    p.add_argument("--only", action="append", default=[], help="cell id to run; repeat for several (default: all)")
+    p.add_argument("--device", default=DeviceChoice.AUTO.value, choices=DeviceChoice.names(), help=HELP["device"])
+    p.add_argument("--push", action="store_true", help="push each verified image and write its training-job body")
+    p.add_argument("--backend", choices=Backend.names(), help=HELP["backend"])
+    p.add_argument("--rerun", action="store_true", help="run every cell, even those unchanged since their success")
+    p.add_argument("--force", action="store_true", help="the old name of --rerun (it says nothing about tags)")
+    p.add_argument("--replace-tag", action="store_true", help=HELP["replace_tag"])
+    p.add_argument("--shard", help="K/N: run only the K-th of N deterministic slices of the cells")
+    p.add_argument("--timeout", help=HELP["timeout"])
+    p.add_argument("--offline", action="store_true", help=HELP["offline"])
+    p.add_argument("--locked", action="store_true", help=HELP["locked"])
+    p.add_argument("--region", help=HELP["region"])
+    p.add_argument("--flavor", help="ModelArts flavor_id for the training-job bodies (default: by CUDA or CPU)")
+    p.add_argument("--config", help="an extra invoke-style YAML file with a `modelarts:` section (like inv -f)")
+    p.add_argument("--summary", action="store_true",
+                   help="print the summary table of the last reports (of --run TOKEN's cells) and exit")
+    p.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)  # nox: matrix_summary shows it
+    p.add_argument("--run", default=os.environ.get(RUN_TOKEN_ENV, ""), help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        flags = Flags(versions=args.versions, backend=args.backend, device=args.device, timeout=args.timeout,
+                      offline=args.offline, locked=args.locked, region=args.region, replace_tags=args.replace_tag)
+        options = options_for(load_section(args.config), flags)
+        if args.summary:
+            return reporting.print_summary(options.reports_dir, run_token=args.run)
+        if args.force:
+            print("matrix: --force is now --rerun (run cells unchanged since their success); --replace-tag "
+                  "replaces a pushed tag", file=sys.stderr)
+        loaded = versions.load_versions(options.selection.versions, fallbacks=options.fallbacks)
+        images = versions.select(loaded, only=versions.split_ids(args.only), all_images=not args.only)
+        matrix = MatrixOptions(options=options, push=args.push, rerun=args.rerun or args.force,
+                               shard=parse_shard(args.shard), flavor_id=args.flavor, run_token=args.run)
+        show_engine_log()
+        run_matrix(images, matrix, file_ids=[image.id for image in loaded.images], summary=not args.no_summary)
+    except ModelArtsImagesError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    return 0
+
+

@@ -1,0 +1,190 @@
+"""The matrix report: one record per cell, merged into reports/matrix.json and reports/matrix.md, and a table.
+
+    <reports_dir>/matrix/<id>.json   the last record of each cell (written when the cell ran)
+    <reports_dir>/matrix.json        every cell of the versions file that has a record, in file order
+    <reports_dir>/matrix.md          the same for people: a table, then per cell its layers, checks and packages
+
+Rendering is pure (`render_json`, `render_markdown`, `summary_table` over CellRecords).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from modelarts_images.matrix.cells import CellRecord, CellStatus
+from modelarts_images.shared.files import write_atomic
+from modelarts_images.shared.text import size
+from modelarts_images.verify.manifest import SECTIONS
+
+JSON_NAME = "matrix.json"
+MD_NAME = "matrix.md"
+CELLS_DIR = "matrix"
+SCHEMA = 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Records on disk
+
+
+def write_cell(reports_dir: Path, record: CellRecord) -> Path:
+    path = reports_dir / CELLS_DIR / f"{record.id}.json"
+    return write_atomic(path, json.dumps(record.to_json(), indent=2) + "\n", what="matrix cell record")
+
+
+def read_cells(reports_dir: Path, ids: Sequence[str] | None = None) -> list[CellRecord]:
+    """The last record of each cell (of `ids`, in that order; else every record, by id); unreadable ones are
+    left out (a cell that never ran has none)."""
+    directory = reports_dir / CELLS_DIR
+    paths = [directory / f"{cell_id}.json" for cell_id in ids] if ids is not None else sorted(
+        directory.glob("*.json"))
+    records = []
+    for path in paths:
+        try:
+            records.append(CellRecord.from_json(json.loads(path.read_text("utf-8"))))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return records
+
+
+def write_reports(reports_dir: Path, ids: Sequence[str]) -> list[CellRecord]:
+    """matrix.json and matrix.md from the cell records of `ids` (the versions file's cells, in its order)."""
+    records = read_cells(reports_dir, ids)
+    # atomically: concurrent shards sharing the directory each rewrite both files
+    write_atomic(reports_dir / JSON_NAME, render_json(records), what="matrix report")
+    write_atomic(reports_dir / MD_NAME, render_markdown(records), what="matrix report")
+    return records
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _size(count: int | None) -> str:
+    return "-" if count is None else size(count)
+
+
+def _seconds(record: CellRecord, step: str) -> str:
+    value = record.durations.get(step)
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def device_results(record: CellRecord) -> dict[str, str]:
+    """{"cpu": "pass"|"FAIL", "gpu": ...|"skipped"} from the verification report in the record."""
+    report = record.verification
+    if report is None:
+        return {}
+    results = {run.device.value: ("pass" if run.ok else "FAIL") for run in report.runs}
+    if any(note.startswith("GPU") for note in report.skipped):
+        results.setdefault("gpu", "skipped")
+    return results
+
+
+def conformance_result(record: CellRecord) -> str:
+    checks = record.verification.conformance if record.verification is not None else ()
+    if not checks:
+        return "-"
+    failed = [check.name for check in checks if check.blocking]
+    return f"FAIL ({', '.join(failed)})" if failed else f"pass ({len(checks)})"
+
+
+def render_json(records: Sequence[CellRecord]) -> str:
+    return json.dumps({"schema": SCHEMA, "cells": [record.to_json() for record in records]}, indent=2) + "\n"
+
+
+def table_rows(records: Sequence[CellRecord]) -> list[list[str]]:
+    rows = []
+    for record in records:
+        devices = device_results(record)
+        rows.append([
+            record.id, record.status.value, _size(record.size),
+            _seconds(record, "fetch"), _seconds(record, "build"), _seconds(record, "verify"),
+            devices.get("cpu", "-"), devices.get("gpu", "-"), conformance_result(record),
+            (record.digest or "-")[:19],
+        ])
+    return rows
+
+
+HEADERS = ["cell", "status", "size", "fetch", "build", "verify", "CPU", "GPU", "conformance", "digest"]
+
+
+def render_markdown(records: Sequence[CellRecord]) -> str:
+    def cells(values: Sequence[str]) -> str:
+        return "| " + " | ".join(value.replace("|", "\\|") for value in values) + " |"
+
+    lines = ["# Matrix report", "", cells(HEADERS), cells(["---"] * len(HEADERS))]
+    lines += [cells(row) for row in table_rows(records)]
+    for record in records:
+        lines += ["", f"## {record.id}", "",
+                  f"- image: `{record.reference}`" + (f" (pushed as `{record.pushed}`)" if record.pushed else ""),
+                  f"- status: **{record.status}**" + (f": {record.reason}" if record.reason else ""),
+                  f"- torch {record.torch}, CUDA {record.cuda}, Python {record.python}",
+                  f"- digest: `{record.digest or 'not pushed'}`",
+                  f"- size: {_size(record.size)}; fetch {_seconds(record, 'fetch')}, build "
+                  f"{_seconds(record, 'build')}, verify {_seconds(record, 'verify')}, push {_seconds(record, 'push')}",
+                  f"- input hash: `{record.hash[:16]}`; changed since the last success: "
+                  f"{', '.join(record.changed) or 'nothing'}"]
+        if record.training_job:
+            lines.append(f"- ModelArts training-job body: `{record.training_job}`")
+        if record.layers:
+            lines += ["", "Largest layers:", ""]
+            lines += [f"- {size(layer.size)} {'(base) ' if layer.from_base else ''}`{layer.step}`"
+                      for layer in record.layers]
+        report = record.verification
+        if report is not None:
+            for run in report.runs:
+                lines += ["", f"{run.device.value.upper()} verification ({'pass' if run.ok else 'FAIL'}):", ""]
+                lines += [f"- [{check.status}] {check.name}: {check.detail}" for check in run.outcomes]
+            lines += [f"- {note}" for note in report.skipped]
+            if report.conformance:
+                lines += ["", "ModelArts conformance:", ""]
+                lines += [f"- [{check.status}] {check.name}: {check.detail}" for check in report.conformance]
+        for section in (*SECTIONS, "error"):
+            entries = record.manifest.get(section)
+            if entries:
+                lines += ["", f"<details><summary>{section} ({len(entries)} entries)</summary>", "", "```",
+                          *entries, "```", "", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+def summary_table(records: Sequence[CellRecord], *, tty: bool) -> str:
+    """The terminal summary: a rich table on a terminal, aligned plain columns otherwise."""
+    rows = table_rows(records)
+    if tty:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="matrix")
+        for header in HEADERS:
+            table.add_column(header)
+        for row in rows:
+            style = {CellStatus.FAILED.value: "red", CellStatus.PASSED.value: "green"}.get(row[1], "")
+            table.add_row(*row, style=style)
+        console = Console(force_terminal=True, width=max(shutil.get_terminal_size().columns, 160))
+        with console.capture() as capture:
+            console.print(table)
+        return capture.get().rstrip("\n")
+    widths = [max(len(value) for value in column) for column in zip(HEADERS, *rows, strict=False)]
+    return "\n".join("  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)).rstrip()
+                     for line in [HEADERS, *rows])
+
+
+def print_summary(reports_dir: Path, *, run_token: str = "", tty: bool | None = None) -> int:
+    """For `nox -s matrix`'s closing session: the table of matrix.json's cells (those of run `run_token` when
+    given); 1 when any of them failed, listing each with its reason."""
+    try:
+        document = json.loads((reports_dir / JSON_NAME).read_text("utf-8"))
+        records = [CellRecord.from_json(cell) for cell in document["cells"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        print(f"no matrix report at {reports_dir / JSON_NAME}")
+        return 1
+    if run_token:
+        records = [record for record in records if record.run == run_token]
+    print(summary_table(records, tty=sys.stdout.isatty() if tty is None else tty))
+    failed = [record for record in records if record.status is CellStatus.FAILED]
+    for record in failed:
+        print(f"FAILED {record.id}: {record.reason}")
+    return 1 if failed else 0

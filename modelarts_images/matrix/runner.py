@@ -1,0 +1,232 @@
+"""The matrix: fetch → build → verify (→ push) for every entry of a versions file, resumable and shardable.
+
+Each cell runs the pipeline's steps, as `inv fetch build verify push` does; a failing cell is recorded and the
+next one runs; at the end MatrixError (exit 1) names every failed cell with its reason. A cell whose input hash
+(matrix.cells) equals the one of its last success, and whose image is still in the engine, is skipped with a
+line saying so, unless --rerun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelarts_images import pipeline
+from modelarts_images.build.builder import format_result
+from modelarts_images.engine.api import Engine
+from modelarts_images.errors import ConfigError, ModelArtsImagesError, VerifyError
+from modelarts_images.matrix import report as reporting
+from modelarts_images.matrix.cells import (
+    CellRecord,
+    CellStatus,
+    Steps,
+    cell_hash,
+    cell_inputs,
+    changed_inputs,
+    shard_cells,
+    tree_digest,
+)
+from modelarts_images.matrix.state import State
+from modelarts_images.model import ImageSpec
+from modelarts_images.options import Options
+from modelarts_images.paths import CONTEXT_TEMPLATE
+from modelarts_images.publish import trainingjob
+from modelarts_images.publish.publisher import summary as push_summary
+from modelarts_images.shared.files import check_writable
+from modelarts_images.verify.manifest import capture_manifest
+from modelarts_images.verify.report import format_report
+
+log = logging.getLogger(__name__)
+
+
+class MatrixError(ModelArtsImagesError):
+    """One or more cells of the matrix failed."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class MatrixOptions:
+    options: Options
+    push: bool = False
+    rerun: bool = False  # run cells unchanged since their last success too
+    shard: tuple[int, int] | None = None
+    flavor_id: str | None = None  # for the training-job bodies
+    run_token: str = ""  # marks the records of one nox run, for its closing summary
+    template_dir: Path = CONTEXT_TEMPLATE  # hashed into every cell's inputs
+
+    @property
+    def steps(self) -> Steps:
+        options = self.options
+        return Steps(build=options.build, device=options.verify.device, push=self.push,
+                     extra_tags=options.push.extra_tags if self.push else ())
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class _Cell:
+    """One cell's record while it runs: each step adds what it found, so a failure keeps what came before."""
+
+    def __init__(self, image: ImageSpec) -> None:
+        self.image = image
+        self.record = CellRecord.start(image)
+
+    def add(self, **found: Any) -> None:
+        self.record = dataclasses.replace(self.record, **found)
+
+    def timed(self, step: str, started: float) -> None:
+        self.add(durations={**self.record.durations, step: time.monotonic() - started})
+
+
+class Runner:
+    def __init__(self, matrix: MatrixOptions, *, engine: Callable[[], Engine],
+                 out: Callable[[str], None] = print) -> None:
+        self.matrix = matrix
+        self.options = matrix.options
+        self._engine = engine
+        self.out = out
+        self.state = State(self.options.reports_dir)
+        self.context_digest = tree_digest(matrix.template_dir)
+        self.verify_digest = tree_digest(self.options.verify.script_dir)
+
+    def run(self, images: Sequence[ImageSpec]) -> list[CellRecord]:
+        records = []
+        last = self.state.read()
+        for image in images:
+            cell = _Cell(image)
+            try:
+                self._run_cell(cell, last.get(image.id))
+            except ModelArtsImagesError as error:
+                cell.add(status=CellStatus.FAILED, reason=str(error))
+            except Exception as error:  # a bug or an engine hiccup in one cell must not stop the others
+                log.debug("cell %s", image.id, exc_info=True)
+                cell.add(status=CellStatus.FAILED, reason=f"{type(error).__name__}: {error}")
+            record = dataclasses.replace(cell.record, finished=cell.record.finished or _now(),
+                                         run=self.matrix.run_token)
+            if record.status is CellStatus.FAILED:
+                self.out(f"{image.id}: FAILED: {record.reason.splitlines()[0] if record.reason else ''}")
+                self.state.update(image.id, None)
+            elif record.status is CellStatus.PASSED:
+                self.state.update(image.id, record)
+            with pipeline.stage(ConfigError):  # the reports directory is a setting
+                reporting.write_cell(self.options.reports_dir, record)
+            records.append(record)
+        return records
+
+    def _run_cell(self, cell: _Cell, last: CellRecord | None) -> None:
+        options, image = self.options, cell.image
+        started = time.monotonic()
+        (fetched,) = pipeline.fetch_step([image], options.fetch).images
+        cell.timed("fetch", started)
+        inputs = cell_inputs(fetched, self.matrix.steps, context_digest=self.context_digest,
+                             verify_digest=self.verify_digest)
+        digest = cell_hash(inputs)
+        cell.add(inputs=inputs, hash=digest,
+                 changed=tuple(changed_inputs(last.inputs if last else None, inputs)))
+        if last is not None and last.hash == digest and not self.matrix.rerun:
+            if self._still_there(image.reference, last.image_id):
+                self.out(f"{image.id}: skipped, inputs unchanged since its success at {last.finished} "
+                         f"(hash {digest[:12]}; --rerun runs it again)")
+                # the report keeps what the last success found, marked as skipped in this run
+                cell.record = dataclasses.replace(last, status=CellStatus.SKIPPED, changed=(),
+                                                  reason=f"inputs unchanged since {last.finished}")
+                return
+            self.out(f"{image.id}: inputs unchanged, but image {image.reference} is gone from the engine: running it")
+        elif last is not None and not self.matrix.rerun:
+            self.out(f"{image.id}: running, changed: {', '.join(cell.record.changed)}")
+        else:
+            self.out(f"{image.id}: running" + (" (--rerun)" if self.matrix.rerun and last else ""))
+        self._build(cell, fetched)
+        self._verify(cell)
+        if self.matrix.push:
+            self._push(cell)
+        cell.add(status=CellStatus.PASSED)
+
+    def _still_there(self, reference: str, image_id: str) -> bool:
+        try:
+            config = self._engine().image(reference)
+        except ModelArtsImagesError:  # the engine cannot say: run the cell
+            return False
+        return bool(image_id) and config is not None and config.image_id == image_id
+
+    def _build(self, cell: _Cell, fetched: Any) -> None:
+        engine = self._engine()
+        pipeline.check_bases_step([cell.image], self.options.build, engine)
+        result = pipeline.build_step(fetched, self.options.build, engine)
+        self.out(format_result(result))
+        cell.add(image_id=result.image_id, size=result.size, layers=result.layers,
+                 durations={**cell.record.durations, "build": result.duration})
+
+    def _verify(self, cell: _Cell) -> None:
+        started = time.monotonic()
+        engine = self._engine()
+        verified = pipeline.verify_step(cell.image, self.options.verify, engine)
+        cell.add(verification=verified.report,
+                 manifest=capture_manifest(engine, cell.image.reference, timeout=self.options.verify.timeout))
+        cell.timed("verify", started)
+        self.out(format_report(verified.report))
+        failure = verified.report.failure()
+        if failure is not None:
+            raise VerifyError(failure)
+
+    def _push(self, cell: _Cell) -> None:
+        started = time.monotonic()
+        (record,) = pipeline.push_step([cell.image], self.options.push, self._engine(), os.environ)
+        cell.timed("push", started)
+        self.out(push_summary([record]))
+        cell.add(digest=record.digest, pushed=record.reference)
+        if record.digest:
+            body = trainingjob.training_job_body(cell.image, digest=record.digest, flavor_id=self.matrix.flavor_id)
+            with pipeline.stage(ConfigError):
+                cell.add(training_job=str(trainingjob.write_body(self.options.reports_dir, cell.image.id, body)))
+
+
+def connect_once() -> Callable[[], Engine]:
+    """The engine, connected on first use: a matrix whose cells all fail at fetch never needs one."""
+    connected: list[Engine] = []
+
+    def get() -> Engine:
+        if not connected:
+            from modelarts_images.engine.adapter import connect
+
+            connected.append(connect())
+        return connected[0]
+
+    return get
+
+
+def run_matrix(images: Sequence[ImageSpec], matrix: MatrixOptions, *, file_ids: Sequence[str] | None = None,
+               engine: Callable[[], Engine] | None = None, out: Callable[[str], None] = print,
+               summary: bool = True) -> list[CellRecord]:
+    """Run the selected cells of this shard, write the reports, and raise MatrixError naming every failed cell.
+
+    `file_ids`: every cell id of the versions file, in its order (default: the selected ones); shards are cut by
+    position in it, and the reports cover its cells, so runs of single cells add up to the whole matrix."""
+    ids = list(file_ids) if file_ids is not None else [image.id for image in images]
+    cells = shard_cells(images, matrix.shard, file_ids=ids)
+    if matrix.shard is not None:
+        out(f"shard {matrix.shard[0]}/{matrix.shard[1]}: {len(cells)} of {len(images)} selected cells: "
+            + (", ".join(image.id for image in cells) or "none"))
+    reports_dir = matrix.options.reports_dir
+    check_writable(reports_dir)  # before the builds, not after them
+    records = Runner(matrix, engine=engine or connect_once(), out=out).run(cells)
+    with pipeline.stage(ConfigError):
+        reporting.write_reports(reports_dir, ids)
+    if summary:
+        out(reporting.summary_table(records, tty=sys.stdout.isatty()))
+    out(f"reports: {reports_dir / reporting.JSON_NAME}, {reports_dir / reporting.MD_NAME}")
+    failed = [record for record in records if record.status is CellStatus.FAILED]
+    if failed:
+        raise MatrixError(f"{len(failed)} of {len(records)} matrix cell(s) failed:\n"
+                          + "\n".join(f"  {record.id}: {record.reason}" for record in failed))
+    return records

@@ -1,0 +1,254 @@
+"""Every setting of a run, merged once: a flag beats the image's entry, which beats the file's defaults, which
+beat invoke.yaml, which beats the built-in value.
+
+Both front ends (tasks.py and the matrix) describe what their command line said as `Flags` and call
+`resolve()`; the stages get their part of the resulting `Options` and never look at flags or invoke.yaml
+themselves. Per-image values (base image, pip index, registry, ...) are merged by config.load_versions with
+invoke.yaml's values as fallbacks; only --base-image and --base-prefix override an entry, at build time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from modelarts_images.config import settings
+from modelarts_images.config.versions import split_ids, suggest
+from modelarts_images.contract import IMAGE_SIZE_BUDGET, VERIFY_TIMEOUT_S
+from modelarts_images.engine.api import Backend
+from modelarts_images.errors import ConfigError
+from modelarts_images.paths import ROOT, VERIFY_DIR
+from modelarts_images.shared.choices import Choice
+
+N = TypeVar("N", int, float)
+
+
+class Device(Choice):
+    """Where a verification runs."""
+
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+class DeviceChoice(Choice):
+    """What --device asks for."""
+
+    CPU = "cpu"
+    GPU = "gpu"
+    BOTH = "both"
+    AUTO = "auto"  # the GPU when the engine can give one, else the CPU
+
+
+# One help text per flag, for both front ends (invoke's help= and the matrix's argparse).
+HELP = {
+    "versions": "versions file to read (default: versions.yaml, or modelarts.versions in invoke.yaml)",
+    "only": "image id to work on; repeat for several (default: the entry marked default: true)",
+    "all": "work on every image in the versions file",
+    "jobs": "parallel downloads (default: modelarts.jobs in invoke.yaml, 4)",
+    "offline": "use the cache only; fail for anything missing",
+    "locked": "refuse any artifact versions.lock does not pin (for CI)",
+    "verify_cache": "re-hash cached files instead of trusting their recorded size, mtime and inode",
+    "no_closure": "skip the dependency wheels; the build then installs them from pip_index",
+    "backend": "docker (docker SDK, classic builder) or buildkit (docker buildx build --load, or DOCKER_BUILDKIT=1 "
+               "with a docker CLI older than 23); default: modelarts.backend in invoke.yaml",
+    "no_cache": "build every step again instead of reusing the engine's cache",
+    "base_image": "use this base image for every selected entry instead of its base_image",
+    "base_prefix": "registry prefix for base images that name no registry, e.g. mirror.example.com/library/ "
+                   "(default: modelarts.base_prefix in invoke.yaml)",
+    "platform": "target platform for the builder, e.g. linux/amd64",
+    "device": "cpu, gpu, both, or auto: the GPU when the engine can give one, else the CPU (default: auto)",
+    "timeout": f"seconds a verification container may run before it is killed (default: {VERIFY_TIMEOUT_S:g})",
+    "size_budget": f"image size budget in GB (10^9 bytes) for the conformance check (default: "
+                   f"{IMAGE_SIZE_BUDGET / 1e9:g}, ModelArts' limit)",
+    "replace_tag": "replace a tag that already names another image in the registry (tags are immutable otherwise)",
+    "extra_tag": "also push under this tag; repeat for several; {tag}, {date} (UTC, YYYYMMDD) and {revision} "
+                 "(git, 12 hex digits) are filled in, e.g. --extra-tag '{tag}-{date}' (default: "
+                 "modelarts.extra_tags in invoke.yaml)",
+    "region": "SWR region for the AK/SK login when the registry host does not name it (e.g. cn-north-4)",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Flags:
+    """What a command line said; None (or empty) where it said nothing. Numbers stay text until resolve()
+    checks them, so a bad one is an error naming the flag rather than a traceback from the parser."""
+
+    versions: str | None = None
+    only: Sequence[str] = ()
+    all_images: bool = False
+    # fetch
+    jobs: str | None = None
+    offline: bool = False
+    locked: bool = False
+    verify_cache: bool = False
+    no_closure: bool = False
+    refresh: bool = False
+    # build
+    backend: str | None = None
+    no_cache: bool = False
+    base_image: str | None = None
+    base_prefix: str | None = None
+    platform: str | None = None
+    # verify
+    device: str = DeviceChoice.AUTO.value
+    timeout: str | None = None
+    size_budget: str | None = None
+    verify_reports: str | None = None
+    # push
+    reports_dir: str | None = None
+    replace_tags: bool = False
+    extra_tags: Sequence[str] = ()
+    region: str | None = None
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Selection:
+    """Which images a run works on."""
+
+    versions: Path
+    only: tuple[str, ...]
+    all_images: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class FetchOptions:
+    cache_dir: Path
+    lock_path: Path
+    jobs: int = 4
+    offline: bool = False
+    locked: bool = False  # refuse anything versions.lock does not pin
+    verify_cache: bool = False  # re-hash cached files instead of trusting their recorded size/mtime/inode
+    refresh: bool = False  # resolve again even where versions.lock has an entry (`inv lock`)
+    closure: bool = True
+    mirrors: Mapping[str, str] = field(default_factory=dict)  # URL prefix -> replacement
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildOptions:
+    backend: Backend
+    work_dir: Path
+    no_cache: bool = False
+    base_image: str | None = None  # replaces every selected entry's base_image
+    base_prefix: str | None = None  # prepended to base images that name no registry
+    platform: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyOptions:
+    reports_dir: Path  # <id>.json per image
+    device: DeviceChoice = DeviceChoice.AUTO
+    timeout: float = VERIFY_TIMEOUT_S
+    size_budget: int = IMAGE_SIZE_BUDGET
+    script_dir: Path = VERIFY_DIR  # mounted where ModelArts puts the job's code
+
+
+@dataclass(frozen=True, kw_only=True)
+class PushOptions:
+    reports_dir: Path  # push-<id>.json per image
+    replace_tags: bool = False  # replace a tag that names another image in the registry
+    # Extra tags for each image, as templates: {tag} (the image's tag), {date} (UTC, YYYYMMDD), {revision}
+    # (the project's git revision, 12 hex digits), e.g. "{tag}-{date}" or "{revision}".
+    extra_tags: tuple[str, ...] = ()
+    revision: str | None = None
+    region: str | None = None  # the SWR region, when the registry host does not say it
+    dry_run: bool = False  # check names and the registry, change nothing
+    use_docker_config: bool = True  # fall back to credentials `docker login` stored
+    retries: int = 3  # for the registry's HTTP API
+    backoff: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """A run's settings, merged once from flags, invoke.yaml and the built-in values."""
+
+    selection: Selection
+    fallbacks: Mapping[str, str]  # invoke.yaml's values for versions.yaml keys an entry leaves out
+    reports_dir: Path
+    fetch: FetchOptions
+    build: BuildOptions
+    verify: VerifyOptions
+    push: PushOptions
+
+
+def resolve(section: Mapping[str, Any] | None, flags: Flags = Flags(), *, root: Path = ROOT,
+            revision: str | None = None) -> Options:
+    """Merge the flags over invoke.yaml's `modelarts` section over the built-in values.
+
+    A --versions flag is taken from the current directory; the reports directories given as flags, and the
+    paths in invoke.yaml, from the project root.
+    """
+    configured = settings.resolve(section, root=root, backend=flags.backend)
+    flagged = bool(flags.only) or flags.all_images  # replaces the configured selection as a whole
+    selection = Selection(
+        versions=Path(flags.versions).resolve() if flags.versions else configured.versions,
+        only=split_ids(flags.only) if flagged else configured.only,
+        all_images=flags.all_images if flagged else configured.all_images,
+    )
+    reports_dir = root / flags.reports_dir if flags.reports_dir else configured.reports_dir
+    return Options(
+        selection=selection,
+        fallbacks=configured.fallbacks,
+        reports_dir=reports_dir,
+        fetch=FetchOptions(
+            cache_dir=configured.cache_dir,
+            lock_path=selection.versions.with_suffix(".lock"),
+            jobs=positive_number("--jobs", flags.jobs, configured.jobs, int),
+            offline=flags.offline,
+            locked=flags.locked,
+            verify_cache=flags.verify_cache,
+            refresh=flags.refresh,
+            closure=not flags.no_closure,
+            mirrors=configured.mirrors,
+        ),
+        build=BuildOptions(
+            backend=Backend(configured.backend),
+            work_dir=root / "build",
+            no_cache=flags.no_cache,
+            base_image=flags.base_image or None,
+            base_prefix=(flags.base_prefix if flags.base_prefix is not None else configured.base_prefix) or None,
+            platform=flags.platform or None,
+        ),
+        verify=VerifyOptions(
+            reports_dir=root / flags.verify_reports if flags.verify_reports else reports_dir / "verify",
+            device=choice("--device", flags.device, DeviceChoice),
+            timeout=positive_number("--timeout", flags.timeout, VERIFY_TIMEOUT_S, float),
+            size_budget=int(positive_number("--size-budget", flags.size_budget, IMAGE_SIZE_BUDGET / 1e9, float) * 1e9),
+        ),
+        push=PushOptions(
+            reports_dir=reports_dir,
+            replace_tags=flags.replace_tags,
+            extra_tags=tuple(flags.extra_tags) or configured.extra_tags,
+            revision=revision,
+            region=flags.region or None,
+            dry_run=flags.dry_run,
+        ),
+    )
+
+
+C = TypeVar("C", bound=Choice)
+
+
+def choice(flag: str, text: str, kind: type[C]) -> C:
+    """A flag's value from a closed set, or ConfigError listing the set (with the likely one suggested)."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{flag}: {text!r} is not one of {', '.join(kind.names())}"
+                          f"{suggest(str(text), kind.names())}") from None
+
+
+def positive_number(flag: str, text: str | None, default: N, kind: type[N]) -> N:
+    """A numeric flag, taken as text because a parser would turn a bad number into a traceback: above 0, or an
+    error naming the flag."""
+    if text is None:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ConfigError(f"{flag}: {text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+    if not value > 0:  # also refuses nan
+        raise ConfigError(f"{flag}: must be above 0, got {text}")
+    return value

@@ -1,0 +1,1 @@
+"""Stage 4, publish: SWR naming and login, the tag guard, push and confirmation, training-job bodies."""

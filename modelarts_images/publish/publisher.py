@@ -1,0 +1,358 @@
+"""`inv login` and `inv push`: check the names, guard the tags, push, confirm, record.
+
+For each selected image `push_images()`:
+
+1. validates registry/organization/repository:tag and every extra tag against SWR's rules (RegistryError, exit 6);
+2. finds the local image the build tagged with the reference;
+3. reads every target tag from the registry first (the immutability guard): absent -> push; present with the
+   same image (its config digest is the local image id) in a docker v2 manifest -> nothing to do, reported as
+   "unchanged"; present with anything else -> refused unless `replace_tags` ("replaced" then). Nothing is
+   pushed when any tag is refused;
+4. logs in through the engine and pushes each tag, reading the digest from the push stream;
+5. reads each tag back over the registry's HTTP API: it must resolve to the pushed digest, as a single docker v2
+   schema 2 manifest (SWR rejects OCI indexes and attestation manifests), of the local image;
+6. writes ``push-<id>.json`` under the reports directory: reference, digest, size, time and the tags.
+
+Credentials come from the environment (see modelarts_images.publish.swr), else from what `docker login` stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import string
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from modelarts_images.engine.api import (
+    Engine,
+    ImageConfig,
+    Refusal,
+    RegistryAuth,
+    RegistryLogin,
+    RegistryRefusedError,
+)
+from modelarts_images.errors import ConfigError, ModelArtsImagesError, RegistryError
+from modelarts_images.http.registry import Manifest, Registry
+from modelarts_images.model import ImageSpec
+from modelarts_images.options import PushOptions
+from modelarts_images.publish import swr
+from modelarts_images.shared.choices import Choice
+from modelarts_images.shared.files import write_atomic
+from modelarts_images.shared.progress import ProgressCallback
+from modelarts_images.shared.text import one_line
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDERS = ("tag", "date", "revision")
+
+
+class Outcome(Choice):
+    """What a push did to one tag (or, on a dry run, would do)."""
+
+    PUSHED = "pushed"
+    UNCHANGED = "unchanged"  # the registry holds this very image under the tag already
+    REPLACED = "replaced"  # the tag named another image (--replace-tag)
+    WOULD_PUSH = "would push"
+    WOULD_REPLACE = "would replace"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TagOutcome:
+    reference: str
+    digest: str | None  # None: a dry run that would push
+    outcome: Outcome
+    previous_digest: str | None  # what the tag named before ("replaced")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PushRecord:
+    """What was published for one image; also written to <reports_dir>/push-<id>.json (except on a dry run)."""
+
+    id: str
+    reference: str
+    digest: str | None
+    size: int | None  # bytes the registry holds for it: compressed layers + config (None on a dry run)
+    image_id: str
+    image_size: int  # uncompressed, as `docker images` shows
+    media_type: str | None
+    outcome: Outcome  # the main tag's outcome
+    tags: tuple[TagOutcome, ...]  # the main tag first, then the extra tags
+    time: str  # ISO 8601, UTC
+    login: str | None  # where the credentials came from (no secret), None: anonymous
+    record: Path | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoginResult:
+    registry: str
+    user: str  # as logs show it: an AK is cut to its first characters
+    source: str
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def expand_tags(templates: Iterable[str], *, tag: str, date: str, revision: str | None) -> tuple[str, ...]:
+    """Extra tags from their templates, without duplicates or the main tag itself, in order."""
+    values = {"tag": tag, "date": date, "revision": revision}
+    tags: list[str] = []
+    for template in templates:
+        fields = template_fields(template)
+        if "revision" in fields and revision is None:
+            raise ConfigError(f"extra tag {template!r}: no git revision is known here (not a git checkout?)")
+        expanded = template.format(**values)
+        if expanded != tag and expanded not in tags:
+            tags.append(expanded)
+    return tuple(tags)
+
+
+def template_fields(template: str) -> list[str]:
+    """The fields an extra-tag template names; ConfigError for anything but a plain {tag}, {date} or {revision}.
+
+    A format spec or a conversion ({date:%Y}, {tag!r}) would reach str.format and fail there with a bare
+    ValueError, or quietly make a tag SWR refuses; the documented fields are plain substitutions only."""
+    use = "use " + ", ".join(f"{{{name}}}" for name in PLACEHOLDERS) + " (plain, without a format spec or conversion)"
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as error:
+        raise ConfigError(f"extra tag {template!r}: {error}; {use}") from None
+    fields = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if name not in PLACEHOLDERS:
+            raise ConfigError(f"extra tag {template!r}: unknown placeholder {shown}; {use}")
+        if spec or conversion:
+            raise ConfigError(f"extra tag {template!r}: {shown} has a format spec or conversion; {use}")
+        fields.append(name)
+    return fields
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def write_record(record: PushRecord, reports_dir: Path) -> Path:
+    """<reports_dir>/push-<id>.json, written atomically; WriteError naming it when it cannot be."""
+    path = reports_dir / f"push-{record.id}.json"
+    document: dict[str, Any] = asdict(record)
+    document.pop("record")
+    document["tags"] = [asdict(item) for item in record.tags]
+    return write_atomic(path, json.dumps(document, indent=2) + "\n", what="push record")
+
+
+def summary(records: Sequence[PushRecord]) -> str:
+    """One line per tag: outcome, reference, digest."""
+    lines = []
+    for record in records:
+        for item in record.tags:
+            digest = item.digest or "(not pushed)"
+            lines.append(f"{item.outcome:>13}  {item.reference}  {digest}")
+        if record.record is not None:
+            lines.append(f"{'':>13}  recorded in {record.record}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Login
+
+
+def credentials_for(registry: str, env: Mapping[str, str], engine: Engine, *, region: str | None = None,
+                    use_docker_config: bool = True) -> swr.Credentials | None:
+    """The environment's credentials for `registry` (swr.resolve_credentials), else what `docker login` stored."""
+    found = swr.resolve_credentials(registry, env, region=region)
+    if found is None and use_docker_config:
+        stored = engine.stored_login(registry)
+        if stored is not None:
+            found = swr.Credentials(registry=registry, username=stored.username, password=stored.password,
+                                    source="docker config (docker login)")
+    return found
+
+
+def _login(engine: Engine, credentials: swr.Credentials) -> RegistryAuth:
+    """Log in through the engine; a refusal says whose login it was and where it came from."""
+    try:
+        auth = engine.login(RegistryLogin(registry=credentials.registry, username=credentials.username,
+                                          password=credentials.password))
+    except RegistryRefusedError as refused:
+        if refused.kind is Refusal.AUTH:
+            raise RegistryError(f"{credentials.registry} rejected the login of {credentials.shown_user} (from "
+                                f"{credentials.source}): wrong user name or password ({one_line(refused.detail, 400)})"
+                                ) from None
+        raise
+    log.info("logged in to %s as %s (%s)", credentials.registry, credentials.shown_user, credentials.source)
+    return auth
+
+
+def login(registry: str, *, engine: Engine, env: Mapping[str, str], region: str | None = None) -> LoginResult:
+    """Check that `registry` accepts the credentials found for it, by logging in through the engine.
+
+    Nothing is stored: `inv push` finds the same credentials in the environment and logs in again.
+    """
+    swr.validate_registry(registry)
+    credentials = swr.resolve_credentials(registry, env, region=region)
+    if credentials is None:
+        raise RegistryError(f"no credentials for {registry}: {swr.missing_login_hint(registry, region=region)}")
+    _login(engine, credentials)
+    return LoginResult(registry=registry, user=credentials.shown_user, source=credentials.source)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Push
+
+
+def _refused(refused: RegistryRefusedError, target: swr.Reference, *, authenticated: bool,
+             region: str | None) -> RegistryError:
+    """A push the registry refused, with what to do about it."""
+    detail = refused.detail
+    if refused.kind is Refusal.AUTH and not authenticated:
+        return RegistryError(f"push of {target} refused: {target.registry} requires a login ({detail}); "
+                             f"{swr.missing_login_hint(target.registry, region=region)}, then run `inv login`")
+    if refused.kind is Refusal.AUTH:
+        return RegistryError(f"push of {target} refused by {target.registry}: {detail}. The login works, but may "
+                             f"not push to {target.name} (on SWR: does the organization '{target.organization}' "
+                             "exist, and may this user push to it?)")
+    if refused.kind is Refusal.NOT_LOCAL:
+        return RegistryError(f"push of {target} failed: no local image with that name ({detail})")
+    return RegistryError(f"push of {target} failed: {detail}")
+
+
+class _Publisher:
+    """Pushes images, logging in once per registry."""
+
+    def __init__(self, engine: Engine, options: PushOptions, env: Mapping[str, str],
+                 progress: ProgressCallback | None) -> None:
+        self.engine = engine
+        self.options = options
+        self.env = env
+        self.progress = progress
+        self.credentials: dict[str, swr.Credentials | None] = {}
+        self.auth: dict[str, RegistryAuth | None] = {}
+
+    def credentials_for(self, registry: str) -> swr.Credentials | None:
+        if registry not in self.credentials:
+            self.credentials[registry] = credentials_for(registry, self.env, self.engine, region=self.options.region,
+                                                         use_docker_config=self.options.use_docker_config)
+        return self.credentials[registry]
+
+    def auth_for(self, registry: str) -> RegistryAuth | None:
+        if registry not in self.auth:
+            credentials = self.credentials_for(registry)
+            self.auth[registry] = None if credentials is None else _login(self.engine, credentials)
+        return self.auth[registry]
+
+    def push(self, image: ImageSpec, now: dt.datetime) -> PushRecord:
+        options = self.options
+        reference = swr.validate(swr.Reference.of(image))
+        extra = expand_tags(options.extra_tags, tag=image.tag, date=now.strftime("%Y%m%d"),
+                            revision=options.revision)
+        targets = [reference, *(swr.validate_tag(reference, tag) for tag in extra)]
+        local = self.engine.image(str(reference))
+        if local is None:
+            raise RegistryError(f"no local image {reference}: build it first (inv build --only {image.id})")
+        credentials = self.credentials_for(reference.registry)
+        with Registry(reference.registry, credentials, retries=options.retries, backoff=options.backoff,
+                      region=options.region) as registry:
+            plans = [(target, *self._guard(registry, target, local)) for target in targets]
+            if options.dry_run:
+                return self._dry_run(image, local, plans, now)
+            results: list[TagOutcome] = []
+            final: Manifest | None = None
+            for target, remote, outcome in plans:
+                if outcome is Outcome.UNCHANGED:
+                    assert remote is not None
+                    log.info("%s is already in the registry as %s: nothing to push", target, remote.digest)
+                    results.append(TagOutcome(reference=str(target), digest=remote.digest, outcome=outcome,
+                                              previous_digest=None))
+                    final = final or remote
+                    continue
+                if target != reference:
+                    self.engine.tag(str(reference), target.repository_reference, target.tag)
+                auth = self.auth_for(target.registry)
+                try:
+                    pushed = self.engine.push(target.repository_reference, target.tag, auth=auth,
+                                              secrets=credentials.secrets if credentials else (),
+                                              progress=self.progress)
+                except RegistryRefusedError as refused:
+                    raise _refused(refused, target, authenticated=auth is not None, region=options.region) from None
+                confirmed = _confirm(registry, target, pushed.digest, local)
+                final = final or confirmed
+                results.append(TagOutcome(reference=str(target), digest=pushed.digest, outcome=outcome,
+                                          previous_digest=remote.digest if remote is not None else None))
+        assert final is not None
+        record = PushRecord(
+            id=image.id, reference=str(reference), digest=results[0].digest, size=final.content_size,
+            image_id=local.image_id, image_size=local.size, media_type=final.media_type, outcome=results[0].outcome,
+            tags=tuple(results), time=now.isoformat(timespec="seconds"),
+            login=credentials.source if credentials else None, record=None,
+        )
+        try:
+            path = write_record(record, options.reports_dir)
+        except ModelArtsImagesError as error:
+            # the push itself went through: say so, so nobody pushes again to find out
+            raise RegistryError(f"{image.id}: pushed {record.reference} as {record.digest}, but {error}") from error
+        return dataclasses.replace(record, record=path)
+
+    def _guard(self, registry: Registry, target: swr.Reference, local: ImageConfig) -> tuple[Manifest | None, Outcome]:
+        """What the tag names now, and what pushing will do to it; RegistryError when it may not be replaced."""
+        remote = registry.manifest(target.name, target.tag)
+        if remote is None:
+            return None, Outcome.PUSHED
+        if remote.is_docker_v2 and remote.config_digest == local.image_id:
+            return remote, Outcome.UNCHANGED
+        if not self.options.replace_tags:
+            what = (f"image {remote.config_digest[:19]}" if remote.config_digest else f"a {remote.media_type}")
+            raise RegistryError(
+                f"refusing to push {target}: the tag already exists in the registry as {remote.digest} ({what}), "
+                f"and the local image is {local.image_id[:19]}. Tags are kept immutable: choose a new tag, or pass "
+                "--replace-tag to replace it")
+        log.warning("%s names %s in the registry: replacing it (--replace-tag)", target, remote.digest)
+        return remote, Outcome.REPLACED
+
+    def _dry_run(self, image: ImageSpec, local: ImageConfig,
+                 plans: Sequence[tuple[swr.Reference, Manifest | None, Outcome]], now: dt.datetime) -> PushRecord:
+        wording = {Outcome.PUSHED: Outcome.WOULD_PUSH, Outcome.REPLACED: Outcome.WOULD_REPLACE,
+                   Outcome.UNCHANGED: Outcome.UNCHANGED}
+        tags = tuple(TagOutcome(reference=str(target), digest=remote.digest if outcome is Outcome.UNCHANGED and remote
+                                else None, outcome=wording[outcome],
+                                previous_digest=remote.digest if remote is not None else None)
+                     for target, remote, outcome in plans)
+        credentials = self.credentials.get(plans[0][0].registry)
+        return PushRecord(id=image.id, reference=tags[0].reference, digest=tags[0].digest, size=None,
+                          image_id=local.image_id, image_size=local.size, media_type=None, outcome=tags[0].outcome,
+                          tags=tags, time=now.isoformat(timespec="seconds"),
+                          login=credentials.source if credentials else None, record=None)
+
+
+def _confirm(registry: Registry, target: swr.Reference, digest: str, local: ImageConfig) -> Manifest:
+    """The manifest the tag resolves to after the push, checked: the pushed digest, docker v2, this image."""
+    found = registry.manifest(target.name, target.tag)
+    if found is None:
+        raise RegistryError(f"pushed {target}, but the registry does not know the tag")
+    if found.digest != digest:
+        raise RegistryError(f"pushed {target} as {digest}, but the registry resolves the tag to {found.digest}: "
+                            "another push replaced it meanwhile?")
+    if not found.is_docker_v2:
+        raise RegistryError(f"pushed {target}, but the registry holds it as {found.media_type}; SWR accepts only "
+                            "a single docker v2 schema 2 manifest (build with --provenance=false --sbom=false and "
+                            "without oci-mediatypes)")
+    if found.config_digest != local.image_id:
+        raise RegistryError(f"pushed {target}, but its manifest names image {found.config_digest}, not the local "
+                            f"image {local.image_id}")
+    log.info("confirmed %s -> %s (%s)", target, found.digest, found.media_type)
+    return found
+
+
+def push_images(images: Sequence[ImageSpec], options: PushOptions, *, engine: Engine, env: Mapping[str, str],
+                progress: ProgressCallback | None = None, now: dt.datetime | None = None) -> list[PushRecord]:
+    """Push the images one after the other; the first failure stops the rest (RegistryError, exit 6)."""
+    publisher = _Publisher(engine, options, env, progress)
+    moment = now or utc_now()
+    return [publisher.push(image, moment) for image in images]

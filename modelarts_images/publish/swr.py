@@ -1,0 +1,258 @@
+"""SWR naming and login credentials: pure functions, no network, no engine.
+
+Login credentials are looked up in the environment, first source that is set wins:
+
+1. ``HUAWEICLOUD_SDK_AK`` + ``HUAWEICLOUD_SDK_SK`` — the names Huawei Cloud's SDKs and KooCLI (hcloud) read;
+2. ``HW_ACCESS_KEY`` + ``HW_SECRET_KEY`` — the names of Huawei Cloud's Terraform provider;
+3. ``MODELARTS_SWR_LOGIN_USER`` + ``MODELARTS_SWR_LOGIN_PASSWORD`` — a ready (temporary) login, the ``-u`` and
+   ``-p`` of the command SWR's console generates ("Generate Login Command");
+4. ``MODELARTS_REGISTRY_USER`` + ``MODELARTS_REGISTRY_PASSWORD`` — a plain user name and password, for any
+   registry.
+
+Sources 1–3 apply only to SWR: a host ``swr.<region>.myhuaweicloud.com`` (or ``.eu``), or any host when a region
+is given explicitly. An AK/SK pair is never turned into a login for another registry. An AK/SK pair becomes SWR's
+long-term login: user ``<region>@<AK>``, password the lowercase hex HMAC-SHA256 of the AK keyed by the SK. The SK
+itself is dropped at once; only the derived password is kept, and it never appears in a repr, a log line or an
+error message. A temporary AK/SK (``HUAWEICLOUD_SDK_SECURITY_TOKEN`` / ``HW_SECURITY_TOKEN`` set beside it)
+cannot make a long-term login, so that source is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from modelarts_images.config import versions as config
+from modelarts_images.errors import RegistryError
+from modelarts_images.model import ImageSpec
+from modelarts_images.shared import redact
+
+# (access key, secret key, security token) variable names, in the order they are tried.
+AK_SK_SOURCES: tuple[tuple[str, str, str], ...] = (
+    ("HUAWEICLOUD_SDK_AK", "HUAWEICLOUD_SDK_SK", "HUAWEICLOUD_SDK_SECURITY_TOKEN"),
+    ("HW_ACCESS_KEY", "HW_SECRET_KEY", "HW_SECURITY_TOKEN"),
+)
+SWR_LOGIN = ("MODELARTS_SWR_LOGIN_USER", "MODELARTS_SWR_LOGIN_PASSWORD")
+REGISTRY_LOGIN = ("MODELARTS_REGISTRY_USER", "MODELARTS_REGISTRY_PASSWORD")
+
+_SWR_HOST = re.compile(r"^swr\.(?P<region>[a-z]{2,}(?:-[a-z]+)+-[0-9]+)\.myhuaweicloud\.(?:com|eu)(?::[0-9]+)?$")
+_REGION = re.compile(r"^[a-z]{2,}(?:-[a-z]+)+-[0-9]+$")
+# Docker's limit for registry/organization/repository (the part before the tag).
+MAX_NAME_LENGTH = 255
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Region and long-term login
+
+
+def region_of(registry: str) -> str | None:
+    """'swr.cn-north-4.myhuaweicloud.com' -> 'cn-north-4'; None for a host that is not an SWR endpoint."""
+    match = _SWR_HOST.match(registry.strip().lower())
+    return match.group("region") if match else None
+
+
+def is_swr(registry: str) -> bool:
+    return region_of(registry) is not None
+
+
+def login_key(access_key: str, secret_key: str) -> str:
+    """SWR's long-term login password: lowercase hex HMAC-SHA256 of the AK, keyed by the SK."""
+    return hmac.new(secret_key.encode("utf-8"), access_key.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def long_term_user(region: str, access_key: str) -> str:
+    """SWR's long-term login user: '<region>@<AK>'."""
+    return f"{region}@{access_key}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Credentials
+
+
+def _hide_key(user: str) -> str:
+    """'cn-north-4@HPUAEXAMPLEKEY' -> 'cn-north-4@HPUA…': the AK is an identifier, but need not be shown whole."""
+    region, at, key = user.partition("@")
+    if at and _REGION.match(region) and len(key) > 4:
+        return f"{region}@{key[:4]}…"
+    return user
+
+
+@dataclass(frozen=True, kw_only=True)
+class Credentials:
+    """A registry login. The password never shows in repr() or str()."""
+
+    registry: str
+    username: str
+    password: str = field(repr=False)
+    source: str  # where it came from, for messages: 'HUAWEICLOUD_SDK_AK/HUAWEICLOUD_SDK_SK (long-term login)'
+
+    def __repr__(self) -> str:
+        return (f"Credentials(registry={self.registry!r}, username={self.shown_user!r}, password='{redact.MASK}', "
+                f"source={self.source!r})")
+
+    __str__ = __repr__
+
+    @property
+    def shown_user(self) -> str:
+        """The user name as logs show it: an AK inside it is cut to its first four characters."""
+        return _hide_key(self.username)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What every log line and message must mask."""
+        return (self.password,) if self.password else ()
+
+
+def _pair(env: Mapping[str, str], first: str, second: str) -> tuple[str, str] | None:
+    """Both values, None when neither is set; a half-set pair is an error that names the missing variable."""
+    one, two = env.get(first, "").strip(), env.get(second, "")
+    if not one and not two:
+        return None
+    if not one or not two:
+        missing = first if not one else second
+        present = second if not one else first
+        raise RegistryError(f"{present} is set but {missing} is not: set both, or neither")
+    return one, two
+
+
+def credential_sources(registry: str, *, region: str | None = None) -> tuple[str, ...]:
+    """The environment variable pairs tried for `registry`, in order, for messages and docs."""
+    names: list[str] = []
+    if _swr_region(registry, region) is not None:
+        names += [f"{ak}/{sk}" for ak, sk, _ in AK_SK_SOURCES]
+        names.append("/".join(SWR_LOGIN))
+    return (*names, "/".join(REGISTRY_LOGIN))
+
+
+def _swr_region(registry: str, region: str | None) -> str | None:
+    from_host = region_of(registry)
+    if region is None:
+        return from_host
+    region = region.strip().lower()
+    if not _REGION.match(region):
+        raise RegistryError(f"region {region!r} is not a Huawei Cloud region name such as cn-north-4")
+    if from_host is not None and from_host != region:
+        raise RegistryError(f"region {region!r} does not match the registry {registry}, which is in {from_host}")
+    return region
+
+
+def resolve_credentials(
+    registry: str, env: Mapping[str, str], *, region: str | None = None
+) -> Credentials | None:
+    """The login for `registry` from the first source set in `env` (see the module doc); None when none is set.
+
+    `region` makes any host count as SWR in that region (a private endpoint, a test registry); without it the
+    region comes from the host name, and a host that is not SWR only gets MODELARTS_REGISTRY_USER/PASSWORD.
+    """
+    swr_region = _swr_region(registry, region)
+    skipped: list[str] = []
+    if swr_region is not None:
+        for ak_name, sk_name, token_name in AK_SK_SOURCES:
+            pair = _pair(env, ak_name, sk_name)
+            if pair is None:
+                continue
+            if env.get(token_name):
+                skipped.append(f"{ak_name}/{sk_name} (a temporary AK/SK: {token_name} is set, and SWR's long-term "
+                               "login needs a permanent AK/SK)")
+                continue
+            access_key, secret_key = pair
+            return Credentials(registry=registry, username=long_term_user(swr_region, access_key),
+                               password=login_key(access_key, secret_key),
+                               source=f"{ak_name}/{sk_name} (long-term login)")
+        pair = _pair(env, *SWR_LOGIN)
+        if pair is not None:
+            return Credentials(registry=registry, username=pair[0], password=pair[1],
+                               source=f"{'/'.join(SWR_LOGIN)} (temporary login)")
+    pair = _pair(env, *REGISTRY_LOGIN)
+    if pair is not None:
+        return Credentials(registry=registry, username=pair[0], password=pair[1], source="/".join(REGISTRY_LOGIN))
+    if skipped:
+        raise RegistryError(f"no usable login for {registry}: skipped {'; '.join(skipped)}. Use a permanent AK/SK, "
+                            f"or set {'/'.join(SWR_LOGIN)} from SWR's login command")
+    return None
+
+
+def missing_login_hint(registry: str, *, region: str | None = None) -> str:
+    """What to set when a registry wants a login and none was found."""
+    return f"set {' or '.join(credential_sources(registry, region=region))} (see README: Login)"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# References
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reference:
+    """registry/organization/repository:tag, split."""
+
+    registry: str
+    organization: str
+    repository: str
+    tag: str
+
+    @classmethod
+    def of(cls, image: ImageSpec) -> Reference:
+        return cls(registry=image.registry, organization=image.organization, repository=image.repository,
+                   tag=image.tag)
+
+    @property
+    def name(self) -> str:
+        """The repository name in the registry's API: 'organization/repository'."""
+        return f"{self.organization}/{self.repository}"
+
+    @property
+    def repository_reference(self) -> str:
+        """'registry/organization/repository', what `docker push` takes beside the tag."""
+        return f"{self.registry}/{self.name}"
+
+    def with_tag(self, tag: str) -> Reference:
+        return Reference(registry=self.registry, organization=self.organization, repository=self.repository,
+                         tag=tag)
+
+    def __str__(self) -> str:
+        return f"{self.repository_reference}:{self.tag}"
+
+
+def _rule(name: str) -> tuple[re.Pattern[str], int | None, str]:
+    """The pattern, maximum length and message of a naming rule, as versions.schema.json states it."""
+    schema = config.schema()
+    definition = schema["$defs"]["image"]["properties"]["tag"] if name == "tag" else schema["$defs"][name]
+    return re.compile(definition["pattern"]), definition.get("maxLength"), definition["x-message"]
+
+
+def reference_problems(reference: Reference) -> list[str]:
+    """Every way the reference breaks SWR's naming rules, as 'part 'value': rule' lines."""
+    problems = []
+    for part, value in (("registry", reference.registry), ("organization", reference.organization),
+                        ("repository", reference.repository), ("tag", reference.tag)):
+        pattern, max_length, message = _rule(part)
+        if not pattern.match(value) or (max_length is not None and len(value) > max_length):
+            problems.append(f"{part} {value!r}: {message}")
+    if len(reference.repository_reference) > MAX_NAME_LENGTH:
+        problems.append(f"name {reference.repository_reference!r}: must be at most {MAX_NAME_LENGTH} characters "
+                        f"(registry/organization/repository; it has {len(reference.repository_reference)})")
+    return problems
+
+
+def validate(reference: Reference) -> Reference:
+    """The reference itself, or RegistryError (exit 6) naming every rule it breaks."""
+    problems = reference_problems(reference)
+    if problems:
+        raise RegistryError(f"cannot push {reference}: " + "; ".join(problems))
+    return reference
+
+
+def validate_registry(registry: str) -> str:
+    """The registry host itself, or RegistryError when it is not a host name (optionally with :port)."""
+    pattern, _, message = _rule("registry")
+    if not pattern.match(registry):
+        raise RegistryError(f"registry {registry!r}: {message}")
+    return registry
+
+
+def validate_tag(reference: Reference, tag: str) -> Reference:
+    """The reference with an extra tag, checked against the tag rule."""
+    return validate(reference.with_tag(tag))

@@ -1,0 +1,82 @@
+"""Secrets kept out of everything shown: URLs with user:password@, registry passwords, commands.
+
+Every message, log line and printed plan goes through here. Nothing in this module raises: a URL it cannot
+make sense of is shown with every candidate secret masked rather than refused.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterable, Sequence
+
+MASK = "***"
+# scheme://userinfo@ : the userinfo ends at the last '@' before the first '/', so a password holding '#', '?'
+# or ':' (legal once percent-encoded, common when not) is still found; urlsplit would cut the authority there.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s]*)@")
+
+
+def _split_userinfo(url: str) -> tuple[str, str, str] | None:
+    """(scheme://, userinfo, rest after '@') of the first URL in `url`, or None when it carries no userinfo.
+
+    A URL without a scheme (a typo in a mirror setting) counts too: its userinfo is what precedes the last '@'
+    before the first '/'."""
+    match = _USERINFO.search(url)
+    if match is not None:
+        return match["scheme"], match["userinfo"], url[match.end():]
+    authority = url.split("/", 1)[0]
+    if "://" in url or "@" not in authority or any(c.isspace() for c in authority):
+        return None
+    userinfo = authority.rpartition("@")[0]
+    return "", userinfo, url[len(userinfo) + 1:]
+
+
+def _masked_userinfo(userinfo: str) -> str:
+    user, colon, _ = userinfo.partition(":")
+    return f"{user}:{MASK}" if colon else MASK  # a user alone is often a token: masked whole
+
+
+def has_credentials(url: str) -> bool:
+    """Whether the URL carries a user name or password (user:token@host)."""
+    return _split_userinfo(url) is not None
+
+
+def url(address: str) -> str:
+    """The URL as messages show it: 'https://user:***@host/...', '***@host' for a token-only user; every URL
+    in a longer text is masked the same way."""
+    if _USERINFO.search(address) is None:
+        parts = _split_userinfo(address)  # no scheme
+        return address if parts is None else _masked_userinfo(parts[1]) + "@" + parts[2]
+    return _USERINFO.sub(lambda m: m["scheme"] + _masked_userinfo(m["userinfo"]) + "@", address)
+
+
+def without_credentials(address: str) -> str:
+    """The URL with any user:password@ removed (for pip.conf in the build context, labels, cache keys)."""
+    return _USERINFO.sub(lambda m: m["scheme"], address)
+
+
+def url_secrets(address: str) -> tuple[str, ...]:
+    """The parts of a URL that must never be shown: its password, or a user name that stands alone (a token)."""
+    parts = _split_userinfo(address)
+    if parts is None:
+        return ()
+    user, colon, password = parts[1].partition(":")
+    return (password,) if colon else (user,)
+
+
+def text(message: str, secrets: Iterable[str] = ()) -> str:
+    """`message` with every secret replaced by ***, longest first (a secret containing another is fully masked),
+    and every URL's credentials masked as url() shows them (HTTP libraries quote URLs in their errors)."""
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        message = message.replace(secret, MASK)
+    return _USERINFO.sub(lambda m: m["scheme"] + _masked_userinfo(m["userinfo"]) + "@", message)
+
+
+def command(argv: Sequence[str], secrets: Iterable[str] = ()) -> str:
+    """The argument list as a shell line, with credentials masked: for `+ cmd` echoes and --dry-run."""
+    return text(shlex.join(argv), secrets)
+
+
+def about(address: str, message: str) -> str:
+    """`message` (an HTTP library's error about `address`, which may quote it) with that URL's secrets masked."""
+    return text(message, url_secrets(address))

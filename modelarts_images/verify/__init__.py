@@ -1,0 +1,1 @@
+"""Stage 3, verify: the verification script run in the image as ModelArts runs it, and ModelArts' rules checked."""

@@ -1,0 +1,400 @@
+"""ModelArts' rules for custom training images, each checked and reported pass/fail (a few only warn).
+
+Rules (ModelArts, "Specifications for Custom Images Used for Training Jobs", and the training boot command):
+- `ma-user`: the user exists with uid 1000, gid 100, home /home/ma-user (jobs run as uid 1000);
+- `boot-python`: the boot command's python (`/home/ma-user/miniconda3/bin/python`) starts as uid 1000 without
+  any shell activation (no `conda activate`, no profile) and loads its own libraries;
+- `default-user`: the image does not run as root by default (its config's User);
+- `setuid-setgid`: no setuid/setgid file beyond the base image's ("a file cannot be added whose owner is root and
+  has permission setuid or setgid");
+- `credentials`: no credential file left anywhere: .docker/config.json, .netrc, .git-credentials, and pip.conf,
+  pip.ini or .pypirc holding a password or a URL with user:password@;
+- `image-size`: within a budget, by default ModelArts' limit (contract.IMAGE_SIZE_BUDGET);
+- `conda-channel` (warning only): conda packages from Anaconda's `defaults` channel, which Anaconda's terms make
+  paid for larger organisations.
+
+What a container shows is gathered by probes (`gather()`), each a small program run in a container of the image
+without a network; judging it (`evaluate()`) is pure. The probes (Python ones live in verify/probes/, see
+modelarts_images.verify.probes, and travel on the command line):
+- conformance_facts.py, Python 3.7+ stdlib, run as root with the image's conda python: users, credential files,
+  conda metadata (it prints facts, never a secret);
+- boot_facts.py, run as uid 1000 exactly as a boot command is (absolute path, no shell, ModelArts' variables);
+- SETUID_COMMAND, `find` over the root filesystem, in the image and in its base image.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from modelarts_images.contract import (
+    BOOT_PYTHON,
+    CONDA_PREFIX,
+    IMAGE_SIZE_BUDGET,
+    MA_GID,
+    MA_HOME,
+    MA_UID,
+    MA_USER,
+    VERIFY_TIMEOUT_S,
+)
+from modelarts_images.engine.api import ContainerOutput, ContainerRun, Engine, ImageConfig
+from modelarts_images.errors import EngineError, VerifyError
+from modelarts_images.shared import text
+from modelarts_images.verify.checks import CheckOutcome
+from modelarts_images.verify.probes import BOOT_FACTS, CONFORMANCE_FACTS, probe_source, tagged_json
+
+# What verify/probes/conformance_facts.py and boot_facts.py print their facts after (their PREFIX).
+FACTS_PREFIX = "MODELARTS_CONFORMANCE_FACTS "
+BOOT_PREFIX = "MODELARTS_BOOT_FACTS "
+SETUID_COMMAND = ("find", "/", "-xdev", "-type", "f", "(", "-perm", "-4000", "-o", "-perm", "-2000", ")", "-print")
+
+# Anaconda's `defaults` channel (repo.anaconda.com/pkgs/*: main, r, free, msys2, pro) under its several spellings.
+_DEFAULTS = re.compile(r"^(defaults|pkgs/[a-z0-9_-]+)(/|$)|://(repo\.anaconda\.com|repo\.continuum\.io)/pkgs/"
+                       r"|://conda\.anaconda\.org/anaconda(/|$)", re.IGNORECASE)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserFacts:
+    name: str
+    uid: int
+    gid: int
+    home: str
+    shell: str
+    home_exists: bool
+    home_owner: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CredentialFile:
+    path: str
+    kind: str  # netrc, git-credentials, docker-config, pip-config, pypirc
+    has_password: bool
+    has_url_credentials: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class CondaPackage:
+    name: str
+    version: str
+    channel: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeFacts:
+    """What verify/probes/conformance_facts.py saw inside the image."""
+
+    python: str
+    user: UserFacts | None  # None: no such user
+    uid_owner: str | None  # the name uid 1000 resolves to
+    group: str | None  # the name of gid 100
+    credential_files: tuple[CredentialFile, ...]
+    conda_packages: tuple[CondaPackage, ...] | None  # None: no conda-meta (not a conda installation)
+    errors: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BootFacts:
+    """How the boot python started as uid 1000: ok, or why not."""
+
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageFacts:
+    """Everything the rules are judged on."""
+
+    reference: str
+    config_user: str
+    working_dir: str
+    size: int
+    probe: ProbeFacts | None
+    probe_error: str | None  # why there are no probe facts
+    boot: BootFacts
+    setuid_files: tuple[str, ...] | None  # None: could not be listed
+    setuid_error: str | None
+    base_image: str | None
+    base_setuid_files: tuple[str, ...] | None  # None: the base image is not available to compare with
+    base_error: str | None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading the probes' output
+
+
+def parse_probe(text: str) -> ProbeFacts:
+    """The facts conformance_facts.py printed (VerifyError when its line is missing or garbled)."""
+    data = tagged_json(text, FACTS_PREFIX, what="conformance probe")
+    try:
+        user = data.get("user")
+        packages = data.get("conda_packages")
+        return ProbeFacts(
+            python=str(data.get("python", "")),
+            user=None if user is None else UserFacts(
+                name=str(user["name"]), uid=int(user["uid"]), gid=int(user["gid"]), home=str(user["home"]),
+                shell=str(user.get("shell", "")), home_exists=bool(user["home_exists"]),
+                home_owner=None if user.get("home_owner") is None else int(user["home_owner"])),
+            uid_owner=None if data.get("uid_owner") is None else str(data["uid_owner"]),
+            group=None if data.get("group") is None else str(data["group"]),
+            credential_files=tuple(
+                CredentialFile(path=str(item["path"]), kind=str(item["kind"]), has_password=bool(item["has_password"]),
+                               has_url_credentials=bool(item["has_url_credentials"]))
+                for item in data.get("credential_files", ())),
+            conda_packages=None if packages is None else tuple(
+                CondaPackage(name=str(item["name"]), version=str(item["version"]), channel=str(item["channel"]))
+                for item in packages),
+            errors=tuple(str(error) for error in data.get("errors", ())),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise VerifyError(f"conformance probe: unexpected facts ({type(error).__name__}: {error})") from error
+
+
+def parse_boot(output: ContainerOutput) -> BootFacts:
+    """Judge the boot python's run: exit 0, the conda prefix, its libraries loaded, nothing activated."""
+    if output.timed_out:
+        return BootFacts(ok=False, detail=f"{BOOT_PYTHON} did not finish in {output.seconds:.0f} s")
+    try:
+        data = tagged_json(output.stdout, BOOT_PREFIX, what=BOOT_PYTHON)
+    except VerifyError as error:
+        tail = " | ".join(output.stderr.strip().splitlines()[-3:])
+        return BootFacts(ok=False, detail=f"exit status {output.exit_code}; {error}" + (f"; {tail}" if tail else ""))
+    problems = []
+    if output.exit_code != 0:
+        problems.append(f"exit status {output.exit_code}")
+    if data.get("prefix") != CONDA_PREFIX:
+        problems.append(f"sys.prefix is {data.get('prefix')!r}, not {CONDA_PREFIX}")
+    if data.get("uid") != MA_UID or data.get("gid") != MA_GID:
+        problems.append(f"ran as {data.get('uid')}:{data.get('gid')}, not {MA_UID}:{MA_GID}")
+    modules = data.get("modules") or {}
+    broken = [f"{name} ({state})" for name, state in sorted(modules.items()) if state != "ok"]
+    if broken:
+        problems.append("cannot import " + ", ".join(broken))
+    if problems:
+        return BootFacts(ok=False, detail="; ".join(problems))
+    return BootFacts(ok=True, detail=f"{BOOT_PYTHON} (Python {data.get('python')}) started as {MA_UID}:{MA_GID} "
+                                     f"without a shell or activation; {', '.join(sorted(modules))} import")
+
+
+def parse_find(output: ContainerOutput) -> tuple[str, ...]:
+    """The paths `find` printed (exit 1 with paths is fine: find says 1 for any unreadable corner)."""
+    paths = tuple(sorted(line for line in output.stdout.splitlines() if line.startswith("/")))
+    if output.timed_out or output.exit_code not in (0, 1) or (output.exit_code == 1 and not paths):
+        tail = " | ".join(output.stderr.strip().splitlines()[-3:]) or "no output"
+        raise VerifyError(f"find exited with {output.exit_code}{' (timed out)' if output.timed_out else ''}: {tail}")
+    return paths
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Judging (pure)
+
+
+def _is_root(user: str) -> bool:
+    name = user.split(":", 1)[0].strip()
+    return name in ("", "root", "0")
+
+
+def is_defaults_channel(channel: str) -> bool:
+    return bool(_DEFAULTS.search(channel.strip()))
+
+
+def _gb(count: int) -> str:
+    return text.size(count, precision=2)
+
+
+def _names(paths: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def check_user(probe: ProbeFacts) -> CheckOutcome:
+    name = "ma-user"
+    user = probe.user
+    if user is None:
+        return CheckOutcome(name=name, ok=False, detail=f"no user {MA_USER} in /etc/passwd")
+    problems = []
+    if user.uid != MA_UID:
+        problems.append(f"uid {user.uid}, not {MA_UID}")
+    if user.gid != MA_GID:
+        problems.append(f"gid {user.gid}, not {MA_GID}")
+    if user.home != MA_HOME:
+        problems.append(f"home {user.home}, not {MA_HOME}")
+    elif not user.home_exists:
+        problems.append(f"home {MA_HOME} does not exist")
+    elif user.home_owner != MA_UID:
+        problems.append(f"home {MA_HOME} is owned by uid {user.home_owner}, not {MA_UID}")
+    if probe.uid_owner not in (None, MA_USER):
+        problems.append(f"uid {MA_UID} resolves to {probe.uid_owner!r} first")
+    if problems:
+        return CheckOutcome(name=name, ok=False, detail=f"{MA_USER}: " + "; ".join(problems))
+    group = f" ({probe.group})" if probe.group else ""
+    return CheckOutcome(name=name, ok=True,
+                        detail=f"{MA_USER} uid {MA_UID} gid {MA_GID}{group}, home {MA_HOME} owned by {MA_UID}")
+
+
+def check_default_user(config_user: str) -> CheckOutcome:
+    if _is_root(config_user):
+        shown = repr(config_user) if config_user else "not set (root)"
+        return CheckOutcome(name="default-user", ok=False,
+                            detail=f"the image runs as root by default: User is {shown}; end the Dockerfile with "
+                                   f"USER {MA_USER}")
+    return CheckOutcome(name="default-user", ok=True, detail=f"User {config_user} (not root)")
+
+
+def check_setuid(facts: ImageFacts) -> CheckOutcome:
+    name = "setuid-setgid"
+    if facts.setuid_files is None:
+        return CheckOutcome(name=name, ok=False, detail=f"could not list them: {facts.setuid_error}")
+    if facts.base_setuid_files is None:
+        return CheckOutcome(
+            name=name, ok=False, warning=True,
+            detail=f"base image {facts.base_image or '(unknown)'} not available to compare with "
+                   f"({facts.base_error}); the image has {len(facts.setuid_files)}: {_names(facts.setuid_files)}")
+    added = sorted(set(facts.setuid_files) - set(facts.base_setuid_files))
+    if added:
+        return CheckOutcome(name=name, ok=False,
+                            detail=f"{len(added)} setuid/setgid file(s) not in the base image {facts.base_image}: "
+                                   f"{_names(added)}")
+    return CheckOutcome(name=name, ok=True,
+                        detail=f"{len(facts.setuid_files)} setuid/setgid file(s), all from the base image "
+                               f"{facts.base_image}")
+
+
+def check_credentials(probe: ProbeFacts) -> CheckOutcome:
+    found = []
+    for item in probe.credential_files:
+        if item.kind in ("netrc", "git-credentials", "docker-config"):
+            found.append(f"{item.path} ({item.kind})")
+        elif item.has_password or item.has_url_credentials:
+            why = "a password" if item.has_password else "a URL with user:password@"
+            found.append(f"{item.path} ({item.kind} with {why})")
+    if found:
+        return CheckOutcome(name="credentials", ok=False, detail="credential files in the image: " + "; ".join(found))
+    clean = [item.path for item in probe.credential_files]
+    return CheckOutcome(name="credentials", ok=True,
+                        detail="no credential files" + (f" ({_names(clean)} hold none)" if clean else ""))
+
+
+def check_size(size: int, budget: int) -> CheckOutcome:
+    if size > budget:
+        return CheckOutcome(name="image-size", ok=False,
+                            detail=f"{_gb(size)} uncompressed, over the budget of {_gb(budget)}")
+    return CheckOutcome(name="image-size", ok=True, detail=f"{_gb(size)} uncompressed, budget {_gb(budget)}")
+
+
+def check_conda_channels(probe: ProbeFacts) -> CheckOutcome:
+    name = "conda-channel"
+    if probe.conda_packages is None:
+        return CheckOutcome(name=name, ok=True, skipped=True,
+                            detail=f"no conda metadata ({CONDA_PREFIX}/conda-meta is absent: not a conda "
+                                   "installation), nothing to check")
+    paid = [package for package in probe.conda_packages if is_defaults_channel(package.channel)]
+    if paid:
+        channels = sorted({package.channel for package in paid})
+        return CheckOutcome(
+            name=name, ok=False, warning=True,
+            detail=f"{len(paid)} of {len(probe.conda_packages)} conda packages come from Anaconda's `defaults` "
+                   f"channel ({_names(channels, 3)}): {_names([package.name for package in paid])}. Anaconda's "
+                   "terms make that channel paid for larger organisations; a Miniforge installer (conda-forge) "
+                   "avoids it")
+    return CheckOutcome(name=name, ok=True,
+                        detail=f"{len(probe.conda_packages)} conda packages, none from Anaconda's `defaults` channel")
+
+
+def evaluate(facts: ImageFacts, *, size_budget: int = IMAGE_SIZE_BUDGET) -> list[CheckOutcome]:
+    """Every rule, judged on the gathered facts."""
+    outcomes: list[CheckOutcome] = []
+    if facts.probe is None:
+        why = f"the probe did not run: {facts.probe_error}"
+        outcomes += [CheckOutcome(name=name, ok=False, detail=why) for name in ("ma-user", "credentials")]
+    else:
+        outcomes.append(check_user(facts.probe))
+    outcomes.append(CheckOutcome(name="boot-python", ok=facts.boot.ok, detail=facts.boot.detail))
+    outcomes.append(check_default_user(facts.config_user))
+    outcomes.append(check_setuid(facts))
+    if facts.probe is not None:
+        outcomes.append(check_credentials(facts.probe))
+    outcomes.append(check_size(facts.size, size_budget))
+    if facts.probe is not None:
+        outcomes.append(check_conda_channels(facts.probe))
+    order = ("ma-user", "boot-python", "default-user", "setuid-setgid", "credentials", "image-size", "conda-channel")
+    return sorted(outcomes, key=lambda outcome: order.index(outcome.name) if outcome.name in order else len(order))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Gathering (through the engine)
+
+
+def probe_run(reference: str, *, timeout: float = VERIFY_TIMEOUT_S) -> ContainerRun:
+    """conformance_facts.py as root; isolated (-I) so nothing in the image's environment or cwd steers it."""
+    source = probe_source(CONFORMANCE_FACTS)
+    return ContainerRun(image=reference, command=(BOOT_PYTHON, "-I", "-c", source, CONDA_PREFIX, MA_USER),
+                        user="0:0", working_dir="/", network=False, timeout=timeout)
+
+
+def boot_run(reference: str, environment: tuple[tuple[str, str], ...] = (), *,
+             timeout: float = VERIFY_TIMEOUT_S) -> ContainerRun:
+    """boot_facts.py as uid 1000, started like a boot command: not isolated, since that is what a job gets."""
+    return ContainerRun(image=reference, command=(BOOT_PYTHON, "-c", probe_source(BOOT_FACTS)),
+                        user=f"{MA_UID}:{MA_GID}", working_dir=MA_HOME, environment=environment, network=False,
+                        timeout=timeout)
+
+
+def setuid_run(reference: str, *, timeout: float = VERIFY_TIMEOUT_S) -> ContainerRun:
+    return ContainerRun(image=reference, command=SETUID_COMMAND, user="0:0", working_dir="/", network=False,
+                        timeout=timeout)
+
+
+# Like the other probes, a probe that cannot run (its container does not start, its output is garbled) is this
+# image's failed check, not an error that stops the verification (and the report) of every image.
+
+
+def _setuid_files(engine: Engine, reference: str, timeout: float) -> tuple[tuple[str, ...] | None, str | None]:
+    try:
+        return parse_find(engine.run(setuid_run(reference, timeout=timeout))), None
+    except (VerifyError, EngineError) as error:
+        return None, str(error)
+
+
+def _boot_facts(engine: Engine, reference: str, environment: tuple[tuple[str, str], ...], timeout: float,
+                ) -> BootFacts:
+    try:
+        return parse_boot(engine.run(boot_run(reference, environment, timeout=timeout)))
+    except (VerifyError, EngineError) as error:
+        return BootFacts(ok=False, detail=f"the boot probe did not run in {reference}: {error}")
+
+
+def gather(engine: Engine, config: ImageConfig, *, base_image: str | None,
+           environment: tuple[tuple[str, str], ...] = (), timeout: float = VERIFY_TIMEOUT_S) -> ImageFacts:
+    """Run the probes in containers of the image (and of `base_image`) and collect what they saw."""
+    reference = config.reference
+    probe: ProbeFacts | None = None
+    probe_error: str | None = None
+    try:
+        output = engine.run(probe_run(reference, timeout=timeout))
+        probe = parse_probe(output.stdout)
+    except (VerifyError, EngineError) as error:
+        probe_error = str(error)
+    boot = _boot_facts(engine, reference, environment, timeout)
+    setuid_files, setuid_error = _setuid_files(engine, reference, timeout)
+    base_files: tuple[str, ...] | None = None
+    base_error: str | None = None
+    if base_image is None:
+        base_error = "the image names no base (label org.opencontainers.image.base.name)"
+    elif engine.image(base_image) is None:
+        base_error = f"{base_image} is not in the engine"
+    else:
+        base_files, base_error = _setuid_files(engine, base_image, timeout)
+    return ImageFacts(
+        reference=reference, config_user=config.user, working_dir=config.working_dir, size=config.size,
+        probe=probe, probe_error=probe_error, boot=boot, setuid_files=setuid_files, setuid_error=setuid_error,
+        base_image=base_image, base_setuid_files=base_files, base_error=base_error,
+    )
+
+
+def check_image(engine: Engine, config: ImageConfig, *, base_image: str | None,
+                size_budget: int = IMAGE_SIZE_BUDGET, environment: tuple[tuple[str, str], ...] = (),
+                timeout: float = VERIFY_TIMEOUT_S) -> list[CheckOutcome]:
+    """Gather the facts of the image and judge them against every rule."""
+    return evaluate(gather(engine, config, base_image=base_image, environment=environment, timeout=timeout),
+                    size_budget=size_budget)

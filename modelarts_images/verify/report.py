@@ -1,0 +1,158 @@
+"""The verification report of one image: its runs, its conformance checks; saved as reports/verify/<id>.json,
+read back by the matrix, shown on a terminal."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelarts_images.contract import BOOT_COMMAND
+from modelarts_images.errors import VerifyError
+from modelarts_images.model import ImageSpec
+from modelarts_images.options import Device
+from modelarts_images.shared.files import write_atomic
+from modelarts_images.verify.checks import CheckOutcome, failure_message
+from modelarts_images.verify.result import RESULT_PREFIX, VerificationResult
+
+SCHEMA = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Expected:
+    """What the versions.yaml entry says the image holds."""
+
+    python: str
+    cuda: str
+    variant: str
+    packages: tuple[tuple[str, str], ...]  # (name, version), torch first
+
+    @classmethod
+    def of(cls, image: ImageSpec) -> Expected:
+        return cls(python=image.python, cuda=image.cuda, variant=image.variant, packages=image.packages)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceRun:
+    device: Device
+    command: tuple[str, ...]
+    exit_code: int | None
+    timed_out: bool
+    seconds: float
+    result: VerificationResult | None  # None when the output held no usable result line
+    outcomes: tuple[CheckOutcome, ...]
+    output_tail: tuple[str, ...]  # the last lines of the output (stdout then stderr), for the report
+
+    @property
+    def ok(self) -> bool:
+        return not any(outcome.blocking for outcome in self.outcomes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device": self.device.value,
+            "ok": self.ok,
+            "command": list(self.command),
+            "exit_code": self.exit_code,
+            "timed_out": self.timed_out,
+            "seconds": round(self.seconds, 3),
+            "result": self.result.to_json() if self.result is not None else None,
+            "checks": [outcome.to_json() for outcome in self.outcomes],
+            "output_tail": list(self.output_tail),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DeviceRun:
+        return cls(device=Device(data["device"]), command=tuple(data["command"]), exit_code=data["exit_code"],
+                   timed_out=bool(data["timed_out"]), seconds=float(data["seconds"]),
+                   result=None if data["result"] is None else VerificationResult.from_json(data["result"]),
+                   outcomes=tuple(CheckOutcome.from_json(item) for item in data["checks"]),
+                   output_tail=tuple(data["output_tail"]))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageReport:
+    id: str
+    reference: str
+    expected: Expected
+    image_id: str
+    size: int
+    runs: tuple[DeviceRun, ...]
+    skipped: tuple[str, ...]  # "GPU: skipped, no GPU runtime (...)"
+    conformance: tuple[CheckOutcome, ...]
+
+    def outcomes(self) -> list[tuple[str, CheckOutcome]]:
+        pairs = [(str(run.device), outcome) for run in self.runs for outcome in run.outcomes]
+        return pairs + [("conformance", outcome) for outcome in self.conformance]
+
+    @property
+    def ok(self) -> bool:
+        return not any(outcome.blocking for _, outcome in self.outcomes())
+
+    def failure(self) -> str | None:
+        """One message naming each failed check, or None when the image passed."""
+        return failure_message(f"{self.id} ({self.reference})", self.outcomes())
+
+    def to_json(self) -> dict[str, Any]:
+        expected = self.expected
+        return {
+            "schema": SCHEMA,
+            "id": self.id,
+            "reference": self.reference,
+            "image_id": self.image_id,
+            "size": self.size,
+            "ok": self.ok,
+            "expected": {"python": expected.python, "cuda": expected.cuda, "variant": expected.variant,
+                         "packages": dict(expected.packages)},
+            "boot_command": BOOT_COMMAND,
+            "runs": [run.to_json() for run in self.runs],
+            "skipped": list(self.skipped),
+            "conformance": [outcome.to_json() for outcome in self.conformance],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ImageReport:
+        expected = data["expected"]
+        return cls(id=str(data["id"]), reference=str(data["reference"]),
+                   expected=Expected(python=str(expected["python"]), cuda=str(expected["cuda"]),
+                                     variant=str(expected["variant"]),
+                                     packages=tuple((str(k), str(v)) for k, v in expected["packages"].items())),
+                   image_id=str(data["image_id"]), size=int(data["size"]),
+                   runs=tuple(DeviceRun.from_json(run) for run in data["runs"]),
+                   skipped=tuple(str(note) for note in data["skipped"]),
+                   conformance=tuple(CheckOutcome.from_json(item) for item in data["conformance"]))
+
+
+def save_report(report: ImageReport, directory: Path) -> Path:
+    """<directory>/<id>.json, replaced whole; WriteError naming it when it cannot be written."""
+    text = json.dumps(report.to_json(), indent=2) + "\n"
+    return write_atomic(directory / f"{report.id}.json", text, what="verification result")
+
+
+def format_report(report: ImageReport) -> str:
+    """The report for a terminal: one line per check, grouped by device and conformance."""
+    lines = [f"{report.id}: {report.reference} ({'passed' if report.ok else 'FAILED'})"]
+    for run in report.runs:
+        facts = ""
+        if run.result is not None:
+            result = run.result
+            facts = (f" python {result.python}, torch {result.torch}, CUDA {result.torch_cuda}, "
+                     f"device {result.device}, uid {result.uid} gid {result.gid}")
+        lines.append(f"  {run.device.value.upper()} run ({run.seconds:.1f} s, exit {run.exit_code}):{facts}")
+        lines += [f"    {outcome.line()}" for outcome in run.outcomes]
+        if run.output_tail and not run.ok:
+            lines.append("    output (last lines):")
+            lines += [f"      | {line}" for line in run.output_tail if not line.startswith(RESULT_PREFIX)]
+    lines += [f"  {note}" for note in report.skipped]
+    if report.conformance:
+        lines.append("  ModelArts conformance:")
+        lines += [f"    {outcome.line()}" for outcome in report.conformance]
+    return "\n".join(lines)
+
+
+def raise_for_reports(reports: Sequence[ImageReport]) -> None:
+    """One VerifyError (exit 5) for every image that failed, each with its failed checks."""
+    failed = [message for message in (report.failure() for report in reports) if message is not None]
+    if failed:
+        raise VerifyError("\n".join(failed))

@@ -1,0 +1,73 @@
+"""Verify one image on an engine: the script on each device, the result checked against the entry, ModelArts'
+rules checked on the image; everything lands in the report, a failed check included."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from modelarts_images.contract import job_environment
+from modelarts_images.engine.api import Engine, ImageConfig
+from modelarts_images.errors import EngineError, VerifyError
+from modelarts_images.model import ImageSpec
+from modelarts_images.options import Device, VerifyOptions
+from modelarts_images.verify import conformance
+from modelarts_images.verify.checks import CheckOutcome
+from modelarts_images.verify.report import DeviceRun, Expected, ImageReport
+from modelarts_images.verify.result import VerificationResult, check_against, parse_result
+from modelarts_images.verify.runs import run_spec
+
+LOG_TAIL = 40  # lines of a run's output kept in the report
+
+
+def _run_device(engine: Engine, image: ImageSpec, reference: str, device: Device, options: VerifyOptions,
+                gpus: int) -> DeviceRun:
+    spec = run_spec(reference, device=device, script_dir=options.script_dir, gpus=gpus, timeout=options.timeout)
+    try:
+        output = engine.run(spec)
+    except EngineError as error:  # the container did not start: no GPU runtime, ...
+        return DeviceRun(device=device, command=spec.command, exit_code=None, timed_out=False, seconds=0.0,
+                         result=None, outcomes=(CheckOutcome(name="run", ok=False, detail=str(error)),),
+                         output_tail=())
+    tail = tuple((output.stdout.rstrip("\n") + "\n" + output.stderr).strip("\n").splitlines()[-LOG_TAIL:])
+    outcomes: list[CheckOutcome] = []
+    result: VerificationResult | None = None
+    if output.timed_out:
+        outcomes.append(CheckOutcome(name="run", ok=False,
+                                     detail=f"timed out after {output.seconds:.0f} s; the container was killed"))
+    try:
+        result = parse_result(output.stdout)
+    except VerifyError as error:
+        outcomes.append(CheckOutcome(name="result-line", ok=False,
+                                     detail=f"exit status {output.exit_code}; {error}"))
+    if result is not None:
+        outcomes += check_against(result, image, device)
+        outcomes.append(CheckOutcome(name="exit-status", ok=output.exit_code == 0,
+                                     detail=f"{spec.command[0]} exited with {output.exit_code}"))
+    return DeviceRun(device=device, command=spec.command, exit_code=output.exit_code, timed_out=output.timed_out,
+                     seconds=output.seconds, result=result, outcomes=tuple(outcomes), output_tail=tail)
+
+
+def base_image_of(config: ImageConfig, image: ImageSpec) -> str:
+    """The base the image was built from: its OCI base-name label (what the build used), else the entry's."""
+    return config.label("org.opencontainers.image.base.name") or image.base_image
+
+
+def verify_image(engine: Engine, image: ImageSpec, *, options: VerifyOptions, reference: str | None = None,
+                 devices: Sequence[Device] = (Device.CPU,), skipped: Sequence[str] = (), gpus: int = 1,
+                 check_conformance: bool = True) -> ImageReport:
+    """Run the verification script in `reference` (default: the entry's reference) on each device, check the
+    results against the entry and the image against ModelArts' rules. Failed checks are in the report;
+    VerifyError only when the image is not there at all."""
+    reference = reference or image.reference
+    config = engine.image(reference)
+    if config is None:
+        raise VerifyError(f"{image.id}: image {reference} is not in the engine; build it first (inv build "
+                          f"--only {image.id}) or pass --image")
+    runs = tuple(_run_device(engine, image, reference, device, options, gpus) for device in devices)
+    checks: tuple[CheckOutcome, ...] = ()
+    if check_conformance:
+        checks = tuple(conformance.check_image(engine, config, base_image=base_image_of(config, image),
+                                               size_budget=options.size_budget, timeout=options.timeout,
+                                               environment=job_environment(gpus=0)))
+    return ImageReport(id=image.id, reference=reference, expected=Expected.of(image), image_id=config.image_id,
+                       size=config.size, runs=runs, skipped=tuple(skipped), conformance=checks)
