@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from invoke.context import Context
@@ -140,6 +141,8 @@ def push(c: Context, versions: str | None = None, only: list[str] | None = None,
     from modelarts_images.publish.publisher import summary
     from modelarts_images.shared.progress import for_terminal
 
+    if force:
+        print("push: --force is now --replace-tag (it replaces a tag that names another image)", file=sys.stderr)
     options = _options(c, Flags(versions=versions, only=only or (), all_images=all_, replace_tags=replace_tag or force,
                                 extra_tags=tuple(extra_tag or ()), reports_dir=reports_dir, region=region,
                                 dry_run=dry_run))

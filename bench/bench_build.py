@@ -5,8 +5,9 @@
    for each backend (buildkit: `DOCKER_BUILDKIT=1 docker build`; docker: the classic builder). The entry is
    the engine tests' one (stand-in installer, CPU torch 2.13.0 for Python 3.11 and its dependency wheels),
    staged in a cache with a versions.lock that pins everything, so fetch finds it all and downloads nothing.
-   Also timed: `modelarts_images.build.builder.build_image()` in this process (the task without interpreter start and
-   imports), and the pieces of the difference (Python start, `import tasks`, the BuildKit CLI probe, ...).
+   Also timed: what the task does in this process, without interpreter start, imports and fetch (connect to the
+   engine, check the base, `modelarts_images.build.builder.build_image()` through the pipeline's build step), and
+   the pieces of the difference (Python start, `import tasks`, the BuildKit CLI probe, ...).
 2. Context assembly for more than 2 GiB of wheels (sparse files named like torch and its CUDA dependencies):
    `modelarts_images.build.context.assemble()` timed, and every file checked to be a hardlink of its cache blob.
 3. Image size against the original recipe's Dockerfile (../shared/reference/original-recipe.md, or
@@ -44,12 +45,20 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script: the project and its tests' helpers
 
-from modelarts_images import engine
+from modelarts_images import pipeline  # noqa: E402
 from modelarts_images.build import builder as building  # noqa: E402
-from modelarts_images.build import context
-from modelarts_images.config import versions as config
+from modelarts_images.build import context  # noqa: E402
+from modelarts_images.config import versions as config  # noqa: E402
+from modelarts_images.engine import cli, images  # noqa: E402
+from modelarts_images.engine.adapter import DockerEngine, connect  # noqa: E402
+from modelarts_images.engine.api import Backend  # noqa: E402
+from modelarts_images.errors import BuildError  # noqa: E402
 from modelarts_images.fetch import lockfile  # noqa: E402
 from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec  # noqa: E402
+from modelarts_images.options import BuildOptions  # noqa: E402
+from modelarts_images.shared import redact  # noqa: E402
+from modelarts_images.shared.files import link_or_copy  # noqa: E402
+from modelarts_images.shared.text import size  # noqa: E402
 from tests.engine.conftest import (  # noqa: E402
     STAND_IN_INSTALLER,
     TEST_BASE,
@@ -63,7 +72,7 @@ from tests.engine.conftest import (  # noqa: E402
 RECIPE = Path(os.environ.get("MODELARTS_IMAGES_RECIPE", ROOT.parent / "shared" / "reference" / "original-recipe.md"))
 DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").is_file() else "docker"  # a client < 23: DOCKER_BUILDKIT=1
 REPEATS = int(os.environ.get("BENCH_BUILD_REPEATS", "5"))
-BACKENDS = ("buildkit", "docker")
+BACKENDS = (Backend.BUILDKIT, Backend.DOCKER)
 URL_BASE = "https://example.invalid/bench/"
 ASSEMBLY_GIB = 2.25  # of wheels in the assembly benchmark
 GOALS = {"noop_ratio": 1.2, "assembly_s": 1.0, "size_ratio": 1.0}
@@ -124,14 +133,19 @@ def write_entry(work: Path, run_id: str, torch_wheel: Path, closure: list[Path])
     return versions, invoke_config, fetched
 
 
-def invoke_build(versions: Path, invoke_config: Path, backend: str) -> list[str]:
+def invoke_build(versions: Path, invoke_config: Path, backend: Backend) -> list[str]:
     return [sys.executable, "-m", "invoke", "-f", str(invoke_config), "build", "--versions", str(versions),
-            "--backend", backend]
+            "--backend", backend.value]
 
 
-def raw_build(fetched: FetchedImage, context_dir: Path, backend: str) -> tuple[list[str], dict[str, str]]:
+def build_options(backend: Backend) -> BuildOptions:
+    """What `inv build --backend BACKEND` builds with here (invoke.yaml sets no base prefix)."""
+    return BuildOptions(backend=backend, work_dir=ROOT / "build")
+
+
+def raw_build(fetched: FetchedImage, context_dir: Path, backend: Backend) -> tuple[list[str], dict[str, str]]:
     """`docker build` of the assembled context with what `inv build` passes: target, arguments, labels, tag."""
-    inputs = building.build_inputs(fetched)
+    inputs = building.build_inputs(fetched, build_options(backend))
     command = [DOCKER, "build", "--target", inputs.target, "-t", inputs.reference]
     for name, value in inputs.build_args:
         command += ["--build-arg", f"{name}={value}"]
@@ -153,9 +167,9 @@ def median_of(action: Callable[[], object], times: int = 3) -> float:
     return statistics.median(runs)
 
 
-def overhead(client: Any, fetched: FetchedImage, context_dir: Path) -> dict[str, float]:
+def overhead(engine: DockerEngine, fetched: FetchedImage, context_dir: Path) -> dict[str, float]:
     """Where the time of a no-op `inv build` goes besides the docker build itself (medians of 3, seconds)."""
-    inputs = building.build_inputs(fetched)
+    inputs = building.build_inputs(fetched, build_options(Backend.BUILDKIT))
 
     def python(code: str) -> Callable[[], object]:
         return lambda: run([sys.executable, "-c", code], what=f"python -c {code!r}")
@@ -163,16 +177,28 @@ def overhead(client: Any, fetched: FetchedImage, context_dir: Path) -> dict[str,
     return {
         "python_startup_s": round(median_of(python("pass")), 3),
         "python_import_tasks_s": round(median_of(python("import tasks")), 3),  # the CLI imports tasks.py
-        "find_buildkit_cli_s": round(median_of(engine.find_buildkit_cli), 3),
-        "base_image_check_s": round(median_of(lambda: engine.check_base_image(client, inputs.base_image)), 3),
+        "find_buildkit_cli_s": round(median_of(cli.find_buildkit_cli), 3),
+        "base_image_check_s": round(median_of(lambda: engine.base_image(inputs.base_image)), 3),
         "assemble_context_s": round(median_of(lambda: context.assemble(fetched, context_dir.parent)), 3),
-        "image_summary_s": round(median_of(lambda: engine.image_summary(client, inputs.reference,
-                                                                        base_image=inputs.base_image)), 3),
+        "image_summary_s": round(median_of(lambda: engine.summary(inputs.reference,
+                                                                  base_image=inputs.base_image)), 3),
     }
 
 
-def noop_rebuilds(client: Any, versions: Path, invoke_config: Path, fetched: FetchedImage,
+def build_in_process(fetched: FetchedImage, backend: Backend) -> str:
+    """What `inv build` does after its imports, fetch aside: connect, check the base, build; the image id."""
+    engine = pipeline.connect(BuildError)
+    try:
+        pipeline.check_bases_step([fetched.image], build_options(backend), engine)
+        return pipeline.build_step(fetched, build_options(backend), engine).image_id
+    finally:
+        if isinstance(engine, DockerEngine):
+            engine.close()
+
+
+def noop_rebuilds(engine: DockerEngine, versions: Path, invoke_config: Path, fetched: FetchedImage,
                   made: set[str]) -> dict[str, dict[str, Any]]:
+    client: Any = engine.client  # the SDK's raw API, as in the rest of this file
     reference = fetched.image.reference
     context_dir = context.context_dir(ROOT / "build", fetched.image.id)  # where `inv build` assembles it
     results: dict[str, dict[str, Any]] = {}
@@ -198,9 +224,9 @@ def noop_rebuilds(client: Any, versions: Path, invoke_config: Path, fetched: Fet
             fetch_lines += [line for line in output.splitlines() if line.startswith("fetched ")]
             invoke_ids.add(image_id(client, reference))
             started = time.perf_counter()
-            result = building.build_image(fetched, backend=backend, work_dir=ROOT / "build")
+            library_id = build_in_process(fetched, backend)
             library_times.append(time.perf_counter() - started)
-            invoke_ids.add(result.image_id)
+            invoke_ids.add(library_id)
             seconds, _ = timed_run(raw, env=env, what=f"raw docker build ({backend})")
             raw_times.append(seconds)
             raw_ids.add(image_id(client, reference))
@@ -211,7 +237,7 @@ def noop_rebuilds(client: Any, versions: Path, invoke_config: Path, fetched: Fet
             "first_build_s": round(first, 2),
             "invoke_build_s": round(inv, 3),
             "invoke_build_runs_s": [round(t, 3) for t in invoke_times],
-            "build_image_s": round(library, 3),  # modelarts_images.build.builder.build_image() in this process
+            "build_image_s": round(library, 3),  # connect, check the base, build_image(): in this process
             "build_image_runs_s": [round(t, 3) for t in library_times],
             "raw_docker_build_s": round(raw_s, 3),
             "raw_docker_build_runs_s": [round(t, 3) for t in raw_times],
@@ -226,9 +252,9 @@ def noop_rebuilds(client: Any, versions: Path, invoke_config: Path, fetched: Fet
             "fetch_summary": sorted(set(fetch_lines)),
             "image_id": built,
             "size": int(client.api.inspect_image(built)["Size"]),
-            "raw_command": engine.masked([f"DOCKER_BUILDKIT={env['DOCKER_BUILDKIT']}", *raw]),
+            "raw_command": redact.command([f"DOCKER_BUILDKIT={env['DOCKER_BUILDKIT']}", *raw]),
         }
-    results["overhead"] = overhead(client, fetched, context_dir)
+    results["overhead"] = overhead(engine, fetched, context_dir)
     return results
 
 
@@ -351,9 +377,9 @@ def build_recipe(work: Path, fetched: FetchedImage, reference: str) -> tuple[flo
     (recipe_dir / "Dockerfile").write_text(dockerfile, "utf-8")
     (recipe_dir / "pip.conf").write_text(context.render_pip_conf(fetched.image.pip_index), "utf-8")
     for item in (fetched.installer, *fetched.wheels):
-        context.link_or_copy(item.path, recipe_dir / item.filename)
+        link_or_copy(item.path, recipe_dir / item.filename)
     for item in fetched.closure or ():
-        context.link_or_copy(item.path, recipe_dir / "deps" / item.filename)
+        link_or_copy(item.path, recipe_dir / "deps" / item.filename)
     command = [DOCKER, "build", "-t", reference, str(recipe_dir)]
     seconds, _ = timed_run(command, env={"DOCKER_BUILDKIT": "1"}, what="build of the recipe's Dockerfile")
     return seconds, changes
@@ -375,7 +401,7 @@ def layers(client: Any, reference: str) -> list[dict[str, Any]]:
     base = len(client.api.history(TEST_BASE))
     rows = []
     for index, entry in enumerate(history):
-        step = engine.step_of(str(entry.get("CreatedBy") or "")) or str(entry.get("Comment") or "")
+        step = images.step_of(str(entry.get("CreatedBy") or "")) or str(entry.get("Comment") or "")
         rows.append({"step": " ".join(step.split())[:200], "size": int(entry.get("Size") or 0),
                      "role": "base image" if index < base else role(step)})
     return rows
@@ -469,12 +495,14 @@ def cleanup(client: Any, work: Path, build_dir: Path, tags: Sequence[str], made:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def human(size: float) -> str:
-    return f"{size / 1e6:.1f} MB"
+def signed_size(count: float) -> str:
+    """shared.text.size for a difference, which may be negative."""
+    return ("-" if count < 0 else "") + size(abs(count))
 
 
 def main() -> None:
-    client = engine.connect()
+    engine = connect()
+    client: Any = engine.client
     client.images.get(TEST_BASE)  # fails clearly when the base image is missing
     run_id = uuid.uuid4().hex[:8]
     work = Path(tempfile.mkdtemp(prefix="modelarts-bench-build-"))
@@ -488,7 +516,7 @@ def main() -> None:
     build_dir = context.context_dir(ROOT / "build", fetched.image.id)
     results: dict[str, Any] = {"run_id": run_id, "docker_cli": DOCKER, "repeats": REPEATS}
     with cleanup(client, work, build_dir, [fetched.image.reference, recipe_tag], made):
-        noop = noop_rebuilds(client, versions, invoke_config, fetched, made)
+        noop = noop_rebuilds(engine, versions, invoke_config, fetched, made)
         for backend, figures in noop.items():
             results[f"noop_{backend}"] = figures
         log("context assembly")
@@ -503,6 +531,7 @@ def main() -> None:
                                  **compare_sizes(client, fetched.image.reference, recipe_tag)}
         else:
             results["recipe"] = {"skipped": f"{RECIPE} is missing (set MODELARTS_IMAGES_RECIPE)"}
+    engine.close()
     results["total_s"] = round(time.perf_counter() - started, 1)
     report(results)
     out = ROOT / "bench" / "results"
@@ -532,12 +561,12 @@ def report(results: dict[str, Any]) -> None:
     if "skipped" in recipe:
         print(f"recipe: skipped, {recipe['skipped']}")
     else:
-        print(f"image_size: {recipe['size']} ({human(recipe['size'])})")
-        print(f"recipe_image_size: {recipe['recipe_size']} ({human(recipe['recipe_size'])})")
+        print(f"image_size: {recipe['size']} ({size(recipe['size'])})")
+        print(f"recipe_image_size: {recipe['recipe_size']} ({size(recipe['recipe_size'])})")
         print(f"size_ratio: {recipe['size_ratio']} (goal <= {GOALS['size_ratio']})")
         for row in recipe["by_role"]:
-            print(f"layers[{row['role']}]: ours {human(row['ours'])}, recipe {human(row['recipe'])}, "
-                  f"difference {human(row['difference'])}")
+            print(f"layers[{row['role']}]: ours {size(row['ours'])}, recipe {size(row['recipe'])}, "
+                  f"difference {signed_size(row['difference'])}")
         extra = recipe["packages_only_in_recipe_kib"]
         print(f"packages_only_in_recipe: {len(extra)} ({sum(extra.values()) / 1024:.1f} MiB installed): "
               f"{' '.join(extra)}")

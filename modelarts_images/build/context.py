@@ -15,9 +15,7 @@ assembling twice gives the same result.
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -28,6 +26,7 @@ from modelarts_images.errors import ConfigError
 from modelarts_images.model import FetchedFile, FetchedImage
 from modelarts_images.paths import CONTEXT_TEMPLATE
 from modelarts_images.shared import redact
+from modelarts_images.shared.files import link_or_copy
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +38,6 @@ INSTALLER_DIR = "installer"
 WHEELS_DIR = "wheels"
 DEPS_DIR = "deps"
 PIP_TIMEOUT = 120
-# Failures of os.link that a copy can get past: another filesystem, or one without hardlinks.
-_LINK_FALLBACK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP}
 
 
 def render_pip_conf(index_url: str) -> str:
@@ -95,18 +92,6 @@ def _link_all(directory: Path, files: Iterable[FetchedFile]) -> None:
         if destination.exists():
             raise ConfigError(f"{item.url}: two artifacts of this image are both named {name!r}")
         link_or_copy(item.path, destination)
-
-
-def link_or_copy(source: Path, destination: Path) -> None:
-    """Hardlink `source` at `destination`; copy only where the filesystem cannot link it (with a warning)."""
-    try:
-        os.link(source, destination)
-    except OSError as error:
-        if error.errno not in _LINK_FALLBACK:
-            raise
-        log.warning("cannot hardlink %s at %s (%s); copying it instead. Keep the cache and the build directory "
-                    "on one filesystem to avoid the copy", source, destination, error.strerror)
-        shutil.copy2(source, destination)
 
 
 def _swap_in(staging: Path, target: Path) -> None:

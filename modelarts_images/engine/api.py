@@ -1,6 +1,6 @@
 """What the tool asks of a container engine, as one typed protocol, and the records that go in and come out.
 
-Nothing here talks to an engine: `engine.docker.DockerEngine` implements the protocol with the docker SDK and
+Nothing here talks to an engine: `engine.adapter.DockerEngine` implements the protocol with the docker SDK and
 the docker CLI, and unit tests implement it with fakes. Every failure of the engine is an EngineError; the
 pipeline step that asked turns it into its stage's error (build 4, verify 5, registry 6).
 """

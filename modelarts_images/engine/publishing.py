@@ -89,11 +89,12 @@ def login(client: docker.DockerClient, credentials: RegistryLogin, *, backoff: r
             raise RegistryRefusedError(f"login to {credentials.registry} failed: {one_line(detail, 400)}", kind=kind,
                                   detail=detail) from None
         except (requests.ConnectionError, requests.Timeout) as error:
-            raise retry.TransientError(f"the Docker Engine does not answer: {error}") from None
+            raise retry.TransientError(f"the Docker Engine does not answer: {redact.text(str(error), secrets)}"
+                                       ) from None
 
     def give_up(attempts: int, failure: retry.TransientError) -> EngineError:
         return EngineError(f"login to {credentials.registry} failed after {attempts} attempt(s): "
-                           f"{one_line(str(failure), 400)}")
+                           f"{redact.text(one_line(str(failure), 400), secrets)}")
 
     answer = retry.call(once, backoff=backoff, describe=f"login to {credentials.registry}", give_up=give_up,
                         log=log, mask=lambda text: redact.text(one_line(text, 400), secrets))

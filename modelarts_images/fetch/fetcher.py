@@ -11,13 +11,10 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import requests
-
 from modelarts_images.errors import FetchError
-from modelarts_images.fetch import closure as closure_resolver
 from modelarts_images.fetch import index, lockfile
 from modelarts_images.fetch.cache import Cache
-from modelarts_images.http import download
+from modelarts_images.http import download, pip_resolver
 from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
 from modelarts_images.options import FetchOptions
 from modelarts_images.plan import wheel_source
@@ -49,7 +46,7 @@ class _Fetcher:
         self.options = options
         self.progress = progress
         self.cache = Cache(options.cache_dir)
-        self.session = requests.Session()
+        self.session = download.new_session()
         # Set by the first failure (or Ctrl-C): queued fetches do not start, running downloads stop early.
         self.abort = threading.Event()
         self._counting = threading.Lock()  # worker threads update the summary counters
@@ -218,7 +215,7 @@ def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress
         fresh = plan is not lock.get(image.id)
         # A closure missing from the lock (pip failed, or an earlier --no-closure) is tried again.
         if options.closure and (fresh or closure is None) and not options.locked:
-            closure = closure_resolver.resolve(image, wheels, scratch_parent=fetcher.cache.incoming)
+            closure = pip_resolver.resolve(image, wheels, scratch_parent=fetcher.cache.incoming)
         rest = fetcher.many([(artifact, image.id) for artifact in closure or ()])
         results.append(FetchedImage(
             image=image,

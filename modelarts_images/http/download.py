@@ -77,6 +77,11 @@ def _pause(abort: threading.Event | None) -> Callable[[float], object]:
     return abort.wait if abort is not None else time.sleep
 
 
+def new_session() -> requests.Session:
+    """One connection pool for a run's downloads; proxies from the environment (HTTPS_PROXY, ...) are used."""
+    return requests.Session()
+
+
 def download(
     url: str,
     target: Path,
@@ -107,7 +112,7 @@ def download(
             report = _Progress(url, progress)
             if urlsplit(url).scheme == "file":
                 return _copy_local(url, target, expected, chunk_size, report, abort)
-            http = session if session is not None else requests.Session()  # trust_env stays on: proxies work
+            http = session if session is not None else new_session()
             try:
                 return _download_http(
                     url,

@@ -54,10 +54,6 @@ def region_of(registry: str) -> str | None:
     return match.group("region") if match else None
 
 
-def is_swr(registry: str) -> bool:
-    return region_of(registry) is not None
-
-
 def login_key(access_key: str, secret_key: str) -> str:
     """SWR's long-term login password: lowercase hex HMAC-SHA256 of the AK, keyed by the SK."""
     return hmac.new(secret_key.encode("utf-8"), access_key.encode("utf-8"), hashlib.sha256).hexdigest()

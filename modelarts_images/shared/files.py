@@ -1,15 +1,24 @@
-"""Files replaced whole: a reader, or another process writing the same file, sees the old one or the new one."""
+"""Files replaced whole (a reader, or another process writing the same file, sees the old one or the new one),
+and files linked rather than copied."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import secrets
+import shutil
 import stat
 import tempfile
 from pathlib import Path
 
 from modelarts_images.errors import ConfigError, WriteError
+
+log = logging.getLogger(__name__)
+
+# Failures of os.link that a copy can get past: another filesystem, or one without hardlinks.
+_LINK_FALLBACK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP}
 
 
 def write_atomic(path: Path, text: str, *, what: str) -> Path:
@@ -52,3 +61,15 @@ def check_writable(reports_dir: Path, *, set_by: str = "modelarts.reports_dir in
     except OSError as problem:
         raise ConfigError(f"cannot write to the reports directory {reports_dir}: {problem.strerror or problem} "
                           f"({set_by})") from problem
+
+
+def link_or_copy(source: Path, destination: Path) -> None:
+    """Hardlink `source` at `destination`; copy only where the filesystem cannot link it (with a warning)."""
+    try:
+        os.link(source, destination)
+    except OSError as error:
+        if error.errno not in _LINK_FALLBACK:
+            raise
+        log.warning("cannot hardlink %s at %s (%s); copying it instead. Keep the cache and the build directory "
+                    "on one filesystem to avoid the copy", source, destination, error.strerror)
+        shutil.copy2(source, destination)

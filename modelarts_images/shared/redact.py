@@ -12,23 +12,24 @@ from collections.abc import Iterable, Sequence
 
 MASK = "***"
 # scheme://userinfo@ : the userinfo ends at the last '@' before the first '/', so a password holding '#', '?'
-# or ':' (legal once percent-encoded, common when not) is still found; urlsplit would cut the authority there.
+# or '@' (legal once percent-encoded, common when not) is found whole, where a URL parser would cut the authority
+# early and leave the rest of the password in view (or, stripping credentials, in a label). Reading more as
+# credentials than a parser would is the safe side: a host is never mistaken for part of a URL's path.
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s]*)@")
 
 
-def _split_userinfo(url: str) -> tuple[str, str, str] | None:
-    """(scheme://, userinfo, rest after '@') of the first URL in `url`, or None when it carries no userinfo.
+def _split(address: str) -> tuple[str, str, str] | None:
+    """(scheme://, userinfo, rest after '@') of the first URL in `address`, or None when it carries no userinfo.
 
-    A URL without a scheme (a typo in a mirror setting) counts too: its userinfo is what precedes the last '@'
-    before the first '/'."""
-    match = _USERINFO.search(url)
+    A URL without a scheme (a typo in a mirror setting) counts too."""
+    match = _USERINFO.search(address)
     if match is not None:
-        return match["scheme"], match["userinfo"], url[match.end():]
-    authority = url.split("/", 1)[0]
-    if "://" in url or "@" not in authority or any(c.isspace() for c in authority):
+        return match["scheme"], match["userinfo"], address[match.end():]
+    authority = address.split("/", 1)[0]
+    if "://" in address or "@" not in authority or any(c.isspace() for c in authority):
         return None
     userinfo = authority.rpartition("@")[0]
-    return "", userinfo, url[len(userinfo) + 1:]
+    return "", userinfo, address[len(userinfo) + 1:]
 
 
 def _masked_userinfo(userinfo: str) -> str:
@@ -36,28 +37,35 @@ def _masked_userinfo(userinfo: str) -> str:
     return f"{user}:{MASK}" if colon else MASK  # a user alone is often a token: masked whole
 
 
-def has_credentials(url: str) -> bool:
+def _mask_urls(message: str) -> str:
+    return _USERINFO.sub(lambda m: m["scheme"] + _masked_userinfo(m["userinfo"]) + "@", message)
+
+
+def has_credentials(address: str) -> bool:
     """Whether the URL carries a user name or password (user:token@host)."""
-    return _split_userinfo(url) is not None
+    return _split(address) is not None
 
 
 def url(address: str) -> str:
     """The URL as messages show it: 'https://user:***@host/...', '***@host' for a token-only user; every URL
     in a longer text is masked the same way."""
     if _USERINFO.search(address) is None:
-        parts = _split_userinfo(address)  # no scheme
+        parts = _split(address)  # no scheme
         return address if parts is None else _masked_userinfo(parts[1]) + "@" + parts[2]
-    return _USERINFO.sub(lambda m: m["scheme"] + _masked_userinfo(m["userinfo"]) + "@", address)
+    return _mask_urls(address)
 
 
 def without_credentials(address: str) -> str:
     """The URL with any user:password@ removed (for pip.conf in the build context, labels, cache keys)."""
+    if _USERINFO.search(address) is None:
+        parts = _split(address)  # no scheme
+        return address if parts is None else parts[2]
     return _USERINFO.sub(lambda m: m["scheme"], address)
 
 
 def url_secrets(address: str) -> tuple[str, ...]:
     """The parts of a URL that must never be shown: its password, or a user name that stands alone (a token)."""
-    parts = _split_userinfo(address)
+    parts = _split(address)
     if parts is None:
         return ()
     user, colon, password = parts[1].partition(":")
@@ -69,7 +77,7 @@ def text(message: str, secrets: Iterable[str] = ()) -> str:
     and every URL's credentials masked as url() shows them (HTTP libraries quote URLs in their errors)."""
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         message = message.replace(secret, MASK)
-    return _USERINFO.sub(lambda m: m["scheme"] + _masked_userinfo(m["userinfo"]) + "@", message)
+    return _mask_urls(message)
 
 
 def command(argv: Sequence[str], secrets: Iterable[str] = ()) -> str:

@@ -27,8 +27,8 @@ from typing import Any, NoReturn
 
 import pytest
 
-from modelarts_images import engine
-from modelarts_images.errors import BuildError
+from modelarts_images.engine.adapter import DockerEngine, connect
+from modelarts_images.errors import EngineError
 from modelarts_images.fetch.cache import sha256_of
 from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
 
@@ -140,13 +140,20 @@ def pip(arguments: list[str]) -> None:
 
 
 @pytest.fixture(scope="session")
-def docker_client() -> Iterator[Any]:
+def engine() -> Iterator[DockerEngine]:
+    """The engine the code under test uses (the adapter over DOCKER_HOST or the current docker context)."""
     try:
-        client = engine.connect()
-    except BuildError as error:
+        connected = connect()
+    except EngineError as error:
         unavailable(f"no Docker Engine: {error}")
-    yield client
-    client.close()
+    yield connected
+    connected.close()
+
+
+@pytest.fixture(scope="session")
+def docker_client(engine: DockerEngine) -> Any:
+    """The docker SDK client behind the adapter: tests check and clean up the engine's state with it directly."""
+    return engine.client
 
 
 @pytest.fixture(scope="session")

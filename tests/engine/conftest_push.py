@@ -1,6 +1,8 @@
 """Helpers and fixtures for tests/engine/test_push.py (imported from there; pytest does not load this file itself).
 
-- `push_engine`: a docker SDK client; with no engine answering the tests are skipped with the reason, and
+- `push_engine`: the Docker Engine adapter (modelarts_images.engine.adapter.DockerEngine) over a client with an empty
+  docker config, retrying registry calls fast (2 retries, 0.05 s); its `.client` is the raw SDK client for checks
+  and cleanup. With no engine answering the tests are skipped with the reason, and
   MODELARTS_IMAGES_REQUIRE_ENGINE=1 (set in CI) turns that skip into a failure;
 - `local_registry`: Debian's docker-registry on a free loopback port with htpasswd authentication, started by
   scripts/registry-up.sh (the password goes in on stdin) and stopped by scripts/registry-down.sh;
@@ -29,13 +31,17 @@ import docker.errors
 import pytest
 import requests
 
+from modelarts_images.engine.adapter import DockerEngine, endpoint
 from modelarts_images.model import Artifact, ImageSpec
+from modelarts_images.shared import retry
 from tests.engine.conftest import TEST_BASE, unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
 ORGANIZATION = "engine-tests"
 REPOSITORY = "modelarts-push"
+# Logins and pushes through the engine: the same number of retries the tests always had, without the waits.
+FAST_BACKOFF = retry.Backoff(retries=2, base=0.05)
 
 
 def free_port() -> int:
@@ -91,8 +97,10 @@ def running_registry(user: str, password: str) -> Iterator[RunningRegistry]:
 
 
 @pytest.fixture(scope="module")
-def push_engine() -> Iterator[Any]:
-    """A docker SDK client with an empty docker config (no stored logins), and the test base image present."""
+def push_engine() -> Iterator[DockerEngine]:
+    """The engine adapter over a client with an empty docker config (no stored logins: the variable stays set
+    while the module runs, so `stored_login` finds nothing either), fast registry retries, and the test base
+    image present."""
     with pytest.MonkeyPatch.context() as patch, contextlib.ExitStack() as stack:
         config_dir = stack.enter_context(_temporary_directory())
         (config_dir / "config.json").write_text('{"auths": {}}', encoding="utf-8")
@@ -106,8 +114,9 @@ def push_engine() -> Iterator[Any]:
             client.images.get(TEST_BASE)
         except docker.errors.DockerException as error:
             unavailable(f"base image {TEST_BASE} is missing ({error}); make it with scripts/test-base-image.sh")
-        yield client
-        client.close()
+        engine = DockerEngine(client, endpoint=endpoint(), registry_backoff=FAST_BACKOFF)
+        yield engine
+        engine.close()
 
 
 def fresh_client() -> Any:
@@ -124,7 +133,7 @@ def _temporary_directory() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def local_registry(push_engine: Any) -> Iterator[RunningRegistry]:
+def local_registry(push_engine: DockerEngine) -> Iterator[RunningRegistry]:
     """A registry on 127.0.0.1:<free port>; user and password are fresh for each module run."""
     with running_registry(f"tester-{uuid.uuid4().hex[:6]}", "pw-" + secrets.token_urlsafe(18)) as started:
         yield started
@@ -136,13 +145,13 @@ def push_run() -> str:
 
 
 @pytest.fixture
-def local_tags(push_engine: Any) -> Iterator[list[str]]:
+def local_tags(push_engine: DockerEngine) -> Iterator[list[str]]:
     """References appended here are untagged (and their images removed when nothing else names them)."""
     made: list[str] = []
     yield made
     for reference in made:
         with contextlib.suppress(docker.errors.DockerException):
-            push_engine.images.remove(reference)
+            push_engine.client.images.remove(reference)
 
 
 def spec(host: str, tag: str, image_id: str = "push-test") -> ImageSpec:

@@ -25,11 +25,14 @@ from typing import Any
 import pytest
 
 from modelarts_images.contract import CONDA_PREFIX
-from modelarts_images.engine import run as engine_run
+from modelarts_images.engine.adapter import DockerEngine
+from modelarts_images.engine.api import ImageConfig
 from modelarts_images.model import Artifact, ImageSpec
+from modelarts_images.options import VerifyOptions
 from tests.engine.conftest import TEST_BASE, TORCH_VERSION, remove_image
 
 REPOSITORY = "modelarts-verify-test"
+TIMEOUT = 300.0  # seconds a test container may run (the verification's own default is longer)
 
 GOOD_DOCKERFILE = f"""\
 ARG BASE
@@ -144,8 +147,16 @@ def nonconforming_image(docker_client: Any, good_image: str, run_id: str,
 
 
 @pytest.fixture
-def containers(docker_client: Any) -> engine_run.Containers:
-    return engine_run.Containers(docker_client, timeout=300)
+def verify_options(tmp_path: Path) -> VerifyOptions:
+    """What `inv verify` would resolve, with the tests' timeout; verify_image writes nothing to reports_dir."""
+    return VerifyOptions(reports_dir=tmp_path / "verify", timeout=TIMEOUT)
+
+
+def image_config(engine: DockerEngine, reference: str) -> ImageConfig:
+    """The engine's config of a test image, which the conformance checks take (the verifier reads it once)."""
+    config = engine.image(reference)
+    assert config is not None, f"{reference} is not in the engine"
+    return config
 
 
 def container_exists(client: Any, name: str) -> bool:

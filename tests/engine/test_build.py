@@ -12,20 +12,34 @@ import hashlib
 import ipaddress
 import os
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 
-from modelarts_images import engine
+from modelarts_images import options as run_options
+from modelarts_images import pipeline, plan
 from modelarts_images.build import builder as build
 from modelarts_images.build.builder import BuildResult
 from modelarts_images.contract import CONDA_PREFIX
-from modelarts_images.errors import BuildError, ConfigError
+from modelarts_images.engine import adapter, cli, images
+from modelarts_images.engine.adapter import DockerEngine
+from modelarts_images.engine.api import (
+    Backend,
+    BaseImage,
+    BaseImageSource,
+    BuildRequest,
+    ImageSummary,
+)
+from modelarts_images.errors import BuildError, ConfigError, EngineError
 from modelarts_images.model import FetchedImage
+from modelarts_images.options import BuildOptions, Flags
+from modelarts_images.shared import redact
 from tests.engine.conftest import (
     STAND_IN_INSTALLER,
     TEST_BASE,
@@ -35,13 +49,34 @@ from tests.engine.conftest import (
     run_in,
     unavailable,
 )
+from tests.support.fake_engine import FakeEngine
 from tests.support.wheels import make_wheel
 
-BACKENDS = ["docker", "buildkit"]
+BACKENDS = [Backend.DOCKER, Backend.BUILDKIT]
 
 
 def retagged(fetched: FetchedImage, suffix: str) -> FetchedImage:
     return dataclasses.replace(fetched, image=dataclasses.replace(fetched.image, tag=f"{fetched.image.tag}-{suffix}"))
+
+
+def options(backend: Backend, work_dir: Path, **more: Any) -> BuildOptions:
+    return BuildOptions(backend=backend, work_dir=work_dir, **more)
+
+
+class RecordingEngine(FakeEngine):
+    """Takes every build request (and the pip.conf secret while it exists) instead of building."""
+
+    def __init__(self) -> None:
+        self.requests: list[BuildRequest] = []
+        self.secret_texts: list[str] = []
+
+    def build(self, request: BuildRequest) -> str:
+        self.requests.append(request)
+        self.secret_texts += [path.read_text("utf-8") for _, path in request.secrets]
+        return "sha256:" + "0" * 64
+
+    def summary(self, image_id: str, *, base_image: str | None) -> ImageSummary:
+        return ImageSummary(image_id=image_id, size=1, layers=())
 
 
 def small_image(tmp_path: Path, run_id: str, suffix: str, *, installer: Path = STAND_IN_INSTALLER,
@@ -62,7 +97,7 @@ def small_image(tmp_path: Path, run_id: str, suffix: str, *, installer: Path = S
 
 def test_build_arguments_follow_the_fetched_entry(tmp_path: Path) -> None:
     fetched = small_image(tmp_path, "x", "args", pip_index="https://robot:t0ken@pypi.example.com/simple")
-    inputs = build.build_inputs(fetched)
+    inputs = build.build_inputs(fetched, options(Backend.BUILDKIT, tmp_path / "work"))
     args = dict(inputs.build_args)
     assert args["BASE_IMAGE"] == TEST_BASE
     assert args["INSTALLER"] == STAND_IN_INSTALLER.name
@@ -77,34 +112,45 @@ def test_build_arguments_follow_the_fetched_entry(tmp_path: Path) -> None:
 def test_an_index_with_credentials_needs_the_secret_target(tmp_path: Path) -> None:
     fetched = small_image(tmp_path, "x", "secret", pip_index="https://robot:t0ken@pypi.example.com/simple",
                           closure=False)
-    inputs = build.build_inputs(fetched)
+    inputs = build.build_inputs(fetched, options(Backend.BUILDKIT, tmp_path / "work"))
     assert inputs.needs_secret and inputs.target == "image-secret"
     assert dict(inputs.build_args)["HERMETIC"] == "0"
     assert dict(inputs.build_args)["INDEX_WITHOUT_CREDENTIALS"] == "https://pypi.example.com/simple"
     assert dict(inputs.labels)["modelarts-images.pip-index"] == "https://pypi.example.com/simple"
     assert not any("t0ken" in value for _, value in inputs.build_args + inputs.labels)
-    preview = build.build_command_preview(fetched, backend="buildkit", work_dir=tmp_path / "work")
-    assert "--target image-secret" in preview and "--secret id=pip.conf,src=" in preview and "t0ken" not in preview
+    # What the buildkit backend is asked to run for this entry (a preview takes only an unfetched entry now).
+    recorder = RecordingEngine()
+    build.build_image(fetched, options(Backend.BUILDKIT, tmp_path / "work"), recorder)
+    (request,) = recorder.requests
+    buildx = cli.BuildKitCli(path="docker", mode=cli.BuildKitMode.BUILDX, version="")
+    command, _ = cli.buildkit_command(buildx, request, tmp_path / "iid")
+    shown = redact.command(command)
+    assert "--target image-secret" in shown and "--secret id=pip.conf,src=" in shown and "t0ken" not in shown
+    assert "t0ken" not in " ".join(command), "the secret goes in as a file, never on the command line"
+    assert recorder.secret_texts and all("t0ken" in text for text in recorder.secret_texts)
+    assert not any(path.exists() for _, path in request.secrets), "the secret file is removed after the build"
 
 
 def test_the_classic_builder_refuses_an_index_with_credentials(tmp_path: Path) -> None:
     fetched = small_image(tmp_path, "x", "refused", pip_index="https://robot:t0ken@pypi.example.com/simple",
                           closure=False)
     with pytest.raises(ConfigError, match="--backend buildkit") as caught:
-        build.build_image(fetched, backend="docker", work_dir=tmp_path / "work")
+        build.build_image(fetched, options(Backend.DOCKER, tmp_path / "work"), FakeEngine())
     assert caught.value.exit_code == 2
     assert "t0ken" not in str(caught.value)
     assert not (tmp_path / "work").exists(), "refused before anything was assembled"
 
 
 def test_unknown_backend_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="'podman' is not one of docker, buildkit"):
-        build.build_image(small_image(tmp_path, "x", "b"), backend="podman", work_dir=tmp_path / "work")
+    # The backend is an enum once options are resolved: a bad name is refused where the flag is read.
+    with pytest.raises(ConfigError, match="--backend: must be one of docker, buildkit") as caught:
+        run_options.resolve(None, Flags(backend="podman"), root=tmp_path)
+    assert caught.value.exit_code == 2
 
 
 def test_labels_record_every_resolved_artifact(tmp_path: Path) -> None:
     fetched = small_image(tmp_path, "x", "labels")
-    labels = dict(build.image_labels(fetched, base_image="mirror.example.com/library/ubuntu:22.04"))
+    labels = dict(plan.labels(fetched.image, base_image="mirror.example.com/library/ubuntu:22.04", fetched=fetched))
     assert labels["modelarts-images.torch"] == "2.13.0"
     assert labels["org.opencontainers.image.base.name"] == "mirror.example.com/library/ubuntu:22.04"
     assert labels["modelarts-images.installer"] == (
@@ -124,15 +170,15 @@ def test_labels_record_every_resolved_artifact(tmp_path: Path) -> None:
     ("ubuntu:22.04", None, "ubuntu:22.04"),
 ])
 def test_base_prefix_applies_only_to_references_without_a_registry(reference: str, prefix: str | None,
-                                                                    expected: str) -> None:
+                                                                    expected: str, tmp_path: Path) -> None:
     spec = image_spec(tag="t", base_image=reference)
-    assert build.effective_base_image(spec, base_prefix=prefix) == expected
+    assert build.effective_base_image(spec, options(Backend.BUILDKIT, tmp_path, base_prefix=prefix)) == expected
 
 
-def test_base_image_override_wins_and_gets_the_prefix_too() -> None:
+def test_base_image_override_wins_and_gets_the_prefix_too(tmp_path: Path) -> None:
     spec = image_spec(tag="t", base_image="ubuntu:18.04")
-    assert build.effective_base_image(spec, base_image="ubuntu:22.04", base_prefix="m.example.com/library/") == (
-        "m.example.com/library/ubuntu:22.04")
+    chosen = options(Backend.BUILDKIT, tmp_path, base_image="ubuntu:22.04", base_prefix="m.example.com/library/")
+    assert build.effective_base_image(spec, chosen) == "m.example.com/library/ubuntu:22.04"
 
 
 @pytest.mark.parametrize(("reference", "deleted"), [
@@ -146,11 +192,11 @@ def test_base_image_override_wins_and_gets_the_prefix_too() -> None:
     ("ubuntu:18.04", False),
 ])
 def test_deleted_nvidia_tags_are_recognised(reference: str, deleted: bool) -> None:
-    assert engine.deleted_nvidia_tag(reference) is deleted
+    assert build.deleted_nvidia_tag(reference) is deleted
 
 
 def test_nvidia_advice_names_the_matching_ubuntu() -> None:
-    advice = engine.nvidia_replacement("nvidia/cuda:10.2-runtime-ubuntu18.04")
+    advice = build.nvidia_replacement("nvidia/cuda:10.2-runtime-ubuntu18.04")
     assert "NVIDIA deleted" in advice and "ubuntu:18.04" in advice and "NVIDIA_VISIBLE_DEVICES=all" in advice
 
 
@@ -165,7 +211,7 @@ def test_nvidia_advice_names_the_matching_ubuntu() -> None:
      "COPY --chown=1000:100 dir:0a1b in /home/ma-user/miniconda3"),
 ])
 def test_history_entries_read_as_dockerfile_steps(created_by: str, step: str) -> None:
-    assert engine.step_of(created_by) == step
+    assert images.step_of(created_by) == step
 
 
 def fake_docker(directory: Path, *, buildx: bool, client: str) -> str:
@@ -183,48 +229,64 @@ def fake_docker(directory: Path, *, buildx: bool, client: str) -> str:
 
 
 def test_buildkit_cli_prefers_buildx_then_an_old_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "SYSTEM_PLUGIN_DIRS", ())
+    monkeypatch.setattr(cli, "SYSTEM_PLUGIN_DIRS", ())
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "config"))
     new = fake_docker(tmp_path / "new", buildx=False, client="28.2.2")
     old = fake_docker(tmp_path / "old", buildx=False, client="20.10.24+dfsg1")
     plugin = fake_docker(tmp_path / "plugin", buildx=True, client="28.2.2")
-    assert engine.find_buildkit_cli([new, old]) == engine.BuildKitCli(path=old, mode="legacy",
-                                                                      version="20.10.24+dfsg1")
+    assert cli.find_buildkit_cli([new, old]) == cli.BuildKitCli(path=old, mode=cli.BuildKitMode.LEGACY,
+                                                                version="20.10.24+dfsg1")
     # Without a plugin file buildx is asked for only when no old client does; with one, buildx comes first.
-    assert engine.find_buildkit_cli([new, old, plugin]).mode == "legacy"
-    assert engine.find_buildkit_cli([new, plugin]).mode == "buildx"
+    assert cli.find_buildkit_cli([new, old, plugin]).mode is cli.BuildKitMode.LEGACY
+    assert cli.find_buildkit_cli([new, plugin]).mode is cli.BuildKitMode.BUILDX
     (tmp_path / "config" / "cli-plugins").mkdir(parents=True)
     (tmp_path / "config" / "cli-plugins" / "docker-buildx").write_text("#!/bin/sh\n")
-    assert engine.find_buildkit_cli([new, old, plugin]).mode == "buildx"
-    with pytest.raises(BuildError, match="docker-buildx") as caught:
-        engine.find_buildkit_cli([new])
-    assert "client 28.2.2, no buildx" in str(caught.value) and caught.value.exit_code == 4
+    assert cli.find_buildkit_cli([new, old, plugin]).mode is cli.BuildKitMode.BUILDX
+    # The engine layer says what is missing; the build step turns it into a build failure (exit 4).
+    with pytest.raises(EngineError, match="docker-buildx") as caught:
+        cli.find_buildkit_cli([new])
+    assert "client 28.2.2, no buildx" in str(caught.value)
+    monkeypatch.setattr(adapter, "find_buildkit_cli", lambda: cli.find_buildkit_cli([new]))
+    # Never contacted: the build stops at the BuildKit CLI lookup (an explicit API version asks no engine).
+    unreached = docker.DockerClient(base_url="unix:///nonexistent/docker.sock", version="1.41")
+    fetched = small_image(tmp_path, "x", "no-buildx")
+    with pytest.raises(BuildError, match="docker-buildx") as step_caught:
+        pipeline.build_step(fetched, options(Backend.BUILDKIT, tmp_path / "work"),
+                            DockerEngine(unreached, endpoint="nowhere"))
+    assert "client 28.2.2, no buildx" in str(step_caught.value) and step_caught.value.exit_code == 4
 
 
 def test_buildkit_commands_for_swr(tmp_path: Path) -> None:
-    request = engine.BuildRequest(context_dir=tmp_path, target="image", tag="r/o/p:t", build_args=(("A", "1"),),
-                                  labels=(("l", "v w"),), no_cache=True, platform="linux/amd64")
-    buildx = engine.BuildKitCli(path="/usr/bin/docker", mode="buildx", version="github.com/docker/buildx v0.12.1 x")
-    command, env = engine.buildkit_command(buildx, request, tmp_path / "iid")
+    request = BuildRequest(backend=Backend.BUILDKIT, context_dir=tmp_path, target="image", tag="r/o/p:t",
+                           build_args=(("A", "1"),), labels=(("l", "v w"),), no_cache=True, platform="linux/amd64")
+    buildx = cli.BuildKitCli(path="/usr/bin/docker", mode=cli.BuildKitMode.BUILDX,
+                             version="github.com/docker/buildx v0.12.1 x")
+    command, env = cli.buildkit_command(buildx, request, tmp_path / "iid")
     assert command[:4] == ["/usr/bin/docker", "buildx", "build", "--load"]
     assert "--provenance=false" in command and "--sbom=false" in command and env == {}
     assert command[command.index("--label"):command.index("--label") + 2] == ["--label", "l=v w"]
-    legacy = engine.BuildKitCli(path="/usr/bin/docker", mode="legacy", version="20.10.24")
-    command, env = engine.buildkit_command(legacy, request, tmp_path / "iid")
+    legacy = cli.BuildKitCli(path="/usr/bin/docker", mode=cli.BuildKitMode.LEGACY, version="20.10.24")
+    command, env = cli.buildkit_command(legacy, request, tmp_path / "iid")
     assert command[:2] == ["/usr/bin/docker", "build"] and env == {"DOCKER_BUILDKIT": "1"}
     assert "--provenance=false" not in command and "--progress=plain" in command
 
 
 def test_masked_commands_hide_url_credentials() -> None:
-    assert engine.masked(["x", "--label", "u=https://robot:t0ken@h.example.com/simple"]) == (
-        "x --label u=https://***@h.example.com/simple")
+    # The user name stays (it is no secret), the password is masked.
+    assert redact.command(["x", "--label", "u=https://robot:t0ken@h.example.com/simple"]) == (
+        "x --label u=https://robot:***@h.example.com/simple")
 
 
 def test_an_unreachable_engine_is_a_build_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-    with pytest.raises(BuildError, match="Is dockerd running") as caught:
-        engine.connect()
-    assert caught.value.exit_code == 4 and "DOCKER_HOST=unix:///nonexistent/docker.sock" in str(caught.value)
+    with pytest.raises(EngineError, match="Is dockerd running") as caught:
+        adapter.connect()
+    assert "DOCKER_HOST=unix:///nonexistent/docker.sock" in str(caught.value)
+    # Through the build stage's step: a build error, exit 4, with the same message.
+    with pytest.raises(BuildError, match="Is dockerd running") as step_caught:
+        pipeline.connect(BuildError)
+    assert step_caught.value.exit_code == 4
+    assert "DOCKER_HOST=unix:///nonexistent/docker.sock" in str(step_caught.value)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -232,14 +294,15 @@ def test_an_unreachable_engine_is_a_build_error(monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def built(request: pytest.FixtureRequest, docker_client: Any, fetched_torch: FetchedImage,
+def built(request: pytest.FixtureRequest, engine: DockerEngine, docker_client: Any, fetched_torch: FetchedImage,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BuildResult, FetchedImage]]:
-    backend = str(request.param)
-    fetched = retagged(fetched_torch, backend)
+    backend = Backend(request.param)
+    fetched = retagged(fetched_torch, str(backend))
     try:
-        result = build.build_image(fetched, backend=backend, work_dir=tmp_path_factory.mktemp(f"work-{backend}"),
-                                   no_cache=os.environ.get("MODELARTS_IMAGES_TEST_NO_CACHE") == "1",
-                                   base_image=None, platform=None, base_prefix=None)
+        chosen = options(backend, tmp_path_factory.mktemp(f"work-{backend}"),
+                         no_cache=os.environ.get("MODELARTS_IMAGES_TEST_NO_CACHE") == "1",
+                         base_image=None, platform=None, base_prefix=None)
+        result = build.build_image(fetched, chosen, engine)
         print(build.format_result(result))  # shown with -rP / -s: size and layer attribution of the test image
         yield result, fetched
     finally:
@@ -315,19 +378,20 @@ def test_no_wheel_installer_or_pip_cache_in_the_image(built: tuple[BuildResult, 
 def test_summary_attributes_the_largest_layer(built: tuple[BuildResult, FetchedImage], docker_client: Any) -> None:
     result, _ = built
     assert result.size == docker_client.images.get(result.reference).attrs["Size"]
-    assert result.backend in BACKENDS and result.duration > 0
+    assert isinstance(result.backend, Backend) and result.backend in BACKENDS and result.duration > 0
     largest = result.layers[0]
     assert largest.step.startswith("COPY") and CONDA_PREFIX in largest.step and not largest.from_base
     assert largest.size > 300_000_000  # torch
     assert any(layer.from_base for layer in result.layers), "the base image's layer is shown as such"
     assert "built in" in build.format_result(result)
+    assert f"({result.backend.value})" in build.format_result(result)
 
 
 @pytest.mark.engine
-def test_a_rebuild_is_served_from_the_cache(built: tuple[BuildResult, FetchedImage], docker_client: Any,
+def test_a_rebuild_is_served_from_the_cache(built: tuple[BuildResult, FetchedImage], engine: DockerEngine,
                                            tmp_path: Path) -> None:
     result, fetched = built
-    again = build.build_image(fetched, backend=result.backend, work_dir=tmp_path / "work")
+    again = build.build_image(fetched, options(result.backend, tmp_path / "work"), engine)
     assert again.image_id == result.image_id
 
 
@@ -337,19 +401,20 @@ def test_a_rebuild_is_served_from_the_cache(built: tuple[BuildResult, FetchedIma
 
 @pytest.mark.engine
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_failing_step_is_reported_with_its_log(backend: str, docker_client: Any, test_base: str, run_id: str,
-                                                 tmp_path: Path) -> None:
+def test_a_failing_step_is_reported_with_its_log(backend: Backend, engine: DockerEngine, docker_client: Any,
+                                                 test_base: str, run_id: str, tmp_path: Path) -> None:
     broken = tmp_path / "broken-installer.sh"
     broken.write_text("#!/bin/bash\necho 'stand-in installer: unpacking'\necho 'stand-in installer: disk on fire' >&2\n"
                       "exit 1\n")
     fetched = small_image(tmp_path, run_id, f"broken-{backend}", installer=broken)
     try:
+        # The engine's EngineError, as the build step raises it: a build failure (exit 4), same message.
         with pytest.raises(BuildError) as caught:
-            build.build_image(fetched, backend=backend, work_dir=tmp_path / "work")
+            pipeline.build_step(fetched, options(backend, tmp_path / "work"), engine)
     finally:
         remove_image(docker_client, fetched.image.reference)
     message = str(caught.value)
-    assert caught.value.exit_code == 4
+    assert caught.value.exit_code == 4 and isinstance(caught.value.__cause__, EngineError)
     assert "/tmp/installer/" in message.split("\n", 1)[0], f"the failing step is not named: {message}"
     assert "stand-in installer: unpacking" in message and "disk on fire" in message
     assert re.search(r"non-zero code: 1|exit code: 1", message)
@@ -425,12 +490,13 @@ def index(docker_client: Any) -> Iterator[_Index]:
 
 
 @pytest.mark.engine
-def test_without_a_closure_the_dependencies_come_from_pip_index(index: _Index, docker_client: Any, test_base: str,
-                                                                run_id: str, tmp_path: Path) -> None:
+def test_without_a_closure_the_dependencies_come_from_pip_index(index: _Index, engine: DockerEngine,
+                                                                docker_client: Any, test_base: str, run_id: str,
+                                                                tmp_path: Path) -> None:
     host, port = index.server_address[:2]
     fetched = small_image(tmp_path, run_id, "index", pip_index=f"http://{host!s}:{port}/simple/", closure=False)
     try:
-        result = build.build_image(fetched, backend="docker", work_dir=tmp_path / "work")
+        result = build.build_image(fetched, options(Backend.DOCKER, tmp_path / "work"), engine)
         status, output = run_in(docker_client, result.reference, "python -c 'import demo_dep, demo_app; print(1)'")
         assert status == 0, output
     finally:
@@ -439,15 +505,16 @@ def test_without_a_closure_the_dependencies_come_from_pip_index(index: _Index, d
 
 
 @pytest.mark.engine
-def test_an_index_with_credentials_goes_in_as_a_buildkit_secret(index: _Index, docker_client: Any, test_base: str,
-                                                                run_id: str, tmp_path: Path) -> None:
+def test_an_index_with_credentials_goes_in_as_a_buildkit_secret(index: _Index, engine: DockerEngine,
+                                                                docker_client: Any, test_base: str, run_id: str,
+                                                                tmp_path: Path) -> None:
     password = f"pw-{run_id}-s3cret"
     index.expected = "Basic " + base64.b64encode(f"robot:{password}".encode()).decode()
     host, port = index.server_address[:2]
     fetched = small_image(tmp_path, run_id, "secret", pip_index=f"http://robot:{password}@{host!s}:{port}/simple/",
                           closure=False)
     try:
-        result = build.build_image(fetched, backend="buildkit", work_dir=tmp_path / "work")
+        result = build.build_image(fetched, options(Backend.BUILDKIT, tmp_path / "work"), engine)
         status, output = run_in(docker_client, result.reference,
                                 f"python -c 'import demo_dep; print(1)' && "
                                 f"! grep -rqsF -- '{password}' /etc /home /tmp /root {CONDA_PREFIX} && echo clean",
@@ -464,31 +531,107 @@ def test_an_index_with_credentials_goes_in_as_a_buildkit_secret(index: _Index, d
 
 
 @pytest.mark.engine
-def test_preflight_finds_the_local_base(docker_client: Any, test_base: str) -> None:
-    assert engine.check_base_image(docker_client, test_base) == "local"
-    build.preflight([image_spec(tag="t")], client=docker_client)
+def test_preflight_finds_the_local_base(engine: DockerEngine, test_base: str, tmp_path: Path) -> None:
+    assert engine.base_image(test_base) == BaseImage(reference=test_base, source=BaseImageSource.LOCAL)
+    pipeline.check_bases_step([image_spec(tag="t")], options(Backend.BUILDKIT, tmp_path), engine)
 
 
 @pytest.mark.engine
-def test_preflight_explains_deleted_nvidia_tags(docker_client: Any) -> None:
+def test_preflight_explains_deleted_nvidia_tags(engine: DockerEngine, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
-        build.preflight([image_spec(tag="t", base_image="nvidia/cuda:10.2-runtime-ubuntu18.04")], client=docker_client)
+        pipeline.check_bases_step([image_spec(tag="t", base_image="nvidia/cuda:10.2-runtime-ubuntu18.04")],
+                                  options(Backend.BUILDKIT, tmp_path), engine)
     message = str(caught.value)
     assert "NVIDIA deleted nvidia/cuda:10.2-runtime-ubuntu18.04" in message and "ubuntu:18.04" in message
+    assert caught.value.exit_code == 2
 
 
 @pytest.mark.engine
-def test_preflight_names_a_missing_base(docker_client: Any) -> None:
+def test_preflight_names_a_missing_base(engine: DockerEngine, tmp_path: Path) -> None:
+    # Docker Hub: missing there when it answers (a configuration error), unreachable without a network (a build
+    # error); either way the message names the base and the way out.
     with pytest.raises((BuildError, ConfigError)) as caught:
-        engine.check_base_image(docker_client, "modelarts-test-base:no-such-tag")
+        pipeline.check_bases_step([image_spec(tag="t", base_image="modelarts-test-base:no-such-tag")],
+                                  options(Backend.BUILDKIT, tmp_path), engine)
     assert "base image modelarts-test-base:no-such-tag: not in the engine" in str(caught.value)
+    assert "--base-prefix" in str(caught.value)
+    assert caught.value.exit_code == (2 if isinstance(caught.value, ConfigError) else 4)
+
+
+class _Registry(ThreadingHTTPServer):
+    """A registry that answers (plain HTTP on loopback, which the engine treats as insecure) and has no image."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _RegistryHandler)
+
+
+class _RegistryHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        found = self.path.rstrip("/") == "/v2"
+        body = b"{}" if found else b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}'
+        self.send_response(200 if found else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Docker-Distribution-API-Version", "registry/2.0")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def log_message(self, format: str, *args: Any) -> None:  # the base class's signature
+        """Quiet."""
+
+
+@pytest.fixture
+def empty_registry() -> Iterator[str]:
+    """host:port of a registry on loopback that answers for every image that it does not have it."""
+    server = _Registry()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.engine
+def test_a_base_its_registry_does_not_have_is_a_config_error(engine: DockerEngine, empty_registry: str,
+                                                             tmp_path: Path) -> None:
+    reference = f"{empty_registry}/modelarts-test-base:no-such-tag"
+    found = engine.base_image(reference)
+    if found.source is BaseImageSource.UNREACHABLE:
+        unavailable(f"the engine cannot reach a registry on this host's loopback (remote engine?): {found.reason}")
+    assert found.source is BaseImageSource.MISSING
+    with pytest.raises(ConfigError) as caught:
+        pipeline.check_bases_step([image_spec(tag="t", base_image=reference)], options(Backend.BUILDKIT, tmp_path),
+                                  engine)
+    assert caught.value.exit_code == 2
+    assert f"base image {reference}: not in the engine, and its registry does not have it" in str(caught.value)
     assert "--base-prefix" in str(caught.value)
 
 
 @pytest.mark.engine
-def test_a_base_the_engine_does_not_list_leaves_layers_unmarked(docker_client: Any, test_base: str) -> None:
+def test_a_base_whose_registry_cannot_be_reached_is_a_build_error(engine: DockerEngine, tmp_path: Path) -> None:
+    with socket.socket() as bound:  # bound, never listening: connections to it are refused
+        bound.bind(("127.0.0.1", 0))
+        reference = f"127.0.0.1:{bound.getsockname()[1]}/modelarts-test-base:no-such-tag"
+        with pytest.raises(BuildError) as caught:
+            pipeline.check_bases_step([image_spec(tag="t", base_image=reference)],
+                                      options(Backend.BUILDKIT, tmp_path), engine)
+    assert caught.value.exit_code == 4
+    assert f"base image {reference}: not in the engine, and its registry cannot be reached" in str(caught.value)
+    assert "--base-prefix" in str(caught.value)
+
+
+@pytest.mark.engine
+def test_a_base_the_engine_does_not_list_leaves_layers_unmarked(engine: DockerEngine, test_base: str) -> None:
     # BuildKit keeps a base it pulled in its own store, where the engine's image list does not show it.
-    summary = engine.image_summary(docker_client, test_base, base_image="modelarts-test-base:pulled-by-buildkit")
+    summary = engine.summary(test_base, base_image="modelarts-test-base:pulled-by-buildkit")
     assert summary.layers and not any(layer.from_base for layer in summary.layers)
-    marked = engine.image_summary(docker_client, test_base, base_image=test_base)
+    marked = engine.summary(test_base, base_image=test_base)
     assert all(layer.from_base for layer in marked.layers)

@@ -7,33 +7,45 @@ imported here by name, so the test arguments that use them shadow the imports (r
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from modelarts_images.engine import run as engine_run
-from modelarts_images.errors import VerifyError
+from modelarts_images.engine import containers
+from modelarts_images.engine.adapter import DockerEngine
+from modelarts_images.engine.api import ContainerRun
+from modelarts_images.errors import EngineError, VerifyError
+from modelarts_images.options import Device, DeviceChoice, VerifyOptions
+from modelarts_images.pipeline import stage
 from modelarts_images.verify import conformance
-from modelarts_images.verify import verification as verifying
+from modelarts_images.verify.checks import CheckOutcome
+from modelarts_images.verify.report import ImageReport, raise_for_reports, save_report
+from modelarts_images.verify.runs import resolve_devices, run_spec
+from modelarts_images.verify.verifier import verify_image
+from tests.engine.conftest import TEST_BASE
 from tests.engine.conftest_verify import (  # noqa: F401 - the fixtures are used by name
+    TIMEOUT,
     container_exists,
-    containers,
     entry,
     good_image,
+    image_config,
     no_torch_image,
     nonconforming_image,
+    verify_options,
 )
 
 pytestmark = pytest.mark.engine
 
 
-def _by_name(outcomes: list[tuple[str, conformance.CheckOutcome]] | list[conformance.CheckOutcome]) -> dict[
-        str, conformance.CheckOutcome]:
-    found: dict[str, conformance.CheckOutcome] = {}
+def _by_name(outcomes: list[tuple[str, CheckOutcome]] | list[CheckOutcome]) -> dict[str, CheckOutcome]:
+    found: dict[str, CheckOutcome] = {}
     for item in outcomes:
         if isinstance(item, tuple):
             where, outcome = item
@@ -47,12 +59,14 @@ def _by_name(outcomes: list[tuple[str, conformance.CheckOutcome]] | list[conform
 # CPU verification, as ModelArts runs it
 
 
-def test_cpu_verification_of_a_good_image_passes(containers: engine_run.Containers, good_image: str) -> None:
+def test_cpu_verification_of_a_good_image_passes(engine: DockerEngine, verify_options: VerifyOptions,
+                                                 good_image: str, tmp_path: Path) -> None:
     image = entry(tag=good_image.split(":")[-1])
-    report = verifying.verify_image(containers, image, reference=good_image, devices=("cpu",))
-    verifying.raise_for_report(report)  # nothing failed
-    assert report.ok
+    report = verify_image(engine, image, options=verify_options, reference=good_image, devices=(Device.CPU,))
+    raise_for_reports([report])  # nothing failed
+    assert report.ok and report.failure() is None
     (run,) = report.runs
+    assert run.device is Device.CPU
     assert run.exit_code == 0 and not run.timed_out
     result = run.result
     assert result is not None and result.ok
@@ -70,35 +84,39 @@ def test_cpu_verification_of_a_good_image_passes(containers: engine_run.Containe
     assert any(line.startswith("tensor([[") for line in run.output_tail)
     assert run.command == ("/home/ma-user/miniconda3/bin/python",
                            "/home/ma-user/modelarts/user-job-dir/code/pytorch-verification.py")
-    # the report as saved
-    saved = verifying.report_dict(report)
+    # the report as saved, and read back
+    saved = json.loads(save_report(report, tmp_path).read_text(encoding="utf-8"))
     assert saved["ok"] is True and saved["runs"][0]["result"]["torch"] == "2.13.0+cpu"
+    # the saved report rounds each run's seconds to milliseconds; otherwise it reads back as it was
+    rounded = tuple(dataclasses.replace(each, seconds=round(each.seconds, 3)) for each in report.runs)
+    assert ImageReport.from_json(saved) == dataclasses.replace(report, runs=rounded)
 
 
-def test_an_entry_expecting_another_torch_fails_naming_the_check(containers: engine_run.Containers,
+def test_an_entry_expecting_another_torch_fails_naming_the_check(engine: DockerEngine, verify_options: VerifyOptions,
                                                                    good_image: str) -> None:
     image = entry(tag="x", torch="2.12.0")
-    report = verifying.verify_image(containers, image, reference=good_image, devices=("cpu",),
-                                    check_conformance=False)
+    report = verify_image(engine, image, options=verify_options, reference=good_image, devices=(Device.CPU,),
+                          check_conformance=False)
     with pytest.raises(VerifyError) as raised:
-        verifying.raise_for_report(report)
+        raise_for_reports([report])
     assert raised.value.exit_code == 5
     message = str(raised.value)
     assert "cpu/torch-version" in message and "expected 2.12.0" in message
     assert "cpu/python-version" not in message  # only what failed is named
 
 
-def test_an_image_without_torch_fails_with_exit_5(containers: engine_run.Containers, no_torch_image: str) -> None:
+def test_an_image_without_torch_fails_with_exit_5(engine: DockerEngine, verify_options: VerifyOptions,
+                                                  no_torch_image: str) -> None:
     image = entry(tag="x")
-    report = verifying.verify_image(containers, image, reference=no_torch_image, devices=("cpu",),
-                                    check_conformance=False)
+    report = verify_image(engine, image, options=verify_options, reference=no_torch_image, devices=(Device.CPU,),
+                          check_conformance=False)
     (run,) = report.runs
     assert run.exit_code == 1  # the script's verdict
     assert run.result is not None and run.result.torch is None
     failed = {name for name, outcome in _by_name(report.outcomes()).items() if outcome.blocking}
     assert {"cpu/script:import-torch", "cpu/torch-version", "cpu/exit-status"} <= failed
     with pytest.raises(VerifyError) as raised:
-        verifying.raise_for_report(report)
+        raise_for_reports([report])
     assert raised.value.exit_code == 5
     assert "cpu/script:import-torch" in str(raised.value) and "No module named 'torch'" in str(raised.value)
 
@@ -107,34 +125,39 @@ def test_an_image_without_torch_fails_with_exit_5(containers: engine_run.Contain
 # GPU on an engine without a GPU runtime
 
 
-def test_gpu_mode_on_this_engine_is_a_clear_error(docker_client: Any, containers: engine_run.Containers,
-                                                 good_image: str) -> None:
-    if containers.gpu_support().available:
+def test_gpu_mode_on_this_engine_is_a_clear_error(engine: DockerEngine, docker_client: Any,
+                                                 verify_options: VerifyOptions, good_image: str) -> None:
+    if engine.gpu_support().available:
         pytest.skip("this engine has a GPU runtime")
-    before = set(engine_run.stray_containers(docker_client))
-    spec = verifying.run_spec(good_image, device="gpu")
-    with pytest.raises(VerifyError) as raised:
-        containers.run(spec)
+    before = set(containers.stray_containers(docker_client))
+    spec = run_spec(good_image, device=Device.GPU, timeout=TIMEOUT)
+    # the engine says so with an EngineError (it has no stage and no exit code of its own: 1) ...
+    with pytest.raises(EngineError) as raised:
+        engine.run(spec)
     message = str(raised.value)
-    assert raised.value.exit_code == 5
+    assert not isinstance(raised.value, VerifyError)
     assert 'could not select device driver "" with capabilities: [[gpu]]' in message
     assert "NVIDIA Container Toolkit" in message and "--device cpu" in message
+    # ... which the verify step turns into a VerifyError (exit 5) with the same message
+    with pytest.raises(VerifyError) as in_the_step, stage(VerifyError):
+        engine.run(spec)
+    assert in_the_step.value.exit_code == 5 and str(in_the_step.value) == message
 
-    report = verifying.verify_image(containers, entry(tag="x"), reference=good_image, devices=("gpu",),
-                                    check_conformance=False)
+    report = verify_image(engine, entry(tag="x"), options=verify_options, reference=good_image,
+                          devices=(Device.GPU,), check_conformance=False)
     with pytest.raises(VerifyError) as whole:
-        verifying.raise_for_report(report)
+        raise_for_reports([report])
     assert "gpu/run" in str(whole.value) and "no GPU runtime" in str(whole.value)
-    assert set(engine_run.stray_containers(docker_client)) <= before  # the failed GPU runs left no container
+    assert set(containers.stray_containers(docker_client)) <= before  # the failed GPU runs left no container
 
 
-def test_auto_falls_back_to_the_cpu_with_a_skipped_line(containers: engine_run.Containers, good_image: str) -> None:
-    support = containers.gpu_support(good_image)  # the real try: a container asking for a GPU
+def test_auto_falls_back_to_the_cpu_with_a_skipped_line(engine: DockerEngine, good_image: str) -> None:
+    support = engine.gpu_support(good_image)  # the real try: a container asking for a GPU
     if support.available:
         pytest.skip("this engine has a GPU runtime")
     assert "could not select device driver" in support.reason
-    devices, skipped = verifying.resolve_devices("auto", support)
-    assert devices == ("cpu",)
+    devices, skipped = resolve_devices(DeviceChoice.AUTO, support)
+    assert devices == (Device.CPU,)
     assert skipped and skipped[0].startswith("GPU: skipped, no GPU runtime")
 
 
@@ -144,39 +167,39 @@ def test_auto_falls_back_to_the_cpu_with_a_skipped_line(containers: engine_run.C
 
 def test_a_container_past_its_timeout_is_killed_and_removed(docker_client: Any, good_image: str,
                                                             run_id: str) -> None:
-    name = f"{engine_run.NAME_PREFIX}timeout-{run_id}"
-    spec = engine_run.ContainerRun(image=good_image, command=("sleep", "3600"), user="1000:100",
-                                   working_dir="/home/ma-user", network=False)
+    name = f"{containers.NAME_PREFIX}timeout-{run_id}"
+    spec = ContainerRun(image=good_image, command=("sleep", "3600"), user="1000:100", working_dir="/home/ma-user",
+                        network=False, timeout=2)
     started = time.monotonic()
-    output = engine_run.run_container(docker_client, spec, timeout=2, name=name)
+    output = containers.run_container(docker_client, spec, name=name)
     assert output.timed_out and output.exit_code is None
     assert time.monotonic() - started < 600  # killed, not waited for: the sleep would take an hour
     assert not container_exists(docker_client, name)
 
 
 def test_a_failing_run_leaves_no_container(docker_client: Any, good_image: str, run_id: str) -> None:
-    name = f"{engine_run.NAME_PREFIX}fail-{run_id}"
-    spec = engine_run.ContainerRun(image=good_image, command=("sh", "-c", "echo oops >&2; exit 3"), user="1000:100",
-                                   working_dir="/home/ma-user", network=False)
-    output = engine_run.run_container(docker_client, spec, timeout=60, name=name)
+    name = f"{containers.NAME_PREFIX}fail-{run_id}"
+    spec = ContainerRun(image=good_image, command=("sh", "-c", "echo oops >&2; exit 3"), user="1000:100",
+                        working_dir="/home/ma-user", network=False, timeout=60)
+    output = containers.run_container(docker_client, spec, name=name)
     assert output.exit_code == 3 and "oops" in output.stderr
     assert not container_exists(docker_client, name)
-    # and one that cannot even start (no such executable)
-    broken = engine_run.ContainerRun(image=good_image, command=("/nonexistent",), user="1000:100", working_dir="/")
-    with pytest.raises(VerifyError):
-        engine_run.run_container(docker_client, broken, timeout=60, name=name)
+    # and one that cannot even start (no such executable): an EngineError now (a VerifyError before)
+    broken = ContainerRun(image=good_image, command=("/nonexistent",), user="1000:100", working_dir="/", timeout=60)
+    with pytest.raises(EngineError, match=f"could not start a container of {good_image}"):
+        containers.run_container(docker_client, broken, name=name)
     assert not container_exists(docker_client, name)
 
 
 def test_ctrl_c_removes_the_container(docker_client: Any, good_image: str, run_id: str) -> None:
-    name = f"{engine_run.NAME_PREFIX}interrupt-{run_id}"
-    spec = engine_run.ContainerRun(image=good_image, command=("sleep", "60"), user="1000:100",
-                                   working_dir="/home/ma-user", network=False)
+    name = f"{containers.NAME_PREFIX}interrupt-{run_id}"
+    spec = ContainerRun(image=good_image, command=("sleep", "60"), user="1000:100", working_dir="/home/ma-user",
+                        network=False, timeout=50)
     timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            engine_run.run_container(docker_client, spec, timeout=50, name=name)
+            containers.run_container(docker_client, spec, name=name)
     finally:
         timer.cancel()
     assert not container_exists(docker_client, name)
@@ -186,8 +209,9 @@ def test_ctrl_c_removes_the_container(docker_client: Any, good_image: str, run_i
 # ModelArts conformance
 
 
-def test_the_good_image_conforms(containers: engine_run.Containers, good_image: str) -> None:
-    outcomes = _by_name(conformance.check_image(containers, good_image, base_image="modelarts-test-base:bookworm"))
+def test_the_good_image_conforms(engine: DockerEngine, good_image: str) -> None:
+    outcomes = _by_name(conformance.check_image(engine, image_config(engine, good_image), base_image=TEST_BASE,
+                                                timeout=TIMEOUT))
     assert list(outcomes) == ["ma-user", "boot-python", "default-user", "setuid-setgid", "credentials",
                               "image-size", "conda-channel"]
     failed = {name: outcome.detail for name, outcome in outcomes.items() if not outcome.ok}
@@ -197,10 +221,11 @@ def test_the_good_image_conforms(containers: engine_run.Containers, good_image: 
     assert "User ma-user" in outcomes["default-user"].detail
 
 
-def test_a_setuid_file_and_a_netrc_fail_conformance_and_defaults_warns(containers: engine_run.Containers,
-                                                     nonconforming_image: str) -> None:
-    outcomes = _by_name(conformance.check_image(containers, nonconforming_image,
-                                                base_image="modelarts-test-base:bookworm"))
+def test_a_setuid_file_and_a_netrc_fail_conformance_and_defaults_warns(engine: DockerEngine,
+                                                                       verify_options: VerifyOptions,
+                                                                       nonconforming_image: str) -> None:
+    outcomes = _by_name(conformance.check_image(engine, image_config(engine, nonconforming_image),
+                                                base_image=TEST_BASE, timeout=TIMEOUT))
     assert not outcomes["setuid-setgid"].ok and "/usr/local/bin/escalate" in outcomes["setuid-setgid"].detail
     credentials = outcomes["credentials"]
     assert not credentials.ok
@@ -211,8 +236,9 @@ def test_a_setuid_file_and_a_netrc_fail_conformance_and_defaults_warns(container
     conda = outcomes["conda-channel"]  # read from the image's conda-meta: a warning, not a failure
     assert conda.warning and not conda.blocking and "1 of 1 conda packages" in conda.detail
 
-    report = verifying.verify_image(containers, entry(tag="x"), reference=nonconforming_image, devices=("cpu",))
+    report = verify_image(engine, entry(tag="x"), options=verify_options, reference=nonconforming_image,
+                          devices=(Device.CPU,))
     with pytest.raises(VerifyError) as raised:
-        verifying.raise_for_report(report)
+        raise_for_reports([report])
     assert "conformance/setuid-setgid" in str(raised.value) and "conformance/credentials" in str(raised.value)
     assert report.runs[0].result is not None and report.runs[0].result.ok  # torch itself is fine

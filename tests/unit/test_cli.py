@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from modelarts_images.errors import ConfigError
-from modelarts_images.frontend import positive_number
+from modelarts_images.options import positive_number
 from tests.conftest import ROOT
 
 

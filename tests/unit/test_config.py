@@ -161,7 +161,7 @@ def test_split_ids(text: str | list[str] | None, ids: tuple[str, ...]) -> None:
 def test_schema_file_is_beside_versions_yaml() -> None:
     beside = ROOT / "versions.schema.json"
     assert beside.is_file()
-    packaged = ROOT / "modelarts_images" / "data" / "versions.schema.json"
+    packaged = ROOT / "modelarts_images" / "config" / "data" / "versions.schema.json"
     assert beside.read_text("utf-8") == packaged.read_text("utf-8")
     modeline = "# yaml-language-server: $schema=versions.schema.json"
     assert (ROOT / "versions.yaml").read_text("utf-8").startswith(modeline)

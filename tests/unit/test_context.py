@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from modelarts_images import engine
 from modelarts_images.build import context
+from modelarts_images.engine import builds
 from modelarts_images.errors import ConfigError
 from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
+from modelarts_images.shared import files
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,16 +84,6 @@ def test_pip_conf_without_an_index_keeps_pip_default() -> None:
 def test_pip_conf_refuses_what_is_not_one_url(bad: str) -> None:
     with pytest.raises(ConfigError, match="pip_index"):
         context.render_pip_conf(bad)
-
-
-def test_credentials_are_recognised_removed_and_masked() -> None:
-    url = "https://robot:t0ken@pypi.example.com/simple"
-    assert context.has_credentials(url)
-    assert not context.has_credentials("https://pypi.example.com/simple")
-    assert context.has_credentials("https://t0ken@pypi.example.com/simple")
-    assert context.without_credentials(url) == "https://pypi.example.com/simple"
-    assert context.redacted(url) == "https://robot:***@pypi.example.com/simple"
-    assert context.redacted("https://t0ken@pypi.example.com/simple") == "https://***@pypi.example.com/simple"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -170,8 +161,8 @@ def test_a_cache_on_another_filesystem_is_copied_with_a_warning(tmp_path: Path,
     source = shm / f"modelarts-test-{os.getpid()}.whl"
     source.write_bytes(b"wheel bytes")
     try:
-        with caplog.at_level(logging.WARNING, logger="modelarts_images.build.context"):
-            context.link_or_copy(source, tmp_path / "copy.whl")
+        with caplog.at_level(logging.WARNING, logger="modelarts_images.shared.files"):
+            files.link_or_copy(source, tmp_path / "copy.whl")
         assert (tmp_path / "copy.whl").read_bytes() == b"wheel bytes"
         assert (tmp_path / "copy.whl").stat().st_ino != source.stat().st_ino
         assert "copying it instead" in caplog.text
@@ -188,7 +179,7 @@ def test_streamed_context_is_a_tar_of_the_allowed_entries(tmp_path: Path) -> Non
     built = context.assemble(fetched, tmp_path / "work")
     (built / "not-for-the-engine").write_text("x")
     entries = ("Dockerfile", ".dockerignore", "pip.conf", "installer", "wheels", "deps")
-    data = b"".join(engine.stream_context(built, entries))
+    data = b"".join(builds.stream_context(built, entries))
     assert len(data) % tarfile.BLOCKSIZE == 0
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
         members = {member.name: member for member in archive.getmembers()}
@@ -206,5 +197,5 @@ def test_long_names_survive_the_tar(tmp_path: Path) -> None:
     name = "markupsafe-3.0.4-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64.whl" * 2
     (tmp_path / "deps").mkdir()
     (tmp_path / "deps" / name).write_bytes(b"z" * 1000)
-    with tarfile.open(fileobj=io.BytesIO(b"".join(engine.stream_context(tmp_path))), mode="r:") as archive:
+    with tarfile.open(fileobj=io.BytesIO(b"".join(builds.stream_context(tmp_path))), mode="r:") as archive:
         assert archive.getnames() == ["deps", f"deps/{name}"]

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from modelarts_images.errors import FetchError
-from modelarts_images.fetch import closure
-from modelarts_images.fetch.fetcher import FetchOptions, fetch_images
+from modelarts_images.fetch.fetcher import fetch_images
+from modelarts_images.http import pip_resolver as closure
 from modelarts_images.model import Artifact, FetchedFile, ImageSpec
+from modelarts_images.options import FetchOptions
 from tests.conftest import ROOT
 from tests.support.http_server import FileServer, serve
 from tests.support.wheels import make_wheel
@@ -177,7 +178,8 @@ def test_a_failure_stops_the_running_downloads(server: FileServer, tmp_path: Pat
 CHILD = """
 import sys
 from pathlib import Path
-from modelarts_images.fetch.fetcher import FetchOptions, fetch_images
+from modelarts_images.fetch.fetcher import fetch_images
+from modelarts_images.options import FetchOptions
 from tests.unit.test_fetch_failures import spec, Artifact
 url, digest, cache = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 artifact = Artifact(url=url, sha256=digest)

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from modelarts_images.errors import ConfigError, FetchError
-from modelarts_images.fetch import closure, index, lockfile
+from modelarts_images import pipeline
+from modelarts_images.errors import ConfigError, FetchError, WriteError
+from modelarts_images.fetch import index, lockfile
 from modelarts_images.fetch.cache import Cache, sha256_of
 from modelarts_images.fetch.fetcher import mirrored
+from modelarts_images.http import pip_resolver as closure
 from modelarts_images.model import Artifact, ImageSpec
 
 SHA = "a" * 64
@@ -124,9 +126,12 @@ def test_new_lock_gets_the_umask_mode(tmp_path: Path) -> None:
 def test_failed_lock_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     path = tmp_path / "versions.lock"
     (path / "taken").mkdir(parents=True)  # a directory where the lock goes: the rename fails
-    with pytest.raises(FetchError, match=rf"^cannot write the lock file {path}: "):
+    with pytest.raises(WriteError, match=rf"^cannot write the lock file {path}: "):
         lockfile.write(path, {"x": lock_entry()})
     assert [p.name for p in tmp_path.iterdir()] == ["versions.lock"]
+    # inside the fetch step the same failure is a fetch error (exit 3), with the same message
+    with pytest.raises(FetchError, match=rf"^cannot write the lock file {path}: "), pipeline.stage(FetchError):
+        lockfile.write(path, {"x": lock_entry()})
 
 
 def test_cache_trusts_its_record_and_notices_changes(tmp_path: Path) -> None:
@@ -161,7 +166,7 @@ def test_mirrors_use_the_longest_prefix() -> None:
     assert mirrored("https://download.pytorch.org/whl/cu102/t.whl", mirrors) == "https://b/cu102/t.whl"
     assert mirrored("https://download.pytorch.org/x", mirrors) == "https://a/x"
     assert mirrored("https://repo.anaconda.com/x", mirrors) == "https://repo.anaconda.com/x"
-    assert mirrored("https://x/y", None) == "https://x/y"
+    assert mirrored("https://x/y", {}) == "https://x/y"
 
 
 def test_platform_tags_follow_the_base_glibc() -> None:

@@ -8,12 +8,17 @@ from typing import Any
 
 import pytest
 
-from modelarts_images.config import settings
+from modelarts_images import pipeline
+from modelarts_images.build.builder import BuildResult
+from modelarts_images.engine.api import Backend, ImageConfig
 from modelarts_images.errors import BuildError, ConfigError
-from modelarts_images.fetch import fetcher as fetching
-from modelarts_images.matrix import report
-from modelarts_images.matrix import runner as matrix
+from modelarts_images.fetch.fetcher import FetchSummary
+from modelarts_images.matrix import cells as matrix
+from modelarts_images.matrix import cli, report, runner
+from modelarts_images.matrix.cells import CellRecord, CellStatus
 from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
+from modelarts_images.options import BuildOptions, DeviceChoice, resolve
+from tests.support.fake_engine import FakeEngine, image_config
 
 
 def spec(image_id: str, *, tag: str | None = None, pip_index: str = "https://pypi.example/simple") -> ImageSpec:
@@ -34,7 +39,11 @@ def fetched(image: ImageSpec, *, wheel_sha: str = "a" * 64, closure: bool = True
                         closure=(file("numpy-2.0-cp311-cp311-linux_x86_64.whl", "2" * 64),) if closure else None)
 
 
-STEPS = matrix.Steps(backend="buildkit", device="cpu", push=False)
+def build_options(backend: Backend = Backend.BUILDKIT) -> BuildOptions:
+    return BuildOptions(backend=backend, work_dir=Path("/build"))
+
+
+STEPS = matrix.Steps(build=build_options(), device=DeviceChoice.CPU, push=False)
 
 
 def inputs(item: FetchedImage, steps: matrix.Steps = STEPS, **digests: str) -> dict[str, str]:
@@ -88,9 +97,12 @@ def test_hash_is_stable() -> None:
     (lambda: inputs(fetched(spec("a"), wheel_sha="b" * 64)), "artifacts"),
     (lambda: inputs(fetched(spec("a")), verify="w" * 64), "verify-script"),
     (lambda: inputs(fetched(spec("a")), context="d" * 64), "dockerfile"),
-    (lambda: inputs(fetched(spec("a")), matrix.Steps(backend="docker", device="cpu", push=False)), "backend"),
-    (lambda: inputs(fetched(spec("a")), matrix.Steps(backend="buildkit", device="both", push=False)), "steps"),
-    (lambda: inputs(fetched(spec("a")), matrix.Steps(backend="buildkit", device="cpu", push=True)), "steps"),
+    (lambda: inputs(fetched(spec("a")), matrix.Steps(build=build_options(Backend.DOCKER), device=DeviceChoice.CPU,
+                                                     push=False)), "backend"),
+    (lambda: inputs(fetched(spec("a")), matrix.Steps(build=build_options(), device=DeviceChoice.BOTH, push=False)),
+     "steps"),
+    (lambda: inputs(fetched(spec("a")), matrix.Steps(build=build_options(), device=DeviceChoice.CPU, push=True)),
+     "steps"),
     (lambda: inputs(fetched(spec("a", tag="other"))), "build-args"),
     (lambda: inputs(fetched(spec("a", pip_index="https://u:secret@pypi.example/simple"))), "build-args"),
 ])
@@ -126,68 +138,71 @@ def test_tree_digest_follows_content(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The runner with stand-in steps: resume, --force, a failing cell does not stop the others
+# The runner with stand-in steps: resume, --rerun, a failing cell does not stop the others
 
 
-class FakeClient:
+class ImagesOnly(FakeEngine):
+    """An engine that only knows which images it holds (the runner asks before skipping a cell)."""
+
     def __init__(self) -> None:
-        self.images = self
         self.ids: dict[str, str] = {}
 
-    def get(self, reference: str) -> Any:
-        if reference not in self.ids:
-            raise LookupError(reference)
-        return type("Image", (), {"id": self.ids[reference]})()
+    def image(self, reference: str) -> ImageConfig | None:
+        return image_config(reference, image_id=self.ids[reference]) if reference in self.ids else None
 
 
 @pytest.fixture
 def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    client = FakeClient()
+    engine = ImagesOnly()
     calls: list[str] = []
     wheel_sha: dict[str, str] = {}
     failing: set[str] = set()
+    summary = FetchSummary(fetched=0, reused=1, bytes_transferred=0, seconds=0.0, lock_updated=())
 
-    def fake_fetch(images: Any, options: Any, **_: Any) -> Any:
+    def fake_fetch(images: Any, options: Any, **_: Any) -> pipeline.Fetched:
         (image,) = images
-        return [fetched(image, wheel_sha=wheel_sha.get(image.id, "a" * 64))], None
+        return pipeline.Fetched(images=(fetched(image, wheel_sha=wheel_sha.get(image.id, "a" * 64)),),
+                                summary=summary)
 
-    def fake_build(self: matrix.Runner, cell: matrix.Cell, item: FetchedImage) -> None:
-        calls.append(cell.image.id)
-        if cell.image.id in failing:
-            raise BuildError(f"{cell.image.id}: step 3/9 failed: installer exited 1")
-        cell.image_id = f"sha256:{cell.image.id}"
-        client.ids[cell.image.reference] = cell.image_id
+    def fake_build(item: FetchedImage, options: Any, engine_: Any) -> BuildResult:
+        image = item.image
+        calls.append(image.id)
+        if image.id in failing:
+            raise BuildError(f"{image.id}: step 3/9 failed: installer exited 1")
+        engine.ids[image.reference] = f"sha256:{image.id}"
+        return BuildResult(reference=image.reference, image_id=f"sha256:{image.id}", size=1, layers=(), duration=0.1,
+                           backend=Backend.BUILDKIT)
 
-    monkeypatch.setattr(fetching, "fetch_images", fake_fetch)
-    monkeypatch.setattr(matrix.Runner, "_build", fake_build)
-    monkeypatch.setattr(matrix.Runner, "_verify", lambda self, cell: None)
-    resolved = settings.resolve(None, root=tmp_path)
-    options = matrix.MatrixOptions(settings=resolved, device="cpu", template_dir=tmp_path / "context",
-                                   verify_dir=tmp_path / "verify", run_token="t1")
+    monkeypatch.setattr(pipeline, "fetch_step", fake_fetch)
+    monkeypatch.setattr(pipeline, "check_bases_step", lambda *args: None)
+    monkeypatch.setattr(pipeline, "build_step", fake_build)
+    monkeypatch.setattr(runner.Runner, "_verify", lambda self, cell: None)
+    options = resolve(None, root=tmp_path)
+    base = runner.MatrixOptions(options=options, template_dir=tmp_path / "context", run_token="t1")
     lines: list[str] = []
 
-    def run(images: list[ImageSpec], **changes: Any) -> list[dict[str, Any]]:
+    def run(images: list[ImageSpec], **changes: Any) -> list[CellRecord]:
         lines.clear()
-        chosen = options.__class__(**{**options.__dict__, **changes})
-        return matrix.run_matrix(images, chosen, engines=lambda: (client, None), out=lines.append, summary=False)
+        chosen = runner.MatrixOptions(**{**base.__dict__, **changes})
+        return runner.run_matrix(images, chosen, engine=lambda: engine, out=lines.append, summary=False)
 
     return type("Harness", (), {"run": staticmethod(run), "calls": calls, "wheel_sha": wheel_sha,
                                 "failing": failing, "lines": lines, "reports": tmp_path / "reports",
-                                "client": client})
+                                "engine": engine})
 
 
 def test_rerun_skips_and_a_change_reruns_one_cell(harness: Any) -> None:
     cells = [spec("a"), spec("b")]
     first = harness.run(cells)
-    assert [r["status"] for r in first] == ["passed", "passed"] and harness.calls == ["a", "b"]
+    assert [r.status for r in first] == [CellStatus.PASSED, CellStatus.PASSED] and harness.calls == ["a", "b"]
     second = harness.run(cells)
-    assert [r["status"] for r in second] == ["skipped", "skipped"] and harness.calls == ["a", "b"]
+    assert [r.status for r in second] == [CellStatus.SKIPPED] * 2 and harness.calls == ["a", "b"]
     assert any(line.startswith("a: skipped, inputs unchanged") for line in harness.lines)
     harness.wheel_sha["b"] = "e" * 64
     third = harness.run(cells)
-    assert [r["status"] for r in third] == ["skipped", "passed"] and harness.calls == ["a", "b", "b"]
+    assert [r.status for r in third] == [CellStatus.SKIPPED, CellStatus.PASSED] and harness.calls == ["a", "b", "b"]
     assert "b: running, changed: artifacts" in harness.lines
-    harness.run(cells, force=True)
+    harness.run(cells, rerun=True)
     assert harness.calls == ["a", "b", "b", "a", "b"]
     written = json.loads((harness.reports / "matrix.json").read_text())
     assert [cell["id"] for cell in written["cells"]] == ["a", "b"]
@@ -195,20 +210,20 @@ def test_rerun_skips_and_a_change_reruns_one_cell(harness: Any) -> None:
 
 def test_image_gone_from_engine_reruns(harness: Any) -> None:
     harness.run([spec("a")])
-    harness.client.ids.clear()
+    harness.engine.ids.clear()
     harness.run([spec("a")])
     assert harness.calls == ["a", "a"]
 
 
 def test_failing_cell_does_not_stop_the_others(harness: Any) -> None:
     harness.failing.add("a")
-    with pytest.raises(matrix.MatrixError) as raised:
+    with pytest.raises(runner.MatrixError) as raised:
         harness.run([spec("a"), spec("b"), spec("c")])
     assert harness.calls == ["a", "b", "c"]
     assert "1 of 3 matrix cell(s) failed" in str(raised.value) and "a: a: step 3/9 failed" in str(raised.value)
     harness.failing.clear()
     records = harness.run([spec("a"), spec("b"), spec("c")])
-    assert [r["status"] for r in records] == ["passed", "skipped", "skipped"]  # a failed cell runs again
+    assert [r.status for r in records] == [CellStatus.PASSED, CellStatus.SKIPPED, CellStatus.SKIPPED]
 
 
 def test_shard_runs_its_slice(harness: Any) -> None:
@@ -216,7 +231,7 @@ def test_shard_runs_its_slice(harness: Any) -> None:
     for index in (1, 2):
         harness.run(cells, shard=(index, 2))
     assert sorted(harness.calls) == list("abcde") and len(harness.calls) == 5
-    assert [r["status"] for r in harness.run(cells)] == ["skipped"] * 5
+    assert [r.status for r in harness.run(cells)] == [CellStatus.SKIPPED] * 5
 
 
 def test_artifacts_hash_ignores_order_and_spelling() -> None:
@@ -268,10 +283,11 @@ def _two_cell_file(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_only_then_shard_counts_the_whole_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     versions, invoke_file = _two_cell_file(tmp_path)
-    report.write_cell(tmp_path / "reports", {"id": "a", "reference": "localhost:5999/tests/matrix:a",
-                                              "status": "passed", "run": "earlier"})
+    report.write_cell(tmp_path / "reports", CellRecord(id="a", reference="localhost:5999/tests/matrix:a",
+                                                       status=CellStatus.PASSED, python="3.11", cuda="cpu",
+                                                       torch="2.13.0", run="earlier"))
     # b is second in the file: shard 2/2's. Shard 1/2 has nothing to do (before: b ran, offline, and failed).
-    code = matrix.main(["--versions", str(versions), "--config", str(invoke_file), "--only", "b", "--shard", "1/2",
+    code = cli.main(["--versions", str(versions), "--config", str(invoke_file), "--only", "b", "--shard", "1/2",
                         "--offline", "--no-summary"])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -290,7 +306,7 @@ def test_a_bad_config_file_is_a_config_error(tmp_path: Path, capsys: pytest.Capt
                                              message: str) -> None:
     if name != "missing.yaml":
         (tmp_path / name).write_text("modelarts: [\n", "utf-8")
-    code = matrix.main(["--config", str(tmp_path / name), "--summary"])
+    code = cli.main(["--config", str(tmp_path / name), "--summary"])
     assert code == ConfigError.exit_code
     assert f"error: --config {tmp_path / name}: {message}" in capsys.readouterr().err
 
@@ -302,8 +318,31 @@ def test_an_unwritable_reports_dir_stops_before_any_cell(tmp_path: Path,
     blocker.write_text("a file where the reports directory should be\n", "utf-8")
     invoke_file.write_text(json.dumps({"modelarts": {"cache_dir": str(tmp_path / "cache"),
                                                      "reports_dir": str(blocker / "reports")}}), "utf-8")
-    code = matrix.main(["--versions", str(versions), "--config", str(invoke_file), "--offline", "--no-summary"])
+    code = cli.main(["--versions", str(versions), "--config", str(invoke_file), "--offline", "--no-summary"])
     captured = capsys.readouterr()
     assert code == ConfigError.exit_code
     assert f"error: cannot write to the reports directory {blocker / 'reports'}: " in captured.err
     assert "a: FAILED" not in captured.out  # no cell ran
+
+
+def test_force_is_the_old_name_of_rerun_and_replace_tag_reaches_the_push(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    versions, invoke_file = _two_cell_file(tmp_path)
+    seen: list[runner.MatrixOptions] = []
+    monkeypatch.setattr(cli, "run_matrix", lambda images, matrix, **_: seen.append(matrix))
+    common = ["--versions", str(versions), "--config", str(invoke_file), "--no-summary"]
+    assert cli.main([*common, "--rerun"]) == 0
+    assert seen[-1].rerun and not seen[-1].options.push.replace_tags
+    assert cli.main([*common, "--force", "--replace-tag", "--device", "cpu"]) == 0
+    assert seen[-1].rerun and seen[-1].options.push.replace_tags
+    assert seen[-1].options.verify.device is DeviceChoice.CPU
+    assert "--force is now --rerun" in capsys.readouterr().err
+    assert cli.main(common) == 0
+    assert not seen[-1].rerun
+
+
+def test_a_bad_number_is_named_like_the_tasks_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    versions, invoke_file = _two_cell_file(tmp_path)
+    code = cli.main(["--versions", str(versions), "--config", str(invoke_file), "--timeout", "soon"])
+    assert code == ConfigError.exit_code
+    assert "error: --timeout: 'soon' is not a number" in capsys.readouterr().err

@@ -13,15 +13,15 @@ from types import ModuleType
 
 import pytest
 
-from modelarts_images.engine.run import ContainerOutput
+from modelarts_images import paths
+from modelarts_images.engine.api import ContainerOutput
 from modelarts_images.errors import VerifyError
-from modelarts_images.matrix import report
-from modelarts_images.verify import conformance, probes
-from modelarts_images.verify import verification as verifying
+from modelarts_images.verify import conformance, manifest, probes
+from modelarts_images.verify.result import RESULT_PREFIX, parse_result
 
 PREFIX = "TEST_TAG "
-PY_PROBES = sorted(probes.PROBES_DIR.glob("*.py"))
-SH_PROBES = sorted(probes.PROBES_DIR.glob("*.sh"))
+PY_PROBES = sorted(paths.PROBES_DIR.glob("*.py"))
+SH_PROBES = sorted(paths.PROBES_DIR.glob("*.sh"))
 # Linux's limit on one argv string (MAX_ARG_STRLEN, 32 pages): each probe travels as one argument.
 MAX_ARG_STRLEN = 32 * 4096
 
@@ -31,11 +31,13 @@ MAX_ARG_STRLEN = 32 * 4096
 
 
 def test_probes_live_beside_the_verification_script() -> None:
-    assert probes.PROBES_DIR == verifying.VERIFY_DIR / "probes"
+    assert paths.PROBES_DIR == paths.VERIFY_DIR / "probes"
+    # the one the probes are read from (the tests below monkeypatch it there)
+    assert vars(probes)["PROBES_DIR"] is paths.PROBES_DIR
 
 
 def test_every_probe_file_is_known_and_every_known_probe_is_there() -> None:
-    present = sorted(path.name for path in probes.PROBES_DIR.iterdir() if path.is_file())
+    present = sorted(path.name for path in paths.PROBES_DIR.iterdir() if path.is_file())
     assert present == sorted(probes.PROBES)
     # the parametrized checks below cover them all
     assert sorted(path.name for path in PY_PROBES + SH_PROBES) == present
@@ -78,8 +80,8 @@ def test_probe_fits_in_one_command_line_argument(name: str) -> None:
 
 def test_the_manifest_script_prints_the_markers_the_report_reads() -> None:
     source = probes.probe_source(probes.MANIFEST)
-    for section in report.SECTIONS:
-        assert f"echo '{report._MARK}{section}'" in source
+    for section in manifest.SECTIONS:
+        assert f"echo '{manifest._MARK}{section}'" in source
 
 
 def test_a_missing_probe_file_is_a_verify_error_naming_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -124,7 +126,7 @@ def load_probe(name: str) -> ModuleType:
     """The probe as a module, without running its main(): its parts can be called on a scratch directory.
 
     Compiled from its text rather than imported, so no __pycache__ lands in verify/probes/."""
-    path = probes.PROBES_DIR / name
+    path = paths.PROBES_DIR / name
     module = ModuleType(f"probe_{path.stem}")
     module.__file__ = str(path)
     exec(compile(probes.probe_source(name), str(path), "exec"), module.__dict__)
@@ -218,7 +220,7 @@ def test_no_output_at_all() -> None:
 
 def test_the_three_parsers_share_it() -> None:
     # a garbled line reads the same whoever parses it
-    for parse, prefix in ((verifying.parse_result, verifying.RESULT_PREFIX),
+    for parse, prefix in ((parse_result, RESULT_PREFIX),
                           (conformance.parse_probe, conformance.FACTS_PREFIX)):
         with pytest.raises(VerifyError, match=f"the {prefix.strip()} line holds list, expected a JSON object"):
             parse(f"{prefix}[]\n")

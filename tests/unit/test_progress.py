@@ -1,10 +1,11 @@
-"""Progress rendering: plain periodic lines off a terminal."""
+"""Progress rendering (plain periodic lines off a terminal) and the one size format."""
 
 from __future__ import annotations
 
 import pytest
 
-from modelarts_images.shared.progress import PlainLines, for_terminal, human
+from modelarts_images.shared.progress import PlainLines, for_terminal
+from modelarts_images.shared.text import one_line, size
 
 
 def test_plain_lines_are_throttled_but_always_report_completion(capsys: pytest.CaptureFixture[str]) -> None:
@@ -29,7 +30,24 @@ def test_off_a_terminal_plain_lines_are_used() -> None:
         assert isinstance(progress, PlainLines)
 
 
-@pytest.mark.parametrize(("size", "text"), [(0, "0 B"), (999, "999 B"), (1500, "1.5 KB"), (3 * 10**9, "3.0 GB"),
+@pytest.mark.parametrize(("count", "text"), [(0, "0 B"), (999, "999 B"), (1500, "1.5 KB"), (3 * 10**9, "3.0 GB"),
                                           (5 * 10**12, "5000.0 GB")])
-def test_human(size: int, text: str) -> None:
-    assert human(size) == text
+def test_size(count: int, text: str) -> None:
+    assert size(count) == text
+
+
+def test_size_precision() -> None:
+    assert size(12 * 10**9, precision=2) == "12.00 GB" and size(512, precision=2) == "512 B"
+
+
+def test_one_line_flattens_and_cuts() -> None:
+    assert one_line("a\n  b\tc") == "a b c"
+    assert one_line("x" * 10, width=5) == "xxxx…"
+
+
+def test_first_line_is_printed_however_young_the_clock(capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # time.monotonic() counts from boot on Linux: on a machine up for seconds it is below any interval
+    monkeypatch.setattr("modelarts_images.shared.progress.time.monotonic", lambda: 0.5)
+    PlainLines(interval=5.0)("http://h/torch.whl", 10, 100)
+    assert capsys.readouterr().err == "fetch: torch.whl 10 B / 100 B (10%)\n"

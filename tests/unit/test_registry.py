@@ -1,5 +1,6 @@
-"""registry.py against a small but real v2 registry on loopback (Basic and Bearer auth, faults), and the push
-stream reader of engine/push.py fed with the events the engine sends."""
+"""http/registry.py against a small but real v2 registry on loopback (Basic and Bearer auth, faults); the push
+stream reader of engine/publishing.py fed with the events the engine sends; and the publisher's messages for what
+the engine refused, over the loopback registry and a fake engine that feeds such events through that reader."""
 
 from __future__ import annotations
 
@@ -9,19 +10,27 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from modelarts_images.engine import push as engine_push
-from modelarts_images.errors import RegistryError
+from modelarts_images.engine import publishing
+from modelarts_images.engine.api import ImageConfig, Pushed, Refusal, RegistryAuth, RegistryLogin, RegistryRefusedError
+from modelarts_images.errors import EngineError, RegistryError, WriteError
 from modelarts_images.http import registry
-from modelarts_images.publish.swr import Credentials, Reference
+from modelarts_images.model import Artifact, ImageSpec
+from modelarts_images.options import PushOptions
+from modelarts_images.publish import publisher
+from modelarts_images.publish.swr import Credentials
+from modelarts_images.shared import retry
+from modelarts_images.shared.progress import ProgressCallback
+from tests.support.fake_engine import FakeEngine, image_config
 
 USER, PASSWORD = "tester", "s3cret-Passw0rd"
 TOKEN = "token-abc"
@@ -278,9 +287,9 @@ def test_digest_that_does_not_match_the_bytes_is_an_error() -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# engine_push: the push stream as the engine sends it
+# publishing.read_push_stream: the push stream as the engine sends it
 
-REFERENCE = Reference(registry="127.0.0.1:5000", organization="org", repository="repo", tag="t1")
+REFERENCE = "127.0.0.1:5000/org/repo:t1"
 DIGEST = "sha256:0700907bf0fab058a40e3b5c38deb6b84a803904085504a968aef7c11de1c8b4"
 GOOD_STREAM: list[dict[str, Any]] = [
     {"status": "The push refers to repository [127.0.0.1:5000/org/repo]"},
@@ -291,13 +300,16 @@ GOOD_STREAM: list[dict[str, Any]] = [
     {"status": f"t1: digest: {DIGEST} size: 528"},
     {"progressDetail": {}, "aux": {"Tag": "t1", "Digest": DIGEST, "Size": 528}},
 ]
+NO_LOGIN = [*GOOD_STREAM[:2], {"errorDetail": {"message": "no basic auth credentials"},
+                               "error": "no basic auth credentials"}]
+DENIED = [{"error": "denied: requested access to the resource is denied"}]
 
 
 def test_stream_gives_digest_and_progress(caplog: pytest.LogCaptureFixture) -> None:
     seen: list[tuple[str, int, int | None]] = []
     with caplog.at_level(logging.INFO, logger="modelarts_images.engine.push"):
-        digest, size = engine_push.read_push_stream(
-            GOOD_STREAM, reference=REFERENCE, authenticated=True, progress=lambda *a: seen.append(a))
+        digest, size = publishing.read_push_stream(
+            GOOD_STREAM, reference=REFERENCE, progress=lambda *a: seen.append(a))
     assert (digest, size) == (DIGEST, 528)
     assert seen == [(f"{REFERENCE} 6cea3e0e94d7", 542208, 169149896),
                     (f"{REFERENCE} 6cea3e0e94d7", 169149896, 169149896)]
@@ -306,63 +318,159 @@ def test_stream_gives_digest_and_progress(caplog: pytest.LogCaptureFixture) -> N
 
 
 def test_digest_from_status_line_alone() -> None:
-    assert engine_push.read_push_stream(GOOD_STREAM[:-1], reference=REFERENCE, authenticated=True) == (DIGEST, 528)
+    assert publishing.read_push_stream(GOOD_STREAM[:-1], reference=REFERENCE) == (DIGEST, 528)
 
 
 def test_stream_without_digest_is_an_error() -> None:
-    with pytest.raises(RegistryError, match=r"ended without the registry's digest"):
-        engine_push.read_push_stream(GOOD_STREAM[:4], reference=REFERENCE, authenticated=True)
+    # An engine failure (EngineError): the push step raises it again as its RegistryError (pipeline.stage).
+    with pytest.raises(EngineError, match=r"ended without the registry's digest"):
+        publishing.read_push_stream(GOOD_STREAM[:4], reference=REFERENCE)
 
 
-def test_in_band_auth_error_without_login() -> None:
-    events = [*GOOD_STREAM[:2], {"errorDetail": {"message": "no basic auth credentials"},
-                                 "error": "no basic auth credentials"}]
-    with pytest.raises(RegistryError, match=r"requires a login \(no basic auth credentials\); set "
-                                            "MODELARTS_REGISTRY_USER/MODELARTS_REGISTRY_PASSWORD") as e:
-        engine_push.read_push_stream(events, reference=REFERENCE, authenticated=False)
+def test_in_band_auth_error_without_login(tmp_path: Path) -> None:
+    # The engine's side: a refusal for want of a login, in the engine's own words.
+    with pytest.raises(RegistryRefusedError) as refused:
+        publishing.read_push_stream(NO_LOGIN, reference=REFERENCE)
+    assert refused.value.kind is Refusal.AUTH and refused.value.detail == "no basic auth credentials"
+    # The publisher's: an anonymous push (no credentials anywhere) that the registry refuses says what to set.
+    state = State(auth="none")
+    with serve(state) as host:
+        engine = StreamEngine(NO_LOGIN)
+        with pytest.raises(RegistryError, match=r"requires a login \(no basic auth credentials\); set "
+                                                "MODELARTS_REGISTRY_USER/MODELARTS_REGISTRY_PASSWORD .*, then run "
+                                                "`inv login`") as e:
+            publisher.push_images([image_at(host)], push_options(tmp_path), engine=engine, env={})
     assert e.value.exit_code == 6
+    assert engine.logins == [] and [p[:2] for p in engine.pushes] == [(f"{host}/org/repo", "t1")]
 
 
-def test_in_band_denied_with_login_points_at_the_organization() -> None:
-    events = [{"error": "denied: requested access to the resource is denied"}]
-    with pytest.raises(RegistryError, match=r"may not push to org/repo .*organization 'org' exist"):
-        engine_push.read_push_stream(events, reference=REFERENCE, authenticated=True)
+def test_in_band_denied_with_login_points_at_the_organization(tmp_path: Path) -> None:
+    with pytest.raises(RegistryRefusedError) as refused:
+        publishing.read_push_stream(DENIED, reference=REFERENCE)
+    assert refused.value.kind is Refusal.AUTH
+    with serve(State()) as host:
+        engine = StreamEngine(DENIED)
+        with pytest.raises(RegistryError, match=r"may not push to org/repo .*organization 'org' exist") as e:
+            publisher.push_images([image_at(host)], push_options(tmp_path), engine=engine, env=LOGIN_ENV)
+    assert e.value.exit_code == 6
+    assert [(login.registry, login.username) for login in engine.logins] == [(host, USER)]
+    assert engine.pushes[0][2] is not None  # pushed with the login's auth
 
 
-def test_in_band_errors_are_masked() -> None:
+def test_in_band_errors_are_masked(tmp_path: Path) -> None:
     events = [{"errorDetail": {"message": "something odd with pw-xyz-123"}, "error": "x"}]
-    with pytest.raises(RegistryError) as e:
-        engine_push.read_push_stream(events, reference=REFERENCE, authenticated=True, secrets=["pw-xyz-123"])
+    with pytest.raises(RegistryRefusedError) as e:
+        publishing.read_push_stream(events, reference=REFERENCE, secrets=["pw-xyz-123"])
+    assert e.value.kind is Refusal.OTHER
     assert "pw-xyz-123" not in str(e.value) and "***" in str(e.value)
+    assert "pw-xyz-123" not in e.value.detail and "***" in e.value.detail
+    # The publisher hands the login's secrets to the engine, so the engine's words about them come back masked.
+    with serve(State()) as host:
+        engine = StreamEngine([{"error": f"something odd with {PASSWORD}"}])
+        with pytest.raises(RegistryError, match=r"failed: something odd with \*\*\*$") as caught:
+            publisher.push_images([image_at(host)], push_options(tmp_path), engine=engine, env=LOGIN_ENV)
+    assert PASSWORD not in str(caught.value)
+    assert PASSWORD in engine.pushes[0][3]
 
 
 @pytest.mark.parametrize(("message", "kind"), [
-    ('Get "http://127.0.0.1:5742/v2/": dial tcp 127.0.0.1:5742: connect: connection refused', "transient"),
-    ("received unexpected HTTP status: 500 Internal Server Error", "transient"),
-    ("received unexpected HTTP status: 503 Service Unavailable", "transient"),
-    ("net/http: TLS handshake timeout", "transient"),
-    ("toomanyrequests: rate limit", "transient"),
-    ("login attempt to http://127.0.0.1:5741/v2/ failed with status: 401 Unauthorized", "auth"),
-    ("no basic auth credentials", "auth"),
-    ("denied: requested access to the resource is denied", "auth"),
-    ("manifest invalid: manifest invalid", "other"),
-    ("blob upload unknown sha256:ab401c5001234", "other"),
-    ("tag does not exist: 127.0.0.1:5000/org/repo:t1", "other"),
+    ('Get "http://127.0.0.1:5742/v2/": dial tcp 127.0.0.1:5742: connect: connection refused', None),
+    ("received unexpected HTTP status: 500 Internal Server Error", None),
+    ("received unexpected HTTP status: 503 Service Unavailable", None),
+    ("net/http: TLS handshake timeout", None),
+    ("toomanyrequests: rate limit", None),
+    ("login attempt to http://127.0.0.1:5741/v2/ failed with status: 401 Unauthorized", Refusal.AUTH),
+    ("no basic auth credentials", Refusal.AUTH),
+    ("denied: requested access to the resource is denied", Refusal.AUTH),
+    ("manifest invalid: manifest invalid", Refusal.OTHER),
+    ("blob upload unknown sha256:ab401c5001234", Refusal.OTHER),
+    ("tag does not exist: 127.0.0.1:5000/org/repo:t1", Refusal.OTHER),
+    ("An image does not exist locally with the tag: 127.0.0.1:5000/org/repo", Refusal.NOT_LOCAL),
+    ("No such image: 127.0.0.1:5000/org/repo:t1", Refusal.NOT_LOCAL),
 ])
-def test_kind_of(message: str, kind: str) -> None:
-    assert engine_push.kind_of(message) == kind
+def test_trouble(message: str, kind: Refusal | None) -> None:
+    """None: transient, worth another attempt; a Refusal otherwise."""
+    assert publishing.trouble(message) is kind
 
 
 def test_transient_in_band_error_is_retryable() -> None:
     events = [{"error": 'Get "http://127.0.0.1:1/v2/": dial tcp 127.0.0.1:1: connect: connection refused'}]
-    with pytest.raises(engine_push._TransientError):
-        engine_push.read_push_stream(events, reference=REFERENCE, authenticated=True)
+    with pytest.raises(retry.TransientError):
+        publishing.read_push_stream(events, reference=REFERENCE)
 
 
 def test_progress_never_passes_the_total() -> None:
     seen: list[tuple[str, int, int | None]] = []
     events = [{"status": "Pushing", "progressDetail": {"current": 170_000_000, "total": 169_149_896}, "id": "l1"},
               *GOOD_STREAM[4:]]
-    engine_push.read_push_stream(events, reference=REFERENCE, authenticated=True,
-                                 progress=lambda *a: seen.append(a))
+    publishing.read_push_stream(events, reference=REFERENCE, progress=lambda *a: seen.append(a))
     assert seen == [(f"{REFERENCE} l1", 169_149_896, 169_149_896)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The publisher over the loopback registry and an engine that feeds event streams through the real reader
+
+LOGIN_ENV = {"MODELARTS_REGISTRY_USER": USER, "MODELARTS_REGISTRY_PASSWORD": PASSWORD}
+
+
+class StreamEngine(FakeEngine):
+    """A local image with the config digest the loopback manifests name, a login that is accepted, and a push
+    whose events go through publishing.read_push_stream with the secrets the publisher handed over."""
+
+    def __init__(self, events: Sequence[dict[str, Any]], *, on_push: Callable[[], None] | None = None) -> None:
+        self.events = events
+        self.on_push = on_push  # what the registry receives, for a push that goes through
+        self.logins: list[RegistryLogin] = []
+        self.pushes: list[tuple[str, str, RegistryAuth | None, tuple[str, ...]]] = []
+
+    def image(self, reference: str) -> ImageConfig | None:
+        return image_config(reference, image_id=CONFIG_DIGEST)
+
+    def login(self, login: RegistryLogin) -> RegistryAuth:
+        self.logins.append(login)
+        return RegistryAuth(config=publishing.auth_config(login))
+
+    def push(self, repository: str, tag: str, *, auth: RegistryAuth | None, secrets: tuple[str, ...] = (),
+             progress: ProgressCallback | None = None) -> Pushed:
+        self.pushes.append((repository, tag, auth, secrets))
+        if self.on_push is not None:
+            self.on_push()
+        digest, size = publishing.read_push_stream(self.events, reference=f"{repository}:{tag}", secrets=secrets,
+                                                   progress=progress)
+        return Pushed(reference=f"{repository}:{tag}", digest=digest, manifest_size=size, attempts=1)
+
+
+def image_at(host: str) -> ImageSpec:
+    """A versions.yaml entry whose reference is host/org/repo:t1."""
+    return ImageSpec(
+        id="push-test", default=True, python="3.11", cuda="cpu", torch="2.13.0", torchvision=None, torchaudio=None,
+        tag="t1", registry=host, organization="org", repository="repo", base_image="base", pip_index="",
+        apt_mirror="http://repo.huaweicloud.com", installer=Artifact(url="https://example.invalid/i.sh", sha256=None),
+        wheels=(),
+    )
+
+
+def push_options(tmp_path: Path, **overrides: Any) -> PushOptions:
+    values: dict[str, Any] = {"reports_dir": tmp_path / "reports", "use_docker_config": False, "retries": 0,
+                              "backoff": 0.01}
+    return PushOptions(**{**values, **overrides})
+
+
+def test_a_record_that_cannot_be_written_says_the_push_went_through(tmp_path: Path) -> None:
+    body = manifest_body()
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    state = State()
+    (tmp_path / "blocker").write_text("a file, not a directory\n")
+    with serve(state) as host:
+        def receive() -> None:
+            state.manifests["org/repo:t1"] = (registry.DOCKER_MANIFEST, body)
+
+        engine = StreamEngine([{"status": f"t1: digest: {digest} size: {len(body)}"}], on_push=receive)
+        with pytest.raises(RegistryError) as caught:
+            publisher.push_images([image_at(host)], push_options(tmp_path, reports_dir=tmp_path / "blocker" / "r"),
+                                  engine=engine, env=LOGIN_ENV)
+    assert caught.value.exit_code == 6
+    assert str(caught.value).startswith(f"push-test: pushed {host}/org/repo:t1 as {digest}, but cannot write the "
+                                        f"push record {tmp_path / 'blocker' / 'r' / 'push-push-test.json'}: ")
+    assert isinstance(caught.value.__cause__, WriteError)
+    assert len(engine.pushes) == 1

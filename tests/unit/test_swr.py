@@ -1,4 +1,5 @@
-"""SWR naming and credentials (pure), and publish's pure helpers: extra tags, git revision, the record file."""
+"""SWR naming and credentials (pure), and publish's pure helpers: extra tags, git revision (now in frontend), the
+record file. Masking secrets (once swr.mask) is tested with shared/redact.py in test_redact.py."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from modelarts_images import frontend
 from modelarts_images.config import versions as config
-from modelarts_images.errors import ConfigError, RegistryError
+from modelarts_images.errors import ConfigError, RegistryError, WriteError
 from modelarts_images.publish import publisher as publish
 from modelarts_images.publish import swr
 
@@ -63,7 +65,6 @@ def test_login_key_is_lowercase_hex_of_ak_keyed_by_sk() -> None:
 ])
 def test_region_of(host: str, region: str | None) -> None:
     assert swr.region_of(host) == region
-    assert swr.is_swr(host) == (region is not None)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -178,11 +179,6 @@ def test_credentials_are_frozen() -> None:
         found.password = "other"  # type: ignore[misc]
 
 
-def test_mask_replaces_every_secret_longest_first() -> None:
-    assert swr.mask("user pw pwlonger pw", ["pw", "pwlonger"]) == "user *** *** ***"
-    assert swr.mask("nothing here", ["", "absent"]) == "nothing here"
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Reference validation
 
@@ -293,13 +289,13 @@ def test_git_revision_reads_branch_packed_and_detached(tmp_path: Path) -> None:
     (git / "refs" / "heads").mkdir(parents=True)
     (git / "HEAD").write_text("ref: refs/heads/main\n")
     (git / "refs" / "heads" / "main").write_text(sha + "\n")
-    assert publish.git_revision(tmp_path) == sha[:12]
+    assert frontend.git_revision(tmp_path) == sha[:12]
     (git / "refs" / "heads" / "main").unlink()
     (git / "packed-refs").write_text(f"# pack-refs with: peeled\n{'f' * 40} refs/heads/other\n{sha} refs/heads/main\n")
-    assert publish.git_revision(tmp_path) == sha[:12]
+    assert frontend.git_revision(tmp_path) == sha[:12]
     (git / "HEAD").write_text(sha + "\n")
-    assert publish.git_revision(tmp_path, length=40) == sha
-    assert publish.git_revision(tmp_path / "nowhere") is None
+    assert frontend.git_revision(tmp_path, length=40) == sha
+    assert frontend.git_revision(tmp_path / "nowhere") is None
 
 
 def test_git_revision_of_a_worktree(tmp_path: Path) -> None:
@@ -314,21 +310,22 @@ def test_git_revision_of_a_worktree(tmp_path: Path) -> None:
     checkout = tmp_path / "wt"
     checkout.mkdir()
     (checkout / ".git").write_text(f"gitdir: {worktree_git}\n")
-    assert publish.git_revision(checkout) == sha[:12]
+    assert frontend.git_revision(checkout) == sha[:12]
 
 
 def test_write_record(tmp_path: Path) -> None:
-    tag = publish.TagOutcome(reference="r/o/p:t", digest="sha256:" + "a" * 64, outcome="pushed",
+    tag = publish.TagOutcome(reference="r/o/p:t", digest="sha256:" + "a" * 64, outcome=publish.Outcome.PUSHED,
                              previous_digest=None)
     record = publish.PushRecord(
         id="img", reference="r/o/p:t", digest=tag.digest, size=123, image_id="sha256:" + "b" * 64, image_size=456,
-        media_type="application/vnd.docker.distribution.manifest.v2+json", outcome="pushed", tags=(tag,),
+        media_type="application/vnd.docker.distribution.manifest.v2+json", outcome=publish.Outcome.PUSHED, tags=(tag,),
         time=dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc).isoformat(), login="MODELARTS_REGISTRY_USER/...",
         record=None)
     path = publish.write_record(record, tmp_path / "reports")
     assert path == tmp_path / "reports" / "push-img.json"
     document = json.loads(path.read_text())
     assert document["reference"] == "r/o/p:t" and document["digest"] == tag.digest and document["size"] == 123
+    assert document["outcome"] == "pushed"
     assert document["time"] == "2024-06-01T00:00:00+00:00"
     assert document["tags"] == [{"reference": "r/o/p:t", "digest": tag.digest, "outcome": "pushed",
                                  "previous_digest": None}]
@@ -336,10 +333,12 @@ def test_write_record(tmp_path: Path) -> None:
     assert not list((tmp_path / "reports").glob("*.tmp"))
     assert "pushed  r/o/p:t  sha256:aaaa" in publish.summary([record])
     (tmp_path / "blocker").write_text("a file, not a directory\n")
+    # A WriteError: the publisher says the push went through (RegistryError, see test_registry.py), the pipeline's
+    # steps make it their stage's error.
     expected = f"cannot write the push record {tmp_path / 'blocker' / 'reports' / 'push-img.json'}: "
-    with pytest.raises(RegistryError, match=re.escape(expected)):
+    with pytest.raises(WriteError, match=re.escape(expected)):
         publish.write_record(record, tmp_path / "blocker" / "reports")
     (tmp_path / "reports" / "push-other.json").mkdir()  # the replace fails: the temporary file goes too
-    with pytest.raises(RegistryError, match=r"push-other\.json"):
+    with pytest.raises(WriteError, match=r"push-other\.json"):
         publish.write_record(dataclasses.replace(record, id="other"), tmp_path / "reports")
     assert sorted(path.name for path in (tmp_path / "reports").iterdir()) == ["push-img.json", "push-other.json"]

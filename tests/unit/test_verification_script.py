@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from modelarts_images.verify import verification as verifying
+from modelarts_images.verify.result import RESULT_PREFIX, parse_result
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "verify" / "pytorch-verification.py"
@@ -77,8 +77,8 @@ def test_the_script_verifies_torch_on_the_cpu(python_with_torch: str, tmp_path: 
     lines = completed.stdout.splitlines()
     # the original recipe's output first: two 5x3 tensors
     assert sum(line.startswith("tensor([[") for line in lines) == 2
-    assert lines[-1].startswith(verifying.RESULT_PREFIX)  # the result is the last line
-    result = verifying.parse_result(completed.stdout)
+    assert lines[-1].startswith(RESULT_PREFIX)  # the result is the last line
+    result = parse_result(completed.stdout)
     assert result.ok
     assert [check.name for check in result.checks] == ["import-torch", "tensor", "matmul", "autograd-sgd"]
     assert all(check.ok for check in result.checks)
@@ -94,13 +94,13 @@ def test_the_script_verifies_torch_on_the_cpu(python_with_torch: str, tmp_path: 
     assert environment == {"MA_JOB_DIR": "/home/ma-user/modelarts/user-job-dir", "VC_TASK_INDEX": "0",
                            "MA_SECRET_ACCESS_KEY": "***"}
     assert "do-not-print-me" not in completed.stdout
-    raw = json.loads(lines[-1][len(verifying.RESULT_PREFIX):])
+    raw = json.loads(lines[-1][len(RESULT_PREFIX):])
     assert {"torch_cuda", "cudnn", "cuda_available", "device_count", "devices", "uid", "gid"} <= raw.keys()
 
 
 def test_require_gpu_fails_instead_of_falling_back(python_with_torch: str, tmp_path: Path) -> None:
     completed = run_script(python_with_torch, "--require-gpu", cwd=tmp_path)
-    result = verifying.parse_result(completed.stdout)
+    result = parse_result(completed.stdout)
     if result.cuda_available:
         assert completed.returncode == 0 and result.device == "cuda:0"
         return
@@ -122,7 +122,7 @@ def test_a_torch_that_cannot_import_still_ends_with_a_result_line(tmp_path: Path
                                       encoding="utf-8")
     completed = run_script(sys.executable, cwd=tmp_path, pythonpath=tmp_path / "site")
     assert completed.returncode == 1
-    result = verifying.parse_result(completed.stdout)
+    result = parse_result(completed.stdout)
     assert not result.ok and result.torch is None and result.device is None
     (check,) = result.checks
     assert check.name == "import-torch" and not check.ok

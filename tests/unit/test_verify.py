@@ -5,20 +5,33 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import docker.types
 import pytest
 
-from modelarts_images import contract
-from modelarts_images.engine import run as engine_run
-from modelarts_images.engine.run import ContainerOutput, ContainerRun, GpuSupport, ImageConfig
-from modelarts_images.errors import ConfigError, VerifyError
+from modelarts_images import contract, paths
+from modelarts_images.engine import containers
+from modelarts_images.engine.api import ContainerOutput, ContainerRun, GpuSupport, ImageConfig, Mount
+from modelarts_images.errors import ConfigError, EngineError, VerifyError
 from modelarts_images.model import Artifact, ImageSpec
+from modelarts_images.options import Device, DeviceChoice, Flags, VerifyOptions, resolve
 from modelarts_images.verify import conformance, probes
-from modelarts_images.verify import verification as verifying
-from modelarts_images.verify.conformance import CheckOutcome
+from modelarts_images.verify.checks import CheckOutcome, CheckStatus, failure_message
+from modelarts_images.verify.report import (
+    DeviceRun,
+    Expected,
+    ImageReport,
+    format_report,
+    raise_for_reports,
+    save_report,
+)
+from modelarts_images.verify.result import RESULT_PREFIX, VerificationResult, check_against, parse_result
+from modelarts_images.verify.runs import resolve_devices, run_spec
+from modelarts_images.verify.verifier import verify_image
+from tests.support.fake_engine import FakeEngine, image_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "verify" / "pytorch-verification.py"
@@ -55,7 +68,7 @@ def result_dict(**overrides: Any) -> dict[str, Any]:
 
 def log_with(data: dict[str, Any] | str, before: str = "tensor([[0.1, 0.2, 0.3]])\n") -> str:
     line = data if isinstance(data, str) else json.dumps(data)
-    return f"{before}[ ok ] import-torch: torch\n{verifying.RESULT_PREFIX}{line}\n"
+    return f"{before}[ ok ] import-torch: torch\n{RESULT_PREFIX}{line}\n"
 
 
 def names(outcomes: list[CheckOutcome]) -> dict[str, CheckOutcome]:
@@ -96,8 +109,8 @@ def test_the_probes_travel_on_the_command_line_from_their_files() -> None:
 
 
 def test_the_script_and_the_parser_agree_on_the_prefix() -> None:
-    assert f'RESULT_PREFIX = "{verifying.RESULT_PREFIX}"' in SCRIPT.read_text(encoding="utf-8")
-    assert SCRIPT.name == contract.SCRIPT_NAME and SCRIPT.parent == verifying.VERIFY_DIR
+    assert f'RESULT_PREFIX = "{RESULT_PREFIX}"' in SCRIPT.read_text(encoding="utf-8")
+    assert SCRIPT.name == contract.SCRIPT_NAME and SCRIPT.parent == paths.VERIFY_DIR
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -105,7 +118,7 @@ def test_the_script_and_the_parser_agree_on_the_prefix() -> None:
 
 
 def test_cpu_run_spec_is_the_modelarts_boot_command(tmp_path: Path) -> None:
-    spec = verifying.run_spec("swr.example.com/org/pytorch:1", device="cpu", script_dir=tmp_path)
+    spec = run_spec("swr.example.com/org/pytorch:1", device=Device.CPU, script_dir=tmp_path)
     assert spec.image == "swr.example.com/org/pytorch:1"
     assert spec.command == ("/home/ma-user/miniconda3/bin/python",
                             "/home/ma-user/modelarts/user-job-dir/code/pytorch-verification.py")
@@ -121,26 +134,33 @@ def test_cpu_run_spec_is_the_modelarts_boot_command(tmp_path: Path) -> None:
         "MA_NUM_GPUS": "0", "MA_NUM_HOSTS": "1", "MA_TASK_NAME": "worker", "VC_TASK_INDEX": "0",
         "VC_WORKER_NUM": "1", "VC_WORKER_HOSTS": contract.WORKER_HOSTNAME,
     }
-    assert spec.mounts == (engine_run.Mount(source=str(tmp_path.resolve()),
-                                            target="/home/ma-user/modelarts/user-job-dir/code", read_only=True),)
+    assert spec.mounts == (Mount(source=str(tmp_path.resolve()),
+                                 target="/home/ma-user/modelarts/user-job-dir/code", read_only=True),)
     assert spec.gpus == 0 and spec.network
 
 
 def test_gpu_run_spec_asks_for_a_gpu_and_requires_it() -> None:
-    spec = verifying.run_spec("img", device="gpu", gpus=2)
+    spec = run_spec("img", device=Device.GPU, gpus=2)
     assert spec.command[-1] == "--require-gpu"
     assert spec.gpus == 2 and spec.env["MA_NUM_GPUS"] == "2"
-    assert spec.mounts[0].source == str(verifying.VERIFY_DIR)
+    assert spec.mounts[0].source == str(paths.VERIFY_DIR)
 
 
-@pytest.mark.parametrize(("device", "gpus"), [("tpu", 1), ("gpu", 0)])
-def test_run_spec_rejects_what_it_cannot_mean(device: str, gpus: int) -> None:
-    with pytest.raises(ConfigError):
-        verifying.run_spec("img", device=device, gpus=gpus)
+def test_run_spec_takes_the_timeout_into_the_container_run() -> None:
+    assert run_spec("img", device=Device.CPU).timeout == contract.VERIFY_TIMEOUT_S
+    assert run_spec("img", device=Device.GPU, timeout=42.5).timeout == 42.5
+
+
+# An unknown device name can no longer reach run_spec (it takes the Device enum): the command line's text is
+# rejected where it becomes a device, see test_an_unknown_device_is_rejected_naming_the_choices.
+@pytest.mark.parametrize("gpus", [0, -1])
+def test_run_spec_rejects_what_it_cannot_mean(gpus: int) -> None:
+    with pytest.raises(ConfigError, match=f"gpus: {gpus} must be 1 or more"):
+        run_spec("img", device=Device.GPU, gpus=gpus)
 
 
 def test_container_options_replace_the_entrypoint_and_mount_read_only() -> None:
-    options = engine_run.container_options(verifying.run_spec("img", device="cpu"))
+    options = containers.container_options(run_spec("img", device=Device.CPU))
     assert options["entrypoint"] == ["/home/ma-user/miniconda3/bin/python",
                                      "/home/ma-user/modelarts/user-job-dir/code/pytorch-verification.py"]
     assert "command" not in options  # nothing appended from the image's CMD
@@ -150,37 +170,40 @@ def test_container_options_replace_the_entrypoint_and_mount_read_only() -> None:
     assert mount["Type"] == "bind" and mount["ReadOnly"] is True
     assert mount["Target"] == "/home/ma-user/modelarts/user-job-dir/code"
     assert "device_requests" not in options and "network_mode" not in options
-    assert options["labels"] == {engine_run.LABEL: "1"}
+    assert options["labels"] == {containers.LABEL: "1"}
 
 
 def test_container_options_for_a_gpu_use_a_device_request() -> None:
-    options = engine_run.container_options(verifying.run_spec("img", device="gpu"))
+    options = containers.container_options(run_spec("img", device=Device.GPU))
     (request,) = options["device_requests"]
     assert isinstance(request, docker.types.DeviceRequest)
     assert request["Count"] == 1 and request["Capabilities"] == [["gpu"]]
-    probe = engine_run.container_options(conformance.probe_run("img"))
+    probe = containers.container_options(conformance.probe_run("img"))
     assert probe["network_mode"] == "none" and probe["user"] == "0:0"
 
 
 @pytest.mark.parametrize(("requested", "available", "devices", "skipped"), [
-    ("cpu", None, ("cpu",), False),
-    ("gpu", None, ("gpu",), False),
-    ("both", None, ("cpu", "gpu"), False),
-    ("auto", True, ("gpu",), False),
-    ("auto", False, ("cpu",), True),
+    (DeviceChoice.CPU, None, (Device.CPU,), False),
+    (DeviceChoice.GPU, None, (Device.GPU,), False),
+    (DeviceChoice.BOTH, None, (Device.CPU, Device.GPU), False),
+    (DeviceChoice.AUTO, True, (Device.GPU,), False),
+    (DeviceChoice.AUTO, False, (Device.CPU,), True),
 ])
-def test_resolve_devices(requested: str, available: bool | None, devices: tuple[str, ...], skipped: bool) -> None:
+def test_resolve_devices(requested: DeviceChoice, available: bool | None, devices: tuple[Device, ...],
+                         skipped: bool) -> None:
     support = None if available is None else GpuSupport(available=available, reason="the engine's runtimes are runc")
-    got, notes = verifying.resolve_devices(requested, support)
-    assert got == devices
+    got, notes = resolve_devices(requested, support)
+    assert got == devices and all(isinstance(device, Device) for device in got)
     assert bool(notes) == skipped
     if skipped:
         assert notes[0] == "GPU: skipped, no GPU runtime (the engine's runtimes are runc)"
 
 
-def test_resolve_devices_rejects_an_unknown_device() -> None:
-    with pytest.raises(ConfigError, match="cpu, gpu, both, auto"):
-        verifying.resolve_devices("npu", None)
+def test_an_unknown_device_is_rejected_naming_the_choices(tmp_path: Path) -> None:
+    # resolve_devices takes a DeviceChoice now: --device's text is checked when the options are resolved
+    with pytest.raises(ConfigError, match="--device: 'npu' is not one of cpu, gpu, both, auto"):
+        resolve(None, Flags(device="npu"), root=tmp_path)
+    assert resolve(None, Flags(device="both"), root=tmp_path).verify.device is DeviceChoice.BOTH
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -189,14 +212,14 @@ def test_resolve_devices_rejects_an_unknown_device() -> None:
 
 def test_parse_result_reads_the_last_result_line() -> None:
     older = json.dumps(result_dict(torch="0.0.0"))
-    text = log_with(result_dict(), before=f"{verifying.RESULT_PREFIX}{older}\nnoise\n")
-    result = verifying.parse_result(text)
+    text = log_with(result_dict(), before=f"{RESULT_PREFIX}{older}\nnoise\n")
+    result = parse_result(text)
     assert result.torch == "2.1.0+cu118" and result.torch_cuda == "11.8" and result.cudnn == "8700"
     assert result.python == "3.10.13" and result.device == "cuda:0" and result.devices == ("NVIDIA A100-SXM4-40GB",)
     assert (result.uid, result.gid, result.user, result.cwd) == (1000, 100, "ma-user", "/home/ma-user")
     assert dict(result.environment)["MA_NUM_GPUS"] == "1"
     assert [check.name for check in result.checks] == ["import-torch", "matmul"] and result.ok
-    assert result.as_dict()["checks"][0] == {"name": "import-torch", "status": "pass", "ok": True,
+    assert result.to_json()["checks"][0] == {"name": "import-torch", "status": "pass", "ok": True,
                                              "detail": "torch 2.1.0+cu118"}
 
 
@@ -204,7 +227,7 @@ def test_parse_result_of_a_script_without_torch() -> None:
     data = result_dict(ok=False, torch=None, torch_cuda=None, cudnn=None, cuda_available=False, device_count=0,
                        devices=[], device=None,
                        checks=[{"name": "import-torch", "ok": False, "detail": "No module named 'torch'"}])
-    result = verifying.parse_result(log_with(data))
+    result = parse_result(log_with(data))
     assert result.torch is None and not result.ok and not result.checks[0].ok
 
 
@@ -227,7 +250,7 @@ def test_parse_result_of_a_script_without_torch() -> None:
 ])
 def test_parse_result_names_what_was_expected(text: str, expected: str) -> None:
     with pytest.raises(VerifyError) as raised:
-        verifying.parse_result(text)
+        parse_result(text)
     assert expected in str(raised.value)
     assert raised.value.exit_code == 5
 
@@ -236,11 +259,11 @@ def test_parse_result_names_what_was_expected(text: str, expected: str) -> None:
 # check_against
 
 
-def parsed(**overrides: Any) -> verifying.VerificationResult:
-    return verifying.parse_result(log_with(result_dict(**overrides)))
+def parsed(**overrides: Any) -> VerificationResult:
+    return parse_result(log_with(result_dict(**overrides)))
 
 
-def cpu_result(**overrides: Any) -> verifying.VerificationResult:
+def cpu_result(**overrides: Any) -> VerificationResult:
     values: dict[str, Any] = dict(torch="2.13.0+cpu", torch_cuda=None, cudnn=None, cuda_available=False,
                                   device_count=0, devices=[], device="cpu", python="3.11.2",
                                   environment={"MA_JOB_DIR": "/home/ma-user/modelarts/user-job-dir"})
@@ -249,30 +272,30 @@ def cpu_result(**overrides: Any) -> verifying.VerificationResult:
 
 
 def test_a_matching_cpu_result_passes() -> None:
-    outcomes = verifying.check_against(cpu_result(), CPU_ENTRY, "cpu")
+    outcomes = check_against(cpu_result(), CPU_ENTRY, Device.CPU)
     assert not failed(outcomes)
     assert [outcome.name for outcome in outcomes] == ["torch-version", "torch-build", "python-version", "ma-user",
                                                       "script:import-torch", "script:matmul"]
 
 
 def test_a_cpu_entry_also_accepts_a_torch_without_local_tag() -> None:
-    assert not failed(verifying.check_against(cpu_result(torch="2.13.0"), CPU_ENTRY, "cpu"))
+    assert not failed(check_against(cpu_result(torch="2.13.0"), CPU_ENTRY, Device.CPU))
 
 
 def test_a_cpu_entry_with_a_cuda_build_fails_the_build_check() -> None:
-    outcomes = names(verifying.check_against(cpu_result(torch="2.13.0", torch_cuda="12.8"), CPU_ENTRY, "cpu"))
+    outcomes = names(check_against(cpu_result(torch="2.13.0", torch_cuda="12.8"), CPU_ENTRY, Device.CPU))
     assert not outcomes["torch-build"].ok and "CUDA 12.8 build" in outcomes["torch-build"].detail
 
 
 def test_a_mismatched_torch_fails_torch_version() -> None:
-    outcomes = names(verifying.check_against(cpu_result(torch="2.12.0+cpu"), CPU_ENTRY, "cpu"))
+    outcomes = names(check_against(cpu_result(torch="2.12.0+cpu"), CPU_ENTRY, Device.CPU))
     assert not outcomes["torch-version"].ok
     assert outcomes["torch-version"].detail == "torch 2.12.0+cpu, expected 2.13.0"
     assert outcomes["torch-build"].ok
 
 
 def test_a_matching_cuda_result_passes_on_gpu() -> None:
-    outcomes = verifying.check_against(parsed(), entry(), "gpu")
+    outcomes = check_against(parsed(), entry(), Device.GPU)
     assert not failed(outcomes)
     assert names(outcomes)["cuda-available"].detail.startswith("1 CUDA device(s): NVIDIA A100")
     assert "+cu118 build, torch.version.cuda 11.8" in names(outcomes)["torch-build"].detail
@@ -285,57 +308,82 @@ def test_a_matching_cuda_result_passes_on_gpu() -> None:
     ("2.1.0+cpu", None, "torch.version.cuda is None (a CPU build)"),
 ])
 def test_a_cuda_entry_needs_the_right_cuda_build(torch: str, torch_cuda: str | None, expected: str) -> None:
-    outcomes = names(verifying.check_against(parsed(torch=torch, torch_cuda=torch_cuda), entry(), "cpu"))
+    outcomes = names(check_against(parsed(torch=torch, torch_cuda=torch_cuda), entry(), Device.CPU))
     assert not outcomes["torch-build"].ok and expected in outcomes["torch-build"].detail
     assert outcomes["torch-version"].ok
 
 
 def test_cuda_minor_versions_compare_by_major_minor() -> None:
-    outcomes = names(verifying.check_against(parsed(torch="1.8.1+cu102", torch_cuda="10.2.89"),
-                                             entry(torch="1.8.1", cuda="10.2"), "cpu"))
+    outcomes = names(check_against(parsed(torch="1.8.1+cu102", torch_cuda="10.2.89"),
+                                   entry(torch="1.8.1", cuda="10.2"), Device.CPU))
     assert outcomes["torch-build"].ok
 
 
 def test_a_wrong_python_fails_python_version() -> None:
-    outcomes = names(verifying.check_against(cpu_result(python="3.10.12"), CPU_ENTRY, "cpu"))
+    outcomes = names(check_against(cpu_result(python="3.10.12"), CPU_ENTRY, Device.CPU))
     assert not outcomes["python-version"].ok
     assert outcomes["python-version"].detail == "Python 3.10.12, expected 3.11"
 
 
 def test_gpu_mode_without_cuda_fails_cuda_available() -> None:
     result = parsed(cuda_available=False, device_count=0, devices=[], device=None)
-    outcomes = names(verifying.check_against(result, entry(), "gpu"))
+    outcomes = names(check_against(result, entry(), Device.GPU))
     assert not outcomes["cuda-available"].ok
     assert "CUDA is not available in the container" in outcomes["cuda-available"].detail
-    assert "cuda-available" not in names(verifying.check_against(result, entry(), "cpu"))
+    assert "cuda-available" not in names(check_against(result, entry(), Device.CPU))
 
 
 def test_torch_missing_fails_both_torch_checks_and_the_script_check() -> None:
     result = parsed(ok=False, torch=None, torch_cuda=None,
                     checks=[{"name": "import-torch", "ok": False, "detail": "No module named 'torch'"}])
-    assert failed(verifying.check_against(result, entry(), "cpu")) == {"torch-version", "torch-build",
-                                                                       "script:import-torch"}
+    assert failed(check_against(result, entry(), Device.CPU)) == {"torch-version", "torch-build",
+                                                                  "script:import-torch"}
 
 
 def test_running_as_another_user_fails_ma_user() -> None:
-    outcomes = names(verifying.check_against(cpu_result(uid=0, gid=0, user="root"), CPU_ENTRY, "cpu"))
+    outcomes = names(check_against(cpu_result(uid=0, gid=0, user="root"), CPU_ENTRY, Device.CPU))
     assert not outcomes["ma-user"].ok and "ran as 0:0 (root)" in outcomes["ma-user"].detail
 
 
 def test_failures_become_one_verify_error_naming_each_check() -> None:
-    outcomes = verifying.check_against(cpu_result(torch="2.12.0+cpu", python="3.10.1"), CPU_ENTRY, "cpu")
+    outcomes = check_against(cpu_result(torch="2.12.0+cpu", python="3.10.1"), CPU_ENTRY, Device.CPU)
     warning = CheckOutcome(name="conda-channel", ok=False, warning=True, detail="defaults")
     pairs = [("cpu", outcome) for outcome in outcomes] + [("conformance", warning)]
-    message = verifying.failure_message("pytorch-2.13.0-cpu (img)", pairs)
+    message = failure_message("pytorch-2.13.0-cpu (img)", pairs)
     assert message is not None
     assert message.splitlines()[0] == ("pytorch-2.13.0-cpu (img) failed verification (2 check(s): "
                                        "cpu/torch-version, cpu/python-version):")
     assert "  cpu/torch-version: torch 2.12.0+cpu, expected 2.13.0" in message
     assert "conda-channel" not in message  # a warning does not fail
+    assert failure_message("x", [("conformance", warning)]) is None  # nothing blocking: no failure
+    # a report holding the same outcomes: its failure() is that message, raise_for_reports raises it (exit 5)
+    failing = report_with(outcomes, checks=(warning,))
+    assert failing.failure() == message and not failing.ok
     with pytest.raises(VerifyError) as raised:
-        verifying.raise_for_failures("x", pairs)
-    assert raised.value.exit_code == 5
-    verifying.raise_for_failures("x", [("conformance", warning)])  # nothing blocking: no error
+        raise_for_reports([failing])
+    assert str(raised.value) == message and raised.value.exit_code == 5
+    warned = report_with((), checks=(warning,))
+    assert warned.ok and warned.failure() is None
+    raise_for_reports([warned])  # nothing blocking: no error
+
+
+def test_raise_for_reports_names_every_failed_image() -> None:
+    bad = CheckOutcome(name="torch-version", ok=False, detail="torch 2.12.0+cpu, expected 2.13.0")
+    good = CheckOutcome(name="python-version", ok=True, detail="Python 3.11.2")
+    first, second = report_with((bad,)), report_with((bad,), reference="other")
+    with pytest.raises(VerifyError) as raised:
+        raise_for_reports([first, report_with((good,)), second])
+    assert str(raised.value) == f"{first.failure()}\n{second.failure()}"
+    raise_for_reports([report_with((good,))])
+
+
+def report_with(outcomes: Sequence[CheckOutcome], *, checks: Sequence[CheckOutcome] = (),
+                reference: str = "img") -> ImageReport:
+    """A report of one CPU run with these outcomes (and these conformance checks)."""
+    run = DeviceRun(device=Device.CPU, command=run_spec(reference, device=Device.CPU).command, exit_code=0,
+                    timed_out=False, seconds=1.0, result=None, outcomes=tuple(outcomes), output_tail=())
+    return ImageReport(id=CPU_ENTRY.id, reference=reference, expected=Expected.of(CPU_ENTRY), image_id="sha256:abc",
+                       size=3_000_000_000, runs=(run,), skipped=(), conformance=tuple(checks))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -350,6 +398,8 @@ GOOD_PROBE: dict[str, Any] = {
 GOOD_BOOT: dict[str, Any] = {"executable": "/home/ma-user/miniconda3/bin/python", "prefix": "/home/ma-user/miniconda3",
              "python": "3.11.2", "uid": 1000, "gid": 100, "cwd": "/home/ma-user", "activated": [],
              "modules": {"ssl": "ok", "ctypes": "ok", "zlib": "ok", "sqlite3": "ok", "bz2": "ok", "lzma": "ok"}}
+# Not the defaults: each container the verification starts must get the options' timeout
+OPTIONS = VerifyOptions(reports_dir=Path("reports-not-written") / "verify", timeout=123.0)
 
 
 def output(stdout: str = "", *, exit_code: int | None = 0, stderr: str = "",
@@ -358,8 +408,9 @@ def output(stdout: str = "", *, exit_code: int | None = 0, stderr: str = "",
                            timed_out=timed_out)
 
 
-class FakeEngine:
-    """Answers each kind of container from canned output; records what it was asked to run."""
+class CannedEngine(FakeEngine):
+    """Answers each kind of container from canned output; records what it was asked to run and which image
+    configs it was asked for. Anything else (a build, a push, gpu_support) fails the test."""
 
     def __init__(self, *, verification: ContainerOutput | Exception, images: tuple[str, ...] = ("img", "base"),
                  user: str = "ma-user") -> None:
@@ -367,6 +418,7 @@ class FakeEngine:
         self.images = images
         self.user = user
         self.runs: list[ContainerRun] = []
+        self.configs_asked: list[str] = []
 
     def run(self, spec: ContainerRun) -> ContainerOutput:
         self.runs.append(spec)
@@ -381,89 +433,149 @@ class FakeEngine:
         return self.verification
 
     def image(self, reference: str) -> ImageConfig | None:
+        self.configs_asked.append(reference)
         if reference not in self.images:
             return None
-        return ImageConfig(reference=reference, image_id="sha256:abc", user=self.user, working_dir="/home/ma-user",
-                           size=3_000_000_000, labels=(("org.opencontainers.image.base.name", "base"),),
-                           environment=(), entrypoint=(), cmd=("/bin/bash",))
-
-    def gpu_support(self, image: str | None = None) -> GpuSupport:
-        return GpuSupport(available=False, reason="none")
+        return image_config(reference, user=self.user)
 
 
-def test_verify_image_with_a_good_run_passes_and_reports() -> None:
-    engine = FakeEngine(verification=output(log_with(result_dict(
-        torch="2.13.0+cpu", torch_cuda=None, python="3.11.2", device="cpu", cuda_available=False))))
-    report = verifying.verify_image(engine, CPU_ENTRY, reference="img", devices=("cpu",),
-                                    skipped=("GPU: skipped, no GPU runtime (none)",))
-    assert report.ok, verifying.format_report(report)
-    verifying.raise_for_report(report)
-    assert engine.runs[0] == verifying.run_spec("img", device="cpu")
+def good_cpu_run() -> ContainerOutput:
+    return output(log_with(result_dict(torch="2.13.0+cpu", torch_cuda=None, python="3.11.2", device="cpu",
+                                       cuda_available=False)))
+
+
+def test_verify_image_with_a_good_run_passes_and_reports(tmp_path: Path) -> None:
+    engine = CannedEngine(verification=good_cpu_run())
+    report = verify_image(engine, CPU_ENTRY, options=OPTIONS, reference="img", devices=(Device.CPU,),
+                          skipped=("GPU: skipped, no GPU runtime (none)",))
+    assert report.ok, format_report(report)
+    assert report.failure() is None
+    raise_for_reports([report])
+    assert engine.runs[0] == run_spec("img", device=Device.CPU, timeout=OPTIONS.timeout)
+    assert {spec.timeout for spec in engine.runs} == {OPTIONS.timeout}  # the probes' containers too
+    # the image's config is read once, by the verifier; the conformance checks only ask for the base's
+    assert engine.configs_asked == ["img", "base"]
     assert {outcome.name for outcome in report.conformance} >= {"ma-user", "boot-python", "setuid-setgid"}
-    saved = json.loads(verifying.report_json(report))
+    path = save_report(report, tmp_path)
+    assert path == tmp_path / "pytorch-2.13.0-cpu.json"
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    assert saved == report.to_json()
     assert saved["ok"] is True and saved["id"] == "pytorch-2.13.0-cpu" and saved["size"] == 3_000_000_000
     assert saved["skipped"] == ["GPU: skipped, no GPU runtime (none)"]
     assert saved["runs"][0]["result"]["torch"] == "2.13.0+cpu"
-    assert saved["runs"][0]["command"] == list(verifying.run_spec("img", device="cpu").command)
-    text = verifying.format_report(report)
+    assert saved["runs"][0]["command"] == list(run_spec("img", device=Device.CPU).command)
+    text = format_report(report)
     assert "GPU: skipped, no GPU runtime (none)" in text and "[pass] torch-version" in text
 
 
+def test_the_size_budget_of_the_options_is_the_one_checked() -> None:
+    engine = CannedEngine(verification=good_cpu_run())
+    options = VerifyOptions(reports_dir=OPTIONS.reports_dir, size_budget=2_000_000_000)
+    report = verify_image(engine, CPU_ENTRY, options=options, reference="img")
+    size = names(list(report.conformance))["image-size"]
+    assert size.blocking and size.detail == "3.00 GB uncompressed, over the budget of 2.00 GB"
+
+
 def test_verify_image_of_a_missing_image_is_an_error() -> None:
+    engine = CannedEngine(verification=output())
     with pytest.raises(VerifyError, match="not in the engine"):
-        verifying.verify_image(FakeEngine(verification=output()), CPU_ENTRY, reference="nope")
+        verify_image(engine, CPU_ENTRY, options=OPTIONS, reference="nope")
+    assert engine.runs == []
 
 
 def test_a_timed_out_run_fails_with_its_output() -> None:
-    engine = FakeEngine(verification=output("tensor([[1.]])\n", exit_code=None, timed_out=True))
-    report = verifying.verify_image(engine, CPU_ENTRY, reference="img", check_conformance=False)
+    engine = CannedEngine(verification=output("tensor([[1.]])\n", exit_code=None, timed_out=True))
+    report = verify_image(engine, CPU_ENTRY, options=OPTIONS, reference="img", check_conformance=False)
     outcomes = names(list(report.runs[0].outcomes))
     assert "timed out after 1 s" in outcomes["run"].detail
     assert not outcomes["result-line"].ok
     with pytest.raises(VerifyError, match="cpu/run"):
-        verifying.raise_for_report(report)
-    assert "| tensor([[1.]])" in verifying.format_report(report)
+        raise_for_reports([report])
+    assert "| tensor([[1.]])" in format_report(report)
 
 
 def test_a_run_that_cannot_start_is_a_failed_check_not_a_crash() -> None:
-    engine = FakeEngine(verification=VerifyError("a GPU was asked for, but this Docker Engine has no GPU runtime"))
-    report = verifying.verify_image(engine, entry(), reference="img", devices=("cpu", "gpu"), check_conformance=False)
-    assert [run.device for run in report.runs] == ["cpu", "gpu"]
+    # the engine says a container cannot start with an EngineError (it was a VerifyError before the engine
+    # became its own layer); the verifier records it as the run's failed check
+    engine = CannedEngine(verification=EngineError("a GPU was asked for, but this Docker Engine has no GPU runtime"))
+    report = verify_image(engine, entry(), options=OPTIONS, reference="img", devices=(Device.CPU, Device.GPU),
+                          check_conformance=False)
+    assert [run.device for run in report.runs] == [Device.CPU, Device.GPU]
+    assert all(run.exit_code is None and run.result is None for run in report.runs)
     with pytest.raises(VerifyError) as raised:
-        verifying.raise_for_report(report)
+        raise_for_reports([report])
     assert "gpu/run: a GPU was asked for" in str(raised.value)
 
 
-class BootCannotStart(FakeEngine):
+def test_a_verify_error_of_the_engine_is_not_taken_for_a_failed_start() -> None:
+    # only EngineError means "the container did not start": anything else is not swallowed into the report
+    engine = CannedEngine(verification=VerifyError("not the engine's kind of failure"))
+    with pytest.raises(VerifyError, match="not the engine's kind of failure"):
+        verify_image(engine, entry(), options=OPTIONS, reference="img", check_conformance=False)
+
+
+class BootCannotStart(CannedEngine):
     """The boot probe's container is refused by the engine (as run_container raises it)."""
 
     def run(self, spec: ContainerRun) -> ContainerOutput:
         if spec.command[:2] == (contract.BOOT_PYTHON, "-c"):
             self.runs.append(spec)
-            raise VerifyError("container for img did not start: OCI runtime create failed: unable to find user 1000")
+            raise EngineError("container for img did not start: OCI runtime create failed: unable to find user 1000")
         return super().run(spec)
 
 
-def test_a_boot_probe_that_cannot_start_is_a_failed_check_not_a_crash() -> None:
-    engine = BootCannotStart(verification=output(log_with(result_dict(
-        torch="2.13.0+cpu", torch_cuda=None, python="3.11.2", device="cpu", cuda_available=False))))
-    report = verifying.verify_image(engine, CPU_ENTRY, reference="img", devices=("cpu",))
+def test_a_boot_probe_that_cannot_start_is_a_failed_check_not_a_crash(tmp_path: Path) -> None:
+    engine = BootCannotStart(verification=good_cpu_run())
+    report = verify_image(engine, CPU_ENTRY, options=OPTIONS, reference="img", devices=(Device.CPU,))
     checks = names(list(report.conformance))
     assert checks["boot-python"].blocking
     assert checks["boot-python"].detail == ("the boot probe did not run in img: container for img did not start: "
                                             "OCI runtime create failed: unable to find user 1000")
     assert {"ma-user", "default-user", "setuid-setgid", "credentials", "image-size"} <= set(checks)
     assert all(checks[name].ok for name in ("ma-user", "setuid-setgid"))  # the other probes still ran
-    saved = json.loads(verifying.report_json(report))  # the report can be written
+    saved = json.loads(save_report(report, tmp_path).read_text(encoding="utf-8"))  # the report can be written
     assert saved["ok"] is False and saved["id"] == CPU_ENTRY.id
     with pytest.raises(VerifyError, match="conformance/boot-python: the boot probe did not run"):
-        verifying.raise_for_report(report)
+        raise_for_reports([report])
 
 
 def test_the_script_exit_status_is_checked_too() -> None:
-    engine = FakeEngine(verification=output(log_with(result_dict()), exit_code=1))
-    report = verifying.verify_image(engine, entry(), reference="img", devices=("gpu",), check_conformance=False)
+    engine = CannedEngine(verification=output(log_with(result_dict()), exit_code=1))
+    report = verify_image(engine, entry(), options=OPTIONS, reference="img", devices=(Device.GPU,),
+                          check_conformance=False)
     assert failed(list(report.runs[0].outcomes)) == {"exit-status"}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The report as JSON and back
+
+
+def test_a_report_comes_back_from_its_json() -> None:
+    engine = CannedEngine(verification=good_cpu_run())
+    report = verify_image(engine, CPU_ENTRY, options=OPTIONS, reference="img", devices=(Device.CPU,),
+                          skipped=("GPU: skipped, no GPU runtime (none)",))
+    assert report.runs[0].result is not None and report.conformance  # a result and every kind of check in it
+    assert {outcome.status for outcome in report.conformance} == {CheckStatus.PASS, CheckStatus.SKIP}
+    assert ImageReport.from_json(report.to_json()) == report
+    assert ImageReport.from_json(json.loads(json.dumps(report.to_json()))) == report
+
+
+def test_a_failed_report_comes_back_from_its_json() -> None:
+    # a run without a result, one that timed out, a warning and a failure among the conformance checks
+    timed_out = DeviceRun(device=Device.GPU, command=run_spec("img", device=Device.GPU).command, exit_code=None,
+                          timed_out=True, seconds=600.25, result=None,
+                          outcomes=(CheckOutcome(name="run", ok=False, detail="timed out after 600 s"),),
+                          output_tail=("tensor([[1.]])", "Killed"))
+    checks = (CheckOutcome(name="conda-channel", ok=False, warning=True, detail="defaults"),
+              CheckOutcome(name="credentials", ok=False, detail="/root/.netrc (netrc)"),
+              CheckOutcome(name="conda", ok=True, skipped=True, detail="no conda metadata"))
+    report = report_with((CheckOutcome(name="result-line", ok=False, detail="no line"),), checks=checks)
+    report = dataclasses.replace(report, runs=(*report.runs, timed_out), skipped=("GPU: skipped, no GPU runtime",))
+    data = json.loads(json.dumps(report.to_json()))
+    assert [check["status"] for check in data["conformance"]] == ["warn", "FAIL", "skip"]
+    back = ImageReport.from_json(data)
+    assert back == report
+    assert back.failure() == report.failure() is not None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -494,7 +606,7 @@ def test_a_conforming_image_passes_every_rule() -> None:
                                                       "credentials", "image-size", "conda-channel"]
     assert all(outcome.ok for outcome in outcomes)
     conda = names(outcomes)["conda-channel"]
-    assert conda.skipped and conda.status == "skip" and "no conda metadata" in conda.detail
+    assert conda.skipped and conda.status is CheckStatus.SKIP and "no conda metadata" in conda.detail
 
 
 @pytest.mark.parametrize(("user", "expected"), [
@@ -534,7 +646,7 @@ def test_a_setuid_file_beyond_the_base_fails() -> None:
 
 def test_without_the_base_image_setuid_files_only_warn() -> None:
     outcome = evaluated(base_setuid_files=None, base_error="ubuntu:22.04 is not in the engine")["setuid-setgid"]
-    assert not outcome.ok and outcome.warning and not outcome.blocking and outcome.status == "warn"
+    assert not outcome.ok and outcome.warning and not outcome.blocking and outcome.status is CheckStatus.WARN
     assert "/usr/bin/passwd" in outcome.detail
 
 
@@ -586,7 +698,7 @@ def test_packages_from_the_defaults_channel_only_warn() -> None:
     assert not conda.ok and conda.warning and not conda.blocking
     assert "2 of 3 conda packages" in conda.detail and "python, openssl" in conda.detail
     assert "Miniforge" in conda.detail
-    assert verifying.failure_message("x", [("conformance", outcome) for outcome in outcomes]) is None
+    assert failure_message("x", [("conformance", outcome) for outcome in outcomes]) is None
 
 
 def test_conda_forge_only_passes() -> None:

@@ -1,4 +1,7 @@
-"""The wheels an image's torch wheels depend on, resolved by pip for the image's Python and platform."""
+"""The wheels an image's torch wheels depend on, resolved by pip for the image's Python and platform.
+
+pip is the client of the package index here: it runs with the host's own configuration (PIP_INDEX_URL,
+pip.conf), so a company index works too, and answers with a report of what it would install."""
 
 from __future__ import annotations
 
@@ -10,10 +13,10 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from modelarts_images.build.context import link_or_copy
 from modelarts_images.errors import FetchError
 from modelarts_images.model import Artifact, FetchedFile, ImageSpec
 from modelarts_images.shared import redact
+from modelarts_images.shared.files import link_or_copy
 
 log = logging.getLogger(__name__)
 
