@@ -495,11 +495,6 @@ def cleanup(client: Any, work: Path, build_dir: Path, tags: Sequence[str], made:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def signed_size(count: float) -> str:
-    """shared.text.size for a difference, which may be negative."""
-    return ("-" if count < 0 else "") + size(abs(count))
-
-
 def main() -> None:
     engine = connect()
     client: Any = engine.client
@@ -566,7 +561,7 @@ def report(results: dict[str, Any]) -> None:
         print(f"size_ratio: {recipe['size_ratio']} (goal <= {GOALS['size_ratio']})")
         for row in recipe["by_role"]:
             print(f"layers[{row['role']}]: ours {size(row['ours'])}, recipe {size(row['recipe'])}, "
-                  f"difference {signed_size(row['difference'])}")
+                  f"difference {size(row['difference'])}")
         extra = recipe["packages_only_in_recipe_kib"]
         print(f"packages_only_in_recipe: {len(extra)} ({sum(extra.values()) / 1024:.1f} MiB installed): "
               f"{' '.join(extra)}")

@@ -77,7 +77,7 @@ def _text(data: bytes) -> str:
 
 
 def run_container(client: docker.DockerClient, spec: ContainerRun, *, name: str | None = None) -> ContainerOutput:
-    """Run `spec` to completion (or kill it after `timeout` seconds) and return its exit code and output.
+    """Run `spec` to completion (or kill it after `spec.timeout` seconds) and return its exit code and output.
 
     The container is removed whatever happens, Ctrl-C included. A container that cannot start (a GPU asked for
     on an engine without a GPU runtime, an image that is not there) raises EngineError.
@@ -128,11 +128,6 @@ def remove_container(client: docker.DockerClient, name: str, container: Containe
         pass
     except (docker.errors.APIError, requests.RequestException) as error:
         log.warning("could not remove container %s: %s (remove it with `docker rm -f %s`)", name, error, name)
-
-
-def stray_containers(client: docker.DockerClient) -> list[str]:
-    """Names of containers this module started that still exist (there should be none)."""
-    return [str(container.name) for container in client.containers.list(all=True, filters={"label": LABEL})]
 
 
 # --------------------------------------------------------------------------------------------------------------

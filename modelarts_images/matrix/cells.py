@@ -176,7 +176,7 @@ class CellRecord:
         return {
             "id": self.id, "reference": self.reference, "status": self.status.value, "reason": self.reason,
             "hash": self.hash, "inputs": dict(self.inputs), "changed": list(self.changed),
-            "durations": {key: round(value, 3) for key, value in self.durations.items()},
+            "durations": dict(self.durations),
             "image_id": self.image_id, "size": self.size,
             "layers": [{"size": layer.size, "step": layer.step, "from_base": layer.from_base} for layer in self.layers],
             "python": self.python, "cuda": self.cuda, "torch": self.torch,

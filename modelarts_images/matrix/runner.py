@@ -85,7 +85,10 @@ class _Cell:
         self.record = dataclasses.replace(self.record, **found)
 
     def timed(self, step: str, started: float) -> None:
-        self.add(durations={**self.record.durations, step: time.monotonic() - started})
+        self.took(step, time.monotonic() - started)
+
+    def took(self, step: str, seconds: float) -> None:
+        self.add(durations={**self.record.durations, step: round(seconds, 3)})
 
 
 class Runner:
@@ -164,8 +167,8 @@ class Runner:
         pipeline.check_bases_step([cell.image], self.options.build, engine)
         result = pipeline.build_step(fetched, self.options.build, engine)
         self.out(format_result(result))
-        cell.add(image_id=result.image_id, size=result.size, layers=result.layers,
-                 durations={**cell.record.durations, "build": result.duration})
+        cell.add(image_id=result.image_id, size=result.size, layers=result.layers)
+        cell.took("build", result.duration)
 
     def _verify(self, cell: _Cell) -> None:
         started = time.monotonic()

@@ -81,6 +81,6 @@ def training_job_body(image: ImageSpec, *, digest: str, flavor_id: str | None = 
 
 
 def write_body(reports_dir: Path, image_id: str, body: dict[str, Any]) -> Path:
-    """<reports_dir>/trainingjob/<id>.json, written atomically; ConfigError naming it when it cannot be."""
+    """<reports_dir>/trainingjob/<id>.json, written atomically; WriteError naming it when it cannot be."""
     path = reports_dir / "trainingjob" / f"{image_id}.json"
     return write_atomic(path, json.dumps(body, indent=2) + "\n", what="training-job body")

@@ -6,7 +6,7 @@ from __future__ import annotations
 def size(count: float, *, precision: int = 1) -> str:
     """Decimal units, as docker prints image sizes: 1.5 KB is 1500 bytes."""
     for unit in ("B", "KB", "MB", "GB"):
-        if count < 1000 or unit == "GB":
+        if abs(count) < 1000 or unit == "GB":  # a difference of sizes may be negative
             return f"{count:.{precision}f} {unit}" if unit != "B" else f"{int(count)} B"
         count /= 1000
     raise AssertionError("unreachable")

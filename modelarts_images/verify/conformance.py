@@ -364,6 +364,18 @@ def _boot_facts(engine: Engine, reference: str, environment: tuple[tuple[str, st
         return BootFacts(ok=False, detail=f"the boot probe did not run in {reference}: {error}")
 
 
+def _base_setuid_files(engine: Engine, base_image: str, timeout: float,
+                       ) -> tuple[tuple[str, ...] | None, str | None]:
+    """The base's setuid files to compare with; a base the engine lacks, or cannot even look up (a label that is
+    no valid reference), leaves the comparison out with the reason."""
+    try:
+        if engine.image(base_image) is None:
+            return None, f"{base_image} is not in the engine"
+    except EngineError as error:
+        return None, str(error)
+    return _setuid_files(engine, base_image, timeout)
+
+
 def gather(engine: Engine, config: ImageConfig, *, base_image: str | None,
            environment: tuple[tuple[str, str], ...] = (), timeout: float = VERIFY_TIMEOUT_S) -> ImageFacts:
     """Run the probes in containers of the image (and of `base_image`) and collect what they saw."""
@@ -381,10 +393,8 @@ def gather(engine: Engine, config: ImageConfig, *, base_image: str | None,
     base_error: str | None = None
     if base_image is None:
         base_error = "the image names no base (label org.opencontainers.image.base.name)"
-    elif engine.image(base_image) is None:
-        base_error = f"{base_image} is not in the engine"
     else:
-        base_files, base_error = _setuid_files(engine, base_image, timeout)
+        base_files, base_error = _base_setuid_files(engine, base_image, timeout)
     return ImageFacts(
         reference=reference, config_user=config.user, working_dir=config.working_dir, size=config.size,
         probe=probe, probe_error=probe_error, boot=boot, setuid_files=setuid_files, setuid_error=setuid_error,

@@ -56,7 +56,7 @@ class DeviceRun:
             "command": list(self.command),
             "exit_code": self.exit_code,
             "timed_out": self.timed_out,
-            "seconds": round(self.seconds, 3),
+            "seconds": self.seconds,
             "result": self.result.to_json() if self.result is not None else None,
             "checks": [outcome.to_json() for outcome in self.outcomes],
             "output_tail": list(self.output_tail),

@@ -44,7 +44,7 @@ def _run_device(engine: Engine, image: ImageSpec, reference: str, device: Device
         outcomes.append(CheckOutcome(name="exit-status", ok=output.exit_code == 0,
                                      detail=f"{spec.command[0]} exited with {output.exit_code}"))
     return DeviceRun(device=device, command=spec.command, exit_code=output.exit_code, timed_out=output.timed_out,
-                     seconds=output.seconds, result=result, outcomes=tuple(outcomes), output_tail=tail)
+                     seconds=round(output.seconds, 3), result=result, outcomes=tuple(outcomes), output_tail=tail)
 
 
 def base_image_of(config: ImageConfig, image: ImageSpec) -> str:

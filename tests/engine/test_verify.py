@@ -44,6 +44,12 @@ from tests.engine.conftest_verify import (  # noqa: F401 - the fixtures are used
 pytestmark = pytest.mark.engine
 
 
+def stray_containers(client: Any) -> list[str]:
+    """Containers the verification started that still exist (there should be none)."""
+    return [str(container.name) for container in client.containers.list(all=True,
+                                                                         filters={"label": containers.LABEL})]
+
+
 def _by_name(outcomes: list[tuple[str, CheckOutcome]] | list[CheckOutcome]) -> dict[str, CheckOutcome]:
     found: dict[str, CheckOutcome] = {}
     for item in outcomes:
@@ -129,7 +135,7 @@ def test_gpu_mode_on_this_engine_is_a_clear_error(engine: DockerEngine, docker_c
                                                  verify_options: VerifyOptions, good_image: str) -> None:
     if engine.gpu_support().available:
         pytest.skip("this engine has a GPU runtime")
-    before = set(containers.stray_containers(docker_client))
+    before = set(stray_containers(docker_client))
     spec = run_spec(good_image, device=Device.GPU, timeout=TIMEOUT)
     # the engine says so with an EngineError (it has no stage and no exit code of its own: 1) ...
     with pytest.raises(EngineError) as raised:
@@ -148,7 +154,7 @@ def test_gpu_mode_on_this_engine_is_a_clear_error(engine: DockerEngine, docker_c
     with pytest.raises(VerifyError) as whole:
         raise_for_reports([report])
     assert "gpu/run" in str(whole.value) and "no GPU runtime" in str(whole.value)
-    assert set(containers.stray_containers(docker_client)) <= before  # the failed GPU runs left no container
+    assert set(stray_containers(docker_client)) <= before  # the failed GPU runs left no container
 
 
 def test_auto_falls_back_to_the_cpu_with_a_skipped_line(engine: DockerEngine, good_image: str) -> None:

@@ -36,6 +36,10 @@ def test_size(count: int, text: str) -> None:
     assert size(count) == text
 
 
+def test_size_of_a_difference() -> None:
+    assert size(-5_300_000) == "-5.3 MB" and size(-999) == "-999 B"
+
+
 def test_size_precision() -> None:
     assert size(12 * 10**9, precision=2) == "12.00 GB" and size(512, precision=2) == "512 B"
 
