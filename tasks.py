@@ -10,7 +10,14 @@ from invoke.context import Context
 from invoke.tasks import task
 
 from modelarts_images.errors import ConfigError
-from modelarts_images.frontend import exits_cleanly, options_for, section_of, selected_images, show_engine_log
+from modelarts_images.frontend import (
+    exits_cleanly,
+    guard_invoke,
+    options_for,
+    section_of,
+    selected_images,
+    show_engine_log,
+)
 from modelarts_images.options import HELP, Flags
 
 if TYPE_CHECKING:
@@ -19,6 +26,8 @@ if TYPE_CHECKING:
 
 # Each task imports the modules it needs when it runs: the docker SDK, requests and rich together take longer to
 # import than a no-op rebuild takes to run, and `inv plan` or `inv fetch` need none of the engine's.
+
+guard_invoke()  # before invoke reads invoke.yaml or a -f file
 
 SELECTION = ("versions", "only", "all")
 FETCH_FLAGS = (*SELECTION, "jobs", "offline", "locked", "verify_cache", "no_closure")

@@ -3,6 +3,7 @@ images, the engine's log on stderr, and the tool's errors turned into exit codes
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -18,11 +19,13 @@ from modelarts_images.errors import ConfigError, ModelArtsImagesError
 from modelarts_images.model import ImageSpec
 from modelarts_images.options import Flags, Options, resolve
 from modelarts_images.paths import ROOT
+from modelarts_images.shared import redact, yamlio
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
+OUTPUT_ERROR_EXIT = 74  # EX_IOERR (sysexits.h): the output itself could not be written
 
 
 def plain(value: Any) -> Any:
@@ -35,21 +38,71 @@ def plain(value: Any) -> Any:
 def section_of(config: Any) -> Mapping[str, Any] | None:
     """The `modelarts` section of an invoke Config (a task's ctx.config, or one load_section() builds)."""
     section = plain(config.get(settings.SECTION, None))
-    return section if isinstance(section, dict) else None
+    if section is not None and not isinstance(section, dict):
+        raise ConfigError(f"invoke.yaml: {settings.SECTION}: must be a mapping of settings (got "
+                          f"{type(section).__name__}); see the keys in the shipped invoke.yaml")
+    return section
+
+
+class _MaskedRecords(logging.Filter):
+    """invoke's own --debug log prints every config file it merged: URL credentials masked there as well."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact.text(record.getMessage()), None
+        return True
+
+
+def guard_invoke() -> None:
+    """Have invoke read its config files (invoke.yaml, `-f` files) the tool's way, before it merges them: bounded
+    (an alias bomb would hang invoke's merge), and with a bad file an exit-2 message instead of a traceback; and
+    mask credentials in invoke's --debug output. invoke imports tasks.py before it reads any config file, so
+    calling this there covers every file it reads."""
+    from invoke.config import Config
+    from invoke.exceptions import Exit
+
+    if getattr(Config._load_yaml, "guarded", False):
+        return
+
+    def load_yaml(self: Config, path: os.PathLike[Any]) -> Any:
+        if not Path(path).exists():  # invoke skips a missing file only on its own errno
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+        try:
+            document = yamlio.read(Path(path), label=str(path))
+            if document is not None and not isinstance(document, dict):
+                raise ConfigError(f"{path}: must be a mapping of config sections (got {type(document).__name__})")
+            section = (document or {}).get(settings.SECTION)
+            if section is not None and not isinstance(section, dict):
+                raise ConfigError(f"{path}: {settings.SECTION}: must be a mapping of settings (got "
+                                  f"{type(section).__name__}); see the keys in the shipped invoke.yaml")
+        except ConfigError as error:
+            raise Exit(f"error: {error}", code=ConfigError.exit_code) from None
+        return document
+
+    load_yaml.guarded = True  # type: ignore[attr-defined]
+    Config._load_yaml = Config._load_yml = load_yaml  # type: ignore[method-assign]
+    logging.getLogger("invoke").addFilter(_MaskedRecords())
 
 
 def load_section(config_file: str | None) -> Mapping[str, Any] | None:
     """invoke.yaml's `modelarts` section as invoke sees it: the project file, a runtime file (the matrix's
     --config, like `inv -f`), then INVOKE_MODELARTS_* from the environment."""
     from invoke.config import Config
+    from invoke.exceptions import Exit
 
+    guard_invoke()
     runtime = _runtime_file(config_file)
     loaded = Config(project_location=ROOT, runtime_path=runtime)
-    loaded.load_project()
+    try:
+        loaded.load_project()
+    except Exit as error:
+        raise ConfigError(str(error.message).removeprefix("error: ")) from None
     if runtime is not None:
         try:
             loaded.load_runtime()
-        except Exception as error:  # invoke's own errors, and the YAML parser's, name no flag
+        except Exit as error:
+            problem = str(error.message).removeprefix(f"error: {runtime}: ")
+            raise ConfigError(f"--config {config_file}: cannot be read: {problem}") from None
+        except Exception as error:  # invoke's own errors name no file
             raise ConfigError(f"--config {config_file}: cannot be read: {error}") from error
     loaded.load_shell_env()
     return section_of(loaded)
@@ -111,6 +164,15 @@ def show_engine_log() -> None:
         logging.getLogger("modelarts_images.engine").setLevel(logging.INFO)
 
 
+# The library turns its own failed writes into the tool's errors (WriteError, FetchError): an OSError of this kind
+# that reaches a task is its output (`inv plan > /dev/full`, a terminal gone away).
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG}
+
+
+def _drop_stdout() -> None:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def exits_cleanly(task_body: Callable[P, R]) -> Callable[P, R]:
     """Turn the tool's errors into invoke.Exit with their exit code; `inv --debug` keeps the traceback."""
 
@@ -127,7 +189,12 @@ def exits_cleanly(task_body: Callable[P, R]) -> Callable[P, R]:
         except BrokenPipeError:
             # The reader went away (`inv plan | head`): stop quietly, as command-line tools do on SIGPIPE, and
             # point stdout at /dev/null so the interpreter's final flush cannot fail again.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _drop_stdout()
             raise Exit(code=SIGPIPE_EXIT) from None
+        except OSError as error:
+            if error.errno not in _OUTPUT_ERRNOS:
+                raise
+            _drop_stdout()  # what is left in its buffer can never be written
+            raise Exit(f"error: cannot write the output: {error.strerror or error}", code=OUTPUT_ERROR_EXIT) from None
 
     return wrapper

@@ -3,9 +3,32 @@
 from __future__ import annotations
 
 import posixpath
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_NAME_BYTES = 255  # what ext4, xfs and tmpfs allow for one file name
+
+
+def sha256_problem(value: object) -> str | None:
+    """Why a value read from a file or a server cannot be a sha256; None when it can. A sha256 names a file in the
+    cache, so anything else (a path, `../x`) must never reach a path join."""
+    if isinstance(value, str) and _SHA256.fullmatch(value):
+        return None
+    return f"{value!r} is not a sha256 (64 lowercase hexadecimal digits)"
+
+
+def filename_problem(name: str) -> str | None:
+    """Why an artifact's file name (its URL's last segment, percent-decoded) cannot name a file in the cache or
+    the build context; None when it can."""
+    if not name or name in (".", "..") or any(char in name for char in "/\\\0") or \
+            any(ord(char) < 32 or ord(char) == 127 for char in name):
+        return f"{name!r} cannot be a file name (empty, a path, or a control character, once percent-decoded)"
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        return f"{name[:40]!r}... is longer than the {MAX_NAME_BYTES} bytes a file name may have"
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -14,6 +37,7 @@ class Artifact:
 
     url: str
     sha256: str | None  # None: not pinned in versions.yaml; versions.lock pins it
+    size: int | None = None  # bytes, when versions.lock recorded them: a download never grows beyond it
 
     @property
     def filename(self) -> str:

@@ -9,6 +9,7 @@ invoke.yaml's values as fallbacks; only --base-image and --base-prefix override 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,11 @@ class FetchOptions:
     cache_dir: Path
     lock_path: Path
     jobs: int = 4
+    # A transfer slower than min_speed bytes/s over SPEED_WINDOW seconds is cut (and retried, resuming): a server
+    # that trickles a byte every few seconds never trips a read timeout. A file of unknown size stops at
+    # max_file_size, so an endless body cannot fill the disk.
+    min_speed: int = 1024
+    max_file_size: int = 20_000_000_000
     offline: bool = False
     locked: bool = False  # refuse anything versions.lock does not pin
     verify_cache: bool = False  # re-hash cached files instead of trusting their recorded size/mtime/inode
@@ -181,6 +187,8 @@ def resolve(section: Mapping[str, Any] | None, flags: Flags = Flags(), *, root: 
     paths in invoke.yaml, from the project root.
     """
     configured = settings.resolve(section, root=root, backend=flags.backend)
+    if any(not value.strip() for value in flags.only):
+        raise ConfigError("--only: needs an image id (--only ID); repeat it for several")
     flagged = bool(flags.only) or flags.all_images  # replaces the configured selection as a whole
     selection = Selection(
         versions=Path(flags.versions).resolve() if flags.versions else configured.versions,
@@ -196,6 +204,8 @@ def resolve(section: Mapping[str, Any] | None, flags: Flags = Flags(), *, root: 
             cache_dir=configured.cache_dir,
             lock_path=selection.versions.with_suffix(".lock"),
             jobs=positive_number("--jobs", flags.jobs, configured.jobs, int),
+            min_speed=configured.min_speed,
+            max_file_size=configured.max_file_size,
             offline=flags.offline,
             locked=flags.locked,
             verify_cache=flags.verify_cache,
@@ -215,7 +225,7 @@ def resolve(section: Mapping[str, Any] | None, flags: Flags = Flags(), *, root: 
             reports_dir=root / flags.verify_reports if flags.verify_reports else reports_dir / "verify",
             device=choice("--device", flags.device, DeviceChoice),
             timeout=positive_number("--timeout", flags.timeout, VERIFY_TIMEOUT_S, float),
-            size_budget=int(positive_number("--size-budget", flags.size_budget, IMAGE_SIZE_BUDGET / 1e9, float) * 1e9),
+            size_budget=_gigabytes("--size-budget", flags.size_budget, IMAGE_SIZE_BUDGET),
         ),
         push=PushOptions(
             reports_dir=reports_dir,
@@ -251,4 +261,14 @@ def positive_number(flag: str, text: str | None, default: N, kind: type[N]) -> N
         raise ConfigError(f"{flag}: {text!r} is not {'a whole number' if kind is int else 'a number'}") from None
     if not value > 0:  # also refuses nan
         raise ConfigError(f"{flag}: must be above 0, got {text}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{flag}: must be a finite number, got {text}")
     return value
+
+
+def _gigabytes(flag: str, text: str | None, default: int) -> int:
+    """A size flag given in GB (10^9 bytes), as bytes."""
+    gigabytes = positive_number(flag, text, default / 1e9, float)
+    if gigabytes > 1e9:  # a billion GB: no image is that large, and the product must stay a finite number
+        raise ConfigError(f"{flag}: {text} GB is beyond any image size; give the budget in GB, e.g. 9.5")
+    return int(gigabytes * 1e9)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelarts_images.config.versions import key_path, schema_problems, split_ids, suggest
+from modelarts_images.config.versions import key_path, schema_problems, split_ids, suggest, text_problems
 from modelarts_images.engine.api import Backend
 from modelarts_images.errors import ConfigError
 
@@ -26,6 +27,8 @@ BUILTIN: Mapping[str, Any] = {
     "cache_dir": "cache",
     "backend": "buildkit",
     "jobs": 4,
+    "min_speed": 1024,
+    "max_file_size": 20_000_000_000,
     "mirrors": {},
     "reports_dir": "reports",
     "base_prefix": "",
@@ -44,34 +47,49 @@ class Settings:
     cache_dir: Path
     backend: str
     jobs: int
+    min_speed: int  # bytes per second, averaged over a download's last minute, below which it is cut
+    max_file_size: int  # bytes: a download whose size nothing else says stops here
     mirrors: Mapping[str, str]
     reports_dir: Path
     base_prefix: str
     extra_tags: tuple[str, ...]
 
 
-def resolve(section: Mapping[str, Any] | None, *, root: Path, backend: str | None = None) -> Settings:
+def where(key: str, env: Mapping[str, str] | None = None) -> str:
+    """Where a setting came from, for messages: the environment variable that set it, else invoke.yaml."""
+    variable = f"INVOKE_{SECTION.upper()}_{key.upper()}"
+    if variable in (os.environ if env is None else env):
+        return f"{variable} (environment)"
+    return f"invoke.yaml: {SECTION}.{key}"
+
+
+def resolve(section: Mapping[str, Any] | None, *, root: Path, backend: str | None = None,
+            env: Mapping[str, str] | None = None) -> Settings:
     """Merge the invoke.yaml section over the built-in values; paths are taken from the project root.
 
-    `backend` is the --backend flag, checked here with the configured one so both get the same message.
+    `backend` is the --backend flag, checked here with the configured one so both get the same message; `env`
+    (default: the process environment) only says, in messages, which INVOKE_MODELARTS_* variable set a value.
     """
     given = dict(section or {})
     unknown = sorted(set(given) - set(BUILTIN))
     if unknown:
-        raise ConfigError("\n".join(f"invoke.yaml: {SECTION}.{key}: unknown key{suggest(key, BUILTIN)}"
-                                    for key in unknown))
+        raise ConfigError("\n".join(f"{where(key, env)}: unknown key{suggest(key, BUILTIN)}" for key in unknown))
+    untidy = [(path, message) for key, value in given.items() for path, message in text_problems(value, (key,))]
+    if untidy:
+        raise ConfigError("\n".join(f"{where(str(path[0]), env)}{key_path(path[1:]) and '.' + key_path(path[1:])}: "
+                                    f"{message}" for path, message in untidy))
     values = {**BUILTIN, **{k: v for k, v in given.items() if v is not None}}
-    _check_types(values)
+    _check_types(values, env)
     if backend is not None:
         values["backend"] = backend
     fallbacks = {key: values[key] for key in IMAGE_FALLBACKS if values[key] not in (None, "")}
     problems = schema_problems({"images": [{"id": "x"}], "defaults": fallbacks})
     if problems:
-        raise ConfigError("\n".join(f"invoke.yaml: {SECTION}.{key_path(path[1:])}: {message}"
-                                    for path, message in problems))
+        raise ConfigError("\n".join(f"{where(str(path[1]), env)}{key_path(path[2:]) and '.' + key_path(path[2:])}: "
+                                    f"{message}" for path, message in problems))
     if values["backend"] not in Backend.names():
-        where = "--backend" if backend is not None else f"invoke.yaml: {SECTION}.backend"
-        raise ConfigError(f"{where}: must be one of {', '.join(Backend.names())}"
+        source = "--backend" if backend is not None else where("backend", env)
+        raise ConfigError(f"{source}: must be one of {', '.join(Backend.names())}"
                           f"{suggest(str(values['backend']), Backend.names())}")
     return Settings(
         versions=root / str(values["versions"]),
@@ -80,7 +98,9 @@ def resolve(section: Mapping[str, Any] | None, *, root: Path, backend: str | Non
         fallbacks=fallbacks,
         cache_dir=root / str(values["cache_dir"]),
         backend=str(values["backend"]),
-        jobs=_positive(values["jobs"], "jobs"),
+        jobs=_positive(values["jobs"], where("jobs", env)),
+        min_speed=_positive(values["min_speed"], where("min_speed", env)),
+        max_file_size=_positive(values["max_file_size"], where("max_file_size", env)),
         mirrors=_mirrors(values["mirrors"]),
         reports_dir=root / str(values["reports_dir"]),
         base_prefix=str(values["base_prefix"] or ""),
@@ -92,25 +112,25 @@ TEXT_KEYS = ("versions", "cache_dir", "reports_dir", "base_prefix", "backend")
 LIST_KEYS = ("only", "extra_tags")  # a list of strings, or one string of comma- or space-separated words
 
 
-def _check_types(values: Mapping[str, Any]) -> None:
+def _check_types(values: Mapping[str, Any], env: Mapping[str, str] | None) -> None:
     """Wrong types are caught here, before a str() or a split turns them into something else or a traceback."""
     for key in TEXT_KEYS:
         if not isinstance(values[key], str):
-            raise ConfigError(f"invoke.yaml: {SECTION}.{key}: must be a string (got {values[key]!r})")
+            raise ConfigError(f"{where(key, env)}: must be a string (got {values[key]!r})")
     for key in LIST_KEYS:
         value = values[key]
         if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
-            raise ConfigError(f"invoke.yaml: {SECTION}.{key}: must be a list of strings or one comma-separated "
-                              f"string (got {value!r})")
+            raise ConfigError(f"{where(key, env)}: must be a list of strings or one comma-separated string "
+                              f"(got {value!r})")
 
 
-def _positive(value: object, key: str) -> int:
+def _positive(value: object, source: str) -> int:
     try:
         number = int(str(value))
-    except ValueError:
+    except ValueError:  # not a number, or more digits than Python converts
         number = 0
     if number < 1:
-        raise ConfigError(f"invoke.yaml: {SECTION}.{key}: must be a whole number of at least 1 (got {value!r})")
+        raise ConfigError(f"{source}: must be a whole number of at least 1 (got {str(value)[:40]!r})")
     return number
 
 
@@ -119,7 +139,7 @@ def _mirrors(value: object) -> Mapping[str, str]:
         isinstance(k, str) and isinstance(v, str) and k.split(":", 1)[0] in ("http", "https", "file")
         for k, v in value.items()
     ):
-        raise ConfigError(f"invoke.yaml: {SECTION}.mirrors: must map URL prefixes to replacement prefixes, "
+        raise ConfigError(f"{where('mirrors')}: must map URL prefixes to replacement prefixes, "
                           "e.g. https://download.pytorch.org/whl/: https://mirror.example.com/pytorch/whl/")
     return dict(value)
 

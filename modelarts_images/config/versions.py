@@ -21,7 +21,8 @@ from modelarts_images.config import compat
 from modelarts_images.config.references import derived_tag
 from modelarts_images.config.wheels import installer_problem, wheel_distribution, wheel_problem
 from modelarts_images.errors import ConfigError
-from modelarts_images.model import Artifact, ImageSpec, VersionsFile
+from modelarts_images.model import Artifact, ImageSpec, VersionsFile, filename_problem
+from modelarts_images.shared import redact, yamlio
 
 # Keys that must have a value once defaults are applied; registry, organization and repository
 # may also come from invoke.yaml.
@@ -165,24 +166,29 @@ def _fail(label: str, problems: Sequence[tuple[tuple[str | int, ...] | str, str]
 
 def parse_yaml(path: Path) -> object:
     """Read a YAML file, turning every way that can fail into a ConfigError naming the file."""
-    label = path.name
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot be read: {exc}") from None
-    try:
-        document = yaml.load(text, Loader=_StrictLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise ConfigError(f"{label}: {where}not valid YAML: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{label}: not valid YAML: {exc}") from None
+    document = yamlio.read(path, loader=_StrictLoader)
     if document is None:
-        raise ConfigError(f"{label}: the file is empty; it needs an 'images:' list (see the README)")
+        raise ConfigError(f"{path.name}: the file is empty; it needs an 'images:' list (see the README)")
     return document
+
+
+def text_problems(value: object, path: tuple[str | int, ...] = ()) -> list[tuple[tuple[str | int, ...], str]]:
+    """Every key and text value that is not one clean line: a line break, a control character, or spaces at
+    either end. JSON Schema patterns end with `$`, which Python lets match before a final newline, so
+    `sha256: "<hex>\\n"` would pass the schema and then fail with a baffling "expected X, got X"."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    if isinstance(value, str):
+        if value != value.strip() or any(ord(char) < 32 or ord(char) == 127 for char in value):
+            problems.append((path, f"{value!r} must be one line, without control characters or spaces at either "
+                                   "end"))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            problems += text_problems(key, path) if isinstance(key, str) and key != key.strip() else []
+            problems += text_problems(item, (*path, str(key)))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            problems += text_problems(item, (*path, index))
+    return problems
 
 
 def load_versions(path: Path, *, fallbacks: Mapping[str, str] | None = None) -> VersionsFile:
@@ -191,7 +197,7 @@ def load_versions(path: Path, *, fallbacks: Mapping[str, str] | None = None) -> 
     document = parse_yaml(path)
     if not isinstance(document, dict):
         raise ConfigError(f"{label}: must be a mapping with an 'images:' list (got {_type_name(document)})")
-    structural = schema_problems(document)
+    structural = text_problems(document) or schema_problems(document)
     if structural:
         raise _fail(label, sorted(structural, key=lambda p: [str(x).zfill(6) for x in p[0]]))
     inherited = {**BUILTIN_DEFAULTS, **(fallbacks or {}), **document.get("defaults", {})}
@@ -223,14 +229,15 @@ def _entry_problems(index: int, entry: Mapping[str, Any]) -> list[tuple[tuple[st
     ):
         problems.append(((*at, problem.key), problem.message))
     installer = Artifact(url=entry["installer"]["url"], sha256=None)
-    message = installer_problem(installer.filename, python=entry["python"])
+    message = artifact_url_problem(installer.url) or installer_problem(installer.filename, python=entry["python"])
     if message:
         problems.append(((*at, "installer", "url"), message))
     wheels = entry.get("wheels", [])
     listed: set[str] = set()
     for position, wheel in enumerate(wheels):
         filename = Artifact(url=wheel["url"], sha256=None).filename
-        message = wheel_problem(filename, python=entry["python"], cuda=entry["cuda"], versions=entry)
+        message = artifact_url_problem(wheel["url"]) or wheel_problem(filename, python=entry["python"],
+                                                                      cuda=entry["cuda"], versions=entry)
         if message:
             problems.append(((*at, "wheels", position, "url"), message))
         listed.add(wheel_distribution(filename) or filename)
@@ -242,6 +249,16 @@ def _entry_problems(index: int, entry: Mapping[str, Any]) -> list[tuple[tuple[st
             elif package in listed and package not in entry:
                 problems.append(((*at, "wheels"), f"lists a {package} wheel, but {package} is not set"))
     return problems
+
+
+def artifact_url_problem(url: str) -> str | None:
+    """Why an artifact URL cannot be fetched into the cache and recorded: credentials (they would be stored in
+    versions.lock and in the image's labels) or a file name that is really a path."""
+    if redact.has_credentials(url):
+        return (f"{redact.url(url)} carries a user name or password, which would be stored in versions.lock and "
+                "the image's labels; give them to a mirror in invoke.yaml (mirrors: {URL prefix: prefix with "
+                "user:password@}) or to ~/.netrc, and list the plain URL here")
+    return filename_problem(Artifact(url=url, sha256=None).filename)
 
 
 def _cross_entry_problems(entries: Sequence[Mapping[str, Any]]) -> list[tuple[tuple[str | int, ...], str]]:

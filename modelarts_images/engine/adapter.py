@@ -56,7 +56,8 @@ def connect(*, registry_backoff: retry.Backoff = REGISTRY_BACKOFF) -> DockerEngi
     try:
         client = docker.from_env()
         client.ping()
-    except (docker.errors.DockerException, requests.RequestException, OSError) as error:
+    except (docker.errors.DockerException, requests.RequestException, OSError, ValueError) as error:
+        # ValueError: docker-py's reading of a malformed DOCKER_HOST (a port out of range, not a number)
         raise EngineError(
             f"no Docker Engine answers at {where}: {error}. Is dockerd running (scripts/engine-up.sh starts "
             "one)? DOCKER_HOST or `docker context use` choose another engine."

@@ -1,13 +1,28 @@
-"""The artifact cache: files stored by sha256, with a record that proves them unchanged without re-hashing."""
+"""The artifact cache: files stored by sha256, with a record that proves them unchanged without re-hashing.
+
+Everything the cache opens or writes is inside its root and is not followed through a symbolic link: a link
+planted in the cache (at a blob, a lock or a record) must never make a fetch write, or delete, a file elsewhere.
+A cache that cannot be written (a read-only mount) still serves what it holds, for `--offline`.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
+import logging
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
+
+from modelarts_images.errors import FetchError
+from modelarts_images.model import filename_problem, sha256_problem
+from modelarts_images.shared.files import write_atomic
+
+log = logging.getLogger(__name__)
 
 
 def sha256_of(path: Path) -> str:
@@ -16,6 +31,24 @@ def sha256_of(path: Path) -> str:
         while chunk := stream.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def locked(path: Path, *, shared: bool = False) -> Iterator[bool]:
+    """An flock on `path` (created, never through a link); yields False, unlocked, where the file cannot be
+    created (a read-only cache): readers then go on without the lock, and nothing is written."""
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as error:
+        if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            yield False
+            return
+        raise
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield True
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 class Cache:
@@ -28,11 +61,23 @@ class Cache:
         self._records_path = root / "verified.json"
 
     def blob(self, sha256: str) -> Path:
+        """Where the blob of `sha256` lives; FetchError for anything that is not a sha256 (it would be a path)."""
+        problem = sha256_problem(sha256)
+        if problem:
+            raise FetchError(f"cache: {problem}")
         return self.blobs / sha256
 
+    def entry(self, name: str) -> Path:
+        """incoming/<name>: a download in progress, its lock or its note; FetchError for a name that is a path."""
+        problem = filename_problem(name)
+        if problem:
+            raise FetchError(f"cache: {problem}")
+        return self.incoming / name
+
     def prepare(self) -> None:
-        self.blobs.mkdir(parents=True, exist_ok=True)
-        self.incoming.mkdir(parents=True, exist_ok=True)
+        for directory in (self.blobs, self.incoming):
+            if not directory.is_dir():  # an existing tree needs no write, so a read-only cache still serves
+                directory.mkdir(parents=True, exist_ok=True)
 
     @contextlib.contextmanager
     def exclusive(self, name: str) -> Iterator[None]:
@@ -41,51 +86,89 @@ class Cache:
         Not <name>.lock: the download of <name> takes that one itself, and flock would wait on its own holder.
         """
         self.prepare()
-        with (self.incoming / f"{name}.adopting").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with locked(self.entry(f"{name}.adopting")):
             yield
+
+    def note(self, name: str) -> str | None:
+        """The sha256 a note in incoming/ holds, when it holds one (a note is the cache's own, but checked)."""
+        path = self.entry(name)
+        try:
+            text = path.read_text("utf-8").strip() if path.is_file() and not path.is_symlink() else None
+        except (OSError, UnicodeDecodeError):
+            return None
+        return text if text is not None and sha256_problem(text) is None else None
+
+    def write_note(self, name: str, sha256: str) -> None:
+        write_atomic(self.entry(name), sha256, what="cache note")
+
+    def _read_records(self) -> dict[str, list[int]]:
+        try:
+            records = json.loads(self._records_path.read_text("utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as error:  # a directory, garbage: re-hashing proves the blobs again
+            log.warning("cache record %s cannot be read (%s): blobs are hashed again", self._records_path,
+                        getattr(error, "strerror", None) or error)
+            return {}
+        if not isinstance(records, dict):
+            return {}
+        return {key: value for key, value in records.items()
+                if sha256_problem(key) is None and isinstance(value, list) and len(value) == 3}
 
     @contextlib.contextmanager
     def _records(self) -> Iterator[dict[str, list[int]]]:
-        """Read-modify-write of verified.json under a lock shared by every fetch process."""
+        """Read-modify-write of verified.json under a lock shared by every fetch process; read-only (nothing
+        written back) where the cache cannot be written."""
         self.prepare()
-        with (self.root / "verified.lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                records: dict[str, list[int]] = json.loads(self._records_path.read_text("utf-8"))
-            except (FileNotFoundError, ValueError):
-                records = {}
+        with locked(self.root / "verified.lock") as writable:
+            records = self._read_records()
             before = dict(records)
             yield records
-            if records != before:
-                partial = self._records_path.with_name("verified.json.tmp")
-                partial.write_text(json.dumps(records, sort_keys=True), encoding="utf-8")
-                partial.replace(self._records_path)
+            if writable and records != before:
+                write_atomic(self._records_path, json.dumps(records, sort_keys=True), what="cache record")
 
     @staticmethod
-    def _stamp(path: Path) -> list[int]:
-        status = path.stat()
+    def _stamp(status: os.stat_result) -> list[int]:
         return [status.st_size, status.st_mtime_ns, status.st_ino]
+
+    def _regular(self, path: Path) -> os.stat_result | None:
+        """The blob's status when it is a regular file of its own; a link or anything else planted at a blob's
+        place is removed (it is inside the cache) and counts as absent."""
+        try:
+            status = path.lstat()
+        except FileNotFoundError:
+            return None
+        if stat.S_ISREG(status.st_mode):
+            return status
+        log.warning("cache: %s is not a regular file; removing it", path)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
 
     def has(self, sha256: str, *, rehash: bool = False) -> bool:
         """Whether the blob is present and proven intact; a blob that fails the check is removed."""
         path = self.blob(sha256)
-        if not path.is_file():
+        status = self._regular(path)
+        if status is None:
             return False
         with self._records() as records:
-            if not rehash and records.get(sha256) == self._stamp(path):
+            if not rehash and records.get(sha256) == self._stamp(status):
                 return True
             if sha256_of(path) == sha256:
-                records[sha256] = self._stamp(path)
+                records[sha256] = self._stamp(status)
                 return True
             records.pop(sha256, None)
-            path.unlink()
+            with contextlib.suppress(OSError):  # a read-only cache keeps it, but never serves it
+                path.unlink()
             return False
 
     def record(self, sha256: str) -> None:
         """Note a blob that was hashed while it was written."""
+        status = self._regular(self.blob(sha256))
+        if status is None:
+            raise FetchError(f"cache: the blob {sha256} vanished right after it was written")
         with self._records() as records:
-            records[sha256] = self._stamp(self.blob(sha256))
+            records[sha256] = self._stamp(status)
 
     def adopt(self, path: Path, sha256: str) -> Path:
         """Move a verified download into the store under its hash."""

@@ -109,18 +109,19 @@ class _Fetcher:
                                sha256=transfer.sha256)
         log.warning("%s: %s has no sha256 to check against; trusting this first download and pinning it in "
                     "versions.lock (trust on first use)", owner, redact.url(artifact.url))
-        key = hashlib.sha256(artifact.url.encode()).hexdigest()[:16] + "-" + artifact.filename
+        # The URL's hash keeps keys apart; the name, cut to fit beside the key's suffixes, keeps them readable.
+        name = artifact.filename.encode("utf-8")[:200].decode("utf-8", "ignore")
+        key = hashlib.sha256(artifact.url.encode()).hexdigest()[:16] + "-" + name
         # Another fetch may be taking the same unpinned file: one downloads and moves it into the store, the
         # other then finds it there through the note left beside the download.
         with cache.exclusive(key):
-            note = cache.incoming / f"{key}.sha256"
-            known = note.read_text("utf-8").strip() if note.exists() else None
+            known = cache.note(f"{key}.sha256")
             if known and not options.refresh and cache.has(known):
                 self.count(reused=1)
                 return FetchedFile(filename=artifact.filename, path=cache.blob(known), url=artifact.url, sha256=known)
-            transfer = self._download(source, cache.incoming / key, None, owner)
+            transfer = self._download(source, cache.entry(key), None, owner)
             path = cache.adopt(transfer.path, transfer.sha256)
-            note.write_text(transfer.sha256, encoding="utf-8")
+            cache.write_note(f"{key}.sha256", transfer.sha256)
         return FetchedFile(filename=artifact.filename, path=path, url=artifact.url, sha256=transfer.sha256)
 
     def _download(self, source: str, target: Path, sha256: str | None, owner: str) -> download.Transfer:
@@ -223,7 +224,8 @@ def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress
             wheels=wheels,
             closure=None if closure is None else tuple(rest[artifact.url] for artifact in closure),
         ))
-        if fresh or closure != plan.closure:
+        unsized = any(artifact.size is None for artifact in (plan.installer, *plan.wheels, *(closure or ())))
+        if fresh or closure != plan.closure or (unsized and not options.locked):
             changes[image.id] = replace(
                 plan,
                 installer=_as_artifact(first[plan.installer.url]),
@@ -238,7 +240,8 @@ def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress
 
 
 def _as_artifact(fetched: FetchedFile) -> Artifact:
-    return Artifact(url=fetched.url, sha256=fetched.sha256)
+    """What versions.lock records of a fetched file: its URL, sha256 and size (a later download stops there)."""
+    return Artifact(url=fetched.url, sha256=fetched.sha256, size=fetched.path.stat().st_size)
 
 
 def format_fetched(fetched: Sequence[FetchedImage], summary: FetchSummary) -> str:

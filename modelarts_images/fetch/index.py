@@ -8,7 +8,7 @@ from urllib.parse import unquote, urldefrag, urljoin
 
 from modelarts_images.config.wheels import WheelName, distribution_name, parse_wheel_name, wheel_problem
 from modelarts_images.errors import FetchError
-from modelarts_images.model import Artifact, ImageSpec
+from modelarts_images.model import Artifact, ImageSpec, sha256_problem
 from modelarts_images.shared import redact
 
 
@@ -37,7 +37,11 @@ def parse_links(html: str, page_url: str) -> list[Link]:
     links = []
     for href in parser.hrefs:
         url, fragment = urldefrag(urljoin(page_url, href))
+        url = redact.without_credentials(url)  # a page's credentials never reach versions.lock
         sha256 = fragment.removeprefix("sha256=") if fragment.startswith("sha256=") else None
+        if sha256 is not None and sha256_problem(sha256):
+            raise FetchError(f"{redact.url(page_url)} lists {redact.url(url)} with #sha256={sha256[:80]!r}, which "
+                             "is not a sha256: refusing an index that cannot say what its files are")
         links.append(Link(url=url, filename=unquote(url.rsplit("/", 1)[-1]), sha256=sha256))
     return links
 

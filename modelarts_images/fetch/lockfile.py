@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from modelarts_images.config.versions import artifact_url_problem, text_problems
 from modelarts_images.errors import ConfigError
-from modelarts_images.model import Artifact, ImageSpec
-from modelarts_images.shared import yamlio
+from modelarts_images.fetch.cache import locked
+from modelarts_images.model import Artifact, ImageSpec, sha256_problem
+from modelarts_images.shared import redact, yamlio
 from modelarts_images.shared.files import write_atomic
 
 HEADER = """\
 # versions.lock: written by `inv lock`; do not edit by hand.
 # For each image: the inputs it was resolved from, and the URL and sha256 of every artifact the build
-# installs (installer, wheels, and the wheels they depend on). `inv fetch --locked` refuses anything else.
+# installs (installer, wheels, and the wheels they depend on), with its size in bytes.
+# `inv fetch --locked` refuses anything else.
 """
 
 
@@ -37,48 +39,81 @@ def inputs_of(image: ImageSpec) -> str:
            f"installer {image.installer.url}; wheels {listed}"
 
 
-def _artifact(raw: Mapping[str, str], where: str) -> Artifact:
-    try:
-        return Artifact(url=str(raw["url"]), sha256=str(raw["sha256"]))
-    except (KeyError, TypeError):
-        raise ConfigError(f"versions.lock: {where}: needs url and sha256; run `inv lock` again") from None
+class _MalformedError(Exception):
+    """A value of versions.lock that is not what `inv lock` writes: its key path and what is wrong."""
+
+
+def _artifact(raw: object, where: str) -> Artifact:
+    """One artifact, checked: versions.lock is input from anyone who can open a pull request, and its sha256
+    and file names become paths in the cache."""
+    if not isinstance(raw, dict):
+        raise _MalformedError(f"{where}: must be a mapping with url and sha256")
+    url, sha256, size = raw.get("url"), raw.get("sha256"), raw.get("size")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://", "file://")):
+        raise _MalformedError(f"{where}.url: must be an http://, https:// or file:// URL "
+                              f"(got {redact.url(str(url))!r})")
+    problem = artifact_url_problem(url)
+    if problem:
+        raise _MalformedError(f"{where}.url: {problem}")
+    problem = sha256_problem(sha256)
+    if problem:
+        raise _MalformedError(f"{where}.sha256: {problem}")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise _MalformedError(f"{where}.size: must be a number of bytes (got {size!r})")
+    return Artifact(url=url, sha256=sha256, size=size)
+
+
+def _artifacts(raw: object, where: str) -> tuple[Artifact, ...]:
+    if not isinstance(raw, list):
+        raise _MalformedError(f"{where}: must be a list")
+    return tuple(_artifact(item, f"{where}[{index}]") for index, item in enumerate(raw))
+
+
+def _entry(image_id: object, raw: object) -> LockedImage:
+    if not isinstance(image_id, str) or text_problems(image_id):
+        raise _MalformedError(f"{image_id!r}: not an image id")
+    if not isinstance(raw, dict) or not isinstance(raw.get("inputs"), str):
+        raise _MalformedError(f"{image_id}: must be a mapping with inputs, installer, wheels and closure")
+    closure = raw.get("closure")
+    return LockedImage(
+        inputs=raw["inputs"],
+        installer=_artifact(raw.get("installer"), f"{image_id}.installer"),
+        wheels=_artifacts(raw.get("wheels"), f"{image_id}.wheels"),
+        closure=None if closure is None else _artifacts(closure, f"{image_id}.closure"),
+    )
 
 
 def read(path: Path) -> dict[str, LockedImage]:
+    """The lock's entries, every value checked; ConfigError naming the key (and `inv lock` as the way out)."""
     if not path.exists():
         return {}
     try:
-        text = path.read_text("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); delete it and run `inv lock`") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+        document = yamlio.read(path)
+    except ConfigError as error:
+        raise ConfigError(f"{error}; delete it and run `inv lock`") from None
     try:
-        raw = yamlio.safe_load(text) or {"images": {}}
-        entries = raw["images"]
-        return {
-            image_id: LockedImage(
-                inputs=str(entry["inputs"]),
-                installer=_artifact(entry["installer"], f"{image_id}.installer"),
-                wheels=tuple(_artifact(w, f"{image_id}.wheels") for w in entry["wheels"]),
-                closure=None if entry.get("closure") is None
-                else tuple(_artifact(w, f"{image_id}.closure") for w in entry["closure"]),
-            )
-            for image_id, entry in entries.items()
-        }
-    except (yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"{path.name}: unreadable ({exc.__class__.__name__}); delete it and run `inv lock`") from None
+        if document is None:
+            return {}
+        if not isinstance(document, dict) or not isinstance(document.get("images"), dict):
+            raise _MalformedError("must be a mapping with an 'images:' mapping")
+        return {str(image_id): _entry(image_id, entry) for image_id, entry in document["images"].items()}
+    except _MalformedError as problem:
+        raise ConfigError(f"{path.name}: {problem}; delete the entry (or the file) and run `inv lock`") from None
 
 
 def render(entries: Mapping[str, LockedImage]) -> str:
-    def listed(artifacts: tuple[Artifact, ...]) -> list[dict[str, str | None]]:
-        return [{"url": a.url, "sha256": a.sha256} for a in sorted(artifacts, key=lambda a: a.url)]
+    def one(artifact: Artifact) -> dict[str, str | int | None]:
+        return {"url": artifact.url, "sha256": artifact.sha256,
+                **({"size": artifact.size} if artifact.size is not None else {})}
+
+    def listed(artifacts: tuple[Artifact, ...]) -> list[dict[str, str | int | None]]:
+        return [one(artifact) for artifact in sorted(artifacts, key=lambda a: a.url)]
 
     body = {
         "images": {
             image_id: {
                 "inputs": entry.inputs,
-                "installer": {"url": entry.installer.url, "sha256": entry.installer.sha256},
+                "installer": one(entry.installer),
                 "wheels": listed(entry.wheels),
                 "closure": None if entry.closure is None else listed(entry.closure),
             }
@@ -96,6 +131,5 @@ def write(path: Path, entries: Mapping[str, LockedImage]) -> None:
 def update(path: Path, changes: Mapping[str, LockedImage], *, guard: Path) -> None:
     """Merge `changes` into the file under an flock on `guard`, so concurrent fetches keep each other's entries."""
     guard.parent.mkdir(parents=True, exist_ok=True)
-    with guard.open("a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
+    with locked(guard):
         write(path, {**read(path), **changes})

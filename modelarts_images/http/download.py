@@ -3,8 +3,24 @@
 The bytes stream into ``<target>.part`` while being hashed; the final file appears only through ``os.replace``
 once its sha256 matched, so no file at ``target`` ever has the wrong hash. An interrupted transfer resumes with
 an HTTP Range request (guarded by If-Range, so a changed remote file is never spliced onto an old partial);
-connection errors, stalls, short bodies and 5xx answers are retried with exponential backoff, 4xx answers are
-not. An flock on ``<target>.lock`` keeps two processes from writing the same cache entry.
+connection errors, stalls, short bodies, 429 and 5xx answers are retried with exponential backoff (at least as
+long as a Retry-After header asks, up to retry.MAX_RETRY_AFTER), other 4xx answers are not. An flock on
+``<target>.lock`` keeps two processes from writing the same cache entry.
+
+Hostile or broken servers are bounded, since a file without a sha256 is pinned on first use (whatever arrives
+becomes the truth) and a fetch must end:
+
+- a 206 answer must carry the range asked for, and a file is finished only when it holds as many bytes as the
+  server says the whole file has; a 206 with half the file (even to a plain GET) continues from where it ended;
+- a transfer slower than ``min_speed`` bytes/s over any ``speed_window`` seconds is cut and resumed: a byte every
+  few seconds never trips the read timeout;
+- no file grows beyond the size versions.lock records, or ``max_size`` (max_file_size in invoke.yaml) when it
+  records none: an endless body stops there instead of filling the disk;
+- a ``.part`` that already holds the whole file (a kill after its last byte) is finished when the server refuses
+  the resume with 416, instead of being downloaded again;
+- file:// URLs must name regular files outside /proc, /sys and /dev;
+- index pages (`get_text`) are decoded here (gzip, deflate) with a bound on their decoded size, so a gzip bomb
+  cannot allocate more than the bound.
 
 URLs appear in messages and logs only through ``redact``: a mirror URL from invoke.yaml may carry
 ``user:password@``, which must never reach a terminal or a CI log.
@@ -23,10 +39,14 @@ import json
 import logging
 import os
 import re
+import stat
 import threading
 import time
+import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -40,6 +60,7 @@ import urllib3.exceptions
 
 from modelarts_images.errors import FetchError
 from modelarts_images.shared import redact, retry
+from modelarts_images.shared.text import size as shown_size
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +68,19 @@ ProgressCallback = Callable[[str, int, int | None], None]
 """Called as (url, bytes_done, total_or_None), at most every PROGRESS_INTERVAL seconds and once at the end."""
 
 PROGRESS_INTERVAL = 0.1
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+DEFAULT_MIN_SPEED = 1024  # bytes/s (min_speed in invoke.yaml)
+DEFAULT_SPEED_WINDOW = 60.0  # seconds over which min_speed is measured
+DEFAULT_MAX_SIZE = 20_000_000_000  # bytes (max_file_size in invoke.yaml): the bound when versions.lock has no size
+DEFAULT_MAX_PAGE = 64 << 20  # bytes of a decoded index page; the largest real one (torch_stable.html) is ~5 MB
+PAGE_ENCODINGS = "gzip, deflate"  # what get_text accepts: index pages compress well, and both are decoded here
+_PAGE_CHUNK = 1 << 16
+# Numbers of at most 20 digits: a longer one matches nothing instead of making int() refuse a monster string.
+_CONTENT_RANGE = re.compile(r"bytes (\d{1,20})-(\d{1,20})/(\d{1,20}|\*)")
+_UNSATISFIED_RANGE = re.compile(r"bytes \*/(\d{1,20})")
+# The kernel makes these files up as they are read: /proc/self/environ says it is a regular file of size 0 and
+# holds the environment (secrets included), /dev/zero never ends.
+_KERNEL_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
+_GZIP_MAGIC = b"\x1f"  # first byte of a gzip member
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +90,7 @@ class Transfer:
     url: str
     path: Path  # the final file
     sha256: str
-    size: int
+    size: int  # bytes of the final file
     bytes_transferred: int  # received in this call (all attempts; a resume counts only the missing part)
     resumed_from: int  # bytes of a .part left by an earlier run that ended up in the file (0: fresh start)
     attempts: int  # requests made (0: the final file was already there)
@@ -82,6 +115,81 @@ def new_session() -> requests.Session:
     return requests.Session()
 
 
+@dataclass(frozen=True)
+class _Bound:
+    """The most bytes a file may have: the size versions.lock records, else max_file_size from invoke.yaml."""
+
+    limit: int
+    recorded: bool  # the limit is the size versions.lock records (not max_file_size)
+
+    @classmethod
+    def of(cls, expected_size: int | None, max_size: int) -> _Bound:
+        return cls(expected_size, True) if expected_size is not None else cls(max_size, False)
+
+    def exceeded(self, size: int | None) -> bool:
+        return size is not None and size > self.limit
+
+    def error(self, url: str, seen: str) -> FetchError:
+        """`seen`: how the excess showed ('the server announces 5000 bytes')."""
+        if self.recorded:
+            return FetchError(
+                f"{redact.url(url)} is larger than the {self.limit} bytes versions.lock records ({seen}): the file "
+                "changed at its source, or a mirror serves another one; if the new file is right, run `inv lock` "
+                "to record it")
+        return FetchError(
+            f"{redact.url(url)} is larger than max_file_size in invoke.yaml ({self.limit} bytes, "
+            f"{shown_size(self.limit)}; {seen}): if the file really is that large, raise max_file_size")
+
+
+class _Speed:
+    """Cuts a transfer that trickles: fewer than min_speed * window bytes over any full window is too slow.
+
+    A server sending a byte every few seconds never trips the read timeout (every read gets something), so
+    without this a broken or hostile mirror holds a fetch for days. A min_speed or window of 0 turns it off.
+    """
+
+    def __init__(self, min_speed: int, window: float) -> None:
+        self.min_speed = min_speed
+        self.window = window
+        self.count = 0
+        # (time, bytes so far), thinned to about 32 a window so a fast transfer does not pile up samples
+        self.samples: deque[tuple[float, int]] = deque([(time.monotonic(), 0)])
+
+    def add(self, received: int) -> None:
+        """Count `received` more bytes; retry.TransientError when the last full window brought too few."""
+        if self.min_speed <= 0 or self.window <= 0:
+            return
+        now = time.monotonic()
+        self.count += received
+        if now - self.samples[-1][0] >= self.window / 32:
+            self.samples.append((now, self.count))
+        # Keep the newest sample at or before the window's start: the bytes since it span at least one window.
+        while len(self.samples) > 1 and self.samples[1][0] <= now - self.window:
+            self.samples.popleft()
+        since, before = self.samples[0]
+        got = self.count - before
+        if now - since >= self.window and got < self.min_speed * self.window:
+            raise retry.TransientError(
+                f"too slow: {got} bytes in {self.window:g} s, below the minimum of {self.min_speed} bytes/s "
+                "(min_speed in invoke.yaml)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Rules:
+    """How one download may go: retries, timeouts, chunk size, the size bound and the minimum speed."""
+
+    retries: int
+    backoff: float
+    timeouts: tuple[float, float]  # connect, read
+    chunk_size: int
+    bound: _Bound
+    min_speed: int
+    speed_window: float
+
+    def speed(self) -> _Speed:
+        return _Speed(self.min_speed, self.speed_window)
+
+
 def download(
     url: str,
     target: Path,
@@ -95,14 +203,23 @@ def download(
     progress: ProgressCallback | None = None,
     chunk_size: int = 1 << 20,
     abort: threading.Event | None = None,
+    expected_size: int | None = None,
+    max_size: int = DEFAULT_MAX_SIZE,
+    min_speed: int = DEFAULT_MIN_SPEED,
+    speed_window: float = DEFAULT_SPEED_WINDOW,
 ) -> Transfer:
     """Download `url` (http, https or file) to `target`, verified against `expected_sha256` when given.
 
-    Raises FetchError for every expected failure: 4xx answers, retries exhausted, a hash mismatch, a missing
-    local file, an unwritable cache. Setting `abort` (from another thread) makes it raise AbortedError at the next
-    chunk or retry, keeping the partial for a later resume.
+    `expected_size` (what versions.lock records) bounds the file, else `max_size`; `min_speed` bytes/s over
+    `speed_window` seconds is the slowest transfer kept (a slower one is cut and resumed; 0 turns it off).
+
+    Raises FetchError for every expected failure: 4xx answers, retries exhausted, a hash mismatch, a file larger
+    than its bound, a missing or irregular local file, an unwritable cache. Setting `abort` (from another thread)
+    makes it raise AbortedError at the next chunk or retry, keeping the partial for a later resume.
     """
     expected = expected_sha256.lower() if expected_sha256 else None
+    rules = _Rules(retries=retries, backoff=backoff, timeouts=(connect_timeout, read_timeout), chunk_size=chunk_size,
+                   bound=_Bound.of(expected_size, max_size), min_speed=min_speed, speed_window=speed_window)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with _locked(target):
@@ -111,21 +228,10 @@ def download(
                 return reused
             report = _Progress(url, progress)
             if urlsplit(url).scheme == "file":
-                return _copy_local(url, target, expected, chunk_size, report, abort)
+                return _copy_local(url, target, expected, rules, report, abort)
             http = session if session is not None else new_session()
             try:
-                return _download_http(
-                    url,
-                    target,
-                    expected,
-                    http,
-                    retries=retries,
-                    backoff=backoff,
-                    timeouts=(connect_timeout, read_timeout),
-                    chunk_size=chunk_size,
-                    report=report,
-                    abort=abort,
-                )
+                return _HttpDownload(url, _Partial(target), expected, http, rules, report, abort).run()
             finally:
                 if session is None:
                     http.close()
@@ -265,124 +371,280 @@ class _Progress:
             self.callback(self.url, done, total)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# file:// URLs
+
+
 def _copy_local(
-    url: str, target: Path, expected: str | None, chunk_size: int, report: _Progress, abort: threading.Event | None
+    url: str, target: Path, expected: str | None, rules: _Rules, report: _Progress, abort: threading.Event | None
 ) -> Transfer:
-    """file:// URLs: same hashing, atomic rename and mismatch rules, without HTTP."""
-    parts = urlsplit(url)
-    if parts.netloc not in ("", "localhost"):
-        raise FetchError(f"file URL with a remote host is not supported: {redact.url(url)}")
-    source = Path(url2pathname(parts.path))  # percent-decodes ('%2B' -> '+')
-    partial = _Partial(target)
-    try:
-        with source.open("rb") as src:
-            total = os.fstat(src.fileno()).st_size
-            partial.restart()  # a local copy is cheap: no resume
-            with partial.path.open("ab") as fh:
-                while chunk := src.read(chunk_size):
-                    _check_abort(url, abort)
-                    partial.append(fh, chunk)
-                    report(partial.size, total)
-    except FileNotFoundError:
-        partial.discard()
-        raise FetchError(f"local file not found: {source} ({redact.url(url)})") from None
-    except IsADirectoryError:
-        partial.discard()
-        raise FetchError(f"local path is a directory: {source} ({redact.url(url)})") from None
+    """file:// URLs: same hashing, atomic rename, mismatch and size rules, without HTTP."""
+    bound = rules.bound
+    with _open_regular(url, _local_path(url)) as src:
+        total = os.fstat(src.fileno()).st_size
+        if bound.exceeded(total):
+            raise bound.error(url, f"the file has {total} bytes")
+        partial = _Partial(target)
+        partial.restart()  # a local copy is cheap: no resume
+        with partial.path.open("ab") as fh:
+            # One byte past the bound is read, to see a file that grows while it is copied cross it.
+            while chunk := src.read(min(rules.chunk_size, bound.limit + 1 - partial.size)):
+                _check_abort(url, abort)
+                partial.append(fh, chunk)
+                if bound.exceeded(partial.size):
+                    partial.discard()
+                    raise bound.error(url, "it grew while being copied")
+                report(partial.size, total)
     report(partial.size, total, final=True)
     return partial.finish(url, expected, attempts=1)
 
 
-def _download_http(
-    url: str,
-    target: Path,
-    expected: str | None,
-    http: requests.Session,
-    *,
-    retries: int,
-    backoff: float,
-    timeouts: tuple[float, float],
-    chunk_size: int,
-    report: _Progress,
-    abort: threading.Event | None,
-) -> Transfer:
-    partial = _Partial(target)
-    earlier = partial.meta_url()
-    if partial.size and earlier not in (None, url):
-        log.info("discarding %s: it was started from %s", partial.path, redact.url(earlier or ""))
-        partial.restart()
-
-    def once(attempt: int) -> int:
-        _check_abort(url, abort)
-        _attempt(url, partial, http, timeouts=timeouts, chunk_size=chunk_size, report=report, abort=abort)
-        return attempt
-
-    def give_up(attempts: int, failure: retry.TransientError) -> FetchError:
-        return FetchError(f"download failed after {attempts} attempts: {redact.url(url)}: {failure}")
-
-    def attempts() -> int:
-        return retry.call(once, backoff=retry.Backoff(retries=retries, base=backoff), describe=redact.url(url),
-                          give_up=give_up, log=log, wait=_pause(abort))
-
-    made = attempts()
-    if expected is not None and partial.resumed_from and partial.hasher.hexdigest() != expected:
-        # Without a validator the kept bytes may come from another version of the file: one clean restart.
-        log.warning("%s: resumed file does not match its sha256; downloading it again from the start", redact.url(url))
-        partial.restart()
-        made += attempts()
-    return partial.finish(url, expected, made)
+def _local_path(url: str) -> Path:
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise FetchError(f"file URL with a remote host is not supported: {redact.url(url)}")
+    return Path(url2pathname(parts.path))  # percent-decodes ('%2B' -> '+')
 
 
-def _attempt(
-    url: str,
-    partial: _Partial,
-    http: requests.Session,
-    *,
-    timeouts: tuple[float, float],
-    chunk_size: int,
-    report: _Progress,
-    abort: threading.Event | None,
-) -> None:
-    """One request, appending to the partial. Raises retry.TransientError or FetchError."""
-    offset = partial.size
-    response = _request(url, http, offset, partial.validator(url), timeouts)
-    if response.status_code == 416:
-        # The partial is complete or longer than the remote file: neither can be trusted, start over.
-        response.close()
-        log.info("%s: server refused to resume at byte %d; starting over", redact.url(url), offset)
-        partial.restart()
-        offset = 0
-        response = _request(url, http, 0, None, timeouts)
-    with response:
-        _check_status(url, response)
-        length = _content_length(response)
+@contextlib.contextmanager
+def _open_regular(url: str, source: Path) -> Iterator[BinaryIO]:
+    """The file a file:// URL names, open for reading, when it is a regular file (after following links) outside
+    the kernel's trees; FetchError otherwise."""
+    resolved = source.resolve()
+    shown = str(source) if resolved == source else f"{source} (a link to {resolved})"
+    tree = next((root for root in _KERNEL_TREES if resolved == root or root in resolved.parents), None)
+    if tree is not None:
+        raise FetchError(
+            f"file URL {redact.url(url)} is not a regular file: {shown} is under {tree}, whose files the kernel "
+            "makes up as they are read (copying /proc/self/environ would put this process's environment, secrets "
+            "included, into the cache); point the URL at a file on disk")
+    try:
+        # O_NONBLOCK: opening a FIFO would wait for a writer forever; reading a regular file ignores the flag.
+        fd = os.open(resolved, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FetchError(f"local file not found: {source} ({redact.url(url)})") from None
+    except OSError as exc:
+        raise FetchError(f"cannot read {shown} for {redact.url(url)}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as src:
+        kind = _irregular_kind(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise FetchError(f"file URL {redact.url(url)} is not a regular file: {shown} is {kind}; point the URL "
+                             "at the file itself")
+        yield src
+
+
+def _irregular_kind(mode: int) -> str | None:
+    """What a file other than a regular one is, in words; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# http(s)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Answer:
+    """What one 200 or 206 response carries."""
+
+    start: int  # where its body goes in the file
+    length: int | None  # bytes its body should have; None: until the connection closes
+    total: int | None  # bytes of the whole file; None: not said
+
+    @property
+    def announced(self) -> int | None:
+        """The size of the file the server claims: its total, else the end of this body."""
+        if self.total is not None:
+            return self.total
+        return None if self.length is None else self.start + self.length
+
+
+class _Incomplete(retry.TransientError):
+    """An answer that ended where the server said it would, short of the whole file: the next attempt asks for
+    the rest. A server that never sends it is a FetchError once the retries are spent."""
+
+    def __init__(self, answer: _Answer, have: int) -> None:
+        end = answer.start + (answer.length or 0) - 1
+        super().__init__(f"the server sent bytes {answer.start}-{end} of {answer.total}, not the whole file; "
+                         f"asking for the rest")
+        self.final = (f"the server never sent the whole file: {have} of its {answer.total} bytes arrived "
+                      f"(its last answer: bytes {answer.start}-{end})")
+
+
+class _HttpDownload:
+    """One file over http(s): attempts with retries, each appending to the partial where the last one stopped."""
+
+    def __init__(self, url: str, partial: _Partial, expected: str | None, http: requests.Session, rules: _Rules,
+                 report: _Progress, abort: threading.Event | None) -> None:
+        self.url = url
+        self.partial = partial
+        self.expected = expected
+        self.http = http
+        self.rules = rules
+        self.report = report
+        self.abort = abort
+
+    def run(self) -> Transfer:
+        partial, url = self.partial, self.url
+        earlier = partial.meta_url()
+        if partial.size and earlier not in (None, url):
+            log.info("discarding %s: it was started from %s", partial.path, redact.url(earlier or ""))
+            partial.restart()
+        if self.rules.bound.exceeded(partial.size):
+            log.info("discarding %s: it is larger than the %d bytes this file may have", partial.path,
+                     self.rules.bound.limit)
+            partial.restart()
+        made = self._attempts()
+        if self.expected is not None and partial.resumed_from and partial.hasher.hexdigest() != self.expected:
+            # Without a validator the kept bytes may come from another version of the file: one clean restart.
+            log.warning("%s: resumed file does not match its sha256; downloading it again from the start",
+                        redact.url(url))
+            partial.restart()
+            made += self._attempts()
+        return partial.finish(url, self.expected, made)
+
+    def _attempts(self) -> int:
+        def once(attempt: int) -> int:
+            _check_abort(self.url, self.abort)
+            self._attempt()
+            return attempt
+
+        return retry.call(once, backoff=retry.Backoff(retries=self.rules.retries, base=self.rules.backoff),
+                          describe=redact.url(self.url), give_up=self._give_up, log=log, wait=_pause(self.abort))
+
+    def _give_up(self, attempts: int, failure: retry.TransientError) -> FetchError:
+        reason = failure.final if isinstance(failure, _Incomplete) else str(failure)
+        return FetchError(f"download failed after {attempts} attempts: {redact.url(self.url)}: {reason}")
+
+    def _attempt(self) -> None:
+        """One request, appending to the partial. Raises retry.TransientError or FetchError."""
+        offset = self.partial.size
+        response = _request(self.url, self.http, offset, self.partial.validator(self.url), self.rules.timeouts)
+        if response.status_code == 416 and offset:
+            with response:
+                total = _unsatisfied_total(response)
+            if self._already_whole(total):
+                return
+            # The partial is longer than the remote file, or not its start: neither can be trusted, start over.
+            log.info("%s: server refused to resume at byte %d; starting over", redact.url(self.url), offset)
+            self.partial.restart()
+            response = _request(self.url, self.http, 0, None, self.rules.timeouts)
+        with response:
+            _check_status(self.url, response)
+            answer = self._answer(response)
+            self._stream(response, answer)
+        if answer.total is not None and self.partial.size < answer.total:
+            raise _Incomplete(answer, self.partial.size)
+
+    def _already_whole(self, total: int | None) -> bool:
+        """Whether the partial refused a resume (416) because it already holds the whole file: a kill after the
+        last byte, before the rename. A pinned file proves it by its sha256 (a same-sized stale partial must not
+        end in a mismatch), another by having the size the 416 names."""
+        partial = self.partial
+        if self.expected is not None:
+            whole = partial.hasher.hexdigest() == self.expected
+        else:
+            whole = total is not None and partial.size == total
+        if whole:
+            log.info("%s: %s already holds all %d bytes; finishing it", redact.url(self.url), partial.path,
+                     partial.size)
+        return whole
+
+    def _answer(self, response: requests.Response) -> _Answer:
+        """What the response carries; a 200 restarts the partial, a 206 must continue it exactly where it ends."""
+        partial, url = self.partial, self.url
+        offset = partial.size
         if response.status_code == 206:
-            match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
-            if match is None or int(match.group(1)) != offset:
+            answer = _range_answer(response, offset)
+            if answer is None:
                 partial.restart()
                 raise retry.TransientError(
-                    f"server sent a range other than bytes={offset}-: {response.headers.get('Content-Range')}"
-                )
-            total = None if match.group(3) == "*" else int(match.group(3))
-            log.info("resuming %s at byte %d", redact.url(url), offset)
+                    f"server sent a range other than bytes={offset}-: {response.headers.get('Content-Range')}")
+            if offset:
+                log.info("resuming %s at byte %d", redact.url(url), offset)
+            else:  # a 206 to a plain GET: this partial starts here, so record which version it is
+                partial.restart(url, _validator(response))
         else:
             if offset:
                 log.info("%s: server sent the whole file (Range ignored or remote changed); starting over",
                          redact.url(url))
             partial.restart(url, _validator(response))
-            offset = 0
-            total = length
-        _stream(
-            url, response, partial, offset, length, total,
-            read_timeout=timeouts[1], chunk_size=chunk_size, report=report, abort=abort,
-        )
+            length = _content_length(response)
+            answer = _Answer(start=0, length=length, total=length)
+        if self.rules.bound.exceeded(answer.announced):
+            partial.discard()  # a bound is a fact about the file: no later attempt will fit under it
+            raise self.rules.bound.error(url, f"the server announces {answer.announced} bytes")
+        return answer
+
+    def _stream(self, response: requests.Response, answer: _Answer) -> None:
+        """Append the body to the partial; a stall, a cut, a trickle or a body shorter than announced raises
+        retry.TransientError, a body growing past the bound FetchError.
+
+        `abort` is checked after every read: a read returns whatever has arrived, so a set event takes effect
+        within moments on a live transfer (within the read timeout on a stalled one).
+        """
+        partial, bound = self.partial, self.rules.bound
+        body = _Body(response, self.rules.timeouts[1], where=lambda: _of(partial.size, answer.total))
+        speed = self.rules.speed()
+        received = 0
+        with partial.path.open("ab") as fh:
+            while answer.length is None or received < answer.length:
+                # Never more than the answer's own length (a 206 says where its range ends), and one byte past the
+                # bound at most, to see an endless body cross it.
+                rest = answer.length - received if answer.length is not None else self.rules.chunk_size
+                chunk = body.read(min(self.rules.chunk_size, rest, bound.limit + 1 - partial.size))
+                if not chunk:
+                    break
+                partial.append(fh, chunk)  # kept: what arrived before an abort, a cut or a trickle serves the resume
+                received += len(chunk)
+                if bound.exceeded(partial.size):
+                    partial.discard()
+                    raise bound.error(self.url, "the server kept sending past it")
+                self.report(partial.size, answer.total)
+                speed.add(len(chunk))
+                _check_abort(self.url, self.abort)
+        if answer.length is not None and received < answer.length:
+            raise retry.TransientError(f"connection cut after {_of(partial.size, answer.total)}")
+        self.report(partial.size, answer.total, final=True)
+
+
+def _range_answer(response: requests.Response, offset: int) -> _Answer | None:
+    """A 206's Content-Range when it starts at `offset` and is a possible range; None otherwise.
+
+    Its length comes from the range, not Content-Length: a body shorter than the range is a cut (resumed), and
+    bytes past the range's end are never read.
+    """
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    if match is None:
+        return None
+    start, end = int(match[1]), int(match[2])
+    total = None if match[3] == "*" else int(match[3])
+    if start != offset or end < start or (total is not None and end >= total):
+        return None
+    return _Answer(start=start, length=end - start + 1, total=total)
+
+
+def _unsatisfied_total(response: requests.Response) -> int | None:
+    """The file's size from a 416's 'Content-Range: bytes */N'."""
+    match = _UNSATISFIED_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    return None if match is None else int(match[1])
 
 
 def _request(
-    url: str, http: requests.Session, offset: int, validator: str | None, timeouts: tuple[float, float]
+    url: str, http: requests.Session, offset: int, validator: str | None, timeouts: tuple[float, float],
+    *, accept_encoding: str = "identity",
 ) -> requests.Response:
-    # identity: Range offsets and Content-Length then count the bytes we store (pip does the same).
-    headers = {"Accept-Encoding": "identity"}
+    # identity for files: Range offsets and Content-Length then count the bytes we store (pip does the same).
+    headers = {"Accept-Encoding": accept_encoding}
     if offset:
         headers["Range"] = f"bytes={offset}-"
         if validator:
@@ -405,16 +667,20 @@ def _check_status(url: str, response: requests.Response) -> None:
     status = response.status_code
     if status in (200, 206):
         return
-    if status >= 500:
-        raise retry.TransientError(f"HTTP {status} {response.reason}")
+    if status == 429 or status >= 500:
+        # Rate limits and overloads pass; the server may say when (retry.call caps how long it may ask for).
+        retry_after = retry.parse_retry_after(response.headers.get("Retry-After"))
+        asked = f" (Retry-After: {retry_after:g}s)" if retry_after is not None else ""
+        raise retry.TransientError(f"HTTP {status} {response.reason}{asked}", retry_after=retry_after)
     raise FetchError(f"HTTP {status} {response.reason} for {redact.url(url)}")
 
 
 def _content_length(response: requests.Response) -> int | None:
     try:
-        return int(response.headers["Content-Length"])
-    except (KeyError, ValueError):
+        length = int(response.headers["Content-Length"])
+    except (KeyError, ValueError):  # absent, or not a number (int() also refuses a monstrously long one)
         return None
+    return length if length >= 0 else None
 
 
 def _validator(response: requests.Response) -> str | None:
@@ -425,61 +691,51 @@ def _validator(response: requests.Response) -> str | None:
     return response.headers.get("Last-Modified")
 
 
-def _stream(
-    url: str,
-    response: requests.Response,
-    partial: _Partial,
-    offset: int,
-    length: int | None,
-    total: int | None,
-    *,
-    read_timeout: float,
-    chunk_size: int,
-    report: _Progress,
-    abort: threading.Event | None,
-) -> None:
-    """Append the body to the partial; a stall, a cut or a body shorter than announced raises retry.TransientError.
+class _Body:
+    """The raw bytes of a streamed response as they arrive; a stall or a cut raises retry.TransientError.
 
-    `abort` is checked after every read: a read returns whatever has arrived, so a set event takes effect within
-    moments on a live transfer (within the read timeout on a stalled one).
+    Raw, without decoding: a file is stored exactly as served, as pip does, and a page is decoded with a bound.
+    read1 (urllib3 2) returns whatever has arrived, so a cut loses nothing already received and every limit is
+    checked after each read; read() would wait for a full chunk.
     """
-    # The raw body without decoding: the file is stored exactly as served, as pip does. read1 (urllib3 2)
-    # returns whatever has arrived, so a cut loses nothing already received; read() would wait for a full chunk.
-    read = getattr(response.raw, "read1", response.raw.read)
-    with partial.path.open("ab") as fh:
-        while True:
-            try:
-                chunk = read(chunk_size, decode_content=False)
-            except (urllib3.exceptions.ReadTimeoutError, requests.exceptions.ReadTimeout):
-                raise retry.TransientError(
-                    f"stalled: no data for {read_timeout:g}s after {_of(partial.size, total)}"
-                ) from None
-            except (urllib3.exceptions.HTTPError, requests.RequestException, OSError):
-                raise retry.TransientError(f"connection cut after {_of(partial.size, total)}") from None
-            if not chunk:
-                break
-            partial.append(fh, chunk)  # kept: what arrived before an abort serves the resume
-            report(partial.size, total)
-            _check_abort(url, abort)
-    if length is not None and partial.size - offset < length:
-        raise retry.TransientError(f"connection cut after {_of(partial.size, total)}")
-    report(partial.size, total, final=True)
+
+    def __init__(self, response: requests.Response, read_timeout: float, *, where: Callable[[], str]) -> None:
+        self._read = getattr(response.raw, "read1", response.raw.read)
+        self.read_timeout = read_timeout
+        self.where = where  # how far the transfer got, for messages
+
+    def read(self, amount: int) -> bytes:
+        try:
+            chunk: bytes = self._read(amount, decode_content=False)
+        except (urllib3.exceptions.ReadTimeoutError, requests.exceptions.ReadTimeout):
+            raise retry.TransientError(f"stalled: no data for {self.read_timeout:g}s after {self.where()}") from None
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError):
+            raise retry.TransientError(f"connection cut after {self.where()}") from None
+        return chunk
 
 
 def _of(done: int, total: int | None) -> str:
     return f"{done} of {total} bytes" if total is not None else f"{done} bytes"
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Index pages
+
+
 def get_text(
     url: str, *, session: requests.Session, retries: int = 4, backoff: float = 0.5,
-    timeouts: tuple[float, float] = (10, 30),
+    timeouts: tuple[float, float] = (10, 30), max_bytes: int = DEFAULT_MAX_PAGE, min_speed: int = DEFAULT_MIN_SPEED,
+    speed_window: float = DEFAULT_SPEED_WINDOW,
 ) -> str:
-    """An index page, with the same retry rules as a download (5xx and connection errors retried, 4xx not)."""
+    """An index page, with the same retry rules as a download (429, 5xx and connection errors retried, other 4xx
+    not). Its body is read raw and decoded here (gzip, deflate): more than `max_bytes` received or decoded, a
+    gzip bomb included, is a FetchError before the memory is spent."""
 
     def once(attempt: int) -> str:
-        with _request(url, session, 0, None, timeouts) as response:
+        with _request(url, session, 0, None, timeouts, accept_encoding=PAGE_ENCODINGS) as response:
             _check_status(url, response)
-            return _body_text(url, response)
+            return _read_page(url, response, max_bytes=max_bytes, read_timeout=timeouts[1],
+                              speed=_Speed(min_speed, speed_window))
 
     def give_up(attempts: int, failure: retry.TransientError) -> FetchError:
         return FetchError(f"cannot read {redact.url(url)} after {attempts} attempts: {failure}")
@@ -488,11 +744,110 @@ def get_text(
                       give_up=give_up, log=log)
 
 
-def _body_text(url: str, response: requests.Response) -> str:
-    """The body of a streamed response; a cut or a stall while reading it is transient like one before it."""
+def _read_page(url: str, response: requests.Response, *, max_bytes: int, read_timeout: float, speed: _Speed) -> str:
+    """The page's text; a cut or a stall while reading it is transient like one before it."""
+    length = _content_length(response)
+    if length is not None and length > max_bytes:
+        raise _page_too_large(url, max_bytes, f"the server announces {length} bytes")
+    decoder = _page_decoder(url, response.headers.get("Content-Encoding"))
+    page = bytearray()
+    raw = 0
+    body = _Body(response, read_timeout, where=lambda: f"{raw} bytes of the page")
+    while chunk := body.read(_PAGE_CHUNK):
+        raw += len(chunk)
+        if raw > max_bytes:  # even a body that decodes to little: an endless stream must end
+            raise _page_too_large(url, max_bytes, "more than that arrived")
+        try:
+            decoder.feed(chunk, page, max_bytes)
+        except zlib.error as exc:  # a corrupt body does not heal by retrying
+            raise FetchError(f"cannot read {redact.url(url)}: its compressed body is corrupt ({exc})") from None
+        if len(page) > max_bytes:
+            raise _page_too_large(url, max_bytes, "it inflates past that")
+        speed.add(len(chunk))
+    if length is not None and raw < length:
+        raise retry.TransientError(f"connection cut after {raw} of {length} bytes of the page")
+    decoder.end()
     try:
-        return response.text
-    except (requests.exceptions.ChunkedEncodingError, requests.ConnectionError) as exc:  # ReadTimeout included
-        raise retry.TransientError(f"connection cut while reading the page: {redact.about(url, str(exc))}") from None
-    except requests.RequestException as exc:  # a body that cannot be decoded does not heal by retrying
-        raise FetchError(f"cannot read {redact.url(url)}: {redact.about(url, str(exc))}") from None
+        return page.decode(_charset(response), errors="replace")
+    except LookupError:  # an unknown charset, or one that is no text encoding ('base64'): utf-8 rather than fail
+        return page.decode("utf-8", errors="replace")
+
+
+def _page_too_large(url: str, max_bytes: int, seen: str) -> FetchError:
+    return FetchError(f"index page larger than {max_bytes} bytes ({shown_size(max_bytes)}; {seen}): "
+                      f"{redact.url(url)}; an index of links is far smaller, so check the URL, or the mirror in "
+                      "invoke.yaml that serves it")
+
+
+class _Identity:
+    """A body sent as is."""
+
+    def feed(self, data: bytes, out: bytearray, limit: int) -> None:
+        out += data[: limit + 1 - len(out)]  # one byte past the limit shows the caller it was crossed
+
+    def end(self) -> None:
+        """Nothing to check: the transfer's own length check saw any cut."""
+
+
+class _Inflate:
+    """gzip or deflate, inflated with zlib's max_length so that no call makes more than the bound allows: a few
+    kilobytes of gzip can inflate to gigabytes, which requests would allocate whole."""
+
+    def __init__(self, gzip: bool) -> None:
+        self.gzip = gzip
+        self.head = b""  # the first bytes of a deflate body, until its format can be told
+        self.inflater: zlib._Decompress | None = None
+
+    def feed(self, data: bytes, out: bytearray, limit: int) -> None:
+        """Inflate `data` onto `out`, stopping once `out` holds more than `limit` bytes; zlib.error when corrupt."""
+        if self.inflater is None:
+            data = self.head + data
+            if not self.gzip and len(data) < 2:
+                self.head = data
+                return
+            self.inflater = zlib.decompressobj(self._wbits(data))
+        pending = data
+        while pending and len(out) <= limit:
+            if self.inflater.eof:
+                pending = self._next_member(pending)
+                continue
+            out += self.inflater.decompress(pending, min(limit + 1 - len(out), _PAGE_CHUNK))
+            pending = self.inflater.unused_data if self.inflater.eof else self.inflater.unconsumed_tail
+
+    def _next_member(self, pending: bytes) -> bytes:
+        """After the end of a stream: gzip members may follow each other (as urllib3 reads them); anything else
+        after the end is ignored, as urllib3 does."""
+        if self.gzip and pending[:1] == _GZIP_MAGIC:
+            self.inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            return pending
+        return b""
+
+    def _wbits(self, data: bytes) -> int:
+        if self.gzip:
+            return 16 + zlib.MAX_WBITS
+        # 'deflate' is meant to be zlib-wrapped, but some servers send raw deflate: tell them by the zlib header.
+        zlib_header = data[0] & 0x0F == 8 and ((data[0] << 8) | data[1]) % 31 == 0
+        return zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+
+    def end(self) -> None:
+        if self.inflater is None and not self.head:
+            return  # an empty body
+        if self.inflater is None or not self.inflater.eof:
+            raise retry.TransientError("the compressed page ended before its end")
+
+
+def _page_decoder(url: str, encoding: str | None) -> _Identity | _Inflate:
+    coding = (encoding or "identity").strip().lower()
+    if coding == "identity":
+        return _Identity()
+    if coding in ("gzip", "x-gzip", "deflate"):
+        return _Inflate(gzip=coding != "deflate")
+    raise FetchError(f"cannot read {redact.url(url)}: it is sent with Content-Encoding {coding!r}, which this tool "
+                     f"does not decode (it asks for {PAGE_ENCODINGS})")
+
+
+def _charset(response: requests.Response) -> str:
+    """The charset of the Content-Type, else utf-8 (what index pages are in practice; bad bytes are replaced)."""
+    header = Message()
+    header["Content-Type"] = response.headers.get("Content-Type", "")
+    return header.get_content_charset() or "utf-8"

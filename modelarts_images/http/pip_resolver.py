@@ -12,9 +12,10 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from modelarts_images.errors import FetchError
-from modelarts_images.model import Artifact, FetchedFile, ImageSpec
+from modelarts_images.model import Artifact, FetchedFile, ImageSpec, filename_problem, sha256_problem
 from modelarts_images.shared import redact
 from modelarts_images.shared.files import link_or_copy
 
@@ -64,16 +65,30 @@ def resolve(image: ImageSpec, wheels: Sequence[FetchedFile], *, scratch_parent: 
             log.warning("%s: the dependency wheels cannot be fetched for Python %s (%s); the build will install "
                         "them from %s", image.id, image.python, reason, redact.url(image.pip_index) or "(no pip_index)")
             return None
-        items = json.loads(report.read_text("utf-8"))["install"]
+        try:
+            items = json.loads(report.read_text("utf-8"))["install"]
+            found = [_artifact(item["download_info"]) for item in items]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise FetchError(f"{image.id}: pip's report of the dependency wheels cannot be read ({error!r})") from None
     own = {wheel.filename for wheel in wheels}
-    closure = []
-    for item in items:
-        info = item["download_info"]
-        if Artifact(url=info["url"], sha256=None).filename in own:
-            continue
-        hashes = info.get("archive_info", {}).get("hashes", {})
-        closure.append(Artifact(url=info["url"], sha256=hashes.get("sha256")))
+    closure = [artifact for artifact in found if artifact.filename not in own]
     return tuple(sorted(closure, key=lambda artifact: artifact.filename))
+
+
+def _artifact(info: dict[str, Any]) -> Artifact:
+    """One wheel of pip's report, checked like any input: its URL becomes a file name in the cache (and goes into
+    versions.lock without credentials: a private index's login belongs to a mirror or ~/.netrc), its sha256 a
+    cache path."""
+    url = info["url"]
+    if not isinstance(url, str) or not url.startswith(("http://", "https://", "file://")):
+        raise ValueError(f"not a URL: {url!r}")
+    url = redact.without_credentials(url)
+    problem = filename_problem(Artifact(url=url, sha256=None).filename)
+    sha256 = info.get("archive_info", {}).get("hashes", {}).get("sha256")
+    problem = problem or (sha256_problem(sha256) if sha256 is not None else None)
+    if problem:
+        raise ValueError(f"{redact.url(url)}: {problem}")
+    return Artifact(url=url, sha256=sha256)
 
 
 def _named_copy(image: ImageSpec, wheel: FetchedFile, scratch: Path) -> Path:

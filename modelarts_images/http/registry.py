@@ -9,8 +9,9 @@
 - ``HEAD``/``GET /v2/<name>/manifests/<tag>`` with Accept for docker v2 schema 2, docker manifest lists, OCI
   manifests and OCI indexes: the digest (Docker-Content-Digest, checked against the body's sha256 on GET) and
   the media type; 404 means the tag is absent.
-- Connection errors, timeouts, bodies cut short, 429 and 5xx answers are retried with exponential backoff;
-  everything else (a malformed token realm, a redirect loop, ...) fails at once with RegistryError (exit 6).
+- Connection errors, timeouts, bodies cut short, 429 and 5xx answers are retried with exponential backoff,
+  waiting at least what a Retry-After header asks for (up to retry.MAX_RETRY_AFTER); everything else (a
+  malformed token realm, a redirect loop, ...) fails at once with RegistryError (exit 6).
 """
 
 from __future__ import annotations
@@ -217,7 +218,9 @@ class Registry:
                 raise RegistryError(self._mask(
                     f"{self.registry}: {method} {redact.url(url)} failed: {one_line(str(error))}")) from None
             if response.status_code == 429 or response.status_code >= 500:
-                raise retry.TransientError(f"HTTP {response.status_code} {response.reason}")
+                # A rate-limited registry says when to come back; asking sooner only earns another 429.
+                raise retry.TransientError(f"HTTP {response.status_code} {response.reason}",
+                                           retry_after=retry.parse_retry_after(response.headers.get("Retry-After")))
             return response
 
         def give_up(attempts: int, failure: retry.TransientError) -> RegistryError:

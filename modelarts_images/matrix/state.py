@@ -6,12 +6,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 from modelarts_images.errors import ConfigError
 from modelarts_images.matrix.cells import CellRecord
 from modelarts_images.shared.files import write_atomic
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "matrix-state.json"
 SCHEMA = 1
@@ -25,13 +28,22 @@ class State:
         """The last success of each cell; an entry that cannot be read counts as none (the cell runs)."""
         try:
             document = json.loads(self.path.read_text("utf-8"))
-        except (OSError, ValueError):
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as error:
+            log.warning("matrix state %s cannot be read (%s): every cell runs", self.path, error)
             return {}
         cells = document.get("cells") if isinstance(document, dict) else None
+        if not isinstance(cells, dict):
+            log.warning("matrix state %s holds no cells: every cell runs", self.path)
+            return {}
         found = {}
-        for cell_id, entry in (cells.items() if isinstance(cells, dict) else ()):
-            with contextlib.suppress(KeyError, TypeError, ValueError):
+        for cell_id, entry in cells.items():
+            try:
                 found[str(cell_id)] = CellRecord.from_json(entry)
+            except (KeyError, TypeError, ValueError, AttributeError) as error:
+                log.warning("matrix state %s: the entry of %s cannot be read (%r): that cell runs", self.path,
+                            cell_id, error)
         return found
 
     @contextlib.contextmanager

@@ -183,10 +183,10 @@ def _login(engine: Engine, credentials: swr.Credentials) -> RegistryAuth:
                                           password=credentials.password))
     except RegistryRefusedError as refused:
         if refused.kind is Refusal.AUTH:
-            raise RegistryError(f"{credentials.registry} rejected the login of {credentials.shown_user} (from "
-                                f"{credentials.source}): wrong user name or password ({one_line(refused.detail, 400)})"
-                                ) from None
-        raise
+            raise RegistryError(credentials.hide(
+                f"{credentials.registry} rejected the login of {credentials.shown_user} (from {credentials.source}): "
+                f"wrong user name or password ({one_line(refused.detail, 400)})")) from None
+        raise RegistryError(credentials.hide(str(refused))) from None
     log.info("logged in to %s as %s (%s)", credentials.registry, credentials.shown_user, credentials.source)
     return auth
 
@@ -281,7 +281,8 @@ class _Publisher:
                                               secrets=credentials.secrets if credentials else (),
                                               progress=self.progress)
                 except RegistryRefusedError as refused:
-                    raise _refused(refused, target, authenticated=auth is not None, region=options.region) from None
+                    error = _refused(refused, target, authenticated=auth is not None, region=options.region)
+                    raise RegistryError(credentials.hide(str(error)) if credentials else str(error)) from None
                 confirmed = _confirm(registry, target, pushed.digest, local)
                 final = final or confirmed
                 results.append(TagOutcome(reference=str(target), digest=pushed.digest, outcome=outcome,

@@ -98,8 +98,17 @@ class Credentials:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """What every log line and message must mask."""
-        return (self.password,) if self.password else ()
+        """What every log line and message must mask: the password, and the AK of a long-term login."""
+        region, at, key = self.username.partition("@")
+        access_key = key if at and _REGION.match(region) and len(key) > 4 else ""
+        return tuple(secret for secret in (self.password, access_key) if secret)
+
+    def hide(self, text: str) -> str:
+        """`text` as messages may show it: the user name as shown_user (an AK cut to its first characters, as a
+        registry's error may quote the whole user name), every secret masked."""
+        if self.username != self.shown_user:
+            text = text.replace(self.username, self.shown_user)
+        return redact.text(text, self.secrets)
 
 
 def _pair(env: Mapping[str, str], first: str, second: str) -> tuple[str, str] | None:

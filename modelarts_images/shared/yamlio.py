@@ -1,13 +1,104 @@
-"""YAML parsing through libyaml when PyYAML has it: the pure-Python parser costs a tenth of a second per run."""
+"""Every YAML the tool reads (versions.yaml, versions.lock, invoke config files, its own tables), read one way:
+bounded, and with every way it can fail turned into a ConfigError that names the file.
+
+libyaml parses when PyYAML has it (the pure-Python parser costs a tenth of a second per run); a loader of one's
+own (versions.yaml's, which refuses duplicate keys) can be passed instead.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from modelarts_images.errors import ConfigError
+
 SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# Nodes a document may hold once its aliases are expanded. Aliases let a few lines stand for billions of nodes
+# ("billion laughs"), which anything that walks the document (a schema check, invoke's config merge) would then
+# visit one by one; real files here hold a few thousand.
+MAX_NODES = 1_000_000
 
 
 def safe_load(text: str) -> Any:
+    """A document from text the tool ships itself (its compatibility table)."""
     return yaml.load(text, Loader=SafeLoader)
+
+
+def read(path: Path, *, loader: type[yaml.SafeLoader] = SafeLoader, label: str | None = None) -> Any:
+    """The document in a YAML file; ConfigError naming the file (`label`, default its name) when it cannot be read
+    or parsed."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read: {error.strerror or error}") from None
+    return parse(text, label=label or path.name, loader=loader)
+
+
+def parse(text: str, *, label: str, loader: type[yaml.SafeLoader] = SafeLoader) -> Any:
+    """The document in `text`, or ConfigError starting with `label`: not YAML, a value no Python type can hold
+    (a date out of range, a key that is a list, an integer beyond Python's digit limit), nested too deeply, or
+    too large once its aliases are expanded."""
+    try:
+        reader = loader(text)
+        try:
+            node = reader.get_single_node()
+            if node is None:
+                return None
+            if _expanded_size(node) > MAX_NODES:
+                raise ConfigError(f"{label}: holds more than {MAX_NODES:,} values once its YAML aliases are "
+                                  "expanded; write the values out instead of nesting aliases")
+            return reader.construct_document(node)
+        finally:
+            reader.dispose()
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ConfigError(f"{label}: {where}not valid YAML: {error.problem}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{label}: not valid YAML: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{label}: nested too deeply to be read") from None
+    except (ValueError, TypeError, OverflowError) as error:  # raised by PyYAML's constructors
+        raise ConfigError(f"{label}: a value cannot be read: {error}") from None
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many nodes the document has with every alias expanded, counted without expanding them: each node is
+    visited once, its size remembered (aliases make the graph a DAG; a recursive alias counts as too large)."""
+    sizes: dict[int, int] = {}
+    in_progress: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:  # iterative: a deeply nested document must not exhaust Python's stack here
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children = _children(node)
+        if children_done:
+            in_progress.discard(key)
+            sizes[key] = min(1 + sum(sizes[id(child)] for child in children), MAX_NODES + 1)
+            continue
+        if key in in_progress:  # a node that contains itself
+            return MAX_NODES + 1
+        in_progress.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in in_progress:
+                return MAX_NODES + 1
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []

@@ -8,6 +8,10 @@
 Blobs live in memory. Range (206 + Content-Range, 416), ETag / Last-Modified and If-Range are supported, and
 every request is recorded with its headers, status and the body bytes actually sent. Each response closes its
 connection (HTTP/1.0), so no idle keep-alive thread outlives a test.
+
+Hostile servers too: answers of only part of the file (`piece`, with an honest or a lying Content-Range), 429/503
+with Retry-After, bodies that never end (`endless`), trickles (`throttle`), and bodies sent with a
+Content-Encoding (the blob is served as given: pass it compressed).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class Route:
     status: int = 200  # anything else (404, 403, ...) is answered on every request
     fail_times: int = 0  # the first `fail_times` requests get `fail_status`
     fail_status: int = 500
+    retry_after: str | None = None  # a Retry-After header on the `fail_status` answers
     cut_after: int | None = None  # send this many body bytes, then close the connection
     cut_times: int | None = 1  # how many responses are cut; None: every one
     stall_after: int | None = None  # send this many body bytes, then go silent for STALL_SECONDS
@@ -43,6 +48,11 @@ class Route:
     wrong_bytes: bool = False  # serve other content (same length) than `body`
     ignore_range: bool = False  # always answer 200 with the whole body
     throttle: int | None = None  # bytes per second
+    piece: int | None = None  # every answer, even to a plain GET, is a 206 with at most this many bytes
+    lie_range: bool = False  # with `piece`: Content-Range claims up to the end, but only `piece` bytes follow
+    endless: bool = False  # no Content-Length, and the body repeated until the client leaves
+    content_type: str = "application/octet-stream"
+    content_encoding: str | None = None  # sent as Content-Encoding; the body is served as given
     last_modified: str | None = LAST_MODIFIED
     hits: int = 0
     cuts: int = 0
@@ -92,8 +102,9 @@ class FileServer:
         """Serve `body` at `path` (replacing what was there) and return its URL.
 
         `etag` defaults to a hash of the body; `validators=False` sends neither ETag nor Last-Modified.
-        `faults` are Route fields: status, fail_times, fail_status, cut_after, cut_times, stall_after,
-        stall_times, wrong_bytes, ignore_range, throttle.
+        `faults` are Route fields: status, fail_times, fail_status, retry_after, cut_after, cut_times,
+        stall_after, stall_times, wrong_bytes, ignore_range, throttle, piece, lie_range, endless, content_type,
+        content_encoding.
         """
         if validators and etag is None:
             etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
@@ -187,9 +198,12 @@ class _Handler(BaseHTTPRequestHandler):
         with owner._idle:  # counters change under the server's lock: handlers run in parallel
             route.hits += 1
             if route.hits <= route.fail_times:
-                return self._simple(route.fail_status), 0, False
+                retry_after = {"Retry-After": route.retry_after} if route.retry_after is not None else {}
+                return self._simple(route.fail_status, retry_after), 0, False
         if route.status != 200:
             return self._simple(route.status), 0, False
+        if route.endless:
+            return self._endless(owner, route)
 
         body = route.served_body()
         status, start, end = 200, 0, len(body)
@@ -207,10 +221,16 @@ class _Handler(BaseHTTPRequestHandler):
             if requested.group(2):
                 end = min(int(requested.group(2)) + 1, len(body))
             status = 206
+        claimed_end = end
+        if route.piece is not None:  # part of the file, whatever was asked
+            status, end = 206, min(end, start + route.piece)
+            claimed_end = claimed_end if route.lie_range else end
         piece = body[start:end]
 
         self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Type", route.content_type)
+        if route.content_encoding:
+            self.send_header("Content-Encoding", route.content_encoding)
         self.send_header("Content-Length", str(len(piece)))
         self.send_header("Accept-Ranges", "bytes")
         if route.etag:
@@ -218,7 +238,7 @@ class _Handler(BaseHTTPRequestHandler):
         if route.last_modified:
             self.send_header("Last-Modified", route.last_modified)
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(body)}")
+            self.send_header("Content-Range", f"bytes {start}-{claimed_end - 1}/{len(body)}")
         self.end_headers()
 
         limit, stall = len(piece), False
@@ -241,11 +261,30 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         return status, sent, stall
 
-    def _simple(self, status: int) -> int:
+    def _endless(self, owner: FileServer, route: Route) -> tuple[int, int, bool]:
+        """200 without Content-Length, the body over and over until the client hangs up or the server stops."""
+        self.send_response(200)
+        self.send_header("Content-Type", route.content_type)
+        if route.content_encoding:
+            self.send_header("Content-Encoding", route.content_encoding)
+        self.end_headers()
+        self.close_connection = True
+        sent = 0
+        try:
+            while not owner.stop.is_set():
+                self.wfile.write(route.body)
+                sent += len(route.body)
+        except ConnectionError:  # the client gave up: what this fault is for
+            pass
+        return 200, sent, False
+
+    def _simple(self, status: int, headers: dict[str, str] | None = None) -> int:
         text = f"{status} {self.responses.get(status, ('',))[0]}\n".encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(text)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(text)
         return status

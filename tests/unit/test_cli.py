@@ -46,4 +46,4 @@ def test_environment_values_reach_the_checks() -> None:
     result = subprocess.run([sys.executable, "-m", "invoke", "fetch", "--offline"], cwd=ROOT, capture_output=True,
                             text=True, check=False, timeout=120, env=env)
     assert (result.returncode, result.stderr.strip()) == (
-        2, "error: invoke.yaml: modelarts.jobs: must be a whole number of at least 1 (got 'many')")
+        2, "error: INVOKE_MODELARTS_JOBS (environment): must be a whole number of at least 1 (got 'many')")

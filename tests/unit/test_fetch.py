@@ -89,7 +89,7 @@ def test_fetch_pins_then_reuses(setup: Setup) -> None:
     assert stored == sorted([sha(INSTALLER), sha(setup.wheel)])
     entry = setup.lock()["images"]["test-cpu"]  # type: ignore[index]
     assert entry["wheels"] == [{"url": setup.server.url("/files/torch-2.13.0%2Bcpu-cp311-cp311-linux_x86_64.whl"),
-                                "sha256": sha(setup.wheel)}]
+                                "sha256": sha(setup.wheel), "size": len(setup.wheel)}]
     requests_before = len(setup.server.requests())
     second = setup.inv("fetch", "--no-closure", "--locked")
     assert second.returncode == 0, second.stderr
@@ -146,7 +146,7 @@ def test_wheels_are_derived_from_the_index(setup: Setup) -> None:
     assert result.returncode == 0, result.stderr
     entry = setup.lock()["images"]["test-cpu"]  # type: ignore[index]
     assert entry["wheels"] == [{"url": "https://download.pytorch.org/whl/cpu/torch-2.13.0%2Bcpu-cp311-cp311-linux_x86_64.whl",
-                                "sha256": digest}]
+                                "sha256": digest, "size": len(setup.wheel)}]
     assert "trust on first use" not in result.stderr.split("stand-in.sh")[-1]
 
 

@@ -88,7 +88,8 @@ def test_lock_round_trip(tmp_path: Path) -> None:
 def test_lock_unreadable(tmp_path: Path) -> None:
     path = tmp_path / "versions.lock"
     path.write_text("images:\n  x:\n    inputs: y\n", "utf-8")
-    with pytest.raises(ConfigError, match=r"^versions.lock: unreadable \(KeyError\); delete it and run `inv lock`$"):
+    with pytest.raises(ConfigError, match=r"^versions.lock: x.installer: must be a mapping with url and sha256; "
+                                          r"delete the entry \(or the file\) and run `inv lock`$"):
         lockfile.read(path)
 
 

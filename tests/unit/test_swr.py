@@ -170,7 +170,18 @@ def test_repr_and_str_never_show_the_password() -> None:
         assert AK not in text  # the AK is cut to its first characters
         assert "***" in text
     assert found.shown_user == "cn-north-4@HPUA…"
-    assert found.secrets == (found.password,)
+    assert found.secrets == (found.password, AK)
+
+
+def test_a_message_quoting_the_user_shows_the_ak_cut() -> None:
+    found = swr.resolve_credentials(SWR_HOST, {"HUAWEICLOUD_SDK_AK": AK, "HUAWEICLOUD_SDK_SK": SK})
+    assert found is not None
+    quoted = f"unauthorized: user {found.username} may not push; key {AK}; password {found.password}"
+    assert found.hide(quoted) == "unauthorized: user cn-north-4@HPUA… may not push; key ***; password ***"
+    plain = swr.resolve_credentials("registry.example.com", {"MODELARTS_REGISTRY_USER": "robot",
+                                                              "MODELARTS_REGISTRY_PASSWORD": "pw-123456"})
+    assert plain is not None and plain.secrets == ("pw-123456",)
+    assert plain.hide("robot: pw-123456 refused") == "robot: *** refused"
 
 
 def test_credentials_are_frozen() -> None:
