@@ -119,8 +119,8 @@ class FetchOptions:
     cache_dir: Path
     lock_path: Path
     jobs: int = 4
-    # A transfer slower than min_speed bytes/s over SPEED_WINDOW seconds is cut (and retried, resuming): a server
-    # that trickles a byte every few seconds never trips a read timeout. A file of unknown size stops at
+    # A transfer slower than min_speed bytes/s over a minute is cut, and resumed: a server that trickles a byte
+    # every few seconds never trips a read timeout. A file whose size versions.lock does not record stops at
     # max_file_size, so an endless body cannot fill the disk.
     min_speed: int = 1024
     max_file_size: int = 20_000_000_000

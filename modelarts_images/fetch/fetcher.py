@@ -73,7 +73,8 @@ class _Fetcher:
             raise FetchError(f"{image.id}: --offline, but its wheels must be looked up at {redact.url(url)}; "
                              "run `inv lock` online once so versions.lock pins them")
         try:
-            return download.get_text(mirrored(url, self.options.mirrors), session=self.session)
+            return download.get_text(mirrored(url, self.options.mirrors), session=self.session,
+                                     min_speed=self.options.min_speed)
         except FetchError as error:
             raise FetchError(f"{image.id}: {error}") from None
 
@@ -103,7 +104,7 @@ class _Fetcher:
                              "versions.lock")
         source = mirrored(artifact.url, options.mirrors)
         if artifact.sha256:
-            transfer = self._download(source, cache.blob(artifact.sha256), artifact.sha256, owner)
+            transfer = self._download(source, cache.blob(artifact.sha256), artifact, owner)
             cache.record(transfer.sha256)
             return FetchedFile(filename=artifact.filename, path=transfer.path, url=artifact.url,
                                sha256=transfer.sha256)
@@ -119,15 +120,18 @@ class _Fetcher:
             if known and not options.refresh and cache.has(known):
                 self.count(reused=1)
                 return FetchedFile(filename=artifact.filename, path=cache.blob(known), url=artifact.url, sha256=known)
-            transfer = self._download(source, cache.entry(key), None, owner)
+            transfer = self._download(source, cache.entry(key), artifact, owner)
             path = cache.adopt(transfer.path, transfer.sha256)
             cache.write_note(f"{key}.sha256", transfer.sha256)
         return FetchedFile(filename=artifact.filename, path=path, url=artifact.url, sha256=transfer.sha256)
 
-    def _download(self, source: str, target: Path, sha256: str | None, owner: str) -> download.Transfer:
+    def _download(self, source: str, target: Path, artifact: Artifact, owner: str) -> download.Transfer:
+        options = self.options
         try:
-            transfer = download.download(source, target, expected_sha256=sha256, session=self.session,
-                                         progress=self.progress, abort=self.abort)
+            transfer = download.download(source, target, expected_sha256=artifact.sha256,
+                                         expected_size=artifact.size, max_size=options.max_file_size,
+                                         min_speed=options.min_speed, session=self.session, progress=self.progress,
+                                         abort=self.abort)
         except download.AbortedError as error:
             raise download.AbortedError(f"{owner}: {error}") from None
         except FetchError as error:

@@ -410,7 +410,7 @@ def _local_path(url: str) -> Path:
 def _open_regular(url: str, source: Path) -> Iterator[BinaryIO]:
     """The file a file:// URL names, open for reading, when it is a regular file (after following links) outside
     the kernel's trees; FetchError otherwise."""
-    resolved = source.resolve()
+    resolved = Path(os.path.realpath(source))  # Path.resolve() raises RuntimeError on a link loop; open() says ELOOP
     shown = str(source) if resolved == source else f"{source} (a link to {resolved})"
     tree = next((root for root in _KERNEL_TREES if resolved == root or root in resolved.parents), None)
     if tree is not None:
@@ -420,16 +420,18 @@ def _open_regular(url: str, source: Path) -> Iterator[BinaryIO]:
             "included, into the cache); point the URL at a file on disk")
     try:
         # O_NONBLOCK: opening a FIFO would wait for a writer forever; reading a regular file ignores the flag.
-        fd = os.open(resolved, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        # O_NOFOLLOW: the resolved path has no link left; one put there since the check above is refused (ELOOP).
+        fd = os.open(resolved, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         raise FetchError(f"local file not found: {source} ({redact.url(url)})") from None
     except OSError as exc:
         raise FetchError(f"cannot read {shown} for {redact.url(url)}: {exc.strerror or exc}") from None
+    kind = _irregular_kind(os.fstat(fd).st_mode)  # of what was opened, not of what the path named a moment ago
+    if kind is not None:
+        os.close(fd)
+        raise FetchError(f"file URL {redact.url(url)} is not a regular file: {shown} is {kind}; point the URL at "
+                         "the file itself")
     with os.fdopen(fd, "rb") as src:
-        kind = _irregular_kind(os.fstat(fd).st_mode)
-        if kind is not None:
-            raise FetchError(f"file URL {redact.url(url)} is not a regular file: {shown} is {kind}; point the URL "
-                             "at the file itself")
         yield src
 
 

@@ -274,7 +274,7 @@ class Registry:
     # Messages
 
     def _mask(self, text: str) -> str:
-        return redact.text(text, self.credentials.secrets if self.credentials else ())
+        return self.credentials.hide(text) if self.credentials else redact.text(text)
 
     def _login_needed(self) -> str:
         return (f"{self.registry} requires a login and no credentials were found: "

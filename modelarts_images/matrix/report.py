@@ -175,11 +175,15 @@ def summary_table(records: Sequence[CellRecord], *, tty: bool) -> str:
 def print_summary(reports_dir: Path, *, run_token: str = "", tty: bool | None = None) -> int:
     """For `nox -s matrix`'s closing session: the table of matrix.json's cells (those of run `run_token` when
     given); 1 when any of them failed, listing each with its reason."""
+    path = reports_dir / JSON_NAME
     try:
-        document = json.loads((reports_dir / JSON_NAME).read_text("utf-8"))
+        document = json.loads(path.read_text("utf-8"))
         records = [CellRecord.from_json(cell) for cell in document["cells"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        print(f"no matrix report at {reports_dir / JSON_NAME}")
+    except FileNotFoundError:
+        print(f"no matrix report at {path}")
+        return 1
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        print(f"the matrix report {path} cannot be read ({error!r}); run the matrix again to rewrite it")
         return 1
     if run_token:
         records = [record for record in records if record.run == run_token]

@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
+import email.utils
+import gzip
 import hashlib
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import tracemalloc
+import zlib
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict, TypeVar
 
 import pytest
 import requests
 
 from modelarts_images.errors import FetchError
 from modelarts_images.http.download import AbortedError, Transfer, download, get_text
+from modelarts_images.shared import retry
 from tests.support.http_server import FileServer, serve
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[2]
 MB = 1 << 20
@@ -32,6 +41,11 @@ class Timing(TypedDict):
     backoff: float
     connect_timeout: float
     read_timeout: float
+
+
+class Bounds(TypedDict, total=False):
+    expected_size: int
+    max_size: int
 
 
 FAST: Timing = {"backoff": 0.01, "connect_timeout": 2.0, "read_timeout": 2.0}  # a failing test fails fast
@@ -484,3 +498,381 @@ def test_abort_stops_a_running_download_and_keeps_its_partial(server: FileServer
     assert time.monotonic() - started < 2.5
     assert 0 < part.stat().st_size < len(data)  # kept for the next run to resume
     assert not (tmp_path / "slow.whl").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hostile servers: partial answers, trickles, endless bodies, rate limits; files the kernel makes up; gzip bombs
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The pauses retry.call makes, recorded instead of slept: a Retry-After of a minute must not slow the tests."""
+    recorded: list[float] = []
+    real = retry.call
+
+    def call(action: Callable[[int], T], **options: Any) -> T:
+        return real(action, **{**options, "wait": recorded.append})
+
+    monkeypatch.setattr(retry, "call", call)
+    return recorded
+
+
+def test_a_206_with_part_of_the_file_to_a_plain_get_is_continued(server: FileServer, tmp_path: Path) -> None:
+    data = blob(1200)
+    url = server.add("/half.sh", data, piece=500)
+
+    # No sha256 (trust on first use): only a complete file may be pinned.
+    result = download(url, tmp_path / "half.sh", expected_sha256=None, **FAST)
+
+    assert (tmp_path / "half.sh").read_bytes() == data
+    assert (result.size, result.sha256, result.attempts, result.bytes_transferred) == (1200, sha(data), 3, 1200)
+    requests_made = server.requests("/half.sh")
+    assert [r.headers.get("range") for r in requests_made] == [None, "bytes=500-", "bytes=1000-"]
+    assert [r.status for r in requests_made] == [206, 206, 206]
+    assert server.bytes_sent("/half.sh") == len(data)
+
+
+def test_a_206_carrying_less_than_its_content_range_says_is_resumed(server: FileServer, tmp_path: Path) -> None:
+    data = blob(1200)
+    url = server.add("/liar.sh", data, piece=500, lie_range=True)  # 'bytes 0-1199/1200' with 500 bytes in it
+
+    result = download(url, tmp_path / "liar.sh", expected_sha256=None, **FAST)
+
+    assert (tmp_path / "liar.sh").read_bytes() == data
+    assert (result.size, result.attempts) == (1200, 3)
+
+
+def test_a_server_that_never_sends_the_whole_file_is_a_fetch_error(server: FileServer, tmp_path: Path) -> None:
+    data = blob(5000)
+    url = server.add("/never.sh", data, piece=500)
+
+    with pytest.raises(FetchError) as caught:
+        download(url, tmp_path / "never.sh", expected_sha256=None, retries=1, **FAST)
+
+    assert str(caught.value) == (f"download failed after 2 attempts: {url}: the server never sent the whole file: "
+                                 "1000 of its 5000 bytes arrived (its last answer: bytes 500-999)")
+    assert caught.value.exit_code == 3
+    assert leftovers(tmp_path) == ["never.sh.part", "never.sh.part.meta"]  # no final file; kept for a resume
+
+
+def test_a_trickle_is_cut_for_being_too_slow_then_resumed(server: FileServer, tmp_path: Path) -> None:
+    data = blob(60)
+    url = server.add("/trickle.whl", data, throttle=10)  # a byte every 0.1 s: no read ever times out
+
+    started = time.monotonic()
+    with pytest.raises(FetchError) as caught:
+        download(url, tmp_path / "trickle.whl", expected_sha256=sha(data), retries=1, min_speed=100,
+                 speed_window=0.3, **FAST)
+
+    assert time.monotonic() - started < 3
+    assert re.fullmatch(rf"download failed after 2 attempts: {re.escape(url)}: too slow: \d+ bytes in 0.3 s, below "
+                        r"the minimum of 100 bytes/s \(min_speed in invoke.yaml\)", str(caught.value))
+    first, second = server.requests("/trickle.whl")
+    assert "range" not in first.headers
+    assert int(second.headers["range"].removeprefix("bytes=").removesuffix("-")) > 0  # resumed, not restarted
+    assert 0 < (tmp_path / "trickle.whl.part").stat().st_size < len(data)
+
+
+def test_a_transfer_above_the_minimum_speed_is_not_cut(server: FileServer, tmp_path: Path) -> None:
+    data = blob(40_000)
+    url = server.add("/steady.whl", data, throttle=40_000)  # 1 s in full, 2000 bytes every 0.05 s
+
+    result = download(url, tmp_path / "steady.whl", expected_sha256=sha(data), min_speed=2_000, speed_window=0.5,
+                      **FAST)
+
+    assert result.attempts == 1 and (tmp_path / "steady.whl").read_bytes() == data
+
+
+@pytest.mark.parametrize(("bounds", "message"), [
+    ({"max_size": 50_000}, "is larger than max_file_size in invoke.yaml (50000 bytes, 50.0 KB; the server announces "
+                           "100000 bytes): if the file really is that large, raise max_file_size"),
+    ({"expected_size": 50_000}, "is larger than the 50000 bytes versions.lock records (the server announces 100000 "
+                                "bytes)"),
+], ids=["max_file_size", "versions.lock"])
+def test_an_announced_size_above_the_bound_is_refused_at_once(
+    server: FileServer, tmp_path: Path, bounds: Bounds, message: str
+) -> None:
+    data = blob(100_000)
+    url = server.add("/big.whl", data, throttle=100_000)  # 1 s in full: refusing must not wait for the body
+
+    started = time.monotonic()
+    with pytest.raises(FetchError) as caught:
+        download(url, tmp_path / "big.whl", expected_sha256=None, **bounds, **FAST)
+
+    assert time.monotonic() - started < 0.8
+    assert str(caught.value).startswith(f"{url} {message}")
+    assert caught.value.exit_code == 3
+    assert len(server.requests("/big.whl")) == 1  # not retried: the file will not shrink
+    assert leftovers(tmp_path) == []
+
+
+def test_a_resumed_range_whose_total_is_above_the_bound_is_refused(server: FileServer, tmp_path: Path) -> None:
+    data = blob(100_000)
+    url = server.add("/grown.whl", data)
+    write_partial(tmp_path / "grown.whl", data[:10_000], url=url, validator=server.routes["/grown.whl"].etag)
+
+    with pytest.raises(FetchError, match=r"larger than the 60000 bytes versions.lock records \(the server announces "
+                                         r"100000 bytes\)"):
+        download(url, tmp_path / "grown.whl", expected_sha256=None, expected_size=60_000, **FAST)
+
+    assert [r.status for r in server.requests("/grown.whl")] == [206]
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("bounds", [{"max_size": 300_000}, {"expected_size": 300_000}],
+                         ids=["max_file_size", "versions.lock"])
+def test_an_endless_body_stops_at_the_bound(server: FileServer, tmp_path: Path, bounds: Bounds) -> None:
+    url = server.add("/endless.whl", blob(64 * 1024), endless=True)  # no Content-Length, never ends
+
+    with pytest.raises(FetchError) as caught:
+        download(url, tmp_path / "endless.whl", expected_sha256=None, **bounds, **FAST)
+
+    assert str(caught.value).startswith(f"{url} is larger than ")
+    assert "300000 bytes" in str(caught.value) and "the server kept sending past it" in str(caught.value)
+    assert leftovers(tmp_path) == []  # nothing of it stays on disk
+
+
+def test_file_url_larger_than_the_recorded_size_is_refused(tmp_path: Path) -> None:
+    source = tmp_path / "src.whl"
+    source.write_bytes(blob(10_000))
+
+    with pytest.raises(FetchError, match=r"is larger than the 9999 bytes versions.lock records \(the file has 10000 "
+                                         r"bytes\)"):
+        download(source.as_uri(), tmp_path / "out" / "dst.whl", expected_sha256=None, expected_size=9999)
+
+    assert leftovers(tmp_path / "out") == []
+
+
+def finishes_within(seconds: float, action: Callable[[], object], release: Callable[[], None]) -> BaseException | None:
+    """Run `action` in a thread; what it raised (None: returned). If it is still running after `seconds`, call
+    `release` to unblock it and fail: a hang must fail the test, not hold the suite."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            action()
+            outcome.append(None)
+        except BaseException as error:  # handed to the test, which asserts on it
+            outcome.append(error)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        release()
+        worker.join(5)
+        pytest.fail(f"still running after {seconds}s")
+    return outcome[0]
+
+
+def release_fifo(path: Path) -> None:
+    """Open the FIFO for writing and close it: a reader blocked in open() then reads its end."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.parametrize("kind", ["/proc/self/environ", "a link to /proc/self/environ", "/dev/null", "a directory",
+                                  "a named pipe"])
+def test_file_url_that_is_not_a_regular_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    monkeypatch.setenv("SOME_TOKEN", "s3cret-in-the-environment")
+    path = {"/proc/self/environ": Path("/proc/self/environ"), "/dev/null": Path("/dev/null")}.get(kind)
+    if path is None:
+        path = tmp_path / "innocent.whl"
+        if kind == "a directory":
+            path.mkdir()
+        elif kind == "a named pipe":
+            os.mkfifo(path)
+        else:
+            path.symlink_to("/proc/self/environ")
+    out = tmp_path / "out"
+
+    error = finishes_within(5, lambda: download(path.as_uri(), out / "f.whl", expected_sha256=None),
+                            release=lambda: release_fifo(path))
+
+    assert isinstance(error, FetchError), error
+    assert str(error).startswith(f"file URL {path.as_uri()} is not a regular file: ")
+    assert error.exit_code == 3
+    assert leftovers(out) == []
+    assert not any(b"s3cret" in p.read_bytes() for p in out.iterdir() if p.is_file())
+
+
+def test_file_url_into_proc_names_the_danger(tmp_path: Path) -> None:
+    link = tmp_path / "innocent.whl"
+    link.symlink_to("/proc/self/environ")
+
+    with pytest.raises(FetchError) as caught:
+        download(link.as_uri(), tmp_path / "out" / "f.whl", expected_sha256=None)
+
+    assert f"{link} (a link to /proc/" in str(caught.value)
+    assert "is under /proc" in str(caught.value) and "secrets" in str(caught.value)
+
+
+def test_file_url_with_a_link_loop_says_so_and_not_that_the_cache_failed(tmp_path: Path) -> None:
+    (tmp_path / "a.whl").symlink_to(tmp_path / "b.whl")
+    (tmp_path / "b.whl").symlink_to(tmp_path / "a.whl")
+    url = (tmp_path / "a.whl").as_uri()
+
+    with pytest.raises(FetchError) as caught:
+        download(url, tmp_path / "out" / "f.whl", expected_sha256=None)
+
+    assert str(caught.value) == f"cannot read {tmp_path / 'a.whl'} for {url}: Too many levels of symbolic links"
+
+
+def test_429_is_retried_after_the_pause_the_server_asks_for(
+    server: FileServer, tmp_path: Path, waits: list[float]
+) -> None:
+    data = blob(1000)
+    url = server.add("/limited.whl", data, fail_times=2, fail_status=429, retry_after="7")
+
+    result = download(url, tmp_path / "limited.whl", expected_sha256=sha(data), **FAST)
+
+    assert result.attempts == 3 and (tmp_path / "limited.whl").read_bytes() == data
+    assert waits == [7.0, 7.0]  # not the backoff's 0.01 and 0.02: asking sooner only earns another 429
+
+
+def test_429_for_too_long_is_a_fetch_error_naming_the_url(
+    server: FileServer, tmp_path: Path, waits: list[float]
+) -> None:
+    url = with_userinfo(server.add("/limited.whl", b"x", fail_times=100, fail_status=429, retry_after="2"), "u:s3cret")
+
+    with pytest.raises(FetchError) as caught:
+        download(url, tmp_path / "limited.whl", expected_sha256=None, retries=1, **FAST)
+
+    assert str(caught.value) == (f"download failed after 2 attempts: http://u:***@127.0.0.1:{server.port}/limited.whl: "
+                                 "HTTP 429 Too Many Requests (Retry-After: 2s)")
+    assert waits == [2.0]
+
+
+def test_a_retry_after_date_hours_away_is_capped(server: FileServer, tmp_path: Path, waits: list[float]) -> None:
+    data = blob(1000)
+    later = email.utils.formatdate(time.time() + 3 * 3600, usegmt=True)
+    url = server.add("/busy.whl", data, fail_times=1, fail_status=503, retry_after=later)
+
+    download(url, tmp_path / "busy.whl", expected_sha256=sha(data), **FAST)
+
+    assert waits == [retry.MAX_RETRY_AFTER] and retry.MAX_RETRY_AFTER == 60.0
+
+
+def test_a_page_answered_429_is_retried_after_its_retry_after(server: FileServer, waits: list[float]) -> None:
+    url = server.add("/simple/torch/", b"<a href='t.whl'>t</a>", fail_times=1, fail_status=429, retry_after="3")
+
+    with requests.Session() as session:
+        assert get_text(url, session=session, backoff=0.01) == "<a href='t.whl'>t</a>"
+
+    assert waits == [3.0]
+
+
+def test_a_pinned_partial_holding_every_byte_is_finished_without_a_download(
+    server: FileServer, tmp_path: Path
+) -> None:
+    data = blob(200_000)
+    url = server.add("/done.whl", data)
+    etag = server.routes["/done.whl"].etag
+    write_partial(tmp_path / "done.whl", data, url=url, validator=etag)  # killed after the last byte, before rename
+
+    result = download(url, tmp_path / "done.whl", expected_sha256=sha(data), **FAST)
+
+    assert (tmp_path / "done.whl").read_bytes() == data
+    assert (result.size, result.sha256, result.bytes_transferred, result.resumed_from, result.attempts) == (
+        len(data), sha(data), 0, len(data), 1)
+    assert [r.status for r in server.requests("/done.whl")] == [416]
+    assert server.bytes_sent("/done.whl") == 0
+    assert leftovers(tmp_path) == ["done.whl"]
+
+    # A partial of the same size with other bytes fails its sha256: downloaded again, not a mismatch error.
+    write_partial(tmp_path / "again.whl", blob(len(data), seed=9), url=url, validator=etag)
+    download(url, tmp_path / "again.whl", expected_sha256=sha(data), **FAST)
+    assert (tmp_path / "again.whl").read_bytes() == data
+    assert [r.status for r in server.requests("/done.whl")][1:] == [416, 200]
+
+
+def test_an_unpinned_partial_with_the_size_a_416_names_is_finished(server: FileServer, tmp_path: Path) -> None:
+    data = blob(200_000)
+    url = server.add("/done.sh", data)
+    write_partial(tmp_path / "done.sh", data, url=url, validator=server.routes["/done.sh"].etag)
+
+    result = download(url, tmp_path / "done.sh", expected_sha256=None, **FAST)
+
+    assert (result.size, result.sha256, result.bytes_transferred) == (len(data), sha(data), 0)
+    assert [r.status for r in server.requests("/done.sh")] == [416]
+    assert server.bytes_sent("/done.sh") == 0
+
+
+def gzipped_zeros(size: int) -> bytes:
+    """A gzip bomb: `size` zero bytes (a multiple of 1 MiB) in about size/1000 bytes, made without holding them."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(MB)
+    return b"".join([*(packer.compress(block) for _ in range(size // MB)), packer.flush()])
+
+
+def test_a_gzip_bomb_page_is_refused_within_the_bound(server: FileServer) -> None:
+    url = server.add("/simple/bomb/", gzipped_zeros(50 * MB), content_encoding="gzip", content_type="text/html")
+
+    tracemalloc.start()
+    try:
+        with requests.Session() as session, pytest.raises(FetchError) as caught:
+            get_text(url, session=session, max_bytes=MB, backoff=0.01)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert str(caught.value) == (f"index page larger than {MB} bytes (1.0 MB; it inflates past that): {url}; an index "
+                                 "of links is far smaller, so check the URL, or the mirror in invoke.yaml that "
+                                 "serves it")
+    assert caught.value.exit_code == 3
+    assert peak < 8 * MB  # never the 50 MiB the bomb holds
+    assert len(server.requests("/simple/bomb/")) == 1  # not retried
+
+
+def test_the_default_page_bound_is_64_mib(server: FileServer) -> None:
+    url = server.add("/simple/bomb/", gzipped_zeros(65 * MB), content_encoding="gzip")
+
+    with requests.Session() as session, pytest.raises(FetchError, match=rf"^index page larger than {64 * MB} bytes"):
+        get_text(url, session=session, backoff=0.01)
+
+
+def test_a_page_announcing_more_than_the_bound_is_refused_unread(server: FileServer) -> None:
+    url = server.add("/simple/huge/", b"x" * 100_000, throttle=100_000)  # 1 s in full
+
+    started = time.monotonic()
+    with requests.Session() as session, pytest.raises(FetchError, match=r"^index page larger than 50000 bytes \(50.0 "
+                                                                        r"KB; the server announces 100000 bytes\)"):
+        get_text(url, session=session, max_bytes=50_000, backoff=0.01)
+
+    assert time.monotonic() - started < 0.8
+
+
+def test_an_endless_page_stops_at_the_bound(server: FileServer) -> None:
+    url = server.add("/simple/endless/", b"<a href='x.whl'>x</a>\n" * 1000, endless=True)
+
+    with requests.Session() as session, pytest.raises(FetchError, match=r"^index page larger than 1000000 bytes "
+                                                                        r"\(1.0 MB; more than that arrived\)"):
+        get_text(url, session=session, max_bytes=1_000_000, backoff=0.01)
+
+
+def raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+@pytest.mark.parametrize(("encoding", "compress"), [
+    ("gzip", gzip.compress),
+    ("gzip", lambda data: gzip.compress(data[:1000]) + gzip.compress(data[1000:])),  # two members, as urllib3 reads
+    ("deflate", zlib.compress),
+    ("deflate", raw_deflate),  # what some servers send as 'deflate'
+])
+def test_a_compressed_page_is_decoded_whole_up_to_its_bound(
+    server: FileServer, encoding: str, compress: Callable[[bytes], bytes]
+) -> None:
+    text = "<a href='torch-2.0.0+cpu-cp311-cp311-linux_x86_64.whl'>torch (café)</a>\n" * 500
+    page = text.encode("iso-8859-1")
+    url = server.add("/simple/torch/", compress(page), content_encoding=encoding,
+                     content_type="text/html; charset=ISO-8859-1")
+
+    with requests.Session() as session:
+        assert get_text(url, session=session, max_bytes=len(page), backoff=0.01) == text  # exactly the bound: read
+
+    [request] = server.requests("/simple/torch/")
+    assert request.headers["accept-encoding"] == "gzip, deflate"

@@ -335,3 +335,17 @@ def test_an_environment_setting_is_named_as_such() -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == ("error: INVOKE_MODELARTS_MIN_SPEED (environment): must be a whole number of "
                                      "at least 1 (got '-1')")
+
+
+def test_the_size_the_lock_records_bounds_the_download(tmp_path: Path) -> None:
+    with serve() as server:
+        url = server.add("/files/a.sh", INSTALLER + b"# grown since it was locked\n" * 1000)
+        image = entry(url)
+        lock = tmp_path / "versions.lock"
+        lock.write_text(yaml.safe_dump({"images": {"cell": {
+            "inputs": lockfile.inputs_of(image), "installer": {"url": url, "sha256": SHA, "size": len(INSTALLER)},
+            "wheels": [{"url": url, "sha256": SHA, "size": len(INSTALLER)}], "closure": None}}}))
+        with pytest.raises(FetchError, match=f"is larger than the {len(INSTALLER)} bytes versions.lock records"):
+            fetch_images([image], options(tmp_path))
+    assert not list((tmp_path / "cache").rglob("*.part"))
+    assert not (tmp_path / "cache" / "blobs" / "sha256" / SHA).exists()

@@ -346,3 +346,19 @@ def test_a_bad_number_is_named_like_the_tasks_do(tmp_path: Path, capsys: pytest.
     code = cli.main(["--versions", str(versions), "--config", str(invoke_file), "--timeout", "soon"])
     assert code == ConfigError.exit_code
     assert "error: --timeout: 'soon' is not a number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("state", ["{not json", '{"cells": [1, 2]}', '{"cells": {"a": {"id": "a"}}}', "[]"])
+def test_a_corrupt_state_file_is_ignored_with_a_warning(harness: Any, state: str,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    harness.reports.mkdir(parents=True, exist_ok=True)
+    (harness.reports / "matrix-state.json").write_text(state)
+    records = harness.run([spec("a")])
+    assert [r.status for r in records] == [CellStatus.PASSED] and harness.calls == ["a"]
+    assert "matrix state" in caplog.text and "run" in caplog.text
+
+
+def test_a_corrupt_matrix_report_is_named_by_the_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "matrix.json").write_text('{"schema": 1, "cells": [{"id": 5}]}')
+    assert report.print_summary(tmp_path) == 1
+    assert capsys.readouterr().out.startswith(f"the matrix report {tmp_path / 'matrix.json'} cannot be read (")

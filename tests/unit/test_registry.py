@@ -5,17 +5,19 @@ the engine refused, over the loopback registry and a fake engine that feeds such
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
 import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -31,6 +33,8 @@ from modelarts_images.publish.swr import Credentials
 from modelarts_images.shared import retry
 from modelarts_images.shared.progress import ProgressCallback
 from tests.support.fake_engine import FakeEngine, image_config
+
+T = TypeVar("T")
 
 USER, PASSWORD = "tester", "s3cret-Passw0rd"
 TOKEN = "token-abc"
@@ -56,7 +60,9 @@ def manifest_body(media_type: str = registry.DOCKER_MANIFEST) -> bytes:
 class State:
     auth: str = "basic"  # "basic", "bearer" or "none"
     manifests: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # "name:tag" -> (media type, body)
-    fail_times: int = 0  # the first requests get 503
+    fail_times: int = 0  # the first requests get `fail_status`
+    fail_status: int = 503
+    retry_after: str | None = None  # a Retry-After header on those answers
     wrong_digest: bool = False
     omit_digest_on_head: bool = False
     realm: str | None = None  # the Bearer challenge's realm; None: this server's /token
@@ -96,7 +102,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         if state.fail_times > 0:
             state.fail_times -= 1
-            self.send(503, b"busy", head=head)
+            wait = {"Retry-After": state.retry_after} if state.retry_after is not None else {}
+            self.send(state.fail_status, b"busy", wait, head=head)
             return
         if parts.path == "/token":
             query = parse_qs(parts.query)
@@ -248,6 +255,39 @@ def test_5xx_for_too_long_fails() -> None:
             pytest.raises(RegistryError, match=r"cannot reach the registry .* after 3 attempts: HTTP 503"):
         api.manifest("o/r", "t")
     assert len(state.requests) == 3
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The pauses retry.call makes, recorded instead of slept: a Retry-After of a minute must not slow the tests."""
+    recorded: list[float] = []
+    real = retry.call
+
+    def call(action: Callable[[int], T], **options: Any) -> T:
+        return real(action, **{**options, "wait": recorded.append})
+
+    monkeypatch.setattr(retry, "call", call)
+    return recorded
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_is_honoured(waits: list[float], status: int) -> None:
+    state = State(manifests={"o/r:t": (registry.DOCKER_MANIFEST, manifest_body())}, fail_times=2, fail_status=status,
+                  retry_after="5")
+    with serve(state) as host, registry.Registry(host, creds(host), retries=3, backoff=0.01) as api:
+        assert api.manifest("o/r", "t") is not None
+    assert waits == [5.0, 5.0]  # not the backoff's 0.01 and 0.02: asking sooner only earns another refusal
+
+
+def test_a_retry_after_date_hours_away_is_capped(waits: list[float], caplog: pytest.LogCaptureFixture) -> None:
+    later = email.utils.formatdate(time.time() + 2 * 3600, usegmt=True)
+    state = State(manifests={"o/r:t": (registry.DOCKER_MANIFEST, manifest_body())}, fail_times=1, fail_status=429,
+                  retry_after=later)
+    with caplog.at_level(logging.WARNING, logger="modelarts_images.http.registry"), serve(state) as host, \
+            registry.Registry(host, creds(host), retries=3, backoff=0.01) as api:
+        assert api.manifest("o/r", "t") is not None
+    assert waits == [retry.MAX_RETRY_AFTER]
+    assert "HTTP 429 Too Many Requests; retrying in 60.00s (the server asked for " in caplog.text
 
 
 def test_registry_down_is_retried_then_fails() -> None:

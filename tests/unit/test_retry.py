@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 
 import pytest
 
@@ -178,3 +179,66 @@ def test_the_wait_gets_each_delay_capped() -> None:
     with pytest.raises(GaveUpError):
         run(action, retry.Backoff(retries=8, base=4.0), waits)
     assert waits == [4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0, 30.0]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Retry-After
+
+
+class Limited:
+    """An action answered 'HTTP 429' with the given Retry-After seconds, one per failing attempt, then 'done'."""
+
+    def __init__(self, *retry_after: float | None) -> None:
+        self.retry_after = list(retry_after)
+
+    def __call__(self, attempt: int) -> str:
+        if attempt <= len(self.retry_after):
+            raise retry.TransientError("HTTP 429 Too Many Requests", retry_after=self.retry_after[attempt - 1])
+        return "done"
+
+
+def test_a_retry_after_longer_than_the_backoff_is_waited_and_a_shorter_one_is_not() -> None:
+    waits: list[float] = []
+    call = retry.call(Limited(5.0, 0.1, None), backoff=retry.Backoff(retries=3, base=0.5), describe="GET thing",
+                      give_up=GaveUpError, log=log, wait=waits.append)
+    assert call == "done"
+    assert waits == [5.0, 1.0, 2.0]  # max(backoff, Retry-After): the server's wish never shortens the backoff
+
+
+def test_a_retry_after_is_capped_and_the_log_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    waits: list[float] = []
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        retry.call(Limited(86_400.0), backoff=retry.Backoff(retries=1, base=0.5), describe="GET thing",
+                   give_up=GaveUpError, log=log, wait=waits.append)
+    assert retry.MAX_RETRY_AFTER == 60.0
+    assert waits == [60.0]  # a hostile header cannot park the tool for a day
+    assert retry_lines(caplog) == ["GET thing: HTTP 429 Too Many Requests; retrying in 60.00s (the server asked for "
+                                   "86400s; waiting at most 60s) (attempt 2 of 2)"]
+
+
+def test_transient_error_without_retry_after() -> None:
+    failure = retry.TransientError("cut")
+    assert failure.retry_after is None and str(failure) == "cut"
+
+
+NOW = datetime(2024, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(("header", "seconds"), [
+    ("120", 120.0),
+    (" 7 ", 7.0),
+    ("0", 0.0),
+    ("Mon, 01 Jan 2024 12:01:30 GMT", 90.0),  # IMF-fixdate
+    ("Monday, 01-Jan-24 12:00:10 GMT", 10.0),  # RFC 850, obsolete but allowed
+    ("Mon Jan  1 12:00:20 2024", 20.0),  # asctime, without a zone: GMT
+    ("Mon, 01 Jan 2024 11:00:00 GMT", 0.0),  # already past: no pause of its own
+    ("9" * 5000, 1e10),  # far too long to be meant; no crash on a number int() refuses
+    (None, None),
+    ("", None),
+    ("soon", None),
+    ("-5", None),
+    ("1.5", None),
+    ("٣", None),  # a digit, but not an ASCII one
+])
+def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
+    assert retry.parse_retry_after(header, now=NOW) == seconds
