@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
@@ -223,6 +223,7 @@ def download(
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with _locked(target):
+            _unlink_planted(target, _part(target), _part_meta(target))
             reused = _reuse(url, target, expected)
             if reused is not None:
                 return reused
@@ -247,13 +248,47 @@ def _locked(target: Path) -> Iterator[None]:
     one still waits on the old one.
     """
     lock_path = target.with_name(target.name + ".lock")
-    with lock_path.open("a") as lock:
+    if lock_path.is_symlink():  # never a lock this tool made: removing it takes no lock from anyone
+        log.warning("%s is a symbolic link: removing it", lock_path)
+        lock_path.unlink()
+    with _open(lock_path, os.O_RDWR | os.O_CREAT) as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             log.info("waiting for another download of %s", target)
             fcntl.flock(lock, fcntl.LOCK_EX)
         yield  # closing the file releases the lock
+
+
+def _open(path: Path, flags: int) -> BinaryIO:
+    """A file of the download's own, never through a symbolic link: a link planted in the cache must not make
+    a download write (or read) a file elsewhere. A link there fails with ELOOP."""
+    descriptor = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    mode = "rb" if flags & (os.O_WRONLY | os.O_RDWR) == 0 else ("ab" if flags & os.O_APPEND else "r+b")
+    return cast(BinaryIO, os.fdopen(descriptor, mode))
+
+
+def _part(target: Path) -> Path:
+    return target.with_name(target.name + ".part")
+
+
+def _part_meta(target: Path) -> Path:
+    return target.with_name(target.name + ".part.meta")
+
+
+def _unlink_planted(*paths: Path) -> None:
+    """Remove what is not a regular file at the download's own names (a link, a pipe): they are the cache's, and
+    anything else there was put by someone else."""
+    for path in paths:
+        try:
+            status = path.lstat()
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(status.st_mode):
+            log.warning("%s is not a regular file: removing it before downloading", path)
+            if stat.S_ISDIR(status.st_mode):
+                raise FetchError(f"{path} is a directory where the cache keeps a download; remove it")
+            path.unlink()
 
 
 def _reuse(url: str, target: Path, expected: str | None) -> Transfer | None:
@@ -274,7 +309,7 @@ def _reuse(url: str, target: Path, expected: str | None) -> Transfer | None:
 def _hash_into(path: Path, hasher: hashlib._Hash) -> int:
     """Feed the file to `hasher`; returns its size."""
     size = 0
-    with path.open("rb") as fh:
+    with _open(path, os.O_RDONLY) as fh:
         while block := fh.read(1 << 20):
             hasher.update(block)
             size += len(block)
@@ -286,8 +321,8 @@ class _Partial:
 
     def __init__(self, target: Path) -> None:
         self.target = target
-        self.path = target.with_name(target.name + ".part")
-        self.meta = target.with_name(target.name + ".part.meta")
+        self.path = _part(target)
+        self.meta = _part_meta(target)
         self.hasher = hashlib.sha256()
         # Hash what an earlier run left so the running hash continues from the resume offset.
         self.size = _hash_into(self.path, self.hasher) if self.path.is_file() else 0
@@ -313,14 +348,16 @@ class _Partial:
 
     def restart(self, url: str | None = None, validator: str | None = None) -> None:
         """Truncate to zero, recording which remote version the new bytes come from."""
-        self.path.write_bytes(b"")
+        with _open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC):
+            pass
         self.hasher = hashlib.sha256()
         self.size = 0
         self.resumed_from = 0
         if url is None:
             self.meta.unlink(missing_ok=True)
         else:
-            self.meta.write_text(json.dumps({"url": url, "validator": validator}), encoding="utf-8")
+            with _open(self.meta, os.O_WRONLY | os.O_CREAT | os.O_TRUNC) as meta:
+                meta.write(json.dumps({"url": url, "validator": validator}).encode("utf-8"))
 
     def append(self, fh: BinaryIO, chunk: bytes) -> None:
         fh.write(chunk)
@@ -338,7 +375,7 @@ class _Partial:
         if expected is not None and digest != expected:
             self.discard()
             raise FetchError(f"sha256 mismatch for {redact.url(url)}: expected {expected}, got {digest}")
-        with self.path.open("rb+") as fh:
+        with _open(self.path, os.O_RDWR) as fh:
             os.fsync(fh.fileno())  # the rename must not publish a file whose bytes are still only in cache
         self.path.replace(self.target)  # atomic: the target is either absent or complete
         self.meta.unlink(missing_ok=True)
@@ -386,7 +423,7 @@ def _copy_local(
             raise bound.error(url, f"the file has {total} bytes")
         partial = _Partial(target)
         partial.restart()  # a local copy is cheap: no resume
-        with partial.path.open("ab") as fh:
+        with _open(partial.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND) as fh:
             # One byte past the bound is read, to see a file that grows while it is copied cross it.
             while chunk := src.read(min(rules.chunk_size, bound.limit + 1 - partial.size)):
                 _check_abort(url, abort)
@@ -598,7 +635,7 @@ class _HttpDownload:
         body = _Body(response, self.rules.timeouts[1], where=lambda: _of(partial.size, answer.total))
         speed = self.rules.speed()
         received = 0
-        with partial.path.open("ab") as fh:
+        with _open(partial.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND) as fh:
             while answer.length is None or received < answer.length:
                 # Never more than the answer's own length (a 206 says where its range ends), and one byte past the
                 # bound at most, to see an endless body cross it.

@@ -168,15 +168,21 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
     timeout = STALL_SECONDS  # a client that connects and never asks cannot hold the server
 
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self.status_sent = code  # recorded even when the client goes away while the body is sent
+        super().send_response(code, message)
+
     def do_GET(self) -> None:
         owner = cast(_Server, self.server).owner
         stall = False
+        self.status_sent = 0
         with owner._answering():
             status, sent, stall = 0, 0, False
             try:
                 status, sent, stall = self._respond(owner)
-            except ConnectionError:  # the client went away (killed, timed out)
+            except ConnectionError:  # the client went away (killed, timed out, or refusing what it read)
                 self.close_connection = True
+                status = self.status_sent
             finally:
                 headers = {name.lower(): value for name, value in self.headers.items()}
                 owner._record(

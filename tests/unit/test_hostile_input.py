@@ -349,3 +349,19 @@ def test_the_size_the_lock_records_bounds_the_download(tmp_path: Path) -> None:
             fetch_images([image], options(tmp_path))
     assert not list((tmp_path / "cache").rglob("*.part"))
     assert not (tmp_path / "cache" / "blobs" / "sha256" / SHA).exists()
+
+
+@pytest.mark.parametrize("planted", ["blob", "part", "part.meta", "lock"])
+def test_links_planted_at_a_downloads_files_are_never_written_through(tmp_path: Path, planted: str) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    cache = Cache(tmp_path / "cache")
+    cache.prepare()
+    blob = cache.blobs / SHA
+    name = {"blob": blob.name, "part": f"{SHA}.part", "part.meta": f"{SHA}.part.meta", "lock": f"{SHA}.lock"}[planted]
+    (cache.blobs / name).symlink_to(victim)
+    with serve() as server:
+        url = server.add("/files/a.sh", INSTALLER)
+        fetch_images([entry(url, sha256=SHA)], options(tmp_path))
+    assert blob.read_bytes() == INSTALLER and not blob.is_symlink()
+    assert victim.read_text() == "keep me"
