@@ -46,6 +46,30 @@ class Artifact:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Requirement:
+    """One pip requirement of an image's stack (PEP 508)."""
+
+    text: str  # as pip reads it, e.g. 'numpy<2.3'
+    name: str  # the project's canonical name, e.g. 'numpy'
+    hashes: tuple[str, ...] = ()  # sha256 values a requirements file allows for it ('--hash=sha256:...')
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stack:
+    """The team's own stack above torch: pip requirements, apt packages, environment and check scripts."""
+
+    requirements: tuple[Requirement, ...] = ()
+    apt_packages: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    checks: tuple[Path, ...] = ()  # Python scripts, run in the image after the verification script
+    build_from_source: tuple[str, ...] = ()  # canonical names that may be built from their sdist
+
+    @property
+    def empty(self) -> bool:
+        return not (self.requirements or self.apt_packages or self.env or self.checks)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ImageSpec:
     """One entry of versions.yaml with its defaults applied."""
 
@@ -65,6 +89,7 @@ class ImageSpec:
     apt_mirror: str
     installer: Artifact
     wheels: tuple[Artifact, ...]  # empty: derived from the PyTorch wheel index when fetched
+    stack: Stack = Stack()
 
     @property
     def reference(self) -> str:
@@ -121,3 +146,5 @@ class FetchedImage:
     # The wheels those depend on, for an install without any index; None when they could not be
     # fetched, and the build then installs them from the image's pip_index.
     closure: tuple[FetchedFile, ...] | None
+    stack: tuple[FetchedFile, ...] = ()  # the stack's wheels and sdists, installed in a layer above torch
+    build_deps: tuple[FetchedFile, ...] = ()  # what building the stack's sdists needs

@@ -69,6 +69,12 @@ def build_args(image: ImageSpec, *, base_image: str | None = None, hermetic: boo
     if hermetic is False and redact.has_credentials(image.pip_index):
         # Part of the cache key of the secret step, so a change of index rebuilds it (the secret is not).
         args.append(("INDEX_WITHOUT_CREDENTIALS", redact.without_credentials(image.pip_index)))
+        args.append(("PACKAGES_STAGE", "packages-secret"))
+    stack = image.stack
+    if stack.apt_packages:
+        args.append(("APT_PACKAGES", " ".join(stack.apt_packages)))
+    if stack.build_from_source:
+        args.append(("FROM_SOURCE", "1"))
     return tuple(args)
 
 
@@ -90,6 +96,7 @@ def labels(image: ImageSpec, *, base_image: str | None = None, fetched: FetchedI
         (f"{LABEL_PREFIX}cuda", image.cuda),
     ]
     pairs += [(f"{LABEL_PREFIX}{name}", version) for name, version in image.packages]
+    pairs += _stack_labels(image)
     if fetched is None:
         pairs.append((f"{LABEL_PREFIX}installer", _describe(image.installer.url, image.installer.sha256)))
         pairs += [(f"{LABEL_PREFIX}wheel.{wheel.filename}", _describe(wheel.url, wheel.sha256))
@@ -100,11 +107,23 @@ def labels(image: ImageSpec, *, base_image: str | None = None, fetched: FetchedI
               for wheel in fetched.wheels]
     pairs += [(f"{LABEL_PREFIX}dependency.{dep.filename}", _describe(dep.url, dep.sha256))
               for dep in fetched.closure or ()]
+    pairs += [(f"{LABEL_PREFIX}stack.file.{item.filename}", _describe(item.url, item.sha256)) for item in fetched.stack]
     hermetic = fetched.closure is not None
     pairs.append((f"{LABEL_PREFIX}hermetic", "true" if hermetic else "false"))
     if not hermetic:
         pairs.append((f"{LABEL_PREFIX}pip-index", redact.without_credentials(image.pip_index)))
     return tuple(pairs)
+
+
+def _stack_labels(image: ImageSpec) -> list[tuple[str, str]]:
+    """The stack as the entry asked for it (its files, once fetched, are labelled one by one)."""
+    stack = image.stack
+    listed = [("stack.requirements", ", ".join(requirement.text for requirement in stack.requirements)),
+              ("stack.apt-packages", " ".join(stack.apt_packages)),
+              ("stack.env", " ".join(name for name, _ in stack.env)),
+              ("stack.checks", " ".join(check.name for check in stack.checks)),
+              ("stack.build-from-source", " ".join(stack.build_from_source))]
+    return [(f"{LABEL_PREFIX}{name}", value) for name, value in listed if value]
 
 
 def _describe(url: str, sha256: str | None) -> str:

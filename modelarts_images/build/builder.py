@@ -32,7 +32,8 @@ SECRET_TARGET = "image-secret"  # BuildKit only: the pip index comes in as a sec
 PIP_SECRET_ID = "pip.conf"
 # What the classic builder is sent: the same allow-list as context/.dockerignore.
 CONTEXT_ENTRIES = (context.DOCKERFILE, context.DOCKERIGNORE, context.PIP_CONF, context.INSTALLER_DIR,
-                   context.WHEELS_DIR, context.DEPS_DIR)
+                   context.WHEELS_DIR, context.DEPS_DIR, context.STACK_DIR, context.BUILD_DEPS_DIR,
+                   context.APT_INSTALL)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,10 +83,11 @@ def build_inputs(fetched: FetchedImage, options: BuildOptions) -> BuildInputs:
     base = effective_base_image(image, options)
     hermetic = fetched.closure is not None
     needs_secret = not hermetic and redact.has_credentials(image.pip_index)
+    target = SECRET_TARGET if needs_secret else TARGET
     return BuildInputs(
         reference=image.reference,
         base_image=base,
-        target=SECRET_TARGET if needs_secret else TARGET,
+        target=target + (context.ENV_SUFFIX if image.stack.env else ""),
         hermetic=hermetic,
         needs_secret=needs_secret,
         build_args=plan.build_args(image, base_image=base, hermetic=hermetic),

@@ -1,10 +1,13 @@
 """The build context of one image: the Dockerfile and the fetched files, hardlinked from the cache.
 
     work_dir/<image id>/
-        Dockerfile, .dockerignore     from context/ in the repository
+        Dockerfile                    context/Dockerfile, and the stack's ENV stages when it sets variables
+        .dockerignore, apt-install.sh from context/ in the repository
         installer/<installer>         the conda installer
         wheels/*.whl                  torch, torchvision, torchaudio
         deps/*.whl                    their dependency wheels (empty when fetch has none: the build uses pip_index)
+        stack/                        the stack's wheels and the sdists of build_from_source projects
+        build-deps/*.whl              what building those sdists needs
         pip.conf                      rendered from pip_index, credentials removed
 
 Zero-copy: every file is a hardlink to the verified file in the cache, so assembling the context of gigabytes
@@ -18,7 +21,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -37,6 +40,11 @@ PIP_CONF = "pip.conf"
 INSTALLER_DIR = "installer"
 WHEELS_DIR = "wheels"
 DEPS_DIR = "deps"
+STACK_DIR = "stack"
+BUILD_DEPS_DIR = "build-deps"
+APT_INSTALL = "apt-install.sh"
+TARGETS = ("image", "image-secret")  # the Dockerfile's final stages
+ENV_SUFFIX = "-env"
 PIP_TIMEOUT = 120
 
 
@@ -58,6 +66,22 @@ def render_pip_conf(index_url: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def env_stages(env: Sequence[tuple[str, str]]) -> str:
+    """The stages that give the image the stack's environment (ENV), one above each target of the template.
+
+    A Dockerfile cannot loop over a build argument, so these lines are the one part of the build's Dockerfile that
+    is written rather than copied; values are quoted for the Dockerfile (no $ expansion, no line break)."""
+    if not env:
+        return ""
+    assignments = " ".join(f'{name}="{_dockerfile_quoted(value)}"' for name, value in env)
+    return "".join(f"\n# the stack's environment (versions.yaml: env)\nFROM {target} AS {target}{ENV_SUFFIX}\n"
+                   f"ENV {assignments}\n" for target in TARGETS)
+
+
+def _dockerfile_quoted(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+
+
 def context_dir(work_dir: Path, image_id: str) -> Path:
     return work_dir / image_id
 
@@ -69,12 +93,16 @@ def assemble(fetched: FetchedImage, work_dir: Path, *, template_dir: Path = TEMP
     work_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{image.id}.", suffix=".partial", dir=work_dir))
     try:
-        for name in (DOCKERFILE, DOCKERIGNORE):
-            shutil.copyfile(template_dir / name, staging / name)
+        for name in (DOCKERIGNORE, APT_INSTALL):
+            shutil.copy2(template_dir / name, staging / name)
+        dockerfile = (template_dir / DOCKERFILE).read_text("utf-8") + env_stages(image.stack.env)
+        (staging / DOCKERFILE).write_text(dockerfile, encoding="utf-8")
         (staging / PIP_CONF).write_text(render_pip_conf(redact.without_credentials(image.pip_index)), encoding="utf-8")
         _link_all(staging / INSTALLER_DIR, [fetched.installer])
         _link_all(staging / WHEELS_DIR, fetched.wheels)
         _link_all(staging / DEPS_DIR, fetched.closure or ())
+        _link_all(staging / STACK_DIR, fetched.stack)
+        _link_all(staging / BUILD_DEPS_DIR, fetched.build_deps)
         _swap_in(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -19,9 +19,10 @@ import yaml
 
 from modelarts_images.config import compat
 from modelarts_images.config.references import derived_tag
-from modelarts_images.config.wheels import installer_problem, wheel_distribution, wheel_problem
+from modelarts_images.config.stack import read_stack
+from modelarts_images.config.wheels import TORCH_FAMILY, installer_problem, wheel_distribution, wheel_problem
 from modelarts_images.errors import ConfigError
-from modelarts_images.model import Artifact, ImageSpec, VersionsFile, filename_problem
+from modelarts_images.model import Artifact, ImageSpec, Stack, VersionsFile, filename_problem
 from modelarts_images.shared import redact, yamlio
 
 # Keys that must have a value once defaults are applied; registry, organization and repository
@@ -200,13 +201,22 @@ def load_versions(path: Path, *, fallbacks: Mapping[str, str] | None = None) -> 
     structural = text_problems(document) or schema_problems(document)
     if structural:
         raise _fail(label, sorted(structural, key=lambda p: [str(x).zfill(6) for x in p[0]]))
-    inherited = {**BUILTIN_DEFAULTS, **(fallbacks or {}), **document.get("defaults", {})}
+    defaults = document.get("defaults", {})
+    inherited = {**BUILTIN_DEFAULTS, **(fallbacks or {}), **defaults}
     merged = [{**inherited, **entry} for entry in document["images"]]
     problems = [p for index, entry in enumerate(merged) for p in _entry_problems(index, entry)]
+    stacks = []
+    for index, (entry, merged_entry) in enumerate(zip(document["images"], merged, strict=True)):
+        stack, found = read_stack(defaults, {**entry, **{key: merged_entry[key] for key in TORCH_FAMILY
+                                                        if key in merged_entry}},
+                                  base=path.parent, at=("images", index))
+        stacks.append(stack)
+        problems += found
     problems += _cross_entry_problems(merged)
     if problems:
         raise _fail(label, problems)
-    return VersionsFile(path=str(path), images=tuple(_to_spec(entry) for entry in merged))
+    return VersionsFile(path=str(path), images=tuple(_to_spec(entry, stack) for entry, stack in zip(merged, stacks,
+                                                                                               strict=True)))
 
 
 def _entry_problems(index: int, entry: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
@@ -294,7 +304,7 @@ def _artifact(raw: Mapping[str, Any]) -> Artifact:
     return Artifact(url=raw["url"], sha256=raw.get("sha256"))
 
 
-def _to_spec(entry: Mapping[str, Any]) -> ImageSpec:
+def _to_spec(entry: Mapping[str, Any], stack: Stack) -> ImageSpec:
     return ImageSpec(
         id=entry["id"],
         default=bool(entry.get("default", False)),
@@ -312,6 +322,7 @@ def _to_spec(entry: Mapping[str, Any]) -> ImageSpec:
         apt_mirror=entry["apt_mirror"],
         installer=_artifact(entry["installer"]),
         wheels=tuple(_artifact(wheel) for wheel in entry.get("wheels", [])),
+        stack=stack,
     )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from modelarts_images.errors import FetchError
-from modelarts_images.fetch import index, lockfile
+from modelarts_images.fetch import index, lockfile, sources
 from modelarts_images.fetch.cache import Cache
 from modelarts_images.http import download, pip_resolver
 from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
@@ -216,31 +216,77 @@ def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress
     for image in images:
         plan = plans[image.id]
         wheels = tuple(first[wheel.url] for wheel in plan.wheels)
-        closure = plan.closure
         fresh = plan is not lock.get(image.id)
-        # A closure missing from the lock (pip failed, or an earlier --no-closure) is tried again.
-        if options.closure and (fresh or closure is None) and not options.locked:
-            closure = pip_resolver.resolve(image, wheels, scratch_parent=fetcher.cache.incoming)
-        rest = fetcher.many([(artifact, image.id) for artifact in closure or ()])
+        resolved = _resolved(image, plan, wheels, fresh=fresh, options=options, fetcher=fetcher)
+        rest = fetcher.many([(artifact, image.id) for artifact in (*(resolved.closure or ()), *(resolved.stack or ()))])
+        stack = tuple(rest[artifact.url] for artifact in resolved.stack or ())
+        _check_hashes(image, stack)
+        build_deps = resolved.build_deps
+        sdists = [item for item in stack if sources.is_sdist(item.filename)]
+        if sdists and (fresh or not build_deps) and not options.locked:
+            build_deps = pip_resolver.resolve_build_requirements(image, sources.build_requirements(sdists),
+                                                                 scratch_parent=fetcher.cache.incoming)
+        built = fetcher.many([(artifact, image.id) for artifact in build_deps])
         results.append(FetchedImage(
             image=image,
             installer=first[plan.installer.url],
             wheels=wheels,
-            closure=None if closure is None else tuple(rest[artifact.url] for artifact in closure),
+            closure=None if resolved.closure is None else tuple(rest[artifact.url] for artifact in resolved.closure),
+            stack=stack,
+            build_deps=tuple(built[artifact.url] for artifact in build_deps),
         ))
-        unsized = any(artifact.size is None for artifact in (plan.installer, *plan.wheels, *(closure or ())))
-        if fresh or closure != plan.closure or (unsized and not options.locked):
+        files = (plan.installer, *plan.wheels, *(resolved.closure or ()), *(resolved.stack or ()), *build_deps)
+        unsized = any(artifact.size is None for artifact in files)
+        if fresh or resolved != replace(plan, build_deps=build_deps) or (unsized and not options.locked):
             changes[image.id] = replace(
                 plan,
                 installer=_as_artifact(first[plan.installer.url]),
                 wheels=tuple(_as_artifact(wheel) for wheel in wheels),
-                closure=None if closure is None else tuple(_as_artifact(rest[a.url]) for a in closure),
+                closure=None if resolved.closure is None else tuple(_as_artifact(rest[a.url])
+                                                                    for a in resolved.closure),
+                stack=None if resolved.stack is None else tuple(_as_artifact(item) for item in stack),
+                build_deps=tuple(_as_artifact(built[a.url]) for a in build_deps),
             )
     if changes:
         lockfile.update(options.lock_path, changes, guard=options.cache_dir / "versions-lock.flock")
     summary = FetchSummary(fetched=fetcher.fetched, reused=fetcher.reused, bytes_transferred=fetcher.bytes,
                            seconds=time.monotonic() - started, lock_updated=tuple(changes))
     return results, summary
+
+
+def _resolved(image: ImageSpec, plan: lockfile.LockedImage, wheels: Sequence[FetchedFile], *, fresh: bool,
+              options: FetchOptions, fetcher: _Fetcher) -> lockfile.LockedImage:
+    """The plan with its dependency closure and its stack resolved where versions.lock does not pin them yet.
+
+    A closure missing from the lock (pip failed, or an earlier --no-closure) is tried again; a stack is resolved
+    together with the torch family, which may move the closure's versions (the stack's layer then never replaces
+    a file of the torch layer)."""
+    closure, stack = plan.closure, plan.stack
+    scratch = fetcher.cache.incoming
+    if options.closure and (fresh or closure is None) and not options.locked:
+        closure = pip_resolver.resolve(image, wheels, scratch_parent=scratch)
+    if not image.stack.requirements:
+        return replace(plan, closure=closure, stack=None, build_deps=())
+    if stack is not None and not fresh:
+        return replace(plan, closure=closure)
+    if options.locked:
+        raise FetchError(f"{image.id}: --locked, but versions.lock pins no stack for it; run `inv lock`")
+    if closure is None:
+        raise FetchError(f"{image.id}: its stack needs the dependency wheels of torch resolved for the image, and "
+                         "pip could not resolve them (see the warning above); a stack is always installed from "
+                         "files pinned in versions.lock")
+    resolution = pip_resolver.resolve_stack(image, wheels, closure, scratch_parent=scratch)
+    return replace(plan, closure=resolution.closure, stack=resolution.stack, build_deps=())
+
+
+def _check_hashes(image: ImageSpec, stack: Sequence[FetchedFile]) -> None:
+    """A requirements file's `--hash` values, honoured: the file the stack resolved to must be one of them."""
+    by_project = {sources.project_of(item.filename): item for item in stack}
+    for requirement in image.stack.requirements:
+        item = by_project.get(requirement.name)
+        if requirement.hashes and item is not None and item.sha256 not in requirement.hashes:
+            raise FetchError(f"{image.id}: {requirement.text} resolved to {item.filename} (sha256 {item.sha256}), "
+                             f"which its requirements file does not allow (--hash: {', '.join(requirement.hashes)})")
 
 
 def _as_artifact(fetched: FetchedFile) -> Artifact:

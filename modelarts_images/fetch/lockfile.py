@@ -18,7 +18,7 @@ from modelarts_images.shared.files import write_atomic
 HEADER = """\
 # versions.lock: written by `inv lock`; do not edit by hand.
 # For each image: the inputs it was resolved from, and the URL and sha256 of every artifact the build
-# installs (installer, wheels, and the wheels they depend on), with its size in bytes.
+# installs (installer, wheels, the wheels they depend on, the stack's files), with its size in bytes.
 # `inv fetch --locked` refuses anything else.
 """
 
@@ -29,14 +29,24 @@ class LockedImage:
     installer: Artifact
     wheels: tuple[Artifact, ...]
     closure: tuple[Artifact, ...] | None  # None: the closure could not be resolved for this image
+    stack: tuple[Artifact, ...] | None = None  # the stack's wheels and sdists; None: none resolved (or none asked)
+    build_deps: tuple[Artifact, ...] = ()  # the wheels building the stack's sdists needs
 
 
 def inputs_of(image: ImageSpec) -> str:
     """A readable summary of everything that decides what an image's artifacts are."""
     listed = " ".join(wheel.url for wheel in image.wheels) or "derived"
     packages = " ".join(f"{name}=={version}" for name, version in image.packages)
-    return f"python {image.python}; {image.variant}; {packages}; base {image.base_image}; " \
-           f"installer {image.installer.url}; wheels {listed}"
+    inputs = f"python {image.python}; {image.variant}; {packages}; base {image.base_image}; " \
+             f"installer {image.installer.url}; wheels {listed}"
+    stack = image.stack
+    if stack.requirements:  # only then: an entry without a stack keeps the inputs it was locked with
+        requirements = " ".join(requirement.text + "".join(f" --hash=sha256:{digest}" for digest in requirement.hashes)
+                                for requirement in stack.requirements)
+        inputs += f"; stack {requirements}"
+        if stack.build_from_source:
+            inputs += f"; from source {' '.join(stack.build_from_source)}"
+    return inputs
 
 
 class _MalformedError(Exception):
@@ -74,12 +84,14 @@ def _entry(image_id: object, raw: object) -> LockedImage:
         raise _MalformedError(f"{image_id!r}: not an image id")
     if not isinstance(raw, dict) or not isinstance(raw.get("inputs"), str):
         raise _MalformedError(f"{image_id}: must be a mapping with inputs, installer, wheels and closure")
-    closure = raw.get("closure")
+    closure, stack = raw.get("closure"), raw.get("stack")
     return LockedImage(
         inputs=raw["inputs"],
         installer=_artifact(raw.get("installer"), f"{image_id}.installer"),
         wheels=_artifacts(raw.get("wheels"), f"{image_id}.wheels"),
         closure=None if closure is None else _artifacts(closure, f"{image_id}.closure"),
+        stack=None if stack is None else _artifacts(stack, f"{image_id}.stack"),
+        build_deps=_artifacts(raw.get("build_deps", []), f"{image_id}.build_deps"),
     )
 
 
@@ -116,6 +128,8 @@ def render(entries: Mapping[str, LockedImage]) -> str:
                 "installer": one(entry.installer),
                 "wheels": listed(entry.wheels),
                 "closure": None if entry.closure is None else listed(entry.closure),
+                **({"stack": listed(entry.stack)} if entry.stack is not None else {}),
+                **({"build_deps": listed(entry.build_deps)} if entry.build_deps else {}),
             }
             for image_id, entry in sorted(entries.items())
         }

@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelarts_images.errors import FetchError
-from modelarts_images.model import Artifact, FetchedFile, ImageSpec, filename_problem, sha256_problem
+from packaging.requirements import Requirement as Pep508
+from packaging.utils import canonicalize_name
+
+from modelarts_images.config.wheels import parse_wheel_name
+from modelarts_images.errors import ConfigError, FetchError, ModelArtsImagesError
+from modelarts_images.model import Artifact, FetchedFile, ImageSpec, Requirement, filename_problem, sha256_problem
 from modelarts_images.shared import redact
 from modelarts_images.shared.files import link_or_copy
 
@@ -35,15 +41,66 @@ def platform_tags(base_image: str) -> list[str]:
     return [*tags, "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64"]
 
 
-def pip_command(image: ImageSpec, wheels: Sequence[Path], target: Path, report: Path) -> list[str]:
+def target_options(image: ImageSpec) -> list[str]:
+    """pip's options for the image's interpreter and platform, not the host's."""
     minor = image.python.replace(".", "")
-    command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-               "--disable-pip-version-check", "--only-binary=:all:", "--python-version", image.python,
-               "--implementation", "cp", "--abi", f"cp{minor}", "--abi", f"cp{minor}m", "--abi", "abi3",
-               "--abi", "none"]
+    options = ["--only-binary=:all:", "--python-version", image.python, "--implementation", "cp",
+               "--abi", f"cp{minor}", "--abi", f"cp{minor}m", "--abi", "abi3", "--abi", "none"]
     for tag in platform_tags(image.base_image):
-        command += ["--platform", tag]
-    return [*command, "--target", str(target), "--report", str(report), *map(str, wheels)]
+        options += ["--platform", tag]
+    return options
+
+
+def pip_command(image: ImageSpec, requirements: Sequence[str | Path], target: Path, report: Path) -> list[str]:
+    """pip resolving `requirements` (local wheel files or requirement texts) for the image, writing a report."""
+    return [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+            "--disable-pip-version-check", *target_options(image), "--target", str(target), "--report", str(report),
+            *map(str, requirements)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Report:
+    """What pip would install, each file with its project name and declared dependencies."""
+
+    items: tuple[tuple[str, Artifact, tuple[str, ...]], ...]  # (canonical name, file, requires_dist)
+
+    @property
+    def artifacts(self) -> tuple[Artifact, ...]:
+        return tuple(artifact for _, artifact, _ in self.items)
+
+
+class PipFailed(Exception):  # noqa: N818 - an outcome, not an error of this module
+    """pip could not resolve: its last words, and whether they say the requirements cannot be met (as opposed to
+    the index failing)."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = tuple(lines)
+        self.unsatisfiable = any(_UNSATISFIABLE.search(line) for line in lines)
+
+
+_UNSATISFIABLE = re.compile(r"ResolutionImpossible|conflict is caused by|depends on|The user requested|"
+                            r"Could not find a version|No matching distribution|Cannot install", re.IGNORECASE)
+
+
+def _run(image: ImageSpec, requirements: Sequence[str | Path], scratch: Path, *, what: str,
+         command: list[str] | None = None) -> Report:
+    report = scratch / "report.json"
+    command = command or pip_command(image, requirements, scratch / "target", report)
+    log.debug("+ %s", redact.command(command))
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:  # pip explains a conflict on stdout and states it on stderr
+        output = result.stdout + "\n" + result.stderr
+        lines = [redact.text(line.strip()) for line in output.splitlines() if line.strip()]
+        raise PipFailed([line for line in lines if _UNSATISFIABLE.search(line)] or lines[-3:] or ["pip failed"])
+    try:
+        items = json.loads(report.read_text("utf-8"))["install"]
+        return Report(items=tuple(
+            (canonicalize_name(str(item["metadata"]["name"])), _artifact(item["download_info"]),
+             tuple(str(requirement) for requirement in item["metadata"].get("requires_dist") or ()))
+            for item in items))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise FetchError(f"{image.id}: pip's report of {what} cannot be read ({error!r})") from None
 
 
 def resolve(image: ImageSpec, wheels: Sequence[FetchedFile], *, scratch_parent: Path | None = None,
@@ -54,25 +111,122 @@ def resolve(image: ImageSpec, wheels: Sequence[FetchedFile], *, scratch_parent: 
     `scratch_parent` should be inside the cache, so the wheels can be hardlinked rather than copied.
     """
     with tempfile.TemporaryDirectory(prefix="modelarts-closure-", dir=scratch_parent) as scratch:
-        report = Path(scratch) / "report.json"
         # pip reads what a wheel is from its file name; cached files are named by their hash.
         named = [_named_copy(image, wheel, Path(scratch)) for wheel in wheels]
-        command = pip_command(image, named, Path(scratch) / "target", report)
-        log.debug("+ %s", " ".join(command))
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            reason = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
-            log.warning("%s: the dependency wheels cannot be fetched for Python %s (%s); the build will install "
-                        "them from %s", image.id, image.python, reason, redact.url(image.pip_index) or "(no pip_index)")
-            return None
         try:
-            items = json.loads(report.read_text("utf-8"))["install"]
-            found = [_artifact(item["download_info"]) for item in items]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            raise FetchError(f"{image.id}: pip's report of the dependency wheels cannot be read ({error!r})") from None
+            report = _run(image, named, Path(scratch), what="the dependency wheels")
+        except PipFailed as failed:
+            log.warning("%s: the dependency wheels cannot be fetched for Python %s (%s); the build will install "
+                        "them from %s", image.id, image.python, failed.lines[-1],
+                        redact.url(image.pip_index) or "(no pip_index)")
+            return None
     own = {wheel.filename for wheel in wheels}
-    closure = [artifact for artifact in found if artifact.filename not in own]
-    return tuple(sorted(closure, key=lambda artifact: artifact.filename))
+    return tuple(sorted((artifact for artifact in report.artifacts if artifact.filename not in own),
+                        key=lambda artifact: artifact.filename))
+
+
+@dataclass(frozen=True, kw_only=True)
+class StackResolution:
+    """Where every file of an image with a stack goes: the torch layer's dependencies (at the versions the whole
+    resolution chose, so the stack's layer never replaces a file below it) and the stack's own files."""
+
+    closure: tuple[Artifact, ...]
+    stack: tuple[Artifact, ...]  # wheels, and the sdists of build_from_source projects
+
+
+def resolve_stack(image: ImageSpec, wheels: Sequence[FetchedFile], closure: Sequence[Artifact], *,
+                  scratch_parent: Path | None = None) -> StackResolution:
+    """Resolve the stack together with the entry's torch family (its wheel files, so nothing can replace them) for
+    the image's Python and platform. ConfigError naming what cannot be met: a requirement that needs another torch,
+    a project without a wheel for the target (unless build_from_source allows its sdist)."""
+    stack = image.stack
+    from_source = [requirement for requirement in stack.requirements if requirement.name in stack.build_from_source]
+    with tempfile.TemporaryDirectory(prefix="modelarts-stack-", dir=scratch_parent) as scratch:
+        sources = [_sdist(image, requirement, Path(scratch) / f"sdist-{index}")
+                   for index, requirement in enumerate(from_source)]
+        wanted = [requirement.text for requirement in stack.requirements if requirement.name not in
+                  stack.build_from_source]
+        wanted += [dependency for _, _, requires in sources for dependency in _for_target(image, requires)
+                   if canonicalize_name(Pep508(dependency).name) not in stack.build_from_source]
+        named = [_named_copy(image, wheel, Path(scratch)) for wheel in wheels]
+        try:
+            report = _run(image, [*named, *wanted], Path(scratch), what="the stack")
+        except PipFailed as failed:
+            raise _refusal(image, failed) from None
+    own = {wheel.filename for wheel in wheels}
+    below = {Artifact(url=a.url, sha256=None).filename for a in closure}
+    below_names = {name for name, artifact, _ in report.items if artifact.filename in below}
+    below_names |= {_name_of(a) for a in closure}
+    joint_closure: list[Artifact] = []
+    stack_files: list[Artifact] = []
+    for name, artifact, _ in report.items:
+        if artifact.filename in own:
+            continue
+        (joint_closure if name in below_names else stack_files).append(artifact)
+    stack_files += [artifact for _, artifact, _ in sources]
+    return StackResolution(closure=tuple(sorted(joint_closure, key=lambda a: a.filename)),
+                           stack=tuple(sorted(stack_files, key=lambda a: a.filename)))
+
+
+def resolve_build_requirements(image: ImageSpec, requirements: Sequence[str], *,
+                               scratch_parent: Path | None = None) -> tuple[Artifact, ...]:
+    """The wheels (for the image's target) that building the stack's sdists needs: their build-system requires."""
+    if not requirements:
+        return ()
+    with tempfile.TemporaryDirectory(prefix="modelarts-build-requires-", dir=scratch_parent) as scratch:
+        try:
+            report = _run(image, requirements, Path(scratch), what="the build requirements")
+        except PipFailed as failed:
+            raise _refusal(image, failed, what="the build requirements of build_from_source projects") from None
+    return tuple(sorted(report.artifacts, key=lambda artifact: artifact.filename))
+
+
+def _sdist(image: ImageSpec, requirement: Requirement, scratch: Path) -> tuple[str, Artifact, tuple[str, ...]]:
+    """The source distribution of a build_from_source project, with the dependencies it declares. An sdist is the
+    same file for every target, so the host's own pip finds it (it reads the sdist's metadata to answer)."""
+    scratch.mkdir()
+    report = scratch / "report.json"
+    command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+               "--disable-pip-version-check", "--no-deps", "--no-binary", ":all:", "--report", str(report),
+               requirement.text]
+    try:
+        (found,) = _run(image, (), scratch, what=f"the sdist of {requirement.name}", command=command).items
+    except PipFailed as failed:
+        raise _refusal(image, failed, what=f"the source distribution of {requirement.name}") from None
+    return found
+
+
+def _for_target(image: ImageSpec, requires: Sequence[str]) -> list[str]:
+    """The declared dependencies that apply to the image (their markers evaluated for its Python on Linux)."""
+    environment = {"python_version": image.python, "python_full_version": f"{image.python}.0",
+                   "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+                   "os_name": "posix", "implementation_name": "cpython", "platform_python_implementation": "CPython",
+                   "extra": ""}
+    kept = []
+    for text in requires:
+        requirement = Pep508(text)
+        if requirement.marker is None or requirement.marker.evaluate(environment):
+            requirement.marker = None
+            kept.append(str(requirement))
+    return kept
+
+
+def _name_of(artifact: Artifact) -> str:
+    parsed = parse_wheel_name(artifact.filename)
+    return parsed.distribution.replace("_", "-") if parsed else artifact.filename
+
+
+def _refusal(image: ImageSpec, failed: PipFailed, *, what: str = "the stack") -> ModelArtsImagesError:
+    """pip's own words on why it cannot resolve: a ConfigError when the requirements cannot be met (exit 2), a
+    FetchError when the index failed (exit 3)."""
+    target = f"Python {image.python}, Linux x86_64, {image.variant}, torch {image.torch}"
+    hint = ""
+    if any("No matching distribution" in line or "Could not find a version" in line for line in failed.lines):
+        hint = ("\n  a project without a wheel for this target can be built from its sdist: list it under "
+                "build_from_source")
+    body = "\n".join(f"  {line}" for line in failed.lines)
+    message = f"{image.id}: {what} cannot be resolved for {target}:\n{body}{hint}"
+    return ConfigError(message) if failed.unsatisfiable else FetchError(message)
 
 
 def _artifact(info: dict[str, Any]) -> Artifact:

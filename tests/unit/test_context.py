@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from modelarts_images.build import context
+from modelarts_images.build import builder, context
 from modelarts_images.engine import builds
 from modelarts_images.errors import ConfigError
 from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
@@ -178,8 +178,7 @@ def test_streamed_context_is_a_tar_of_the_allowed_entries(tmp_path: Path) -> Non
     fetched = fetched_image(tmp_path / "cache")
     built = context.assemble(fetched, tmp_path / "work")
     (built / "not-for-the-engine").write_text("x")
-    entries = ("Dockerfile", ".dockerignore", "pip.conf", "installer", "wheels", "deps")
-    data = b"".join(builds.stream_context(built, entries))
+    data = b"".join(builds.stream_context(built, builder.CONTEXT_ENTRIES))
     assert len(data) % tarfile.BLOCKSIZE == 0
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
         members = {member.name: member for member in archive.getmembers()}

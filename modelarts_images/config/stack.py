@@ -1,0 +1,188 @@
+"""An entry's own stack: its pip requirements, apt packages, environment and check scripts, read from versions.yaml
+(the entry and `defaults:` combined) and checked before anything is downloaded.
+
+How an entry combines with `defaults:` — one common stack on every image, with per-image additions or pins:
+- requirements: the defaults' requirements file, then the defaults' `packages`, then the entry's requirements
+  file, then its `packages`; a later requirement of a project replaces an earlier one (a different pin);
+- apt_packages, checks and build_from_source: the defaults' list, then the entry's additions;
+- env: one mapping, the entry's value winning for a name both set.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from packaging.requirements import InvalidRequirement
+from packaging.requirements import Requirement as Pep508
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+
+from modelarts_images.config.wheels import TORCH_FAMILY
+from modelarts_images.model import Requirement, Stack, sha256_problem
+from modelarts_images.shared import redact
+
+Problems = list[tuple[tuple[str | int, ...], str]]
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# What ModelArts and the image itself rely on: the conda python on PATH, unbuffered output, the NVIDIA runtime's
+# variables, the user's home, and the variables the platform injects into every job.
+PROTECTED_ENV = ("PATH", "HOME", "PYTHONUNBUFFERED", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES")
+PROTECTED_PREFIXES = ("MA_", "VC_")
+# Whole words of a name (HF_TOKEN, DB_PASSWORD, AWS_SECRET_ACCESS_KEY), not parts of one (TOKENIZERS_PARALLELISM).
+_SECRET_NAME = re.compile(r"(^|_)(PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIALS?|AK|SK|APIKEY)(_|$)|"
+                          r"(ACCESS|SECRET|PRIVATE|API)_KEY(_|$)", re.IGNORECASE)
+_HASH_OPTION = re.compile(r"--hash[= ](?P<algorithm>[a-z0-9]+):(?P<digest>\S+)")
+
+
+def read_stack(defaults: Mapping[str, Any], entry: Mapping[str, Any], *, base: Path,
+               at: tuple[str | int, ...]) -> tuple[Stack, Problems]:
+    """The entry's stack with the defaults' combined, and every problem with its key path (at: the entry's)."""
+    problems: Problems = []
+    requirements: dict[str, Requirement] = {}
+    for source, where in ((defaults, ("defaults",)), (entry, at)):
+        found: list[Requirement] = []
+        if "requirements" in source:
+            found += _requirements_file(base, str(source["requirements"]), (*where, "requirements"), problems)
+        for index, text in enumerate(source.get("packages", ())):
+            requirement = _requirement(str(text), (*where, "packages", index), problems)
+            if requirement is not None:
+                found.append(requirement)
+        for requirement in found:
+            requirements.pop(requirement.name, None)  # a later pin of a project replaces the earlier one
+            requirements[requirement.name] = requirement
+    stack = Stack(
+        requirements=tuple(requirements.values()),
+        apt_packages=tuple(_merged(defaults.get("apt_packages", ()), entry.get("apt_packages", ()),
+                                   key=lambda name: name.split("=", 1)[0])),
+        env=tuple(_env({**defaults.get("env", {}), **entry.get("env", {})}, at, problems).items()),
+        checks=tuple(_checks(base, [*defaults.get("checks", ()), *entry.get("checks", ())], at, problems)),
+        build_from_source=tuple(_merged((canonicalize_name(str(name)) for name in defaults.get(
+            "build_from_source", ())), (canonicalize_name(str(name)) for name in entry.get("build_from_source", ())))),
+    )
+    problems += _torch_problems(stack.requirements, entry, at)
+    for name in stack.build_from_source:
+        if name not in requirements:
+            problems.append(((*at, "build_from_source"), f"'{name}' is not a requirement of this image's stack"))
+    return stack, problems
+
+
+def _requirement(text: str, where: tuple[str | int, ...], problems: Problems,
+                 hashes: Sequence[str] = ()) -> Requirement | None:
+    try:
+        parsed = Pep508(text)
+    except InvalidRequirement as error:
+        problems.append((where, f"{text!r} is not a pip requirement (PEP 508): {error}"))
+        return None
+    if parsed.url:
+        problems.append((where, f"{text!r} names a URL; list the project and its version instead (the file it "
+                                "resolves to is pinned in versions.lock)"))
+        return None
+    return Requirement(text=str(parsed), name=canonicalize_name(parsed.name), hashes=tuple(hashes))
+
+
+def _requirements_file(base: Path, name: str, where: tuple[str | int, ...], problems: Problems) -> list[Requirement]:
+    """The requirements of a pip requirements file: one per line (a trailing backslash continues it), comments
+    dropped, `--hash=sha256:...` kept; other options refused (the index is pip_index, the file's pins are ours)."""
+    path = base / name
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        problems.append((where, f"{path}: cannot be read ({getattr(error, 'strerror', None) or error})"))
+        return []
+    found: list[Requirement] = []
+    for number, line in _logical_lines(text):
+        spot = (*where[:-1], f"{where[-1]} ({path.name} line {number})")
+        hashes = []
+        for option in _HASH_OPTION.finditer(line):
+            problem = sha256_problem(option["digest"]) if option["algorithm"] == "sha256" else \
+                f"--hash={option['algorithm']}:... is not sha256"
+            if problem:
+                problems.append((spot, problem))
+            hashes.append(option["digest"])
+        requirement = _HASH_OPTION.sub("", line).strip()
+        if requirement.startswith("-"):
+            problems.append((spot, f"{requirement.split()[0]}: only requirements and --hash are read from a "
+                                   "requirements file here (the index comes from pip_index)"))
+            continue
+        parsed = _requirement(requirement, spot, problems, hashes)
+        if parsed is not None:
+            found.append(parsed)
+    return found
+
+
+def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
+    pending, start = "", 0
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = re.sub(r"(^|\s)#.*$", "", raw).rstrip()
+        if not pending:
+            start = number
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line, pending = (pending + line).strip(), ""
+        if line:
+            yield start, line
+    if pending.strip():
+        yield start, pending.strip()
+
+
+def _merged(first: Iterable[str], second: Iterable[str], *, key: Any = None) -> list[str]:
+    """Both lists, first one's order, later duplicates (by key) left out."""
+    seen: dict[str, str] = {}
+    for item in (*first, *second):
+        seen.setdefault(key(item) if key else item, str(item))
+    return list(seen.values())
+
+
+def _env(env: Mapping[str, Any], at: tuple[str | int, ...], problems: Problems) -> dict[str, str]:
+    checked: dict[str, str] = {}
+    for name, value in env.items():
+        where = (*at, "env", str(name))
+        if not _ENV_NAME.fullmatch(str(name)):
+            problems.append((where, "is not a variable name (letters, digits and '_', not starting with a digit)"))
+        elif name in PROTECTED_ENV or str(name).startswith(PROTECTED_PREFIXES):
+            problems.append((where, "is set by the image or by ModelArts itself and cannot be replaced"))
+        elif _SECRET_NAME.search(str(name)) or redact.has_credentials(str(value)):
+            problems.append((where, "looks like a credential, which would be stored in the image's config for "
+                                    "anyone who pulls it; give it to the training job at run time instead"))
+        else:
+            checked[str(name)] = str(value)
+    return checked
+
+
+def _checks(base: Path, names: Sequence[Any], at: tuple[str | int, ...], problems: Problems) -> list[Path]:
+    found: dict[str, Path] = {}
+    for index, name in enumerate(names):
+        path = (base / str(name)).resolve()
+        where = (*at, "checks", index)
+        if path.suffix != ".py":
+            problems.append((where, f"{name}: a check is a Python script (*.py), run as the boot command would"))
+        elif not path.is_file():
+            problems.append((where, f"{path}: no such file"))
+        elif path.name in found and found[path.name] != path:
+            problems.append((where, f"{name}: another check is also named {path.name}; checks share one code "
+                                    "directory in the container"))
+        else:
+            found[path.name] = path
+    return list(found.values())
+
+
+def _torch_problems(requirements: Sequence[Requirement], entry: Mapping[str, Any],
+                    at: tuple[str | int, ...]) -> Problems:
+    """A requirement that names torch, torchvision or torchaudio directly must allow the entry's own version
+    (a requirement that needs another one through a dependency is refused when the stack is resolved)."""
+    problems: Problems = []
+    for requirement in requirements:
+        if requirement.name not in TORCH_FAMILY:
+            continue
+        wanted = entry.get(requirement.name)
+        specifier = SpecifierSet(str(Pep508(requirement.text).specifier))
+        if wanted is None or not specifier.contains(str(wanted), prereleases=True):
+            has = f"{requirement.name} {wanted}" if wanted else f"no {requirement.name}"
+            problems.append(((*at, "packages"), f"'{requirement.text}' asks for another {requirement.name} than "
+                                                f"the entry's ({has}); the entry's torch family is fixed by its "
+                                                "torch, torchvision and torchaudio keys"))
+    return problems
