@@ -69,7 +69,6 @@ def build_args(image: ImageSpec, *, base_image: str | None = None, hermetic: boo
     if hermetic is False and redact.has_credentials(image.pip_index):
         # Part of the cache key of the secret step, so a change of index rebuilds it (the secret is not).
         args.append(("INDEX_WITHOUT_CREDENTIALS", redact.without_credentials(image.pip_index)))
-        args.append(("PACKAGES_STAGE", "packages-secret"))
     stack = image.stack
     if stack.apt_packages:
         args.append(("APT_PACKAGES", " ".join(stack.apt_packages)))

@@ -33,7 +33,7 @@ PIP_SECRET_ID = "pip.conf"
 # What the classic builder is sent: the same allow-list as context/.dockerignore.
 CONTEXT_ENTRIES = (context.DOCKERFILE, context.DOCKERIGNORE, context.PIP_CONF, context.INSTALLER_DIR,
                    context.WHEELS_DIR, context.DEPS_DIR, context.STACK_DIR, context.BUILD_DEPS_DIR,
-                   context.APT_INSTALL)
+                   context.APT_INSTALL, context.STACK_INSTALL)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,7 +2,7 @@
 
     work_dir/<image id>/
         Dockerfile                    context/Dockerfile, and the stack's ENV stages when it sets variables
-        .dockerignore, apt-install.sh from context/ in the repository
+        .dockerignore, *.sh           from context/ in the repository (apt-install.sh, stack-install.sh)
         installer/<installer>         the conda installer
         wheels/*.whl                  torch, torchvision, torchaudio
         deps/*.whl                    their dependency wheels (empty when fetch has none: the build uses pip_index)
@@ -43,7 +43,9 @@ DEPS_DIR = "deps"
 STACK_DIR = "stack"
 BUILD_DEPS_DIR = "build-deps"
 APT_INSTALL = "apt-install.sh"
+STACK_INSTALL = "stack-install.sh"
 TARGETS = ("image", "image-secret")  # the Dockerfile's final stages
+BUILDKIT_ONLY = "# BuildKit only, below this line"
 ENV_SUFFIX = "-env"
 PIP_TIMEOUT = 120
 
@@ -66,16 +68,25 @@ def render_pip_conf(index_url: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def env_stages(env: Sequence[tuple[str, str]]) -> str:
-    """The stages that give the image the stack's environment (ENV), one above each target of the template.
+def with_env(dockerfile: str, env: Sequence[tuple[str, str]]) -> str:
+    """The Dockerfile with a stage giving each final target the stack's environment (ENV) when it sets any.
 
     A Dockerfile cannot loop over a build argument, so these lines are the one part of the build's Dockerfile that
-    is written rather than copied; values are quoted for the Dockerfile (no $ expansion, no line break)."""
+    is written rather than copied; values are quoted for the Dockerfile (no $ expansion, no line break). The
+    stage of `image` goes above the BuildKit-only part, which the classic builder must never reach."""
     if not env:
-        return ""
+        return dockerfile
     assignments = " ".join(f'{name}="{_dockerfile_quoted(value)}"' for name, value in env)
-    return "".join(f"\n# the stack's environment (versions.yaml: env)\nFROM {target} AS {target}{ENV_SUFFIX}\n"
-                   f"ENV {assignments}\n" for target in TARGETS)
+
+    def stage(target: str) -> str:
+        return f"# the stack's environment (versions.yaml: env)\nFROM {target} AS {target}{ENV_SUFFIX}\n" \
+               f"ENV {assignments}\n\n"
+
+    head, marker, tail = dockerfile.partition(BUILDKIT_ONLY)
+    if not marker:
+        raise ConfigError(f"context/Dockerfile: the line {BUILDKIT_ONLY.strip()!r} is missing")
+    before, _, rule = head.rstrip("\n").rpartition("\n")
+    return f"{before}\n\n{stage(TARGETS[0])}{rule}\n{marker}{tail.rstrip()}\n\n{stage(TARGETS[1])}".rstrip() + "\n"
 
 
 def _dockerfile_quoted(value: str) -> str:
@@ -93,9 +104,9 @@ def assemble(fetched: FetchedImage, work_dir: Path, *, template_dir: Path = TEMP
     work_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{image.id}.", suffix=".partial", dir=work_dir))
     try:
-        for name in (DOCKERIGNORE, APT_INSTALL):
+        for name in (DOCKERIGNORE, APT_INSTALL, STACK_INSTALL):
             shutil.copy2(template_dir / name, staging / name)
-        dockerfile = (template_dir / DOCKERFILE).read_text("utf-8") + env_stages(image.stack.env)
+        dockerfile = with_env((template_dir / DOCKERFILE).read_text("utf-8"), image.stack.env)
         (staging / DOCKERFILE).write_text(dockerfile, encoding="utf-8")
         (staging / PIP_CONF).write_text(render_pip_conf(redact.without_credentials(image.pip_index)), encoding="utf-8")
         _link_all(staging / INSTALLER_DIR, [fetched.installer])

@@ -113,11 +113,23 @@ def cell_inputs(fetched: FetchedImage, steps: Steps, *, context_digest: str, ver
         "artifacts": _digest({"installer": fetched.installer.sha256,
                               "wheels": sorted(item.sha256 for item in fetched.wheels),
                               "closure": None if fetched.closure is None else sorted(
-                                  item.sha256 for item in fetched.closure)}),
+                                  item.sha256 for item in fetched.closure),
+                              # only when there are some: a cell without a stack keeps the hash it had before
+                              **({"stack": sorted(item.sha256 for item in (*fetched.stack, *fetched.build_deps))}
+                                 if fetched.stack else {})}),
+        **({"stack": _stack_digest(image)} if not image.stack.empty else {}),
         "verify-script": verify_digest,
         "backend": _digest(steps.build.backend),
         "steps": _digest({"device": steps.device, "push": steps.push, "extra_tags": steps.extra_tags}),
     }
+
+
+def _stack_digest(image: ImageSpec) -> str:
+    """What the stack asks for beyond its files: requirements as written, environment, and the check scripts."""
+    stack = image.stack
+    return _digest({"requirements": [(r.text, r.hashes) for r in stack.requirements], "env": stack.env,
+                    "apt": stack.apt_packages, "from_source": stack.build_from_source,
+                    "checks": [(check.name, hashlib.sha256(check.read_bytes()).hexdigest()) for check in stack.checks]})
 
 
 def cell_hash(parts: Mapping[str, str]) -> str:

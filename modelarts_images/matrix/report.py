@@ -139,9 +139,10 @@ def render_markdown(records: Sequence[CellRecord]) -> str:
                 lines += ["", f"{run.device.value.upper()} verification ({'pass' if run.ok else 'FAIL'}):", ""]
                 lines += [f"- [{check.status}] {check.name}: {check.detail}" for check in run.outcomes]
             lines += [f"- {note}" for note in report.skipped]
-            if report.conformance:
-                lines += ["", "ModelArts conformance:", ""]
-                lines += [f"- [{check.status}] {check.name}: {check.detail}" for check in report.conformance]
+            for title, checks in (("ModelArts conformance", report.conformance), ("Stack", report.stack)):
+                if checks:
+                    lines += ["", f"{title}:", ""]
+                    lines += [f"- [{check.status}] {check.name}: {check.detail}" for check in checks]
         for section in (*SECTIONS, "error"):
             entries = record.manifest.get(section)
             if entries:

@@ -19,7 +19,8 @@ from modelarts_images.paths import PROBES_DIR
 CONFORMANCE_FACTS = "conformance_facts.py"  # as root: users, credential files, conda metadata
 BOOT_FACTS = "boot_facts.py"  # as uid 1000, the way a boot command starts python
 MANIFEST = "manifest.sh"  # as root: conda list / pip freeze / dpkg list
-PROBES = (CONFORMANCE_FACTS, BOOT_FACTS, MANIFEST)
+STACK_IMPORTS = "stack_imports.py"  # as uid 1000: the modules of each stack distribution import
+PROBES = (CONFORMANCE_FACTS, BOOT_FACTS, MANIFEST, STACK_IMPORTS)
 TAIL_LINES = 5  # lines of output quoted when the tagged line is missing
 
 

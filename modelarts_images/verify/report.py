@@ -81,10 +81,12 @@ class ImageReport:
     runs: tuple[DeviceRun, ...]
     skipped: tuple[str, ...]  # "GPU: skipped, no GPU runtime (...)"
     conformance: tuple[CheckOutcome, ...]
+    stack: tuple[CheckOutcome, ...] = ()  # pip check, imports and the checks: scripts, for an image with a stack
 
     def outcomes(self) -> list[tuple[str, CheckOutcome]]:
         pairs = [(str(run.device), outcome) for run in self.runs for outcome in run.outcomes]
-        return pairs + [("conformance", outcome) for outcome in self.conformance]
+        return (pairs + [("conformance", outcome) for outcome in self.conformance]
+                + [("stack", outcome) for outcome in self.stack])
 
     @property
     def ok(self) -> bool:
@@ -109,6 +111,7 @@ class ImageReport:
             "runs": [run.to_json() for run in self.runs],
             "skipped": list(self.skipped),
             "conformance": [outcome.to_json() for outcome in self.conformance],
+            "stack": [outcome.to_json() for outcome in self.stack],
         }
 
     @classmethod
@@ -121,7 +124,8 @@ class ImageReport:
                    image_id=str(data["image_id"]), size=int(data["size"]),
                    runs=tuple(DeviceRun.from_json(run) for run in data["runs"]),
                    skipped=tuple(str(note) for note in data["skipped"]),
-                   conformance=tuple(CheckOutcome.from_json(item) for item in data["conformance"]))
+                   conformance=tuple(CheckOutcome.from_json(item) for item in data["conformance"]),
+                   stack=tuple(CheckOutcome.from_json(item) for item in data.get("stack", ())))
 
 
 def save_report(report: ImageReport, directory: Path) -> Path:
@@ -148,6 +152,9 @@ def format_report(report: ImageReport) -> str:
     if report.conformance:
         lines.append("  ModelArts conformance:")
         lines += [f"    {outcome.line()}" for outcome in report.conformance]
+    if report.stack:
+        lines.append("  Stack:")
+        lines += [f"    {outcome.line()}" for outcome in report.stack]
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ from modelarts_images.verify.checks import CheckOutcome
 from modelarts_images.verify.report import DeviceRun, Expected, ImageReport
 from modelarts_images.verify.result import VerificationResult, check_against, parse_result
 from modelarts_images.verify.runs import run_spec
+from modelarts_images.verify.stack import check_stack
 
 LOG_TAIL = 40  # lines of a run's output kept in the report
 
@@ -69,5 +70,6 @@ def verify_image(engine: Engine, image: ImageSpec, *, options: VerifyOptions, re
         checks = tuple(conformance.check_image(engine, config, base_image=base_image_of(config, image),
                                                size_budget=options.size_budget, timeout=options.timeout,
                                                environment=job_environment(gpus=0)))
+    stack = check_stack(engine, image, reference, timeout=options.timeout) if check_conformance else ()
     return ImageReport(id=image.id, reference=reference, expected=Expected.of(image), image_id=config.image_id,
-                       size=config.size, runs=runs, skipped=tuple(skipped), conformance=checks)
+                       size=config.size, runs=runs, skipped=tuple(skipped), conformance=checks, stack=stack)
