@@ -21,6 +21,7 @@ fi
 mkdir -p /opt/stack
 set -- /tmp/stack/*.whl
 if [ -f "$1" ]; then
-    "$pip" install --prefix /opt/stack --no-index --no-deps --no-warn-script-location "$@"
+    # --ignore-installed: the build requirements installed above must not keep a stack file out of the prefix
+    "$pip" install --prefix /opt/stack --ignore-installed --no-index --no-deps --no-warn-script-location "$@"
 fi
 rm -rf /tmp/stack /tmp/build-deps /tmp/apt-install.sh /tmp/stack-install.sh /root/.cache/pip
