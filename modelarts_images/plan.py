@@ -165,6 +165,19 @@ def _masked(value: object) -> object:
     return value
 
 
+def _stack_rows(image: ImageSpec) -> list[tuple[str, str]]:
+    stack = image.stack
+    rows = [("stack", requirement.text + (" (hash-pinned)" if requirement.hashes else "")
+             + (" (built from its sdist)" if requirement.name in stack.build_from_source else ""))
+            for requirement in stack.requirements]
+    if stack.requirements:
+        rows.append(("", "resolved with the torch family by fetch; its files are pinned in versions.lock"))
+    rows += [("apt", " ".join(stack.apt_packages))] if stack.apt_packages else []
+    rows += [("env", f"{name}={value}") for name, value in stack.env]
+    rows += [("check", str(check)) for check in stack.checks]
+    return rows
+
+
 def as_text(plans: Sequence[ImagePlan]) -> str:
     blocks = []
     for plan in plans:
@@ -182,6 +195,7 @@ def as_text(plans: Sequence[ImagePlan]) -> str:
         if plan.wheel_source is not None:
             rows.append(("wheels", f"from {plan.wheel_source.index_url}, resolved by fetch"))
             rows.append(("", " ".join(plan.wheel_source.requirements)))
+        rows += _stack_rows(image)
         rows += [("build arg", f"{name}={value}") for name, value in plan.build_args]
         title = f"{image.id}{' (default)' if image.default else ''}"
         width = max(len(label) for label, _ in rows)

@@ -299,7 +299,8 @@ def format_fetched(fetched: Sequence[FetchedImage], summary: FetchSummary) -> st
     lines = []
     for image in fetched:
         closure = "no dependency wheels" if image.closure is None else f"{len(image.closure)} dependency wheels"
-        lines.append(f"{image.image.id}: installer, {len(image.wheels)} wheels, {closure}")
+        stack = f", {len(image.stack)} stack files" if image.stack else ""
+        lines.append(f"{image.image.id}: installer, {len(image.wheels)} wheels, {closure}{stack}")
     lines.append(f"fetched {summary.fetched}, reused {summary.reused}, {size(summary.bytes_transferred)} "
                  f"transferred in {summary.seconds:.1f} s")
     if summary.lock_updated:

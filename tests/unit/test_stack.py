@@ -253,3 +253,22 @@ def test_a_hash_the_requirements_file_does_not_allow_is_a_fetch_error(tmp_path: 
     with pytest.raises(FetchError, match="which its requirements file does not allow"):
         _check_hashes(image, (six,))
     _check_hashes(image, (dataclasses.replace(six, sha256="a" * 64),))
+
+
+def test_locked_refuses_a_stack_the_lock_does_not_pin(tmp_path: Path) -> None:
+    from modelarts_images.fetch.fetcher import fetch_images
+    from modelarts_images.options import FetchOptions
+    from tests.support.http_server import serve
+
+    data = b"#!/bin/sh\n"
+    digest = hashlib.sha256(data).hexdigest()
+    with serve() as server:
+        url = server.add("/files/a.sh", data)
+        image = load(tmp_path, {"packages": ["six"], "installer": {"url": url, "sha256": digest}})
+        image = dataclasses.replace(image, wheels=(Artifact(url=url, sha256=digest),))
+        lockfile.write(tmp_path / "versions.lock", {"cell": lockfile.LockedImage(
+            inputs=lockfile.inputs_of(image), installer=Artifact(url=url, sha256=digest),
+            wheels=(Artifact(url=url, sha256=digest),), closure=())})
+        options = FetchOptions(cache_dir=tmp_path / "cache", lock_path=tmp_path / "versions.lock", locked=True)
+        with pytest.raises(FetchError, match=r"^cell: --locked, but versions.lock pins no stack for it"):
+            fetch_images([image], options)
