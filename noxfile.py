@@ -44,7 +44,7 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Run the benchmarks (fetch against nginx, build, matrix rerun) and write bench/results/; posargs: names."""
     _install(session)
-    for name in session.posargs or ["fetch", "build", "matrix"]:
+    for name in session.posargs or ["fetch", "build", "matrix", "stack"]:
         # The engine benchmarks reuse the engine tier's helpers from tests/.
         session.run("python", f"bench/bench_{name}.py", env={"PYTHONPATH": "."})
 
