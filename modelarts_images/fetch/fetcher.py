@@ -272,9 +272,10 @@ def _resolved(image: ImageSpec, plan: lockfile.LockedImage, wheels: Sequence[Fet
     if options.locked:
         raise FetchError(f"{image.id}: --locked, but versions.lock pins no stack for it; run `inv lock`")
     if closure is None:
-        raise FetchError(f"{image.id}: its stack needs the dependency wheels of torch resolved for the image, and "
-                         "pip could not resolve them (see the warning above); a stack is always installed from "
-                         "files pinned in versions.lock")
+        why = "--no-closure leaves them out" if not options.closure else "pip could not resolve them (the " \
+              "warning above says why)"
+        raise FetchError(f"{image.id}: a stack is installed only from files pinned in versions.lock, resolved with "
+                         f"the dependency wheels of torch, and {why}")
     resolution = pip_resolver.resolve_stack(image, wheels, closure, scratch_parent=scratch)
     return replace(plan, closure=resolution.closure, stack=resolution.stack, build_deps=())
 

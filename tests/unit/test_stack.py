@@ -255,7 +255,12 @@ def test_a_hash_the_requirements_file_does_not_allow_is_a_fetch_error(tmp_path: 
     _check_hashes(image, (dataclasses.replace(six, sha256="a" * 64),))
 
 
-def test_locked_refuses_a_stack_the_lock_does_not_pin(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("locked", "closure", "message"), [
+    (True, True, r"^cell: --locked, but versions.lock pins no stack for it"),
+    (False, False, r"^cell: a stack is installed only from files pinned .* and --no-closure leaves them out"),
+])
+def test_a_stack_the_lock_does_not_pin_needs_a_resolution(tmp_path: Path, locked: bool, closure: bool,
+                                                          message: str) -> None:
     from modelarts_images.fetch.fetcher import fetch_images
     from modelarts_images.options import FetchOptions
     from tests.support.http_server import serve
@@ -268,7 +273,8 @@ def test_locked_refuses_a_stack_the_lock_does_not_pin(tmp_path: Path) -> None:
         image = dataclasses.replace(image, wheels=(Artifact(url=url, sha256=digest),))
         lockfile.write(tmp_path / "versions.lock", {"cell": lockfile.LockedImage(
             inputs=lockfile.inputs_of(image), installer=Artifact(url=url, sha256=digest),
-            wheels=(Artifact(url=url, sha256=digest),), closure=())})
-        options = FetchOptions(cache_dir=tmp_path / "cache", lock_path=tmp_path / "versions.lock", locked=True)
-        with pytest.raises(FetchError, match=r"^cell: --locked, but versions.lock pins no stack for it"):
+            wheels=(Artifact(url=url, sha256=digest),), closure=None)})
+        options = FetchOptions(cache_dir=tmp_path / "cache", lock_path=tmp_path / "versions.lock", locked=locked,
+                               closure=closure)
+        with pytest.raises(FetchError, match=message):
             fetch_images([image], options)
