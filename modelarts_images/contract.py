@@ -2,50 +2,93 @@
 
 Every stage checks against these values: the build creates the user and the conda prefix, verification runs
 the boot command the way the platform does, conformance checks the rules, the training-job body names them.
+The user is versions.yaml's `user:` (ma-user 1000:100 unless an entry says otherwise); every path below
+follows from its home directory.
 """
 
 from __future__ import annotations
 
-MA_USER = "ma-user"
-MA_UID = 1000
-MA_GID = 100
-MA_HOME = "/home/ma-user"
-CONDA_PREFIX = f"{MA_HOME}/miniconda3"
-BOOT_PYTHON = f"{CONDA_PREFIX}/bin/python"
+from dataclasses import dataclass
 
-# Where the platform mounts its own directories and the job's code from OBS (${MA_JOB_DIR}/<code dir>).
-MA_MOUNT_PATH = f"{MA_HOME}/modelarts"
-MA_JOB_DIR = f"{MA_MOUNT_PATH}/user-job-dir"
-MA_LOG_DIR = f"{MA_MOUNT_PATH}/log"
-CODE_DIR = f"{MA_JOB_DIR}/code"
+
+@dataclass(frozen=True, kw_only=True)
+class RunUser:
+    """The user a training job's container runs as, and the places that follow from its home directory."""
+
+    # ModelArts' current custom-image pages: "the default user of a custom image must be ma-user, UID 1000,
+    # GID 100" (Huawei Cloud, ModelArts > Custom Images > "Specifications for Custom Images Used for Training
+    # Jobs"). Older pages and some partner clouds document other uids (1101): versions.yaml's `user:` sets them.
+    name: str = "ma-user"
+    uid: int = 1000
+    gid: int = 100
+
+    @property
+    def home(self) -> str:
+        return f"/home/{self.name}"
+
+    @property
+    def conda_prefix(self) -> str:
+        return f"{self.home}/miniconda3"
+
+    @property
+    def boot_python(self) -> str:
+        return f"{self.conda_prefix}/bin/python"
+
+    # Where the platform mounts its own directories and puts the job's code from OBS: ${MA_JOB_DIR}/<last
+    # level of the OBS code directory> (ModelArts' training-job pages, "Environment variables": MA_HOME,
+    # MA_MOUNT_PATH, MA_JOB_DIR, MA_LOG_DIR). The code directory of a job is `code`.
+    @property
+    def mount_path(self) -> str:
+        return f"{self.home}/modelarts"
+
+    @property
+    def job_dir(self) -> str:
+        return f"{self.mount_path}/user-job-dir"
+
+    @property
+    def log_dir(self) -> str:
+        return f"{self.mount_path}/log"
+
+    @property
+    def code_dir(self) -> str:
+        return f"{self.job_dir}/code"
+
+    @property
+    def boot_command(self) -> str:
+        """The boot command as typed in the ModelArts console; the platform expands ${MA_JOB_DIR} before running
+        it without a shell, so a container's argv carries the expanded path (code_dir)."""
+        return f"{self.boot_python} ${{MA_JOB_DIR}}/code/{SCRIPT_NAME}"
+
+    @property
+    def spec(self) -> str:
+        """'uid:gid', as a container's user."""
+        return f"{self.uid}:{self.gid}"
+
+    def job_environment(self, *, gpus: int) -> tuple[tuple[str, str], ...]:
+        """The variables ModelArts injects into a single-node training container (MA_CURRENT_IP, the pod's
+        address, is left out: the engine's network decides it)."""
+        return (
+            ("MA_HOME", self.home),
+            ("MA_MOUNT_PATH", self.mount_path),
+            ("MA_JOB_DIR", self.job_dir),
+            ("MA_LOG_DIR", self.log_dir),
+            ("MA_NUM_GPUS", str(max(gpus, 0))),
+            ("MA_NUM_HOSTS", "1"),
+            ("MA_TASK_NAME", "worker"),
+            ("VC_TASK_INDEX", "0"),
+            ("VC_WORKER_NUM", "1"),
+            ("VC_WORKER_HOSTS", WORKER_HOSTNAME),
+        )
+
+
 SCRIPT_NAME = "pytorch-verification.py"
-# The boot command as typed in the ModelArts console; the platform expands ${MA_JOB_DIR} before running it
-# without a shell, so a container's argv carries the expanded path (CODE_DIR).
-BOOT_COMMAND = f"{BOOT_PYTHON} ${{MA_JOB_DIR}}/code/{SCRIPT_NAME}"
-WORKER_HOSTNAME = "modelarts-job-worker-0"
+WORKER_HOSTNAME = "modelarts-job-worker-0"  # the pod name pattern of a single-worker job
+DEFAULT_USER = RunUser()
 
-# ModelArts' documented limit for custom training images: "The size of a custom image cannot exceed 9.5 GB"
-# (Huawei Cloud, ModelArts > Custom Images > For Training Models > Specifications for Custom Images Used for
-# Training Jobs, modelarts_23_0217; the same figure in T-Systems' Open Telekom Cloud copy of that page).
-# Not sure of: whether the platform measures it compressed (in SWR) or uncompressed, and whether GB means 10^9
-# or 2^30 bytes. This compares the engine's uncompressed size with 9.5 * 10^9 bytes, the strictest reading.
-# (ModelArts' limit for *inference* images is different: 50 GB in current docs.) `--size-budget` changes it.
+# A size *budget*, not a documented rule of the current platform. Only ModelArts' legacy training pages state
+# "The size of a custom image cannot exceed 9.5 GB" (old ModelArts > Custom Images > "Specifications for
+# Custom Images Used for Training Jobs", modelarts_23_0217, and T-Systems' Open Telekom Cloud copy of it); the
+# current custom-image pages state no size limit. So an image above it draws a warning, and fails conformance
+# only when the user sets --size-budget. Compared with the engine's uncompressed size, 9.5 * 10^9 bytes.
 IMAGE_SIZE_BUDGET = 9_500_000_000
 VERIFY_TIMEOUT_S = 600.0  # how long one verification container may run by default
-
-
-def job_environment(*, gpus: int) -> tuple[tuple[str, str], ...]:
-    """The variables ModelArts injects into a single-node training container (MA_CURRENT_IP, the pod's
-    address, is left out: the engine's network decides it)."""
-    return (
-        ("MA_HOME", MA_HOME),
-        ("MA_MOUNT_PATH", MA_MOUNT_PATH),
-        ("MA_JOB_DIR", MA_JOB_DIR),
-        ("MA_LOG_DIR", MA_LOG_DIR),
-        ("MA_NUM_GPUS", str(max(gpus, 0))),
-        ("MA_NUM_HOSTS", "1"),
-        ("MA_TASK_NAME", "worker"),
-        ("VC_TASK_INDEX", "0"),
-        ("VC_WORKER_NUM", "1"),
-        ("VC_WORKER_HOSTS", WORKER_HOSTNAME),
-    )

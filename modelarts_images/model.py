@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from modelarts_images.contract import DEFAULT_USER, RunUser
+
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_NAME_BYTES = 255  # what ext4, xfs and tmpfs allow for one file name
 
@@ -90,6 +92,7 @@ class ImageSpec:
     installer: Artifact
     wheels: tuple[Artifact, ...]  # empty: derived from the PyTorch wheel index when fetched
     stack: Stack = Stack()
+    user: RunUser = DEFAULT_USER
 
     @property
     def reference(self) -> str:

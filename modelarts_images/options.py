@@ -61,8 +61,8 @@ HELP = {
     "platform": "target platform for the builder, e.g. linux/amd64",
     "device": "cpu, gpu, both, or auto: the GPU when the engine can give one, else the CPU (default: auto)",
     "timeout": f"seconds a verification container may run before it is killed (default: {VERIFY_TIMEOUT_S:g})",
-    "size_budget": f"image size budget in GB (10^9 bytes) for the conformance check (default: "
-                   f"{IMAGE_SIZE_BUDGET / 1e9:g}, ModelArts' limit)",
+    "size_budget": f"image size budget in GB (10^9 bytes): a larger image fails conformance (without it, an image "
+                   f"over {IMAGE_SIZE_BUDGET / 1e9:g} GB, the limit of ModelArts' legacy pages, only draws a warning)",
     "replace_tag": "replace a tag that already names another image in the registry (tags are immutable otherwise)",
     "extra_tag": "also push under this tag; repeat for several; {tag}, {date} (UTC, YYYYMMDD) and {revision} "
                  "(git, 12 hex digits) are filled in, e.g. --extra-tag '{tag}-{date}' (default: "
@@ -147,7 +147,7 @@ class VerifyOptions:
     reports_dir: Path  # <id>.json per image
     device: DeviceChoice = DeviceChoice.AUTO
     timeout: float = VERIFY_TIMEOUT_S
-    size_budget: int = IMAGE_SIZE_BUDGET
+    size_budget: int | None = None  # bytes; None: over contract.IMAGE_SIZE_BUDGET only warns
     script_dir: Path = VERIFY_DIR  # mounted where ModelArts puts the job's code
 
 
@@ -225,7 +225,7 @@ def resolve(section: Mapping[str, Any] | None, flags: Flags = Flags(), *, root: 
             reports_dir=root / flags.verify_reports if flags.verify_reports else reports_dir / "verify",
             device=choice("--device", flags.device, DeviceChoice),
             timeout=positive_number("--timeout", flags.timeout, VERIFY_TIMEOUT_S, float),
-            size_budget=_gigabytes("--size-budget", flags.size_budget, IMAGE_SIZE_BUDGET),
+            size_budget=_gigabytes("--size-budget", flags.size_budget),
         ),
         push=PushOptions(
             reports_dir=reports_dir,
@@ -266,9 +266,11 @@ def positive_number(flag: str, text: str | None, default: N, kind: type[N]) -> N
     return value
 
 
-def _gigabytes(flag: str, text: str | None, default: int) -> int:
-    """A size flag given in GB (10^9 bytes), as bytes."""
-    gigabytes = positive_number(flag, text, default / 1e9, float)
+def _gigabytes(flag: str, text: str | None) -> int | None:
+    """A size flag given in GB (10^9 bytes), as bytes; None when it is not given."""
+    if text is None:
+        return None
+    gigabytes = positive_number(flag, text, 0.0, float)
     if gigabytes > 1e9:  # a billion GB: no image is that large, and the product must stay a finite number
         raise ConfigError(f"{flag}: {text} GB is beyond any image size; give the budget in GB, e.g. 9.5")
     return int(gigabytes * 1e9)

@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from modelarts_images.config import compat
-from modelarts_images.contract import CONDA_PREFIX
 from modelarts_images.model import Artifact, FetchedImage, ImageSpec
 from modelarts_images.shared import redact
 
@@ -59,7 +58,10 @@ def build_args(image: ImageSpec, *, base_image: str | None = None, hermetic: boo
     args = [
         ("BASE_IMAGE", base_image or image.base_image),
         ("INSTALLER", image.installer.filename),
-        ("CONDA_PREFIX", CONDA_PREFIX),
+        ("CONDA_PREFIX", image.user.conda_prefix),
+        ("MA_USER", image.user.name),
+        ("MA_UID", str(image.user.uid)),
+        ("MA_GID", str(image.user.gid)),
         ("APT_MIRROR", image.apt_mirror),
         # CUDA wheels carry their own CUDA runtime; the variables tell the NVIDIA runtime to mount the driver.
         ("GPU_RUNTIME", "cpu" if image.is_cpu else "cuda"),
@@ -93,6 +95,7 @@ def labels(image: ImageSpec, *, base_image: str | None = None, fetched: FetchedI
         (f"{LABEL_PREFIX}id", image.id),
         (f"{LABEL_PREFIX}python", image.python),
         (f"{LABEL_PREFIX}cuda", image.cuda),
+        (f"{LABEL_PREFIX}user", f"{image.user.name} {image.user.spec}"),
     ]
     pairs += [(f"{LABEL_PREFIX}{name}", version) for name, version in image.packages]
     pairs += _stack_labels(image)

@@ -21,6 +21,7 @@ from modelarts_images.config import compat
 from modelarts_images.config.references import derived_tag
 from modelarts_images.config.stack import read_stack
 from modelarts_images.config.wheels import TORCH_FAMILY, installer_problem, wheel_distribution, wheel_problem
+from modelarts_images.contract import RunUser
 from modelarts_images.errors import ConfigError
 from modelarts_images.model import Artifact, ImageSpec, Stack, VersionsFile, filename_problem
 from modelarts_images.shared import redact, yamlio
@@ -203,7 +204,8 @@ def load_versions(path: Path, *, fallbacks: Mapping[str, str] | None = None) -> 
         raise _fail(label, sorted(structural, key=lambda p: [str(x).zfill(6) for x in p[0]]))
     defaults = document.get("defaults", {})
     inherited = {**BUILTIN_DEFAULTS, **(fallbacks or {}), **defaults}
-    merged = [{**inherited, **entry} for entry in document["images"]]
+    merged = [{**inherited, **entry, "user": {**defaults.get("user", {}), **entry.get("user", {})}}
+              for entry in document["images"]]
     problems = [p for index, entry in enumerate(merged) for p in _entry_problems(index, entry)]
     stacks = []
     for index, (entry, merged_entry) in enumerate(zip(document["images"], merged, strict=True)):
@@ -323,6 +325,7 @@ def _to_spec(entry: Mapping[str, Any], stack: Stack) -> ImageSpec:
         installer=_artifact(entry["installer"]),
         wheels=tuple(_artifact(wheel) for wheel in entry.get("wheels", [])),
         stack=stack,
+        user=RunUser(**entry["user"]),
     )
 
 

@@ -175,7 +175,8 @@ class Runner:
         engine = self._engine()
         verified = pipeline.verify_step(cell.image, self.options.verify, engine)
         cell.add(verification=verified.report,
-                 manifest=capture_manifest(engine, cell.image.reference, timeout=self.options.verify.timeout))
+                 manifest=capture_manifest(engine, cell.image.reference, timeout=self.options.verify.timeout,
+                                           user=cell.image.user))
         cell.timed("verify", started)
         self.out(format_report(verified.report))
         failure = verified.report.failure()

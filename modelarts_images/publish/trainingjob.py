@@ -2,24 +2,27 @@
 
     POST https://modelarts.<region>.myhuaweicloud.com/v2/{project_id}/training-jobs   (body: training_job_body())
 
-What this relies on (Huawei Cloud API reference, "Creating a Training Job", POST /v2/{project_id}/training-jobs,
-support.huaweicloud.com/api-modelarts/CreateTrainingJob.html, and the OTC copy of the same page):
-- top level: `kind` ("job", mandatory), `metadata` (JobMetadata: `name` mandatory, 1-64 of letters, digits, `_`,
-  `-`; `description` 0-256 characters), `algorithm` (JobAlgorithm: "code_dir+boot_file: the code directory and
-  boot file of the training job are used"), `spec` (mandatory unless `tasks` is given);
-- a custom image is named in `algorithm.engine.image_url` (the SWR image), and the container's start command in
-  `algorithm.command` (the console's "Boot Command" for custom images; the v1 API called them user_image_url
-  and user_command);
-- `spec.resource.flavor_id` and `spec.resource.node_count`.
+The fields and their rules are those of the request models in Huawei Cloud's Python SDK (huaweicloudsdkmodelarts,
+package huaweicloudsdkmodelarts.v1.model: Job, JobMetadata, JobAlgorithm, JobEngine, Spec, SpecResource), the
+models of CreateTrainingJob (POST /v2/{project_id}/training-jobs); tests/unit/test_trainingjob.py builds the body
+with those models whenever the SDK is installed (it is a dev dependency). What the body relies on:
+- `kind` "job"; `metadata.name` 1-64 of letters, digits, `_`, `-`; `metadata.description` at most 256 characters;
+- `algorithm.code_dir` must come with `algorithm.boot_file` (a file inside code_dir); both are the OBS folder
+  the user uploads verify/ to, left as placeholders;
+- `algorithm.command`: "the boot command of the custom image's container";
+- `algorithm.engine.image_url`: the SWR image (JobEngine has no field for the user: ModelArts runs a custom image
+  as its own training uid, which versions.yaml's `user:` must match);
+- no `algorithm.local_code_dir`: it "must be a directory under /home" and may not be /home/ma-user,
+  /home/ma-user/modelarts, /home/ma-user/modelarts-dev, /home/ma-user/infer or anything below the last three.
+  Left out, the code lands in ${MA_JOB_DIR}/<last level of code_dir>, which is where the boot command looks;
+- `algorithm.environments`: keys of letters, digits and `_`, not starting with a digit, at most 100 pairs;
+- `spec.resource.flavor_id` and `node_count`.
 
-UNCERTAIN (not confirmed in the pages found; check against API Explorer before relying on them):
-- `algorithm.engine.run_user` as the uid the container runs as (the console's "user ID"; the ma-cli calls it
-  --uid, default 1000);
+UNCERTAIN (not confirmed in the SDK or the pages found; check against API Explorer before relying on them):
 - whether `image_url` may be digest-pinned (`repo@sha256:...`): ModelArts documents `swr-host/org/repo:tag`;
   the tag is in `metadata.description` to fall back on;
-- `algorithm.local_code_dir` / `working_dir` (where OBS code lands: ${MA_JOB_DIR}/code) and the flavor ids
-  (`modelarts.vm.cpu.8u`, `modelarts.vm.gpu.v100`, region-dependent: list them with GET /v2/{project_id}/
-  training-job-flavors).
+- the public-pool flavor ids (`modelarts.vm.cpu.8u`, `modelarts.vm.gpu.v100`; region-dependent: list them with
+  GET /v2/{project_id}/training-job-flavors).
 Placeholders in angle brackets (<bucket>) are for the user to fill in.
 """
 
@@ -30,13 +33,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-from modelarts_images.contract import BOOT_COMMAND, CODE_DIR, MA_JOB_DIR, MA_UID
+from modelarts_images.contract import SCRIPT_NAME
 from modelarts_images.model import ImageSpec
 from modelarts_images.shared.files import write_atomic
 
 CPU_FLAVOR = "modelarts.vm.cpu.8u"  # UNCERTAIN: region-dependent
 GPU_FLAVOR = "modelarts.vm.gpu.v100"  # UNCERTAIN: region-dependent
-CODE_DIR_PLACEHOLDER = "obs://<bucket>/<path>/code/"  # upload verify/pytorch-verification.py here
+# The OBS folder holding verify/pytorch-verification.py; its last level (`code`) is the folder the boot
+# command finds under ${MA_JOB_DIR}.
+CODE_DIR_PLACEHOLDER = "obs://<bucket>/<path>/code/"
+MAX_DESCRIPTION = 256
 _NAME = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -53,21 +59,19 @@ def job_name(image: ImageSpec) -> str:
 def training_job_body(image: ImageSpec, *, digest: str, flavor_id: str | None = None, node_count: int = 1,
                       code_dir: str = CODE_DIR_PLACEHOLDER) -> dict[str, Any]:
     """The v2 training-jobs body that runs the verification script in the pushed image as ModelArts would."""
+    code_dir = code_dir.rstrip("/") + "/"
+    description = f"Verify {image.reference} (PyTorch {image.torch}, {image.variant}, Python {image.python})"
     return {
         "kind": "job",
         "metadata": {
             "name": job_name(image),
-            "description": f"Verify {image.reference} (PyTorch {image.torch}, {image.variant}, Python {image.python})",
+            "description": description[:MAX_DESCRIPTION],
         },
         "algorithm": {
             "code_dir": code_dir,
-            "command": BOOT_COMMAND,  # ModelArts expands ${MA_JOB_DIR}; runs without a shell profile
-            "local_code_dir": MA_JOB_DIR,  # UNCERTAIN: where code_dir is downloaded (its last level: code)
-            "working_dir": CODE_DIR,  # UNCERTAIN
-            "engine": {
-                "image_url": pinned_reference(image, digest),
-                "run_user": str(MA_UID),  # UNCERTAIN: field name; ModelArts runs custom images as uid 1000
-            },
+            "boot_file": f"{code_dir}{SCRIPT_NAME}",
+            "command": image.user.boot_command,  # ModelArts expands ${MA_JOB_DIR}; runs without a shell profile
+            "engine": {"image_url": pinned_reference(image, digest)},
             "parameters": [],
             "environments": {"PYTHONUNBUFFERED": "1"},
         },

@@ -1,15 +1,17 @@
 """ModelArts' rules for custom training images, each checked and reported pass/fail (a few only warn).
 
 Rules (ModelArts, "Specifications for Custom Images Used for Training Jobs", and the training boot command):
-- `ma-user`: the user exists with uid 1000, gid 100, home /home/ma-user (jobs run as uid 1000);
-- `boot-python`: the boot command's python (`/home/ma-user/miniconda3/bin/python`) starts as uid 1000 without
-  any shell activation (no `conda activate`, no profile) and loads its own libraries;
+- `ma-user`: the entry's user (versions.yaml `user:`, by default ma-user uid 1000 gid 100, home /home/ma-user)
+  exists as such (jobs run as that uid);
+- `boot-python`: the boot command's python (`<home>/miniconda3/bin/python`) starts as that uid without any shell
+  activation (no `conda activate`, no profile) and loads its own libraries;
 - `default-user`: the image does not run as root by default (its config's User);
 - `setuid-setgid`: no setuid/setgid file beyond the base image's ("a file cannot be added whose owner is root and
   has permission setuid or setgid");
 - `credentials`: no credential file left anywhere: .docker/config.json, .netrc, .git-credentials, and pip.conf,
   pip.ini or .pypirc holding a password or a URL with user:password@;
-- `image-size`: within a budget, by default ModelArts' limit (contract.IMAGE_SIZE_BUDGET);
+- `image-size`: within a budget: a warning over contract.IMAGE_SIZE_BUDGET (a figure only ModelArts' legacy pages
+  state), a failure over the budget the user sets with --size-budget;
 - `conda-channel` (warning only): conda packages from Anaconda's `defaults` channel, which Anaconda's terms make
   paid for larger organisations.
 
@@ -18,7 +20,7 @@ without a network; judging it (`evaluate()`) is pure. The probes (Python ones li
 modelarts_images.verify.probes, and travel on the command line):
 - conformance_facts.py, Python 3.7+ stdlib, run as root with the image's conda python: users, credential files,
   conda metadata (it prints facts, never a secret);
-- boot_facts.py, run as uid 1000 exactly as a boot command is (absolute path, no shell, ModelArts' variables);
+- boot_facts.py, run as the user exactly as a boot command is (absolute path, no shell, ModelArts' variables);
 - SETUID_COMMAND, `find` over the root filesystem, in the image and in its base image.
 """
 
@@ -28,16 +30,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from modelarts_images.contract import (
-    BOOT_PYTHON,
-    CONDA_PREFIX,
-    IMAGE_SIZE_BUDGET,
-    MA_GID,
-    MA_HOME,
-    MA_UID,
-    MA_USER,
-    VERIFY_TIMEOUT_S,
-)
+from modelarts_images.contract import DEFAULT_USER, IMAGE_SIZE_BUDGET, VERIFY_TIMEOUT_S, RunUser
 from modelarts_images.engine.api import ContainerOutput, ContainerRun, Engine, ImageConfig
 from modelarts_images.errors import EngineError, VerifyError
 from modelarts_images.shared import text
@@ -86,8 +79,8 @@ class ProbeFacts:
 
     python: str
     user: UserFacts | None  # None: no such user
-    uid_owner: str | None  # the name uid 1000 resolves to
-    group: str | None  # the name of gid 100
+    uid_owner: str | None  # the name the user's uid resolves to
+    group: str | None  # the name of the user's gid
     credential_files: tuple[CredentialFile, ...]
     conda_packages: tuple[CondaPackage, ...] | None  # None: no conda-meta (not a conda installation)
     errors: tuple[str, ...]
@@ -95,7 +88,7 @@ class ProbeFacts:
 
 @dataclass(frozen=True, kw_only=True)
 class BootFacts:
-    """How the boot python started as uid 1000: ok, or why not."""
+    """How the boot python started as the user: ok, or why not."""
 
     ok: bool
     detail: str
@@ -150,29 +143,29 @@ def parse_probe(text: str) -> ProbeFacts:
         raise VerifyError(f"conformance probe: unexpected facts ({type(error).__name__}: {error})") from error
 
 
-def parse_boot(output: ContainerOutput) -> BootFacts:
+def parse_boot(output: ContainerOutput, user: RunUser = DEFAULT_USER) -> BootFacts:
     """Judge the boot python's run: exit 0, the conda prefix, its libraries loaded, nothing activated."""
     if output.timed_out:
-        return BootFacts(ok=False, detail=f"{BOOT_PYTHON} did not finish in {output.seconds:.0f} s")
+        return BootFacts(ok=False, detail=f"{user.boot_python} did not finish in {output.seconds:.0f} s")
     try:
-        data = tagged_json(output.stdout, BOOT_PREFIX, what=BOOT_PYTHON)
+        data = tagged_json(output.stdout, BOOT_PREFIX, what=user.boot_python)
     except VerifyError as error:
         tail = " | ".join(output.stderr.strip().splitlines()[-3:])
         return BootFacts(ok=False, detail=f"exit status {output.exit_code}; {error}" + (f"; {tail}" if tail else ""))
     problems = []
     if output.exit_code != 0:
         problems.append(f"exit status {output.exit_code}")
-    if data.get("prefix") != CONDA_PREFIX:
-        problems.append(f"sys.prefix is {data.get('prefix')!r}, not {CONDA_PREFIX}")
-    if data.get("uid") != MA_UID or data.get("gid") != MA_GID:
-        problems.append(f"ran as {data.get('uid')}:{data.get('gid')}, not {MA_UID}:{MA_GID}")
+    if data.get("prefix") != user.conda_prefix:
+        problems.append(f"sys.prefix is {data.get('prefix')!r}, not {user.conda_prefix}")
+    if data.get("uid") != user.uid or data.get("gid") != user.gid:
+        problems.append(f"ran as {data.get('uid')}:{data.get('gid')}, not {user.spec}")
     modules = data.get("modules") or {}
     broken = [f"{name} ({state})" for name, state in sorted(modules.items()) if state != "ok"]
     if broken:
         problems.append("cannot import " + ", ".join(broken))
     if problems:
         return BootFacts(ok=False, detail="; ".join(problems))
-    return BootFacts(ok=True, detail=f"{BOOT_PYTHON} (Python {data.get('python')}) started as {MA_UID}:{MA_GID} "
+    return BootFacts(ok=True, detail=f"{user.boot_python} (Python {data.get('python')}) started as {user.spec} "
                                      f"without a shell or activation; {', '.join(sorted(modules))} import")
 
 
@@ -207,37 +200,37 @@ def _names(paths: Sequence[str], limit: int = 8) -> str:
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
-def check_user(probe: ProbeFacts) -> CheckOutcome:
+def check_user(probe: ProbeFacts, expected: RunUser = DEFAULT_USER) -> CheckOutcome:
     name = "ma-user"
     user = probe.user
     if user is None:
-        return CheckOutcome(name=name, ok=False, detail=f"no user {MA_USER} in /etc/passwd")
+        return CheckOutcome(name=name, ok=False, detail=f"no user {expected.name} in /etc/passwd")
     problems = []
-    if user.uid != MA_UID:
-        problems.append(f"uid {user.uid}, not {MA_UID}")
-    if user.gid != MA_GID:
-        problems.append(f"gid {user.gid}, not {MA_GID}")
-    if user.home != MA_HOME:
-        problems.append(f"home {user.home}, not {MA_HOME}")
+    if user.uid != expected.uid:
+        problems.append(f"uid {user.uid}, not {expected.uid}")
+    if user.gid != expected.gid:
+        problems.append(f"gid {user.gid}, not {expected.gid}")
+    if user.home != expected.home:
+        problems.append(f"home {user.home}, not {expected.home}")
     elif not user.home_exists:
-        problems.append(f"home {MA_HOME} does not exist")
-    elif user.home_owner != MA_UID:
-        problems.append(f"home {MA_HOME} is owned by uid {user.home_owner}, not {MA_UID}")
-    if probe.uid_owner not in (None, MA_USER):
-        problems.append(f"uid {MA_UID} resolves to {probe.uid_owner!r} first")
+        problems.append(f"home {expected.home} does not exist")
+    elif user.home_owner != expected.uid:
+        problems.append(f"home {expected.home} is owned by uid {user.home_owner}, not {expected.uid}")
+    if probe.uid_owner not in (None, expected.name):
+        problems.append(f"uid {expected.uid} resolves to {probe.uid_owner!r} first")
     if problems:
-        return CheckOutcome(name=name, ok=False, detail=f"{MA_USER}: " + "; ".join(problems))
+        return CheckOutcome(name=name, ok=False, detail=f"{expected.name}: " + "; ".join(problems))
     group = f" ({probe.group})" if probe.group else ""
-    return CheckOutcome(name=name, ok=True,
-                        detail=f"{MA_USER} uid {MA_UID} gid {MA_GID}{group}, home {MA_HOME} owned by {MA_UID}")
+    return CheckOutcome(name=name, ok=True, detail=f"{expected.name} uid {expected.uid} gid {expected.gid}{group}, "
+                                                   f"home {expected.home} owned by {expected.uid}")
 
 
-def check_default_user(config_user: str) -> CheckOutcome:
+def check_default_user(config_user: str, expected: RunUser = DEFAULT_USER) -> CheckOutcome:
     if _is_root(config_user):
         shown = repr(config_user) if config_user else "not set (root)"
         return CheckOutcome(name="default-user", ok=False,
                             detail=f"the image runs as root by default: User is {shown}; end the Dockerfile with "
-                                   f"USER {MA_USER}")
+                                   f"USER {expected.name}")
     return CheckOutcome(name="default-user", ok=True, detail=f"User {config_user} (not root)")
 
 
@@ -275,18 +268,24 @@ def check_credentials(probe: ProbeFacts) -> CheckOutcome:
                         detail="no credential files" + (f" ({_names(clean)} hold none)" if clean else ""))
 
 
-def check_size(size: int, budget: int) -> CheckOutcome:
-    if size > budget:
-        return CheckOutcome(name="image-size", ok=False,
-                            detail=f"{_gb(size)} uncompressed, over the budget of {_gb(budget)}")
-    return CheckOutcome(name="image-size", ok=True, detail=f"{_gb(size)} uncompressed, budget {_gb(budget)}")
+def check_size(size: int, budget: int | None) -> CheckOutcome:
+    """Over a budget the user set (--size-budget): a failure. Over the default one: a warning, since only
+    ModelArts' legacy pages state that limit (see contract.IMAGE_SIZE_BUDGET)."""
+    limit = IMAGE_SIZE_BUDGET if budget is None else budget
+    whose = "the --size-budget of" if budget is not None else "the default budget of"
+    if size > limit:
+        why = "" if budget is not None else (" (the 9.5 GB limit of ModelArts' legacy custom-image pages; the "
+                                             "current pages state none: set --size-budget to make this a failure)")
+        return CheckOutcome(name="image-size", ok=False, warning=budget is None,
+                            detail=f"{_gb(size)} uncompressed, over {whose} {_gb(limit)}{why}")
+    return CheckOutcome(name="image-size", ok=True, detail=f"{_gb(size)} uncompressed, {whose} {_gb(limit)}")
 
 
-def check_conda_channels(probe: ProbeFacts) -> CheckOutcome:
+def check_conda_channels(probe: ProbeFacts, user: RunUser = DEFAULT_USER) -> CheckOutcome:
     name = "conda-channel"
     if probe.conda_packages is None:
         return CheckOutcome(name=name, ok=True, skipped=True,
-                            detail=f"no conda metadata ({CONDA_PREFIX}/conda-meta is absent: not a conda "
+                            detail=f"no conda metadata ({user.conda_prefix}/conda-meta is absent: not a conda "
                                    "installation), nothing to check")
     paid = [package for package in probe.conda_packages if is_defaults_channel(package.channel)]
     if paid:
@@ -301,22 +300,23 @@ def check_conda_channels(probe: ProbeFacts) -> CheckOutcome:
                         detail=f"{len(probe.conda_packages)} conda packages, none from Anaconda's `defaults` channel")
 
 
-def evaluate(facts: ImageFacts, *, size_budget: int = IMAGE_SIZE_BUDGET) -> list[CheckOutcome]:
-    """Every rule, judged on the gathered facts."""
+def evaluate(facts: ImageFacts, *, size_budget: int | None = None, user: RunUser = DEFAULT_USER,
+             ) -> list[CheckOutcome]:
+    """Every rule, judged on the gathered facts, for the entry's `user`."""
     outcomes: list[CheckOutcome] = []
     if facts.probe is None:
         why = f"the probe did not run: {facts.probe_error}"
         outcomes += [CheckOutcome(name=name, ok=False, detail=why) for name in ("ma-user", "credentials")]
     else:
-        outcomes.append(check_user(facts.probe))
+        outcomes.append(check_user(facts.probe, user))
     outcomes.append(CheckOutcome(name="boot-python", ok=facts.boot.ok, detail=facts.boot.detail))
-    outcomes.append(check_default_user(facts.config_user))
+    outcomes.append(check_default_user(facts.config_user, user))
     outcomes.append(check_setuid(facts))
     if facts.probe is not None:
         outcomes.append(check_credentials(facts.probe))
     outcomes.append(check_size(facts.size, size_budget))
     if facts.probe is not None:
-        outcomes.append(check_conda_channels(facts.probe))
+        outcomes.append(check_conda_channels(facts.probe, user))
     order = ("ma-user", "boot-python", "default-user", "setuid-setgid", "credentials", "image-size", "conda-channel")
     return sorted(outcomes, key=lambda outcome: order.index(outcome.name) if outcome.name in order else len(order))
 
@@ -325,18 +325,19 @@ def evaluate(facts: ImageFacts, *, size_budget: int = IMAGE_SIZE_BUDGET) -> list
 # Gathering (through the engine)
 
 
-def probe_run(reference: str, *, timeout: float = VERIFY_TIMEOUT_S) -> ContainerRun:
+def probe_run(reference: str, *, timeout: float = VERIFY_TIMEOUT_S, user: RunUser = DEFAULT_USER) -> ContainerRun:
     """conformance_facts.py as root; isolated (-I) so nothing in the image's environment or cwd steers it."""
     source = probe_source(CONFORMANCE_FACTS)
-    return ContainerRun(image=reference, command=(BOOT_PYTHON, "-I", "-c", source, CONDA_PREFIX, MA_USER),
+    return ContainerRun(image=reference, command=(user.boot_python, "-I", "-c", source, user.conda_prefix, user.name,
+                                                  str(user.uid), str(user.gid)),
                         user="0:0", working_dir="/", network=False, timeout=timeout)
 
 
 def boot_run(reference: str, environment: tuple[tuple[str, str], ...] = (), *,
-             timeout: float = VERIFY_TIMEOUT_S) -> ContainerRun:
-    """boot_facts.py as uid 1000, started like a boot command: not isolated, since that is what a job gets."""
-    return ContainerRun(image=reference, command=(BOOT_PYTHON, "-c", probe_source(BOOT_FACTS)),
-                        user=f"{MA_UID}:{MA_GID}", working_dir=MA_HOME, environment=environment, network=False,
+             timeout: float = VERIFY_TIMEOUT_S, user: RunUser = DEFAULT_USER) -> ContainerRun:
+    """boot_facts.py as the user, started like a boot command: not isolated, since that is what a job gets."""
+    return ContainerRun(image=reference, command=(user.boot_python, "-c", probe_source(BOOT_FACTS)),
+                        user=user.spec, working_dir=user.home, environment=environment, network=False,
                         timeout=timeout)
 
 
@@ -357,9 +358,9 @@ def _setuid_files(engine: Engine, reference: str, timeout: float) -> tuple[tuple
 
 
 def _boot_facts(engine: Engine, reference: str, environment: tuple[tuple[str, str], ...], timeout: float,
-                ) -> BootFacts:
+                user: RunUser) -> BootFacts:
     try:
-        return parse_boot(engine.run(boot_run(reference, environment, timeout=timeout)))
+        return parse_boot(engine.run(boot_run(reference, environment, timeout=timeout, user=user)), user)
     except (VerifyError, EngineError) as error:
         return BootFacts(ok=False, detail=f"the boot probe did not run in {reference}: {error}")
 
@@ -377,17 +378,18 @@ def _base_setuid_files(engine: Engine, base_image: str, timeout: float,
 
 
 def gather(engine: Engine, config: ImageConfig, *, base_image: str | None,
-           environment: tuple[tuple[str, str], ...] = (), timeout: float = VERIFY_TIMEOUT_S) -> ImageFacts:
+           environment: tuple[tuple[str, str], ...] = (), timeout: float = VERIFY_TIMEOUT_S,
+           user: RunUser = DEFAULT_USER) -> ImageFacts:
     """Run the probes in containers of the image (and of `base_image`) and collect what they saw."""
     reference = config.reference
     probe: ProbeFacts | None = None
     probe_error: str | None = None
     try:
-        output = engine.run(probe_run(reference, timeout=timeout))
+        output = engine.run(probe_run(reference, timeout=timeout, user=user))
         probe = parse_probe(output.stdout)
     except (VerifyError, EngineError) as error:
         probe_error = str(error)
-    boot = _boot_facts(engine, reference, environment, timeout)
+    boot = _boot_facts(engine, reference, environment, timeout, user)
     setuid_files, setuid_error = _setuid_files(engine, reference, timeout)
     base_files: tuple[str, ...] | None = None
     base_error: str | None = None
@@ -403,8 +405,8 @@ def gather(engine: Engine, config: ImageConfig, *, base_image: str | None,
 
 
 def check_image(engine: Engine, config: ImageConfig, *, base_image: str | None,
-                size_budget: int = IMAGE_SIZE_BUDGET, environment: tuple[tuple[str, str], ...] = (),
-                timeout: float = VERIFY_TIMEOUT_S) -> list[CheckOutcome]:
-    """Gather the facts of the image and judge them against every rule."""
-    return evaluate(gather(engine, config, base_image=base_image, environment=environment, timeout=timeout),
-                    size_budget=size_budget)
+                size_budget: int | None = None, environment: tuple[tuple[str, str], ...] = (),
+                timeout: float = VERIFY_TIMEOUT_S, user: RunUser = DEFAULT_USER) -> list[CheckOutcome]:
+    """Gather the facts of the image and judge them against every rule for the entry's `user`."""
+    facts = gather(engine, config, base_image=base_image, environment=environment, timeout=timeout, user=user)
+    return evaluate(facts, size_budget=size_budget, user=user)

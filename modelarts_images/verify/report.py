@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelarts_images.contract import BOOT_COMMAND
+from modelarts_images.contract import DEFAULT_USER, RunUser
 from modelarts_images.errors import VerifyError
 from modelarts_images.model import ImageSpec
 from modelarts_images.options import Device
@@ -28,10 +28,12 @@ class Expected:
     cuda: str
     variant: str
     packages: tuple[tuple[str, str], ...]  # (name, version), torch first
+    user: RunUser = DEFAULT_USER
 
     @classmethod
     def of(cls, image: ImageSpec) -> Expected:
-        return cls(python=image.python, cuda=image.cuda, variant=image.variant, packages=image.packages)
+        return cls(python=image.python, cuda=image.cuda, variant=image.variant, packages=image.packages,
+                   user=image.user)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,8 +108,9 @@ class ImageReport:
             "size": self.size,
             "ok": self.ok,
             "expected": {"python": expected.python, "cuda": expected.cuda, "variant": expected.variant,
-                         "packages": dict(expected.packages)},
-            "boot_command": BOOT_COMMAND,
+                         "packages": dict(expected.packages),
+                         "user": {"name": expected.user.name, "uid": expected.user.uid, "gid": expected.user.gid}},
+            "boot_command": expected.user.boot_command,
             "runs": [run.to_json() for run in self.runs],
             "skipped": list(self.skipped),
             "conformance": [outcome.to_json() for outcome in self.conformance],
@@ -117,10 +120,13 @@ class ImageReport:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ImageReport:
         expected = data["expected"]
+        user = expected.get("user")  # absent from reports written before the user could be set
         return cls(id=str(data["id"]), reference=str(data["reference"]),
                    expected=Expected(python=str(expected["python"]), cuda=str(expected["cuda"]),
                                      variant=str(expected["variant"]),
-                                     packages=tuple((str(k), str(v)) for k, v in expected["packages"].items())),
+                                     packages=tuple((str(k), str(v)) for k, v in expected["packages"].items()),
+                                     user=DEFAULT_USER if user is None else RunUser(
+                                         name=str(user["name"]), uid=int(user["uid"]), gid=int(user["gid"]))),
                    image_id=str(data["image_id"]), size=int(data["size"]),
                    runs=tuple(DeviceRun.from_json(run) for run in data["runs"]),
                    skipped=tuple(str(note) for note in data["skipped"]),

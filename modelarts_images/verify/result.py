@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from modelarts_images.contract import MA_GID, MA_HOME, MA_JOB_DIR, MA_UID, SCRIPT_NAME
+from modelarts_images.contract import SCRIPT_NAME
 from modelarts_images.errors import VerifyError
 from modelarts_images.model import ImageSpec
 from modelarts_images.options import Device
@@ -132,7 +132,7 @@ def check_against(result: VerificationResult, image: ImageSpec, device: Device) 
       a CPU entry's torch is a CPU build (torch.version.cuda is None);
     - python-version: the entry's Python (major.minor);
     - cuda-available (GPU only): CUDA available, the work ran on a CUDA device;
-    - ma-user: the script ran as uid 1000 gid 100, in /home/ma-user, with MA_JOB_DIR set.
+    - ma-user: the script ran as the entry's user (uid and gid), in its home, with MA_JOB_DIR set.
     """
     outcomes: list[CheckOutcome] = []
     expected_local = "" if image.is_cpu else image.variant
@@ -160,8 +160,9 @@ def check_against(result: VerificationResult, image: ImageSpec, device: Device) 
                              f"{result.device_count} device(s) visible, work ran on {result.device})")
         outcomes.append(CheckOutcome(name="cuda-available", ok=ok, detail=detail))
     env = dict(result.environment)
-    as_ma_user = result.uid == MA_UID and result.gid == MA_GID
-    where_ok = result.cwd == MA_HOME and env.get("MA_JOB_DIR") == MA_JOB_DIR
+    user = image.user
+    as_ma_user = result.uid == user.uid and result.gid == user.gid
+    where_ok = result.cwd == user.home and env.get("MA_JOB_DIR") == user.job_dir
     outcomes.append(CheckOutcome(
         name="ma-user", ok=as_ma_user and where_ok,
         detail=f"ran as {result.uid}:{result.gid} ({result.user or 'no passwd entry'}) in {result.cwd}, "

@@ -1,7 +1,7 @@
 """The container ModelArts starts for a training job's boot command, and which devices a verification uses.
 
-ModelArts starts a training job's container as uid 1000 gid 100 in /home/ma-user, with MA_JOB_DIR and friends
-set, the job's code from OBS under ${MA_JOB_DIR}/<code dir>, and the boot command run as it is typed: no login
+ModelArts starts a training job's container as the image's user (ma-user, uid 1000 gid 100, unless versions.yaml
+says otherwise) in its home, with MA_JOB_DIR and friends set, the job's code from OBS under ${MA_JOB_DIR}/<code dir>, and the boot command run as it is typed: no login
 shell, no profile, so no `conda activate`. `run_spec()` describes exactly that container, with verify/ mounted
 read-only where the code from OBS would land.
 """
@@ -10,17 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelarts_images.contract import (
-    BOOT_PYTHON,
-    CODE_DIR,
-    MA_GID,
-    MA_HOME,
-    MA_UID,
-    SCRIPT_NAME,
-    VERIFY_TIMEOUT_S,
-    WORKER_HOSTNAME,
-    job_environment,
-)
+from modelarts_images.contract import DEFAULT_USER, SCRIPT_NAME, VERIFY_TIMEOUT_S, WORKER_HOSTNAME, RunUser
 from modelarts_images.engine.api import ContainerRun, GpuSupport, Mount
 from modelarts_images.errors import ConfigError
 from modelarts_images.options import Device, DeviceChoice
@@ -28,7 +18,7 @@ from modelarts_images.paths import VERIFY_DIR
 
 
 def run_spec(reference: str, *, device: Device, script_dir: Path = VERIFY_DIR, gpus: int = 1,
-             timeout: float = VERIFY_TIMEOUT_S) -> ContainerRun:
+             timeout: float = VERIFY_TIMEOUT_S, user: RunUser = DEFAULT_USER) -> ContainerRun:
     """The container ModelArts would start for the boot command, on a CPU flavor or a `gpus`-GPU flavor.
 
     On a GPU the script gets --require-gpu, so a missing CUDA fails instead of falling back to the CPU.
@@ -36,14 +26,14 @@ def run_spec(reference: str, *, device: Device, script_dir: Path = VERIFY_DIR, g
     if gpus < 1:
         raise ConfigError(f"gpus: {gpus} must be 1 or more")
     gpu = device is Device.GPU
-    command: tuple[str, ...] = (BOOT_PYTHON, f"{CODE_DIR}/{SCRIPT_NAME}")
+    command: tuple[str, ...] = (user.boot_python, f"{user.code_dir}/{SCRIPT_NAME}")
     return ContainerRun(
         image=reference,
         command=command + (("--require-gpu",) if gpu else ()),
-        user=f"{MA_UID}:{MA_GID}",
-        working_dir=MA_HOME,
-        environment=job_environment(gpus=gpus if gpu else 0),
-        mounts=(Mount(source=str(Path(script_dir).resolve()), target=CODE_DIR, read_only=True),),
+        user=user.spec,
+        working_dir=user.home,
+        environment=user.job_environment(gpus=gpus if gpu else 0),
+        mounts=(Mount(source=str(Path(script_dir).resolve()), target=user.code_dir, read_only=True),),
         gpus=gpus if gpu else 0,
         hostname=WORKER_HOSTNAME,
         timeout=timeout,

@@ -1,12 +1,12 @@
 """The stack, checked in the image the way a ModelArts job meets it: `pip check` (every requirement of every
-installed distribution met), each requirement of the stack imported as uid 1000, and each `checks:` script run
+installed distribution met), each requirement of the stack imported as the image's user, and each `checks:` script run
 as a boot command is run. Every outcome is one check in the report; nothing here stops the verification."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from modelarts_images.contract import BOOT_PYTHON, CODE_DIR, MA_GID, MA_HOME, MA_UID, job_environment
+from modelarts_images.contract import RunUser
 from modelarts_images.engine.api import ContainerOutput, ContainerRun, Engine, Mount
 from modelarts_images.errors import EngineError, VerifyError
 from modelarts_images.model import ImageSpec
@@ -17,25 +17,26 @@ IMPORTS_PREFIX = "MODELARTS_STACK_IMPORTS "
 TAIL = 8  # lines of a failed check's output in its detail
 
 
-def _as_job(reference: str, command: tuple[str, ...], *, timeout: float, mounts: tuple[Mount, ...] = ()) -> ContainerRun:
-    """A container started the way ModelArts starts a job's boot command: uid 1000, /home/ma-user, its variables."""
-    return ContainerRun(image=reference, command=command, user=f"{MA_UID}:{MA_GID}", working_dir=MA_HOME,
-                        environment=job_environment(gpus=0), mounts=mounts, network=False, timeout=timeout)
+def _as_job(reference: str, user: RunUser, command: tuple[str, ...], *, timeout: float,
+            mounts: tuple[Mount, ...] = ()) -> ContainerRun:
+    """A container started the way ModelArts starts a job's boot command: the user, its home, the variables."""
+    return ContainerRun(image=reference, command=command, user=user.spec, working_dir=user.home,
+                        environment=user.job_environment(gpus=0), mounts=mounts, network=False, timeout=timeout)
 
 
-def pip_check_run(reference: str, *, timeout: float) -> ContainerRun:
-    return _as_job(reference, (BOOT_PYTHON, "-m", "pip", "check"), timeout=timeout)
+def pip_check_run(reference: str, user: RunUser, *, timeout: float) -> ContainerRun:
+    return _as_job(reference, user, (user.boot_python, "-m", "pip", "check"), timeout=timeout)
 
 
-def imports_run(reference: str, names: tuple[str, ...], *, timeout: float) -> ContainerRun:
-    return _as_job(reference, (BOOT_PYTHON, "-c", probe_source(STACK_IMPORTS), *names), timeout=timeout)
+def imports_run(reference: str, user: RunUser, names: tuple[str, ...], *, timeout: float) -> ContainerRun:
+    return _as_job(reference, user, (user.boot_python, "-c", probe_source(STACK_IMPORTS), *names), timeout=timeout)
 
 
-def check_run(reference: str, script: Path, *, timeout: float) -> ContainerRun:
+def check_run(reference: str, user: RunUser, script: Path, *, timeout: float) -> ContainerRun:
     """The check script as a boot command: `python ${MA_JOB_DIR}/code/<script>`, its folder mounted as the job's
     code from OBS would be."""
-    return _as_job(reference, (BOOT_PYTHON, f"{CODE_DIR}/{script.name}"), timeout=timeout,
-                   mounts=(Mount(source=str(script.parent), target=CODE_DIR, read_only=True),))
+    return _as_job(reference, user, (user.boot_python, f"{user.code_dir}/{script.name}"), timeout=timeout,
+                   mounts=(Mount(source=str(script.parent), target=user.code_dir, read_only=True),))
 
 
 def _tail(output: ContainerOutput) -> str:
@@ -51,8 +52,8 @@ def _ran(engine: Engine, spec: ContainerRun, name: str) -> ContainerOutput | Che
         return CheckOutcome(name=name, ok=False, detail=f"did not run: {error}")
 
 
-def check_pip(engine: Engine, reference: str, *, timeout: float) -> CheckOutcome:
-    output = _ran(engine, pip_check_run(reference, timeout=timeout), "pip-check")
+def check_pip(engine: Engine, image: ImageSpec, reference: str, *, timeout: float) -> CheckOutcome:
+    output = _ran(engine, pip_check_run(reference, image.user, timeout=timeout), "pip-check")
     if isinstance(output, CheckOutcome):
         return output
     if output.exit_code == 0:
@@ -66,7 +67,7 @@ def check_imports(engine: Engine, image: ImageSpec, reference: str, *, timeout: 
     if not names:
         return []
     try:
-        output = _ran(engine, imports_run(reference, names, timeout=timeout), "import")
+        output = _ran(engine, imports_run(reference, image.user, names, timeout=timeout), "import")
         if isinstance(output, CheckOutcome):
             return [output]
         found = tagged_json(output.stdout, IMPORTS_PREFIX, what="stack import probe")
@@ -91,7 +92,7 @@ def run_checks(engine: Engine, image: ImageSpec, reference: str, *, timeout: flo
     outcomes = []
     for script in image.stack.checks:
         name = f"check:{script.name}"
-        output = _ran(engine, check_run(reference, script, timeout=timeout), name)
+        output = _ran(engine, check_run(reference, image.user, script, timeout=timeout), name)
         if isinstance(output, CheckOutcome):
             outcomes.append(output)
         elif output.timed_out:
@@ -109,7 +110,7 @@ def check_stack(engine: Engine, image: ImageSpec, reference: str, *, timeout: fl
     """Every check of the image's stack (none for an image without one)."""
     if image.stack.empty:
         return ()
-    outcomes = [check_pip(engine, reference, timeout=timeout)] if image.stack.requirements else []
+    outcomes = [check_pip(engine, image, reference, timeout=timeout)] if image.stack.requirements else []
     outcomes += check_imports(engine, image, reference, timeout=timeout)
     outcomes += run_checks(engine, image, reference, timeout=timeout)
     return tuple(outcomes)

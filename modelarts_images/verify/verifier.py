@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from modelarts_images.contract import job_environment
 from modelarts_images.engine.api import Engine, ImageConfig
 from modelarts_images.errors import EngineError, VerifyError
 from modelarts_images.model import ImageSpec
@@ -22,7 +21,8 @@ LOG_TAIL = 40  # lines of a run's output kept in the report
 
 def _run_device(engine: Engine, image: ImageSpec, reference: str, device: Device, options: VerifyOptions,
                 gpus: int) -> DeviceRun:
-    spec = run_spec(reference, device=device, script_dir=options.script_dir, gpus=gpus, timeout=options.timeout)
+    spec = run_spec(reference, device=device, script_dir=options.script_dir, gpus=gpus, timeout=options.timeout,
+                    user=image.user)
     try:
         output = engine.run(spec)
     except EngineError as error:  # the container did not start: no GPU runtime, ...
@@ -69,7 +69,7 @@ def verify_image(engine: Engine, image: ImageSpec, *, options: VerifyOptions, re
     if check_conformance:
         checks = tuple(conformance.check_image(engine, config, base_image=base_image_of(config, image),
                                                size_budget=options.size_budget, timeout=options.timeout,
-                                               environment=job_environment(gpus=0)))
+                                               environment=image.user.job_environment(gpus=0), user=image.user))
     stack = check_stack(engine, image, reference, timeout=options.timeout) if check_conformance else ()
     return ImageReport(id=image.id, reference=reference, expected=Expected.of(image), image_id=config.image_id,
                        size=config.size, runs=runs, skipped=tuple(skipped), conformance=checks, stack=stack)

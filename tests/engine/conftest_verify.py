@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from modelarts_images.contract import CONDA_PREFIX
+from modelarts_images.contract import DEFAULT_USER
 from modelarts_images.engine.adapter import DockerEngine
 from modelarts_images.engine.api import ImageConfig
 from modelarts_images.model import Artifact, ImageSpec
@@ -38,16 +38,16 @@ GOOD_DOCKERFILE = f"""\
 ARG BASE
 FROM ${{BASE}} AS packages
 COPY wheels/ /tmp/wheels/
-RUN python3 -m venv {CONDA_PREFIX} \\
- && PIP_DISABLE_PIP_VERSION_CHECK=1 {CONDA_PREFIX}/bin/pip install --no-cache-dir --no-index \\
+RUN python3 -m venv {DEFAULT_USER.conda_prefix} \\
+ && PIP_DISABLE_PIP_VERSION_CHECK=1 {DEFAULT_USER.conda_prefix}/bin/pip install --no-cache-dir --no-index \\
         --find-links /tmp/wheels /tmp/wheels/torch-*.whl \\
  && rm -rf /tmp/wheels
 
 FROM ${{BASE}}
 ARG BASE
 RUN useradd -m -d /home/ma-user -s /bin/bash -g 100 -u 1000 ma-user
-COPY --from=packages --chown=1000:100 {CONDA_PREFIX} {CONDA_PREFIX}
-ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{CONDA_PREFIX}/bin \\
+COPY --from=packages --chown=1000:100 {DEFAULT_USER.conda_prefix} {DEFAULT_USER.conda_prefix}
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{DEFAULT_USER.conda_prefix}/bin \\
     PYTHONUNBUFFERED=1
 LABEL org.opencontainers.image.base.name=${{BASE}}
 USER ma-user
@@ -60,7 +60,7 @@ FROM ${GOOD}
 USER root
 RUN rm -rf {prefix}/lib/python3.11/site-packages/torch
 USER ma-user
-""".replace("{prefix}", CONDA_PREFIX)
+""".replace("{prefix}", DEFAULT_USER.conda_prefix)
 
 NONCONFORMING_DOCKERFILE = """\
 ARG GOOD
@@ -74,7 +74,7 @@ RUN cp /bin/true /usr/local/bin/escalate && chmod 4755 /usr/local/bin/escalate \
  && printf '{"name": "python", "version": "3.11.2", "channel": "https://repo.anaconda.com/pkgs/main/linux-64"}' \\
         > {prefix}/conda-meta/python-3.11.2-h0.json
 USER ma-user
-""".replace("{prefix}", CONDA_PREFIX)
+""".replace("{prefix}", DEFAULT_USER.conda_prefix)
 
 
 def entry(*, tag: str, torch: str = TORCH_VERSION, python: str = "3.11", cuda: str = "cpu") -> ImageSpec:

@@ -26,7 +26,7 @@ from modelarts_images import options as run_options
 from modelarts_images import pipeline, plan
 from modelarts_images.build import builder as build
 from modelarts_images.build.builder import BuildResult
-from modelarts_images.contract import CONDA_PREFIX
+from modelarts_images.contract import DEFAULT_USER
 from modelarts_images.engine import adapter, cli, images
 from modelarts_images.engine.adapter import DockerEngine
 from modelarts_images.engine.api import (
@@ -101,7 +101,7 @@ def test_build_arguments_follow_the_fetched_entry(tmp_path: Path) -> None:
     args = dict(inputs.build_args)
     assert args["BASE_IMAGE"] == TEST_BASE
     assert args["INSTALLER"] == STAND_IN_INSTALLER.name
-    assert args["CONDA_PREFIX"] == CONDA_PREFIX
+    assert args["CONDA_PREFIX"] == DEFAULT_USER.conda_prefix
     assert args["GPU_RUNTIME"] == "cpu"
     assert args["HERMETIC"] == "1"
     assert "PIP_INDEX" not in args, "a build argument lands in the image history"
@@ -318,7 +318,7 @@ def test_image_config(built: tuple[BuildResult, FetchedImage], docker_client: An
     assert config["User"] == "ma-user"
     assert config["WorkingDir"] == "/home/ma-user"
     env = dict(item.split("=", 1) for item in config["Env"])
-    assert env["PATH"].split(":")[-1] == f"{CONDA_PREFIX}/bin" and "/usr/bin" in env["PATH"].split(":")
+    assert env["PATH"].split(":")[-1] == f"{DEFAULT_USER.conda_prefix}/bin" and "/usr/bin" in env["PATH"].split(":")
     assert env["PYTHONUNBUFFERED"] == "1"
     assert "NVIDIA_VISIBLE_DEVICES" not in env, "a CPU entry does not ask for GPUs"
 
@@ -343,10 +343,10 @@ def test_image_labels(built: tuple[BuildResult, FetchedImage], docker_client: An
 def test_container_runs_as_ma_user_with_torch(built: tuple[BuildResult, FetchedImage], docker_client: Any) -> None:
     result, _ = built
     # -W: torch warns on stderr that numpy is missing (torch does not need it; torchvision would bring it)
-    python = f"{CONDA_PREFIX}/bin/python -W ignore::UserWarning"
+    python = f"{DEFAULT_USER.conda_prefix}/bin/python -W ignore::UserWarning"
     status, output = run_in(docker_client, result.reference,
                             f'id; pwd; {python} -c "import torch; print(torch.__version__)"; '
-                            f"command -v vim curl; test -w {CONDA_PREFIX} && echo conda-writable")
+                            f"command -v vim curl; test -w {DEFAULT_USER.conda_prefix} && echo conda-writable")
     assert status == 0, output
     lines = output.splitlines()
     assert lines[0].startswith("uid=1000(ma-user) gid=100(")
@@ -380,7 +380,7 @@ def test_summary_attributes_the_largest_layer(built: tuple[BuildResult, FetchedI
     assert result.size == docker_client.images.get(result.reference).attrs["Size"]
     assert isinstance(result.backend, Backend) and result.backend in BACKENDS and result.duration > 0
     largest = result.layers[0]
-    assert largest.step.startswith("COPY") and CONDA_PREFIX in largest.step and not largest.from_base
+    assert largest.step.startswith("COPY") and DEFAULT_USER.conda_prefix in largest.step and not largest.from_base
     assert largest.size > 300_000_000  # torch
     assert any(layer.from_base for layer in result.layers), "the base image's layer is shown as such"
     assert "built in" in build.format_result(result)
@@ -517,7 +517,8 @@ def test_an_index_with_credentials_goes_in_as_a_buildkit_secret(index: _Index, e
         result = build.build_image(fetched, options(Backend.BUILDKIT, tmp_path / "work"), engine)
         status, output = run_in(docker_client, result.reference,
                                 f"python -c 'import demo_dep; print(1)' && "
-                                f"! grep -rqsF -- '{password}' /etc /home /tmp /root {CONDA_PREFIX} && echo clean",
+                                f"! grep -rqsF -- '{password}' /etc /home /tmp /root "
+                                f"{DEFAULT_USER.conda_prefix} && echo clean",
                                 user="root")
         assert status == 0 and output.split() == ["1", "clean"], output
         history = docker_client.api.history(result.image_id)

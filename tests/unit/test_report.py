@@ -16,7 +16,6 @@ from modelarts_images.engine.api import ContainerOutput, ContainerRun, Layer
 from modelarts_images.errors import ConfigError, EngineError, VerifyError, WriteError
 from modelarts_images.matrix import report
 from modelarts_images.matrix.cells import CellRecord, CellStatus
-from modelarts_images.model import Artifact, ImageSpec
 from modelarts_images.options import Device
 from modelarts_images.publish import trainingjob
 from modelarts_images.shared import files
@@ -176,7 +175,7 @@ def test_capture_manifest_runs_without_network() -> None:
     assert "conda list" in spec.command[2] and "pip freeze" in spec.command[2] and "dpkg-query" in spec.command[2]
     # the script's text from verify/probes/ on the command line (nothing mounted), the prefix as its $1
     assert spec.command[2] == probes.probe_source(probes.MANIFEST)
-    assert spec.command[3:] == ("sh", contract.CONDA_PREFIX) and spec.mounts == ()
+    assert spec.command[3:] == ("sh", contract.DEFAULT_USER.conda_prefix) and spec.mounts == ()
     assert (spec.user, spec.working_dir) == ("0:0", "/")
     assert spec.timeout == 42.0 and manifest.manifest_spec("img:1").timeout == contract.VERIFY_TIMEOUT_S
 
@@ -282,26 +281,6 @@ def test_training_job_body_written_or_a_write_error(tmp_path: Path) -> None:
     # a WriteError now (it was a ConfigError): the matrix step that writes it turns it into its stage's error
     with pytest.raises(WriteError, match=re.escape(expected)):
         trainingjob.write_body(tmp_path / "blocked", "cell", {"kind": "job"})
-
-
-def test_training_job_body() -> None:
-    image = ImageSpec(
-        id="pytorch-1.8.1-cuda10.2", default=True, python="3.7", cuda="10.2", torch="1.8.1", torchvision=None,
-        torchaudio=None, tag="1.8.1-cuda10.2", registry="swr.cn-north-4.myhuaweicloud.com", organization="org",
-        repository="pytorch", base_image="ubuntu:18.04", pip_index="", apt_mirror="",
-        installer=Artifact(url="https://x/Miniconda3-py37_4.12.0-Linux-x86_64.sh", sha256=None), wheels=())
-    digest = "sha256:" + "e" * 64
-    body = trainingjob.training_job_body(image, digest=digest)
-    assert body["kind"] == "job"
-    assert body["metadata"]["name"] == "verify-pytorch-1-8-1-cuda10-2"
-    algorithm = body["algorithm"]
-    assert algorithm["engine"]["image_url"] == f"swr.cn-north-4.myhuaweicloud.com/org/pytorch@{digest}"
-    assert algorithm["engine"]["run_user"] == "1000"
-    assert algorithm["command"] == "/home/ma-user/miniconda3/bin/python ${MA_JOB_DIR}/code/pytorch-verification.py"
-    assert body["spec"]["resource"] == {"flavor_id": trainingjob.GPU_FLAVOR, "node_count": 1}
-    cpu = trainingjob.training_job_body(image, digest=digest, flavor_id="modelarts.vm.cpu.2u", node_count=2)
-    assert cpu["spec"]["resource"] == {"flavor_id": "modelarts.vm.cpu.2u", "node_count": 2}
-    assert len(trainingjob.job_name(ImageSpec(**{**image.__dict__, "id": "x" * 100}))) == 64
 
 
 # --------------------------------------------------------------------------------------------------------------

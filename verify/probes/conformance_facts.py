@@ -3,11 +3,12 @@
 Run by modelarts_images.verify.conformance (`probe_run`) as root (user 0:0), in a container without a network, with the
 image's conda python in isolated mode; the source travels on the command line, so nothing is mounted:
 
-    /home/ma-user/miniconda3/bin/python -I -c SOURCE /home/ma-user/miniconda3 ma-user
+    /home/ma-user/miniconda3/bin/python -I -c SOURCE /home/ma-user/miniconda3 ma-user 1000 100
 
-argv[1] is the conda prefix, argv[2] the name of the training user. It prints one line,
+argv[1] is the conda prefix, argv[2] the name of the training user, argv[3] and argv[4] the uid and gid ModelArts
+runs the job as. It prints one line,
 `MODELARTS_CONFORMANCE_FACTS {json}`, holding: the python version; the user (uid, gid, home, shell, whether the
-home exists and who owns it); the names uid 1000 and gid 100 resolve to; every credential-looking file on the root
+home exists and who owns it); the names that uid and gid resolve to; every credential-looking file on the root
 filesystem (.netrc, _netrc, .git-credentials, pip.conf, pip.ini, .pypirc, .docker/config.json) with whether it
 holds a password or a URL with user:password@ (never the secret itself); the conda packages of
 <prefix>/conda-meta with their channels (null when there is no conda-meta); and the errors met reading files.
@@ -30,8 +31,6 @@ import re
 import sys
 
 PREFIX = "MODELARTS_CONFORMANCE_FACTS "
-MA_UID = 1000  # the uid ModelArts runs training jobs as
-MA_GID = 100
 READ_LIMIT = 1 << 16  # a credential is near the top of its file; a huge file is not read whole
 PASSWORD = re.compile(r"^\s*password\s*[=:]\s*\S", re.I | re.M)
 URL_CREDENTIALS = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+(:[^/\s@]*)?@", re.I)
@@ -112,14 +111,14 @@ def conda_packages(prefix, errors):
 
 
 def main():
-    prefix, user = sys.argv[1], sys.argv[2]
+    prefix, user, uid, gid = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     errors = []
     facts = {"python": platform.python_version(), "user": user_facts(user), "uid_owner": None, "group": None,
              "credential_files": [], "conda_packages": None, "errors": errors}
     with contextlib.suppress(KeyError):
-        facts["uid_owner"] = pwd.getpwuid(MA_UID).pw_name
+        facts["uid_owner"] = pwd.getpwuid(uid).pw_name
     with contextlib.suppress(KeyError):
-        facts["group"] = grp.getgrgid(MA_GID).gr_name
+        facts["group"] = grp.getgrgid(gid).gr_name
     facts["credential_files"] = credential_files(errors)
     facts["conda_packages"] = conda_packages(prefix, errors)
     print(PREFIX + json.dumps(facts, sort_keys=True))
