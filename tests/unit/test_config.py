@@ -176,3 +176,31 @@ def test_a_misspelt_key_in_defaults_is_suggested(write_versions) -> None:  # typ
 def test_paths_in_messages(tmp_path: Path) -> None:
     assert config.key_path(("images", 2, "installer", "sha256")) == "images[2].installer.sha256"
     assert config.key_path(()) == ""
+
+
+def test_the_user_defaults_to_ma_user_and_merges_key_by_key(write_versions) -> None:  # type: ignore[no-untyped-def]
+    text = TWO_IMAGES.replace("defaults:\n", "defaults:\n  user: {uid: 1101}\n").replace(
+        "    tag: latest-cpu\n", "    tag: latest-cpu\n    user: {name: work, gid: 1101}\n")
+    gpu, cpu = config.load_versions(write_versions(text), fallbacks=INVOKE_FALLBACKS).images
+    assert (gpu.user.name, gpu.user.uid, gpu.user.gid) == ("ma-user", 1101, 100)
+    assert (cpu.user.name, cpu.user.uid, cpu.user.gid) == ("work", 1101, 1101)
+    assert cpu.user.home == "/home/work" and cpu.user.conda_prefix == "/home/work/miniconda3"
+    assert cpu.user.boot_command == "/home/work/miniconda3/bin/python ${MA_JOB_DIR}/code/pytorch-verification.py"
+    assert dict(cpu.user.job_environment(gpus=0))["MA_JOB_DIR"] == "/home/work/modelarts/user-job-dir"
+    plain = config.load_versions(write_versions(TWO_IMAGES), fallbacks=INVOKE_FALLBACKS).images[0]
+    assert (plain.user.name, plain.user.uid, plain.user.gid) == ("ma-user", 1000, 100)
+
+
+@pytest.mark.parametrize(("user", "message"), [
+    ("{uid: 0}", "images[0].user.uid: must be a whole number from 1 to 65533 (0 is root, 65534 is nobody)"),
+    ("{gid: 65534}", "images[0].user.gid: must be a whole number from 1 to 65533"),
+    ("{name: root}", "images[0].user.name: must be a Linux user name other than root"),
+    ("{name: Ma User}", "images[0].user.name: must be a Linux user name other than root"),
+    ("{uid: '1000'}", "images[0].user.uid: must be"),
+    ("{home: /srv}", "images[0].user.home: unknown key"),
+])
+def test_a_user_that_cannot_be_is_refused(write_versions, user: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    text = TWO_IMAGES.replace("    cuda: \"11.7\"\n", f"    cuda: \"11.7\"\n    user: {user}\n", 1)
+    with pytest.raises(ConfigError) as caught:
+        config.load_versions(write_versions(text), fallbacks=INVOKE_FALLBACKS)
+    assert message in str(caught.value)
