@@ -24,10 +24,12 @@ class Release:
 
     torch: str
     torchvision: str | None
-    torchaudio: str | None
+    torchaudio: str | None  # the one the PyTorch index serves beside this torch
     python: tuple[str, ...]
     cuda: tuple[str, ...]  # CUDA variants besides the CPU build, e.g. ("10.2", "11.1")
     index: Literal["flat", "simple"]
+    torchaudio_also: tuple[str, ...] = ()  # documented to work too, but not on the PyTorch index (PyPI only)
+    source: str = ""  # where these facts were checked
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +69,8 @@ def load_table() -> Mapping[str, Release]:
                 python=tuple(entry["python"]),
                 cuda=tuple(entry["cuda"]),
                 index=entry["index"],
+                torchaudio_also=tuple(entry.get("torchaudio_also", ())),
+                source=entry["source"],
             )
             for torch, entry in raw["releases"].items()
         }
@@ -81,9 +85,11 @@ def check(
     cuda: str,
     torchvision: str | None,
     torchaudio: str | None,
+    wheels_listed: bool = False,
     table: Mapping[str, Release] | None = None,
 ) -> list[Problem]:
-    """Every way the requested combination departs from what was published."""
+    """Every way the requested combination departs from what was published. `wheels_listed`: the entry lists
+    its wheels itself, so a release the PyTorch index does not serve may be asked for."""
     table = load_table() if table is None else table
     release = table.get(torch)
     if release is None:
@@ -117,9 +123,17 @@ def check(
     ):
         if asked is None or asked == published:
             continue
+        if name == "torchaudio" and asked in release.torchaudio_also:
+            if not wheels_listed:
+                problems.append(Problem(key=name, message=(
+                    f"torchaudio {asked} works with torch {torch}, but the PyTorch index does not serve it (it is "
+                    f"on PyPI only; beside torch {torch} the index serves torchaudio {published}): use "
+                    f"torchaudio: \"{published}\", or list the torchaudio {asked} wheel under wheels:")))
+            continue
         if published is None:
             message = f"torch {torch} has no matching {name} release; leave {name} out"
         else:
-            message = f"torch {torch} goes with {name} {published}, not {asked}"
+            also = release.torchaudio_also if name == "torchaudio" else ()
+            message = f"torch {torch} goes with {name} {' or '.join((published, *also))}, not {asked}"
         problems.append(Problem(key=name, message=message))
     return problems

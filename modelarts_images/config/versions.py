@@ -238,6 +238,7 @@ def _entry_problems(index: int, entry: Mapping[str, Any]) -> list[tuple[tuple[st
         cuda=entry["cuda"],
         torchvision=entry.get("torchvision"),
         torchaudio=entry.get("torchaudio"),
+        wheels_listed=bool(entry.get("wheels")),
     ):
         problems.append(((*at, problem.key), problem.message))
     installer = Artifact(url=entry["installer"]["url"], sha256=None)

@@ -79,3 +79,38 @@ def test_missing_torchaudio_release() -> None:
 ])
 def test_span(versions: tuple[str, ...], text: str) -> None:
     assert compat.span(versions) == text
+
+
+@pytest.mark.parametrize("torch", ["2.9.0", "2.9.1", "2.10.0", "2.11.0", "2.12.1", "2.13.0"])
+def test_cuda_12_9_wheels_that_were_published_are_allowed(torch: str) -> None:
+    # whl/cu129/torch-<version>%2Bcu129-... exist for Linux beside the release matrix's variants
+    assert compat.check(torch=torch, python="3.12", cuda="12.9", torchvision=None, torchaudio=None) == []
+
+
+@pytest.mark.parametrize("torch", ["2.12.0", "2.14.0", "2.14.1"])
+def test_releases_without_cuda_12_8_or_12_9_refuse_them(torch: str) -> None:
+    for cuda in ("12.8", "12.9"):
+        (problem,) = compat.check(torch=torch, python="3.12", cuda=cuda, torchvision=None, torchaudio=None)
+        assert problem.key == "cuda" and problem.message.startswith(f"torch {torch} has no wheels for CUDA {cuda}")
+
+
+@pytest.mark.parametrize("torch", ["2.11.0", "2.12.0", "2.12.1", "2.13.0", "2.14.0", "2.14.1"])
+def test_torchaudio_2_11_goes_with_every_later_torch(torch: str) -> None:
+    # TorchAudio 2.11 is built on the stable ABI: "works with PyTorch 2.11 and with every future PyTorch release"
+    assert compat.check(torch=torch, python="3.11", cuda="cpu", torchvision=None, torchaudio="2.11.0") == []
+    assert compat.check(torch=torch, python="3.11", cuda="cpu", torchvision=None, torchaudio="2.11.1",
+                        wheels_listed=True) == []
+    (derived,) = compat.check(torch=torch, python="3.11", cuda="cpu", torchvision=None, torchaudio="2.11.1")
+    assert derived.message == (
+        f"torchaudio 2.11.1 works with torch {torch}, but the PyTorch index does not serve it (it is on PyPI only; "
+        f"beside torch {torch} the index serves torchaudio 2.11.0): use torchaudio: \"2.11.0\", or list the "
+        "torchaudio 2.11.1 wheel under wheels:")
+    (older,) = compat.check(torch=torch, python="3.11", cuda="cpu", torchvision=None, torchaudio="2.10.0")
+    assert older.message == f"torch {torch} goes with torchaudio 2.11.0 or 2.11.1, not 2.10.0"
+
+
+def test_every_release_says_where_its_facts_come_from() -> None:
+    for torch, release in compat.load_table().items():
+        assert "RELEASE.md" in release.source or "previous-versions" in release.source, torch
+        if release.torchaudio_also or compat.version_key(torch) >= (2, 11):
+            assert "docs.pytorch.org/audio/2.11.0/installation.html" in release.source, torch

@@ -204,3 +204,12 @@ def test_a_user_that_cannot_be_is_refused(write_versions, user: str, message: st
     with pytest.raises(ConfigError) as caught:
         config.load_versions(write_versions(text), fallbacks=INVOKE_FALLBACKS)
     assert message in str(caught.value)
+
+
+def test_the_shipped_modelarts_preset_is_the_preset_it_names() -> None:
+    # ModelArts' preset pytorch_2.1.0-cuda_12.1-py_3.10.6-ubuntu_22.04-x86_64
+    images = {image.id: image for image in config.load_versions(ROOT / "versions.yaml",
+                                                                fallbacks=INVOKE_FALLBACKS).images}
+    preset = images["pytorch-2.1.0-cuda12.1"]
+    assert (preset.torch, preset.cuda, preset.python, preset.base_image) == ("2.1.0", "12.1", "3.10", "ubuntu:22.04")
+    assert "pytorch_2.1.0-cuda_12.1-py_3.10.6-ubuntu_22.04" in (ROOT / "versions.yaml").read_text()

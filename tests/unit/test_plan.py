@@ -47,9 +47,9 @@ def test_derived_wheels_use_the_right_index() -> None:
     assert old is not None
     assert old.index_url == "https://download.pytorch.org/whl/torch_stable.html"
     assert old.requirements == ("torch==1.8.1", "torchvision==0.9.1", "torchaudio==0.8.1")
-    assert plans["pytorch-2.1.2-cuda12.1"].wheel_source == plan.WheelSource(
+    assert plans["pytorch-2.1.0-cuda12.1"].wheel_source == plan.WheelSource(
         index_url="https://download.pytorch.org/whl/torch_stable.html",
-        requirements=("torch==2.1.2", "torchvision==0.16.2", "torchaudio==2.1.2"))
+        requirements=("torch==2.1.0", "torchvision==0.16.0", "torchaudio==2.1.0"))
     new = plans["pytorch-2.9.1-cuda12.8"].wheel_source
     assert new is not None and new.index_url == "https://download.pytorch.org/whl/cu128"
     cpu = next(p for p in plans.values() if p.image.is_cpu)
@@ -100,18 +100,18 @@ def test_inv_plan_all_prints_every_entry() -> None:
 def test_inv_plan_default_and_only() -> None:
     default = run_inv("plan", "--json")
     assert [e["id"] for e in json.loads(default.stdout)] == ["pytorch-1.8.1-cuda10.2"]
-    chosen = run_inv("plan", "--json", "--only", "pytorch-2.1.2-cuda12.1", "--only", "pytorch-1.13.1-cuda11.7")
-    assert [e["id"] for e in json.loads(chosen.stdout)] == ["pytorch-1.13.1-cuda11.7", "pytorch-2.1.2-cuda12.1"]
+    chosen = run_inv("plan", "--json", "--only", "pytorch-2.1.0-cuda12.1", "--only", "pytorch-1.13.1-cuda11.7")
+    assert [e["id"] for e in json.loads(chosen.stdout)] == ["pytorch-1.13.1-cuda11.7", "pytorch-2.1.0-cuda12.1"]
 
 
 def test_selection_from_the_environment_serves_a_chain() -> None:
     import os
 
-    env = {**os.environ, "INVOKE_MODELARTS_ONLY": "pytorch-2.1.2-cuda12.1,pytorch-1.13.1-cuda11.7"}
+    env = {**os.environ, "INVOKE_MODELARTS_ONLY": "pytorch-2.1.0-cuda12.1,pytorch-1.13.1-cuda11.7"}
     result = run_inv("plan", "--json", "plan", "--json", env=env)
     assert result.returncode == 0, result.stderr
     ids = [e["id"] for e in json.loads("[" + result.stdout.replace("]\n[", "],[") + "]")[0]]
-    assert ids == ["pytorch-1.13.1-cuda11.7", "pytorch-2.1.2-cuda12.1"]
+    assert ids == ["pytorch-1.13.1-cuda11.7", "pytorch-2.1.0-cuda12.1"]
 
 
 def test_unknown_only_exits_2() -> None:
