@@ -106,30 +106,42 @@ def check_backend(backend: Backend, inputs: BuildInputs, *, image_id: str) -> No
         )
 
 
-_NVIDIA_CUDA = re.compile(r"(?:^|/)nvidia/cuda:(?P<major>\d+)\.(?P<minor>\d+)[^@]*$")
+_NVIDIA_CUDA = re.compile(r"(?:^|/)nvidia/cuda:(?P<version>\d+\.\d+(?:\.\d+)?)(?:-[^@]*)?$")
 _UBUNTU_IN_TAG = re.compile(r"ubuntu(?P<version>\d\d\.\d\d)")
+# The nvidia/cuda tags NVIDIA deleted from Docker Hub and NGC in June-July 2023, as its notice lists them
+# (gitlab.com/nvidia/container-images/cuda, issue 209, note 1452067531): "11.7.0, 11.6.1, 11.6.0, 11.5.1, 11.5.0,
+# 11.4.2, 11.4.1, 11.4.0, 11.3.0, 11.2.1, 11.2.0, 10.2, 10.1, 10.0, 9.2, 9.1, 9.0, 8.0, 7.0". The last patch of
+# each 11.x minor stayed; the support policy deletes end-of-life tags six months after notice, so later waves
+# follow: a base the list does not name but the registry cannot find gets the general message.
+DELETED_NVIDIA_CUDA = frozenset({"11.7.0", "11.6.1", "11.6.0", "11.5.1", "11.5.0", "11.4.2", "11.4.1", "11.4.0",
+                                 "11.3.0", "11.2.1", "11.2.0", "10.2", "10.1", "10.0", "9.2", "9.1", "9.0", "8.0",
+                                 "7.0"})
+# What replaced the deleted patch releases: the last patch of the same minor, which the deletion kept.
+KEPT_NVIDIA_CUDA = {"11.2": "11.2.2", "11.3": "11.3.1", "11.4": "11.4.3", "11.5": "11.5.2", "11.6": "11.6.2",
+                    "11.7": "11.7.1"}
 
 
 def deleted_nvidia_tag(reference: str) -> bool:
-    """Whether this is one of the nvidia/cuda tags NVIDIA removed from Docker Hub (CUDA ≤ 10.x, 11.0–11.3)."""
+    """Whether this is one of the nvidia/cuda tags NVIDIA's 2023 notice lists as deleted."""
     match = _NVIDIA_CUDA.search(reference)
-    if match is None:
-        return False
-    major, minor = int(match["major"]), int(match["minor"])
-    return major <= 10 or (major == 11 and minor <= 3)
+    return match is not None and match["version"] in DELETED_NVIDIA_CUDA
 
 
 def nvidia_replacement(reference: str) -> str:
     """What to use instead of a deleted nvidia/cuda tag."""
     match = _UBUNTU_IN_TAG.search(reference)
     ubuntu = f"ubuntu:{match['version']}" if match else "ubuntu:XX.04"
+    version = _NVIDIA_CUDA.search(reference)
+    kept = KEPT_NVIDIA_CUDA.get(".".join(version["version"].split(".")[:2])) if version else None
+    same_minor = (f" If the entry needs NVIDIA's image itself, the last patch of that CUDA minor, {kept}, was kept: "
+                  f"use nvidia/cuda:{kept}-… with the same suffix.") if kept and version else ""
     return (
-        f"NVIDIA deleted {reference} from Docker Hub (end-of-life CUDA tags: 10.x and older were removed in 2023, "
-        f"11.0–11.3 are being removed). PyTorch's pip wheels carry their own CUDA runtime, cuDNN and cuBLAS, so "
-        f"use base_image: {ubuntu} for this entry (or --base-image {ubuntu}): the build sets "
-        "NVIDIA_VISIBLE_DEVICES=all and NVIDIA_DRIVER_CAPABILITIES=compute,utility for CUDA entries so the "
-        "NVIDIA runtime mounts the driver. Or point base_image (or --base-prefix) at a copy you mirrored "
-        "earlier."
+        f"NVIDIA deleted {reference} from Docker Hub in July 2023 (its notice in gitlab.com/nvidia/container-images/"
+        "cuda issue 209 lists the superseded patch releases 11.2.0–11.7.0 and every 10.2 and older tag). "
+        f"PyTorch's pip wheels carry their own CUDA runtime, cuDNN and cuBLAS, so use base_image: {ubuntu} for this "
+        f"entry (or --base-image {ubuntu}): the build sets NVIDIA_VISIBLE_DEVICES=all and "
+        "NVIDIA_DRIVER_CAPABILITIES=compute,utility for CUDA entries so the NVIDIA runtime mounts the driver. Or "
+        f"point base_image (or --base-prefix) at a copy you mirrored earlier.{same_minor}"
     )
 
 

@@ -184,11 +184,20 @@ def test_base_image_override_wins_and_gets_the_prefix_too(tmp_path: Path) -> Non
 @pytest.mark.parametrize(("reference", "deleted"), [
     ("nvidia/cuda:10.2-runtime-ubuntu18.04", True),
     ("nvidia/cuda:9.0-base", True),
-    ("nvidia/cuda:11.1.1-cudnn8-runtime-ubuntu18.04", True),
-    ("nvidia/cuda:11.3.1-runtime-ubuntu20.04", True),
+    ("nvidia/cuda:7.0-runtime", True),
+    ("nvidia/cuda:11.2.0-runtime-ubuntu20.04", True),
+    ("nvidia/cuda:11.4.0-cudnn8-runtime-ubuntu20.04", True),
+    ("nvidia/cuda:11.4.2-base-ubuntu20.04", True),
+    ("nvidia/cuda:11.7.0-devel-ubuntu22.04", True),
+    # the last patch of each 11.x minor was kept
+    ("nvidia/cuda:11.1.1-cudnn8-runtime-ubuntu18.04", False),
+    ("nvidia/cuda:11.3.1-runtime-ubuntu20.04", False),
     ("nvidia/cuda:11.4.3-runtime-ubuntu20.04", False),
+    ("nvidia/cuda:11.7.1-runtime-ubuntu22.04", False),
     ("nvidia/cuda:12.1.1-runtime-ubuntu22.04", False),
+    ("nvidia/cuda:6.5-runtime", False),  # not in NVIDIA's list: the general not-found message
     ("mirror.example.com/nvidia/cuda:10.2-runtime-ubuntu18.04", True),
+    ("nvidia/cuda:10.2", True),
     ("ubuntu:18.04", False),
 ])
 def test_deleted_nvidia_tags_are_recognised(reference: str, deleted: bool) -> None:
@@ -198,6 +207,12 @@ def test_deleted_nvidia_tags_are_recognised(reference: str, deleted: bool) -> No
 def test_nvidia_advice_names_the_matching_ubuntu() -> None:
     advice = build.nvidia_replacement("nvidia/cuda:10.2-runtime-ubuntu18.04")
     assert "NVIDIA deleted" in advice and "ubuntu:18.04" in advice and "NVIDIA_VISIBLE_DEVICES=all" in advice
+    assert "issue 209" in advice and "was kept" not in advice
+
+
+def test_nvidia_advice_names_the_patch_release_that_was_kept() -> None:
+    advice = build.nvidia_replacement("nvidia/cuda:11.4.0-cudnn8-runtime-ubuntu20.04")
+    assert "ubuntu:20.04" in advice and "the last patch of that CUDA minor, 11.4.3, was kept" in advice
 
 
 @pytest.mark.parametrize(("created_by", "step"), [
