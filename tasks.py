@@ -116,15 +116,16 @@ def build(c: Context, versions: str | None = None, only: list[str] | None = None
 
 
 @task(iterable=["only"], help=_help(SELECTION, registry="log in to this registry host instead of those of the "
-                                                        "selected images", region=HELP["region"]))
+                                                        "selected images", region=HELP["region"],
+                                  project=HELP["project"]))
 @exits_cleanly
 def login(c: Context, versions: str | None = None, only: list[str] | None = None, all_: bool = False,
-          registry: str | None = None, region: str | None = None) -> None:
+          registry: str | None = None, region: str | None = None, project: str | None = None) -> None:
     """Check the registry login from the environment (SWR AK/SK, SWR login command, or user/password)."""
     from modelarts_images import pipeline
     from modelarts_images.errors import RegistryError
 
-    options = _options(c, Flags(versions=versions, only=only or (), all_images=all_, region=region))
+    options = _options(c, Flags(versions=versions, only=only or (), all_images=all_, region=region, project=project))
     registries = [registry] if registry else sorted({image.registry for image in selected_images(options)})
     engine = pipeline.connect(RegistryError)
     for host in registries:
@@ -133,6 +134,7 @@ def login(c: Context, versions: str | None = None, only: list[str] | None = None
 
 
 PUSH_HELP = _help(SELECTION, replace_tag=HELP["replace_tag"], extra_tag=HELP["extra_tag"], region=HELP["region"],
+                  project=HELP["project"],
                   force="the old name of --replace-tag",
                   reports_dir="directory for the push-<id>.json records (default: modelarts.reports_dir, reports)",
                   dry_run="check names, credentials and the registry's tags, and say what would be pushed; push "
@@ -143,7 +145,8 @@ PUSH_HELP = _help(SELECTION, replace_tag=HELP["replace_tag"], extra_tag=HELP["ex
 @exits_cleanly
 def push(c: Context, versions: str | None = None, only: list[str] | None = None, all_: bool = False,
          replace_tag: bool = False, force: bool = False, extra_tag: list[str] | None = None,
-         reports_dir: str | None = None, region: str | None = None, dry_run: bool = False) -> None:
+         reports_dir: str | None = None, region: str | None = None, project: str | None = None,
+         dry_run: bool = False) -> None:
     """Push the selected images to their registry: SWR name rules, tag guard, login from the environment."""
     from modelarts_images import pipeline
     from modelarts_images.errors import RegistryError
@@ -154,7 +157,7 @@ def push(c: Context, versions: str | None = None, only: list[str] | None = None,
         print("push: --force is now --replace-tag (it replaces a tag that names another image)", file=sys.stderr)
     options = _options(c, Flags(versions=versions, only=only or (), all_images=all_, replace_tags=replace_tag or force,
                                 extra_tags=tuple(extra_tag or ()), reports_dir=reports_dir, region=region,
-                                dry_run=dry_run))
+                                project=project, dry_run=dry_run))
     images = selected_images(options)
     engine = pipeline.connect(RegistryError)
     show_engine_log()

@@ -68,6 +68,8 @@ HELP = {
                  "(git, 12 hex digits) are filled in, e.g. --extra-tag '{tag}-{date}' (default: "
                  "modelarts.extra_tags in invoke.yaml)",
     "region": "SWR region for the AK/SK login when the registry host does not name it (e.g. cn-north-4)",
+    "project": "IAM project whose name the SWR AK/SK login carries (default: the region's own project; a "
+               "sub-project such as cn-north-4_team; swr_project in invoke.yaml)",
 }
 
 
@@ -102,6 +104,7 @@ class Flags:
     replace_tags: bool = False
     extra_tags: Sequence[str] = ()
     region: str | None = None
+    project: str | None = None
     dry_run: bool = False
 
 
@@ -160,6 +163,7 @@ class PushOptions:
     extra_tags: tuple[str, ...] = ()
     revision: str | None = None
     region: str | None = None  # the SWR region, when the registry host does not say it
+    project: str | None = None  # the IAM project of the SWR long-term login (None: the region's own)
     dry_run: bool = False  # check names and the registry, change nothing
     use_docker_config: bool = True  # fall back to credentials `docker login` stored
     retries: int = 3  # for the registry's HTTP API
@@ -233,6 +237,7 @@ def resolve(section: Mapping[str, Any] | None, flags: Flags = Flags(), *, root: 
             extra_tags=tuple(flags.extra_tags) or configured.extra_tags,
             revision=revision,
             region=flags.region or None,
+            project=flags.project or configured.swr_project or None,
             dry_run=flags.dry_run,
         ),
     )

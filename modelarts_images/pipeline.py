@@ -114,7 +114,7 @@ def verify_step(image: ImageSpec, options: VerifyOptions, engine: Engine, *, ref
 def login_step(registry: str, options: PushOptions, engine: Engine, env: Mapping[str, str]) -> publisher.LoginResult:
     """Check that the registry accepts the credentials the environment gives for it."""
     with stage(RegistryError):
-        return publisher.login(registry, engine=engine, env=env, region=options.region)
+        return publisher.login(registry, engine=engine, env=env, region=options.region, project=options.project)
 
 
 def push_step(images: Sequence[ImageSpec], options: PushOptions, engine: Engine, env: Mapping[str, str], *,

@@ -33,6 +33,7 @@ BUILTIN: Mapping[str, Any] = {
     "reports_dir": "reports",
     "base_prefix": "",
     "extra_tags": [],
+    "swr_project": "",
 }
 # invoke.yaml keys that fill a versions.yaml key the file itself leaves out.
 IMAGE_FALLBACKS = ("registry", "organization", "repository", "pip_index", "apt_mirror")
@@ -53,6 +54,7 @@ class Settings:
     reports_dir: Path
     base_prefix: str
     extra_tags: tuple[str, ...]
+    swr_project: str  # the IAM project of SWR's long-term login; "" for the region's own
 
 
 def where(key: str, env: Mapping[str, str] | None = None) -> str:
@@ -105,10 +107,11 @@ def resolve(section: Mapping[str, Any] | None, *, root: Path, backend: str | Non
         reports_dir=root / str(values["reports_dir"]),
         base_prefix=str(values["base_prefix"] or ""),
         extra_tags=split_ids(values["extra_tags"]),
+        swr_project=str(values["swr_project"]).strip(),
     )
 
 
-TEXT_KEYS = ("versions", "cache_dir", "reports_dir", "base_prefix", "backend")
+TEXT_KEYS = ("versions", "cache_dir", "reports_dir", "base_prefix", "backend", "swr_project")
 LIST_KEYS = ("only", "extra_tags")  # a list of strings, or one string of comma- or space-separated words
 
 

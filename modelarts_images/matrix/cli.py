@@ -45,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--offline", action="store_true", help=HELP["offline"])
     p.add_argument("--locked", action="store_true", help=HELP["locked"])
     p.add_argument("--region", help=HELP["region"])
+    p.add_argument("--project", help=HELP["project"])
     p.add_argument("--flavor", help="ModelArts flavor_id for the training-job bodies (default: by CUDA or CPU)")
     p.add_argument("--config", help="an extra invoke-style YAML file with a `modelarts:` section (like inv -f)")
     p.add_argument("--summary", action="store_true",
@@ -58,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         flags = Flags(versions=args.versions, backend=args.backend, device=args.device, timeout=args.timeout,
-                      offline=args.offline, locked=args.locked, region=args.region, replace_tags=args.replace_tag)
+                      offline=args.offline, locked=args.locked, region=args.region, project=args.project,
+                      replace_tags=args.replace_tag)
         options = options_for(load_section(args.config), flags)
         if args.summary:
             return reporting.print_summary(options.reports_dir, run_token=args.run)

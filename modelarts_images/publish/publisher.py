@@ -165,9 +165,9 @@ def summary(records: Sequence[PushRecord]) -> str:
 
 
 def credentials_for(registry: str, env: Mapping[str, str], engine: Engine, *, region: str | None = None,
-                    use_docker_config: bool = True) -> swr.Credentials | None:
+                    project: str | None = None, use_docker_config: bool = True) -> swr.Credentials | None:
     """The environment's credentials for `registry` (swr.resolve_credentials), else what `docker login` stored."""
-    found = swr.resolve_credentials(registry, env, region=region)
+    found = swr.resolve_credentials(registry, env, region=region, project=project)
     if found is None and use_docker_config:
         stored = engine.stored_login(registry)
         if stored is not None:
@@ -191,15 +191,17 @@ def _login(engine: Engine, credentials: swr.Credentials) -> RegistryAuth:
     return auth
 
 
-def login(registry: str, *, engine: Engine, env: Mapping[str, str], region: str | None = None) -> LoginResult:
+def login(registry: str, *, engine: Engine, env: Mapping[str, str], region: str | None = None,
+          project: str | None = None) -> LoginResult:
     """Check that `registry` accepts the credentials found for it, by logging in through the engine.
 
     Nothing is stored: `inv push` finds the same credentials in the environment and logs in again.
     """
     swr.validate_registry(registry)
-    credentials = swr.resolve_credentials(registry, env, region=region)
+    credentials = swr.resolve_credentials(registry, env, region=region, project=project)
     if credentials is None:
-        raise RegistryError(f"no credentials for {registry}: {swr.missing_login_hint(registry, region=region)}")
+        raise RegistryError(f"no credentials for {registry}: "
+                            f"{swr.missing_login_hint(registry, region=region, project=project)}")
     _login(engine, credentials)
     return LoginResult(registry=registry, user=credentials.shown_user, source=credentials.source)
 
@@ -209,12 +211,13 @@ def login(registry: str, *, engine: Engine, env: Mapping[str, str], region: str 
 
 
 def _refused(refused: RegistryRefusedError, target: swr.Reference, *, authenticated: bool,
-             region: str | None) -> RegistryError:
+             region: str | None, project: str | None = None) -> RegistryError:
     """A push the registry refused, with what to do about it."""
     detail = refused.detail
     if refused.kind is Refusal.AUTH and not authenticated:
-        return RegistryError(f"push of {target} refused: {target.registry} requires a login ({detail}); "
-                             f"{swr.missing_login_hint(target.registry, region=region)}, then run `inv login`")
+        hint = swr.missing_login_hint(target.registry, region=region, project=project)
+        return RegistryError(f"push of {target} refused: {target.registry} requires a login ({detail}); {hint}, "
+                             "then run `inv login`")
     if refused.kind is Refusal.AUTH:
         return RegistryError(f"push of {target} refused by {target.registry}: {detail}. The login works, but may "
                              f"not push to {target.name} (on SWR: does the organization '{target.organization}' "
@@ -239,6 +242,7 @@ class _Publisher:
     def credentials_for(self, registry: str) -> swr.Credentials | None:
         if registry not in self.credentials:
             self.credentials[registry] = credentials_for(registry, self.env, self.engine, region=self.options.region,
+                                                         project=self.options.project,
                                                          use_docker_config=self.options.use_docker_config)
         return self.credentials[registry]
 
@@ -281,7 +285,8 @@ class _Publisher:
                                               secrets=credentials.secrets if credentials else (),
                                               progress=self.progress)
                 except RegistryRefusedError as refused:
-                    error = _refused(refused, target, authenticated=auth is not None, region=options.region)
+                    error = _refused(refused, target, authenticated=auth is not None, region=options.region,
+                                     project=options.project)
                     raise RegistryError(credentials.hide(str(error)) if credentials else str(error)) from None
                 confirmed = _confirm(registry, target, pushed.digest, local)
                 final = final or confirmed

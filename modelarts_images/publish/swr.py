@@ -11,7 +11,10 @@ Login credentials are looked up in the environment, first source that is set win
 
 Sources 1–3 apply only to SWR: a host ``swr.<region>.myhuaweicloud.com`` (or ``.eu``), or any host when a region
 is given explicitly. An AK/SK pair is never turned into a login for another registry. An AK/SK pair becomes SWR's
-long-term login: user ``<region>@<AK>``, password the lowercase hex HMAC-SHA256 of the AK keyed by the SK. The SK
+long-term login: user ``<project name>@<AK>``, password the lowercase hex HMAC-SHA256 of the AK keyed by the SK
+(SWR's "Obtaining a Long-Term Valid Login Command": ``docker login -u [Regional project name]@[AK] -p [Login key]``).
+The project name is the region's (``cn-north-4``) for the region's default project, which is the default here; a
+sub-project has a name of its own (``cn-north-4_team``), given with --project or ``swr_project``. The SK
 itself is dropped at once; only the derived password is kept, and it never appears in a repr, a log line or an
 error message. A temporary AK/SK (``HUAWEICLOUD_SDK_SECURITY_TOKEN`` / ``HW_SECURITY_TOKEN`` set beside it)
 cannot make a long-term login, so that source is skipped.
@@ -40,6 +43,8 @@ REGISTRY_LOGIN = ("MODELARTS_REGISTRY_USER", "MODELARTS_REGISTRY_PASSWORD")
 
 _SWR_HOST = re.compile(r"^swr\.(?P<region>[a-z]{2,}(?:-[a-z]+)+-[0-9]+)\.myhuaweicloud\.(?:com|eu)(?::[0-9]+)?$")
 _REGION = re.compile(r"^[a-z]{2,}(?:-[a-z]+)+-[0-9]+$")
+# A project name: the region's own, or a sub-project's, which IAM names `<region>_<name>`.
+_PROJECT = re.compile(r"^(?P<region>[a-z]{2,}(?:-[a-z]+)+-[0-9]+)(?:_[A-Za-z0-9_-]{1,54})?$")
 # Docker's limit for registry/organization/repository (the part before the tag).
 MAX_NAME_LENGTH = 255
 
@@ -59,9 +64,15 @@ def login_key(access_key: str, secret_key: str) -> str:
     return hmac.new(secret_key.encode("utf-8"), access_key.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def long_term_user(region: str, access_key: str) -> str:
-    """SWR's long-term login user: '<region>@<AK>'."""
-    return f"{region}@{access_key}"
+def long_term_user(project: str, access_key: str) -> str:
+    """SWR's long-term login user: '<project name>@<AK>' (the region's name for its default project)."""
+    return f"{project}@{access_key}"
+
+
+def _access_key_in(user: str) -> str:
+    """The AK of a long-term login user name ('' for any other user name)."""
+    project, at, key = user.partition("@")
+    return key if at and _PROJECT.match(project) and len(key) > 4 else ""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -70,10 +81,8 @@ def long_term_user(region: str, access_key: str) -> str:
 
 def _hide_key(user: str) -> str:
     """'cn-north-4@HPUAEXAMPLEKEY' -> 'cn-north-4@HPUA…': the AK is an identifier, but need not be shown whole."""
-    region, at, key = user.partition("@")
-    if at and _REGION.match(region) and len(key) > 4:
-        return f"{region}@{key[:4]}…"
-    return user
+    key = _access_key_in(user)
+    return f"{user.partition('@')[0]}@{key[:4]}…" if key else user
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,9 +108,7 @@ class Credentials:
     @property
     def secrets(self) -> tuple[str, ...]:
         """What every log line and message must mask: the password, and the AK of a long-term login."""
-        region, at, key = self.username.partition("@")
-        access_key = key if at and _REGION.match(region) and len(key) > 4 else ""
-        return tuple(secret for secret in (self.password, access_key) if secret)
+        return tuple(secret for secret in (self.password, _access_key_in(self.username)) if secret)
 
     def hide(self, text: str) -> str:
         """`text` as messages may show it: the user name as shown_user (an AK cut to its first characters, as a
@@ -123,10 +130,10 @@ def _pair(env: Mapping[str, str], first: str, second: str) -> tuple[str, str] | 
     return one, two
 
 
-def credential_sources(registry: str, *, region: str | None = None) -> tuple[str, ...]:
+def credential_sources(registry: str, *, region: str | None = None, project: str | None = None) -> tuple[str, ...]:
     """The environment variable pairs tried for `registry`, in order, for messages and docs."""
     names: list[str] = []
-    if _swr_region(registry, region) is not None:
+    if _swr_region(registry, _login_region(registry, region, project)) is not None:
         names += [f"{ak}/{sk}" for ak, sk, _ in AK_SK_SOURCES]
         names.append("/".join(SWR_LOGIN))
     return (*names, "/".join(REGISTRY_LOGIN))
@@ -144,17 +151,47 @@ def _swr_region(registry: str, region: str | None) -> str | None:
     return region
 
 
+def _login_region(registry: str, region: str | None, project: str | None) -> str | None:
+    """The region given, else the one a given project name starts with when the host names none (where it does,
+    the project is checked against the host's)."""
+    if project is None or region is not None or region_of(registry) is not None:
+        return region
+    named = _PROJECT.match(project.strip())
+    if named is None:
+        raise RegistryError(f"project {project!r} is not a Huawei Cloud project name such as cn-north-4 or "
+                            "cn-north-4_team")
+    return named["region"]
+
+
+def _project(swr_region: str, project: str | None) -> str:
+    """The project whose name the long-term login carries: the region's default project unless one is given."""
+    if project is None:
+        return swr_region
+    project = project.strip()
+    match = _PROJECT.match(project)
+    if match is None:
+        raise RegistryError(f"project {project!r} is not a Huawei Cloud project name: the region's own "
+                            f"({swr_region}) or a sub-project's ({swr_region}_<name>, letters, digits, '_' or '-')")
+    if match["region"] != swr_region:
+        raise RegistryError(f"project {project!r} belongs to region {match['region']}, but the registry is in "
+                            f"{swr_region}")
+    return project
+
+
 def resolve_credentials(
-    registry: str, env: Mapping[str, str], *, region: str | None = None
+    registry: str, env: Mapping[str, str], *, region: str | None = None, project: str | None = None
 ) -> Credentials | None:
     """The login for `registry` from the first source set in `env` (see the module doc); None when none is set.
 
     `region` makes any host count as SWR in that region (a private endpoint, a test registry); without it the
     region comes from the host name, and a host that is not SWR only gets MODELARTS_REGISTRY_USER/PASSWORD.
+    `project` names the IAM project of a long-term login (default: the region's own project); like `region`, it
+    makes any host count as SWR, in the project's region.
     """
-    swr_region = _swr_region(registry, region)
+    swr_region = _swr_region(registry, _login_region(registry, region, project))
     skipped: list[str] = []
     if swr_region is not None:
+        login_project = _project(swr_region, project)
         for ak_name, sk_name, token_name in AK_SK_SOURCES:
             pair = _pair(env, ak_name, sk_name)
             if pair is None:
@@ -164,7 +201,8 @@ def resolve_credentials(
                                "login needs a permanent AK/SK)")
                 continue
             access_key, secret_key = pair
-            return Credentials(registry=registry, username=long_term_user(swr_region, access_key),
+            return Credentials(registry=registry,
+                               username=long_term_user(login_project, access_key),
                                password=login_key(access_key, secret_key),
                                source=f"{ak_name}/{sk_name} (long-term login)")
         pair = _pair(env, *SWR_LOGIN)
@@ -180,9 +218,9 @@ def resolve_credentials(
     return None
 
 
-def missing_login_hint(registry: str, *, region: str | None = None) -> str:
+def missing_login_hint(registry: str, *, region: str | None = None, project: str | None = None) -> str:
     """What to set when a registry wants a login and none was found."""
-    return f"set {' or '.join(credential_sources(registry, region=region))} (see README: Login)"
+    return f"set {' or '.join(credential_sources(registry, region=region, project=project))} (see README: Login)"
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -278,7 +278,21 @@ def test_long_term_login_with_ak_sk(push_engine: DockerEngine) -> None:
         # Without the region a loopback host is no SWR endpoint: the AK/SK is not sent to it.
         with pytest.raises(RegistryError, match=r"no credentials for"):
             publish.login(reg.host, engine=push_engine, env=env)
+        # The region's own project is the default; a sub-project's login is another user, which this one is not.
+        with pytest.raises(RegistryError, match=r"rejected the login of cn-north-4_team@HPUA…"):
+            publish.login(reg.host, engine=push_engine, env=env, project="cn-north-4_team")
     assert not watcher.found, watcher.found
+
+
+def test_long_term_login_into_a_sub_project(push_engine: DockerEngine) -> None:
+    """A sub-project's long-term login: user <project name>@<AK>, from --project or swr_project."""
+    secret_key = "SK-" + secrets.token_urlsafe(30)
+    with running_registry(f"cn-north-4_team@{AK}", swr.login_key(AK, secret_key)) as reg:
+        env = {"HUAWEICLOUD_SDK_AK": AK, "HUAWEICLOUD_SDK_SK": secret_key}
+        result = publish.login(reg.host, engine=push_engine, env=env, project="cn-north-4_team")
+        assert result.user == "cn-north-4_team@HPUA…"
+        with pytest.raises(RegistryError, match=r"rejected the login of cn-north-4@HPUA…"):
+            publish.login(reg.host, engine=push_engine, env=env, region="cn-north-4")
 
 
 def test_secret_not_in_pushed_image(push_engine: DockerEngine, local_registry: RunningRegistry, push_run: str,

@@ -37,6 +37,10 @@ def test_invoke_yaml_beats_builtins_and_flags_beat_invoke_yaml(tmp_path: Path) -
     assert configured.build.backend is Backend.DOCKER
     assert configured.build.base_prefix == "mirror.example.com/library/"
     assert configured.push.extra_tags == ("{tag}-{date}",)
+    assert configured.push.project is None  # the region's own project
+    assert resolve({**section, "swr_project": "cn-north-4_team"}, root=tmp_path).push.project == "cn-north-4_team"
+    assert resolve({**section, "swr_project": "cn-north-4_team"}, Flags(project="cn-north-4_ml"),
+                   root=tmp_path).push.project == "cn-north-4_ml"
     assert configured.fallbacks == {"organization": "team"}
     flagged = resolve(section, Flags(versions="mine.yaml", only=["c"], backend="buildkit", base_prefix="",
                                      jobs="8", extra_tags=["{revision}"], replace_tags=True), root=tmp_path)

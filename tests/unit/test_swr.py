@@ -132,6 +132,35 @@ def test_region_must_agree_with_the_host() -> None:
         swr.resolve_credentials(SWR_HOST, {}, region="north")
 
 
+def test_a_sub_project_names_the_long_term_login() -> None:
+    # SWR's long-term login user is `<project name>@<AK>`; the region's name only for its default project
+    env = {"HUAWEICLOUD_SDK_AK": AK, "HUAWEICLOUD_SDK_SK": SK}
+    found = swr.resolve_credentials(SWR_HOST, env, project="cn-north-4_team")
+    assert found is not None and found.username == f"cn-north-4_team@{AK}"
+    assert found.password == swr.login_key(AK, SK)  # the key does not depend on the project
+    assert found.shown_user == f"cn-north-4_team@{AK[:4]}…" and AK in found.secrets
+    assert found.hide(f"denied for cn-north-4_team@{AK}") == f"denied for cn-north-4_team@{AK[:4]}…"
+    default = swr.resolve_credentials(SWR_HOST, env, project="cn-north-4")
+    assert default is not None and default.username == f"cn-north-4@{AK}"
+    # a project makes a loopback registry SWR in its region, like --region
+    local = swr.resolve_credentials("127.0.0.1:5000", env, project="cn-north-4_team")
+    assert local is not None and local.username == f"cn-north-4_team@{AK}"
+
+
+@pytest.mark.parametrize(("project", "message"), [
+    ("cn-east-3_team", "project 'cn-east-3_team' belongs to region cn-east-3, but the registry is in cn-north-4"),
+    ("team", "project 'team' is not a Huawei Cloud project name: the region's own (cn-north-4) or a sub-project's "
+             "(cn-north-4_<name>"),
+    ("cn-north-4_bad name", "project 'cn-north-4_bad name' is not a Huawei Cloud project name"),
+])
+def test_a_project_that_cannot_be_is_refused(project: str, message: str) -> None:
+    with pytest.raises(RegistryError, match=re.escape(message)) as caught:
+        swr.resolve_credentials(SWR_HOST, {"HUAWEICLOUD_SDK_AK": AK, "HUAWEICLOUD_SDK_SK": SK}, project=project)
+    assert caught.value.exit_code == 6
+    with pytest.raises(RegistryError, match="project 'team' is not a Huawei Cloud project name such as cn-north-4"):
+        swr.resolve_credentials("127.0.0.1:5000", {}, project="team")
+
+
 def test_half_set_pair_names_the_missing_variable() -> None:
     with pytest.raises(RegistryError, match=r"HUAWEICLOUD_SDK_AK is set but HUAWEICLOUD_SDK_SK is not") as caught:
         swr.resolve_credentials(SWR_HOST, {"HUAWEICLOUD_SDK_AK": AK})
