@@ -86,7 +86,7 @@ def _supported_tags(python: str, platforms: Iterable[str]) -> frozenset[Tag]:
     return frozenset([*cpython_tags(version, abis, platforms), *compatible_tags(version, interpreter, platforms)])
 
 
-def _loads_on(platform: str, arch: str) -> bool:
+def loads_on(platform: str, arch: str) -> bool:
     """Whether a wheel with this platform tag loads on the images' glibc Linux of this architecture."""
     # musllinux wheels link musl, which the Ubuntu and Debian base images do not have.
     return platform in ("any", f"linux_{arch}") or (platform.startswith("manylinux") and platform.endswith(f"_{arch}"))
@@ -103,7 +103,7 @@ def _python_label(wheel: WheelName, python: str) -> str:
 
 
 def _fits_platform(wheel: WheelName, python: str, arch: str) -> bool:
-    loadable = [platform for platform in wheel.platforms if _loads_on(platform, arch)]
+    loadable = [platform for platform in wheel.platforms if loads_on(platform, arch)]
     return not wheel.tags.isdisjoint(_supported_tags(python, loadable))
 
 

@@ -85,6 +85,9 @@ class _Fetcher:
             page = index.page_urls(source.index_url, name)
             links = index.parse_links(self.text(page, image), page)
             wheels.append(index.choose_wheel(links, package=name, version=version, image=image, page_url=page))
+            if name == "torch":
+                for note in index.table_mismatches(links, version=version, image=image):
+                    log.warning("%s: %s (%s); please report it", image.id, note, redact.url(page))
         return tuple(wheels)
 
     def one(self, artifact: Artifact, owner: str) -> FetchedFile:

@@ -67,6 +67,48 @@ def test_no_fitting_wheel_names_the_page() -> None:
                            image=image(python="3.9"), page_url=page)
 
 
+CU126_PAGE = "\n".join(
+    f'<a href="/whl/cu126/torch-2.13.0%2Bcu126-cp3{minor}-cp3{minor}-manylinux_2_28_x86_64.whl">t</a>'
+    for minor in (10, 11, 12, 13, 15))
+CU126_PAGE += '<a href="/whl/cu126/torch-2.13.0%2Bcu126-cp314-cp314t-manylinux_2_28_x86_64.whl">t</a>'
+
+
+def test_a_python_the_table_allows_but_the_index_lacks_says_the_table_is_wrong() -> None:
+    page = "https://download.pytorch.org/whl/cu126/torch/"
+    entry = image(python="3.14", cuda="12.6", torch="2.13.0", torchaudio=None)
+    with pytest.raises(FetchError) as caught:
+        index.choose_wheel(index.parse_links(CU126_PAGE, page), package="torch", version="2.13.0", image=entry,
+                           page_url=page)
+    assert str(caught.value) == (
+        "x: no torch==2.13.0 wheel for Python 3.14, cu126, Linux x86_64 at https://download.pytorch.org/whl/cu126/"
+        "torch/; the page has torch 2.13.0 for Python 3.10, 3.11, 3.12, 3.13, 3.15 only, while "
+        "modelarts_images/config/data/compat.yaml lists Python 3.10–3.14 for torch 2.13.0: if this index is "
+        "PyTorch's own, the table is wrong for this release (please report it)")
+
+
+def test_a_variant_the_table_allows_but_the_index_lacks_says_so() -> None:
+    page = "https://download.pytorch.org/whl/cu129/torch/"
+    entry = image(python="3.11", cuda="12.9", torch="2.13.0", torchaudio=None)
+    with pytest.raises(FetchError, match=r"; the page has no torch 2.13.0 wheel for cu129 at all; modelarts_images/"
+                                         r"config/data/compat.yaml lists CUDA 12.9 for torch 2.13.0: if this index "
+                                         r"is PyTorch's own, that entry of the table is wrong"):
+        index.choose_wheel([], package="torch", version="2.13.0", image=entry, page_url=page)
+
+
+def test_what_the_index_has_beyond_the_table_is_noted() -> None:
+    entry = image(python="3.11", cuda="12.6", torch="2.13.0", torchaudio=None)
+    links = index.parse_links(CU126_PAGE, "https://download.pytorch.org/whl/cu126/torch/")
+    assert index.table_mismatches(links, version="2.13.0", image=entry) == [
+        "the index has torch 2.13.0 wheels for Python 3.15 (cu126) too, which "
+        "modelarts_images/config/data/compat.yaml does not list for it"]
+    flat = index.parse_links(FLAT_PAGE, "https://download.pytorch.org/whl/torch_stable.html")
+    assert index.table_mismatches(flat, version="1.8.1", image=image()) == []
+    extra = index.parse_links(FLAT_PAGE.replace("cu111", "cu113"), "https://download.pytorch.org/whl/torch_stable.html")
+    assert index.table_mismatches(extra, version="1.8.1", image=image()) == [
+        "the index has torch 1.8.1 wheels for cu113 too, which modelarts_images/config/data/compat.yaml does not "
+        "list for it"]
+
+
 def test_lock_round_trip(tmp_path: Path) -> None:
     entry = lockfile.LockedImage(
         inputs="python 3.7; cu102", installer=Artifact(url="https://i/inst.sh", sha256=SHA),
