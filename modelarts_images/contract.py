@@ -15,9 +15,11 @@ from dataclasses import dataclass
 class RunUser:
     """The user a training job's container runs as, and the places that follow from its home directory."""
 
-    # ModelArts' current custom-image pages: "the default user of a custom image must be ma-user, UID 1000,
-    # GID 100" (Huawei Cloud, ModelArts > Custom Images > "Specifications for Custom Images Used for Training
-    # Jobs"). Older pages and some partner clouds document other uids (1101): versions.yaml's `user:` sets them.
+    # ModelArts' current pages: custom images carry user ma-user (UID 1000) in group ma-group (GID 100)
+    # (support.huaweicloud.com/drawer-modelarts/ma_drawer_124.html; ma-cli's --uid defaults to 1000,
+    # devtool-modelarts_0322.html). The older page T-Systems' Open Telekom Cloud still serves says uid 1101
+    # (docs.otc.t-systems.com, ModelArts > Custom Images > Specifications for Custom Images Used for Training
+    # Jobs). versions.yaml's `user:` sets another. Debian and Ubuntu name gid 100 `users`; the checks compare ids.
     name: str = "ma-user"
     uid: int = 1000
     gid: int = 100

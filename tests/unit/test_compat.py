@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from modelarts_images.config import compat
@@ -114,3 +116,16 @@ def test_every_release_says_where_its_facts_come_from() -> None:
         assert "RELEASE.md" in release.source or "previous-versions" in release.source, torch
         if release.torchaudio_also or compat.version_key(torch) >= (2, 11):
             assert "docs.pytorch.org/audio/2.11.0/installation.html" in release.source, torch
+
+
+def test_the_readme_table_is_the_compatibility_table() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    for torch, release in compat.load_table().items():
+        if compat.version_key(torch) < (2, 4):
+            continue
+        audio = release.torchaudio or "—"
+        if release.torchaudio_also:
+            audio += f" (index), {', '.join(release.torchaudio_also)} (PyPI only)"
+        cuda = ", ".join(release.cuda)
+        row = f"| {torch} | {release.torchvision} | {audio} | {compat.span(release.python)} | {cuda} |"
+        assert row in readme, row
