@@ -191,6 +191,7 @@ def as_text(plans: Sequence[ImagePlan]) -> str:
             ("python", image.python),
             ("cuda", f"{image.cuda} ({image.variant})"),
             ("packages", ", ".join(f"{name} {version}" for name, version in image.packages)),
+            ("user", f"{image.user.name} {image.user.spec}, conda at {image.user.conda_prefix}"),
         ]
         for artifact in plan.artifacts:
             rows.append(("installer" if artifact is image.installer else "wheel", redact.url(artifact.url)))
