@@ -26,10 +26,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Check the code with ruff (verify/ as Python 3.7, what runs inside images) and the Dockerfile with hadolint."""
+    """Check the code with ruff (verify/ and context/ as Python 3.7: they run inside images) and the Dockerfile
+    with hadolint."""
     _install(session)
     session.run("ruff", "check", ".", *session.posargs)
-    session.run("ruff", "check", "--target-version", "py37", "verify/")
+    session.run("ruff", "check", "--target-version", "py37", "verify/", "context/")
     session.run("hadolint", "--config", ".hadolint.yaml", "context/Dockerfile")
 
 

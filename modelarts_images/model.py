@@ -11,6 +11,9 @@ from urllib.parse import unquote, urlsplit
 from modelarts_images.contract import DEFAULT_USER, RunUser
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# The time every file of the image's own layers carries, unless versions.lock says otherwise: 1980-01-01, the
+# earliest a zip (a wheel) can hold, so files taken from the image can be packed again.
+DEFAULT_SOURCE_DATE_EPOCH = 315_532_800
 MAX_NAME_BYTES = 255  # what ext4, xfs and tmpfs allow for one file name
 
 
@@ -151,3 +154,4 @@ class FetchedImage:
     closure: tuple[FetchedFile, ...] | None
     stack: tuple[FetchedFile, ...] = ()  # the stack's wheels and sdists, installed in a layer above torch
     build_deps: tuple[FetchedFile, ...] = ()  # what building the stack's sdists needs
+    source_date_epoch: int = DEFAULT_SOURCE_DATE_EPOCH  # from versions.lock: the time of every file of the layers

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from modelarts_images.config import compat
-from modelarts_images.model import Artifact, FetchedImage, ImageSpec
+from modelarts_images.model import DEFAULT_SOURCE_DATE_EPOCH, Artifact, FetchedImage, ImageSpec
 from modelarts_images.shared import redact
 
 PYTORCH_DOWNLOADS = "https://download.pytorch.org/whl"
@@ -49,7 +49,7 @@ def wheel_source(image: ImageSpec) -> WheelSource:
 
 
 def build_args(image: ImageSpec, *, base_image: str | None = None, hermetic: bool | None = None,
-               ) -> tuple[tuple[str, str], ...]:
+               source_date_epoch: int = DEFAULT_SOURCE_DATE_EPOCH) -> tuple[tuple[str, str], ...]:
     """The build arguments, decided here only; never the pip index's credentials (arguments reach the history).
 
     `base_image` is the base actually used (default: the entry's); `hermetic` whether the dependency wheels were
@@ -62,6 +62,7 @@ def build_args(image: ImageSpec, *, base_image: str | None = None, hermetic: boo
         ("MA_USER", image.user.name),
         ("MA_UID", str(image.user.uid)),
         ("MA_GID", str(image.user.gid)),
+        ("SOURCE_DATE_EPOCH", str(source_date_epoch)),
         ("APT_MIRROR", image.apt_mirror),
         # CUDA wheels carry their own CUDA runtime; the variables tell the NVIDIA runtime to mount the driver.
         ("GPU_RUNTIME", "cpu" if image.is_cpu else "cuda"),

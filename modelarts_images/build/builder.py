@@ -27,13 +27,13 @@ from modelarts_images.options import BuildOptions
 from modelarts_images.shared import redact
 from modelarts_images.shared.text import size
 
-TARGET = "image"
-SECRET_TARGET = "image-secret"  # BuildKit only: the pip index comes in as a secret (see context/Dockerfile)
+# The Dockerfile's final stage for each backend: BuildKit's bind-mounts the context into its builder stages and
+# takes a pip index with credentials as a secret (see context/Dockerfile).
+TARGETS = {Backend.DOCKER: context.TARGETS[0], Backend.BUILDKIT: context.TARGETS[1]}
 PIP_SECRET_ID = "pip.conf"
 # What the classic builder is sent: the same allow-list as context/.dockerignore.
 CONTEXT_ENTRIES = (context.DOCKERFILE, context.DOCKERIGNORE, context.PIP_CONF, context.INSTALLER_DIR,
-                   context.WHEELS_DIR, context.DEPS_DIR, context.STACK_DIR, context.BUILD_DEPS_DIR,
-                   context.APT_INSTALL, context.STACK_INSTALL)
+                   context.WHEELS_DIR, context.DEPS_DIR, context.STACK_DIR, context.BUILD_DEPS_DIR, *context.SCRIPTS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +44,15 @@ class BuildResult:
     layers: tuple[Layer, ...]  # the largest, largest first, with the step that made each
     duration: float  # seconds, context assembly included
     backend: Backend
+    stack: tuple[Layer, ...] = ()  # every layer, oldest first, with its diff id
+    previous: tuple[str, ...] | None = None  # the diff ids of the image the tag named before; None: none
+
+    @property
+    def new_layers(self) -> tuple[Layer, ...]:
+        """The layers the previous build of this tag did not have: what a push to a registry that holds it sends
+        (all of them when there was none)."""
+        kept = set(self.previous or ())
+        return tuple(layer for layer in self.stack if layer.diff_id not in kept)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,14 +92,14 @@ def build_inputs(fetched: FetchedImage, options: BuildOptions) -> BuildInputs:
     base = effective_base_image(image, options)
     hermetic = fetched.closure is not None
     needs_secret = not hermetic and redact.has_credentials(image.pip_index)
-    target = SECRET_TARGET if needs_secret else TARGET
     return BuildInputs(
         reference=image.reference,
         base_image=base,
-        target=target + (context.ENV_SUFFIX if image.stack.env else ""),
+        target=TARGETS[options.backend] + (context.ENV_SUFFIX if image.stack.env else ""),
         hermetic=hermetic,
         needs_secret=needs_secret,
-        build_args=plan.build_args(image, base_image=base, hermetic=hermetic),
+        build_args=plan.build_args(image, base_image=base, hermetic=hermetic,
+                                   source_date_epoch=fetched.source_date_epoch),
         labels=plan.labels(image, base_image=base, fetched=fetched),
     )
 
@@ -215,13 +224,15 @@ def build_image(fetched: FetchedImage, options: BuildOptions, engine: Engine) ->
     inputs = build_inputs(fetched, options)
     check_backend(options.backend, inputs, image_id=image.id)
     context_dir = context.assemble(fetched, options.work_dir)
+    before = engine.image(inputs.reference)
     with _pip_secret(image, inputs) as secrets:
         image_id = engine.build(_request(inputs, options, context_dir, secrets))
     if not image_id:
         raise BuildError(f"{image.id}: the build reported no image id")
     summary = engine.summary(image_id, base_image=inputs.base_image)
     return BuildResult(reference=inputs.reference, image_id=summary.image_id, size=summary.size,
-                       layers=summary.layers, duration=time.monotonic() - started, backend=options.backend)
+                       layers=summary.layers, duration=time.monotonic() - started, backend=options.backend,
+                       stack=summary.stack, previous=before.layers if before is not None else None)
 
 
 def build_command_preview(image: ImageSpec, options: BuildOptions) -> str:
@@ -259,10 +270,22 @@ def _unfetched(image: ImageSpec) -> FetchedImage:
 
 
 def format_result(result: BuildResult) -> str:
-    """The build summary: reference, id, size, duration and the largest layers with their steps."""
+    """The build summary: reference, id, size, duration, and each layer with its step, marked `=` where the
+    previous build of the tag had it already; then what a push to a registry holding that build would send."""
     lines = [f"{result.reference}: {result.image_id[:19]} {size(result.size)} built in {result.duration:.1f} s "
              f"({result.backend})"]
-    for layer in result.layers:
-        origin = "base " if layer.from_base else ""
-        lines.append(f"  {size(layer.size):>9}  {origin}{layer.step}")
+    if not result.stack or not any(layer.step for layer in result.stack):
+        lines += [f"  {size(layer.size):>9}  {'base ' if layer.from_base else ''}{layer.step}"
+                  for layer in result.layers]
+        return "\n".join(lines)
+    kept = set(result.previous or ())
+    lines += [f"  {'=' if layer.diff_id in kept else '+'} {size(layer.size):>9}  "
+              f"{'base ' if layer.from_base else ''}{layer.step or layer.diff_id[:19]}" for layer in result.stack]
+    new = result.new_layers
+    sent = f"{len(new)} layers, {size(sum(layer.size for layer in new))} uncompressed"
+    if result.previous is None:
+        lines.append(f"  no earlier build of this tag: a push sends {sent} (less what the registry holds already)")
+    else:
+        lines.append(f"  {len(result.stack) - len(new)} of {len(result.stack)} layers as in the previous build (=); "
+                     f"a push to a registry that holds it sends {sent}")
     return "\n".join(lines)

@@ -2,7 +2,7 @@
 
     work_dir/<image id>/
         Dockerfile                    context/Dockerfile, and the stack's ENV stages when it sets variables
-        .dockerignore, *.sh           from context/ in the repository (apt-install.sh, stack-install.sh)
+        .dockerignore, *.sh, layers.py  from context/ in the repository: the steps of the Dockerfile's stages
         installer/<installer>         the conda installer
         wheels/*.whl                  torch, torchvision, torchaudio
         deps/*.whl                    their dependency wheels (empty when fetch has none: the build uses pip_index)
@@ -42,9 +42,10 @@ WHEELS_DIR = "wheels"
 DEPS_DIR = "deps"
 STACK_DIR = "stack"
 BUILD_DEPS_DIR = "build-deps"
-APT_INSTALL = "apt-install.sh"
-STACK_INSTALL = "stack-install.sh"
-TARGETS = ("image", "image-secret")  # the Dockerfile's final stages
+# The steps of the Dockerfile's stages, copied from context/ into every build context.
+SCRIPTS = ("apt-install.sh", "user-layer.sh", "conda-install.sh", "packages-install.sh", "stack-install.sh",
+           "layers.py")
+TARGETS = ("image", "image-buildkit")  # the Dockerfile's final stages: classic builder, BuildKit
 BUILDKIT_ONLY = "# BuildKit only, below this line"
 ENV_SUFFIX = "-env"
 PIP_TIMEOUT = 120
@@ -104,7 +105,7 @@ def assemble(fetched: FetchedImage, work_dir: Path, *, template_dir: Path = TEMP
     work_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{image.id}.", suffix=".partial", dir=work_dir))
     try:
-        for name in (DOCKERIGNORE, APT_INSTALL, STACK_INSTALL):
+        for name in (DOCKERIGNORE, *SCRIPTS):
             shutil.copy2(template_dir / name, staging / name)
         dockerfile = with_env((template_dir / DOCKERFILE).read_text("utf-8"), image.stack.env)
         (staging / DOCKERFILE).write_text(dockerfile, encoding="utf-8")

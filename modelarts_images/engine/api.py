@@ -87,6 +87,7 @@ class Layer:
     size: int
     step: str
     from_base: bool  # part of the base image rather than of this build
+    diff_id: str = ""  # sha256:<hex> of the layer's uncompressed content: equal ids, the same layer
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +95,8 @@ class ImageSummary:
     image_id: str
     size: int
     layers: tuple[Layer, ...]  # largest first
+    # Every layer, oldest first, with its diff id; step and size where the history says which step made it.
+    stack: tuple[Layer, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -154,6 +157,7 @@ class ImageConfig:
     environment: tuple[str, ...]  # NAME=value as in the config
     entrypoint: tuple[str, ...]
     cmd: tuple[str, ...]
+    layers: tuple[str, ...] = ()  # the diff ids of its layers, oldest first
 
     def label(self, name: str) -> str | None:
         return dict(self.labels).get(name)
@@ -197,6 +201,9 @@ class Pushed:
     digest: str  # sha256:<hex> of the manifest the registry stored
     manifest_size: int | None  # bytes of that manifest, when the stream said
     attempts: int
+    layers_sent: int = 0  # layers the registry did not have
+    layers_there: int = 0  # layers it had already (or mounted from another repository)
+    bytes_sent: int = 0  # compressed bytes of the layers sent, as the engine counted them
 
 
 class Engine(Protocol):

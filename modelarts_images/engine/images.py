@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 
@@ -64,6 +65,7 @@ def image_config(client: docker.DockerClient, reference: str) -> ImageConfig | N
         environment=tuple(config.get("Env") or ()),
         entrypoint=tuple(config.get("Entrypoint") or ()),
         cmd=tuple(config.get("Cmd") or ()),
+        layers=tuple((attrs.get("RootFS") or {}).get("Layers") or ()),
     )
 
 
@@ -94,14 +96,33 @@ def image_summary(client: docker.DockerClient, image_id: str, *, base_image: str
     except (docker.errors.DockerException, requests.RequestException) as error:
         raise EngineError(f"{image_id}: cannot read the built image back from the engine: {error}") from error
     base_entries = _history_length(client, base_image) if base_image else 0
-    layers = []
-    for index, entry in enumerate(history):  # newest first; the base's entries are the oldest
-        from_base = index >= len(history) - base_entries
+    entries = []  # oldest first
+    for index, entry in enumerate(reversed(history)):
         step = step_of(str(entry.get("CreatedBy") or "")) or str(entry.get("Comment") or "(no record)")
-        if int(entry.get("Size") or 0) > 0:
-            layers.append(Layer(size=int(entry["Size"]), step=one_line(step, 120), from_base=from_base))
-    layers.sort(key=lambda layer: layer.size, reverse=True)
-    return ImageSummary(image_id=image_id, size=size, layers=tuple(layers[:top]))
+        entries.append(Layer(size=int(entry.get("Size") or 0), step=one_line(step, 120),
+                             from_base=index < base_entries))
+    stack = layer_stack(entries, tuple((image.attrs.get("RootFS") or {}).get("Layers") or ()))
+    largest = sorted((entry for entry in (stack or entries) if entry.size > 0), key=lambda layer: layer.size,
+                     reverse=True)
+    return ImageSummary(image_id=image_id, size=size, layers=tuple(largest[:top]), stack=stack)
+
+
+_MAKES_A_LAYER = ("RUN ", "COPY ", "ADD ", "Imported from")
+
+
+def layer_stack(entries: list[Layer], diff_ids: tuple[str, ...]) -> tuple[Layer, ...]:
+    """The history entries that made the image's layers, oldest first, each with its diff id.
+
+    The engine's history does not say which entries are empty (ENV, USER, LABEL) and which made a layer; a RUN,
+    COPY, ADD or any entry with a size did, and a WORKDIR did where BuildKit wrote an (empty) layer for it. When
+    neither reading gives as many entries as there are layers, the layers are listed by diff id alone."""
+    made = [entry for entry in entries if entry.size > 0 or entry.step.startswith(_MAKES_A_LAYER)]
+    if len(made) != len(diff_ids):
+        made = [entry for entry in entries
+                if entry.size > 0 or entry.step.startswith((*_MAKES_A_LAYER, "WORKDIR "))]
+    if len(made) != len(diff_ids):
+        return tuple(Layer(size=0, step="", from_base=False, diff_id=diff_id) for diff_id in diff_ids)
+    return tuple(dataclasses.replace(entry, diff_id=diff_id) for entry, diff_id in zip(made, diff_ids, strict=True))
 
 
 def _history_length(client: docker.DockerClient, reference: str) -> int:

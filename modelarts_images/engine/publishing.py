@@ -137,7 +137,15 @@ class _Layers:
         self.progress = progress
         self.status: dict[str, str] = {}
         self.total: dict[str, int] = {}
+        self.sent: dict[str, int] = {}  # the most bytes the engine said it had sent of each layer
         self.logged_at: dict[str, float] = {}
+
+    def counts(self) -> tuple[int, int, int]:
+        """(layers sent, layers the registry had, bytes sent) once the push is over."""
+        sent = [layer for layer, status in self.status.items() if status == "Pushed"]
+        there = [layer for layer, status in self.status.items()
+                 if status == "Layer already exists" or status.startswith("Mounted from")]
+        return len(sent), len(there), sum(self.sent.get(layer, 0) for layer in sent)
 
     def __call__(self, event: Mapping[str, Any]) -> None:
         layer, status = str(event.get("id", "")), str(event.get("status", ""))
@@ -150,6 +158,8 @@ class _Layers:
         total = detail.get("total") if isinstance(detail, Mapping) else None
         if isinstance(total, int):
             self.total[layer] = total
+        if isinstance(current, int) and status == "Pushing":
+            self.sent[layer] = max(current, self.sent.get(layer, 0))
         if self.progress is not None:
             if isinstance(current, int):
                 # The engine counts compressed bytes sent against the layer's uncompressed size: clamp.
@@ -174,8 +184,8 @@ def read_push_stream(
     reference: str,
     secrets: Sequence[str] = (),
     progress: ProgressCallback | None = None,
-) -> tuple[str, int | None]:
-    """(digest, manifest size) from the push's event stream.
+) -> tuple[str, int | None, tuple[int, int, int]]:
+    """(digest, manifest size, (layers sent, layers the registry had, bytes sent)) from the push's event stream.
 
     An in-band error raises retry.TransientError when another attempt may work (connection trouble, 5xx),
     RegistryRefusedError otherwise; a stream without a digest raises EngineError.
@@ -201,7 +211,7 @@ def read_push_stream(
     if digest is None:
         raise EngineError(f"push of {reference} ended without the registry's digest: the engine's stream "
                           "stopped early (see the log above)")
-    return digest, size
+    return digest, size, layers.counts()
 
 
 def _failure(reference: str, message: str) -> Exception:
@@ -225,14 +235,16 @@ def push(client: docker.DockerClient, repository: str, tag: str, *, auth: Regist
         try:
             events = client.api.push(repository, tag, stream=True, decode=True,
                                      auth_config=dict(auth.config) if auth else None)
-            digest, size = read_push_stream(events, reference=reference, secrets=secrets, progress=progress)
+            digest, size, (sent, there, sent_bytes) = read_push_stream(events, reference=reference, secrets=secrets,
+                                                                       progress=progress)
         except docker.errors.APIError as error:
             raise _failure(reference, redact.text(str(error.explanation or error), secrets)) from None
         except (requests.ConnectionError, requests.Timeout) as error:
             raise retry.TransientError(f"the Docker Engine connection failed: {redact.text(str(error), secrets)}"
                                        ) from None
         _say(logging.INFO, f"pushed {reference}: {digest}", secrets)
-        return Pushed(reference=reference, digest=digest, manifest_size=size, attempts=attempt)
+        return Pushed(reference=reference, digest=digest, manifest_size=size, attempts=attempt, layers_sent=sent,
+                      layers_there=there, bytes_sent=sent_bytes)
 
     def give_up(attempts: int, failure: retry.TransientError) -> EngineError:
         return EngineError(f"push of {reference} failed after {attempts} attempts: {one_line(str(failure), 400)}")

@@ -15,7 +15,7 @@ from modelarts_images.errors import FetchError
 from modelarts_images.fetch import index, lockfile, sources
 from modelarts_images.fetch.cache import Cache
 from modelarts_images.http import download, pip_resolver
-from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
+from modelarts_images.model import DEFAULT_SOURCE_DATE_EPOCH, Artifact, FetchedFile, FetchedImage, ImageSpec
 from modelarts_images.options import FetchOptions
 from modelarts_images.plan import wheel_source
 from modelarts_images.shared import redact
@@ -209,8 +209,11 @@ def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress
         if pinned is None and options.locked:
             raise FetchError(f"{image.id}: --locked, but versions.lock has no current entry for it; run `inv lock`")
         if pinned is None:
+            earlier = lock.get(image.id)  # a time chosen for the entry's layers stays when its inputs change
             pinned = lockfile.LockedImage(inputs=lockfile.inputs_of(image), installer=image.installer,
-                                          wheels=image.wheels or fetcher.derive_wheels(image), closure=None)
+                                          wheels=image.wheels or fetcher.derive_wheels(image), closure=None,
+                                          source_date_epoch=earlier.source_date_epoch if earlier
+                                          else DEFAULT_SOURCE_DATE_EPOCH)
         plans[image.id] = pinned
     first = fetcher.many([(artifact, image_id) for image_id, plan in plans.items()
                           for artifact in (plan.installer, *plan.wheels)])
@@ -237,6 +240,7 @@ def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress
             closure=None if resolved.closure is None else tuple(rest[artifact.url] for artifact in resolved.closure),
             stack=stack,
             build_deps=tuple(built[artifact.url] for artifact in build_deps),
+            source_date_epoch=plan.source_date_epoch,
         ))
         files = (plan.installer, *plan.wheels, *(resolved.closure or ()), *(resolved.stack or ()), *build_deps)
         unsized = any(artifact.size is None for artifact in files)

@@ -102,7 +102,7 @@ def cell_inputs(fetched: FetchedImage, steps: Steps, *, context_digest: str, ver
     return {
         "dockerfile": context_digest,
         "build-args": _digest({
-            "reference": inputs.reference, "target": inputs.target, "hermetic": inputs.hermetic,
+            "reference": inputs.reference, "hermetic": inputs.hermetic,
             "args": inputs.build_args,
             # the index itself decides what a non-hermetic build installs; credentials only as part of a hash
             "pip_index": hashlib.sha256(image.pip_index.encode("utf-8")).hexdigest(),
@@ -119,7 +119,8 @@ def cell_inputs(fetched: FetchedImage, steps: Steps, *, context_digest: str, ver
                                  if fetched.stack else {})}),
         **({"stack": _stack_digest(image)} if not image.stack.empty else {}),
         "verify-script": verify_digest,
-        "backend": _digest(steps.build.backend),
+        # the backend decides the Dockerfile's target, and the stack's variables add a stage to it
+        "backend": _digest({"backend": steps.build.backend, "target": inputs.target}),
         "steps": _digest({"device": steps.device, "push": steps.push, "extra_tags": steps.extra_tags}),
     }
 
@@ -170,7 +171,7 @@ class CellRecord:
     durations: Mapping[str, float] = field(default_factory=dict)  # seconds per step: fetch, build, verify, push
     image_id: str = ""
     size: int | None = None
-    layers: tuple[Layer, ...] = ()  # the largest
+    layers: tuple[Layer, ...] = ()  # every layer of the image, oldest first, with its diff id
     verification: ImageReport | None = None
     manifest: Manifest = field(default_factory=dict)
     digest: str | None = None  # when pushed
@@ -190,7 +191,8 @@ class CellRecord:
             "hash": self.hash, "inputs": dict(self.inputs), "changed": list(self.changed),
             "durations": dict(self.durations),
             "image_id": self.image_id, "size": self.size,
-            "layers": [{"size": layer.size, "step": layer.step, "from_base": layer.from_base} for layer in self.layers],
+            "layers": [{"size": layer.size, "step": layer.step, "from_base": layer.from_base, "diff_id": layer.diff_id}
+                       for layer in self.layers],
             "python": self.python, "cuda": self.cuda, "torch": self.torch,
             "verification": self.verification.to_json() if self.verification is not None else None,
             "manifest": {section: list(lines) for section, lines in self.manifest.items()},
@@ -210,8 +212,8 @@ class CellRecord:
             changed=tuple(str(name) for name in data.get("changed") or ()),
             durations={str(k): float(v) for k, v in (data.get("durations") or {}).items()},
             image_id=str(data.get("image_id", "")), size=data.get("size"),
-            layers=tuple(Layer(size=int(layer["size"]), step=str(layer["step"]), from_base=bool(layer["from_base"]))
-                         for layer in data.get("layers") or ()),
+            layers=tuple(Layer(size=int(layer["size"]), step=str(layer["step"]), from_base=bool(layer["from_base"]),
+                               diff_id=str(layer.get("diff_id", ""))) for layer in data.get("layers") or ()),
             verification=ImageReport.from_json(verification) if verification else None,
             manifest={str(k): tuple(str(line) for line in v) for k, v in (data.get("manifest") or {}).items()},
             digest=data.get("digest"), pushed=data.get("pushed"), training_job=data.get("training_job"),

@@ -95,6 +95,16 @@ def render_json(records: Sequence[CellRecord]) -> str:
     return json.dumps({"schema": SCHEMA, "cells": [record.to_json() for record in records]}, indent=2) + "\n"
 
 
+def layer_holders(records: Sequence[CellRecord]) -> dict[str, list[str]]:
+    """Each diff id, with the cells whose image has that layer."""
+    holders: dict[str, list[str]] = {}
+    for record in records:
+        for layer in record.layers:
+            if layer.diff_id and record.id not in holders.setdefault(layer.diff_id, []):
+                holders[layer.diff_id].append(record.id)
+    return holders
+
+
 def table_rows(records: Sequence[CellRecord]) -> list[list[str]]:
     rows = []
     for record in records:
@@ -117,6 +127,7 @@ def render_markdown(records: Sequence[CellRecord]) -> str:
 
     lines = ["# Matrix report", "", cells(HEADERS), cells(["---"] * len(HEADERS))]
     lines += [cells(row) for row in table_rows(records)]
+    holders = layer_holders(records)
     for record in records:
         lines += ["", f"## {record.id}", "",
                   f"- image: `{record.reference}`" + (f" (pushed as `{record.pushed}`)" if record.pushed else ""),
@@ -130,9 +141,16 @@ def render_markdown(records: Sequence[CellRecord]) -> str:
         if record.training_job:
             lines.append(f"- ModelArts training-job body: `{record.training_job}`")
         if record.layers:
-            lines += ["", "Largest layers:", ""]
-            lines += [f"- {size(layer.size)} {'(base) ' if layer.from_base else ''}`{layer.step}`"
-                      for layer in record.layers]
+            lines += ["", "Layers, oldest first (shared: the other images of this report with the same layer):", ""]
+            for layer in record.layers:
+                others = [cell for cell in holders.get(layer.diff_id, ()) if cell != record.id]
+                origin = "(base) " if layer.from_base else ""
+                lines.append(f"- {size(layer.size)} {origin}`{layer.step or layer.diff_id}`"
+                             + (f"; shared: {', '.join(others)}" if others else ""))
+            shared = sum(layer.size for layer in record.layers
+                         if any(cell != record.id for cell in holders.get(layer.diff_id, ())))
+            lines.append(f"- {size(shared)} of {size(sum(layer.size for layer in record.layers))} in layers another "
+                         "image of this report has too")
         report = record.verification
         if report is not None:
             for run in report.runs:

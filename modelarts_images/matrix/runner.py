@@ -167,7 +167,7 @@ class Runner:
         pipeline.check_bases_step([cell.image], self.options.build, engine)
         result = pipeline.build_step(fetched, self.options.build, engine)
         self.out(format_result(result))
-        cell.add(image_id=result.image_id, size=result.size, layers=result.layers)
+        cell.add(image_id=result.image_id, size=result.size, layers=result.stack or result.layers)
         cell.took("build", result.duration)
 
     def _verify(self, cell: _Cell) -> None:

@@ -44,7 +44,7 @@ from modelarts_images.publish import swr
 from modelarts_images.shared.choices import Choice
 from modelarts_images.shared.files import write_atomic
 from modelarts_images.shared.progress import ProgressCallback
-from modelarts_images.shared.text import one_line
+from modelarts_images.shared.text import one_line, size
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ class TagOutcome:
     digest: str | None  # None: a dry run that would push
     outcome: Outcome
     previous_digest: str | None  # what the tag named before ("replaced")
+    layers_sent: int = 0  # layers the registry did not have yet
+    layers_there: int = 0  # layers it had already: the ones this image shares with what it holds
+    bytes_sent: int = 0  # compressed bytes of the layers sent
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,7 +157,9 @@ def summary(records: Sequence[PushRecord]) -> str:
     for record in records:
         for item in record.tags:
             digest = item.digest or "(not pushed)"
-            lines.append(f"{item.outcome:>13}  {item.reference}  {digest}")
+            sent = (f"  ({item.layers_sent} layers sent, {size(item.bytes_sent)}; {item.layers_there} already there)"
+                    if item.outcome in (Outcome.PUSHED, Outcome.REPLACED) else "")
+            lines.append(f"{item.outcome:>13}  {item.reference}  {digest}{sent}")
         if record.record is not None:
             lines.append(f"{'':>13}  recorded in {record.record}")
     return "\n".join(lines)
@@ -291,7 +296,9 @@ class _Publisher:
                 confirmed = _confirm(registry, target, pushed.digest, local)
                 final = final or confirmed
                 results.append(TagOutcome(reference=str(target), digest=pushed.digest, outcome=outcome,
-                                          previous_digest=remote.digest if remote is not None else None))
+                                          previous_digest=remote.digest if remote is not None else None,
+                                          layers_sent=pushed.layers_sent, layers_there=pushed.layers_there,
+                                          bytes_sent=pushed.bytes_sent))
         assert final is not None
         record = PushRecord(
             id=image.id, reference=str(reference), digest=results[0].digest, size=final.content_size,

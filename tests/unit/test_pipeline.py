@@ -97,6 +97,9 @@ def test_a_base_that_is_not_there_stops_the_build_before_any_download(
 
 
 class FailingBuild(FakeEngine):
+    def image(self, reference: str) -> ImageConfig | None:
+        return None  # no earlier build of the tag
+
     def build(self, request: BuildRequest) -> str:
         raise EngineError(f"build of {request.tag} failed at RUN ...: exit 1")
 

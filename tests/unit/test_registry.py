@@ -337,6 +337,8 @@ GOOD_STREAM: list[dict[str, Any]] = [
     {"status": "Pushing", "progressDetail": {"current": 542208, "total": 169149896}, "progress": "[>  ]",
      "id": "6cea3e0e94d7"},
     {"status": "Pushed", "progressDetail": {}, "id": "6cea3e0e94d7"},
+    {"status": "Layer already exists", "progressDetail": {}, "id": "5f70bf18a086"},
+    {"status": "Mounted from org/other", "progressDetail": {}, "id": "0468a6bbf2dd"},
     {"status": f"t1: digest: {DIGEST} size: 528"},
     {"progressDetail": {}, "aux": {"Tag": "t1", "Digest": DIGEST, "Size": 528}},
 ]
@@ -348,9 +350,10 @@ DENIED = [{"error": "denied: requested access to the resource is denied"}]
 def test_stream_gives_digest_and_progress(caplog: pytest.LogCaptureFixture) -> None:
     seen: list[tuple[str, int, int | None]] = []
     with caplog.at_level(logging.INFO, logger="modelarts_images.engine.push"):
-        digest, size = publishing.read_push_stream(
+        digest, size, counts = publishing.read_push_stream(
             GOOD_STREAM, reference=REFERENCE, progress=lambda *a: seen.append(a))
     assert (digest, size) == (DIGEST, 528)
+    assert counts == (1, 2, 542208)  # one layer sent (542208 bytes as the engine counted), two already there
     assert seen == [(f"{REFERENCE} 6cea3e0e94d7", 542208, 169149896),
                     (f"{REFERENCE} 6cea3e0e94d7", 169149896, 169149896)]
     messages = [r.getMessage() for r in caplog.records]
@@ -358,7 +361,7 @@ def test_stream_gives_digest_and_progress(caplog: pytest.LogCaptureFixture) -> N
 
 
 def test_digest_from_status_line_alone() -> None:
-    assert publishing.read_push_stream(GOOD_STREAM[:-1], reference=REFERENCE) == (DIGEST, 528)
+    assert publishing.read_push_stream(GOOD_STREAM[:-1], reference=REFERENCE)[:2] == (DIGEST, 528)
 
 
 def test_stream_without_digest_is_an_error() -> None:
@@ -475,9 +478,10 @@ class StreamEngine(FakeEngine):
         self.pushes.append((repository, tag, auth, secrets))
         if self.on_push is not None:
             self.on_push()
-        digest, size = publishing.read_push_stream(self.events, reference=f"{repository}:{tag}", secrets=secrets,
-                                                   progress=progress)
-        return Pushed(reference=f"{repository}:{tag}", digest=digest, manifest_size=size, attempts=1)
+        digest, size, (sent, there, sent_bytes) = publishing.read_push_stream(
+            self.events, reference=f"{repository}:{tag}", secrets=secrets, progress=progress)
+        return Pushed(reference=f"{repository}:{tag}", digest=digest, manifest_size=size, attempts=1,
+                      layers_sent=sent, layers_there=there, bytes_sent=sent_bytes)
 
 
 def image_at(host: str) -> ImageSpec:

@@ -215,11 +215,12 @@ def test_build_arguments_labels_and_the_env_stage(tmp_path: Path) -> None:
     dockerfile = (built / "Dockerfile").read_text()
     assert 'FROM image AS image-env\nENV HF_HOME="/h/\\$x \\"q\\""' in dockerfile
     assert dockerfile.index("AS image-env") < dockerfile.index(context.BUILDKIT_ONLY)
-    assert dockerfile.rstrip().endswith('FROM image-secret AS image-secret-env\nENV HF_HOME="/h/\\$x \\"q\\""')
+    assert dockerfile.rstrip().endswith('FROM image-buildkit AS image-buildkit-env\nENV HF_HOME="/h/\\$x \\"q\\""')
     assert (built / "stack" / "six-1.17.0.tar.gz").is_file()
     from modelarts_images.build.builder import build_inputs
 
-    assert build_inputs(item, BuildOptions(backend=Backend.BUILDKIT, work_dir=tmp_path)).target == "image-env"
+    assert build_inputs(item, BuildOptions(backend=Backend.BUILDKIT, work_dir=tmp_path)).target == "image-buildkit-env"
+    assert build_inputs(item, BuildOptions(backend=Backend.DOCKER, work_dir=tmp_path)).target == "image-env"
 
 
 def test_a_stack_change_changes_only_the_stack_parts_of_a_cell(tmp_path: Path) -> None:

@@ -368,7 +368,7 @@ def test_write_record(tmp_path: Path) -> None:
     assert document["outcome"] == "pushed"
     assert document["time"] == "2024-06-01T00:00:00+00:00"
     assert document["tags"] == [{"reference": "r/o/p:t", "digest": tag.digest, "outcome": "pushed",
-                                 "previous_digest": None}]
+                                 "previous_digest": None, "layers_sent": 0, "layers_there": 0, "bytes_sent": 0}]
     assert "record" not in document
     assert not list((tmp_path / "reports").glob("*.tmp"))
     assert "pushed  r/o/p:t  sha256:aaaa" in publish.summary([record])

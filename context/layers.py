@@ -1,0 +1,228 @@
+"""layers.py: turn what an install wrote into the conda prefix into image layers, with fixed owners and times.
+
+context/Dockerfile's builder stages run it with the image's own Python (3.6 or later, stdlib only); it never
+reaches the image. Each layer is a tree OUT/<name>/ that the final stage copies to / as one layer:
+OUT/<name>/home (root, 0755), OUT/<name>/home/<user> (the user, 0755), then the prefix's paths. Every entry of a
+tree belongs to the user (but home/) and has its times set to SOURCE_DATE_EPOCH, so the same files give the same
+layer in every build.
+
+    layers.py snapshot PREFIX LIST           write every path under PREFIX to LIST
+    layers.py compile PREFIX LIST            byte-compile the .py files added since LIST, on every CPU
+    layers.py split PREFIX LIST OUT          hard-link what was added since LIST into OUT/cuda (the nvidia-*
+                                             distributions) and OUT/torch (the rest); list what was removed in
+                                             OUT/removed.txt
+    layers.py tree PREFIX OUT/NAME           hard-link the whole prefix into the layer NAME
+    layers.py place TREE PREFIX OUT/NAME     move TREE, a `pip install --prefix TREE`, into the layer NAME
+    layers.py prune OUT/NAME REMOVED         delete from the layer what REMOVED lists
+
+Environment: MA_USER, MA_UID, MA_GID, SOURCE_DATE_EPOCH.
+"""
+
+# ruff: noqa: PTH101, PTH102, PTH103, PTH104, PTH108, PTH112, PTH114, PTH116, PTH118, PTH119, PTH120, PTH123, PTH206, PTH208
+# os and os.path, not pathlib: os.link(follow_symlinks=False), os.lchown and os.utime(follow_symlinks=False) have
+# no pathlib form on Python 3.6, and one set of calls reads better than a mix.
+
+import compileall
+import concurrent.futures
+import os
+import py_compile
+import shutil
+import stat
+import sys
+
+USER = os.environ["MA_USER"]
+UID, GID = int(os.environ["MA_UID"]), int(os.environ["MA_GID"])
+EPOCH = int(os.environ["SOURCE_DATE_EPOCH"])
+HOME = "/home/" + USER
+
+
+def walk(prefix):
+    """Every path under prefix (itself excluded), parents before children, symbolic links not followed."""
+    for directory, dirs, files in os.walk(prefix):
+        dirs.sort()
+        for name in sorted(dirs) + sorted(files):
+            yield os.path.join(directory, name)
+
+
+def snapshot(prefix, listing):
+    with open(listing, "w") as stream:
+        for path in walk(prefix):
+            stream.write(path + "\n")
+
+
+def read_listing(listing):
+    with open(listing) as stream:
+        return set(line.rstrip("\n") for line in stream)
+
+
+def written(prefix, listing):
+    """The files under prefix that are new since LIST was written, or were written again (an upgrade)."""
+    before, stamp = read_listing(listing), os.stat(listing).st_mtime
+    return [path for path in walk(prefix) if not os.path.isdir(path)
+            and (path not in before or os.lstat(path).st_ctime > stamp)]
+
+
+def _compile(path):
+    if hasattr(py_compile, "PycInvalidationMode"):  # 3.7+: hash-based, so the .pyc does not hold a file time
+        return compileall.compile_file(path, quiet=2,
+                                       invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+    return compileall.compile_file(path, quiet=2)
+
+
+def compile_added(prefix, listing):
+    """Bytecode for what the install wrote (pip ran with --no-compile): the same files pip compiles, on every
+    CPU at once. Hash-based .pyc files (Python 3.7 and later) hold no file time: the same in every build."""
+    sources = [path for path in written(prefix, listing) if path.endswith(".py") and not os.path.islink(path)]
+    workers = max(os.cpu_count() or 1, 1)
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(_compile, sources, chunksize=64))
+
+
+def layer_root(out):
+    """OUT/<name>/home and its user's home, owned and dated as in the image."""
+    home = os.path.join(out, "home")
+    user_home = os.path.join(out, HOME.lstrip("/"))
+    for path, owner in ((out, (0, 0)), (home, (0, 0)), (user_home, (UID, GID))):
+        if not os.path.isdir(path):
+            os.makedirs(path)
+        os.chmod(path, 0o755)
+        os.chown(path, *owner)
+    return out
+
+
+def in_layer(out, path):
+    return os.path.join(out, path.lstrip("/"))
+
+
+def make_parents(out, path):
+    """The directories above `path` in the layer, each with the mode of the prefix's own directory."""
+    parent = os.path.dirname(path)
+    missing = []
+    while not os.path.isdir(in_layer(out, parent)):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for directory in reversed(missing):
+        os.mkdir(in_layer(out, directory))
+        os.chmod(in_layer(out, directory), stat.S_IMODE(os.lstat(directory).st_mode))
+
+
+def link_into(out, path):
+    """`path` into the layer by a hard link (the same file, no copy); a directory is made, not linked."""
+    make_parents(out, path)
+    target = in_layer(out, path)
+    if os.path.isdir(path) and not os.path.islink(path):
+        if not os.path.isdir(target):
+            os.mkdir(target)
+            os.chmod(target, stat.S_IMODE(os.lstat(path).st_mode))
+    else:
+        os.link(path, target, follow_symlinks=False)
+
+
+def finish(out):
+    """Owners and times of every entry of the layer: the user's (home/ stays root's), SOURCE_DATE_EPOCH."""
+    home = os.path.join(out, "home")
+    for path in [out, *walk(out)]:
+        if path not in (out, home):
+            os.lchown(path, UID, GID)
+        os.utime(path, (EPOCH, EPOCH), follow_symlinks=False)
+
+
+def nvidia_paths(prefix, added):
+    """Files of the nvidia-* distributions (CUDA libraries as wheels): their RECORD, their .dist-info and .data,
+    and the nvidia/ namespace of site-packages."""
+    owned = set()
+    for path in added:
+        parent, name = os.path.split(os.path.dirname(path))
+        if os.path.basename(path) != "RECORD" or not name.endswith(".dist-info"):
+            continue
+        if not name.lower().replace("-", "_").startswith("nvidia"):
+            continue
+        with open(path) as stream:
+            for line in stream:
+                relative = line.rsplit(",", 2)[0]
+                if relative:
+                    owned.add(os.path.normpath(os.path.join(parent, relative)))
+    return owned
+
+
+def is_cuda(path, owned):
+    if path in owned:
+        return True
+    parts = path.split(os.sep)
+    if "site-packages" in parts:
+        below = parts[parts.index("site-packages") + 1:]
+        top = below[0].lower() if below else ""
+        return top == "nvidia" or (top.startswith("nvidia_") and top.endswith((".dist-info", ".data")))
+    return False
+
+
+def split(prefix, listing, out):
+    before = read_listing(listing)
+    stamp = os.stat(listing).st_mtime
+    cuda, torch = layer_root(os.path.join(out, "cuda")), layer_root(os.path.join(out, "torch"))
+    after = list(walk(prefix))
+    added = [path for path in after if path not in before]
+    owned = nvidia_paths(prefix, added)
+    for path in added:
+        if not os.path.isdir(path) or os.path.islink(path):
+            link_into(cuda if is_cuda(path, owned) else torch, path)
+        elif not os.listdir(path):  # an empty directory the install made: kept where the rest of the install is
+            link_into(torch, path)
+    for path in after:  # files that were there and were rewritten (a link triggers the copy of a lower file)
+        if path in before and not os.path.isdir(path) and os.lstat(path).st_ctime > stamp:
+            link_into(torch, path)
+    gone = sorted(path for path in before if not os.path.lexists(path))
+    with open(os.path.join(out, "removed.txt"), "w") as stream:
+        stream.writelines(path + "\n" for path in gone)
+    finish(cuda)
+    finish(torch)
+
+
+def tree(prefix, out):
+    layer_root(out)
+    link_into(out, prefix)
+    for path in walk(prefix):
+        link_into(out, path)
+    finish(out)
+
+
+def place(tree_dir, prefix, out):
+    """Move a `pip install --prefix` tree into the layer at the prefix's place (renames: it was just written)."""
+    layer_root(out)
+    for path in walk(tree_dir):
+        final = prefix + path[len(tree_dir):]
+        target = in_layer(out, final)
+        if os.path.isdir(path) and not os.path.islink(path):
+            make_parents(out, final)
+            if not os.path.isdir(target):
+                os.mkdir(target)
+                os.chmod(target, stat.S_IMODE(os.lstat(path).st_mode))
+        else:
+            make_parents(out, final)
+            os.rename(path, target)
+    finish(out)
+
+
+def prune(out, removed):
+    with open(removed) as stream:
+        gone = [line.rstrip("\n") for line in stream if line.strip()]
+    for path in gone:
+        target = in_layer(out, path)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        elif os.path.lexists(target):
+            os.unlink(target)
+    for path in gone:  # the directories that lost an entry, dated again
+        parent = in_layer(out, os.path.dirname(path))
+        if os.path.isdir(parent):
+            os.utime(parent, (EPOCH, EPOCH))
+
+
+COMMANDS = {"snapshot": snapshot, "compile": compile_added, "split": split, "tree": tree, "place": place,
+            "prune": prune}
+
+if __name__ == "__main__":
+    command = COMMANDS.get(sys.argv[1] if len(sys.argv) > 1 else "")
+    if command is None:
+        sys.exit("usage: layers.py " + "|".join(COMMANDS) + " ARGUMENTS (see its docstring)")
+    command(*sys.argv[2:])
