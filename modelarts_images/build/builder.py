@@ -31,6 +31,10 @@ from modelarts_images.shared.text import size
 # takes a pip index with credentials as a secret (see context/Dockerfile).
 TARGETS = {Backend.DOCKER: context.TARGETS[0], Backend.BUILDKIT: context.TARGETS[1]}
 PIP_SECRET_ID = "pip.conf"
+# The layers context/Dockerfile makes last, newest first; the same files give the same layer in every build.
+OWN_LAYERS = ("stack", "torch", "CUDA libraries", "conda", "user")
+# The diff id of a layer with nothing in it (BuildKit writes one for a WORKDIR that exists already).
+EMPTY_LAYER = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
 # What the classic builder is sent: the same allow-list as context/.dockerignore.
 CONTEXT_ENTRIES = (context.DOCKERFILE, context.DOCKERIGNORE, context.PIP_CONF, context.INSTALLER_DIR,
                    context.WHEELS_DIR, context.DEPS_DIR, context.STACK_DIR, context.BUILD_DEPS_DIR, *context.SCRIPTS)
@@ -46,6 +50,12 @@ class BuildResult:
     backend: Backend
     stack: tuple[Layer, ...] = ()  # every layer, oldest first, with its diff id
     previous: tuple[str, ...] | None = None  # the diff ids of the image the tag named before; None: none
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """What each layer of `stack` holds: base, system packages, or one of OWN_LAYERS (the classic builder's
+        history does not name a COPY's source, so they are told by their place)."""
+        return layer_roles(self.stack)
 
     @property
     def new_layers(self) -> tuple[Layer, ...]:
@@ -269,6 +279,22 @@ def _unfetched(image: ImageSpec) -> FetchedImage:
                         wheels=tuple(stand_in(wheel) for wheel in image.wheels), closure=())
 
 
+def layer_roles(stack: Sequence[Layer]) -> tuple[str, ...]:
+    roles = ["base" if layer.from_base else "system packages" for layer in stack]
+    names = iter(OWN_LAYERS)
+    for index in range(len(stack) - 1, -1, -1):
+        if stack[index].from_base:
+            break
+        if stack[index].diff_id == EMPTY_LAYER:
+            roles[index] = "empty"
+            continue
+        name = next(names, None)
+        if name is None:
+            break
+        roles[index] = name
+    return tuple(roles)
+
+
 def format_result(result: BuildResult) -> str:
     """The build summary: reference, id, size, duration, and each layer with its step, marked `=` where the
     previous build of the tag had it already; then what a push to a registry holding that build would send."""
@@ -279,8 +305,8 @@ def format_result(result: BuildResult) -> str:
                   for layer in result.layers]
         return "\n".join(lines)
     kept = set(result.previous or ())
-    lines += [f"  {'=' if layer.diff_id in kept else '+'} {size(layer.size):>9}  "
-              f"{'base ' if layer.from_base else ''}{layer.step or layer.diff_id[:19]}" for layer in result.stack]
+    lines += [f"  {'=' if layer.diff_id in kept else '+'} {size(layer.size):>9}  {role:<15} "
+              f"{layer.step or layer.diff_id[:19]}" for layer, role in zip(result.stack, result.roles, strict=True)]
     new = result.new_layers
     sent = f"{len(new)} layers, {size(sum(layer.size for layer in new))} uncompressed"
     if result.previous is None:
