@@ -128,6 +128,8 @@ class ContainerRun:
     hostname: str | None = None
     network: bool = True  # False: no network at all (probes)
     timeout: float = VERIFY_TIMEOUT_S  # seconds before the container is killed
+    # A probe that runs beside the boot command's own run: it gets the CPU only when that run leaves some.
+    background: bool = False
 
     @property
     def env(self) -> dict[str, str]:

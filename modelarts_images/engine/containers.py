@@ -32,6 +32,10 @@ GPU_DRIVER_MISSING = "could not select device driver"
 OUTPUT_LIMIT = 4 << 20  # bytes of stdout and of stderr kept from one container
 
 
+# The smallest CPU weight the engine takes (the default is 1024): under contention such a container waits.
+BACKGROUND_CPU_SHARES = 2
+
+
 def container_options(spec: ContainerRun) -> dict[str, Any]:
     """The keyword arguments of `client.containers.create()` for `spec` (pure; the tests read them)."""
     options: dict[str, Any] = {
@@ -51,6 +55,8 @@ def container_options(spec: ContainerRun) -> dict[str, Any]:
         options["hostname"] = spec.hostname
     if not spec.network:
         options["network_mode"] = "none"
+    if spec.background:
+        options["cpu_shares"] = BACKGROUND_CPU_SHARES
     if spec.gpus:
         options["device_requests"] = [docker.types.DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])]
     return options

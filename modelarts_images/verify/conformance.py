@@ -19,15 +19,17 @@ What a container shows is gathered by probes (`gather()`), each a small program 
 without a network; judging it (`evaluate()`) is pure. The probes (Python ones live in verify/probes/, see
 modelarts_images.verify.probes, and travel on the command line):
 - conformance_facts.py, Python 3.7+ stdlib, run as root with the image's conda python: users, credential files,
-  conda metadata (it prints facts, never a secret);
+  setuid/setgid files, conda metadata (it prints facts, never a secret);
 - boot_facts.py, run as the user exactly as a boot command is (absolute path, no shell, ModelArts' variables);
-- SETUID_COMMAND, `find` over the root filesystem, in the image and in its base image.
+- SETUID_COMMAND, `find` over the root filesystem of the base image (which may have no Python).
+The three run at the same time.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from modelarts_images.contract import DEFAULT_USER, IMAGE_SIZE_BUDGET, VERIFY_TIMEOUT_S, RunUser
@@ -82,6 +84,7 @@ class ProbeFacts:
     uid_owner: str | None  # the name the user's uid resolves to
     group: str | None  # the name of the user's gid
     credential_files: tuple[CredentialFile, ...]
+    setuid_files: tuple[str, ...]
     conda_packages: tuple[CondaPackage, ...] | None  # None: no conda-meta (not a conda installation)
     errors: tuple[str, ...]
 
@@ -134,6 +137,7 @@ def parse_probe(text: str) -> ProbeFacts:
                 CredentialFile(path=str(item["path"]), kind=str(item["kind"]), has_password=bool(item["has_password"]),
                                has_url_credentials=bool(item["has_url_credentials"]))
                 for item in data.get("credential_files", ())),
+            setuid_files=tuple(sorted(str(path) for path in data.get("setuid_files", ()))),
             conda_packages=None if packages is None else tuple(
                 CondaPackage(name=str(item["name"]), version=str(item["version"]), channel=str(item["channel"]))
                 for item in packages),
@@ -330,7 +334,7 @@ def probe_run(reference: str, *, timeout: float = VERIFY_TIMEOUT_S, user: RunUse
     source = probe_source(CONFORMANCE_FACTS)
     return ContainerRun(image=reference, command=(user.boot_python, "-I", "-c", source, user.conda_prefix, user.name,
                                                   str(user.uid), str(user.gid)),
-                        user="0:0", working_dir="/", network=False, timeout=timeout)
+                        user="0:0", working_dir="/", network=False, timeout=timeout, background=True)
 
 
 def boot_run(reference: str, environment: tuple[tuple[str, str], ...] = (), *,
@@ -338,12 +342,12 @@ def boot_run(reference: str, environment: tuple[tuple[str, str], ...] = (), *,
     """boot_facts.py as the user, started like a boot command: not isolated, since that is what a job gets."""
     return ContainerRun(image=reference, command=(user.boot_python, "-c", probe_source(BOOT_FACTS)),
                         user=user.spec, working_dir=user.home, environment=environment, network=False,
-                        timeout=timeout)
+                        timeout=timeout, background=True)
 
 
 def setuid_run(reference: str, *, timeout: float = VERIFY_TIMEOUT_S) -> ContainerRun:
     return ContainerRun(image=reference, command=SETUID_COMMAND, user="0:0", working_dir="/", network=False,
-                        timeout=timeout)
+                        timeout=timeout, background=True)
 
 
 # Like the other probes, a probe that cannot run (its container does not start, its output is garbled) is this
@@ -380,26 +384,30 @@ def _base_setuid_files(engine: Engine, base_image: str, timeout: float,
 def gather(engine: Engine, config: ImageConfig, *, base_image: str | None,
            environment: tuple[tuple[str, str], ...] = (), timeout: float = VERIFY_TIMEOUT_S,
            user: RunUser = DEFAULT_USER) -> ImageFacts:
-    """Run the probes in containers of the image (and of `base_image`) and collect what they saw."""
+    """Run the probes in containers of the image (and of `base_image`), all at once, and collect what they saw."""
     reference = config.reference
-    probe: ProbeFacts | None = None
-    probe_error: str | None = None
-    try:
-        output = engine.run(probe_run(reference, timeout=timeout, user=user))
-        probe = parse_probe(output.stdout)
-    except (VerifyError, EngineError) as error:
-        probe_error = str(error)
-    boot = _boot_facts(engine, reference, environment, timeout, user)
-    setuid_files, setuid_error = _setuid_files(engine, reference, timeout)
-    base_files: tuple[str, ...] | None = None
-    base_error: str | None = None
-    if base_image is None:
-        base_error = "the image names no base (label org.opencontainers.image.base.name)"
-    else:
-        base_files, base_error = _base_setuid_files(engine, base_image, timeout)
+
+    def probe_facts() -> tuple[ProbeFacts | None, str | None]:
+        try:
+            return parse_probe(engine.run(probe_run(reference, timeout=timeout, user=user)).stdout), None
+        except (VerifyError, EngineError) as error:
+            return None, str(error)
+
+    def base_facts() -> tuple[tuple[str, ...] | None, str | None]:
+        if base_image is None:
+            return None, "the image names no base (label org.opencontainers.image.base.name)"
+        return _base_setuid_files(engine, base_image, timeout)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        probing = pool.submit(probe_facts)
+        booting = pool.submit(_boot_facts, engine, reference, environment, timeout, user)
+        basing = pool.submit(base_facts)
+    (probe, probe_error), boot, (base_files, base_error) = probing.result(), booting.result(), basing.result()
     return ImageFacts(
         reference=reference, config_user=config.user, working_dir=config.working_dir, size=config.size,
-        probe=probe, probe_error=probe_error, boot=boot, setuid_files=setuid_files, setuid_error=setuid_error,
+        probe=probe, probe_error=probe_error, boot=boot,
+        setuid_files=probe.setuid_files if probe is not None else None,
+        setuid_error=None if probe is not None else f"the probe did not run: {probe_error}",
         base_image=base_image, base_setuid_files=base_files, base_error=base_error,
     )
 

@@ -4,6 +4,7 @@ rules checked on the image; everything lands in the report, a failed check inclu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from modelarts_images.engine.api import Engine, ImageConfig
 from modelarts_images.errors import EngineError, VerifyError
@@ -64,12 +65,18 @@ def verify_image(engine: Engine, image: ImageSpec, *, options: VerifyOptions, re
     if config is None:
         raise VerifyError(f"{image.id}: image {reference} is not in the engine; build it first (inv build "
                           f"--only {image.id}) or pass --image")
-    runs = tuple(_run_device(engine, image, reference, device, options, gpus) for device in devices)
-    checks: tuple[CheckOutcome, ...] = ()
-    if check_conformance:
-        checks = tuple(conformance.check_image(engine, config, base_image=base_image_of(config, image),
-                                               size_budget=options.size_budget, timeout=options.timeout,
-                                               environment=image.user.job_environment(gpus=0), user=image.user))
-    stack = check_stack(engine, image, reference, timeout=options.timeout) if check_conformance else ()
+    # The device runs, the conformance probes and the stack's checks are containers of their own that depend on
+    # nothing but the image: they all start at once.
+    with ThreadPoolExecutor(max_workers=len(devices) + 2) as pool:
+        running = [pool.submit(_run_device, engine, image, reference, device, options, gpus) for device in devices]
+        conforming = pool.submit(
+            conformance.check_image, engine, config, base_image=base_image_of(config, image),
+            size_budget=options.size_budget, timeout=options.timeout,
+            environment=image.user.job_environment(gpus=0), user=image.user) if check_conformance else None
+        stacking = pool.submit(check_stack, engine, image, reference, timeout=options.timeout) \
+            if check_conformance else None
+    runs = tuple(future.result() for future in running)
+    checks = tuple(conforming.result()) if conforming is not None else ()
+    stack = stacking.result() if stacking is not None else ()
     return ImageReport(id=image.id, reference=reference, expected=Expected.of(image), image_id=config.image_id,
                        size=config.size, runs=runs, skipped=tuple(skipped), conformance=checks, stack=stack)

@@ -227,3 +227,17 @@ def test_the_three_parsers_share_it() -> None:
     boot = conformance.parse_boot(ContainerOutput(
         name="x", exit_code=0, stdout=f"{conformance.BOOT_PREFIX}[]\n", stderr="", seconds=0.1, timed_out=False))
     assert not boot.ok and "the MODELARTS_BOOT_FACTS line holds list, expected a JSON object" in boot.detail
+
+
+def test_conformance_probe_finds_setuid_files_and_credentials_in_one_walk(tmp_path: Path) -> None:
+    probe = load_probe(probes.CONFORMANCE_FACTS)
+    (tmp_path / "bin").mkdir()
+    for name, mode in (("escalate", 0o4755), ("group-tool", 0o2755), ("plain", 0o755)):
+        (tmp_path / "bin" / name).write_text("#!/bin/sh\n")
+        (tmp_path / "bin" / name).chmod(mode)
+    (tmp_path / "bin" / "link").symlink_to(tmp_path / "bin" / "escalate")  # a link is not the file
+    (tmp_path / ".netrc").write_text("machine h login u password p\n")
+    errors: list[str] = []
+    credentials, setuid = probe.scan_files(errors, root=str(tmp_path))
+    assert setuid == [str(tmp_path / "bin" / "escalate"), str(tmp_path / "bin" / "group-tool")]
+    assert [item["kind"] for item in credentials] == ["netrc"] and errors == []

@@ -6,12 +6,13 @@ image's conda python in isolated mode; the source travels on the command line, s
     /home/ma-user/miniconda3/bin/python -I -c SOURCE /home/ma-user/miniconda3 ma-user 1000 100
 
 argv[1] is the conda prefix, argv[2] the name of the training user, argv[3] and argv[4] the uid and gid ModelArts
-runs the job as. It prints one line,
-`MODELARTS_CONFORMANCE_FACTS {json}`, holding: the python version; the user (uid, gid, home, shell, whether the
-home exists and who owns it); the names that uid and gid resolve to; every credential-looking file on the root
-filesystem (.netrc, _netrc, .git-credentials, pip.conf, pip.ini, .pypirc, .docker/config.json) with whether it
-holds a password or a URL with user:password@ (never the secret itself); the conda packages of
-<prefix>/conda-meta with their channels (null when there is no conda-meta); and the errors met reading files.
+runs the job as. It prints one line, `MODELARTS_CONFORMANCE_FACTS {json}`, holding: the python version; the user
+(uid, gid, home, shell, whether the home exists and who owns it); the names that uid and gid resolve to; from one
+walk of the root filesystem, every setuid or setgid regular file (what `find / -xdev -type f -perm /6000` lists)
+and every credential-looking file (.netrc, _netrc, .git-credentials, pip.conf, pip.ini, .pypirc,
+.docker/config.json) with whether it holds a password or a URL with user:password@ (never the secret itself); the
+conda packages of <prefix>/conda-meta with their channels (null when there is no conda-meta); and the errors met
+reading files.
 
 Python 3.7 and up, stdlib only: it runs with whatever python the image ships.
 """
@@ -28,6 +29,7 @@ import os
 import platform
 import pwd
 import re
+import stat
 import sys
 
 PREFIX = "MODELARTS_CONFORMANCE_FACTS "
@@ -63,12 +65,13 @@ def user_facts(user):
             "shell": entry.pw_shell, "home_exists": home_exists, "home_owner": home_owner}
 
 
-def credential_files(errors):
-    """Every credential-looking file on the root filesystem, with what kind of secret it seems to hold."""
-    found = []
-    root_dev = os.lstat("/").st_dev
-    for top, dirs, files in os.walk("/"):
-        if top == "/":
+def scan_files(errors, root="/"):
+    """(credential-looking files, setuid/setgid files) of the root filesystem, in one walk: each credential file
+    with what kind of secret it seems to hold."""
+    found, setuid = [], []
+    root_dev = os.lstat(root).st_dev
+    for top, dirs, files in os.walk(root):
+        if top == root:
             dirs[:] = [d for d in dirs if d not in PSEUDO_TOPS]
         # Only the root filesystem, like find -xdev: volumes the engine mounts are not part of the image.
         kept = []
@@ -78,6 +81,10 @@ def credential_files(errors):
                     kept.append(d)
         dirs[:] = kept
         for name in files:
+            with contextlib.suppress(OSError):
+                mode = os.lstat(os.path.join(top, name)).st_mode
+                if stat.S_ISREG(mode) and mode & (stat.S_ISUID | stat.S_ISGID):
+                    setuid.append(os.path.join(top, name))
             kind = KINDS.get(name)
             # config.json is a common name: only Docker's own, under a .docker directory, counts
             if kind is None or (kind == "docker-config" and os.path.basename(top) != ".docker"):
@@ -90,7 +97,7 @@ def credential_files(errors):
                 "path": path, "kind": kind,
                 "has_password": bool(PASSWORD.search(text) or (kind == "docker-config" and DOCKER_AUTH.search(text))),
                 "has_url_credentials": bool(URL_CREDENTIALS.search(text))})
-    return found
+    return found, sorted(setuid)
 
 
 def conda_packages(prefix, errors):
@@ -114,12 +121,12 @@ def main():
     prefix, user, uid, gid = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     errors = []
     facts = {"python": platform.python_version(), "user": user_facts(user), "uid_owner": None, "group": None,
-             "credential_files": [], "conda_packages": None, "errors": errors}
+             "credential_files": [], "setuid_files": [], "conda_packages": None, "errors": errors}
     with contextlib.suppress(KeyError):
         facts["uid_owner"] = pwd.getpwuid(uid).pw_name
     with contextlib.suppress(KeyError):
         facts["group"] = grp.getgrgid(gid).gr_name
-    facts["credential_files"] = credential_files(errors)
+    facts["credential_files"], facts["setuid_files"] = scan_files(errors)
     facts["conda_packages"] = conda_packages(prefix, errors)
     print(PREFIX + json.dumps(facts, sort_keys=True))
 
