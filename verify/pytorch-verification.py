@@ -8,7 +8,9 @@ What it prints:
 1. what the original recipe printed: a random 5x3 tensor, then one on the available device (a GPU run shows
    `device='cuda:0'`);
 2. one line per check, `[ ok ] name: detail` or `[FAIL] name: detail`;
-3. last, one line `MODELARTS_VERIFY_RESULT {json}` with the facts and every check, for the tools to read.
+3. last, one line `MODELARTS_VERIFY_RESULT {json}` with the facts and every check, for the tools to read. The facts
+   include how the interpreter started (sys.prefix, whether the standard modules backed by shared libraries
+   import, which activation variables were set), which the conformance check `boot-python` judges.
 
 Checks: torch imports; tensors print; a matrix product on the device; a small autograd backward pass and SGD
 steps on the device; on a GPU both are compared with the same computation on the CPU. `--require-gpu` adds
@@ -32,6 +34,10 @@ ENV_PREFIXES = ("MA_", "VC_")
 # Names of injected variables whose values are never printed (ModelArts may inject credentials as MA_*).
 SECRET_MARKERS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
 TOLERANCE = 1e-3  # GPU against CPU, float32 (relative and absolute)
+# Standard modules backed by shared libraries: they fail to import when the interpreter cannot find its own
+# libraries, as happens to a conda python started without `conda activate` when its prefix is wrong.
+SHARED_LIBRARY_MODULES = ("ssl", "ctypes", "zlib", "sqlite3", "bz2", "lzma")
+ACTIVATION_VARIABLES = ("CONDA_PREFIX", "CONDA_DEFAULT_ENV", "VIRTUAL_ENV")
 
 
 class Checks:
@@ -83,6 +89,19 @@ def identity():
         except (ImportError, KeyError):
             facts["user"] = None  # a uid without a passwd entry
     return facts
+
+
+def interpreter():
+    """How the interpreter started: its prefix, its library-backed modules, activation variables."""
+    modules = {}
+    for name in SHARED_LIBRARY_MODULES:
+        try:
+            __import__(name)
+            modules[name] = "ok"
+        except Exception as error:  # any failure to import is the fact to report
+            modules[name] = f"{type(error).__name__}: {error}"
+    return {"prefix": sys.prefix, "modules": modules,
+            "activated": sorted(name for name in ACTIVATION_VARIABLES if name in os.environ)}
 
 
 def torch_facts(torch):
@@ -218,6 +237,7 @@ def verify(require_gpu):
         "device": None,
     }
     result.update(identity())
+    result.update(interpreter())
     try:
         import torch
     except Exception as error:  # ImportError, or a broken shared library under it (OSError)

@@ -4,7 +4,8 @@ Rules (ModelArts, "Specifications for Custom Images Used for Training Jobs", and
 - `ma-user`: the entry's user (versions.yaml `user:`, by default ma-user uid 1000 gid 100, home /home/ma-user)
   exists as such (jobs run as that uid);
 - `boot-python`: the boot command's python (`<home>/miniconda3/bin/python`) starts as that uid without any shell
-  activation (no `conda activate`, no profile) and loads its own libraries;
+  activation (no `conda activate`, no profile) and loads its own libraries: judged on what the verification
+  script, run as the boot command, reported of its interpreter;
 - `default-user`: the image does not run as root by default (its config's User);
 - `setuid-setgid`: no setuid/setgid file beyond the base image's ("a file cannot be added whose owner is root and
   has permission setuid or setgid");
@@ -20,9 +21,8 @@ without a network; judging it (`evaluate()`) is pure. The probes (Python ones li
 modelarts_images.verify.probes, and travel on the command line):
 - conformance_facts.py, Python 3.7+ stdlib, run as root with the image's conda python: users, credential files,
   setuid/setgid files, conda metadata (it prints facts, never a secret);
-- boot_facts.py, run as the user exactly as a boot command is (absolute path, no shell, ModelArts' variables);
 - SETUID_COMMAND, `find` over the root filesystem of the base image (which may have no Python).
-The three run at the same time.
+Both run at the same time, beside the verification's own runs, at the lowest CPU weight.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ from modelarts_images.engine.api import ContainerOutput, ContainerRun, Engine, I
 from modelarts_images.errors import EngineError, VerifyError
 from modelarts_images.shared import text
 from modelarts_images.verify.checks import CheckOutcome
-from modelarts_images.verify.probes import BOOT_FACTS, CONFORMANCE_FACTS, probe_source, tagged_json
+from modelarts_images.verify.probes import CONFORMANCE_FACTS, probe_source, tagged_json
+from modelarts_images.verify.result import VerificationResult
 
-# What verify/probes/conformance_facts.py and boot_facts.py print their facts after (their PREFIX).
+# What verify/probes/conformance_facts.py prints its facts after (its PREFIX).
 FACTS_PREFIX = "MODELARTS_CONFORMANCE_FACTS "
-BOOT_PREFIX = "MODELARTS_BOOT_FACTS "
 SETUID_COMMAND = ("find", "/", "-xdev", "-type", "f", "(", "-perm", "-4000", "-o", "-perm", "-2000", ")", "-print")
 
 # Anaconda's `defaults` channel (repo.anaconda.com/pkgs/*: main, r, free, msys2, pro) under its several spellings.
@@ -107,7 +107,6 @@ class ImageFacts:
     size: int
     probe: ProbeFacts | None
     probe_error: str | None  # why there are no probe facts
-    boot: BootFacts
     setuid_files: tuple[str, ...] | None  # None: could not be listed
     setuid_error: str | None
     base_image: str | None
@@ -147,30 +146,29 @@ def parse_probe(text: str) -> ProbeFacts:
         raise VerifyError(f"conformance probe: unexpected facts ({type(error).__name__}: {error})") from error
 
 
-def parse_boot(output: ContainerOutput, user: RunUser = DEFAULT_USER) -> BootFacts:
-    """Judge the boot python's run: exit 0, the conda prefix, its libraries loaded, nothing activated."""
-    if output.timed_out:
-        return BootFacts(ok=False, detail=f"{user.boot_python} did not finish in {output.seconds:.0f} s")
-    try:
-        data = tagged_json(output.stdout, BOOT_PREFIX, what=user.boot_python)
-    except VerifyError as error:
-        tail = " | ".join(output.stderr.strip().splitlines()[-3:])
-        return BootFacts(ok=False, detail=f"exit status {output.exit_code}; {error}" + (f"; {tail}" if tail else ""))
+def judge_boot(result: VerificationResult | None, *, why: str = "", user: RunUser = DEFAULT_USER) -> BootFacts:
+    """Judge how the boot command's python started, from what the verification script reported of it: the
+    conda prefix, the user, its libraries loaded, nothing activated. `why`: what happened when there is no result
+    (the interpreter did not start, or did not get to the end of the script)."""
+    if result is None:
+        return BootFacts(ok=False, detail=f"{user.boot_python} gave no result as the boot command: {why}")
     problems = []
-    if output.exit_code != 0:
-        problems.append(f"exit status {output.exit_code}")
-    if data.get("prefix") != user.conda_prefix:
-        problems.append(f"sys.prefix is {data.get('prefix')!r}, not {user.conda_prefix}")
-    if data.get("uid") != user.uid or data.get("gid") != user.gid:
-        problems.append(f"ran as {data.get('uid')}:{data.get('gid')}, not {user.spec}")
-    modules = data.get("modules") or {}
+    if result.prefix != user.conda_prefix:
+        problems.append(f"sys.prefix is {result.prefix!r}, not {user.conda_prefix}")
+    if result.uid != user.uid or result.gid != user.gid:
+        problems.append(f"ran as {result.uid}:{result.gid}, not {user.spec}")
+    modules = dict(result.modules)
     broken = [f"{name} ({state})" for name, state in sorted(modules.items()) if state != "ok"]
     if broken:
         problems.append("cannot import " + ", ".join(broken))
+    if not modules:
+        problems.append("the script reported no standard modules (an older pytorch-verification.py?)")
     if problems:
         return BootFacts(ok=False, detail="; ".join(problems))
-    return BootFacts(ok=True, detail=f"{user.boot_python} (Python {data.get('python')}) started as {user.spec} "
-                                     f"without a shell or activation; {', '.join(sorted(modules))} import")
+    activated = f" ({', '.join(result.activated)} set by the image)" if result.activated else ""
+    return BootFacts(ok=True, detail=f"{user.boot_python} (Python {result.python}) started as {user.spec} "
+                                     f"without a shell or activation{activated}; {', '.join(sorted(modules))} "
+                                     "import")
 
 
 def parse_find(output: ContainerOutput) -> tuple[str, ...]:
@@ -304,16 +302,17 @@ def check_conda_channels(probe: ProbeFacts, user: RunUser = DEFAULT_USER) -> Che
                         detail=f"{len(probe.conda_packages)} conda packages, none from Anaconda's `defaults` channel")
 
 
-def evaluate(facts: ImageFacts, *, size_budget: int | None = None, user: RunUser = DEFAULT_USER,
+def evaluate(facts: ImageFacts, *, boot: BootFacts, size_budget: int | None = None, user: RunUser = DEFAULT_USER,
              ) -> list[CheckOutcome]:
-    """Every rule, judged on the gathered facts, for the entry's `user`."""
+    """Every rule, judged on the gathered facts and on how the boot command's python started (judge_boot), for
+    the entry's `user`."""
     outcomes: list[CheckOutcome] = []
     if facts.probe is None:
         why = f"the probe did not run: {facts.probe_error}"
         outcomes += [CheckOutcome(name=name, ok=False, detail=why) for name in ("ma-user", "credentials")]
     else:
         outcomes.append(check_user(facts.probe, user))
-    outcomes.append(CheckOutcome(name="boot-python", ok=facts.boot.ok, detail=facts.boot.detail))
+    outcomes.append(CheckOutcome(name="boot-python", ok=boot.ok, detail=boot.detail))
     outcomes.append(check_default_user(facts.config_user, user))
     outcomes.append(check_setuid(facts))
     if facts.probe is not None:
@@ -337,14 +336,6 @@ def probe_run(reference: str, *, timeout: float = VERIFY_TIMEOUT_S, user: RunUse
                         user="0:0", working_dir="/", network=False, timeout=timeout, background=True)
 
 
-def boot_run(reference: str, environment: tuple[tuple[str, str], ...] = (), *,
-             timeout: float = VERIFY_TIMEOUT_S, user: RunUser = DEFAULT_USER) -> ContainerRun:
-    """boot_facts.py as the user, started like a boot command: not isolated, since that is what a job gets."""
-    return ContainerRun(image=reference, command=(user.boot_python, "-c", probe_source(BOOT_FACTS)),
-                        user=user.spec, working_dir=user.home, environment=environment, network=False,
-                        timeout=timeout, background=True)
-
-
 def setuid_run(reference: str, *, timeout: float = VERIFY_TIMEOUT_S) -> ContainerRun:
     return ContainerRun(image=reference, command=SETUID_COMMAND, user="0:0", working_dir="/", network=False,
                         timeout=timeout, background=True)
@@ -361,14 +352,6 @@ def _setuid_files(engine: Engine, reference: str, timeout: float) -> tuple[tuple
         return None, str(error)
 
 
-def _boot_facts(engine: Engine, reference: str, environment: tuple[tuple[str, str], ...], timeout: float,
-                user: RunUser) -> BootFacts:
-    try:
-        return parse_boot(engine.run(boot_run(reference, environment, timeout=timeout, user=user)), user)
-    except (VerifyError, EngineError) as error:
-        return BootFacts(ok=False, detail=f"the boot probe did not run in {reference}: {error}")
-
-
 def _base_setuid_files(engine: Engine, base_image: str, timeout: float,
                        ) -> tuple[tuple[str, ...] | None, str | None]:
     """The base's setuid files to compare with; a base the engine lacks, or cannot even look up (a label that is
@@ -381,10 +364,9 @@ def _base_setuid_files(engine: Engine, base_image: str, timeout: float,
     return _setuid_files(engine, base_image, timeout)
 
 
-def gather(engine: Engine, config: ImageConfig, *, base_image: str | None,
-           environment: tuple[tuple[str, str], ...] = (), timeout: float = VERIFY_TIMEOUT_S,
+def gather(engine: Engine, config: ImageConfig, *, base_image: str | None, timeout: float = VERIFY_TIMEOUT_S,
            user: RunUser = DEFAULT_USER) -> ImageFacts:
-    """Run the probes in containers of the image (and of `base_image`), all at once, and collect what they saw."""
+    """Run the probes in containers of the image and of `base_image`, both at once, and collect what they saw."""
     reference = config.reference
 
     def probe_facts() -> tuple[ProbeFacts | None, str | None]:
@@ -398,23 +380,13 @@ def gather(engine: Engine, config: ImageConfig, *, base_image: str | None,
             return None, "the image names no base (label org.opencontainers.image.base.name)"
         return _base_setuid_files(engine, base_image, timeout)
 
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        probing = pool.submit(probe_facts)
-        booting = pool.submit(_boot_facts, engine, reference, environment, timeout, user)
-        basing = pool.submit(base_facts)
-    (probe, probe_error), boot, (base_files, base_error) = probing.result(), booting.result(), basing.result()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        probing, basing = pool.submit(probe_facts), pool.submit(base_facts)
+    (probe, probe_error), (base_files, base_error) = probing.result(), basing.result()
     return ImageFacts(
         reference=reference, config_user=config.user, working_dir=config.working_dir, size=config.size,
-        probe=probe, probe_error=probe_error, boot=boot,
+        probe=probe, probe_error=probe_error,
         setuid_files=probe.setuid_files if probe is not None else None,
         setuid_error=None if probe is not None else f"the probe did not run: {probe_error}",
         base_image=base_image, base_setuid_files=base_files, base_error=base_error,
     )
-
-
-def check_image(engine: Engine, config: ImageConfig, *, base_image: str | None,
-                size_budget: int | None = None, environment: tuple[tuple[str, str], ...] = (),
-                timeout: float = VERIFY_TIMEOUT_S, user: RunUser = DEFAULT_USER) -> list[CheckOutcome]:
-    """Gather the facts of the image and judge them against every rule for the entry's `user`."""
-    facts = gather(engine, config, base_image=base_image, environment=environment, timeout=timeout, user=user)
-    return evaluate(facts, size_budget=size_budget, user=user)

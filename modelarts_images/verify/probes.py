@@ -16,11 +16,10 @@ from typing import Any
 from modelarts_images.errors import VerifyError
 from modelarts_images.paths import PROBES_DIR
 
-CONFORMANCE_FACTS = "conformance_facts.py"  # as root: users, credential files, conda metadata
-BOOT_FACTS = "boot_facts.py"  # as uid 1000, the way a boot command starts python
+CONFORMANCE_FACTS = "conformance_facts.py"  # as root: users, credential and setuid files, conda metadata
 MANIFEST = "manifest.sh"  # as root: conda list / pip freeze / dpkg list
-STACK_IMPORTS = "stack_imports.py"  # as uid 1000: the modules of each stack distribution import
-PROBES = (CONFORMANCE_FACTS, BOOT_FACTS, MANIFEST, STACK_IMPORTS)
+STACK_IMPORTS = "stack_imports.py"  # as the training user: the modules of each stack distribution import
+PROBES = (CONFORMANCE_FACTS, MANIFEST, STACK_IMPORTS)
 TAIL_LINES = 5  # lines of output quoted when the tagged line is missing
 
 

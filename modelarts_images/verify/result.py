@@ -38,6 +38,9 @@ class VerificationResult:
     environment: tuple[tuple[str, str], ...]  # the MA_* and VC_* variables it saw
     checks: tuple[CheckOutcome, ...]
     seconds: float | None
+    prefix: str | None = None  # sys.prefix
+    modules: tuple[tuple[str, str], ...] = ()  # library-backed standard modules: "ok" or why they did not import
+    activated: tuple[str, ...] = ()  # activation variables that were set (CONDA_PREFIX, ...)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -46,7 +49,8 @@ class VerificationResult:
             "device_count": self.device_count, "devices": list(self.devices), "device": self.device,
             "uid": self.uid, "gid": self.gid, "user": self.user, "cwd": self.cwd,
             "environment": dict(self.environment), "checks": [check.to_json() for check in self.checks],
-            "seconds": self.seconds,
+            "seconds": self.seconds, "prefix": self.prefix, "modules": dict(self.modules),
+            "activated": list(self.activated),
         }
 
     @classmethod
@@ -88,8 +92,11 @@ def _from_object(data: Mapping[str, Any]) -> VerificationResult:
                           "and 'detail'")
     environment = data.get("environment") or {}
     devices = data.get("devices") or []
+    modules, activated = data.get("modules") or {}, data.get("activated") or []
     if not isinstance(environment, dict) or not isinstance(devices, list):
         raise VerifyError(f"the {RESULT_PREFIX.strip()} line's 'environment' must be an object and 'devices' a list")
+    if not isinstance(modules, dict) or not isinstance(activated, list):
+        raise VerifyError(f"the {RESULT_PREFIX.strip()} line's 'modules' must be an object and 'activated' a list")
     return VerificationResult(
         ok=data["ok"] is True,
         python=_optional(data, "python", str),
@@ -108,6 +115,9 @@ def _from_object(data: Mapping[str, Any]) -> VerificationResult:
         environment=tuple(sorted((str(key), str(value)) for key, value in environment.items())),
         checks=tuple(CheckOutcome.from_json(item) for item in raw_checks),
         seconds=_optional(data, "seconds", float),
+        prefix=_optional(data, "prefix", str),
+        modules=tuple(sorted((str(name), str(state)) for name, state in modules.items())),
+        activated=tuple(str(name) for name in activated),
     )
 
 

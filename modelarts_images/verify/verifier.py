@@ -49,6 +49,16 @@ def _run_device(engine: Engine, image: ImageSpec, reference: str, device: Device
                      seconds=round(output.seconds, 3), result=result, outcomes=tuple(outcomes), output_tail=tail)
 
 
+def _boot_of(runs: Sequence[DeviceRun], image: ImageSpec) -> conformance.BootFacts:
+    """How the boot command's python started: from the first run that reported it (the CPU's when there is one)."""
+    for run in runs:
+        if run.result is not None:
+            return conformance.judge_boot(run.result, user=image.user)
+    why = "; ".join(f"{run.device.value}: {outcome.detail}" for run in runs for outcome in run.outcomes
+                    if not outcome.ok) or "no run"
+    return conformance.judge_boot(None, why=why, user=image.user)
+
+
 def base_image_of(config: ImageConfig, image: ImageSpec) -> str:
     """The base the image was built from: its OCI base-name label (what the build used), else the entry's."""
     return config.label("org.opencontainers.image.base.name") or image.base_image
@@ -66,17 +76,19 @@ def verify_image(engine: Engine, image: ImageSpec, *, options: VerifyOptions, re
         raise VerifyError(f"{image.id}: image {reference} is not in the engine; build it first (inv build "
                           f"--only {image.id}) or pass --image")
     # The device runs, the conformance probes and the stack's checks are containers of their own that depend on
-    # nothing but the image: they all start at once.
+    # nothing but the image: they all start at once. How the boot command's python started is judged on what the
+    # device runs reported.
     with ThreadPoolExecutor(max_workers=len(devices) + 2) as pool:
         running = [pool.submit(_run_device, engine, image, reference, device, options, gpus) for device in devices]
-        conforming = pool.submit(
-            conformance.check_image, engine, config, base_image=base_image_of(config, image),
-            size_budget=options.size_budget, timeout=options.timeout,
-            environment=image.user.job_environment(gpus=0), user=image.user) if check_conformance else None
+        gathering = pool.submit(conformance.gather, engine, config, base_image=base_image_of(config, image),
+                                timeout=options.timeout, user=image.user) if check_conformance else None
         stacking = pool.submit(check_stack, engine, image, reference, timeout=options.timeout) \
             if check_conformance else None
     runs = tuple(future.result() for future in running)
-    checks = tuple(conforming.result()) if conforming is not None else ()
+    checks: tuple[CheckOutcome, ...] = ()
+    if gathering is not None:
+        checks = tuple(conformance.evaluate(gathering.result(), boot=_boot_of(runs, image),
+                                            size_budget=options.size_budget, user=image.user))
     stack = stacking.result() if stacking is not None else ()
     return ImageReport(id=image.id, reference=reference, expected=Expected.of(image), image_id=config.image_id,
                        size=config.size, runs=runs, skipped=tuple(skipped), conformance=checks, stack=stack)

@@ -24,12 +24,10 @@ from modelarts_images.engine.api import ContainerRun
 from modelarts_images.errors import EngineError, VerifyError
 from modelarts_images.options import Device, DeviceChoice, VerifyOptions
 from modelarts_images.pipeline import stage
-from modelarts_images.verify import conformance
 from modelarts_images.verify.checks import CheckOutcome
 from modelarts_images.verify.report import ImageReport, raise_for_reports, save_report
 from modelarts_images.verify.runs import resolve_devices, run_spec
 from modelarts_images.verify.verifier import verify_image
-from tests.engine.conftest import TEST_BASE
 from tests.engine.conftest_verify import (  # noqa: F401 - the fixtures are used by name
     TIMEOUT,
     container_exists,
@@ -215,9 +213,9 @@ def test_ctrl_c_removes_the_container(docker_client: Any, good_image: str, run_i
 # ModelArts conformance
 
 
-def test_the_good_image_conforms(engine: DockerEngine, good_image: str) -> None:
-    outcomes = _by_name(conformance.check_image(engine, image_config(engine, good_image), base_image=TEST_BASE,
-                                                timeout=TIMEOUT))
+def test_the_good_image_conforms(engine: DockerEngine, verify_options: VerifyOptions, good_image: str) -> None:
+    report = verify_image(engine, entry(tag="x"), options=verify_options, reference=good_image, devices=(Device.CPU,))
+    outcomes = _by_name(list(report.conformance))
     assert list(outcomes) == ["ma-user", "boot-python", "default-user", "setuid-setgid", "credentials",
                               "image-size", "conda-channel"]
     failed = {name: outcome.detail for name, outcome in outcomes.items() if not outcome.ok}
@@ -230,8 +228,9 @@ def test_the_good_image_conforms(engine: DockerEngine, good_image: str) -> None:
 def test_a_setuid_file_and_a_netrc_fail_conformance_and_defaults_warns(engine: DockerEngine,
                                                                        verify_options: VerifyOptions,
                                                                        nonconforming_image: str) -> None:
-    outcomes = _by_name(conformance.check_image(engine, image_config(engine, nonconforming_image),
-                                                base_image=TEST_BASE, timeout=TIMEOUT))
+    report = verify_image(engine, entry(tag="x"), options=verify_options, reference=nonconforming_image,
+                          devices=(Device.CPU,))
+    outcomes = _by_name(list(report.conformance))
     assert not outcomes["setuid-setgid"].ok and "/usr/local/bin/escalate" in outcomes["setuid-setgid"].detail
     credentials = outcomes["credentials"]
     assert not credentials.ok
@@ -241,9 +240,6 @@ def test_a_setuid_file_and_a_netrc_fail_conformance_and_defaults_warns(engine: D
     assert outcomes["ma-user"].ok and outcomes["boot-python"].ok and outcomes["default-user"].ok
     conda = outcomes["conda-channel"]  # read from the image's conda-meta: a warning, not a failure
     assert conda.warning and not conda.blocking and "1 of 1 conda packages" in conda.detail
-
-    report = verify_image(engine, entry(tag="x"), options=verify_options, reference=nonconforming_image,
-                          devices=(Device.CPU,))
     with pytest.raises(VerifyError) as raised:
         raise_for_reports([report])
     assert "conformance/setuid-setgid" in str(raised.value) and "conformance/credentials" in str(raised.value)

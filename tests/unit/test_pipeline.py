@@ -138,7 +138,8 @@ def test_verify_on_auto_falls_back_to_the_cpu_and_saves_the_report(tmp_path: Pat
     engine = NoGpuEngine()
     options = VerifyOptions(reports_dir=tmp_path / "verify", device=DeviceChoice.AUTO, timeout=42.0)
     with pytest.MonkeyPatch.context() as patch:  # the conformance probes are the verify tests' business
-        patch.setattr("modelarts_images.verify.verifier.conformance.check_image", lambda *args, **kwargs: [])
+        patch.setattr("modelarts_images.verify.verifier.conformance.gather", lambda *args, **kwargs: None)
+        patch.setattr("modelarts_images.verify.verifier.conformance.evaluate", lambda *args, **kwargs: [])
         verified = pipeline.verify_step(entry(), options, engine)
     assert [str(run.device) for run in verified.report.runs] == ["cpu"]
     assert verified.report.skipped == ("GPU: skipped, no GPU runtime (the engine's runtimes are runc)",)
@@ -152,6 +153,7 @@ def test_a_verification_that_cannot_be_saved_is_a_verify_error(tmp_path: Path) -
     blocker.write_text("a file where the reports directory should be\n")
     options = VerifyOptions(reports_dir=blocker / "verify", device=DeviceChoice.CPU)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("modelarts_images.verify.verifier.conformance.check_image", lambda *args, **kwargs: [])
+        patch.setattr("modelarts_images.verify.verifier.conformance.gather", lambda *args, **kwargs: None)
+        patch.setattr("modelarts_images.verify.verifier.conformance.evaluate", lambda *args, **kwargs: [])
         with pytest.raises(VerifyError, match=f"^cannot write the verification result {blocker / 'verify'}"):
             pipeline.verify_step(entry(), options, NoGpuEngine())

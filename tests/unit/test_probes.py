@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from modelarts_images import paths
-from modelarts_images.engine.api import ContainerOutput
 from modelarts_images.errors import VerifyError
 from modelarts_images.verify import conformance, manifest, probes
 from modelarts_images.verify.result import RESULT_PREFIX, parse_result
@@ -87,10 +84,10 @@ def test_the_manifest_script_prints_the_markers_the_report_reads() -> None:
 def test_a_missing_probe_file_is_a_verify_error_naming_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(probes, "PROBES_DIR", tmp_path)
     with pytest.raises(VerifyError) as raised:
-        probes.probe_source(probes.BOOT_FACTS)
-    assert str(raised.value) == (f"probe boot_facts.py: cannot read {tmp_path / 'boot_facts.py'} (No such file or "
-                                 "directory); it ships with modelarts-images in verify/probes/, restore it from the "
-                                 "repository")
+        probes.probe_source(probes.STACK_IMPORTS)
+    assert str(raised.value) == (f"probe stack_imports.py: cannot read {tmp_path / 'stack_imports.py'} (No such "
+                                 "file or directory); it ships with modelarts-images in verify/probes/, restore it "
+                                 "from the repository")
     assert raised.value.exit_code == 5 and isinstance(raised.value.__cause__, FileNotFoundError)
     with pytest.raises(VerifyError, match=r"conformance_facts\.py"):
         conformance.probe_run("img")
@@ -105,21 +102,6 @@ def test_a_probe_that_is_not_utf_8_is_a_verify_error(monkeypatch: pytest.MonkeyP
 
 # --------------------------------------------------------------------------------------------------------------
 # The Python probes, run or loaded by the host's python
-
-
-def test_boot_probe_runs_the_way_boot_run_starts_it(tmp_path: Path) -> None:
-    argv = [sys.executable, *conformance.boot_run("img").command[1:]]
-    environment = {key: value for key, value in os.environ.items()
-                   if key not in ("CONDA_PREFIX", "CONDA_DEFAULT_ENV", "VIRTUAL_ENV")}
-    completed = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
-                               env={**environment, "VIRTUAL_ENV": "/somewhere"})
-    assert completed.returncode == 0, completed.stderr
-    facts = probes.tagged_json(completed.stdout, conformance.BOOT_PREFIX, what="boot probe")
-    assert set(facts) == {"executable", "prefix", "python", "uid", "gid", "cwd", "modules", "activated"}
-    assert (facts["uid"], facts["gid"]) == (os.getuid(), os.getgid())
-    assert Path(facts["cwd"]) == tmp_path.resolve() and facts["activated"] == ["VIRTUAL_ENV"]
-    assert sorted(facts["modules"]) == sorted(("ssl", "ctypes", "zlib", "sqlite3", "bz2", "lzma"))
-    assert facts["prefix"] == sys.prefix
 
 
 def load_probe(name: str) -> ModuleType:
@@ -218,15 +200,12 @@ def test_no_output_at_all() -> None:
         probes.tagged_json(" \n", PREFIX, what="the probe")
 
 
-def test_the_three_parsers_share_it() -> None:
+def test_the_parsers_share_it() -> None:
     # a garbled line reads the same whoever parses it
     for parse, prefix in ((parse_result, RESULT_PREFIX),
                           (conformance.parse_probe, conformance.FACTS_PREFIX)):
         with pytest.raises(VerifyError, match=f"the {prefix.strip()} line holds list, expected a JSON object"):
             parse(f"{prefix}[]\n")
-    boot = conformance.parse_boot(ContainerOutput(
-        name="x", exit_code=0, stdout=f"{conformance.BOOT_PREFIX}[]\n", stderr="", seconds=0.1, timed_out=False))
-    assert not boot.ok and "the MODELARTS_BOOT_FACTS line holds list, expected a JSON object" in boot.detail
 
 
 def test_conformance_probe_finds_setuid_files_and_credentials_in_one_walk(tmp_path: Path) -> None:

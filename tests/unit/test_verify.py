@@ -58,7 +58,8 @@ def result_dict(**overrides: Any) -> dict[str, Any]:
         "environment": {"MA_JOB_DIR": "/home/ma-user/modelarts/user-job-dir", "MA_NUM_GPUS": "1"},
         "torch": "2.1.0+cu118", "torch_cuda": "11.8", "cudnn": 8700, "cuda_available": True, "device_count": 1,
         "devices": ["NVIDIA A100-SXM4-40GB"], "device": "cuda:0", "uid": 1000, "gid": 100, "user": "ma-user",
-        "groups": [100], "seconds": 3.5,
+        "groups": [100], "seconds": 3.5, "prefix": "/home/ma-user/miniconda3", "activated": [],
+        "modules": {"ssl": "ok", "ctypes": "ok", "zlib": "ok", "sqlite3": "ok", "bz2": "ok", "lzma": "ok"},
         "checks": [{"name": "import-torch", "ok": True, "detail": "torch 2.1.0+cu118"},
                    {"name": "matmul", "ok": True, "detail": "max |difference| 1e-06"}],
     }
@@ -83,18 +84,17 @@ def failed(outcomes: list[CheckOutcome]) -> set[str]:
 # The script and the probes stay valid on the oldest Python the matrix ships
 
 
-@pytest.mark.parametrize("source_name", ["script", "probe", "boot"])
+@pytest.mark.parametrize("source_name", ["script", "probe"])
 def test_in_container_code_parses_as_python_3_7(source_name: str) -> None:
     # the probes as the containers get them: the command line's -c argument (tests/unit/test_probes.py checks
     # every file of verify/probes/ the same way)
-    source = {"script": SCRIPT.read_text(encoding="utf-8"), "probe": conformance.probe_run("img").command[3],
-              "boot": conformance.boot_run("img").command[2]}[source_name]
+    source = {"script": SCRIPT.read_text(encoding="utf-8"),
+              "probe": conformance.probe_run("img").command[3]}[source_name]
     ast.parse(source, feature_version=(3, 7))
 
 
 def test_the_probes_and_their_parsers_agree_on_the_prefixes() -> None:
     assert f'PREFIX = "{conformance.FACTS_PREFIX}"' in probes.probe_source(probes.CONFORMANCE_FACTS)
-    assert f'PREFIX = "{conformance.BOOT_PREFIX}"' in probes.probe_source(probes.BOOT_FACTS)
 
 
 def test_the_probes_travel_on_the_command_line_from_their_files() -> None:
@@ -103,10 +103,9 @@ def test_the_probes_travel_on_the_command_line_from_their_files() -> None:
     assert probe.command == (user.boot_python, "-I", "-c", probes.probe_source(probes.CONFORMANCE_FACTS),
                              user.conda_prefix, user.name, "1000", "100")
     assert (probe.user, probe.working_dir, probe.network, probe.mounts) == ("0:0", "/", False, ())
-    boot = conformance.boot_run("img", (("MA_JOB_DIR", "/x"),))
-    assert boot.command == (contract.DEFAULT_USER.boot_python, "-c", probes.probe_source(probes.BOOT_FACTS))
-    assert (boot.user, boot.working_dir, boot.network, boot.mounts) == ("1000:100", "/home/ma-user", False, ())
-    assert boot.environment == (("MA_JOB_DIR", "/x"),)
+    # beside the boot command's own run, the probes get the CPU only when that run leaves some
+    assert probe.background and conformance.setuid_run("base").background
+    assert not run_spec("img", device=Device.CPU).background
 
 
 def test_the_script_and_the_parser_agree_on_the_prefix() -> None:
@@ -395,10 +394,8 @@ GOOD_PROBE: dict[str, Any] = {
     "python": "3.11.2", "user": {"name": "ma-user", "uid": 1000, "gid": 100, "home": "/home/ma-user",
                                  "shell": "/bin/bash", "home_exists": True, "home_owner": 1000},
     "uid_owner": "ma-user", "group": "users", "credential_files": [], "conda_packages": None, "errors": [],
+    "setuid_files": ["/usr/bin/passwd", "/usr/bin/su"],
 }
-GOOD_BOOT: dict[str, Any] = {"executable": "/home/ma-user/miniconda3/bin/python", "prefix": "/home/ma-user/miniconda3",
-             "python": "3.11.2", "uid": 1000, "gid": 100, "cwd": "/home/ma-user", "activated": [],
-             "modules": {"ssl": "ok", "ctypes": "ok", "zlib": "ok", "sqlite3": "ok", "bz2": "ok", "lzma": "ok"}}
 # Not the defaults: each container the verification starts must get the options' timeout
 OPTIONS = VerifyOptions(reports_dir=Path("reports-not-written") / "verify", timeout=123.0)
 
@@ -425,8 +422,6 @@ class CannedEngine(FakeEngine):
         self.runs.append(spec)
         if spec.command[:2] == (contract.DEFAULT_USER.boot_python, "-I"):
             return output(conformance.FACTS_PREFIX + json.dumps(GOOD_PROBE))
-        if spec.command[:2] == (contract.DEFAULT_USER.boot_python, "-c"):
-            return output(conformance.BOOT_PREFIX + json.dumps(GOOD_BOOT))
         if spec.command == conformance.SETUID_COMMAND:
             return output("/usr/bin/su\n/usr/bin/passwd\n")
         if isinstance(self.verification, Exception):
@@ -515,28 +510,20 @@ def test_a_verify_error_of_the_engine_is_not_taken_for_a_failed_start() -> None:
         verify_image(engine, entry(), options=OPTIONS, reference="img", check_conformance=False)
 
 
-class BootCannotStart(CannedEngine):
-    """The boot probe's container is refused by the engine (as run_container raises it)."""
-
-    def run(self, spec: ContainerRun) -> ContainerOutput:
-        if spec.command[:2] == (contract.DEFAULT_USER.boot_python, "-c"):
-            self.runs.append(spec)
-            raise EngineError("container for img did not start: OCI runtime create failed: unable to find user 1000")
-        return super().run(spec)
-
-
-def test_a_boot_probe_that_cannot_start_is_a_failed_check_not_a_crash(tmp_path: Path) -> None:
-    engine = BootCannotStart(verification=good_cpu_run())
+def test_a_boot_command_that_cannot_start_fails_boot_python_and_the_probes_still_run(tmp_path: Path) -> None:
+    refused = EngineError("container for img did not start: OCI runtime create failed: unable to find user 1000")
+    engine = CannedEngine(verification=refused)
     report = verify_image(engine, CPU_ENTRY, options=OPTIONS, reference="img", devices=(Device.CPU,))
     checks = names(list(report.conformance))
     assert checks["boot-python"].blocking
-    assert checks["boot-python"].detail == ("the boot probe did not run in img: container for img did not start: "
-                                            "OCI runtime create failed: unable to find user 1000")
+    assert checks["boot-python"].detail == (
+        "/home/ma-user/miniconda3/bin/python gave no result as the boot command: cpu: container for img did not "
+        "start: OCI runtime create failed: unable to find user 1000")
     assert {"ma-user", "default-user", "setuid-setgid", "credentials", "image-size"} <= set(checks)
     assert all(checks[name].ok for name in ("ma-user", "setuid-setgid"))  # the other probes still ran
     saved = json.loads(save_report(report, tmp_path).read_text(encoding="utf-8"))  # the report can be written
     assert saved["ok"] is False and saved["id"] == CPU_ENTRY.id
-    with pytest.raises(VerifyError, match="conformance/boot-python: the boot probe did not run"):
+    with pytest.raises(VerifyError, match="conformance/boot-python: /home/ma-user/miniconda3/bin/python gave no"):
         raise_for_reports([report])
 
 
@@ -589,7 +576,6 @@ def facts(**overrides: Any) -> conformance.ImageFacts:
     values: dict[str, Any] = dict(
         reference="img", config_user="ma-user", working_dir="/home/ma-user", size=3_000_000_000,
         probe=conformance.parse_probe(conformance.FACTS_PREFIX + json.dumps(probe)), probe_error=None,
-        boot=conformance.parse_boot(output(conformance.BOOT_PREFIX + json.dumps(GOOD_BOOT))),
         setuid_files=("/usr/bin/passwd", "/usr/bin/su"), setuid_error=None, base_image="ubuntu:22.04",
         base_setuid_files=("/usr/bin/passwd", "/usr/bin/su", "/usr/bin/chsh"), base_error=None,
     )
@@ -597,12 +583,15 @@ def facts(**overrides: Any) -> conformance.ImageFacts:
     return conformance.ImageFacts(**values)
 
 
+GOOD_BOOT = conformance.judge_boot(parse_result(log_with(result_dict())))
+
+
 def evaluated(**overrides: Any) -> dict[str, CheckOutcome]:
-    return names(conformance.evaluate(facts(**overrides)))
+    return names(conformance.evaluate(facts(**overrides), boot=GOOD_BOOT))
 
 
 def test_a_conforming_image_passes_every_rule() -> None:
-    outcomes = conformance.evaluate(facts())
+    outcomes = conformance.evaluate(facts(), boot=GOOD_BOOT)
     assert [outcome.name for outcome in outcomes] == ["ma-user", "boot-python", "default-user", "setuid-setgid",
                                                       "credentials", "image-size", "conda-channel"]
     assert all(outcome.ok for outcome in outcomes)
@@ -682,14 +671,16 @@ def test_a_pip_conf_without_secrets_passes() -> None:
 def test_the_size_budget_warns_unless_the_user_sets_one() -> None:
     assert evaluated()["image-size"].ok
     assert contract.IMAGE_SIZE_BUDGET == 9_500_000_000
-    outcome = names(conformance.evaluate(facts(size=12_000_000_000)))["image-size"]
+    outcome = names(conformance.evaluate(facts(size=12_000_000_000), boot=GOOD_BOOT))["image-size"]
     # only ModelArts' legacy pages state 9.5 GB: over it is a warning, which does not fail the image
     assert not outcome.ok and outcome.warning and not outcome.blocking
     assert outcome.detail.startswith("12.00 GB uncompressed, over the default budget of 9.50 GB (the 9.5 GB limit "
                                      "of ModelArts' legacy custom-image pages")
-    chosen = names(conformance.evaluate(facts(size=12_000_000_000), size_budget=10_000_000_000))["image-size"]
+    chosen = names(conformance.evaluate(facts(size=12_000_000_000), boot=GOOD_BOOT,
+                                        size_budget=10_000_000_000))["image-size"]
     assert chosen.blocking and chosen.detail == "12.00 GB uncompressed, over the --size-budget of 10.00 GB"
-    assert names(conformance.evaluate(facts(size=12_000_000_000), size_budget=20_000_000_000))["image-size"].ok
+    assert names(conformance.evaluate(facts(size=12_000_000_000), boot=GOOD_BOOT,
+                                      size_budget=20_000_000_000))["image-size"].ok
 
 
 def package(name: str, channel: str) -> dict[str, str]:
@@ -699,7 +690,7 @@ def package(name: str, channel: str) -> dict[str, str]:
 def test_packages_from_the_defaults_channel_only_warn() -> None:
     packages = [package("python", "https://repo.anaconda.com/pkgs/main/linux-64"),
                 package("openssl", "pkgs/main/linux-64"), package("numpy", "https://conda.anaconda.org/conda-forge")]
-    outcomes = conformance.evaluate(facts(probe={"conda_packages": packages}))
+    outcomes = conformance.evaluate(facts(probe={"conda_packages": packages}), boot=GOOD_BOOT)
     conda = names(outcomes)["conda-channel"]
     assert not conda.ok and conda.warning and not conda.blocking
     assert "2 of 3 conda packages" in conda.detail and "python, openssl" in conda.detail
@@ -725,7 +716,7 @@ def test_is_defaults_channel(channel: str, paid: bool) -> None:
 
 def test_a_probe_that_did_not_run_fails_its_rules() -> None:
     outcomes = names(conformance.evaluate(
-        dataclasses.replace(facts(), probe=None, probe_error="conformance probe: no line")))
+        dataclasses.replace(facts(), probe=None, probe_error="conformance probe: no line"), boot=GOOD_BOOT))
     assert outcomes["ma-user"].blocking and outcomes["credentials"].blocking
     assert "the probe did not run: conformance probe: no line" in outcomes["ma-user"].detail
     assert "conda-channel" not in outcomes
@@ -738,22 +729,24 @@ def test_parse_probe_rejects_garbage() -> None:
         conformance.parse_probe(conformance.FACTS_PREFIX + json.dumps({"user": {"name": "x"}}))
 
 
-@pytest.mark.parametrize(("boot", "exit_code", "expected"), [
-    ({"prefix": "/usr"}, 0, "sys.prefix is '/usr', not /home/ma-user/miniconda3"),
-    ({"modules": {"ssl": "ImportError: libssl.so.1.1: cannot open shared object file"}}, 0, "cannot import ssl"),
-    ({"uid": 0, "gid": 0}, 0, "ran as 0:0, not 1000:100"),
-    ({}, 1, "exit status 1"),
+@pytest.mark.parametrize(("boot", "expected"), [
+    ({"prefix": "/usr"}, "sys.prefix is '/usr', not /home/ma-user/miniconda3"),
+    ({"modules": {"ssl": "ImportError: libssl.so.1.1: cannot open shared object file"}}, "cannot import ssl"),
+    ({"uid": 0, "gid": 0}, "ran as 0:0, not 1000:100"),
+    ({"modules": {}}, "the script reported no standard modules"),
 ])
-def test_parse_boot_problems(boot: dict[str, Any], exit_code: int, expected: str) -> None:
-    got = conformance.parse_boot(output(conformance.BOOT_PREFIX + json.dumps({**GOOD_BOOT, **boot}),
-                                        exit_code=exit_code))
+def test_judge_boot_problems(boot: dict[str, Any], expected: str) -> None:
+    got = conformance.judge_boot(parse_result(log_with(result_dict(**boot))))
     assert not got.ok and expected in got.detail
 
 
-def test_parse_boot_without_python() -> None:
-    got = conformance.parse_boot(output("", exit_code=127,
-                                        stderr="exec: /home/ma-user/miniconda3/bin/python: no such file"))
-    assert not got.ok and "exit status 127" in got.detail and "no such file" in got.detail
+def test_judge_boot_without_a_result() -> None:
+    got = conformance.judge_boot(None, why="cpu: exit status 127; exec: /home/ma-user/miniconda3/bin/python: no such "
+                                           "file")
+    assert not got.ok and "gave no result as the boot command: cpu: exit status 127" in got.detail
+    good = conformance.judge_boot(parse_result(log_with(result_dict(activated=["VIRTUAL_ENV"], ok=False))))
+    # a failed torch check is the runs' business: python itself started as the boot command should
+    assert good.ok and "VIRTUAL_ENV set by the image" in good.detail
 
 
 def test_parse_find() -> None:
