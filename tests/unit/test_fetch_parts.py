@@ -125,6 +125,14 @@ def test_lock_round_trip(tmp_path: Path) -> None:
     assert [w.url for w in again["x"].wheels] == ["https://w/a.whl", "https://w/b.whl"]
     assert again["x"].closure is None
     assert [p.name for p in tmp_path.iterdir()] == ["versions.lock"]
+    # the time of the image's own layers is recorded, 1980-01-01 unless the lock says otherwise
+    assert "source_date_epoch: 315532800" in text and again["x"].source_date_epoch == 315_532_800
+    path.write_text(text.replace("source_date_epoch: 315532800", "source_date_epoch: 1700000000", 1), "utf-8")
+    assert lockfile.read(path)["a"].source_date_epoch == 1_700_000_000
+    for bad in ("-1", "'soon'", "true", "4294967296"):
+        path.write_text(text.replace("source_date_epoch: 315532800", f"source_date_epoch: {bad}", 1), "utf-8")
+        with pytest.raises(ConfigError, match=r"a.source_date_epoch: must be seconds since 1970"):
+            lockfile.read(path)
 
 
 def test_lock_unreadable(tmp_path: Path) -> None:
