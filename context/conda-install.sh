@@ -5,7 +5,11 @@
 set -eu
 # Bytecode the installer writes: hash-based with SOURCE_DATE_EPOCH set (Python 3.7+), sets in a fixed order.
 export PYTHONHASHSEED=0
-bash "/tmp/installer/${INSTALLER}" -b -p "${CONDA_PREFIX}"
+bash "/tmp/installer/${INSTALLER}" -b -p "${CONDA_PREFIX}" || {
+    status=$?
+    echo "conda-install: /tmp/installer/${INSTALLER} failed (exit ${status})" >&2
+    exit "$status"
+}
 if [ -x "${CONDA_PREFIX}/bin/conda" ]; then "${CONDA_PREFIX}/bin/conda" clean --all --force-pkgs-dirs --yes; fi
 # conda's history dates each transaction by the clock; the image's says SOURCE_DATE_EPOCH instead.
 history="${CONDA_PREFIX}/conda-meta/history"

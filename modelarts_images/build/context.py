@@ -19,6 +19,7 @@ assembling twice gives the same result.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -106,10 +107,13 @@ def assemble(fetched: FetchedImage, work_dir: Path, *, template_dir: Path = TEMP
     staging = Path(tempfile.mkdtemp(prefix=f".{image.id}.", suffix=".partial", dir=work_dir))
     try:
         for name in (DOCKERIGNORE, *SCRIPTS):
-            shutil.copy2(template_dir / name, staging / name)
+            shutil.copy(template_dir / name, staging / name)
         dockerfile = with_env((template_dir / DOCKERFILE).read_text("utf-8"), image.stack.env)
         (staging / DOCKERFILE).write_text(dockerfile, encoding="utf-8")
         (staging / PIP_CONF).write_text(render_pip_conf(redact.without_credentials(image.pip_index)), encoding="utf-8")
+        # A COPY keeps a file's time: the checkout's or the clock's would make each machine's layer its own.
+        for name in (DOCKERIGNORE, *SCRIPTS, DOCKERFILE, PIP_CONF):
+            os.utime(staging / name, (fetched.source_date_epoch, fetched.source_date_epoch))
         _link_all(staging / INSTALLER_DIR, [fetched.installer])
         _link_all(staging / WHEELS_DIR, fetched.wheels)
         _link_all(staging / DEPS_DIR, fetched.closure or ())

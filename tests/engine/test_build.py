@@ -19,7 +19,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 
 from modelarts_images import options as run_options
@@ -34,6 +33,7 @@ from modelarts_images.engine.api import (
     BaseImage,
     BaseImageSource,
     BuildRequest,
+    ImageConfig,
     ImageSummary,
 )
 from modelarts_images.errors import BuildError, ConfigError, EngineError
@@ -74,6 +74,9 @@ class RecordingEngine(FakeEngine):
         self.requests.append(request)
         self.secret_texts += [path.read_text("utf-8") for _, path in request.secrets]
         return "sha256:" + "0" * 64
+
+    def image(self, reference: str) -> ImageConfig | None:
+        return None  # no earlier build of the tag
 
     def summary(self, image_id: str, *, base_image: str | None) -> ImageSummary:
         return ImageSummary(image_id=image_id, size=1, layers=())
@@ -244,7 +247,8 @@ def fake_docker(directory: Path, *, buildx: bool, client: str) -> str:
     return str(path)
 
 
-def test_buildkit_cli_prefers_buildx_then_an_old_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_buildkit_cli_prefers_buildx_then_an_old_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         engine: DockerEngine) -> None:
     monkeypatch.setattr(cli, "SYSTEM_PLUGIN_DIRS", ())
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "config"))
     new = fake_docker(tmp_path / "new", buildx=False, client="28.2.2")
@@ -263,12 +267,10 @@ def test_buildkit_cli_prefers_buildx_then_an_old_client(tmp_path: Path, monkeypa
         cli.find_buildkit_cli([new])
     assert "client 28.2.2, no buildx" in str(caught.value)
     monkeypatch.setattr(adapter, "find_buildkit_cli", lambda: cli.find_buildkit_cli([new]))
-    # Never contacted: the build stops at the BuildKit CLI lookup (an explicit API version asks no engine).
-    unreached = docker.DockerClient(base_url="unix:///nonexistent/docker.sock", version="1.41")
+    # The engine is asked only for the tag's earlier build (there is none); the build stops at the CLI lookup.
     fetched = small_image(tmp_path, "x", "no-buildx")
     with pytest.raises(BuildError, match="docker-buildx") as step_caught:
-        pipeline.build_step(fetched, options(Backend.BUILDKIT, tmp_path / "work"),
-                            DockerEngine(unreached, endpoint="nowhere"))
+        pipeline.build_step(fetched, options(Backend.BUILDKIT, tmp_path / "work"), engine)
     assert "client 28.2.2, no buildx" in str(step_caught.value) and step_caught.value.exit_code == 4
 
 
@@ -396,7 +398,8 @@ def test_summary_attributes_the_largest_layer(built: tuple[BuildResult, FetchedI
     assert result.size == docker_client.images.get(result.reference).attrs["Size"]
     assert isinstance(result.backend, Backend) and result.backend in BACKENDS and result.duration > 0
     largest = result.layers[0]
-    assert largest.step.startswith("COPY /out/torch/") and not largest.from_base
+    roles = dict(zip((layer.diff_id for layer in result.stack), result.roles, strict=True))
+    assert roles[largest.diff_id] == "torch" and not largest.from_base, (result.roles, largest)
     assert largest.size > 300_000_000  # torch
     assert any(layer.from_base for layer in result.layers), "the base image's layer is shown as such"
     assert "built in" in build.format_result(result)
@@ -431,8 +434,9 @@ def test_a_failing_step_is_reported_with_its_log(backend: Backend, engine: Docke
         remove_image(docker_client, fetched.image.reference)
     message = str(caught.value)
     assert caught.value.exit_code == 4 and isinstance(caught.value.__cause__, EngineError)
-    assert "/tmp/installer/" in message.split("\n", 1)[0], f"the failing step is not named: {message}"
+    assert "conda-install.sh" in message.split("\n", 1)[0], f"the failing step is not named: {message}"
     assert "stand-in installer: unpacking" in message and "disk on fire" in message
+    assert f"/tmp/installer/{broken.name} failed" in message, "the log's tail names the installer"
     assert re.search(r"non-zero code: 1|exit code: 1", message)
 
 

@@ -50,6 +50,10 @@ def own_layers(result: BuildResult) -> dict[str, str]:
     return found
 
 
+def system_layers(result: BuildResult) -> list[str]:
+    return [layer.diff_id for layer, role in zip(result.stack, result.roles, strict=True) if role == "system packages"]
+
+
 @pytest.fixture
 def built_images(engine: DockerEngine, docker_client: Any) -> Iterator[list[str]]:
     made: list[str] = []
@@ -69,6 +73,8 @@ def test_a_no_cache_rebuild_gives_the_same_layers(backend: Backend, engine: Dock
     first = build.build_image(fetched, options, engine)
     second = build.build_image(fetched, options, engine)
     assert own_layers(first) == own_layers(second)
+    # the same packages from the mirror (two builds a minute apart) give the same system packages' layers too
+    assert system_layers(first) == system_layers(second)
     # the second build's summary names the layers the first already had, and how little a push would send
     assert second.previous == tuple(layer.diff_id for layer in first.stack)
     assert set(own_layers(second).values()).isdisjoint(layer.diff_id for layer in second.new_layers)
@@ -92,6 +98,10 @@ def test_images_share_layers_and_a_push_sends_only_their_own(
         for shared in ("user", "conda", "CUDA libraries", "torch"):
             assert mine[shared] == theirs[shared], shared
         assert mine["stack"] != theirs["stack"]
+        before = {layer.diff_id for layer in first.stack}
+        own = [(role, layer.step) for layer, role in zip(second.stack, second.roles, strict=True)
+               if layer.diff_id not in before]
+        assert [role for role, _ in own] == ["stack"], own
 
         env = {"MODELARTS_REGISTRY_USER": local_registry.user, "MODELARTS_REGISTRY_PASSWORD": local_registry.password}
         push = PushOptions(reports_dir=tmp_path / "reports", retries=2, backoff=0.05)

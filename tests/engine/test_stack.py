@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from modelarts_images.build import builder as build
+from modelarts_images.engine.adapter import DockerEngine
 from tests.engine.conftest import ROOT, STAND_IN_INSTALLER, pip, remove_image, run_in
 from tests.support.http_server import FileServer, serve
 
@@ -63,7 +65,8 @@ def _entry(server: FileServer, torch_wheel: Path, *, tag: str, base: str, stack:
 
 @pytest.mark.parametrize("backend", ["buildkit", "docker"])
 def test_a_stack_is_built_hermetically_verified_and_kept_in_its_own_layer(
-        docker_client: Any, test_base: str, run_id: str, torch_wheel: Path, tmp_path: Path, backend: str) -> None:
+        docker_client: Any, engine: DockerEngine, test_base: str, run_id: str, torch_wheel: Path, tmp_path: Path,
+        backend: str) -> None:
     (tmp_path / "checks").mkdir()
     (tmp_path / "checks" / "stack_ok.py").write_text(CHECK_OK)
     (tmp_path / "checks" / "stack_fails.py").write_text(CHECK_FAILS)
@@ -121,12 +124,11 @@ def test_a_stack_is_built_hermetically_verified_and_kept_in_its_own_layer(
             assert "jq-" in output and "no-gcc" in output, output
             assert "no-build-files" in output and "no-apt-lists" in output, output
 
-            # the stack is a layer of its own, above the torch layer: the two copies into the conda prefix, newest
-            # first in the history (BuildKit names the stack's source; the classic builder only hashes it)
-            copies = [entry for entry in image.history()
-                      if "COPY" in str(entry.get("CreatedBy", "")) and "miniconda3" in str(entry.get("CreatedBy", ""))]
-            assert len(copies) == 2, [entry.get("CreatedBy") for entry in image.history()]
-            stack_layer, torch_layer = (int(entry["Size"]) for entry in copies)
+            # the stack is a layer of its own, the last one, far smaller than the torch layer below it
+            stack_layers = engine.summary(image.id, base_image=test_base).stack
+            roles = build.layer_roles(stack_layers)
+            assert roles[-2:] == ("torch", "stack"), (roles, [layer.step for layer in stack_layers])
+            torch_layer, stack_layer = (layer.size for layer in stack_layers[-2:])
             assert 0 < stack_layer < torch_layer / 10, (stack_layer, torch_layer)
 
             # a failing check fails verification (exit 5), naming the script and the end of its output

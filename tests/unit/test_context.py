@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import io
 import logging
@@ -103,6 +105,13 @@ def test_context_holds_hardlinks_to_the_cache(tmp_path: Path) -> None:
     assert (built / ".dockerignore").read_bytes() == (ROOT / "context" / ".dockerignore").read_bytes()
     assert sorted(path.name for path in (built / "deps").iterdir()) == [
         "mpmath-1.3.0-py3-none-any.whl", "sympy-1.14.0-py3-none-any.whl"]
+
+
+def test_files_the_image_copies_carry_the_source_date_epoch(tmp_path: Path) -> None:
+    fetched = dataclasses.replace(fetched_image(tmp_path / "cache"), source_date_epoch=1_700_000_000)
+    built = context.assemble(fetched, tmp_path / "work")
+    written = [".dockerignore", "Dockerfile", "pip.conf", *context.SCRIPTS]
+    assert {name: int((built / name).stat().st_mtime) for name in written} == dict.fromkeys(written, 1_700_000_000)
 
 
 def test_context_pip_conf_never_holds_credentials(tmp_path: Path) -> None:
