@@ -44,8 +44,8 @@ DEPS_DIR = "deps"
 STACK_DIR = "stack"
 BUILD_DEPS_DIR = "build-deps"
 # The steps of the Dockerfile's stages, copied from context/ into every build context.
-SCRIPTS = ("apt-install.sh", "user-layer.sh", "conda-install.sh", "packages-install.sh", "stack-install.sh",
-           "layers.py")
+SCRIPTS = ("apt-install.sh", "system-layer.sh", "user-layer.sh", "conda-install.sh", "packages-install.sh",
+           "stack-install.sh", "layers.py")
 TARGETS = ("image", "image-buildkit")  # the Dockerfile's final stages: classic builder, BuildKit
 BUILDKIT_ONLY = "# BuildKit only, below this line"
 ENV_SUFFIX = "-env"

@@ -270,7 +270,8 @@ def test_buildkit_cli_prefers_buildx_then_an_old_client(tmp_path: Path, monkeypa
     # The engine is asked only for the tag's earlier build (there is none); the build stops at the CLI lookup.
     fetched = small_image(tmp_path, "x", "no-buildx")
     with pytest.raises(BuildError, match="docker-buildx") as step_caught:
-        pipeline.build_step(fetched, options(Backend.BUILDKIT, tmp_path / "work"), engine)
+        pipeline.build_step(fetched, options(Backend.BUILDKIT, tmp_path / "work"),
+                            DockerEngine(engine.client, endpoint=engine.endpoint))  # no BuildKit CLI found yet
     assert "client 28.2.2, no buildx" in str(step_caught.value) and step_caught.value.exit_code == 4
 
 
