@@ -43,10 +43,10 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the benchmarks (fetch against nginx, build, matrix rerun, stack, layers) and write bench/results/;
+    """Run the benchmarks (fetch against nginx, build, matrix rerun, stack, layers, CI) and write bench/results/;
     posargs: names."""
     _install(session)
-    for name in session.posargs or ["fetch", "build", "matrix", "stack", "layers"]:
+    for name in session.posargs or ["fetch", "build", "matrix", "stack", "layers", "ci"]:
         # The engine benchmarks reuse the engine tier's helpers from tests/.
         session.run("python", f"bench/bench_{name}.py", env={"PYTHONPATH": "."})
 
@@ -72,18 +72,20 @@ def _matrix_params() -> list[Any]:
 @nox.session(python=False, tags=["matrix"])
 @nox.parametrize("cell", _matrix_params())
 def matrix(session: nox.Session, cell: str | None) -> None:
-    """Fetch, build, verify (and --push) images of versions.yaml; posargs: --versions --device --push --force --shard.
+    """Fetch, build, verify (and --push) images of versions.yaml; posargs: --versions --device --push --rerun --shard;
+    --list-json and --gitlab-pipeline print the cells for a CI system.
 
     Every option: `python -m modelarts_images.matrix --help`.
     """
     args = list(session.posargs)
     command = [sys.executable, "-m", "modelarts_images.matrix", *args]
     env = {"MODELARTS_MATRIX_RUN": MATRIX_RUN}
-    if any(arg == "--versions" or arg.startswith("--versions=") for arg in args):
-        # Another versions file: the cells above are versions.yaml's, so the first selected one runs every cell
-        # of that file (narrow with --only in posargs) in one process; the others have nothing left to do.
+    once = [arg for arg in args if arg.split("=", 1)[0] in _WHOLE_FILE_ARGS]
+    if once:
+        # Another versions file (the cells above are versions.yaml's), or a listing of the cells for CI: the
+        # first selected session does it for the whole file in one process; the others have nothing left to do.
         if _MATRIX_FILE_DONE:
-            session.skip("--versions given: the first matrix session ran every cell of that file")
+            session.skip(f"{once[0].split('=', 1)[0]} given: the first matrix session did it for the whole file")
         _MATRIX_FILE_DONE.append(True)
         session.run(*command, env=env)
         return
@@ -94,6 +96,7 @@ def matrix(session: nox.Session, cell: str | None) -> None:
 
 
 _MATRIX_FILE_DONE: list[bool] = []
+_WHOLE_FILE_ARGS = ("--versions", "--list-json", "--gitlab-pipeline")
 
 
 @nox.session(python=False, name="matrix_summary")

@@ -177,6 +177,7 @@ class Options:
     selection: Selection
     fallbacks: Mapping[str, str]  # invoke.yaml's values for versions.yaml keys an entry leaves out
     reports_dir: Path
+    ci_runners: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # cell tag -> CI runner labels
     fetch: FetchOptions
     build: BuildOptions
     verify: VerifyOptions
@@ -204,6 +205,7 @@ def resolve(section: Mapping[str, Any] | None, flags: Flags = Flags(), *, root: 
         selection=selection,
         fallbacks=configured.fallbacks,
         reports_dir=reports_dir,
+        ci_runners=configured.ci_runners,
         fetch=FetchOptions(
             cache_dir=configured.cache_dir,
             lock_path=selection.versions.with_suffix(".lock"),

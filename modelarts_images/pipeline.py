@@ -78,10 +78,12 @@ def check_bases_step(images: Sequence[ImageSpec], options: BuildOptions, engine:
         builder.check_bases(images, options, engine)
 
 
-def build_step(fetched: FetchedImage, options: BuildOptions, engine: Engine) -> builder.BuildResult:
+def build_step(fetched: FetchedImage, options: BuildOptions, engine: Engine, *,
+               labels: tuple[tuple[str, str], ...] = (), cache: builder.RegistryCache | None = None,
+               ) -> builder.BuildResult:
     """Build and tag one fetched image (its base checked by check_bases_step)."""
     with stage(BuildError):
-        return builder.build_image(fetched, options, engine)
+        return builder.build_image(fetched, options, engine, labels=labels, cache=cache)
 
 
 # --------------------------------------------------------------------------------------------------------------

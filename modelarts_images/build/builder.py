@@ -20,7 +20,15 @@ from pathlib import Path
 
 from modelarts_images import plan
 from modelarts_images.build import context
-from modelarts_images.engine.api import Backend, BaseImage, BaseImageSource, BuildRequest, Engine, Layer
+from modelarts_images.engine.api import (
+    Backend,
+    BaseImage,
+    BaseImageSource,
+    BuildRequest,
+    Engine,
+    Layer,
+    RegistryLogin,
+)
 from modelarts_images.errors import BuildError, ConfigError, EngineError
 from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
 from modelarts_images.options import BuildOptions
@@ -50,6 +58,9 @@ class BuildResult:
     backend: Backend
     stack: tuple[Layer, ...] = ()  # every layer, oldest first, with its diff id
     previous: tuple[str, ...] | None = None  # the diff ids of the image the tag named before; None: none
+    steps_ran: tuple[str, ...] = ()  # the RUN, COPY and ADD steps the builder ran
+    steps_cached: tuple[str, ...] = ()  # and those it took from a cache
+    pulled: tuple[str, ...] = ()  # layers (compressed digests) BuildKit pulled from a registry's cache
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -211,15 +222,32 @@ def _pip_secret(image: ImageSpec, inputs: BuildInputs) -> Iterator[tuple[tuple[s
         Path(name).unlink(missing_ok=True)
 
 
+@dataclass(frozen=True, kw_only=True)
+class RegistryCache:
+    """Images in a registry whose layers a BuildKit build may take instead of building them (their inline
+    cache), with the logins reading them needs: a runner that starts empty pulls what did not change."""
+
+    references: tuple[str, ...]
+    logins: tuple[RegistryLogin, ...] = ()
+
+
+# Every BuildKit image carries the cache metadata of its layers, so a later build can take them by --cache-from.
+INLINE_CACHE_ARG = ("BUILDKIT_INLINE_CACHE", "1")
+
+
 def _request(inputs: BuildInputs, options: BuildOptions, context_dir: Path,
-             secrets: tuple[tuple[str, Path], ...] = ()) -> BuildRequest:
+             secrets: tuple[tuple[str, Path], ...] = (), *, labels: tuple[tuple[str, str], ...] = (),
+             cache: RegistryCache | None = None) -> BuildRequest:
+    buildkit = options.backend is Backend.BUILDKIT
     return BuildRequest(
         backend=options.backend,
         context_dir=context_dir,
         target=inputs.target,
         tag=inputs.reference,
-        build_args=inputs.build_args,
-        labels=inputs.labels,
+        build_args=inputs.build_args + ((INLINE_CACHE_ARG,) if buildkit else ()),
+        labels=inputs.labels + labels,
+        cache_from=cache.references if cache is not None and buildkit and not options.no_cache else (),
+        cache_logins=cache.logins if cache is not None and buildkit and not options.no_cache else (),
         no_cache=options.no_cache,
         platform=options.platform,
         secrets=secrets,
@@ -227,8 +255,10 @@ def _request(inputs: BuildInputs, options: BuildOptions, context_dir: Path,
     )
 
 
-def build_image(fetched: FetchedImage, options: BuildOptions, engine: Engine) -> BuildResult:
-    """Build the image of a fetched entry and tag it with the entry's reference (its base checked already)."""
+def build_image(fetched: FetchedImage, options: BuildOptions, engine: Engine, *,
+                labels: tuple[tuple[str, str], ...] = (), cache: RegistryCache | None = None) -> BuildResult:
+    """Build the image of a fetched entry and tag it with the entry's reference (its base checked already);
+    `labels` are added to the entry's own, `cache` names registry images BuildKit may take layers from."""
     started = time.monotonic()
     image = fetched.image
     inputs = build_inputs(fetched, options)
@@ -236,13 +266,15 @@ def build_image(fetched: FetchedImage, options: BuildOptions, engine: Engine) ->
     context_dir = context.assemble(fetched, options.work_dir)
     before = engine.image(inputs.reference)
     with _pip_secret(image, inputs) as secrets:
-        image_id = engine.build(_request(inputs, options, context_dir, secrets))
+        built = engine.build(_request(inputs, options, context_dir, secrets, labels=labels, cache=cache))
+    image_id = built.image_id
     if not image_id:
         raise BuildError(f"{image.id}: the build reported no image id")
     summary = engine.summary(image_id, base_image=inputs.base_image)
     return BuildResult(reference=inputs.reference, image_id=summary.image_id, size=summary.size,
                        layers=summary.layers, duration=time.monotonic() - started, backend=options.backend,
-                       stack=summary.stack, previous=before.layers if before is not None else None)
+                       stack=summary.stack, previous=before.layers if before is not None else None,
+                       steps_ran=built.ran, steps_cached=built.cached, pulled=built.pulled)
 
 
 def build_command_preview(image: ImageSpec, options: BuildOptions) -> str:
@@ -300,6 +332,9 @@ def format_result(result: BuildResult) -> str:
     previous build of the tag had it already; then what a push to a registry holding that build would send."""
     lines = [f"{result.reference}: {result.image_id[:19]} {size(result.size)} built in {result.duration:.1f} s "
              f"({result.backend})"]
+    if result.steps_ran or result.steps_cached:
+        pulled = f"; {len(result.pulled)} layers pulled from the registry's cache" if result.pulled else ""
+        lines.append(f"  steps: {len(result.steps_ran)} ran, {len(result.steps_cached)} from the cache{pulled}")
     if not result.stack or not any(layer.step for layer in result.stack):
         lines += [f"  {size(layer.size):>9}  {'base ' if layer.from_base else ''}{layer.step}"
                   for layer in result.layers]

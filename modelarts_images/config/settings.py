@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ BUILTIN: Mapping[str, Any] = {
     "base_prefix": "",
     "extra_tags": [],
     "swr_project": "",
+    "ci_runners": {},
 }
 # invoke.yaml keys that fill a versions.yaml key the file itself leaves out.
 IMAGE_FALLBACKS = ("registry", "organization", "repository", "pip_index", "apt_mirror")
@@ -55,6 +57,7 @@ class Settings:
     base_prefix: str
     extra_tags: tuple[str, ...]
     swr_project: str  # the IAM project of SWR's long-term login; "" for the region's own
+    ci_runners: Mapping[str, tuple[str, ...]]  # cell tag (cpu, cuda12), `gpu` or `default` -> CI runner labels
 
 
 def where(key: str, env: Mapping[str, str] | None = None) -> str:
@@ -108,6 +111,7 @@ def resolve(section: Mapping[str, Any] | None, *, root: Path, backend: str | Non
         base_prefix=str(values["base_prefix"] or ""),
         extra_tags=split_ids(values["extra_tags"]),
         swr_project=str(values["swr_project"]).strip(),
+        ci_runners=_runners(values["ci_runners"], where("ci_runners", env)),
     )
 
 
@@ -145,6 +149,27 @@ def _mirrors(value: object) -> Mapping[str, str]:
         raise ConfigError(f"{where('mirrors')}: must map URL prefixes to replacement prefixes, "
                           "e.g. https://download.pytorch.org/whl/: https://mirror.example.com/pytorch/whl/")
     return dict(value)
+
+
+_RUNNER_KEY = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+def _runners(value: object, source: str) -> Mapping[str, tuple[str, ...]]:
+    """{tag: label or [labels]} -> {tag: (labels,)}."""
+    example = "e.g. {cpu: ubuntu-latest, cuda12: [self-hosted, gpu], default: ubuntu-latest}"
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{source}: must map cell tags (cpu, cuda11, cuda12, gpu, default) to runner labels, "
+                          f"{example}")
+    runners = {}
+    for key, labels in value.items():
+        if not isinstance(key, str) or not _RUNNER_KEY.match(key):
+            raise ConfigError(f"{source}: {key!r} is not a cell tag (cpu, cudaNN, gpu or default), {example}")
+        listed = [labels] if isinstance(labels, str) else labels
+        if not isinstance(listed, list) or not listed or not all(
+                isinstance(label, str) and label.strip() for label in listed):
+            raise ConfigError(f"{source}.{key}: must be a runner label or a list of them (got {labels!r}), {example}")
+        runners[key] = tuple(label.strip() for label in listed)
+    return runners
 
 
 def _flag(value: object) -> bool:

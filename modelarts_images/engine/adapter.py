@@ -13,6 +13,7 @@ from modelarts_images.engine.api import (
     Backend,
     BaseImage,
     BuildRequest,
+    Built,
     ContainerOutput,
     ContainerRun,
     GpuSupport,
@@ -91,7 +92,7 @@ class DockerEngine:
             self._buildkit = find_buildkit_cli()
         return self._buildkit
 
-    def build(self, request: BuildRequest) -> str:
+    def build(self, request: BuildRequest) -> Built:
         if request.backend is Backend.BUILDKIT:
             return builds.build_buildkit(request, self.buildkit_cli())
         return builds.build_classic(self.client, request)

@@ -78,6 +78,20 @@ class BuildRequest:
     secrets: tuple[tuple[str, Path], ...] = ()
     # what the classic builder is sent: these top-level entries of the context (the .dockerignore allow-list)
     context_entries: tuple[str, ...] = ()
+    # BuildKit: images in a registry whose inline cache the build may take layers from, and the logins it needs
+    cache_from: tuple[str, ...] = ()
+    cache_logins: tuple[RegistryLogin, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Built:
+    """What a build gave and did: its steps (RUN, COPY, ADD) that ran, those taken from a cache, and the layers
+    BuildKit pulled from a registry's cache (their compressed digests)."""
+
+    image_id: str
+    ran: tuple[str, ...] = ()
+    cached: tuple[str, ...] = ()
+    pulled: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -218,8 +232,8 @@ class Engine(Protocol):
 
     def base_image(self, reference: str) -> BaseImage: ...
 
-    def build(self, request: BuildRequest) -> str:
-        """Build and tag; the image id."""
+    def build(self, request: BuildRequest) -> Built:
+        """Build and tag; the image id and what the build did."""
         ...
 
     def image(self, reference: str) -> ImageConfig | None:

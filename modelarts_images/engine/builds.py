@@ -5,7 +5,9 @@ raises EngineError naming the failing step with the last lines of that step's ou
 
 from __future__ import annotations
 
+import base64
 import collections
+import json
 import logging
 import os
 import re
@@ -20,7 +22,7 @@ import docker
 import docker.errors
 import requests
 
-from modelarts_images.engine.api import BuildRequest
+from modelarts_images.engine.api import BuildRequest, Built, RegistryLogin
 from modelarts_images.engine.cli import BuildKitCli, buildkit_command, classic_equivalent
 from modelarts_images.errors import EngineError
 from modelarts_images.shared import redact
@@ -42,6 +44,15 @@ class _Transcript:
     step_names: dict[str, str] = field(default_factory=dict)  # BuildKit vertex '#7' -> '[conda 2/3] RUN ...'
     step_tails: dict[str, collections.deque[str]] = field(default_factory=dict)
     failed_vertex: str | None = None
+    cached: list[str] = field(default_factory=list)  # steps (RUN, COPY, ADD) taken from a cache
+    pulled: list[str] = field(default_factory=list)  # compressed digests of layers pulled from a registry's cache
+    cache_imports: set[str] = field(default_factory=set)  # BuildKit vertices reading a registry's cache
+
+    def built(self, image_id: str) -> Built:
+        cached = set(self.cached)
+        steps = [step for step in self.step_names.values() if _MAKES_A_STEP.search(step)]
+        return Built(image_id=image_id, ran=tuple(step for step in steps if step not in cached),
+                     cached=tuple(step for step in steps if step in cached), pulled=tuple(self.pulled))
 
     def line(self, text: str) -> str:
         text = _ANSI.sub("", text).rstrip("\r")
@@ -56,6 +67,8 @@ _BK_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _BK_VERTEX = re.compile(r"^(#\d+) (.*)$")
 _BK_NAME = re.compile(r"^\[[^\]]+\] ")
 _BK_LOG = re.compile(r"^\d+\.\d+ (.*)$")
+_BK_PULLING = re.compile(r"^pulling (sha256:[0-9a-f]{64})")
+_MAKES_A_STEP = re.compile(r"^(?:\[[^\]]+\]|Step \d+/\d+ :) (?:RUN|COPY|ADD) ")
 
 
 def _failure(tag: str, step: str | None, error: str, tail: Iterable[str]) -> EngineError:
@@ -107,8 +120,8 @@ def _tar_tree(root: Path, path: Path) -> Iterator[bytes]:
     yield bytes(-info.size % tarfile.BLOCKSIZE)
 
 
-def build_classic(client: docker.DockerClient, request: BuildRequest) -> str:
-    """Build with the classic builder through client.api.build; return the image id."""
+def build_classic(client: docker.DockerClient, request: BuildRequest) -> Built:
+    """Build with the classic builder through client.api.build."""
     if request.secrets:
         raise EngineError("the docker backend (classic builder) cannot pass build secrets; use --backend buildkit")
     transcript = _Transcript()
@@ -162,7 +175,7 @@ def build_classic(client: docker.DockerClient, request: BuildRequest) -> str:
             raise _failure(request.tag, transcript.step, "the engine ended the build without an image id",
                            transcript.tail)
         image_id = built[-1].split()[-1]
-    return image_id
+    return transcript.built(image_id)
 
 
 def _classic_line(transcript: _Transcript, raw: str) -> None:
@@ -170,16 +183,21 @@ def _classic_line(transcript: _Transcript, raw: str) -> None:
     text = transcript.line(raw)
     if _CLASSIC_STEP.match(text):
         transcript.step = text
+        transcript.step_names[str(len(transcript.step_names))] = text
         transcript.step_tails[""] = collections.deque(maxlen=TAIL_LINES)
+    if text.strip() == "---> Using cache" and transcript.step:
+        transcript.cached.append(transcript.step)
     if "" in transcript.step_tails and not text.startswith(("Removing intermediate container", " ---> ")):
         transcript.step_tails[""].append(text)
 
 
-def build_buildkit(request: BuildRequest, cli: BuildKitCli) -> str:
-    """Build with BuildKit through the docker CLI; return the image id."""
+def build_buildkit(request: BuildRequest, cli: BuildKitCli) -> Built:
+    """Build with BuildKit through the docker CLI."""
     with tempfile.TemporaryDirectory(prefix="modelarts-build-") as scratch:
         iidfile = Path(scratch) / "iid"
         command, extra_env = buildkit_command(cli, request, iidfile)
+        if request.cache_logins:
+            extra_env["DOCKER_CONFIG"] = str(_client_config(Path(scratch) / "docker-config", request.cache_logins))
         prefix = "".join(f"{name}={value} " for name, value in extra_env.items())
         log.info("+ %s%s", prefix, redact.command(command))
         transcript = _Transcript()
@@ -200,10 +218,40 @@ def build_buildkit(request: BuildRequest, cli: BuildKitCli) -> str:
         if returncode != 0:
             raise _buildkit_failure(request.tag, transcript, returncode)
         try:
-            return iidfile.read_text(encoding="utf-8").strip()
+            return transcript.built(iidfile.read_text(encoding="utf-8").strip())
         except OSError as error:
             raise _failure(request.tag, transcript.step, f"the build wrote no image id ({error})",
                            transcript.tail) from error
+
+
+def _client_config(directory: Path, logins: Sequence[RegistryLogin]) -> Path:
+    """A docker client configuration for one build: the user's own, with these logins for their registries, so
+    BuildKit can read the cache of an image in a registry the engine logged in to by API (a file only this user
+    can read, removed with the build's scratch directory; never an argument or a log line).
+
+    The user's plugins, buildx builders and contexts stay reachable through links; a credential store of the
+    user's is left out, since it would answer for every registry in place of these logins."""
+    home = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    try:
+        config = json.loads((home / "config.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    if not isinstance(config, dict):
+        config = {}
+    config.pop("credsStore", None)
+    auths = dict(config.get("auths") or {})
+    for login in logins:
+        token = base64.b64encode(f"{login.username}:{login.password}".encode()).decode("ascii")
+        auths[login.registry] = {"auth": token}
+    config["auths"] = auths
+    directory.mkdir(mode=0o700)
+    for name in ("cli-plugins", "buildx", "contexts"):
+        if (home / name).exists():
+            (directory / name).symlink_to(home / name)
+    descriptor = os.open(directory / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+        json.dump(config, stream)
+    return directory
 
 
 def _buildkit_line(transcript: _Transcript, raw: str) -> None:
@@ -216,8 +264,16 @@ def _buildkit_line(transcript: _Transcript, raw: str) -> None:
         transcript.step_names[vertex] = rest
         transcript.step = rest
         return
-    if rest.startswith("ERROR"):
+    if rest.startswith("importing cache manifest from "):
+        # a registry cache that is absent or unreadable only means a colder build: its error is not the build's
+        transcript.cache_imports.add(vertex)
+    if rest.startswith("ERROR") and vertex not in transcript.cache_imports:
         transcript.failed_vertex = transcript.failed_vertex or vertex
+    if rest == "CACHED" and vertex in transcript.step_names:
+        transcript.cached.append(transcript.step_names[vertex])
+    pulling = _BK_PULLING.match(rest)
+    if pulling and pulling.group(1) not in transcript.pulled:
+        transcript.pulled.append(pulling.group(1))
     if _BK_DIGEST.match(rest):
         return
     logged = _BK_LOG.match(rest)
@@ -228,7 +284,8 @@ def _buildkit_line(transcript: _Transcript, raw: str) -> None:
 def _buildkit_failure(tag: str, transcript: _Transcript, returncode: int) -> EngineError:
     vertex = transcript.failed_vertex
     step = transcript.step_names.get(vertex, transcript.step) if vertex else transcript.step
-    errors = [line for line in transcript.tail if re.match(r"^(error|ERROR)\b|^#\d+ ERROR", line)]
+    errors = [line for line in transcript.tail if re.match(r"^(error|ERROR)\b|^#\d+ ERROR", line)
+              and line.split(" ", 1)[0] not in transcript.cache_imports]
     error = errors[-1] if errors else f"docker exited with status {returncode}"
     tail: Iterable[str] = transcript.tail
     if vertex and vertex in transcript.step_tails:

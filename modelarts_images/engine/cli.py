@@ -142,6 +142,8 @@ def buildkit_command(cli: BuildKitCli, request: BuildRequest, iidfile: Path) -> 
     command += cli_options(request)
     for secret_id, path in request.secrets:
         command += ["--secret", f"id={secret_id},src={path}"]
+    for reference in request.cache_from:
+        command += ["--cache-from", reference]
     command.append(str(request.context_dir))
     return command, extra_env
 

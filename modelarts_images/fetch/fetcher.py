@@ -197,6 +197,35 @@ def _pinned(image: ImageSpec, locked: lockfile.LockedImage | None) -> lockfile.L
     return locked
 
 
+def locked_plan(image: ImageSpec, options: FetchOptions) -> FetchedImage | None:
+    """What fetching `image` would give, read from versions.lock alone (nothing is downloaded or checked, the
+    paths are where the cache would keep the files), or None when the lock does not pin all of it: for deciding
+    from the artifacts' sha256 whether a cell changed before fetching gigabytes."""
+    if options.refresh:
+        return None
+    plan = _pinned(image, lockfile.read(options.lock_path).get(image.id))
+    if plan is None or (options.closure and plan.closure is None):
+        return None
+    if image.stack.requirements and plan.stack is None:
+        return None
+    if any(sources.is_sdist(artifact.filename) for artifact in plan.stack or ()) and not plan.build_deps:
+        return None
+    files = (plan.installer, *plan.wheels, *(plan.closure or ()), *(plan.stack or ()), *plan.build_deps)
+    if any(not artifact.sha256 for artifact in files):
+        return None
+
+    def planned(artifact: Artifact) -> FetchedFile:
+        return FetchedFile(filename=artifact.filename, path=options.cache_dir / artifact.filename, url=artifact.url,
+                           sha256=artifact.sha256 or "")
+
+    return FetchedImage(image=image, installer=planned(plan.installer),
+                        wheels=tuple(planned(wheel) for wheel in plan.wheels),
+                        closure=None if plan.closure is None else tuple(planned(item) for item in plan.closure),
+                        stack=tuple(planned(item) for item in plan.stack or ()),
+                        build_deps=tuple(planned(item) for item in plan.build_deps),
+                        source_date_epoch=plan.source_date_epoch)
+
+
 def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress: ProgressCallback | None = None,
                  ) -> tuple[list[FetchedImage], FetchSummary]:
     started = time.monotonic()

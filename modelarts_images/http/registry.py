@@ -174,6 +174,26 @@ class Registry:
         return Manifest(digest=digest, media_type=media_type, size=len(body), config_digest=config_digest,
                         content_size=content_size)
 
+    def image_labels(self, name: str, manifest: Manifest) -> dict[str, str]:
+        """The labels in the image config a single manifest names (its blob, checked against its digest)."""
+        digest = manifest.config_digest
+        if digest is None:
+            raise RegistryError(f"{self.registry}/{name}@{manifest.digest}: a {manifest.media_type} names no image "
+                                "config")
+        response = self.request("GET", f"/v2/{name}/blobs/{digest}", scope=f"repository:{name}:pull")
+        if response.status_code != 200:
+            raise RegistryError(self._explain(response, f"reading the image config {digest} of {name}"))
+        computed = "sha256:" + hashlib.sha256(response.content).hexdigest()
+        if digest.startswith("sha256:") and computed != digest:
+            raise RegistryError(f"{self.registry}/{name}: the image config {digest} hashes to {computed}")
+        try:
+            document: Any = json.loads(response.content)
+            labels = (document.get("config") or {}).get("Labels") or {}
+        except (ValueError, AttributeError) as error:
+            raise RegistryError(f"{self.registry}/{name}: the image config {digest} is not an image config: "
+                                f"{error}") from None
+        return {str(key): str(value) for key, value in labels.items()} if isinstance(labels, dict) else {}
+
     def _get_or_head(self, method: str, name: str, tag: str) -> requests.Response | None:
         response = self.request(method, f"/v2/{name}/manifests/{tag}", scope=f"repository:{name}:pull",
                                 headers={"Accept": ACCEPT})

@@ -7,7 +7,8 @@ in nox's per-cell sessions) or with the others.
 
 Resumable: a cell's input hash covers the build context template (context/), the build arguments and target,
 the sha256 of every artifact fetch resolved (installer, wheels, dependency wheels), the verification script and
-probes (verify/), the backend and the steps asked for (device, push, extra tags).
+probes (verify/), the backend and the steps asked for (device, push, extra tags). The same hash without the push
+steps is the image's label INPUTS_LABEL: a cell whose tag in the registry carries it is unchanged there.
 """
 
 from __future__ import annotations
@@ -121,7 +122,9 @@ def cell_inputs(fetched: FetchedImage, steps: Steps, *, context_digest: str, ver
         "verify-script": verify_digest,
         # the backend decides the Dockerfile's target, and the stack's variables add a stage to it
         "backend": _digest({"backend": steps.build.backend, "target": inputs.target}),
-        "steps": _digest({"device": steps.device, "push": steps.push, "extra_tags": steps.extra_tags}),
+        "device": _digest({"device": steps.device}),
+        # what the cell does after verifying: not part of what its image is (REGISTRY_PARTS)
+        "publish": _digest({"push": steps.push, "extra_tags": steps.extra_tags}),
     }
 
 
@@ -135,6 +138,16 @@ def _stack_digest(image: ImageSpec) -> str:
 
 def cell_hash(parts: Mapping[str, str]) -> str:
     return _digest(dict(parts))
+
+
+# The label every image the matrix builds carries: the hash of the inputs that decide the image and its
+# verification (not whether it is pushed), so a cell finds its image in the registry unchanged from any runner.
+INPUTS_LABEL = "modelarts-images.inputs"
+_NOT_OF_THE_IMAGE = ("publish",)
+
+
+def image_hash(parts: Mapping[str, str]) -> str:
+    return _digest({name: value for name, value in parts.items() if name not in _NOT_OF_THE_IMAGE})
 
 
 def changed_inputs(old: Mapping[str, str] | None, new: Mapping[str, str]) -> list[str]:
@@ -172,6 +185,9 @@ class CellRecord:
     image_id: str = ""
     size: int | None = None
     layers: tuple[Layer, ...] = ()  # every layer of the image, oldest first, with its diff id
+    steps_ran: tuple[str, ...] = ()  # the build's RUN, COPY and ADD steps that ran
+    steps_cached: tuple[str, ...] = ()  # and those taken from a cache
+    layers_pulled: tuple[str, ...] = ()  # layers (compressed digests) taken from the registry's cache
     verification: ImageReport | None = None
     manifest: Manifest = field(default_factory=dict)
     digest: str | None = None  # when pushed
@@ -193,6 +209,8 @@ class CellRecord:
             "image_id": self.image_id, "size": self.size,
             "layers": [{"size": layer.size, "step": layer.step, "from_base": layer.from_base, "diff_id": layer.diff_id}
                        for layer in self.layers],
+            "steps_ran": list(self.steps_ran), "steps_cached": list(self.steps_cached),
+            "layers_pulled": list(self.layers_pulled),
             "python": self.python, "cuda": self.cuda, "torch": self.torch,
             "verification": self.verification.to_json() if self.verification is not None else None,
             "manifest": {section: list(lines) for section, lines in self.manifest.items()},
@@ -214,6 +232,9 @@ class CellRecord:
             image_id=str(data.get("image_id", "")), size=data.get("size"),
             layers=tuple(Layer(size=int(layer["size"]), step=str(layer["step"]), from_base=bool(layer["from_base"]),
                                diff_id=str(layer.get("diff_id", ""))) for layer in data.get("layers") or ()),
+            steps_ran=tuple(str(step) for step in data.get("steps_ran") or ()),
+            steps_cached=tuple(str(step) for step in data.get("steps_cached") or ()),
+            layers_pulled=tuple(str(digest) for digest in data.get("layers_pulled") or ()),
             verification=ImageReport.from_json(verification) if verification else None,
             manifest={str(k): tuple(str(line) for line in v) for k, v in (data.get("manifest") or {}).items()},
             digest=data.get("digest"), pushed=data.get("pushed"), training_job=data.get("training_job"),

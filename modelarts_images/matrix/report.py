@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from modelarts_images.errors import ConfigError
 from modelarts_images.matrix.cells import CellRecord, CellStatus
 from modelarts_images.shared.files import write_atomic
 from modelarts_images.shared.text import size
@@ -189,6 +190,46 @@ def summary_table(records: Sequence[CellRecord], *, tty: bool) -> str:
     widths = [max(len(value) for value in column) for column in zip(HEADERS, *rows, strict=False)]
     return "\n".join("  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)).rstrip()
                      for line in [HEADERS, *rows])
+
+
+def collect(paths: Sequence[Path], ids: Sequence[str]) -> tuple[list[CellRecord], list[str]]:
+    """The cell records found in `paths` (files, or directories searched for *.json, as a CI system downloads its
+    jobs' artifacts) for the cells `ids`, in that order, and the ids with none. Of two records of one cell the
+    later finished one counts (a job run again); a file that is not a cell record is named in the error."""
+    found: dict[str, CellRecord] = {}
+    files = [item for path in paths for item in (sorted(path.rglob("*.json")) if path.is_dir() else [path])]
+    for path in files:
+        try:
+            record = CellRecord.from_json(json.loads(path.read_text("utf-8")))
+        except FileNotFoundError:
+            raise ConfigError(f"--records: {path} does not exist") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ConfigError(f"--records: {path} is not a matrix cell record ({error!r})") from None
+        if record.id in found and found[record.id].finished >= record.finished:
+            continue
+        found[record.id] = record
+    unknown = sorted(set(found) - set(ids))
+    if unknown:
+        raise ConfigError(f"--records: {', '.join(unknown)} not among the versions file's cells (another versions "
+                          "file's records?)")
+    return [found[cell_id] for cell_id in ids if cell_id in found], [cell_id for cell_id in ids if cell_id not in found]
+
+
+def merge(reports_dir: Path, paths: Sequence[Path], ids: Sequence[str], *, tty: bool | None = None) -> int:
+    """The closing job of a CI matrix: the records its cell jobs left (`paths`), written as this directory's
+    report (matrix/<id>.json, matrix.json, matrix.md); the table; 1 when a cell failed or left no record."""
+    records, missing = collect(paths, ids)
+    for record in records:
+        write_cell(reports_dir, record)
+    write_reports(reports_dir, ids)
+    print(summary_table(records, tty=sys.stdout.isatty() if tty is None else tty))
+    for record in records:
+        if record.status is CellStatus.FAILED:
+            print(f"FAILED {record.id}: {record.reason}")
+    for cell_id in missing:
+        print(f"FAILED {cell_id}: no record (its job did not run to the end)")
+    failed = [record for record in records if record.status is CellStatus.FAILED]
+    return 1 if failed or missing else 0
 
 
 def print_summary(reports_dir: Path, *, run_token: str = "", tty: bool | None = None) -> int:

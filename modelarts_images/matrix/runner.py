@@ -4,6 +4,10 @@ Each cell runs the pipeline's steps, as `inv fetch build verify push` does; a fa
 next one runs; at the end MatrixError (exit 1) names every failed cell with its reason. A cell whose input hash
 (matrix.cells) equals the one of its last success, and whose image is still in the engine, is skipped with a
 line saying so, unless --rerun.
+
+With the registry (--push or --check-registry), for runners that start empty: a cell whose tag in the registry
+carries the image hash it has now (decided from versions.lock, before any download) is reported unchanged
+without fetching or building, and a cell that runs builds with BuildKit's cache from its tag in the registry.
 """
 
 from __future__ import annotations
@@ -20,27 +24,32 @@ from pathlib import Path
 from typing import Any
 
 from modelarts_images import pipeline
-from modelarts_images.build.builder import format_result
-from modelarts_images.engine.api import Engine
+from modelarts_images.build.builder import RegistryCache, format_result
+from modelarts_images.engine.api import Engine, RegistryLogin
 from modelarts_images.errors import ConfigError, ModelArtsImagesError, VerifyError
+from modelarts_images.fetch import fetcher as fetching
 from modelarts_images.matrix import report as reporting
 from modelarts_images.matrix.cells import (
+    INPUTS_LABEL,
     CellRecord,
     CellStatus,
     Steps,
     cell_hash,
     cell_inputs,
     changed_inputs,
+    image_hash,
     shard_cells,
     tree_digest,
 )
 from modelarts_images.matrix.state import State
-from modelarts_images.model import ImageSpec
+from modelarts_images.model import FetchedImage, ImageSpec
 from modelarts_images.options import Options
 from modelarts_images.paths import CONTEXT_TEMPLATE
+from modelarts_images.publish import publisher as publishing
 from modelarts_images.publish import trainingjob
 from modelarts_images.publish.publisher import summary as push_summary
 from modelarts_images.shared.files import check_writable
+from modelarts_images.shared.text import one_line
 from modelarts_images.verify.manifest import capture_manifest
 from modelarts_images.verify.report import format_report
 
@@ -62,6 +71,11 @@ class MatrixOptions:
     flavor_id: str | None = None  # for the training-job bodies
     run_token: str = ""  # marks the records of one nox run, for its closing summary
     template_dir: Path = CONTEXT_TEMPLATE  # hashed into every cell's inputs
+    check_registry: bool = False  # ask the registry whether a cell changed, and build with its cache
+
+    @property
+    def asks_registry(self) -> bool:
+        return self.push or self.check_registry
 
     @property
     def steps(self) -> Steps:
@@ -128,11 +142,12 @@ class Runner:
 
     def _run_cell(self, cell: _Cell, last: CellRecord | None) -> None:
         options, image = self.options, cell.image
+        if self.matrix.asks_registry and not self.matrix.rerun and self._unchanged_in_registry(cell):
+            return
         started = time.monotonic()
         (fetched,) = pipeline.fetch_step([image], options.fetch).images
         cell.timed("fetch", started)
-        inputs = cell_inputs(fetched, self.matrix.steps, context_digest=self.context_digest,
-                             verify_digest=self.verify_digest)
+        inputs = self._inputs(fetched)
         digest = cell_hash(inputs)
         cell.add(inputs=inputs, hash=digest,
                  changed=tuple(changed_inputs(last.inputs if last else None, inputs)))
@@ -155,6 +170,51 @@ class Runner:
             self._push(cell)
         cell.add(status=CellStatus.PASSED)
 
+    def _inputs(self, fetched: FetchedImage) -> dict[str, str]:
+        return cell_inputs(fetched, self.matrix.steps, context_digest=self.context_digest,
+                           verify_digest=self.verify_digest)
+
+    def _unchanged_in_registry(self, cell: _Cell) -> bool:
+        """Whether the cell's tag in the registry carries the input hash the cell has now, decided from
+        versions.lock's sha256 without fetching; the record then says so. When the lock does not pin everything
+        or the registry cannot say, the cell runs."""
+        started = time.monotonic()
+        planned = fetching.locked_plan(cell.image, self.options.fetch)
+        if planned is None:
+            log.info("%s: versions.lock does not pin all of it: fetching before asking the registry", cell.image.id)
+            return False
+        inputs = self._inputs(planned)
+        wanted = image_hash(inputs)
+        try:
+            remote = publishing.remote_image(cell.image, self.options.push, engine=self._engine(), env=os.environ)
+        except ModelArtsImagesError as error:
+            self.out(f"{cell.image.id}: the registry cannot say whether it changed ({one_line(str(error), 160)}): "
+                     "running it")
+            return False
+        if remote is None or remote.labels.get(INPUTS_LABEL) != wanted:
+            return False
+        self.out(f"{cell.image.id}: unchanged, {remote.reference} in the registry carries its input hash "
+                 f"{wanted[:12]} (--rerun runs it again)")
+        cell.add(status=CellStatus.SKIPPED, inputs=inputs, hash=cell_hash(inputs), digest=remote.digest,
+                 pushed=remote.reference, reason=f"unchanged in the registry: {remote.reference} ({remote.digest})")
+        cell.timed("registry", started)
+        return True
+
+    def _registry_cache(self, image: ImageSpec) -> RegistryCache | None:
+        """The cell's own tag in its registry, as BuildKit's cache source, with the login reading it needs."""
+        if not self.matrix.asks_registry:
+            return None
+        try:
+            credentials = publishing.credentials_for(image.registry, os.environ, self._engine(),
+                                                     region=self.options.push.region,
+                                                     project=self.options.push.project)
+        except ModelArtsImagesError as error:
+            log.info("%s: no login for the registry cache (%s)", image.id, error)
+            credentials = None
+        logins = () if credentials is None else (
+            RegistryLogin(registry=image.registry, username=credentials.username, password=credentials.password),)
+        return RegistryCache(references=(image.reference,), logins=logins)
+
     def _still_there(self, reference: str, image_id: str) -> bool:
         try:
             config = self._engine().image(reference)
@@ -165,9 +225,12 @@ class Runner:
     def _build(self, cell: _Cell, fetched: Any) -> None:
         engine = self._engine()
         pipeline.check_bases_step([cell.image], self.options.build, engine)
-        result = pipeline.build_step(fetched, self.options.build, engine)
+        labels = ((INPUTS_LABEL, image_hash(cell.record.inputs)),)
+        result = pipeline.build_step(fetched, self.options.build, engine, labels=labels,
+                                     cache=self._registry_cache(cell.image))
         self.out(format_result(result))
-        cell.add(image_id=result.image_id, size=result.size, layers=result.stack or result.layers)
+        cell.add(image_id=result.image_id, size=result.size, layers=result.stack or result.layers,
+                 steps_ran=result.steps_ran, steps_cached=result.steps_cached, layers_pulled=result.pulled)
         cell.took("build", result.duration)
 
     def _verify(self, cell: _Cell) -> None:

@@ -363,6 +363,31 @@ def _confirm(registry: Registry, target: swr.Reference, digest: str, local: Imag
     return found
 
 
+@dataclass(frozen=True, kw_only=True)
+class RemoteImage:
+    """What an entry's tag is in its registry."""
+
+    reference: str
+    digest: str
+    labels: Mapping[str, str]
+
+
+def remote_image(image: ImageSpec, options: PushOptions, *, engine: Engine, env: Mapping[str, str]
+                 ) -> RemoteImage | None:
+    """The entry's tag in its registry, with the labels of its image config; None when the tag is absent or is
+    not a single docker v2 image. RegistryError when the registry cannot be asked (no login, unreachable)."""
+    reference = swr.validate(swr.Reference.of(image))
+    credentials = credentials_for(reference.registry, env, engine, region=options.region, project=options.project,
+                                  use_docker_config=options.use_docker_config)
+    with Registry(reference.registry, credentials, retries=options.retries, backoff=options.backoff,
+                  region=options.region) as registry:
+        manifest = registry.manifest(reference.name, reference.tag)
+        if manifest is None or not manifest.is_docker_v2:
+            return None
+        return RemoteImage(reference=str(reference), digest=manifest.digest,
+                           labels=registry.image_labels(reference.name, manifest))
+
+
 def push_images(images: Sequence[ImageSpec], options: PushOptions, *, engine: Engine, env: Mapping[str, str],
                 progress: ProgressCallback | None = None, now: dt.datetime | None = None) -> list[PushRecord]:
     """Push the images one after the other; the first failure stops the rest (RegistryError, exit 6)."""

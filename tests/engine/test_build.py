@@ -33,6 +33,7 @@ from modelarts_images.engine.api import (
     BaseImage,
     BaseImageSource,
     BuildRequest,
+    Built,
     ImageConfig,
     ImageSummary,
 )
@@ -70,10 +71,10 @@ class RecordingEngine(FakeEngine):
         self.requests: list[BuildRequest] = []
         self.secret_texts: list[str] = []
 
-    def build(self, request: BuildRequest) -> str:
+    def build(self, request: BuildRequest) -> Built:
         self.requests.append(request)
         self.secret_texts += [path.read_text("utf-8") for _, path in request.secrets]
-        return "sha256:" + "0" * 64
+        return Built(image_id="sha256:" + "0" * 64)
 
     def image(self, reference: str) -> ImageConfig | None:
         return None  # no earlier build of the tag

@@ -6,6 +6,7 @@ from __future__ import annotations
 from modelarts_images.engine.api import (
     BaseImage,
     BuildRequest,
+    Built,
     ContainerOutput,
     ContainerRun,
     GpuSupport,
@@ -27,7 +28,7 @@ class FakeEngine:
     def base_image(self, reference: str) -> BaseImage:
         raise self._unexpected(f"base_image({reference!r})")
 
-    def build(self, request: BuildRequest) -> str:
+    def build(self, request: BuildRequest) -> Built:
         raise self._unexpected(f"build({request.tag!r})")
 
     def image(self, reference: str) -> ImageConfig | None:

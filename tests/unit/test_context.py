@@ -206,3 +206,68 @@ def test_long_names_survive_the_tar(tmp_path: Path) -> None:
     (tmp_path / "deps" / name).write_bytes(b"z" * 1000)
     with tarfile.open(fileobj=io.BytesIO(b"".join(builds.stream_context(tmp_path))), mode="r:") as archive:
         assert archive.getnames() == ["deps", f"deps/{name}"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What a build did, read from the builder's output
+
+
+BUILDKIT_OUTPUT = """\
+#1 [internal] load build definition from Dockerfile
+#1 DONE 0.0s
+#8 importing cache manifest from 127.0.0.1:5111/t/cx:1
+#8 DONE 0.0s
+#4 [builder 1/2] FROM docker.io/library/modelarts-test-base:bookworm
+#4 CACHED
+#5 [builder 2/2] RUN dd if=/dev/urandom of=/big bs=1M count=20
+#5 CACHED
+#6 [stage-1 2/3] COPY --from=builder /big /big
+#6 pulling sha256:e0a06db569b328cf93504b6facd1c9bfd580f69dfd702d35d55d99e890b18199 0.1s done
+#6 CACHED
+#7 [stage-1 3/3] RUN echo 3 > /y
+#7 0.232 built-final
+#7 DONE 0.3s
+#10 exporting to image
+"""
+
+CLASSIC_OUTPUT = """\
+Step 1/4 : FROM modelarts-test-base:bookworm
+ ---> cb2a3478b8fe
+Step 2/4 : COPY big /big
+ ---> Using cache
+ ---> 1a2b3c4d5e6f
+Step 3/4 : ENV A=1
+ ---> Using cache
+Step 4/4 : RUN echo 3 > /y
+ ---> Running in 0123456789ab
+"""
+
+
+def test_the_steps_that_ran_and_the_layers_pulled_are_read_from_the_output() -> None:
+    transcript = builds._Transcript()
+    for line in BUILDKIT_OUTPUT.splitlines():
+        builds._buildkit_line(transcript, line)
+    built = transcript.built("sha256:" + "1" * 64)
+    assert built.ran == ("[stage-1 3/3] RUN echo 3 > /y",)
+    assert built.cached == ("[builder 2/2] RUN dd if=/dev/urandom of=/big bs=1M count=20",
+                            "[stage-1 2/3] COPY --from=builder /big /big")
+    assert built.pulled == ("sha256:e0a06db569b328cf93504b6facd1c9bfd580f69dfd702d35d55d99e890b18199",)
+    classic = builds._Transcript()
+    for line in CLASSIC_OUTPUT.splitlines():
+        builds._classic_line(classic, line)
+    built = classic.built("sha256:" + "2" * 64)
+    assert (built.ran, built.cached, built.pulled) == (("Step 4/4 : RUN echo 3 > /y",), ("Step 2/4 : COPY big /big",),
+                                                       ())
+
+
+def test_an_absent_registry_cache_is_not_the_failure_of_the_build() -> None:
+    transcript = builds._Transcript()
+    for line in ["#8 importing cache manifest from 127.0.0.1:5111/t/cx:nope",
+                 "#8 ERROR: 127.0.0.1:5111/t/cx:nope: not found",
+                 "#5 [builder 2/2] RUN false",
+                 "#5 0.101 disk on fire",
+                 "#5 ERROR: executor failed running [/bin/sh -c false]: exit code: 1"]:
+        builds._buildkit_line(transcript, line)
+    message = str(builds._buildkit_failure("t", transcript, 1))
+    assert message.startswith("build of t failed at [builder 2/2] RUN false:"), message
+    assert "executor failed running" in message and "disk on fire" in message and "nope" not in message

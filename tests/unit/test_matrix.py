@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +102,9 @@ def test_hash_is_stable() -> None:
     (lambda: inputs(fetched(spec("a")), matrix.Steps(build=build_options(Backend.DOCKER), device=DeviceChoice.CPU,
                                                      push=False)), "backend"),
     (lambda: inputs(fetched(spec("a")), matrix.Steps(build=build_options(), device=DeviceChoice.BOTH, push=False)),
-     "steps"),
+     "device"),
     (lambda: inputs(fetched(spec("a")), matrix.Steps(build=build_options(), device=DeviceChoice.CPU, push=True)),
-     "steps"),
+     "publish"),
     (lambda: inputs(fetched(spec("a", tag="other"))), "build-args"),
     (lambda: inputs(fetched(spec("a", pip_index="https://u:secret@pypi.example/simple"))), "build-args"),
 ])
@@ -111,6 +113,8 @@ def test_one_input_changes_one_part(change: Any, part: str) -> None:
     after = change()
     assert matrix.changed_inputs(before, after) == [part]
     assert matrix.cell_hash(before) != matrix.cell_hash(after)
+    # the image's label: what decides the image and its verification, not whether it is pushed
+    assert (matrix.image_hash(before) == matrix.image_hash(after)) == (part == "publish")
 
 
 def test_losing_the_closure_changes_artifacts_and_build_args() -> None:
@@ -157,6 +161,7 @@ def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     calls: list[str] = []
     wheel_sha: dict[str, str] = {}
     failing: set[str] = set()
+    built_labels: dict[str, dict[str, str]] = {}
     summary = FetchSummary(fetched=0, reused=1, bytes_transferred=0, seconds=0.0, lock_updated=())
 
     def fake_fetch(images: Any, options: Any, **_: Any) -> pipeline.Fetched:
@@ -164,9 +169,11 @@ def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
         return pipeline.Fetched(images=(fetched(image, wheel_sha=wheel_sha.get(image.id, "a" * 64)),),
                                 summary=summary)
 
-    def fake_build(item: FetchedImage, options: Any, engine_: Any) -> BuildResult:
+    def fake_build(item: FetchedImage, options: Any, engine_: Any, *, labels: Any = (), cache: Any = None,
+                   ) -> BuildResult:
         image = item.image
         calls.append(image.id)
+        built_labels[image.id] = dict(labels)
         if image.id in failing:
             raise BuildError(f"{image.id}: step 3/9 failed: installer exited 1")
         engine.ids[image.reference] = f"sha256:{image.id}"
@@ -188,7 +195,7 @@ def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
     return type("Harness", (), {"run": staticmethod(run), "calls": calls, "wheel_sha": wheel_sha,
                                 "failing": failing, "lines": lines, "reports": tmp_path / "reports",
-                                "engine": engine})
+                                "labels": built_labels, "engine": engine})
 
 
 def test_rerun_skips_and_a_change_reruns_one_cell(harness: Any) -> None:
@@ -362,3 +369,60 @@ def test_a_corrupt_matrix_report_is_named_by_the_summary(tmp_path: Path, capsys:
     (tmp_path / "matrix.json").write_text('{"schema": 1, "cells": [{"id": 5}]}')
     assert report.print_summary(tmp_path) == 1
     assert capsys.readouterr().out.startswith(f"the matrix report {tmp_path / 'matrix.json'} cannot be read (")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CI fan-out: one job per cell, each with its own reports directory, merged by a closing job
+
+
+def _comparable(path: Path) -> list[dict[str, Any]]:
+    """matrix.json's cells without what differs between two runs of the same work (when, how long, which run)."""
+    cells = json.loads(path.read_text("utf-8"))["cells"]
+    return [{key: value for key, value in cell.items() if key not in ("finished", "durations", "run")}
+            for cell in cells]
+
+
+def test_per_cell_jobs_merged_reproduce_the_single_machine_report(harness: Any, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    cells = [spec(name) for name in "abc"]
+    ids = [cell.id for cell in cells]
+    harness.failing.add("b")
+    with pytest.raises(runner.MatrixError):
+        harness.run(cells)  # one machine, one reports directory
+    single = harness.reports / report.JSON_NAME
+    jobs = []
+    for cell in cells:  # one CI job per cell: its own runner, its own reports directory
+        job = tmp_path / f"job-{cell.id}"
+        options = resolve(None, root=job)
+        matrix_options = runner.MatrixOptions(options=options, template_dir=tmp_path / "context", run_token=cell.id)
+        with contextlib.suppress(runner.MatrixError):
+            runner.run_matrix([cell], matrix_options, file_ids=ids, engine=lambda: harness.engine, out=print,
+                              summary=False)
+        jobs.append(job / "reports" / report.CELLS_DIR)
+    collected = tmp_path / "collected"
+    for job_dir in jobs:  # what the CI system's artifact download leaves: the records side by side
+        for record in job_dir.glob("*.json"):
+            (collected / job_dir.parent.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(record, collected / job_dir.parent.parent.name / record.name)
+    merged_dir = tmp_path / "merged"
+    capsys.readouterr()
+    assert report.merge(merged_dir, [collected], ids, tty=False) == 1
+    out = capsys.readouterr().out
+    assert "FAILED b: b: step 3/9 failed" in out and "FAILED a" not in out
+    assert _comparable(merged_dir / report.JSON_NAME) == _comparable(single)
+    assert (merged_dir / report.MD_NAME).read_text("utf-8").count("## ") == 3
+
+
+def test_the_merge_names_a_cell_without_a_record_and_refuses_a_stranger(harness: Any, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    harness.run([spec("a")])
+    records = harness.reports / report.CELLS_DIR
+    assert report.merge(tmp_path / "merged", [records], ["a", "b"], tty=False) == 1
+    assert "FAILED b: no record" in capsys.readouterr().out
+    assert report.merge(tmp_path / "merged", [records / "a.json"], ["a"], tty=False) == 0
+    with pytest.raises(ConfigError, match="a not among the versions file's cells"):
+        report.merge(tmp_path / "merged", [records], ["b"])
+    (tmp_path / "junk.json").write_text("[]", "utf-8")
+    with pytest.raises(ConfigError, match=r"junk.json is not a matrix cell record") as caught:
+        report.merge(tmp_path / "merged", [tmp_path / "junk.json"], ["a"])
+    assert caught.value.exit_code == 2

@@ -13,6 +13,7 @@ from modelarts_images.engine.api import (
     BaseImage,
     BaseImageSource,
     BuildRequest,
+    Built,
     ContainerOutput,
     ContainerRun,
     GpuSupport,
@@ -100,7 +101,7 @@ class FailingBuild(FakeEngine):
     def image(self, reference: str) -> ImageConfig | None:
         return None  # no earlier build of the tag
 
-    def build(self, request: BuildRequest) -> str:
+    def build(self, request: BuildRequest) -> Built:
         raise EngineError(f"build of {request.tag} failed at RUN ...: exit 1")
 
 

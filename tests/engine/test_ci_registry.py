@@ -1,0 +1,166 @@
+"""A CI runner starts empty: the matrix asks the registry, not the engine, what is done already.
+
+One cell is built, verified and pushed to a local registry (htpasswd auth). Then, with the image and the
+download cache gone and a fresh reports directory, the cell is reported unchanged from its tag's input-hash
+label, without fetching or building. Then the engine's build cache is wiped and the cell's stack changes: the
+build takes every unchanged layer from the tag's inline cache in the registry and runs only the steps the
+change needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modelarts_images import pipeline
+from modelarts_images.config import versions as versions_config
+from modelarts_images.engine.adapter import DockerEngine
+from modelarts_images.http.registry import Registry
+from modelarts_images.matrix import runner
+from modelarts_images.matrix.cells import INPUTS_LABEL, CellRecord, CellStatus, image_hash
+from modelarts_images.model import FetchedFile
+from modelarts_images.options import Flags, resolve
+from modelarts_images.publish.swr import Credentials
+from tests.engine.conftest import STAND_IN_INSTALLER, remove_image
+from tests.engine.conftest_push import RunningRegistry, local_registry, push_engine  # noqa: F401 - fixtures
+from tests.support.http_server import serve
+from tests.support.wheels import make_wheel
+
+pytestmark = pytest.mark.engine
+
+
+@dataclasses.dataclass
+class Cell:
+    versions: Path
+    registry: RunningRegistry
+    reference: str
+
+    engine: Any
+
+    def run(self, reports: Path, cache: Path, **matrix: Any) -> CellRecord:
+        options = resolve({"cache_dir": str(cache), "reports_dir": str(reports)},
+                          Flags(versions=str(self.versions), device="cpu", backend="buildkit"))
+        images = versions_config.load_versions(self.versions).images
+        chosen = runner.MatrixOptions(options=options, **matrix)
+        (record,) = runner.run_matrix(images, chosen, engine=self.engine, out=print, summary=False)
+        return record
+
+
+@pytest.fixture
+def cell(push_engine: DockerEngine, local_registry: RunningRegistry, torch_wheel: Path,  # noqa: F811
+         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_client: Any) -> Iterator[Cell]:
+    monkeypatch.setenv("MODELARTS_REGISTRY_USER", local_registry.user)
+    monkeypatch.setenv("MODELARTS_REGISTRY_PASSWORD", local_registry.password)
+    installer, wheel = STAND_IN_INSTALLER.read_bytes(), torch_wheel.read_bytes()
+    tag = f"ci-{uuid.uuid4().hex[:8]}"
+    with serve() as server:
+        entry = {"id": "ci-cell", "python": "3.11", "cuda": "cpu", "torch": "2.13.0", "tag": tag,
+                 "registry": local_registry.host, "organization": "ci", "repository": "modelarts-images-test",
+                 "base_image": "modelarts-test-base:bookworm",
+                 "installer": {"url": server.add("/files/stand-in-installer.sh", installer),
+                               "sha256": hashlib.sha256(installer).hexdigest()},
+                 "wheels": [{"url": server.add("/files/" + torch_wheel.name.replace("+", "%2B"), wheel),
+                             "sha256": hashlib.sha256(wheel).hexdigest()}]}
+        versions = tmp_path / "versions.yaml"
+        versions.write_text(yaml.safe_dump({"images": [entry]}), "utf-8")
+        made = Cell(versions=versions, registry=local_registry,
+                    reference=f"{local_registry.host}/ci/modelarts-images-test:{tag}", engine=lambda: push_engine)
+        try:
+            yield made
+        finally:
+            remove_image(docker_client, made.reference)
+
+
+def _with_stack(files: dict[str, bytes], directory: Path) -> Any:
+    """pipeline.fetch_step, with these wheels added as the entry's stack (as versions.lock would pin them)."""
+    real = pipeline.fetch_step
+    staged = []
+    for name, data in files.items():
+        path = directory / name
+        path.write_bytes(data)
+        staged.append((name, path, hashlib.sha256(data).hexdigest()))
+
+    def fetch(images: Any, options: Any, **kwargs: Any) -> pipeline.Fetched:
+        fetched = real(images, options, **kwargs)
+        stack = tuple(FetchedFile(filename=name, path=path, url=f"https://stack.invalid/{name}", sha256=sha)
+                      for name, path, sha in staged)
+        return dataclasses.replace(fetched, images=tuple(
+            dataclasses.replace(item, stack=stack) for item in fetched.images))
+
+    return fetch
+
+
+def _compressed_sizes(cell: Cell) -> dict[str, int]:
+    """Each layer of the cell's tag in the registry: compressed digest -> size, read from its manifest."""
+    credentials = Credentials(registry=cell.registry.host, username=cell.registry.user,
+                              password=cell.registry.password, source="test")
+    name = cell.reference.split("/", 1)[1].rsplit(":", 1)[0]
+    with Registry(cell.registry.host, credentials) as registry:
+        response = registry.request("GET", f"/v2/{name}/manifests/{cell.reference.rsplit(':', 1)[1]}",
+                                    scope=f"repository:{name}:pull",
+                                    headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+    return {layer["digest"]: int(layer["size"]) for layer in json.loads(response.content)["layers"]}
+
+
+def test_a_fresh_runner_skips_through_the_registry_and_builds_from_its_cache(
+        cell: Cell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_client: Any) -> None:
+    # 1. build, verify and push the cell: the image carries its input hash and its inline cache
+    first = cell.run(tmp_path / "reports-1", tmp_path / "cache-1", push=True)
+    assert first.status is CellStatus.PASSED, first.reason
+    label = docker_client.images.get(cell.reference).labels[INPUTS_LABEL]
+    assert label == image_hash(first.inputs)
+    assert cell.versions.with_suffix(".lock").is_file(), "fetch pins the artifacts for the next runner"
+
+    # 2. a fresh runner: no image, no download cache, no reports; nothing is fetched or built
+    remove_image(docker_client, cell.reference)
+
+    def must_not(*_: Any, **__: Any) -> Any:
+        raise AssertionError("an unchanged cell was fetched or built")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "fetch_step", must_not)
+        patch.setattr(pipeline, "build_step", must_not)
+        started = time.monotonic()
+        skipped = cell.run(tmp_path / "reports-2", tmp_path / "cache-2", check_registry=True)
+        took = time.monotonic() - started
+    assert skipped.status is CellStatus.SKIPPED, skipped.reason
+    assert skipped.reason.startswith("unchanged in the registry") and skipped.digest == first.digest
+    assert image_hash(skipped.inputs) == label
+    assert not (tmp_path / "cache-2").exists(), "nothing was downloaded"
+    print(f"unchanged through the registry in {took:.2f} s")  # bench/bench_ci.py holds the target
+
+    # 3. the stack changes and the engine's build cache is wiped: the layers below the stack come from the
+    # registry's inline cache; only the conda stage (a builder stage, not in the image) and the stack run
+    subprocess.run(["docker", "builder", "prune", "-af"], check=True, capture_output=True, timeout=600)
+    (tmp_path / "stack").mkdir()
+    name = "ci_stack_probe-1.0-py3-none-any.whl"
+    monkeypatch.setattr(pipeline, "fetch_step", _with_stack({name: make_wheel(name)}, tmp_path / "stack"))
+    started = time.monotonic()
+    changed = cell.run(tmp_path / "reports-3", tmp_path / "cache-1", check_registry=True)
+    took = time.monotonic() - started
+    assert changed.status is CellStatus.PASSED, changed.reason
+    assert "artifacts" in changed.changed
+
+    def steps(which: tuple[str, ...], script: str) -> list[str]:
+        return [step for step in which if script in step]
+
+    assert steps(changed.steps_ran, "stack-install.sh") and steps(changed.steps_ran, "/out/stack/")
+    for unchanged in ("system-layer.sh", "user-layer.sh", "packages-install.sh", "/out/torch/", "/out/conda/"):
+        assert not steps(changed.steps_ran, unchanged), (unchanged, changed.steps_ran)
+    assert steps(changed.steps_cached, "/out/torch/") and steps(changed.steps_cached, "/out/system/")
+    sizes = _compressed_sizes(cell)  # the tag is still the first build's: nothing was pushed since
+    pulled = sum(sizes.get(digest, 0) for digest in changed.layers_pulled)
+    assert len(changed.layers_pulled) >= 4 and pulled > 0.9 * sum(sizes.values()), (changed.layers_pulled, sizes)
+    print(f"changed stack with the registry cache: {took:.2f} s, {len(changed.steps_ran)} steps ran, "
+          f"{len(changed.steps_cached)} from the cache, {len(changed.layers_pulled)} layers "
+          f"({pulled / 1e6:.1f} MB) pulled")
