@@ -121,8 +121,9 @@ def test_a_fresh_runner_skips_through_the_registry_and_builds_from_its_cache(
     assert label == image_hash(first.inputs)
     assert cell.versions.with_suffix(".lock").is_file(), "fetch pins the artifacts for the next runner"
 
-    # 2. a fresh runner: no image, no download cache, no reports; nothing is fetched or built
+    # 2. a fresh runner: no image, no build cache, no download cache, no reports; nothing is fetched or built
     remove_image(docker_client, cell.reference)
+    subprocess.run(["docker", "builder", "prune", "-af"], check=True, capture_output=True, timeout=600)
 
     def must_not(*_: Any, **__: Any) -> Any:
         raise AssertionError("an unchanged cell was fetched or built")
@@ -139,9 +140,8 @@ def test_a_fresh_runner_skips_through_the_registry_and_builds_from_its_cache(
     assert not (tmp_path / "cache-2").exists(), "nothing was downloaded"
     print(f"unchanged through the registry in {took:.2f} s")  # bench/bench_ci.py holds the target
 
-    # 3. the stack changes and the engine's build cache is wiped: the layers below the stack come from the
+    # 3. the stack changes (the engine's build cache is still empty): the layers below the stack come from the
     # registry's inline cache; only the conda stage (a builder stage, not in the image) and the stack run
-    subprocess.run(["docker", "builder", "prune", "-af"], check=True, capture_output=True, timeout=600)
     (tmp_path / "stack").mkdir()
     name = "ci_stack_probe-1.0-py3-none-any.whl"
     monkeypatch.setattr(pipeline, "fetch_step", _with_stack({name: make_wheel(name)}, tmp_path / "stack"))

@@ -12,14 +12,16 @@ import pytest
 
 from modelarts_images import pipeline
 from modelarts_images.build.builder import BuildResult
-from modelarts_images.engine.api import Backend, ImageConfig
-from modelarts_images.errors import BuildError, ConfigError
+from modelarts_images.engine.api import Backend, ImageConfig, RegistryLogin
+from modelarts_images.errors import BuildError, ConfigError, RegistryError
+from modelarts_images.fetch import fetcher
 from modelarts_images.fetch.fetcher import FetchSummary
 from modelarts_images.matrix import cells as matrix
 from modelarts_images.matrix import cli, report, runner
 from modelarts_images.matrix.cells import CellRecord, CellStatus
 from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
 from modelarts_images.options import BuildOptions, DeviceChoice, resolve
+from modelarts_images.publish import publisher
 from tests.support.fake_engine import FakeEngine, image_config
 
 
@@ -153,6 +155,9 @@ class ImagesOnly(FakeEngine):
 
     def image(self, reference: str) -> ImageConfig | None:
         return image_config(reference, image_id=self.ids[reference]) if reference in self.ids else None
+
+    def stored_login(self, registry: str) -> RegistryLogin | None:
+        return None  # `docker login` stored nothing
 
 
 @pytest.fixture
@@ -426,3 +431,37 @@ def test_the_merge_names_a_cell_without_a_record_and_refuses_a_stranger(harness:
     with pytest.raises(ConfigError, match=r"junk.json is not a matrix cell record") as caught:
         report.merge(tmp_path / "merged", [tmp_path / "junk.json"], ["a"])
     assert caught.value.exit_code == 2
+
+
+def test_the_registry_decides_before_any_fetch(harness: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --check-registry: a tag carrying the cell's image hash skips it; another hash, no tag, or a registry
+    that cannot be asked runs it (the real registry: tests/engine/test_ci_registry.py)."""
+    remote: dict[str, Any] = {}
+
+    def ask(image: ImageSpec, options: Any, **_: Any) -> publisher.RemoteImage | None:
+        if isinstance(remote.get("answer"), Exception):
+            raise remote["answer"]
+        return remote.get("answer")
+
+    monkeypatch.setattr(fetcher, "locked_plan", lambda image, options: fetched(image))
+    monkeypatch.setattr(publisher, "remote_image", ask)
+    first = harness.run([spec("a")], check_registry=True)  # no tag yet: built, labelled with its image hash
+    label = harness.labels["a"][matrix.INPUTS_LABEL]
+    assert first[0].status is CellStatus.PASSED and label == matrix.image_hash(first[0].inputs)
+    remote["answer"] = publisher.RemoteImage(reference="r/o/p:a", digest="sha256:" + "d" * 64,
+                                             labels={matrix.INPUTS_LABEL: label})
+    (skipped,) = harness.run([spec("a")], check_registry=True, rerun=False, run_token="t2")
+    assert skipped.status is CellStatus.SKIPPED and skipped.digest == "sha256:" + "d" * 64
+    assert harness.calls == ["a"] and "a: unchanged, r/o/p:a in the registry carries" in harness.lines[0]
+    (forced,) = harness.run([spec("a")], check_registry=True, rerun=True)
+    assert forced.status is CellStatus.PASSED and harness.calls == ["a", "a"]
+    remote["answer"] = publisher.RemoteImage(reference="r/o/p:a", digest="sha256:" + "d" * 64,
+                                             labels={matrix.INPUTS_LABEL: "0" * 64})
+    harness.engine.ids.clear()  # nor does the engine still hold it
+    assert harness.run([spec("a")], check_registry=True)[0].status is CellStatus.PASSED
+    remote["answer"] = RegistryError("127.0.0.1:5999: connection refused")
+    harness.engine.ids.clear()
+    assert harness.run([spec("a")], check_registry=True)[0].status is CellStatus.PASSED
+    assert any("the registry cannot say whether it changed (127.0.0.1:5999: connection refused): running it"
+               in line for line in harness.lines)
+    assert harness.calls == ["a"] * 4
