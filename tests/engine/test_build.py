@@ -127,6 +127,7 @@ def test_an_index_with_credentials_needs_the_secret_target(tmp_path: Path) -> No
     recorder = RecordingEngine()
     build.build_image(fetched, options(Backend.BUILDKIT, tmp_path / "work"), recorder)
     (request,) = recorder.requests
+    assert ("BUILDKIT_INLINE_CACHE", "1") in request.build_args, "every BuildKit image carries its cache"
     buildx = cli.BuildKitCli(path="docker", mode=cli.BuildKitMode.BUILDX, version="")
     command, _ = cli.buildkit_command(buildx, request, tmp_path / "iid")
     shown = redact.command(command)

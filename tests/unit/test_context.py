@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import io
+import json
 import logging
 import os
 import tarfile
@@ -13,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from modelarts_images.build import builder, context
-from modelarts_images.engine import builds
+from modelarts_images.engine import builds, cli
+from modelarts_images.engine.api import Backend, BuildRequest, RegistryLogin
 from modelarts_images.errors import ConfigError
 from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
 from modelarts_images.shared import files
@@ -271,3 +274,25 @@ def test_an_absent_registry_cache_is_not_the_failure_of_the_build() -> None:
     message = str(builds._buildkit_failure("t", transcript, 1))
     assert message.startswith("build of t failed at [builder 2/2] RUN false:"), message
     assert "executor failed running" in message and "disk on fire" in message and "nope" not in message
+
+
+def test_the_cache_login_goes_in_a_private_client_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home-config"
+    (home / "cli-plugins").mkdir(parents=True)
+    (home / "config.json").write_text(json.dumps({"credsStore": "desktop", "currentContext": "remote",
+                                                  "auths": {"other.example.com": {"auth": "b3RoZXI6eA=="}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(home))
+    login = RegistryLogin(registry="127.0.0.1:5000", username="robot", password="t0ken")
+    made = builds._client_config(tmp_path / "scratch", [login])
+    config = json.loads((made / "config.json").read_text("utf-8"))
+    assert config["auths"]["127.0.0.1:5000"] == {"auth": base64.b64encode(b"robot:t0ken").decode()}
+    assert config["auths"]["other.example.com"] and config["currentContext"] == "remote"
+    assert "credsStore" not in config, "a credential store would answer for the cache's registry too"
+    assert (made / "config.json").stat().st_mode & 0o777 == 0o600 and made.stat().st_mode & 0o777 == 0o700
+    assert (made / "cli-plugins").resolve() == home / "cli-plugins"
+    request = BuildRequest(backend=Backend.BUILDKIT, context_dir=tmp_path, target="image-buildkit", tag="r/o/p:t",
+                           build_args=(), labels=(), cache_from=("127.0.0.1:5000/o/p:t",), cache_logins=(login,))
+    command, _ = cli.buildkit_command(cli.BuildKitCli(path="docker", mode=cli.BuildKitMode.LEGACY, version=""),
+                                      request, tmp_path / "iid")
+    assert command[command.index("--cache-from") + 1] == "127.0.0.1:5000/o/p:t"
+    assert "t0ken" not in " ".join(command)
