@@ -1,9 +1,10 @@
 """CI benchmark: what a runner that starts empty pays for a cell, with the registry as its memory.
 
 The cell is the engine tests' (stand-in installer and the CPU torch 2.13.0 wheel, served on loopback, with the
-dependency wheels fetch resolves), on modelarts-test-base:bookworm plus a file naming the run (bench_stack.run_base:
-no cache record of an earlier run can stand in), run through the matrix (modelarts_images.matrix.runner) against
-a registry on 127.0.0.1:<free port> (scripts/registry-up.sh, htpasswd auth).
+dependency wheels fetch resolves), on modelarts-test-base:bookworm plus a file naming the run (run_base in
+tests/engine/conftest.py: no cache record or layer of an earlier run can stand in), run through the matrix
+(modelarts_images.matrix.runner) against a registry on 127.0.0.1:<free port> (scripts/registry-up.sh, htpasswd
+auth).
 
 1. The cell is built, verified and pushed. The image and the engine's whole build cache are removed and the
    download cache and reports start empty: the time the matrix takes to report the cell unchanged (through the
@@ -39,7 +40,6 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script: the project and its tests' helpers
 
-from bench.bench_stack import run_base  # noqa: E402
 from modelarts_images import pipeline  # noqa: E402
 from modelarts_images.config import versions as versions_config  # noqa: E402
 from modelarts_images.engine.adapter import connect  # noqa: E402
@@ -48,6 +48,7 @@ from modelarts_images.matrix.cells import CellRecord, CellStatus  # noqa: E402
 from modelarts_images.model import FetchedFile  # noqa: E402
 from modelarts_images.options import Flags, resolve  # noqa: E402
 from tests.engine import conftest as engine_tests  # noqa: E402
+from tests.engine.conftest import run_base  # noqa: E402
 from tests.engine.conftest_push import start_registry, stop_registry  # noqa: E402
 from tests.support.http_server import serve  # noqa: E402
 from tests.support.wheels import make_wheel  # noqa: E402

@@ -2,8 +2,8 @@
 verification takes against a bare `docker run`.
 
 The entry is the engine tests' (stand-in installer, the CPU torch 2.13.0 wheel and its dependency wheels from the
-host's index), on modelarts-test-base:bookworm plus a file naming the run (bench_stack.run_base: no cache record of
-an earlier run can stand in for this one's), built through modelarts_images.build with each backend.
+host's index), on modelarts-test-base:bookworm plus a file naming the run (run_base in tests/engine/conftest.py: no
+cache record of an earlier run can stand in for this one's), built through modelarts_images.build with each backend.
 
 1. Cold build, side by side, one run each, `--no-cache` for both: ours (context assembly included) against the
    original recipe's Dockerfile adapted as bench_build.py does (FROM lines, where its files come from), plus, for
@@ -44,7 +44,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script: the project and its tests' helpers
 
 from bench.bench_build import RECIPE, adapt_recipe, recipe_dockerfile  # noqa: E402
-from bench.bench_stack import run_base  # noqa: E402
 from modelarts_images.build import builder as build  # noqa: E402
 from modelarts_images.build import context  # noqa: E402
 from modelarts_images.engine.adapter import connect  # noqa: E402
@@ -56,6 +55,7 @@ from modelarts_images.publish import publisher  # noqa: E402
 from modelarts_images.shared.files import link_or_copy  # noqa: E402
 from modelarts_images.shared.text import size  # noqa: E402
 from tests.engine import conftest as engine_tests  # noqa: E402
+from tests.engine.conftest import run_base  # noqa: E402
 from tests.engine.conftest_push import start_registry, stop_registry  # noqa: E402
 
 GOALS = {"cold_build_ratio": 0.8, "rebuild_push_share": 0.05, "verify_ratio": 1.5}

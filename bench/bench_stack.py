@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import re
@@ -32,7 +31,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import uuid
@@ -52,7 +50,13 @@ if str(ROOT) not in sys.path:
 
 from modelarts_images.build import context  # noqa: E402
 from modelarts_images.shared.text import size  # noqa: E402
-from tests.engine.conftest import STAND_IN_INSTALLER, TEST_BASE, TORCH_VERSION, find_torch_wheel  # noqa: E402
+from tests.engine.conftest import (  # noqa: E402
+    STAND_IN_INSTALLER,
+    TEST_BASE,
+    TORCH_VERSION,
+    find_torch_wheel,
+    run_base,
+)
 from tests.engine.conftest_push import RunningRegistry, start_registry, stop_registry  # noqa: E402
 from tests.support.http_server import FileServer, serve  # noqa: E402
 
@@ -247,25 +251,6 @@ def cleanup(client: Any, references: list[str], made: set[str], registry: list[R
             stop_registry(running.port)
         for path in paths:
             shutil.rmtree(path, ignore_errors=True)
-
-
-def run_base(client: Any, reference: str, run_id: str) -> None:
-    """TEST_BASE plus one tiny layer (a file naming this run), so every stage of the Dockerfile has cache keys of
-    this run only: the engine's BuildKit keys a local base image by its layers, not by its labels.
-
-    BuildKit keeps a record per build under a cache key (--no-cache adds one) and a later build takes the oldest:
-    on the test base itself, the rebuild after the cold build takes the layers of an earlier run's build of the
-    same steps (timestamps make each build's layers differ), and the push sends almost everything again.
-    """
-    dockerfile = f"FROM {TEST_BASE}\nCOPY run /etc/modelarts-bench-stack-run\n".encode()
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w") as tar:
-        for name, data in (("Dockerfile", dockerfile), ("run", f"{run_id}\n".encode())):
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), int(time.time())
-            tar.addfile(info, io.BytesIO(data))
-    archive.seek(0)
-    client.images.build(fileobj=archive, custom_context=True, tag=reference, rm=True, pull=False)
 
 
 def image_id(client: Any, reference: str) -> str:

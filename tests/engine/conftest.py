@@ -16,10 +16,13 @@ CI machine); MODELARTS_IMAGES_TEST_NO_CACHE=1 rebuilds every step.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -217,3 +220,22 @@ def run_in(client: Any, image: str, script: str, *, user: str | None = None) -> 
         return int(status), container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
     finally:
         container.remove(force=True)
+
+
+def run_base(client: Any, reference: str, run_id: str) -> None:
+    """TEST_BASE plus one tiny layer (a file naming this run), so every stage of the Dockerfile has cache keys of
+    this run only: the engine's BuildKit keys a local base image by its layers, not by its labels.
+
+    BuildKit keeps a record per build under a cache key (--no-cache adds one) and a later build takes the oldest:
+    on the test base itself, the rebuild after the cold build takes the layers of an earlier run's build of the
+    same steps (timestamps make each build's layers differ), and the push sends almost everything again.
+    """
+    dockerfile = f"FROM {TEST_BASE}\nCOPY run /etc/modelarts-test-run\n".encode()
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for name, data in (("Dockerfile", dockerfile), ("run", f"{run_id}\n".encode())):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    archive.seek(0)
+    client.images.build(fileobj=archive, custom_context=True, tag=reference, rm=True, pull=False)

@@ -31,7 +31,7 @@ from modelarts_images.matrix.cells import INPUTS_LABEL, CellRecord, CellStatus, 
 from modelarts_images.model import FetchedFile
 from modelarts_images.options import Flags, resolve
 from modelarts_images.publish.swr import Credentials
-from tests.engine.conftest import STAND_IN_INSTALLER, remove_image
+from tests.engine.conftest import STAND_IN_INSTALLER, remove_image, run_base
 from tests.engine.conftest_push import RunningRegistry, local_registry, push_engine  # noqa: F401 - fixtures
 from tests.support.http_server import serve
 from tests.support.wheels import make_wheel
@@ -59,14 +59,18 @@ class Cell:
 @pytest.fixture
 def cell(push_engine: DockerEngine, local_registry: RunningRegistry, torch_wheel: Path,  # noqa: F811
          tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_client: Any) -> Iterator[Cell]:
+    """The cell, on a base of its own: the engine then holds none of its layers but the base's (other tests'
+    images on the test base have the same, reproducible, layers), as a fresh runner would."""
     monkeypatch.setenv("MODELARTS_REGISTRY_USER", local_registry.user)
     monkeypatch.setenv("MODELARTS_REGISTRY_PASSWORD", local_registry.password)
     installer, wheel = STAND_IN_INSTALLER.read_bytes(), torch_wheel.read_bytes()
-    tag = f"ci-{uuid.uuid4().hex[:8]}"
+    run = uuid.uuid4().hex[:8]
+    tag, base = f"ci-{run}", f"modelarts-test-base-ci:{run}"
+    run_base(docker_client, base, run)
     with serve() as server:
         entry = {"id": "ci-cell", "python": "3.11", "cuda": "cpu", "torch": "2.13.0", "tag": tag,
                  "registry": local_registry.host, "organization": "ci", "repository": "modelarts-images-test",
-                 "base_image": "modelarts-test-base:bookworm",
+                 "base_image": base,
                  "installer": {"url": server.add("/files/stand-in-installer.sh", installer),
                                "sha256": hashlib.sha256(installer).hexdigest()},
                  "wheels": [{"url": server.add("/files/" + torch_wheel.name.replace("+", "%2B"), wheel),
@@ -79,6 +83,7 @@ def cell(push_engine: DockerEngine, local_registry: RunningRegistry, torch_wheel
             yield made
         finally:
             remove_image(docker_client, made.reference)
+            remove_image(docker_client, base)
 
 
 def _with_stack(files: dict[str, bytes], directory: Path) -> Any:
@@ -162,8 +167,8 @@ def test_a_fresh_runner_skips_through_the_registry_and_builds_from_its_cache(
     for unchanged in ("system-layer.sh", "user-layer.sh", "packages-install.sh", "/out/torch/", "/out/conda/"):
         assert not steps(changed.steps_ran, unchanged), (unchanged, changed.steps_ran)
     assert steps(changed.steps_cached, "/out/torch/") and steps(changed.steps_cached, "/out/system/")
-    # every layer of the tag but the base's (the runner has its base) came from the registry: the tag is still the
-    # first build's, nothing was pushed since
+    # every layer of the tag but the base's (the runner has its base) came from the registry (the tag is still the
+    # first build's: nothing was pushed since)
     _base, *own = _compressed_sizes(cell)
     assert {digest for digest, _ in own} <= set(changed.layers_pulled), (changed.layers_pulled, own)
     pulled = sum(size for digest, size in dict(own).items() if digest in changed.layers_pulled)
