@@ -10,6 +10,8 @@
 # formats) for this run only; the original files are put back afterwards.
 set -eu
 [ "$#" -gt 0 ] || { echo "usage: apt-install.sh PACKAGE..." >&2; exit 2; }
+# coreutils 9.1's `cp -a --parents` resolves an absolute source's parents from the working directory: work from /.
+cd /
 rm -f /etc/apt/sources.list.d/cuda.list /etc/apt/sources.list.d/nvidia-ml.list
 saved=$(mktemp -d)
 for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
