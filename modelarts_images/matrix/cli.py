@@ -86,9 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "replaces a pushed tag", file=sys.stderr)
         loaded = versions.load_versions(options.selection.versions, fallbacks=options.fallbacks)
         file_ids = [image.id for image in loaded.images]
-        if args.summary:
-            return reporting.merge(options.reports_dir, args.records, file_ids)
         images = versions.select(loaded, only=versions.split_ids(args.only), all_images=not args.only)
+        if args.summary:  # the cells the CI matrix was given (--only narrows it), in the file's order
+            return reporting.merge(options.reports_dir, args.records, [image.id for image in images])
         if args.list_json or args.gitlab_pipeline:
             cells = ci.ci_cells(shard_cells(images, parse_shard(args.shard), file_ids=file_ids), options.ci_runners)
             document = ci.github_matrix(cells) if args.list_json else ci.gitlab_pipeline(cells)

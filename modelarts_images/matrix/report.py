@@ -210,8 +210,8 @@ def collect(paths: Sequence[Path], ids: Sequence[str]) -> tuple[list[CellRecord]
         found[record.id] = record
     unknown = sorted(set(found) - set(ids))
     if unknown:
-        raise ConfigError(f"--records: {', '.join(unknown)} not among the versions file's cells (another versions "
-                          "file's records?)")
+        raise ConfigError(f"--records: {', '.join(unknown)} not among the selected cells of the versions file "
+                          "(another versions file's records, or --only leaves them out?)")
     return [found[cell_id] for cell_id in ids if cell_id in found], [cell_id for cell_id in ids if cell_id not in found]
 
 

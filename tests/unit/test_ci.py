@@ -158,3 +158,23 @@ def test_the_github_workflow_consumes_what_the_emitter_prints(tmp_path: Path) ->
     summary_runs = _job_steps(jobs["summary"])
     assert any("matrix_summary -- --records collected" in run for run in summary_runs)
     assert jobs["summary"]["if"] == "always()"
+
+
+def test_the_summary_merges_the_selected_cells_and_names_the_missing(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    versions, config = write_files(tmp_path, None)
+    collected = tmp_path / "collected"
+    collected.mkdir()
+    record = {"id": "cpu-cell", "reference": "localhost:5999/tests/ci:cpu", "status": "passed", "python": "3.11",
+              "cuda": "cpu", "torch": "2.13.0", "finished": "2026-01-01T00:00:00+00:00"}
+    (collected / "cpu-cell.json").write_text(json.dumps(record), "utf-8")
+    common = ["--versions", str(versions), "--config", str(config), "--summary", "--records", str(collected)]
+    assert main([*common, "--only", "cpu-cell"]) == 0
+    merged = json.loads((tmp_path / "reports" / "matrix.json").read_text("utf-8"))
+    assert [cell["id"] for cell in merged["cells"]] == ["cpu-cell"]
+    capsys.readouterr()
+    assert main(common) == 1  # the whole file: two cells left no record
+    out = capsys.readouterr().out
+    assert "FAILED cuda12-cell: no record" in out and "FAILED cuda13-cell: no record" in out
+    assert main(["--versions", str(versions), "--config", str(config), "--records", str(collected)]) == 2
+    assert "--records: goes with --summary" in capsys.readouterr().err

@@ -425,7 +425,7 @@ def test_the_merge_names_a_cell_without_a_record_and_refuses_a_stranger(harness:
     assert report.merge(tmp_path / "merged", [records], ["a", "b"], tty=False) == 1
     assert "FAILED b: no record" in capsys.readouterr().out
     assert report.merge(tmp_path / "merged", [records / "a.json"], ["a"], tty=False) == 0
-    with pytest.raises(ConfigError, match="a not among the versions file's cells"):
+    with pytest.raises(ConfigError, match="a not among the selected cells of the versions file"):
         report.merge(tmp_path / "merged", [records], ["b"])
     (tmp_path / "junk.json").write_text("[]", "utf-8")
     with pytest.raises(ConfigError, match=r"junk.json is not a matrix cell record") as caught:
