@@ -367,19 +367,24 @@ def adapt_recipe(original: str, *, installer: str, wheels: Sequence[str], base: 
     return text, changes
 
 
+def write_recipe_context(directory: Path, dockerfile: str, fetched: FetchedImage) -> Path:
+    """The recipe's build context: its Dockerfile, pip.conf, and the same cache files as ours (hard links)."""
+    (directory / "deps").mkdir(parents=True)
+    (directory / "Dockerfile").write_text(dockerfile, "utf-8")
+    (directory / "pip.conf").write_text(context.render_pip_conf(fetched.image.pip_index), "utf-8")
+    for item in (fetched.installer, *fetched.wheels):
+        link_or_copy(item.path, directory / item.filename)
+    for item in fetched.closure or ():
+        link_or_copy(item.path, directory / "deps" / item.filename)
+    return directory
+
+
 def build_recipe(work: Path, fetched: FetchedImage, reference: str) -> tuple[float, list[str]]:
     """The recipe's context from the same cache files (hardlinks), built with the same BuildKit CLI."""
     installer = fetched.installer.filename
     dockerfile, changes = adapt_recipe(recipe_dockerfile(RECIPE.read_text("utf-8")), installer=installer,
                                        wheels=[wheel.filename for wheel in fetched.wheels], base=TEST_BASE)
-    recipe_dir = work / "recipe-context"
-    (recipe_dir / "deps").mkdir(parents=True)
-    (recipe_dir / "Dockerfile").write_text(dockerfile, "utf-8")
-    (recipe_dir / "pip.conf").write_text(context.render_pip_conf(fetched.image.pip_index), "utf-8")
-    for item in (fetched.installer, *fetched.wheels):
-        link_or_copy(item.path, recipe_dir / item.filename)
-    for item in fetched.closure or ():
-        link_or_copy(item.path, recipe_dir / "deps" / item.filename)
+    recipe_dir = write_recipe_context(work / "recipe-context", dockerfile, fetched)
     command = [DOCKER, "build", "-t", reference, str(recipe_dir)]
     seconds, _ = timed_run(command, env={"DOCKER_BUILDKIT": "1"}, what="build of the recipe's Dockerfile")
     return seconds, changes

@@ -20,7 +20,6 @@ auth).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
@@ -45,10 +44,9 @@ from modelarts_images.config import versions as versions_config  # noqa: E402
 from modelarts_images.engine.adapter import connect  # noqa: E402
 from modelarts_images.matrix import runner  # noqa: E402
 from modelarts_images.matrix.cells import CellRecord, CellStatus  # noqa: E402
-from modelarts_images.model import FetchedFile  # noqa: E402
 from modelarts_images.options import Flags, resolve  # noqa: E402
 from tests.engine import conftest as engine_tests  # noqa: E402
-from tests.engine.conftest import run_base  # noqa: E402
+from tests.engine.conftest import fetch_with_stack, run_base  # noqa: E402
 from tests.engine.conftest_push import start_registry, stop_registry  # noqa: E402
 from tests.support.http_server import serve  # noqa: E402
 from tests.support.wheels import make_wheel  # noqa: E402
@@ -110,19 +108,9 @@ def main() -> None:
             results["unchanged"] = {"seconds": round(seconds, 2), "reason": unchanged.reason}
 
             log("2. the stack changes")
-            stack = work / "stack"
-            stack.mkdir()
+            (work / "stack").mkdir()
             name = "bench_stack_probe-1.0-py3-none-any.whl"
-            (stack / name).write_bytes(make_wheel(name, padding=200_000))
-            item = FetchedFile(filename=name, path=stack / name, url=f"https://stack.invalid/{name}",
-                               sha256=hashlib.sha256((stack / name).read_bytes()).hexdigest())
-
-            def with_stack(images: Any, options: Any, **kwargs: Any) -> pipeline.Fetched:
-                fetched = real_fetch(images, options, **kwargs)
-                return dataclasses.replace(fetched, images=tuple(
-                    dataclasses.replace(entry, stack=(item,)) for entry in fetched.images))
-
-            pipeline.fetch_step = with_stack
+            pipeline.fetch_step = fetch_with_stack({name: make_wheel(name, padding=200_000)}, work / "stack")
             measured: dict[str, Any] = {}
             for mode, matrix in (("cold", {}), ("registry_cache", {"check_registry": True})):
                 with contextlib.suppress(docker.errors.NotFound):  # gone after step 1

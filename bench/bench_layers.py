@@ -43,16 +43,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script: the project and its tests' helpers
 
-from bench.bench_build import RECIPE, adapt_recipe, recipe_dockerfile  # noqa: E402
+from bench.bench_build import RECIPE, adapt_recipe, recipe_dockerfile, write_recipe_context  # noqa: E402
 from modelarts_images.build import builder as build  # noqa: E402
-from modelarts_images.build import context  # noqa: E402
 from modelarts_images.engine.adapter import connect  # noqa: E402
 from modelarts_images.engine.api import Backend  # noqa: E402
 from modelarts_images.engine.cli import BuildKitMode, find_buildkit_cli  # noqa: E402
 from modelarts_images.model import FetchedImage  # noqa: E402
 from modelarts_images.options import BuildOptions, PushOptions  # noqa: E402
 from modelarts_images.publish import publisher  # noqa: E402
-from modelarts_images.shared.files import link_or_copy  # noqa: E402
 from modelarts_images.shared.text import size  # noqa: E402
 from tests.engine import conftest as engine_tests  # noqa: E402
 from tests.engine.conftest import run_base  # noqa: E402
@@ -88,15 +86,7 @@ def recipe_context(work: Path, fetched: FetchedImage, *, classic: bool) -> Path:
         dockerfile, count = re.subn(r"^(COPY (?:[^\n]*\\\n)*[^\n]*) \./tmp$", r"\1 ./tmp/", dockerfile, flags=re.M)
         dockerfile = dockerfile.replace("--chown=ma-user ", "--chown=ma-user:100 ")
         assert count == 1 and "--chown=ma-user:100" in dockerfile, "the recipe changed: adapt bench_layers.py"
-    directory = work / ("recipe-classic" if classic else "recipe-buildkit")
-    (directory / "deps").mkdir(parents=True)
-    (directory / "Dockerfile").write_text(dockerfile, "utf-8")
-    (directory / "pip.conf").write_text(context.render_pip_conf(fetched.image.pip_index), "utf-8")
-    for item in (fetched.installer, *fetched.wheels):
-        link_or_copy(item.path, directory / item.filename)
-    for item in fetched.closure or ():
-        link_or_copy(item.path, directory / "deps" / item.filename)
-    return directory
+    return write_recipe_context(work / ("recipe-classic" if classic else "recipe-buildkit"), dockerfile, fetched)
 
 
 def build_recipe(directory: Path, reference: str, backend: Backend) -> float:

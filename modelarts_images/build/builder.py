@@ -239,6 +239,7 @@ def _request(inputs: BuildInputs, options: BuildOptions, context_dir: Path,
              secrets: tuple[tuple[str, Path], ...] = (), *, labels: tuple[tuple[str, str], ...] = (),
              cache: RegistryCache | None = None) -> BuildRequest:
     buildkit = options.backend is Backend.BUILDKIT
+    cached_from = cache if cache is not None and buildkit and not options.no_cache else RegistryCache(references=())
     return BuildRequest(
         backend=options.backend,
         context_dir=context_dir,
@@ -246,8 +247,8 @@ def _request(inputs: BuildInputs, options: BuildOptions, context_dir: Path,
         tag=inputs.reference,
         build_args=inputs.build_args + ((INLINE_CACHE_ARG,) if buildkit else ()),
         labels=inputs.labels + labels,
-        cache_from=cache.references if cache is not None and buildkit and not options.no_cache else (),
-        cache_logins=cache.logins if cache is not None and buildkit and not options.no_cache else (),
+        cache_from=cached_from.references,
+        cache_logins=cached_from.logins,
         no_cache=options.no_cache,
         platform=options.platform,
         secrets=secrets,

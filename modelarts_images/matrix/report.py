@@ -222,13 +222,17 @@ def merge(reports_dir: Path, paths: Sequence[Path], ids: Sequence[str], *, tty: 
     for record in records:
         write_cell(reports_dir, record)
     write_reports(reports_dir, ids)
+    return _show(records, tty=tty, missing=missing)
+
+
+def _show(records: Sequence[CellRecord], *, tty: bool | None, missing: Sequence[str] = ()) -> int:
+    """The table, then each failed cell with its reason and each cell without a record; 1 when there is any."""
     print(summary_table(records, tty=sys.stdout.isatty() if tty is None else tty))
-    for record in records:
-        if record.status is CellStatus.FAILED:
-            print(f"FAILED {record.id}: {record.reason}")
+    failed = [record for record in records if record.status is CellStatus.FAILED]
+    for record in failed:
+        print(f"FAILED {record.id}: {record.reason}")
     for cell_id in missing:
         print(f"FAILED {cell_id}: no record (its job did not run to the end)")
-    failed = [record for record in records if record.status is CellStatus.FAILED]
     return 1 if failed or missing else 0
 
 
@@ -247,8 +251,4 @@ def print_summary(reports_dir: Path, *, run_token: str = "", tty: bool | None = 
         return 1
     if run_token:
         records = [record for record in records if record.run == run_token]
-    print(summary_table(records, tty=sys.stdout.isatty() if tty is None else tty))
-    failed = [record for record in records if record.status is CellStatus.FAILED]
-    for record in failed:
-        print(f"FAILED {record.id}: {record.reason}")
-    return 1 if failed else 0
+    return _show(records, tty=tty)

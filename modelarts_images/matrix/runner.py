@@ -48,6 +48,7 @@ from modelarts_images.paths import CONTEXT_TEMPLATE
 from modelarts_images.publish import publisher as publishing
 from modelarts_images.publish import trainingjob
 from modelarts_images.publish.publisher import summary as push_summary
+from modelarts_images.publish.swr import Credentials
 from modelarts_images.shared.files import check_writable
 from modelarts_images.shared.text import one_line
 from modelarts_images.verify.manifest import capture_manifest
@@ -113,6 +114,7 @@ class Runner:
         self._engine = engine
         self.out = out
         self.state = State(self.options.reports_dir)
+        self._logins: dict[str, Credentials | None] = {}
         self.context_digest = tree_digest(matrix.template_dir)
         self.verify_digest = tree_digest(self.options.verify.script_dir)
 
@@ -186,7 +188,8 @@ class Runner:
         inputs = self._inputs(planned)
         wanted = image_hash(inputs)
         try:
-            remote = publishing.remote_image(cell.image, self.options.push, engine=self._engine(), env=os.environ)
+            remote = publishing.remote_image(cell.image, self.options.push,
+                                             credentials=self._credentials(cell.image.registry))
         except ModelArtsImagesError as error:
             self.out(f"{cell.image.id}: the registry cannot say whether it changed ({one_line(str(error), 160)}): "
                      "running it")
@@ -205,15 +208,20 @@ class Runner:
         if not self.matrix.asks_registry:
             return None
         try:
-            credentials = publishing.credentials_for(image.registry, os.environ, self._engine(),
-                                                     region=self.options.push.region,
-                                                     project=self.options.push.project)
+            credentials = self._credentials(image.registry)
         except ModelArtsImagesError as error:
             log.info("%s: no login for the registry cache (%s)", image.id, error)
             credentials = None
         logins = () if credentials is None else (
             RegistryLogin(registry=image.registry, username=credentials.username, password=credentials.password),)
         return RegistryCache(references=(image.reference,), logins=logins)
+
+    def _credentials(self, registry: str) -> Credentials | None:
+        """The login for a registry, looked up once per run (asked before a cell's build and for its cache)."""
+        if registry not in self._logins:
+            self._logins[registry] = publishing.options_credentials(registry, self.options.push,
+                                                                    engine=self._engine(), env=os.environ)
+        return self._logins[registry]
 
     def _still_there(self, reference: str, image_id: str) -> bool:
         try:

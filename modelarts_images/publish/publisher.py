@@ -246,9 +246,7 @@ class _Publisher:
 
     def credentials_for(self, registry: str) -> swr.Credentials | None:
         if registry not in self.credentials:
-            self.credentials[registry] = credentials_for(registry, self.env, self.engine, region=self.options.region,
-                                                         project=self.options.project,
-                                                         use_docker_config=self.options.use_docker_config)
+            self.credentials[registry] = options_credentials(registry, self.options, engine=self.engine, env=self.env)
         return self.credentials[registry]
 
     def auth_for(self, registry: str) -> RegistryAuth | None:
@@ -372,13 +370,18 @@ class RemoteImage:
     labels: Mapping[str, str]
 
 
-def remote_image(image: ImageSpec, options: PushOptions, *, engine: Engine, env: Mapping[str, str]
+def options_credentials(registry: str, options: PushOptions, *, engine: Engine, env: Mapping[str, str]
+                        ) -> swr.Credentials | None:
+    """credentials_for with the push options' region, project and docker-config fallback."""
+    return credentials_for(registry, env, engine, region=options.region, project=options.project,
+                           use_docker_config=options.use_docker_config)
+
+
+def remote_image(image: ImageSpec, options: PushOptions, *, credentials: swr.Credentials | None,
                  ) -> RemoteImage | None:
     """The entry's tag in its registry, with the labels of its image config; None when the tag is absent or is
     not a single docker v2 image. RegistryError when the registry cannot be asked (no login, unreachable)."""
     reference = swr.validate(swr.Reference.of(image))
-    credentials = credentials_for(reference.registry, env, engine, region=options.region, project=options.project,
-                                  use_docker_config=options.use_docker_config)
     with Registry(reference.registry, credentials, retries=options.retries, backoff=options.backoff,
                   region=options.region) as registry:
         manifest = registry.manifest(reference.name, reference.tag)

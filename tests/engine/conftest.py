@@ -16,6 +16,8 @@ CI machine); MODELARTS_IMAGES_TEST_NO_CACHE=1 rebuilds every step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import io
 import os
 import shutil
@@ -30,6 +32,7 @@ from typing import Any, NoReturn
 
 import pytest
 
+from modelarts_images import pipeline
 from modelarts_images.engine.adapter import DockerEngine, connect
 from modelarts_images.errors import EngineError
 from modelarts_images.fetch.cache import sha256_of
@@ -239,3 +242,23 @@ def run_base(client: Any, reference: str, run_id: str) -> None:
             tar.addfile(info, io.BytesIO(data))
     archive.seek(0)
     client.images.build(fileobj=archive, custom_context=True, tag=reference, rm=True, pull=False)
+
+
+def fetch_with_stack(files: dict[str, bytes], directory: Path) -> Any:
+    """pipeline.fetch_step as it is now, with these wheels (written to `directory`) as each entry's stack, as if
+    versions.lock pinned them: a stack change without an index to resolve it from."""
+    real = pipeline.fetch_step
+    staged = []
+    for name, data in files.items():
+        path = directory / name
+        path.write_bytes(data)
+        staged.append((name, path, hashlib.sha256(data).hexdigest()))
+
+    def fetch(images: Any, options: Any, **kwargs: Any) -> pipeline.Fetched:
+        fetched = real(images, options, **kwargs)
+        stack = tuple(FetchedFile(filename=name, path=path, url=f"https://stack.invalid/{name}", sha256=sha)
+                      for name, path, sha in staged)
+        return dataclasses.replace(fetched, images=tuple(
+            dataclasses.replace(item, stack=stack) for item in fetched.images))
+
+    return fetch

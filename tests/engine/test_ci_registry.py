@@ -28,10 +28,9 @@ from modelarts_images.engine.adapter import DockerEngine
 from modelarts_images.http.registry import Registry
 from modelarts_images.matrix import runner
 from modelarts_images.matrix.cells import INPUTS_LABEL, CellRecord, CellStatus, changed_inputs, image_hash
-from modelarts_images.model import FetchedFile
 from modelarts_images.options import Flags, resolve
 from modelarts_images.publish.swr import Credentials
-from tests.engine.conftest import STAND_IN_INSTALLER, remove_image, run_base
+from tests.engine.conftest import STAND_IN_INSTALLER, fetch_with_stack, remove_image, run_base
 from tests.engine.conftest_push import RunningRegistry, local_registry, push_engine  # noqa: F401 - fixtures
 from tests.support.http_server import serve
 from tests.support.wheels import make_wheel
@@ -87,25 +86,6 @@ def cell(push_engine: DockerEngine, local_registry: RunningRegistry, torch_wheel
             remove_image(docker_client, base)
 
 
-def _with_stack(files: dict[str, bytes], directory: Path) -> Any:
-    """pipeline.fetch_step, with these wheels added as the entry's stack (as versions.lock would pin them)."""
-    real = pipeline.fetch_step
-    staged = []
-    for name, data in files.items():
-        path = directory / name
-        path.write_bytes(data)
-        staged.append((name, path, hashlib.sha256(data).hexdigest()))
-
-    def fetch(images: Any, options: Any, **kwargs: Any) -> pipeline.Fetched:
-        fetched = real(images, options, **kwargs)
-        stack = tuple(FetchedFile(filename=name, path=path, url=f"https://stack.invalid/{name}", sha256=sha)
-                      for name, path, sha in staged)
-        return dataclasses.replace(fetched, images=tuple(
-            dataclasses.replace(item, stack=stack) for item in fetched.images))
-
-    return fetch
-
-
 def _compressed_sizes(cell: Cell) -> list[tuple[str, int]]:
     """Each layer of the cell's tag in the registry, oldest first: (compressed digest, size), from its manifest."""
     credentials = Credentials(registry=cell.registry.host, username=cell.registry.user,
@@ -154,7 +134,7 @@ def test_a_fresh_runner_skips_through_the_registry_and_builds_from_its_cache(
     cell.versions.write_text(yaml.safe_dump(document), "utf-8")
     (tmp_path / "stack").mkdir()
     name = "ci_stack_probe-1.0-py3-none-any.whl"
-    monkeypatch.setattr(pipeline, "fetch_step", _with_stack({name: make_wheel(name)}, tmp_path / "stack"))
+    monkeypatch.setattr(pipeline, "fetch_step", fetch_with_stack({name: make_wheel(name)}, tmp_path / "stack"))
     started = time.monotonic()
     changed = cell.run(tmp_path / "reports-3", tmp_path / "cache-1", check_registry=True)
     took = time.monotonic() - started
