@@ -24,37 +24,40 @@ from modelarts_images.config.wheels import TORCH_FAMILY
 from modelarts_images.model import Requirement, Stack, sha256_problem
 from modelarts_images.shared import redact
 
-Problems = list[tuple[tuple[str | int, ...], str]]
+Where = tuple[str | int, ...]
+Problems = list[tuple[Where, str]]
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # What ModelArts and the image itself rely on: the conda python on PATH, unbuffered output, the NVIDIA runtime's
 # variables, the user's home, and the variables the platform injects into every job.
 PROTECTED_ENV = ("PATH", "HOME", "PYTHONUNBUFFERED", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES")
 PROTECTED_PREFIXES = ("MA_", "VC_")
-# Whole words of a name (HF_TOKEN, DB_PASSWORD, AWS_SECRET_ACCESS_KEY), not parts of one (TOKENIZERS_PARALLELISM).
-_SECRET_NAME = re.compile(r"(^|_)(PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIALS?|AK|SK|APIKEY)(_|$)|"
-                          r"(ACCESS|SECRET|PRIVATE|API)_KEY(_|$)", re.IGNORECASE)
+# Whole words of a name (HF_TOKEN, DB_PASSWORD, WANDB_API_KEY, SSH_KEY), not parts of one (TOKENIZERS_PARALLELISM,
+# MONKEY_PATCH).
+_SECRET_NAME = re.compile(r"(^|_)(PASSWORD|PASSWD|PASSPHRASE|SECRET|TOKEN|CREDENTIALS?|AK|SK|APIKEY|KEY)(_|$)",
+                          re.IGNORECASE)
 _HASH_OPTION = re.compile(r"--hash[= ](?P<algorithm>[a-z0-9]+):(?P<digest>\S+)")
 
 
 def read_stack(defaults: Mapping[str, Any], entry: Mapping[str, Any], *, base: Path,
-               at: tuple[str | int, ...]) -> tuple[Stack, Problems]:
+               at: Where) -> tuple[Stack, Problems]:
     """The entry's stack with the defaults' combined, and every problem with its key path (at: the entry's)."""
     problems: Problems = []
-    requirements: dict[str, Requirement] = {}
+    requirements: dict[str, tuple[Requirement, Where]] = {}
     for source, where in ((defaults, ("defaults",)), (entry, at)):
-        found: list[Requirement] = []
+        found: list[tuple[Requirement, Where]] = []
         if "requirements" in source:
             found += _requirements_file(base, str(source["requirements"]), (*where, "requirements"), problems)
         for index, text in enumerate(source.get("packages", ())):
-            requirement = _requirement(str(text), (*where, "packages", index), problems)
+            spot = (*where, "packages", index)
+            requirement = _requirement(str(text), spot, problems)
             if requirement is not None:
-                found.append(requirement)
-        for requirement in found:
+                found.append((requirement, spot))
+        for requirement, spot in found:
             requirements.pop(requirement.name, None)  # a later pin of a project replaces the earlier one
-            requirements[requirement.name] = requirement
+            requirements[requirement.name] = (requirement, spot)
     stack = Stack(
-        requirements=tuple(requirements.values()),
+        requirements=tuple(requirement for requirement, _ in requirements.values()),
         apt_packages=tuple(_merged(defaults.get("apt_packages", ()), entry.get("apt_packages", ()),
                                    key=lambda name: name.split("=", 1)[0])),
         env=tuple(_env({**defaults.get("env", {}), **entry.get("env", {})}, at, problems).items()),
@@ -62,14 +65,14 @@ def read_stack(defaults: Mapping[str, Any], entry: Mapping[str, Any], *, base: P
         build_from_source=tuple(_merged((canonicalize_name(str(name)) for name in defaults.get(
             "build_from_source", ())), (canonicalize_name(str(name)) for name in entry.get("build_from_source", ())))),
     )
-    problems += _torch_problems(stack.requirements, entry, at)
+    problems += _torch_problems(requirements.values(), entry)
     for name in stack.build_from_source:
         if name not in requirements:
             problems.append(((*at, "build_from_source"), f"'{name}' is not a requirement of this image's stack"))
     return stack, problems
 
 
-def _requirement(text: str, where: tuple[str | int, ...], problems: Problems,
+def _requirement(text: str, where: Where, problems: Problems,
                  hashes: Sequence[str] = ()) -> Requirement | None:
     try:
         parsed = Pep508(text)
@@ -83,7 +86,7 @@ def _requirement(text: str, where: tuple[str | int, ...], problems: Problems,
     return Requirement(text=str(parsed), name=canonicalize_name(parsed.name), hashes=tuple(hashes))
 
 
-def _requirements_file(base: Path, name: str, where: tuple[str | int, ...], problems: Problems) -> list[Requirement]:
+def _requirements_file(base: Path, name: str, where: Where, problems: Problems) -> list[tuple[Requirement, Where]]:
     """The requirements of a pip requirements file: one per line (a trailing backslash continues it), comments
     dropped, `--hash=sha256:...` kept; other options refused (the index is pip_index, the file's pins are ours)."""
     path = base / name
@@ -92,7 +95,7 @@ def _requirements_file(base: Path, name: str, where: tuple[str | int, ...], prob
     except (OSError, UnicodeDecodeError) as error:
         problems.append((where, f"{path}: cannot be read ({getattr(error, 'strerror', None) or error})"))
         return []
-    found: list[Requirement] = []
+    found: list[tuple[Requirement, Where]] = []
     for number, line in _logical_lines(text):
         spot = (*where[:-1], f"{where[-1]} ({path.name} line {number})")
         hashes = []
@@ -109,7 +112,7 @@ def _requirements_file(base: Path, name: str, where: tuple[str | int, ...], prob
             continue
         parsed = _requirement(requirement, spot, problems, hashes)
         if parsed is not None:
-            found.append(parsed)
+            found.append((parsed, spot))
     return found
 
 
@@ -137,7 +140,7 @@ def _merged(first: Iterable[str], second: Iterable[str], *, key: Any = None) -> 
     return list(seen.values())
 
 
-def _env(env: Mapping[str, Any], at: tuple[str | int, ...], problems: Problems) -> dict[str, str]:
+def _env(env: Mapping[str, Any], at: Where, problems: Problems) -> dict[str, str]:
     checked: dict[str, str] = {}
     for name, value in env.items():
         where = (*at, "env", str(name))
@@ -145,7 +148,7 @@ def _env(env: Mapping[str, Any], at: tuple[str | int, ...], problems: Problems) 
             problems.append((where, "is not a variable name (letters, digits and '_', not starting with a digit)"))
         elif name in PROTECTED_ENV or str(name).startswith(PROTECTED_PREFIXES):
             problems.append((where, "is set by the image or by ModelArts itself and cannot be replaced"))
-        elif _SECRET_NAME.search(str(name)) or redact.has_credentials(str(value)):
+        elif _SECRET_NAME.search(str(name)) or redact.has_credentials(str(value)) or redact.has_token(str(value)):
             problems.append((where, "looks like a credential, which would be stored in the image's config for "
                                     "anyone who pulls it; give it to the training job at run time instead"))
         else:
@@ -153,7 +156,7 @@ def _env(env: Mapping[str, Any], at: tuple[str | int, ...], problems: Problems) 
     return checked
 
 
-def _checks(base: Path, names: Sequence[Any], at: tuple[str | int, ...], problems: Problems) -> list[Path]:
+def _checks(base: Path, names: Sequence[Any], at: Where, problems: Problems) -> list[Path]:
     found: dict[str, Path] = {}
     for index, name in enumerate(names):
         path = (base / str(name)).resolve()
@@ -170,19 +173,22 @@ def _checks(base: Path, names: Sequence[Any], at: tuple[str | int, ...], problem
     return list(found.values())
 
 
-def _torch_problems(requirements: Sequence[Requirement], entry: Mapping[str, Any],
-                    at: tuple[str | int, ...]) -> Problems:
-    """A requirement that names torch, torchvision or torchaudio directly must allow the entry's own version
-    (a requirement that needs another one through a dependency is refused when the stack is resolved)."""
+def _torch_problems(requirements: Iterable[tuple[Requirement, Where]], entry: Mapping[str, Any]) -> Problems:
+    """A requirement that names torch, torchvision or torchaudio directly must allow the entry's own version,
+    with or without the local label of the entry's build ('2.9.1+cu128', '2.9.1+cpu'); a requirement that needs
+    another one through a dependency is refused when the stack is resolved."""
     problems: Problems = []
-    for requirement in requirements:
+    cuda = str(entry.get("cuda", ""))
+    label = "cpu" if cuda == "cpu" else "cu" + cuda.replace(".", "")
+    for requirement, where in requirements:
         if requirement.name not in TORCH_FAMILY:
             continue
         wanted = entry.get(requirement.name)
         specifier = SpecifierSet(str(Pep508(requirement.text).specifier))
-        if wanted is None or not specifier.contains(str(wanted), prereleases=True):
+        if wanted is None or not any(specifier.contains(version, prereleases=True)
+                                     for version in (str(wanted), f"{wanted}+{label}")):
             has = f"{requirement.name} {wanted}" if wanted else f"no {requirement.name}"
-            problems.append(((*at, "packages"), f"'{requirement.text}' asks for another {requirement.name} than "
-                                                f"the entry's ({has}); the entry's torch family is fixed by its "
-                                                "torch, torchvision and torchaudio keys"))
+            problems.append((where, f"'{requirement.text}' asks for another {requirement.name} than "
+                                    f"the entry's ({has}); the entry's torch family is fixed by its "
+                                    "torch, torchvision, torchaudio and cuda keys"))
     return problems

@@ -255,7 +255,7 @@ def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress
         resolved = _resolved(image, plan, wheels, fresh=fresh, options=options, fetcher=fetcher)
         rest = fetcher.many([(artifact, image.id) for artifact in (*(resolved.closure or ()), *(resolved.stack or ()))])
         stack = tuple(rest[artifact.url] for artifact in resolved.stack or ())
-        _check_hashes(image, stack)
+        _check_hashes(image, rest.values())
         build_deps = resolved.build_deps
         sdists = [item for item in stack if sources.is_sdist(item.filename)]
         if sdists and (fresh or not build_deps) and not options.locked:
@@ -316,9 +316,10 @@ def _resolved(image: ImageSpec, plan: lockfile.LockedImage, wheels: Sequence[Fet
     return replace(plan, closure=resolution.closure, stack=resolution.stack, build_deps=())
 
 
-def _check_hashes(image: ImageSpec, stack: Sequence[FetchedFile]) -> None:
-    """A requirements file's `--hash` values, honoured: the file the stack resolved to must be one of them."""
-    by_project = {sources.project_of(item.filename): item for item in stack}
+def _check_hashes(image: ImageSpec, resolved: Iterable[FetchedFile]) -> None:
+    """A requirements file's `--hash` values, honoured: the file a requirement resolved to must be one of them,
+    whether it went into the stack's layer or, being a dependency of torch too, into the torch layer's."""
+    by_project = {sources.project_of(item.filename): item for item in resolved}
     for requirement in image.stack.requirements:
         item = by_project.get(requirement.name)
         if requirement.hashes and item is not None and item.sha256 not in requirement.hashes:

@@ -88,3 +88,16 @@ def command(argv: Sequence[str], secrets: Iterable[str] = ()) -> str:
 def about(address: str, message: str) -> str:
     """`message` (an HTTP library's error about `address`, which may quote it) with that URL's secrets masked."""
     return text(message, url_secrets(address))
+
+
+# Tokens whose issuers give them a recognisable shape: Hugging Face, GitHub, GitLab, OpenAI-style API keys,
+# AWS access key ids, Slack, JSON web tokens, and PEM private keys.
+_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}|\bgh[pousr]_[A-Za-z0-9]{30,}|\bgithub_pat_[A-Za-z0-9_]{20,}|"
+                    r"\bglpat-[A-Za-z0-9_-]{20,}|\bsk-[A-Za-z0-9_-]{20,}|\b(AKIA|ASIA)[0-9A-Z]{16}\b|"
+                    r"\bxox[abprs]-[A-Za-z0-9-]{10,}|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.|"
+                    r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+
+
+def has_token(value: str) -> bool:
+    """Whether the text holds something shaped like an access token or a private key."""
+    return _TOKEN.search(value) is not None

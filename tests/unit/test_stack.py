@@ -88,6 +88,10 @@ def test_requirements_files_keep_their_hashes_and_refuse_other_options(tmp_path:
     ({"env": {"MA_JOB_DIR": "/x"}}, "images[0].env.MA_JOB_DIR: is set by the image or by ModelArts itself"),
     ({"env": {"HF_TOKEN": "hf_x"}}, "images[0].env.HF_TOKEN: looks like a credential"),
     ({"env": {"INDEX": "https://u:pw@h.example/simple"}}, "images[0].env.INDEX: looks like a credential"),
+    ({"env": {"WANDB_KEY": "0123"}}, "images[0].env.WANDB_KEY: looks like a credential"),
+    ({"env": {"HUB": "hf_" + "a1B2" * 9}}, "images[0].env.HUB: looks like a credential"),
+    ({"env": {"GIT_AUTH_HEADER": "Bearer ghp_" + "x9" * 18}}, "images[0].env.GIT_AUTH_HEADER: looks like a credential"),
+    ({"env": {"CLOUD_ID": "AKIA" + "ABCDEFGH23456789"}}, "images[0].env.CLOUD_ID: looks like a credential"),
     ({"env": {"LINE": "a\nb"}}, "images[0].env.LINE: 'a\\nb' must be one line"),
     ({"checks": ["missing.py"]}, "images[0].checks[0]: "),
     ({"checks": ["run.sh"]}, "a check is a Python script"),
@@ -100,9 +104,26 @@ def test_a_stack_that_cannot_work_is_refused_naming_the_key(tmp_path: Path, entr
     assert text.startswith("versions.yaml: ") and message in text
 
 
+def test_a_pin_of_the_entrys_own_build_is_kept_and_another_build_is_refused(tmp_path: Path) -> None:
+    image = load(tmp_path, {"packages": ["torch==2.13.0+cpu", "einops"]})
+    assert [r.text for r in image.stack.requirements] == ["torch==2.13.0+cpu", "einops"]
+    message = refused(tmp_path, {"packages": ["einops", "torch==2.13.0+cu128"]})
+    assert "images[0].packages[1]: 'torch==2.13.0+cu128' asks for another torch" in message
+
+
+def test_a_refused_torch_pin_is_named_where_it_was_written(tmp_path: Path) -> None:
+    (tmp_path / "req.txt").write_text("einops\ntorch<2\n")
+    assert "images[0].requirements (req.txt line 2): 'torch<2' asks for another torch" in refused(
+        tmp_path, {"requirements": "req.txt"})
+    assert "defaults.packages[0]: 'torch==2.12.0' asks for another torch" in refused(
+        tmp_path, {}, {"packages": ["torch==2.12.0"]})
+
+
 def test_a_variable_that_merely_contains_token_is_kept(tmp_path: Path) -> None:
-    image = load(tmp_path, {"env": {"TOKENIZERS_PARALLELISM": "false"}})
-    assert image.stack.env == (("TOKENIZERS_PARALLELISM", "false"),)
+    image = load(tmp_path, {"env": {"TOKENIZERS_PARALLELISM": "false", "MONKEY_PATCH": "1",
+                                    "HF_HOME": "/home/ma-user/work/.cache/huggingface", "TAG": "sk-learn"}})
+    assert dict(image.stack.env) == {"TOKENIZERS_PARALLELISM": "false", "MONKEY_PATCH": "1",
+                                     "HF_HOME": "/home/ma-user/work/.cache/huggingface", "TAG": "sk-learn"}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -279,3 +300,31 @@ def test_a_stack_the_lock_does_not_pin_needs_a_resolution(tmp_path: Path, locked
                                closure=closure)
         with pytest.raises(FetchError, match=message):
             fetch_images([image], options)
+
+
+def test_a_hash_is_honoured_for_a_project_that_went_into_the_torch_layer(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """filelock is a dependency of torch as well as a requirement of the stack: the resolution puts it into the
+    torch layer's closure, and its --hash still has to hold."""
+    from modelarts_images.fetch.fetcher import fetch_images
+    from modelarts_images.options import FetchOptions
+    from tests.support.http_server import serve
+
+    files = {"a.sh": b"#!/bin/sh\n", "torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl": b"torch",
+             "filelock-3.20.0-py3-none-any.whl": b"filelock"}
+    (tmp_path / "req.txt").write_text(f"filelock --hash=sha256:{'a' * 64}\n")
+    with serve() as server:
+        artifacts = {name: Artifact(url=server.add(f"/files/{name}", data), sha256=hashlib.sha256(data).hexdigest())
+                     for name, data in files.items()}
+        image = load(tmp_path, {"requirements": "req.txt", "installer": {"url": artifacts["a.sh"].url,
+                                                                          "sha256": artifacts["a.sh"].sha256}})
+        image = dataclasses.replace(image, wheels=(artifacts["torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl"],))
+        filelock = artifacts["filelock-3.20.0-py3-none-any.whl"]
+        monkeypatch.setattr(pip_resolver, "resolve", lambda *_, **__: (filelock,))
+        monkeypatch.setattr(pip_resolver, "resolve_stack", lambda *_, **__: pip_resolver.StackResolution(
+            closure=(filelock,), stack=()))
+        options = FetchOptions(cache_dir=tmp_path / "cache", lock_path=tmp_path / "versions.lock")
+        with pytest.raises(FetchError,
+                           match=r"filelock resolved to filelock-3\.20\.0-py3-none-any\.whl .* not allow"):
+            fetch_images([image], options)
+    assert not (tmp_path / "versions.lock").exists(), "a refused file is not pinned"
