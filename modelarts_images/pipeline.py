@@ -16,6 +16,7 @@ from modelarts_images.build import builder
 from modelarts_images.engine.api import Engine
 from modelarts_images.errors import (
     BuildError,
+    ConfigError,
     EngineError,
     FetchError,
     ModelArtsImagesError,
@@ -26,10 +27,12 @@ from modelarts_images.errors import (
 from modelarts_images.fetch import fetcher as fetching
 from modelarts_images.model import FetchedImage, ImageSpec
 from modelarts_images.options import BuildOptions, DeviceChoice, FetchOptions, PushOptions, VerifyOptions
-from modelarts_images.publish import publisher
+from modelarts_images.publish import publisher, trainingjob
+from modelarts_images.publish.swr import Credentials
 from modelarts_images.shared.progress import ProgressCallback
 from modelarts_images.verify import report as verify_report
 from modelarts_images.verify import runs, verifier
+from modelarts_images.verify.manifest import Manifest, capture_manifest
 
 
 @contextlib.contextmanager
@@ -66,6 +69,13 @@ def fetch_step(images: Sequence[ImageSpec], options: FetchOptions, *,
     with stage(FetchError):
         fetched, summary = fetching.fetch_images(images, options, progress=progress)
     return Fetched(images=tuple(fetched), summary=summary)
+
+
+def planned_step(image: ImageSpec, options: FetchOptions) -> FetchedImage | None:
+    """What fetching the image would give, from versions.lock alone (nothing downloaded), or None when the lock
+    does not pin all of it: a cell's inputs, known before gigabytes are fetched."""
+    with stage(FetchError):
+        return fetching.locked_plan(image, options)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -109,6 +119,11 @@ def verify_step(image: ImageSpec, options: VerifyOptions, engine: Engine, *, ref
         return Verified(report=report, path=verify_report.save_report(report, options.reports_dir))
 
 
+def manifest_step(image: ImageSpec, options: VerifyOptions, engine: Engine) -> Manifest:
+    """The image's package manifest; a failure to read it is recorded in it, never raised."""
+    return capture_manifest(engine, image.reference, timeout=options.timeout, user=image.user)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # push
 
@@ -125,3 +140,24 @@ def push_step(images: Sequence[ImageSpec], options: PushOptions, engine: Engine,
     with stage(RegistryError):
         return publisher.push_images(images, options, engine=engine, env=env, progress=progress)
 
+
+
+def credentials_step(registry: str, options: PushOptions, engine: Engine, env: Mapping[str, str],
+                     ) -> Credentials | None:
+    """The login the environment (or, when allowed, the docker config) gives for a registry, if any."""
+    with stage(RegistryError):
+        return publisher.options_credentials(registry, options, engine=engine, env=env)
+
+
+def remote_image_step(image: ImageSpec, options: PushOptions, credentials: Credentials | None,
+                      ) -> publisher.RemoteImage | None:
+    """The entry's tag in its registry with its image config's labels, read over the registry's API."""
+    with stage(RegistryError):
+        return publisher.remote_image(image, options, credentials=credentials)
+
+
+def training_job_step(image: ImageSpec, digest: str, *, flavor_id: str | None, reports_dir: Path) -> Path:
+    """The training-job body that runs the verification script in the pushed image on ModelArts, saved."""
+    body = trainingjob.training_job_body(image, digest=digest, flavor_id=flavor_id)
+    with stage(ConfigError):  # the reports directory is a setting
+        return trainingjob.write_body(reports_dir, image.id, body)

@@ -34,7 +34,6 @@ from modelarts_images.shared.files import link_or_copy
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_DIR = CONTEXT_TEMPLATE
 DOCKERFILE = "Dockerfile"
 DOCKERIGNORE = ".dockerignore"
 PIP_CONF = "pip.conf"
@@ -99,7 +98,7 @@ def context_dir(work_dir: Path, image_id: str) -> Path:
     return work_dir / image_id
 
 
-def assemble(fetched: FetchedImage, work_dir: Path, *, template_dir: Path = TEMPLATE_DIR) -> Path:
+def assemble(fetched: FetchedImage, work_dir: Path, *, template_dir: Path = CONTEXT_TEMPLATE) -> Path:
     """Put the build context of `fetched` at work_dir/<image id> (replacing what was there) and return it."""
     image = fetched.image
     target = context_dir(work_dir, image.id)

@@ -27,7 +27,6 @@ from modelarts_images import pipeline
 from modelarts_images.build.builder import RegistryCache, format_result
 from modelarts_images.engine.api import Engine, RegistryLogin
 from modelarts_images.errors import ConfigError, ModelArtsImagesError, VerifyError
-from modelarts_images.fetch import fetcher as fetching
 from modelarts_images.matrix import report as reporting
 from modelarts_images.matrix.cells import (
     INPUTS_LABEL,
@@ -45,13 +44,10 @@ from modelarts_images.matrix.state import State
 from modelarts_images.model import FetchedImage, ImageSpec
 from modelarts_images.options import Options
 from modelarts_images.paths import CONTEXT_TEMPLATE
-from modelarts_images.publish import publisher as publishing
-from modelarts_images.publish import trainingjob
 from modelarts_images.publish.publisher import summary as push_summary
 from modelarts_images.publish.swr import Credentials
 from modelarts_images.shared.files import check_writable
 from modelarts_images.shared.text import one_line
-from modelarts_images.verify.manifest import capture_manifest
 from modelarts_images.verify.report import format_report
 
 log = logging.getLogger(__name__)
@@ -181,15 +177,15 @@ class Runner:
         versions.lock's sha256 without fetching; the record then says so. When the lock does not pin everything
         or the registry cannot say, the cell runs."""
         started = time.monotonic()
-        planned = fetching.locked_plan(cell.image, self.options.fetch)
+        planned = pipeline.planned_step(cell.image, self.options.fetch)
         if planned is None:
             log.info("%s: versions.lock does not pin all of it: fetching before asking the registry", cell.image.id)
             return False
         inputs = self._inputs(planned)
         wanted = image_hash(inputs)
         try:
-            remote = publishing.remote_image(cell.image, self.options.push,
-                                             credentials=self._credentials(cell.image.registry))
+            remote = pipeline.remote_image_step(cell.image, self.options.push,
+                                                self._credentials(cell.image.registry))
         except ModelArtsImagesError as error:
             self.out(f"{cell.image.id}: the registry cannot say whether it changed ({one_line(str(error), 160)}): "
                      "running it")
@@ -219,8 +215,8 @@ class Runner:
     def _credentials(self, registry: str) -> Credentials | None:
         """The login for a registry, looked up once per run (asked before a cell's build and for its cache)."""
         if registry not in self._logins:
-            self._logins[registry] = publishing.options_credentials(registry, self.options.push,
-                                                                    engine=self._engine(), env=os.environ)
+            self._logins[registry] = pipeline.credentials_step(registry, self.options.push, self._engine(),
+                                                               os.environ)
         return self._logins[registry]
 
     def _still_there(self, reference: str, image_id: str) -> bool:
@@ -230,7 +226,7 @@ class Runner:
             return False
         return bool(image_id) and config is not None and config.image_id == image_id
 
-    def _build(self, cell: _Cell, fetched: Any) -> None:
+    def _build(self, cell: _Cell, fetched: FetchedImage) -> None:
         engine = self._engine()
         pipeline.check_bases_step([cell.image], self.options.build, engine)
         labels = ((INPUTS_LABEL, image_hash(cell.record.inputs)),)
@@ -245,9 +241,7 @@ class Runner:
         started = time.monotonic()
         engine = self._engine()
         verified = pipeline.verify_step(cell.image, self.options.verify, engine)
-        cell.add(verification=verified.report,
-                 manifest=capture_manifest(engine, cell.image.reference, timeout=self.options.verify.timeout,
-                                           user=cell.image.user))
+        cell.add(verification=verified.report, manifest=pipeline.manifest_step(cell.image, self.options.verify, engine))
         cell.timed("verify", started)
         self.out(format_report(verified.report))
         failure = verified.report.failure()
@@ -261,9 +255,9 @@ class Runner:
         self.out(push_summary([record]))
         cell.add(digest=record.digest, pushed=record.reference)
         if record.digest:
-            body = trainingjob.training_job_body(cell.image, digest=record.digest, flavor_id=self.matrix.flavor_id)
-            with pipeline.stage(ConfigError):
-                cell.add(training_job=str(trainingjob.write_body(self.options.reports_dir, cell.image.id, body)))
+            body = pipeline.training_job_step(cell.image, record.digest, flavor_id=self.matrix.flavor_id,
+                                              reports_dir=self.options.reports_dir)
+            cell.add(training_job=str(body))
 
 
 def connect_once() -> Callable[[], Engine]:
