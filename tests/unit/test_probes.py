@@ -220,3 +220,44 @@ def test_conformance_probe_finds_setuid_files_and_credentials_in_one_walk(tmp_pa
     credentials, setuid = probe.scan_files(errors, root=str(tmp_path))
     assert setuid == [str(tmp_path / "bin" / "escalate"), str(tmp_path / "bin" / "group-tool")]
     assert [item["kind"] for item in credentials] == ["netrc"] and errors == []
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The stack's import probe, run by this machine's Python over distributions of its own
+
+
+def _distribution(site: Path, folder: str, *, top_level: str | None = None, record: tuple[str, ...] = (),
+                  files: dict[str, str] | None = None) -> None:
+    info = site / folder
+    info.mkdir(parents=True)
+    if top_level is not None:
+        (info / "top_level.txt").write_text(top_level)
+    (info / "RECORD").write_text("".join(f"{path},,\n" for path in record))
+    for path, text in (files or {}).items():
+        (site / path).parent.mkdir(parents=True, exist_ok=True)
+        (site / path).write_text(text)
+
+
+def test_the_import_probe_reads_module_names_from_the_installed_distribution(tmp_path: Path) -> None:
+    import sys
+
+    site = tmp_path / "site"
+    # named unlike their projects: PyYAML installs yaml (top_level.txt), python-dateutil dateutil (RECORD only)
+    _distribution(site, "PyYAML-6.0.3.dist-info", top_level="_yaml\nyaml\n", files={"yaml/__init__.py": ""})
+    _distribution(site, "python_dateutil-2.9.0.dist-info", record=(
+        "dateutil/__init__.py", "dateutil/tz/__init__.py", "python_dateutil-2.9.0.dist-info/RECORD"),
+        files={"dateutil/__init__.py": "", "dateutil/tz/__init__.py": ""})
+    _distribution(site, "broken-1.0.dist-info", record=("broken_mod.py",),
+                  files={"broken_mod.py": "raise ImportError('needs libGL.so.1')\n"})
+    source = (paths.PROBES_DIR / "stack_imports.py").read_text()
+    result = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r})\n{source}",
+                             "pyyaml", "Python-Dateutil", "broken", "absent"],
+                            capture_output=True, text=True, check=True, timeout=60)
+    found = probes.tagged_json(result.stdout, "MODELARTS_STACK_IMPORTS ", what="stack import probe")
+    assert found == {
+        "pyyaml": {"version": "6.0.3", "modules": ["yaml"], "errors": {}},
+        "Python-Dateutil": {"version": "2.9.0", "modules": ["dateutil"], "errors": {}},
+        "broken": {"version": "1.0", "modules": ["broken_mod"],
+                   "errors": {"broken_mod": "ImportError: needs libGL.so.1"}},
+        "absent": {"version": None, "modules": [], "errors": {}},
+    }
