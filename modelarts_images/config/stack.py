@@ -173,20 +173,26 @@ def _checks(base: Path, names: Sequence[Any], at: Where, problems: Problems) -> 
     return list(found.values())
 
 
+def excludes_entry_build(specifier: SpecifierSet, wanted: str | None, variant: str) -> bool:
+    """Whether a requirement of torch, torchvision or torchaudio leaves out the entry's own build of it: the
+    version with or without the local label of the build ('2.9.1' or '2.9.1+cu128' for a cu128 entry of 2.9.1);
+    an entry without the project (no torchaudio) is left out by any requirement of it."""
+    return wanted is None or not any(specifier.contains(version, prereleases=True)
+                                     for version in (wanted, f"{wanted}+{variant}"))
+
+
 def _torch_problems(requirements: Iterable[tuple[Requirement, Where]], entry: Mapping[str, Any]) -> Problems:
-    """A requirement that names torch, torchvision or torchaudio directly must allow the entry's own version,
-    with or without the local label of the entry's build ('2.9.1+cu128', '2.9.1+cpu'); a requirement that needs
-    another one through a dependency is refused when the stack is resolved."""
+    """A requirement that names torch, torchvision or torchaudio directly must allow the entry's own build; one
+    that needs another through a dependency is refused when the stack is resolved."""
     problems: Problems = []
     cuda = str(entry.get("cuda", ""))
-    label = "cpu" if cuda == "cpu" else "cu" + cuda.replace(".", "")
+    variant = "cpu" if cuda == "cpu" else "cu" + cuda.replace(".", "")
     for requirement, where in requirements:
         if requirement.name not in TORCH_FAMILY:
             continue
         wanted = entry.get(requirement.name)
-        specifier = SpecifierSet(str(Pep508(requirement.text).specifier))
-        if wanted is None or not any(specifier.contains(version, prereleases=True)
-                                     for version in (str(wanted), f"{wanted}+{label}")):
+        if excludes_entry_build(SpecifierSet(str(Pep508(requirement.text).specifier)),
+                                None if wanted is None else str(wanted), variant):
             has = f"{requirement.name} {wanted}" if wanted else f"no {requirement.name}"
             problems.append((where, f"'{requirement.text}' asks for another {requirement.name} than "
                                     f"the entry's ({has}); the entry's torch family is fixed by its "

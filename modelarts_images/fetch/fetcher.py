@@ -244,6 +244,9 @@ def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress
                                           source_date_epoch=earlier.source_date_epoch if earlier
                                           else DEFAULT_SOURCE_DATE_EPOCH)
         plans[image.id] = pinned
+        if image.stack.requirements and (pinned.stack is None or pinned is not lock.get(image.id)) \
+                and not options.locked:
+            pip_resolver.refuse_pinned_torch_needs(image, scratch_parent=fetcher.cache.incoming)
     first = fetcher.many([(artifact, image_id) for image_id, plan in plans.items()
                           for artifact in (plan.installer, *plan.wheels)])
     results: list[FetchedImage] = []

@@ -19,7 +19,8 @@ from typing import Any
 from packaging.requirements import Requirement as Pep508
 from packaging.utils import canonicalize_name
 
-from modelarts_images.config.wheels import parse_wheel_name
+from modelarts_images.config.stack import excludes_entry_build
+from modelarts_images.config.wheels import TORCH_FAMILY, parse_wheel_name
 from modelarts_images.errors import ConfigError, FetchError, ModelArtsImagesError
 from modelarts_images.model import Artifact, FetchedFile, ImageSpec, Requirement, filename_problem, sha256_problem
 from modelarts_images.shared import redact
@@ -166,6 +167,41 @@ def resolve_stack(image: ImageSpec, wheels: Sequence[FetchedFile], closure: Sequ
     stack_files += [artifact for _, artifact, _ in sources]
     return StackResolution(closure=tuple(sorted(joint_closure, key=lambda a: a.filename)),
                            stack=tuple(sorted(stack_files, key=lambda a: a.filename)))
+
+
+def refuse_pinned_torch_needs(image: ImageSpec, *, scratch_parent: Path | None = None) -> None:
+    """Before the torch family is downloaded: a requirement of the stack pinned to one release (`==`) whose own
+    metadata asks for another torch, torchvision or torchaudio than the entry's is refused, ConfigError naming it,
+    what it needs and what the entry has. pip reads only those requirements' metadata (--no-deps). Requirements
+    that are not pinned are left to the whole resolution: an older release of theirs may fit the entry."""
+    stack = image.stack
+    pinned = [requirement.text for requirement in stack.requirements
+              if requirement.name not in stack.build_from_source and requirement.name not in TORCH_FAMILY
+              and _one_release(requirement.text)]
+    if not pinned:
+        return
+    with tempfile.TemporaryDirectory(prefix="modelarts-stack-pins-", dir=scratch_parent) as scratch:
+        command = [*pip_command(image, pinned, Path(scratch) / "target", Path(scratch) / "report.json"), "--no-deps"]
+        try:
+            report = _run(image, (), Path(scratch), what="the stack's pinned requirements", command=command)
+        except PipFailed as failed:
+            raise _refusal(image, failed) from None
+    wanted = {"torch": image.torch, "torchvision": image.torchvision, "torchaudio": image.torchaudio}
+    needs = []
+    for _, artifact, requires in report.items:
+        for dependency in map(Pep508, _for_target(image, requires)):
+            project = canonicalize_name(dependency.name)
+            if project in TORCH_FAMILY and excludes_entry_build(dependency.specifier, wanted[project], image.variant):
+                has = f"{project} {wanted[project]}+{image.variant}" if wanted[project] else f"no {project}"
+                needs.append(f"  {artifact.filename} requires {dependency}; the entry has {has}")
+    if needs:
+        raise ConfigError(f"{image.id}: the stack needs another torch family than the entry's (its torch, "
+                          "torchvision, torchaudio and cuda keys fix it):\n" + "\n".join(needs))
+
+
+def _one_release(text: str) -> bool:
+    specifiers = list(Pep508(text).specifier)
+    return len(specifiers) == 1 and specifiers[0].operator in ("==", "===") and "*" not in specifiers[0].version
 
 
 def resolve_build_requirements(image: ImageSpec, requirements: Sequence[str], *,

@@ -328,3 +328,48 @@ def test_a_hash_is_honoured_for_a_project_that_went_into_the_torch_layer(tmp_pat
                            match=r"filelock resolved to filelock-3\.20\.0-py3-none-any\.whl .* not allow"):
             fetch_images([image], options)
     assert not (tmp_path / "versions.lock").exists(), "a refused file is not pinned"
+
+
+def _wheel(folder: Path, name: str, version: str, *requires: str) -> None:
+    """A pure-Python wheel of one module whose metadata declares `requires`."""
+    import zipfile
+
+    folder.mkdir(exist_ok=True)
+    info = f"{name}-{version}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
+        f"Requires-Dist: {requirement}\n" for requirement in requires)
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as archive:
+        archive.writestr(f"{name}.py", "")
+        archive.writestr(f"{info}/METADATA", metadata)
+        archive.writestr(f"{info}/WHEEL",
+                         "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        archive.writestr(f"{info}/RECORD", "")
+
+
+def test_a_pinned_requirement_needing_another_torch_is_refused_before_any_download(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelarts_images.fetch.fetcher import fetch_images
+    from modelarts_images.options import FetchOptions
+    from tests.support.http_server import serve
+
+    links = tmp_path / "links"
+    _wheel(links, "needs_old_torch", "1.0", "torch==2.12.0", "numpy; python_version < '3'")
+    _wheel(links, "fits", "2.0", "torch>=2.0", "torchaudio; extra == 'audio'")
+    _wheel(links, "needs_audio", "1.0", "torchaudio>=2.0")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
+    with serve() as server:
+        url = server.add("/files/a.sh", b"#!/bin/sh\n")
+        torch = server.add("/files/torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl", b"torch")
+        image = load(tmp_path, {"packages": ["needs-old-torch==1.0", "fits==2.0", "needs_audio==1.0", "six"],
+                                "installer": {"url": url}})
+        image = dataclasses.replace(image, wheels=(Artifact(url=torch, sha256=None),))
+        options = FetchOptions(cache_dir=tmp_path / "cache", lock_path=tmp_path / "versions.lock")
+        with pytest.raises(ConfigError) as caught:
+            fetch_images([image], options)
+        assert server.requests() == [], "nothing is downloaded for a stack that cannot go with the entry"
+    assert str(caught.value) == (
+        "cell: the stack needs another torch family than the entry's (its torch, torchvision, torchaudio and cuda "
+        "keys fix it):\n"
+        "  needs_old_torch-1.0-py3-none-any.whl requires torch==2.12.0; the entry has torch 2.13.0+cpu\n"
+        "  needs_audio-1.0-py3-none-any.whl requires torchaudio>=2.0; the entry has no torchaudio")
