@@ -112,7 +112,8 @@ def build(c: Context, versions: str | None = None, only: list[str] | None = None
     fetched = _fetch(options, images)
     show_engine_log()
     for item in fetched:
-        print(format_result(pipeline.build_step(item, options.build, engine)))
+        print(format_result(pipeline.build_step(item, options.build, engine,
+                                                inputs=pipeline.image_inputs(item, options))))
 
 
 @task(iterable=["only"], help=_help(SELECTION, registry="log in to this registry host instead of those of the "

@@ -25,8 +25,10 @@ from modelarts_images.errors import (
     WriteError,
 )
 from modelarts_images.fetch import fetcher as fetching
+from modelarts_images.inputs import INPUTS_LABEL, Steps, cell_inputs, image_hash, tree_digest
 from modelarts_images.model import FetchedImage, ImageSpec
-from modelarts_images.options import BuildOptions, DeviceChoice, FetchOptions, PushOptions, VerifyOptions
+from modelarts_images.options import BuildOptions, DeviceChoice, FetchOptions, Options, PushOptions, VerifyOptions
+from modelarts_images.paths import CONTEXT_TEMPLATE
 from modelarts_images.publish import publisher, trainingjob
 from modelarts_images.publish.swr import Credentials
 from modelarts_images.shared.progress import ProgressCallback
@@ -88,10 +90,20 @@ def check_bases_step(images: Sequence[ImageSpec], options: BuildOptions, engine:
         builder.check_bases(images, options, engine)
 
 
+def image_inputs(fetched: FetchedImage, options: Options, *, template_dir: Path = CONTEXT_TEMPLATE) -> dict[str, str]:
+    """What decides the image and its verification, each hashed on its own, as the matrix hashes a cell: its
+    hash labels the image, so a cell finds it unchanged in the registry whichever front end built it."""
+    steps = Steps(build=options.build, device=options.verify.device, push=False)
+    return cell_inputs(fetched, steps, context_digest=tree_digest(template_dir),
+                       verify_digest=tree_digest(options.verify.script_dir))
+
+
 def build_step(fetched: FetchedImage, options: BuildOptions, engine: Engine, *,
-               labels: tuple[tuple[str, str], ...] = (), cache: builder.RegistryCache | None = None,
+               inputs: Mapping[str, str] | None = None, cache: builder.RegistryCache | None = None,
                ) -> builder.BuildResult:
-    """Build and tag one fetched image (its base checked by check_bases_step)."""
+    """Build and tag one fetched image (its base checked by check_bases_step), labelled with the hash of its
+    inputs (image_inputs; both front ends give them)."""
+    labels = () if inputs is None else ((INPUTS_LABEL, image_hash(inputs)),)
     with stage(BuildError):
         return builder.build_image(fetched, options, engine, labels=labels, cache=cache)
 

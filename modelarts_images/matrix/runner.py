@@ -27,19 +27,9 @@ from modelarts_images import pipeline
 from modelarts_images.build.builder import RegistryCache, format_result
 from modelarts_images.engine.api import Engine, RegistryLogin
 from modelarts_images.errors import ConfigError, ModelArtsImagesError, VerifyError
+from modelarts_images.inputs import INPUTS_LABEL, Steps, cell_hash, cell_inputs, changed_inputs, image_hash, tree_digest
 from modelarts_images.matrix import report as reporting
-from modelarts_images.matrix.cells import (
-    INPUTS_LABEL,
-    CellRecord,
-    CellStatus,
-    Steps,
-    cell_hash,
-    cell_inputs,
-    changed_inputs,
-    image_hash,
-    shard_cells,
-    tree_digest,
-)
+from modelarts_images.matrix.cells import CellRecord, CellStatus, shard_cells
 from modelarts_images.matrix.state import State
 from modelarts_images.model import FetchedImage, ImageSpec
 from modelarts_images.options import Options
@@ -229,8 +219,7 @@ class Runner:
     def _build(self, cell: _Cell, fetched: FetchedImage) -> None:
         engine = self._engine()
         pipeline.check_bases_step([cell.image], self.options.build, engine)
-        labels = ((INPUTS_LABEL, image_hash(cell.record.inputs)),)
-        result = pipeline.build_step(fetched, self.options.build, engine, labels=labels,
+        result = pipeline.build_step(fetched, self.options.build, engine, inputs=cell.record.inputs,
                                      cache=self._registry_cache(cell.image))
         self.out(format_result(result))
         cell.add(image_id=result.image_id, size=result.size, layers=result.stack or result.layers,

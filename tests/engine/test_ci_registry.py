@@ -26,8 +26,9 @@ from modelarts_images import pipeline
 from modelarts_images.config import versions as versions_config
 from modelarts_images.engine.adapter import DockerEngine
 from modelarts_images.http.registry import Registry
+from modelarts_images.inputs import INPUTS_LABEL, changed_inputs, image_hash
 from modelarts_images.matrix import runner
-from modelarts_images.matrix.cells import INPUTS_LABEL, CellRecord, CellStatus, changed_inputs, image_hash
+from modelarts_images.matrix.cells import CellRecord, CellStatus
 from modelarts_images.options import Flags, resolve
 from modelarts_images.publish.swr import Credentials
 from tests.engine.conftest import STAND_IN_INSTALLER, fetch_with_stack, remove_image, run_base

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from modelarts_images import inputs as hashing
 from modelarts_images import pipeline
 from modelarts_images.build.builder import BuildResult
 from modelarts_images.engine.api import Backend, ImageConfig, RegistryLogin
@@ -47,11 +48,11 @@ def build_options(backend: Backend = Backend.BUILDKIT) -> BuildOptions:
     return BuildOptions(backend=backend, work_dir=Path("/build"))
 
 
-STEPS = matrix.Steps(build=build_options(), device=DeviceChoice.CPU, push=False)
+STEPS = hashing.Steps(build=build_options(), device=DeviceChoice.CPU, push=False)
 
 
-def inputs(item: FetchedImage, steps: matrix.Steps = STEPS, **digests: str) -> dict[str, str]:
-    return matrix.cell_inputs(item, steps, context_digest=digests.get("context", "c" * 64),
+def inputs(item: FetchedImage, steps: hashing.Steps = STEPS, **digests: str) -> dict[str, str]:
+    return hashing.cell_inputs(item, steps, context_digest=digests.get("context", "c" * 64),
                               verify_digest=digests.get("verify", "v" * 64))
 
 
@@ -94,18 +95,18 @@ def test_no_shard_is_everything() -> None:
 
 
 def test_hash_is_stable() -> None:
-    assert matrix.cell_hash(inputs(fetched(spec("a")))) == matrix.cell_hash(inputs(fetched(spec("a"))))
+    assert hashing.cell_hash(inputs(fetched(spec("a")))) == hashing.cell_hash(inputs(fetched(spec("a"))))
 
 
 @pytest.mark.parametrize("change, part", [
     (lambda: inputs(fetched(spec("a"), wheel_sha="b" * 64)), "artifacts"),
     (lambda: inputs(fetched(spec("a")), verify="w" * 64), "verify-script"),
     (lambda: inputs(fetched(spec("a")), context="d" * 64), "dockerfile"),
-    (lambda: inputs(fetched(spec("a")), matrix.Steps(build=build_options(Backend.DOCKER), device=DeviceChoice.CPU,
+    (lambda: inputs(fetched(spec("a")), hashing.Steps(build=build_options(Backend.DOCKER), device=DeviceChoice.CPU,
                                                      push=False)), "backend"),
-    (lambda: inputs(fetched(spec("a")), matrix.Steps(build=build_options(), device=DeviceChoice.BOTH, push=False)),
+    (lambda: inputs(fetched(spec("a")), hashing.Steps(build=build_options(), device=DeviceChoice.BOTH, push=False)),
      "device"),
-    (lambda: inputs(fetched(spec("a")), matrix.Steps(build=build_options(), device=DeviceChoice.CPU, push=True)),
+    (lambda: inputs(fetched(spec("a")), hashing.Steps(build=build_options(), device=DeviceChoice.CPU, push=True)),
      "publish"),
     (lambda: inputs(fetched(spec("a", tag="other"))), "build-args"),
     (lambda: inputs(fetched(spec("a", pip_index="https://u:secret@pypi.example/simple"))), "build-args"),
@@ -113,21 +114,21 @@ def test_hash_is_stable() -> None:
 def test_one_input_changes_one_part(change: Any, part: str) -> None:
     before = inputs(fetched(spec("a")))
     after = change()
-    assert matrix.changed_inputs(before, after) == [part]
-    assert matrix.cell_hash(before) != matrix.cell_hash(after)
+    assert hashing.changed_inputs(before, after) == [part]
+    assert hashing.cell_hash(before) != hashing.cell_hash(after)
     # the image's label: what decides the image and its verification, not whether it is pushed
-    assert (matrix.image_hash(before) == matrix.image_hash(after)) == (part == "publish")
+    assert (hashing.image_hash(before) == hashing.image_hash(after)) == (part == "publish")
 
 
 def test_losing_the_closure_changes_artifacts_and_build_args() -> None:
     before, after = inputs(fetched(spec("a"))), inputs(fetched(spec("a"), closure=False))
-    assert matrix.changed_inputs(before, after) == ["artifacts", "build-args"]  # HERMETIC=0 is a build argument
+    assert hashing.changed_inputs(before, after) == ["artifacts", "build-args"]  # HERMETIC=0 is a build argument
 
 
 def test_changing_one_entry_leaves_the_other_cell_alone() -> None:
     a, b = spec("a"), spec("b")
-    before = {image.id: matrix.cell_hash(inputs(fetched(image))) for image in (a, b)}
-    after = {"a": matrix.cell_hash(inputs(fetched(a, wheel_sha="f" * 64))), "b": matrix.cell_hash(inputs(fetched(b)))}
+    before = {image.id: hashing.cell_hash(inputs(fetched(image))) for image in (a, b)}
+    after = {"a": hashing.cell_hash(inputs(fetched(a, wheel_sha="f" * 64))), "b": hashing.cell_hash(inputs(fetched(b)))}
     assert before["a"] != after["a"] and before["b"] == after["b"]
 
 
@@ -138,9 +139,9 @@ def test_no_secret_in_inputs() -> None:
 
 def test_tree_digest_follows_content(tmp_path: Path) -> None:
     (tmp_path / "Dockerfile").write_text("FROM x\n")
-    first = matrix.tree_digest(tmp_path)
+    first = hashing.tree_digest(tmp_path)
     (tmp_path / "Dockerfile").write_text("FROM y\n")
-    assert matrix.tree_digest(tmp_path) != first
+    assert hashing.tree_digest(tmp_path) != first
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -174,11 +175,11 @@ def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
         return pipeline.Fetched(images=(fetched(image, wheel_sha=wheel_sha.get(image.id, "a" * 64)),),
                                 summary=summary)
 
-    def fake_build(item: FetchedImage, options: Any, engine_: Any, *, labels: Any = (), cache: Any = None,
+    def fake_build(item: FetchedImage, options: Any, engine_: Any, *, inputs: Any = None, cache: Any = None,
                    ) -> BuildResult:
         image = item.image
         calls.append(image.id)
-        built_labels[image.id] = dict(labels)
+        built_labels[image.id] = {hashing.INPUTS_LABEL: hashing.image_hash(inputs)}
         if image.id in failing:
             raise BuildError(f"{image.id}: step 3/9 failed: installer exited 1")
         engine.ids[image.reference] = f"sha256:{image.id}"
@@ -446,17 +447,17 @@ def test_the_registry_decides_before_any_fetch(harness: Any, monkeypatch: pytest
     monkeypatch.setattr(fetcher, "locked_plan", lambda image, options: fetched(image))
     monkeypatch.setattr(publisher, "remote_image", ask)
     first = harness.run([spec("a")], check_registry=True)  # no tag yet: built, labelled with its image hash
-    label = harness.labels["a"][matrix.INPUTS_LABEL]
-    assert first[0].status is CellStatus.PASSED and label == matrix.image_hash(first[0].inputs)
+    label = harness.labels["a"][hashing.INPUTS_LABEL]
+    assert first[0].status is CellStatus.PASSED and label == hashing.image_hash(first[0].inputs)
     remote["answer"] = publisher.RemoteImage(reference="r/o/p:a", digest="sha256:" + "d" * 64,
-                                             labels={matrix.INPUTS_LABEL: label})
+                                             labels={hashing.INPUTS_LABEL: label})
     (skipped,) = harness.run([spec("a")], check_registry=True, rerun=False, run_token="t2")
     assert skipped.status is CellStatus.SKIPPED and skipped.digest == "sha256:" + "d" * 64
     assert harness.calls == ["a"] and "a: unchanged, r/o/p:a in the registry carries" in harness.lines[0]
     (forced,) = harness.run([spec("a")], check_registry=True, rerun=True)
     assert forced.status is CellStatus.PASSED and harness.calls == ["a", "a"]
     remote["answer"] = publisher.RemoteImage(reference="r/o/p:a", digest="sha256:" + "d" * 64,
-                                             labels={matrix.INPUTS_LABEL: "0" * 64})
+                                             labels={hashing.INPUTS_LABEL: "0" * 64})
     harness.engine.ids.clear()  # nor does the engine still hold it
     assert harness.run([spec("a")], check_registry=True)[0].status is CellStatus.PASSED
     remote["answer"] = RegistryError("127.0.0.1:5999: connection refused")

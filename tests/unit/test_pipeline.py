@@ -158,3 +158,32 @@ def test_a_verification_that_cannot_be_saved_is_a_verify_error(tmp_path: Path) -
         patch.setattr("modelarts_images.verify.verifier.conformance.evaluate", lambda *args, **kwargs: [])
         with pytest.raises(VerifyError, match=f"^cannot write the verification result {blocker / 'verify'}"):
             pipeline.verify_step(entry(), options, NoGpuEngine())
+
+
+class RecordingBuild(FailingBuild):
+    def __init__(self) -> None:
+        self.requests: list[BuildRequest] = []
+
+    def build(self, request: BuildRequest) -> Built:
+        self.requests.append(request)
+        return super().build(request)
+
+
+def test_inv_build_labels_the_image_with_the_hash_a_matrix_cell_looks_for(tmp_path: Path) -> None:
+    """An image built by `inv build` and pushed by `inv push` is found unchanged by the matrix on any runner."""
+    from modelarts_images.inputs import INPUTS_LABEL, image_hash
+    from modelarts_images.matrix import runner
+    from modelarts_images.options import resolve
+
+    cached = tmp_path / "blob"
+    cached.write_bytes(b"#!/bin/sh\n")
+    file = FetchedFile(filename="installer.sh", path=cached, url="https://x.invalid/installer.sh", sha256="1" * 64)
+    fetched = FetchedImage(image=entry(), installer=file, wheels=(), closure=())
+    options = resolve(None, root=tmp_path)
+    engine = RecordingBuild()
+    with pytest.raises(BuildError):
+        pipeline.build_step(fetched, options.build, engine, inputs=pipeline.image_inputs(fetched, options))
+    (request,) = engine.requests
+    for push in (False, True):
+        cell = runner.Runner(runner.MatrixOptions(options=options, push=push), engine=lambda: engine)
+        assert (INPUTS_LABEL, image_hash(cell._inputs(fetched))) in request.labels

@@ -13,14 +13,13 @@ from typing import Any
 import pytest
 import yaml
 
-from modelarts_images import plan
+from modelarts_images import inputs, plan
 from modelarts_images.build import context
 from modelarts_images.config import versions
 from modelarts_images.engine.api import Backend
 from modelarts_images.errors import ConfigError, FetchError
 from modelarts_images.fetch import lockfile, sources
 from modelarts_images.http import pip_resolver
-from modelarts_images.matrix import cells
 from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec, Requirement
 from modelarts_images.options import BuildOptions, DeviceChoice
 from tests.conftest import INVOKE_FALLBACKS, ROOT
@@ -245,17 +244,17 @@ def test_build_arguments_labels_and_the_env_stage(tmp_path: Path) -> None:
 
 
 def test_a_stack_change_changes_only_the_stack_parts_of_a_cell(tmp_path: Path) -> None:
-    steps = cells.Steps(build=BuildOptions(backend=Backend.BUILDKIT, work_dir=tmp_path), device=DeviceChoice.CPU,
+    steps = inputs.Steps(build=BuildOptions(backend=Backend.BUILDKIT, work_dir=tmp_path), device=DeviceChoice.CPU,
                         push=False)
     plain = load(tmp_path, {})
     with_stack = load(tmp_path, {"packages": ["six==1.17.0"]})
     repinned = load(tmp_path, {"packages": ["six==1.16.0"]})
 
     def parts(image: ImageSpec) -> dict[str, str]:
-        return cells.cell_inputs(fetched(image, tmp_path), steps, context_digest="c", verify_digest="v")
+        return inputs.cell_inputs(fetched(image, tmp_path), steps, context_digest="c", verify_digest="v")
 
     assert "stack" not in parts(plain)  # a cell without a stack keeps the hash it had
-    assert cells.changed_inputs(parts(with_stack), parts(repinned)) == ["stack"]
+    assert inputs.changed_inputs(parts(with_stack), parts(repinned)) == ["stack"]
     assert json.dumps(parts(plain))  # plain JSON values
 
 
