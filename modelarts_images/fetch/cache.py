@@ -1,8 +1,10 @@
 """The artifact cache: files stored by sha256, with a record that proves them unchanged without re-hashing.
 
 Everything the cache opens or writes is inside its root and is not followed through a symbolic link: a link
-planted in the cache (at a blob, a lock or a record) must never make a fetch write, or delete, a file elsewhere.
-A cache that cannot be written (a read-only mount) still serves what it holds, for `--offline`.
+planted in the cache (at a blob, a lock or a record, or at one of its directories) must never make a fetch write,
+or delete, a file elsewhere. The root itself may be a link (cache_dir is the user's choice); every directory
+below it must be a real one. A cache that cannot be written (a read-only mount) still serves what it holds, for
+`--offline`.
 """
 
 from __future__ import annotations
@@ -36,19 +38,34 @@ def sha256_of(path: Path) -> str:
 @contextlib.contextmanager
 def locked(path: Path, *, shared: bool = False) -> Iterator[bool]:
     """An flock on `path` (created, never through a link); yields False, unlocked, where the file cannot be
-    created (a read-only cache): readers then go on without the lock, and nothing is written."""
+    created (a read-only cache): readers then go on without the lock, and nothing is written.
+
+    FetchError naming the file when something else is there (a link, a directory, a pipe): a lock that is not the
+    cache's own file locks nothing, so the work it guards must not go on."""
     try:
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as error:
         if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             yield False
             return
-        raise
+        if error.errno == errno.ELOOP:  # O_NOFOLLOW refused the last part of the path: a link
+            raise FetchError(f"cache: {path} is a symbolic link where the cache keeps a lock file: a link planted "
+                             "in the cache is never followed; remove it") from None
+        if error.errno == errno.EISDIR:
+            raise _not_a_lock(path) from None
+        raise FetchError(f"cache: cannot open the lock file {path}: {error.strerror or error}") from None
     try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):  # a named pipe opens (O_RDWR never waits) and flocks
+            raise _not_a_lock(path)
         fcntl.flock(descriptor, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield True
     finally:
         os.close(descriptor)  # closing releases the lock
+
+
+def _not_a_lock(path: Path) -> FetchError:
+    return FetchError(f"cache: {path} is not a regular file, where the cache keeps a lock file: it was put there "
+                      "by something else; remove it")
 
 
 class Cache:
@@ -61,23 +78,47 @@ class Cache:
         self._records_path = root / "verified.json"
 
     def blob(self, sha256: str) -> Path:
-        """Where the blob of `sha256` lives; FetchError for anything that is not a sha256 (it would be a path)."""
+        """Where the blob of `sha256` lives; FetchError for anything that is not a sha256 (it would be a path),
+        or when blobs/sha256 is not a directory of the cache's own (see prepare)."""
         problem = sha256_problem(sha256)
         if problem:
             raise FetchError(f"cache: {problem}")
+        self.prepare()
         return self.blobs / sha256
 
     def entry(self, name: str) -> Path:
-        """incoming/<name>: a download in progress, its lock or its note; FetchError for a name that is a path."""
+        """incoming/<name>: a download in progress, its lock or its note; FetchError for a name that is a path,
+        or when incoming is not a directory of the cache's own (see prepare)."""
         problem = filename_problem(name)
         if problem:
             raise FetchError(f"cache: {problem}")
+        self.prepare()
         return self.incoming / name
 
     def prepare(self) -> None:
-        for directory in (self.blobs, self.incoming):
-            if not directory.is_dir():  # an existing tree needs no write, so a read-only cache still serves
-                directory.mkdir(parents=True, exist_ok=True)
+        """Make the cache's directories where they are missing; FetchError naming one that is something else.
+
+        Checked without following links, each time a path in them is handed out: with blobs/sha256 (or blobs, or
+        incoming) a link to another directory, every blob, lock and partial would be written there, and has()
+        would delete a wrongly hashed file there. An existing tree needs no write, so a read-only cache still
+        serves; an OSError (a directory that cannot be made) is the caller's to explain.
+        """
+        if not self.root.is_dir():  # the root may be a link: the user chose where the cache lives
+            self.root.mkdir(parents=True, exist_ok=True)
+        for directory in (self.blobs.parent, self.blobs, self.incoming):  # parents first
+            try:
+                status = directory.lstat()
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):  # another fetch made it first
+                    directory.mkdir()
+                status = directory.lstat()
+            if stat.S_ISLNK(status.st_mode):
+                raise FetchError(f"cache: {directory} is a symbolic link (to {directory.readlink()}), where the "
+                                 "cache keeps a directory of its own: a fetch would write its files wherever it "
+                                 "points; remove the link (the cache makes the directory again)")
+            if not stat.S_ISDIR(status.st_mode):
+                raise FetchError(f"cache: {directory} is not a directory, where the cache keeps one; remove it "
+                                 "(the cache makes the directory again)")
 
     @contextlib.contextmanager
     def exclusive(self, name: str) -> Iterator[None]:
@@ -85,7 +126,6 @@ class Cache:
 
         Not <name>.lock: the download of <name> takes that one itself, and flock would wait on its own holder.
         """
-        self.prepare()
         with locked(self.entry(f"{name}.adopting")):
             yield
 
@@ -106,7 +146,8 @@ class Cache:
             records = json.loads(self._records_path.read_text("utf-8"))
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as error:  # a directory, garbage: re-hashing proves the blobs again
+        # A directory, garbage, or nesting deeper than the parser goes: re-hashing proves the blobs again.
+        except (OSError, ValueError, RecursionError) as error:
             log.warning("cache record %s cannot be read (%s): blobs are hashed again", self._records_path,
                         getattr(error, "strerror", None) or error)
             return {}

@@ -12,6 +12,10 @@ becomes the truth) and a fetch must end:
 
 - a 206 answer must carry the range asked for, and a file is finished only when it holds as many bytes as the
   server says the whole file has; a 206 with half the file (even to a plain GET) continues from where it ended;
+  a 206 that gives no total (``bytes 0-499/*``) says nothing of where the file ends, so the next request asks
+  from there, until a 416 names the size (or the sha256 matches): a partial file is never taken for a whole one;
+- the status line and headers must all arrive within the read timeout (on sessions from `new_session`): a
+  header sent a byte at a time never trips the read timeout, and the minimum speed only watches bodies;
 - a transfer slower than ``min_speed`` bytes/s over any ``speed_window`` seconds is cut and resumed: a byte every
   few seconds never trips the read timeout;
 - no file grows beyond the size versions.lock records, or ``max_size`` (max_file_size in invoke.yaml) when it
@@ -23,7 +27,8 @@ becomes the truth) and a fetch must end:
   cannot allocate more than the bound.
 
 URLs appear in messages and logs only through ``redact``: a mirror URL from invoke.yaml may carry
-``user:password@``, which must never reach a terminal or a CI log.
+``user:password@``, which must never reach a terminal or a CI log, nor the disk (``.part.meta`` records the URL
+without it).
 
 Reuse rule: once the lock is held, an existing ``target`` whose sha256 matches ``expected_sha256`` (or any
 existing ``target`` when ``expected_sha256`` is None) is returned as is with ``bytes_transferred == 0``; an
@@ -39,6 +44,7 @@ import json
 import logging
 import os
 import re
+import socket
 import stat
 import threading
 import time
@@ -48,15 +54,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 import requests
+import requests.adapters
 
 # requests streams through urllib3: reading the raw body (to keep Content-Encoding untouched) raises urllib3's
-# own exceptions, which must be caught to retry. urllib3 is requests' transport, not a second HTTP client.
+# own exceptions, which must be caught to retry; its connections are where a deadline on the response headers can
+# reach the socket. urllib3 is requests' transport, not a second HTTP client.
+import urllib3
+import urllib3.connection
 import urllib3.exceptions
+import urllib3.response
 
 from modelarts_images.errors import FetchError
 from modelarts_images.shared import redact, retry
@@ -111,8 +122,14 @@ def _pause(abort: threading.Event | None) -> Callable[[float], object]:
 
 
 def new_session() -> requests.Session:
-    """One connection pool for a run's downloads; proxies from the environment (HTTPS_PROXY, ...) are used."""
-    return requests.Session()
+    """One connection pool for a run's downloads; proxies from the environment (HTTPS_PROXY, ...) are used.
+
+    Its connections want every response header within the read timeout (see _HeaderDeadline): pass `download`
+    and `get_text` a session from here."""
+    session = requests.Session()
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, _Adapter())
+    return session
 
 
 @dataclass(frozen=True)
@@ -331,20 +348,31 @@ class _Partial:
 
     def validator(self, url: str) -> str | None:
         """The ETag or Last-Modified recorded when this partial started, if it was for the same URL."""
-        meta = self._meta()
+        meta = self._meta() or {}
         validator = meta.get("validator")
-        return validator if meta.get("url") == url and isinstance(validator, str) else None
+        return validator if meta.get("url") == redact.without_credentials(url) and isinstance(validator, str) else None
 
-    def meta_url(self) -> str | None:
-        url = self._meta().get("url")
-        return url if isinstance(url, str) else None
+    def not_from(self, url: str) -> str | None:
+        """Why the bytes kept cannot be continued from `url`, when they cannot: their note cannot be read, or names
+        another URL. Without a note, a resume goes on without If-Range, and a pinned file's sha256 judges it."""
+        meta = self._meta()
+        if meta is None:
+            return f"{self.meta} cannot be read"
+        earlier = meta.get("url")
+        if isinstance(earlier, str) and earlier != redact.without_credentials(url):
+            return f"it was started from {redact.url(earlier)}"
+        return None
 
-    def _meta(self) -> dict[str, object]:
+    def _meta(self) -> dict[str, object] | None:
+        """The note naming the partial's remote version: {} when there is none, None when it is unreadable."""
         try:
             meta = json.loads(self.meta.read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # absent or torn by a kill: resume without If-Range
+        except FileNotFoundError:
             return {}
-        return meta if isinstance(meta, dict) else {}
+        # Torn, garbage, or nested deeper than the parser goes: nothing says which version the bytes are from.
+        except (OSError, ValueError, RecursionError):
+            return None
+        return meta if isinstance(meta, dict) else None
 
     def restart(self, url: str | None = None, validator: str | None = None) -> None:
         """Truncate to zero, recording which remote version the new bytes come from."""
@@ -356,8 +384,11 @@ class _Partial:
         if url is None:
             self.meta.unlink(missing_ok=True)
         else:
+            # The URL without a mirror's user:password@: the note is a file on disk, in a cache others may read;
+            # validator() and not_from() compare URLs without credentials too, so a resume still finds it.
+            note = {"url": redact.without_credentials(url), "validator": validator}
             with _open(self.meta, os.O_WRONLY | os.O_CREAT | os.O_TRUNC) as meta:
-                meta.write(json.dumps({"url": url, "validator": validator}).encode("utf-8"))
+                meta.write(json.dumps(note).encode("utf-8"))
 
     def append(self, fh: BinaryIO, chunk: bytes) -> None:
         fh.write(chunk)
@@ -508,11 +539,18 @@ class _Answer:
 
 
 class _Incomplete(retry.TransientError):
-    """An answer that ended where the server said it would, short of the whole file: the next attempt asks for
-    the rest. A server that never sends it is a FetchError once the retries are spent."""
+    """An answer that ended where the server said it would, short of the whole file or without saying how large
+    the file is: the next attempt asks for the rest. A server that never sends it (or never says where the file
+    ends) is a FetchError once the retries are spent."""
 
     def __init__(self, answer: _Answer, have: int) -> None:
         end = answer.start + (answer.length or 0) - 1
+        if answer.total is None:
+            super().__init__(f"the server sent bytes {answer.start}-{end} without saying how large the file is; "
+                             "asking for what follows")
+            self.final = (f"the server never said where the file ends: {have} bytes arrived in answers without a "
+                          f"total (its last answer: bytes {answer.start}-{end}/*), and no answer named its size")
+            return
         super().__init__(f"the server sent bytes {answer.start}-{end} of {answer.total}, not the whole file; "
                          f"asking for the rest")
         self.final = (f"the server never sent the whole file: {have} of its {answer.total} bytes arrived "
@@ -534,9 +572,9 @@ class _HttpDownload:
 
     def run(self) -> Transfer:
         partial, url = self.partial, self.url
-        earlier = partial.meta_url()
-        if partial.size and earlier not in (None, url):
-            log.info("discarding %s: it was started from %s", partial.path, redact.url(earlier or ""))
+        stale = partial.not_from(url)
+        if partial.size and stale:
+            log.info("discarding %s: %s", partial.path, stale)
             partial.restart()
         if self.rules.bound.exceeded(partial.size):
             log.info("discarding %s: it is larger than the %d bytes this file may have", partial.path,
@@ -582,6 +620,11 @@ class _HttpDownload:
             answer = self._answer(response)
             self._stream(response, answer)
         if answer.total is not None and self.partial.size < answer.total:
+            raise _Incomplete(answer, self.partial.size)
+        if answer.total is None and response.status_code == 206 and self.partial.hasher.hexdigest() != self.expected:
+            # 'bytes 0-499/*': the server chose where this answer ends, which says nothing of where the file does
+            # (only a pinned file's sha256 proves it). Asking from here ends in a 416 that names the size, or in
+            # more bytes; never in a partial file pinned as the whole one.
             raise _Incomplete(answer, self.partial.size)
 
     def _already_whole(self, total: int | None) -> bool:
@@ -694,8 +737,8 @@ def _request(
         raise FetchError(f"TLS error for {redact.url(url)}: {redact.about(url, str(exc))}") from None
     except requests.exceptions.ConnectTimeout:
         raise retry.TransientError(f"no connection within {timeouts[0]:g}s") from None
-    except requests.exceptions.ReadTimeout:
-        raise retry.TransientError(f"no response within {timeouts[1]:g}s") from None
+    except requests.exceptions.ReadTimeout:  # the first byte, or the last header, came too late (_HeaderDeadline)
+        raise retry.TransientError(f"no complete response headers within {timeouts[1]:g}s") from None
     except requests.exceptions.ConnectionError as exc:
         raise retry.TransientError(f"connection failed: {redact.about(url, str(exc))}") from None
     except requests.RequestException as exc:  # invalid URL, too many redirects: permanent
@@ -755,6 +798,99 @@ class _Body:
 
 def _of(done: int, total: int | None) -> str:
     return f"{done} of {total} bytes" if total is not None else f"{done} bytes"
+
+
+class _HeaderDeadline:
+    """Shuts a socket down unless stopped within `seconds`: the bound on receiving a response's headers.
+
+    The read timeout bounds each read, not the headers: a server that sends its status line, then a byte of a
+    header every few seconds, would hold a fetch forever (the minimum speed watches only bodies, which come after).
+    Shutting the socket down from this timer's thread ends the read waiting in the other one.
+    """
+
+    def __init__(self, sock: socket.socket, seconds: float) -> None:
+        self.late = False
+        self._stopped = False
+        self._lock = threading.Lock()  # a stop and a cut never cross: after stop(), `late` stays what it is
+        self._timer = threading.Timer(seconds, self._cut, args=(sock,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _cut(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self.late = True
+            with contextlib.suppress(OSError):  # already closed
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> bool:
+        """Disarm the timer; returns whether it fired."""
+        with self._lock:
+            self._stopped = True
+        self._timer.cancel()
+        return self.late
+
+
+def _headers_in_time(
+    connection: urllib3.connection.HTTPConnection, receive: Callable[[], urllib3.response.HTTPResponse]
+) -> urllib3.response.HTTPResponse:
+    """`receive()`, the connection's getresponse, with every header due within the read timeout (urllib3 sets
+    the connection's timeout to it just before). Late headers raise TimeoutError, which urllib3 and requests
+    report as a read timeout (requests.exceptions.ReadTimeout)."""
+    seconds, sock = connection.timeout, connection.sock
+    if not isinstance(seconds, (int, float)) or seconds <= 0 or sock is None:
+        return receive()  # no read timeout: nothing to bound the headers by
+    late = TimeoutError(f"the response headers did not all arrive within {seconds:g}s")
+    deadline = _HeaderDeadline(sock, seconds)
+    try:
+        response = receive()
+    except Exception:
+        if deadline.stop():  # the cut is why the read failed
+            raise late from None
+        raise
+    finally:
+        deadline.stop()
+    if deadline.late:  # the cut ended the headers (an end of stream ends them too): they may be missing some
+        response.close()
+        raise late
+    return response
+
+
+class _HTTPConnection(urllib3.connection.HTTPConnection):
+    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]  # as urllib3's own
+        return _headers_in_time(self, super().getresponse)
+
+
+class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]  # as urllib3's own
+        return _headers_in_time(self, super().getresponse)
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOLS: dict[str, type[urllib3.HTTPConnectionPool]] = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter on connections whose response headers are bounded in time (_HeaderDeadline), through a
+    proxy too; a SOCKS proxy keeps its own connections, bounded by the read timeout alone."""
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if isinstance(manager, urllib3.ProxyManager):  # pools are made as requests go: this is before the first
+            manager.pool_classes_by_scheme = _POOLS
+        return manager
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -112,8 +112,8 @@ def test_links_planted_at_the_cache_records_are_not_followed(tmp_path: Path) -> 
     (cache.root / "verified.lock").symlink_to(victim)
     blob = cache.blobs / SHA
     blob.write_bytes(INSTALLER)
-    with pytest.raises(OSError):  # the lock is not opened through the link
-        cache.has(SHA)
+    with pytest.raises(FetchError, match=r"verified.lock is a symbolic link where the cache keeps a lock file"):
+        cache.has(SHA)  # the lock is not opened through the link, and that is a fetch error naming it
     (cache.root / "verified.lock").unlink()
     assert cache.has(SHA)
     assert victim.read_text() == "keep me"
