@@ -428,13 +428,13 @@ class _Progress:
     def __init__(self, url: str, callback: ProgressCallback | None) -> None:
         self.url = url
         self.callback = callback
-        self.last = 0.0
+        self.last: float | None = None  # never reported: the first report goes out whatever the clock says
 
     def __call__(self, done: int, total: int | None, *, final: bool = False) -> None:
         if self.callback is None:
             return
         now = time.monotonic()
-        if final or now - self.last >= PROGRESS_INTERVAL:
+        if final or self.last is None or now - self.last >= PROGRESS_INTERVAL:
             self.last = now
             self.callback(self.url, done, total)
 

@@ -55,3 +55,14 @@ def test_first_line_is_printed_however_young_the_clock(capsys: pytest.CaptureFix
     monkeypatch.setattr("modelarts_images.shared.progress.time.monotonic", lambda: 0.5)
     PlainLines(interval=5.0)("http://h/torch.whl", 10, 100)
     assert capsys.readouterr().err == "fetch: torch.whl 10 B / 100 B (10%)\n"
+
+
+def test_a_downloads_first_report_goes_out_however_young_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelarts_images.http import download
+
+    monkeypatch.setattr("modelarts_images.http.download.time.monotonic", lambda: download.PROGRESS_INTERVAL / 2)
+    seen: list[tuple[str, int, int | None]] = []
+    report = download._Progress("http://h/torch.whl", lambda url, done, total: seen.append((url, done, total)))
+    report(10, 100)
+    report(20, 100)  # the same instant: throttled
+    assert seen == [("http://h/torch.whl", 10, 100)]
