@@ -22,6 +22,7 @@ from modelarts_images.engine.api import Backend
 from modelarts_images.errors import ConfigError
 from modelarts_images.paths import ROOT, VERIFY_DIR
 from modelarts_images.shared.choices import Choice
+from modelarts_images.shared.retry import REGISTRY_BACKOFF
 
 N = TypeVar("N", int, float)
 
@@ -166,8 +167,8 @@ class PushOptions:
     project: str | None = None  # the IAM project of the SWR long-term login (None: the region's own)
     dry_run: bool = False  # check names and the registry, change nothing
     use_docker_config: bool = True  # fall back to credentials `docker login` stored
-    retries: int = 3  # for the registry's HTTP API
-    backoff: float = 1.0
+    retries: int = REGISTRY_BACKOFF.retries  # for the registry's HTTP API
+    backoff: float = REGISTRY_BACKOFF.base
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -28,9 +28,6 @@ from modelarts_images.errors import EngineError
 from modelarts_images.shared import retry
 from modelarts_images.shared.progress import ProgressCallback
 
-# Logins and pushes: a registry that is briefly away gets a few more tries, never minutes of them.
-REGISTRY_BACKOFF = retry.Backoff(retries=3, base=1.0)
-
 
 def endpoint() -> str:
     """Which engine a client will talk to, in words, for messages."""
@@ -51,7 +48,7 @@ def endpoint() -> str:
     return "unix:///var/run/docker.sock (the default; set DOCKER_HOST or a docker context for another engine)"
 
 
-def connect(*, registry_backoff: retry.Backoff = REGISTRY_BACKOFF) -> DockerEngine:
+def connect(*, registry_backoff: retry.Backoff = retry.REGISTRY_BACKOFF) -> DockerEngine:
     """The engine DOCKER_HOST or the current docker context names, checked with a ping; EngineError if none."""
     where = endpoint()
     try:
@@ -70,7 +67,7 @@ class DockerEngine:
     """The Engine protocol over a docker SDK client, and the docker CLI for BuildKit builds."""
 
     def __init__(self, client: docker.DockerClient, *, endpoint: str,
-                 registry_backoff: retry.Backoff = REGISTRY_BACKOFF) -> None:
+                 registry_backoff: retry.Backoff = retry.REGISTRY_BACKOFF) -> None:
         self.client = client
         self._endpoint = endpoint
         self.registry_backoff = registry_backoff

@@ -64,6 +64,11 @@ class Backoff:
         return float(min(self.base * 2 ** (attempt - 1), MAX_BACKOFF))
 
 
+# A registry (its HTTP API, and the engine's logins and pushes to it) that is briefly away gets a few more tries,
+# never minutes of them.
+REGISTRY_BACKOFF = Backoff(retries=3, base=1.0)
+
+
 def call(
     action: Callable[[int], T],
     *,
