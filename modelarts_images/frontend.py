@@ -74,6 +74,7 @@ def guard_invoke() -> None:
             if section is not None and not isinstance(section, dict):
                 raise ConfigError(f"{path}: {settings.SECTION}: must be a mapping of settings (got "
                                   f"{type(section).__name__}); see the keys in the shipped invoke.yaml")
+            _check_settings(path, section)
         except ConfigError as error:
             raise Exit(f"error: {error}", code=ConfigError.exit_code) from None
         return document
@@ -81,6 +82,22 @@ def guard_invoke() -> None:
     load_yaml.guarded = True  # type: ignore[attr-defined]
     Config._load_yaml = Config._load_yml = load_yaml  # type: ignore[method-assign]
     logging.getLogger("invoke").addFilter(_MaskedRecords())
+
+
+def _check_settings(path: os.PathLike[Any], section: Mapping[str, Any] | None) -> None:
+    """The file's own `modelarts` values, checked as the merged section will be, so that a bad one names the
+    file it is in: once invoke has merged the files, nothing says which one a value came from, and the merged
+    section's messages name invoke.yaml. (It also keeps a list where invoke.yaml has a mapping away from invoke's
+    merge, which would fail with a traceback.)"""
+    if not section:
+        return
+    try:
+        settings.resolve(section, root=ROOT, env={})  # env={}: the value is the file's, whatever the environment
+    except ConfigError as error:
+        merged = settings.where("", env={})  # "invoke.yaml: modelarts.", how the merged section's messages begin
+        lines = str(error).splitlines()
+        raise ConfigError("\n".join(f"{path}: {settings.SECTION}.{line.removeprefix(merged)}"
+                                    if line.startswith(merged) else line for line in lines)) from None
 
 
 def load_section(config_file: str | None) -> Mapping[str, Any] | None:
@@ -101,7 +118,9 @@ def load_section(config_file: str | None) -> Mapping[str, Any] | None:
             loaded.load_runtime()
         except Exit as error:
             problem = str(error.message).removeprefix(f"error: {runtime}: ")
-            raise ConfigError(f"--config {config_file}: cannot be read: {problem}") from None
+            if not problem.startswith(settings.SECTION):  # a value names its key; the file as a whole is unreadable
+                problem = f"cannot be read: {problem}"
+            raise ConfigError(f"--config {config_file}: {problem}") from None
         except Exception as error:  # invoke's own errors name no file
             raise ConfigError(f"--config {config_file}: cannot be read: {error}") from error
     loaded.load_shell_env()
@@ -173,6 +192,20 @@ def _drop_stdout() -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def output_failure(error: OSError) -> tuple[int, str | None] | None:
+    """The exit code, and the message if any, of a front end whose output failed with `error`; None when
+    `error` is not about the output. Either way stdout is left pointing at /dev/null, so that the interpreter's
+    final flush cannot fail again."""
+    if isinstance(error, BrokenPipeError):
+        # The reader went away (`inv plan | head`): stop quietly, as command-line tools do on SIGPIPE.
+        _drop_stdout()
+        return SIGPIPE_EXIT, None
+    if error.errno not in _OUTPUT_ERRNOS:
+        return None
+    _drop_stdout()  # what is left in its buffer can never be written
+    return OUTPUT_ERROR_EXIT, f"error: cannot write the output: {error.strerror or error}"
+
+
 def exits_cleanly(task_body: Callable[P, R]) -> Callable[P, R]:
     """Turn the tool's errors into invoke.Exit with their exit code; `inv --debug` keeps the traceback."""
 
@@ -186,15 +219,11 @@ def exits_cleanly(task_body: Callable[P, R]) -> Callable[P, R]:
             if logging.getLogger().isEnabledFor(logging.DEBUG):
                 raise
             raise Exit(f"error: {error}", code=error.exit_code) from None
-        except BrokenPipeError:
-            # The reader went away (`inv plan | head`): stop quietly, as command-line tools do on SIGPIPE, and
-            # point stdout at /dev/null so the interpreter's final flush cannot fail again.
-            _drop_stdout()
-            raise Exit(code=SIGPIPE_EXIT) from None
         except OSError as error:
-            if error.errno not in _OUTPUT_ERRNOS:
+            failure = output_failure(error)
+            if failure is None:
                 raise
-            _drop_stdout()  # what is left in its buffer can never be written
-            raise Exit(f"error: cannot write the output: {error.strerror or error}", code=OUTPUT_ERROR_EXIT) from None
+            code, message = failure
+            raise Exit(message, code=code) from None
 
     return wrapper

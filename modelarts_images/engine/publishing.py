@@ -25,6 +25,7 @@ import requests
 
 from modelarts_images.engine.api import Pushed, Refusal, RegistryAuth, RegistryLogin, RegistryRefusedError
 from modelarts_images.errors import EngineError
+from modelarts_images.publish.swr import Credentials
 from modelarts_images.shared import redact, retry
 from modelarts_images.shared.progress import ProgressCallback
 from modelarts_images.shared.text import one_line
@@ -75,29 +76,31 @@ def auth_config(login: RegistryLogin, identity_token: str | None = None) -> dict
 
 def login(client: docker.DockerClient, credentials: RegistryLogin, *, backoff: retry.Backoff) -> RegistryAuth:
     """Log in through the engine; the auth for push. RegistryRefusedError when refused, EngineError when unreachable."""
-    secrets = (credentials.password,)
+    # The engine's errors may quote the user name, and SWR's long-term one carries the AK ('cn-north-4@<AK>'):
+    # every message and retry warning shows it as swr does everywhere else (cut), the password masked.
+    hide = Credentials(registry=credentials.registry, username=credentials.username, password=credentials.password,
+                       source="the engine's login").hide
 
     def once(attempt: int) -> Any:
         try:
             return client.login(credentials.username, credentials.password, registry=credentials.registry,
                                 reauth=True)
         except docker.errors.APIError as error:
-            detail = redact.text(str(error.explanation or error), secrets)
+            detail = hide(str(error.explanation or error))
             kind = trouble(detail)
             if kind is None:
                 raise retry.TransientError(detail) from None
             raise RegistryRefusedError(f"login to {credentials.registry} failed: {one_line(detail, 400)}", kind=kind,
                                   detail=detail) from None
         except (requests.ConnectionError, requests.Timeout) as error:
-            raise retry.TransientError(f"the Docker Engine does not answer: {redact.text(str(error), secrets)}"
-                                       ) from None
+            raise retry.TransientError(f"the Docker Engine does not answer: {hide(str(error))}") from None
 
     def give_up(attempts: int, failure: retry.TransientError) -> EngineError:
         return EngineError(f"login to {credentials.registry} failed after {attempts} attempt(s): "
-                           f"{redact.text(one_line(str(failure), 400), secrets)}")
+                           f"{hide(one_line(str(failure), 400))}")
 
     answer = retry.call(once, backoff=backoff, describe=f"login to {credentials.registry}", give_up=give_up,
-                        log=log, mask=lambda text: redact.text(one_line(text, 400), secrets))
+                        log=log, mask=lambda text: hide(one_line(text, 400)))
     token = answer.get("IdentityToken") if isinstance(answer, Mapping) else None
     return RegistryAuth(config=auth_config(credentials, token if isinstance(token, str) else None))
 

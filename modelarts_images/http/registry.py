@@ -157,7 +157,7 @@ class Registry:
         media_type = _media_type(response)
         try:
             document: Any = json.loads(body)
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:  # RecursionError: nested too deeply for json
             raise RegistryError(f"{self.registry}/{name}:{tag}: the manifest is not JSON: {error}") from None
         if not isinstance(document, dict):
             raise RegistryError(f"{self.registry}/{name}:{tag}: the manifest is not a JSON object")
@@ -189,7 +189,7 @@ class Registry:
         try:
             document: Any = json.loads(response.content)
             labels = (document.get("config") or {}).get("Labels") or {}
-        except (ValueError, AttributeError) as error:
+        except (ValueError, AttributeError, RecursionError) as error:
             raise RegistryError(f"{self.registry}/{name}: the image config {digest} is not an image config: "
                                 f"{error}") from None
         return {str(key): str(value) for key, value in labels.items()} if isinstance(labels, dict) else {}
@@ -283,7 +283,7 @@ class Registry:
             raise RegistryError(self._explain(response, f"getting a token from {realm}"))
         try:
             answer = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply for json: no token either way
             answer = None
         token = answer.get("token") or answer.get("access_token") if isinstance(answer, dict) else None
         if not isinstance(token, str) or not token:
@@ -328,6 +328,6 @@ def _detail(response: requests.Response) -> str:
     try:
         errors = response.json().get("errors")
         messages = [str(e.get("message")) for e in errors if isinstance(e, dict) and e.get("message")]
-    except (ValueError, AttributeError, TypeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         return ""
     return f" ({'; '.join(messages)})" if messages else ""

@@ -12,7 +12,7 @@ from pathlib import Path
 from modelarts_images.config import versions
 from modelarts_images.engine.api import Backend
 from modelarts_images.errors import ConfigError, ModelArtsImagesError
-from modelarts_images.frontend import load_section, options_for, show_engine_log
+from modelarts_images.frontend import load_section, options_for, output_failure, show_engine_log
 from modelarts_images.matrix import ci
 from modelarts_images.matrix import report as reporting
 from modelarts_images.matrix.cells import parse_shard, shard_cells
@@ -71,6 +71,24 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The matrix's exit code; output that cannot be written ends it as it ends a task (74, or 141 on a closed
+    pipe)."""
+    try:
+        try:
+            code = _main(argv)
+        finally:  # argparse's --help and usage errors leave through SystemExit, with output still buffered
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    except OSError as error:
+        failure = output_failure(error)
+        if failure is None:
+            raise
+        code, message = failure
+        if message:
+            print(message, file=sys.stderr)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = parser().parse_args(argv)
     try:
         flags = Flags(versions=args.versions, backend=args.backend, device=args.device, timeout=args.timeout,

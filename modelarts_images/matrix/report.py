@@ -46,7 +46,7 @@ def read_cells(reports_dir: Path, ids: Sequence[str] | None = None) -> list[Cell
     for path in paths:
         try:
             records.append(CellRecord.from_json(json.loads(path.read_text("utf-8"))))
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):  # JSON nested too deeply
             continue
     return records
 
@@ -203,7 +203,7 @@ def collect(paths: Sequence[Path], ids: Sequence[str]) -> tuple[list[CellRecord]
             record = CellRecord.from_json(json.loads(path.read_text("utf-8")))
         except FileNotFoundError:
             raise ConfigError(f"--records: {path} does not exist") from None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
             raise ConfigError(f"--records: {path} is not a matrix cell record ({error!r})") from None
         if record.id in found and found[record.id].finished >= record.finished:
             continue
@@ -246,7 +246,7 @@ def print_summary(reports_dir: Path, *, run_token: str = "", tty: bool | None = 
     except FileNotFoundError:
         print(f"no matrix report at {path}")
         return 1
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
         print(f"the matrix report {path} cannot be read ({error!r}); run the matrix again to rewrite it")
         return 1
     if run_token:

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from modelarts_images.errors import ConfigError
+from modelarts_images.errors import WriteError
 from modelarts_images.matrix.cells import CellRecord
 from modelarts_images.shared.files import write_atomic
 
@@ -18,11 +18,24 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "matrix-state.json"
 SCHEMA = 1
+# A state file that cannot be updated keeps what it held: a cell that failed now may still look built to the next
+# run (which checks that the image is still there), hence the pointer to --rerun.
+_UNRECORDED = ("the matrix goes on without recording its cells' results (the next run, not knowing them, may "
+               "run a cell again or skip one that failed here; --rerun runs every cell)")
 
 
 class State:
+    """The state is only a memory of what was built: whatever is wrong with its file is a warning (said once),
+    and at worst a cell runs again; it never fails a cell or the run."""
+
     def __init__(self, reports_dir: Path) -> None:
         self.path = reports_dir / STATE_FILE
+        self._warned: set[str] = set()
+
+    def _warn(self, message: str) -> None:
+        if message not in self._warned:  # read again before each update: one warning, not one per cell
+            self._warned.add(message)
+            log.warning("%s", message)
 
     def read(self) -> dict[str, CellRecord]:
         """The last success of each cell; an entry that cannot be read counts as none (the cell runs)."""
@@ -30,20 +43,20 @@ class State:
             document = json.loads(self.path.read_text("utf-8"))
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as error:
-            log.warning("matrix state %s cannot be read (%s): every cell runs", self.path, error)
+        except (OSError, ValueError, RecursionError) as error:  # RecursionError: JSON nested too deeply
+            self._warn(f"matrix state {self.path} cannot be read ({error}): every cell runs")
             return {}
         cells = document.get("cells") if isinstance(document, dict) else None
         if not isinstance(cells, dict):
-            log.warning("matrix state %s holds no cells: every cell runs", self.path)
+            self._warn(f"matrix state {self.path} holds no cells: every cell runs")
             return {}
         found = {}
         for cell_id, entry in cells.items():
             try:
                 found[str(cell_id)] = CellRecord.from_json(entry)
-            except (KeyError, TypeError, ValueError, AttributeError) as error:
-                log.warning("matrix state %s: the entry of %s cannot be read (%r): that cell runs", self.path,
-                            cell_id, error)
+            except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as error:
+                self._warn(f"matrix state {self.path}: the entry of {cell_id} cannot be read ({error!r}): that "
+                           "cell runs")
         return found
 
     @contextlib.contextmanager
@@ -67,5 +80,7 @@ class State:
                     cells[cell_id] = success.to_json()
                 write_atomic(self.path, json.dumps({"schema": SCHEMA, "cells": cells}, indent=2,
                                                    sort_keys=True) + "\n", what="matrix state")
-        except OSError as error:  # the lock file: write_atomic names its own failures
-            raise ConfigError(f"cannot lock the matrix state {self.path}: {error.strerror or error}") from error
+        except WriteError as error:  # a directory in its place, a full disk
+            self._warn(f"{error}; {_UNRECORDED}")
+        except OSError as error:  # the lock file (write_atomic names its own failures): unlocked, no update is safe
+            self._warn(f"cannot lock the matrix state {self.path}: {error.strerror or error}; {_UNRECORDED}")

@@ -36,7 +36,7 @@ from modelarts_images.engine.api import (
     RegistryLogin,
     RegistryRefusedError,
 )
-from modelarts_images.errors import ConfigError, ModelArtsImagesError, RegistryError
+from modelarts_images.errors import ConfigError, EngineError, ModelArtsImagesError, RegistryError
 from modelarts_images.http.registry import Manifest, Registry
 from modelarts_images.model import ImageSpec
 from modelarts_images.options import PushOptions
@@ -192,6 +192,8 @@ def _login(engine: Engine, credentials: swr.Credentials) -> RegistryAuth:
                 f"{credentials.registry} rejected the login of {credentials.shown_user} (from {credentials.source}): "
                 f"wrong user name or password ({one_line(refused.detail, 400)})")) from None
         raise RegistryError(credentials.hide(str(refused))) from None
+    except EngineError as error:  # an engine unreachable, or failing: its message may quote the user's AK
+        raise EngineError(credentials.hide(str(error))) from None
     log.info("logged in to %s as %s (%s)", credentials.registry, credentials.shown_user, credentials.source)
     return auth
 

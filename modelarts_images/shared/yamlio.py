@@ -19,6 +19,9 @@ SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader
 # ("billion laughs"), which anything that walks the document (a schema check, invoke's config merge) would then
 # visit one by one; real files here hold a few thousand.
 MAX_NODES = 1_000_000
+# Collections nested in one another, aliases expanded. libyaml refuses only 1000 levels, but invoke's config merge
+# (and any other recursive walk) exhausts Python's stack well before that; real files here nest a few levels.
+MAX_DEPTH = 64
 
 
 def safe_load(text: str) -> Any:
@@ -42,17 +45,20 @@ def read(path: Path, *, loader: type[yaml.SafeLoader] = SafeLoader, label: str |
 
 def parse(text: str, *, label: str, loader: type[yaml.SafeLoader] = SafeLoader) -> Any:
     """The document in `text`, or ConfigError starting with `label`: not YAML, a value no Python type can hold
-    (a date out of range, a key that is a list, an integer beyond Python's digit limit), nested too deeply, or
-    too large once its aliases are expanded."""
+    (a date out of range, a key that is a list, an integer beyond Python's digit limit), or nested too deeply
+    (MAX_DEPTH) or too large (MAX_NODES) once its aliases are expanded."""
     try:
         reader = loader(text)
         try:
             node = reader.get_single_node()
             if node is None:
                 return None
-            if _expanded_size(node) > MAX_NODES:
+            size, depth = _expanded_shape(node)
+            if size > MAX_NODES:
                 raise ConfigError(f"{label}: holds more than {MAX_NODES:,} values once its YAML aliases are "
                                   "expanded; write the values out instead of nesting aliases")
+            if depth > MAX_DEPTH:
+                raise ConfigError(_too_deep(label))
             return reader.construct_document(node)
         finally:
             reader.dispose()
@@ -62,38 +68,47 @@ def parse(text: str, *, label: str, loader: type[yaml.SafeLoader] = SafeLoader) 
         raise ConfigError(f"{label}: {where}not valid YAML: {error.problem}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{label}: not valid YAML: {error}") from None
-    except RecursionError:
-        raise ConfigError(f"{label}: nested too deeply to be read") from None
+    except RecursionError:  # PyYAML's pure-Python composer recurses before the depth can be checked
+        raise ConfigError(_too_deep(label)) from None
     except (ValueError, TypeError, OverflowError) as error:  # raised by PyYAML's constructors
         raise ConfigError(f"{label}: a value cannot be read: {error}") from None
 
 
-def _expanded_size(root: yaml.Node) -> int:
-    """How many nodes the document has with every alias expanded, counted without expanding them: each node is
-    visited once, its size remembered (aliases make the graph a DAG; a recursive alias counts as too large)."""
-    sizes: dict[int, int] = {}
+def _too_deep(label: str) -> str:
+    return f"{label}: nested too deeply (more than {MAX_DEPTH} levels)"
+
+
+def _expanded_shape(root: yaml.Node) -> tuple[int, int]:
+    """How many nodes the document has with every alias expanded, and how deeply its collections nest then,
+    counted without expanding them: each node is visited once, its size and depth remembered (aliases make the
+    graph a DAG; a recursive alias counts as too large)."""
+    too_large = (MAX_NODES + 1, 0)
+    shapes: dict[int, tuple[int, int]] = {}
     in_progress: set[int] = set()
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:  # iterative: a deeply nested document must not exhaust Python's stack here
         node, children_done = stack.pop()
         key = id(node)
-        if key in sizes:
+        if key in shapes:
             continue
         children = _children(node)
         if children_done:
             in_progress.discard(key)
-            sizes[key] = min(1 + sum(sizes[id(child)] for child in children), MAX_NODES + 1)
+            below = [shapes[id(child)] for child in children]
+            level = 0 if isinstance(node, yaml.ScalarNode) else 1  # a collection is a level; a scalar is none
+            shapes[key] = (min(1 + sum(size for size, _ in below), MAX_NODES + 1),
+                           level + max((depth for _, depth in below), default=0))
             continue
         if key in in_progress:  # a node that contains itself
-            return MAX_NODES + 1
+            return too_large
         in_progress.add(key)
         stack.append((node, True))
         for child in children:
             if id(child) in in_progress:
-                return MAX_NODES + 1
-            if id(child) not in sizes:
+                return too_large
+            if id(child) not in shapes:
                 stack.append((child, False))
-    return sizes[id(root)]
+    return shapes[id(root)]
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
