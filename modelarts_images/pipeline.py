@@ -30,7 +30,7 @@ from modelarts_images.model import FetchedImage, ImageSpec
 from modelarts_images.options import BuildOptions, DeviceChoice, FetchOptions, Options, PushOptions, VerifyOptions
 from modelarts_images.paths import CONTEXT_TEMPLATE
 from modelarts_images.publish import publisher, trainingjob
-from modelarts_images.publish.swr import Credentials
+from modelarts_images.shared.credentials import Credentials
 from modelarts_images.shared.progress import ProgressCallback
 from modelarts_images.verify import report as verify_report
 from modelarts_images.verify import runs, verifier

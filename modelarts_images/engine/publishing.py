@@ -25,8 +25,8 @@ import requests
 
 from modelarts_images.engine.api import Pushed, Refusal, RegistryAuth, RegistryLogin, RegistryRefusedError
 from modelarts_images.errors import EngineError
-from modelarts_images.publish.swr import Credentials
 from modelarts_images.shared import redact, retry
+from modelarts_images.shared.credentials import Credentials
 from modelarts_images.shared.progress import ProgressCallback
 from modelarts_images.shared.text import one_line
 

@@ -29,8 +29,8 @@ from typing import Any
 import requests
 
 from modelarts_images.errors import RegistryError
-from modelarts_images.publish.swr import Credentials, missing_login_hint
 from modelarts_images.shared import redact, retry
+from modelarts_images.shared.credentials import Credentials
 from modelarts_images.shared.text import one_line
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class Registry:
         retries: int = 3,
         backoff: float = 0.5,
         timeout: tuple[float, float] = (10.0, 30.0),
-        region: str | None = None,
+        login_hint: str = "",
     ) -> None:
         self.registry = registry
         self.url = base_url(registry)
@@ -113,7 +113,7 @@ class Registry:
         self.retries = retries
         self.backoff = backoff
         self.timeout = timeout
-        self.region = region
+        self.login_hint = login_hint  # what the caller's user sets for a login, for the message when none is found
         self._own_session = session is None
         self.session = session if session is not None else requests.Session()
         self._authorization: dict[str, str] = {}  # scope -> Authorization header value
@@ -297,8 +297,8 @@ class Registry:
         return self.credentials.hide(text) if self.credentials else redact.text(text)
 
     def _login_needed(self) -> str:
-        return (f"{self.registry} requires a login and no credentials were found: "
-                f"{missing_login_hint(self.registry, region=self.region)}")
+        return f"{self.registry} requires a login and no credentials were found" + (
+            f": {self.login_hint}" if self.login_hint else "")
 
     def _rejected(self, response: requests.Response) -> str:
         if self.credentials is None:

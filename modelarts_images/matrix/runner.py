@@ -35,7 +35,7 @@ from modelarts_images.model import FetchedImage, ImageSpec
 from modelarts_images.options import Options
 from modelarts_images.paths import CONTEXT_TEMPLATE
 from modelarts_images.publish.publisher import summary as push_summary
-from modelarts_images.publish.swr import Credentials
+from modelarts_images.shared.credentials import Credentials
 from modelarts_images.shared.files import check_writable
 from modelarts_images.shared.text import one_line
 from modelarts_images.verify.report import format_report

@@ -42,6 +42,7 @@ from modelarts_images.model import ImageSpec
 from modelarts_images.options import PushOptions
 from modelarts_images.publish import swr
 from modelarts_images.shared.choices import Choice
+from modelarts_images.shared.credentials import Credentials
 from modelarts_images.shared.files import write_atomic
 from modelarts_images.shared.progress import ProgressCallback
 from modelarts_images.shared.text import one_line, size
@@ -170,18 +171,18 @@ def summary(records: Sequence[PushRecord]) -> str:
 
 
 def credentials_for(registry: str, env: Mapping[str, str], engine: Engine, *, region: str | None = None,
-                    project: str | None = None, use_docker_config: bool = True) -> swr.Credentials | None:
+                    project: str | None = None, use_docker_config: bool = True) -> Credentials | None:
     """The environment's credentials for `registry` (swr.resolve_credentials), else what `docker login` stored."""
     found = swr.resolve_credentials(registry, env, region=region, project=project)
     if found is None and use_docker_config:
         stored = engine.stored_login(registry)
         if stored is not None:
-            found = swr.Credentials(registry=registry, username=stored.username, password=stored.password,
+            found = Credentials(registry=registry, username=stored.username, password=stored.password,
                                     source="docker config (docker login)")
     return found
 
 
-def _login(engine: Engine, credentials: swr.Credentials) -> RegistryAuth:
+def _login(engine: Engine, credentials: Credentials) -> RegistryAuth:
     """Log in through the engine; a refusal says whose login it was and where it came from."""
     try:
         auth = engine.login(RegistryLogin(registry=credentials.registry, username=credentials.username,
@@ -243,10 +244,10 @@ class _Publisher:
         self.options = options
         self.env = env
         self.progress = progress
-        self.credentials: dict[str, swr.Credentials | None] = {}
+        self.credentials: dict[str, Credentials | None] = {}
         self.auth: dict[str, RegistryAuth | None] = {}
 
-    def credentials_for(self, registry: str) -> swr.Credentials | None:
+    def credentials_for(self, registry: str) -> Credentials | None:
         if registry not in self.credentials:
             self.credentials[registry] = options_credentials(registry, self.options, engine=self.engine, env=self.env)
         return self.credentials[registry]
@@ -268,7 +269,7 @@ class _Publisher:
             raise RegistryError(f"no local image {reference}: build it first (inv build --only {image.id})")
         credentials = self.credentials_for(reference.registry)
         with Registry(reference.registry, credentials, retries=options.retries, backoff=options.backoff,
-                      region=options.region) as registry:
+                      login_hint=_login_hint(reference.registry, options)) as registry:
             plans = [(target, *self._guard(registry, target, local)) for target in targets]
             if options.dry_run:
                 return self._dry_run(image, local, plans, now)
@@ -372,20 +373,24 @@ class RemoteImage:
     labels: Mapping[str, str]
 
 
+def _login_hint(registry: str, options: PushOptions) -> str:
+    return swr.missing_login_hint(registry, region=options.region)
+
+
 def options_credentials(registry: str, options: PushOptions, *, engine: Engine, env: Mapping[str, str]
-                        ) -> swr.Credentials | None:
+                        ) -> Credentials | None:
     """credentials_for with the push options' region, project and docker-config fallback."""
     return credentials_for(registry, env, engine, region=options.region, project=options.project,
                            use_docker_config=options.use_docker_config)
 
 
-def remote_image(image: ImageSpec, options: PushOptions, *, credentials: swr.Credentials | None,
+def remote_image(image: ImageSpec, options: PushOptions, *, credentials: Credentials | None,
                  ) -> RemoteImage | None:
     """The entry's tag in its registry, with the labels of its image config; None when the tag is absent or is
     not a single docker v2 image. RegistryError when the registry cannot be asked (no login, unreachable)."""
     reference = swr.validate(swr.Reference.of(image))
     with Registry(reference.registry, credentials, retries=options.retries, backoff=options.backoff,
-                  region=options.region) as registry:
+                  login_hint=_login_hint(reference.registry, options)) as registry:
         manifest = registry.manifest(reference.name, reference.tag)
         if manifest is None or not manifest.is_docker_v2:
             return None

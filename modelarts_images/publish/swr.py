@@ -26,12 +26,12 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from modelarts_images.config import versions as config
 from modelarts_images.errors import RegistryError
 from modelarts_images.model import ImageSpec
-from modelarts_images.shared import redact
+from modelarts_images.shared.credentials import PROJECT_NAME, Credentials
 
 # (access key, secret key, security token) variable names, in the order they are tried.
 AK_SK_SOURCES: tuple[tuple[str, str, str], ...] = (
@@ -43,8 +43,6 @@ REGISTRY_LOGIN = ("MODELARTS_REGISTRY_USER", "MODELARTS_REGISTRY_PASSWORD")
 
 _SWR_HOST = re.compile(r"^swr\.(?P<region>[a-z]{2,}(?:-[a-z]+)+-[0-9]+)\.myhuaweicloud\.(?:com|eu)(?::[0-9]+)?$")
 _REGION = re.compile(r"^[a-z]{2,}(?:-[a-z]+)+-[0-9]+$")
-# A project name: the region's own, or a sub-project's, which IAM names `<region>_<name>`.
-_PROJECT = re.compile(r"^(?P<region>[a-z]{2,}(?:-[a-z]+)+-[0-9]+)(?:_[A-Za-z0-9_-]{1,54})?$")
 # Docker's limit for registry/organization/repository (the part before the tag).
 MAX_NAME_LENGTH = 255
 
@@ -69,53 +67,8 @@ def long_term_user(project: str, access_key: str) -> str:
     return f"{project}@{access_key}"
 
 
-def _access_key_in(user: str) -> str:
-    """The AK of a long-term login user name ('' for any other user name)."""
-    project, at, key = user.partition("@")
-    return key if at and _PROJECT.match(project) and len(key) > 4 else ""
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Credentials
-
-
-def _hide_key(user: str) -> str:
-    """'cn-north-4@HPUAEXAMPLEKEY' -> 'cn-north-4@HPUA…': the AK is an identifier, but need not be shown whole."""
-    key = _access_key_in(user)
-    return f"{user.partition('@')[0]}@{key[:4]}…" if key else user
-
-
-@dataclass(frozen=True, kw_only=True)
-class Credentials:
-    """A registry login. The password never shows in repr() or str()."""
-
-    registry: str
-    username: str
-    password: str = field(repr=False)
-    source: str  # where it came from, for messages: 'HUAWEICLOUD_SDK_AK/HUAWEICLOUD_SDK_SK (long-term login)'
-
-    def __repr__(self) -> str:
-        return (f"Credentials(registry={self.registry!r}, username={self.shown_user!r}, password='{redact.MASK}', "
-                f"source={self.source!r})")
-
-    __str__ = __repr__
-
-    @property
-    def shown_user(self) -> str:
-        """The user name as logs show it: an AK inside it is cut to its first four characters."""
-        return _hide_key(self.username)
-
-    @property
-    def secrets(self) -> tuple[str, ...]:
-        """What every log line and message must mask: the password, and the AK of a long-term login."""
-        return tuple(secret for secret in (self.password, _access_key_in(self.username)) if secret)
-
-    def hide(self, text: str) -> str:
-        """`text` as messages may show it: the user name as shown_user (an AK cut to its first characters, as a
-        registry's error may quote the whole user name), every secret masked."""
-        if self.username != self.shown_user:
-            text = text.replace(self.username, self.shown_user)
-        return redact.text(text, self.secrets)
 
 
 def _pair(env: Mapping[str, str], first: str, second: str) -> tuple[str, str] | None:
@@ -156,7 +109,7 @@ def _login_region(registry: str, region: str | None, project: str | None) -> str
     the project is checked against the host's)."""
     if project is None or region is not None or region_of(registry) is not None:
         return region
-    named = _PROJECT.match(project.strip())
+    named = PROJECT_NAME.match(project.strip())
     if named is None:
         raise RegistryError(f"project {project!r} is not a Huawei Cloud project name such as cn-north-4 or "
                             "cn-north-4_team")
@@ -168,7 +121,7 @@ def _project(swr_region: str, project: str | None) -> str:
     if project is None:
         return swr_region
     project = project.strip()
-    match = _PROJECT.match(project)
+    match = PROJECT_NAME.match(project)
     if match is None:
         raise RegistryError(f"project {project!r} is not a Huawei Cloud project name: the region's own "
                             f"({swr_region}) or a sub-project's ({swr_region}_<name>, letters, digits, '_' or '-')")

@@ -30,7 +30,7 @@ from modelarts_images.inputs import INPUTS_LABEL, changed_inputs, image_hash
 from modelarts_images.matrix import runner
 from modelarts_images.matrix.cells import CellRecord, CellStatus
 from modelarts_images.options import Flags, resolve
-from modelarts_images.publish.swr import Credentials
+from modelarts_images.shared.credentials import Credentials
 from tests.engine.conftest import STAND_IN_INSTALLER, fetch_with_stack, remove_image, run_base
 from tests.engine.conftest_push import RunningRegistry, local_registry, push_engine  # noqa: F401 - fixtures
 from tests.support.http_server import serve

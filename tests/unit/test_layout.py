@@ -60,6 +60,17 @@ def test_stages_do_not_import_the_front_ends_or_each_others_steps() -> None:
                                             "modelarts_images.pipeline")), f"{module} imports {imported}"
 
 
+def test_the_edges_import_no_stage_but_the_configuration() -> None:
+    """http/ and engine/ serve the stages: they may read the configuration (wheel names, the stack's rules),
+    never a stage's own work, or the stages would form a cycle through them."""
+    for module, path in MODULES.items():
+        if not module.startswith(("modelarts_images.http.", "modelarts_images.engine.")):
+            continue
+        for imported in imports(path, top_level_only=False):
+            for stage in STAGES[1:]:
+                assert not imported.startswith(f"modelarts_images.{stage}"), f"{module} imports {imported}"
+
+
 def test_imports_form_no_cycle() -> None:
     graph = {module: {name for name in imports(path, top_level_only=True) if name in MODULES and name != module}
              for module, path in MODULES.items()}

@@ -28,9 +28,9 @@ from modelarts_images.errors import EngineError, RegistryError, WriteError
 from modelarts_images.http import registry
 from modelarts_images.model import Artifact, ImageSpec
 from modelarts_images.options import PushOptions
-from modelarts_images.publish import publisher
-from modelarts_images.publish.swr import Credentials
+from modelarts_images.publish import publisher, swr
 from modelarts_images.shared import retry
+from modelarts_images.shared.credentials import Credentials
 from modelarts_images.shared.progress import ProgressCallback
 from tests.support.fake_engine import FakeEngine, image_config
 
@@ -226,7 +226,7 @@ def test_other_media_types_are_reported(media_type: str) -> None:
 
 
 def test_no_credentials_names_the_variables() -> None:
-    with serve(State()) as host, registry.Registry(host, None) as api, \
+    with serve(State()) as host, registry.Registry(host, None, login_hint=swr.missing_login_hint(host)) as api, \
             pytest.raises(RegistryError, match=r"requires a login and no credentials.*MODELARTS_REGISTRY_USER") as e:
         api.manifest("o/r", "t")
     assert e.value.exit_code == 6

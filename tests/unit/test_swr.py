@@ -18,6 +18,7 @@ from modelarts_images.config import versions as config
 from modelarts_images.errors import ConfigError, RegistryError, WriteError
 from modelarts_images.publish import publisher as publish
 from modelarts_images.publish import swr
+from modelarts_images.shared.credentials import Credentials
 
 SWR_HOST = "swr.cn-north-4.myhuaweicloud.com"
 # Test values in the shape of real ones: a 20-character AK and a 40-character SK.
@@ -214,7 +215,7 @@ def test_a_message_quoting_the_user_shows_the_ak_cut() -> None:
 
 
 def test_credentials_are_frozen() -> None:
-    found = swr.Credentials(registry="r", username="u", password="p", source="s")
+    found = Credentials(registry="r", username="u", password="p", source="s")
     with pytest.raises(AttributeError):
         found.password = "other"  # type: ignore[misc]
 
