@@ -365,3 +365,16 @@ def test_links_planted_at_a_downloads_files_are_never_written_through(tmp_path: 
         fetch_images([entry(url, sha256=SHA)], options(tmp_path))
     assert blob.read_bytes() == INSTALLER and not blob.is_symlink()
     assert victim.read_text() == "keep me"
+
+
+def test_invokes_own_parse_errors_are_the_documented_exit_1_without_a_traceback() -> None:
+    result = run_inv("plan", "--bogus")
+    assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
+    assert "--bogus" in result.stderr + result.stdout
+
+
+def test_only_without_a_value_plans_the_default_image_as_documented() -> None:
+    bare, default = run_inv("plan", "--json", "--only"), run_inv("plan", "--json")
+    assert bare.returncode == 0 and bare.stdout == default.stdout
+    empty = run_inv("plan", "--only=")
+    assert empty.returncode == 2 and "Traceback" not in empty.stderr
