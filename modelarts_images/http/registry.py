@@ -22,6 +22,7 @@ import ipaddress
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -41,6 +42,10 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 ACCEPT = ", ".join((DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX))
 INDEX_TYPES = (DOCKER_MANIFEST_LIST, OCI_INDEX)
+# What the API answers here is manifests, image configs, tokens and error documents: kilobytes, a few MB for an
+# image config with a long history. A registry that sends more, or keeps sending, is cut off, not read whole.
+MAX_REPLY_BYTES = 64 * 1024 * 1024
+REPLY_DEADLINE_S = 120.0
 
 _CHALLENGE = re.compile(r"^\s*(?P<scheme>[A-Za-z]+)\s*(?P<params>.*)$")
 _PARAM = re.compile(r'(?P<key>[A-Za-z_]+)\s*=\s*"(?P<value>[^"]*)"')
@@ -229,7 +234,8 @@ class Registry:
         def once(attempt: int) -> requests.Response:
             try:
                 response = self.session.request(method, url, headers=headers, auth=auth, params=params,
-                                                timeout=self.timeout, allow_redirects=True)
+                                                timeout=self.timeout, allow_redirects=True, stream=True)
+                _read_bounded(response, f"{self.registry}: {method} {redact.url(url)}")
             except requests.exceptions.SSLError as error:  # a certificate problem does not heal by retrying
                 raise RegistryError(self._mask(f"TLS error talking to {self.registry}: {error}")) from None
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
@@ -331,3 +337,19 @@ def _detail(response: requests.Response) -> str:
     except (ValueError, AttributeError, TypeError, RecursionError):
         return ""
     return f" ({'; '.join(messages)})" if messages else ""
+
+
+def _read_bounded(response: requests.Response, what: str) -> None:
+    """Read the streamed body into the response (so .content and .json() work), at most MAX_REPLY_BYTES within
+    REPLY_DEADLINE_S: RegistryError beyond the size, a transient failure past the deadline."""
+    started, body = time.monotonic(), bytearray()
+    try:
+        for chunk in response.iter_content(64 * 1024):
+            body += chunk
+            if len(body) > MAX_REPLY_BYTES:
+                raise RegistryError(f"{what} answered more than {MAX_REPLY_BYTES} bytes: not a registry reply")
+            if time.monotonic() - started > REPLY_DEADLINE_S:
+                raise retry.TransientError(f"the reply took more than {REPLY_DEADLINE_S:.0f} s")
+    finally:
+        response.close()
+    response._content = bytes(body)  # requests' own place for a body that has been read

@@ -90,6 +90,7 @@ def test_a_deeply_nested_matrix_report_is_named_by_the_summary(tmp_path: Path,
 def _response(status: int, body: str, headers: Mapping[str, str] | None = None) -> requests.Response:
     answer = requests.Response()
     answer.status_code, answer.reason, answer._content = status, "answer", body.encode()
+    answer._content_consumed = True  # type: ignore[attr-defined]  # read already, as requests leaves one it read
     answer.headers.update(headers or {})
     return answer
 

@@ -518,3 +518,33 @@ def test_a_record_that_cannot_be_written_says_the_push_went_through(tmp_path: Pa
                                         f"push record {tmp_path / 'blocker' / 'r' / 'push-push-test.json'}: ")
     assert isinstance(caught.value.__cause__, WriteError)
     assert len(engine.pushes) == 1
+
+
+def test_a_registry_reply_is_read_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hostile registry's endless manifest is cut at the bound instead of filling the memory."""
+
+    class Endless(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", registry.DOCKER_MANIFEST)
+            self.end_headers()
+            try:
+                for _ in range(4096):  # bounded: 256 MiB at most, far past the bound below
+                    self.wfile.write(b"{" * 65536)
+            except OSError:
+                pass
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    monkeypatch.setattr(registry, "MAX_REPLY_BYTES", 1 << 20)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with registry.Registry(f"127.0.0.1:{server.server_port}", None, retries=0) as api, \
+                pytest.raises(RegistryError, match=r"answered more than 1048576 bytes") as caught:
+            api.manifest("o/r", "t")
+        assert caught.value.exit_code == 6
+    finally:
+        server.shutdown()
+        server.server_close()
