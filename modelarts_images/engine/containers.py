@@ -96,7 +96,7 @@ def run_container(client: docker.DockerClient, spec: ContainerRun, *, name: str 
         try:
             container = client.containers.create(spec.image, name=name, **container_options(spec))
         except docker.errors.ImageNotFound as error:
-            raise EngineError(f"image {spec.image} is not in the engine; build it first (inv build) or pull it "
+            raise EngineError(f"image {spec.image} is not in the engine: build or pull it first "
                               f"({explanation(error)})") from error
         except docker.errors.APIError as error:
             raise start_error(error, spec) from error
