@@ -14,18 +14,25 @@ layer in every build.
     layers.py tree PREFIX OUT/NAME           hard-link the whole prefix into the layer NAME
     layers.py place TREE PREFIX OUT/NAME     move TREE, a `pip install --prefix TREE`, into the layer NAME
     layers.py prune OUT/NAME REMOVED         delete from the layer what REMOVED lists
+    layers.py settle MARK PREFIX             in place (the classic builder's steps): every entry of the image's
+                                             filesystem changed since MARK was made gets SOURCE_DATE_EPOCH as its
+                                             time, and the user as its owner under PREFIX (PREFIX itself always)
+    layers.py replaced PREFIX WHEELS         print the distributions installed in PREFIX that WHEELS (a list of
+                                             wheel file names) has at another version
 
 Environment: MA_USER, MA_UID, MA_GID, SOURCE_DATE_EPOCH.
 """
 
-# ruff: noqa: PTH101, PTH102, PTH103, PTH104, PTH108, PTH112, PTH114, PTH116, PTH118, PTH119, PTH120, PTH123, PTH206, PTH208
+# ruff: noqa: PTH101, PTH102, PTH103, PTH104, PTH108, PTH112, PTH113, PTH114, PTH116, PTH118, PTH119, PTH120, PTH123, PTH206, PTH207, PTH208
 # os and os.path, not pathlib: os.link(follow_symlinks=False), os.lchown and os.utime(follow_symlinks=False) have
 # no pathlib form on Python 3.6, and one set of calls reads better than a mix.
 
 import compileall
 import concurrent.futures
+import glob
 import os
 import py_compile
+import re
 import shutil
 import stat
 import sys
@@ -218,8 +225,73 @@ def prune(out, removed):
             os.utime(parent, (EPOCH, EPOCH))
 
 
+def changed_since(mark):
+    """Every path of this filesystem (not /, nor what is mounted on it: /proc, /etc/hosts...) whose inode changed
+    since `mark` was made, parents before children."""
+    since, device = os.lstat(mark).st_ctime_ns, os.lstat("/").st_dev
+    for directory, dirs, files in os.walk("/"):
+        dirs[:] = sorted(name for name in dirs if os.lstat(os.path.join(directory, name)).st_dev == device)
+        for name in dirs + sorted(files):
+            path = os.path.join(directory, name)
+            status = os.lstat(path)
+            if status.st_dev == device and status.st_ctime_ns >= since:
+                yield path
+
+
+def settle(mark, prefix):
+    """What a step wrote in place, owned and dated as a layer tree's entries are (finish): the engine commits the
+    step's layer with these times. PREFIX itself is always settled, so a step that installed nothing (the CUDA
+    libraries of a CPU image) still makes the same small layer in every build."""
+    inside = prefix.rstrip("/") + "/"
+    for path in [prefix, *changed_since(mark)]:
+        if path == mark:
+            continue
+        if path == prefix or path.startswith(inside):
+            os.lchown(path, UID, GID)
+        os.utime(path, (EPOCH, EPOCH), follow_symlinks=False)
+
+
+def canonical(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def metadata(path):
+    """Name and Version of an installed distribution's METADATA or PKG-INFO."""
+    fields = {}
+    with open(path, encoding="utf-8", errors="replace") as stream:
+        for line in stream:
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip().lower(), value.strip())
+    return fields.get("name", ""), fields.get("version", "")
+
+
+def installed(prefix):
+    for site in sorted(glob.glob(os.path.join(prefix, "lib", "python*", "site-packages"))):
+        for entry in sorted(os.listdir(site)):
+            path = os.path.join(site, entry)
+            if entry.endswith(".dist-info"):
+                path = os.path.join(path, "METADATA")
+            elif entry.endswith(".egg-info") and os.path.isdir(path):
+                path = os.path.join(path, "PKG-INFO")
+            elif not entry.endswith(".egg-info"):
+                continue
+            if os.path.isfile(path):
+                yield metadata(path)
+
+
+def replaced(prefix, wheels):
+    with open(wheels) as stream:
+        locked = dict(line.strip().split("-")[:2] for line in stream if line.strip().endswith(".whl"))
+    locked = {canonical(name): version for name, version in locked.items()}
+    for name, version in installed(prefix):
+        if canonical(name) in locked and locked[canonical(name)] != version:
+            print(name)
+
+
 COMMANDS = {"snapshot": snapshot, "compile": compile_added, "split": split, "tree": tree, "place": place,
-            "prune": prune}
+            "prune": prune, "settle": settle, "replaced": replaced}
 
 if __name__ == "__main__":
     command = COMMANDS.get(sys.argv[1] if len(sys.argv) > 1 else "")

@@ -43,9 +43,10 @@ PIP_SECRET_ID = "pip.conf"
 OWN_LAYERS = ("stack", "torch", "CUDA libraries", "conda", "user")
 # The diff id of a layer with nothing in it (BuildKit writes one for a WORKDIR that exists already).
 EMPTY_LAYER = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
-# What the classic builder is sent: the same allow-list as context/.dockerignore.
-CONTEXT_ENTRIES = (context.DOCKERFILE, context.DOCKERIGNORE, context.PIP_CONF, context.INSTALLER_DIR,
-                   context.WHEELS_DIR, context.DEPS_DIR, context.STACK_DIR, context.BUILD_DEPS_DIR, *context.SCRIPTS)
+# What the classic builder is sent: what its COPY steps read (context/.dockerignore allows these and more); the
+# installer and the wheels reach its steps from the build's file server instead (context.served_bundles).
+CONTEXT_ENTRIES = (context.DOCKERFILE, context.DOCKERIGNORE, context.STACK_DIR, context.BUILD_DEPS_DIR,
+                   "apt-install.sh", "system-layer.sh", "user-layer.sh", "stack-install.sh", "layers.py")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -237,7 +238,8 @@ INLINE_CACHE_ARG = ("BUILDKIT_INLINE_CACHE", "1")
 
 def _request(inputs: BuildInputs, options: BuildOptions, context_dir: Path,
              secrets: tuple[tuple[str, Path], ...] = (), *, labels: tuple[tuple[str, str], ...] = (),
-             cache: RegistryCache | None = None) -> BuildRequest:
+             cache: RegistryCache | None = None, served: context.Bundles = (),
+             served_args: tuple[tuple[str, str], ...] = ()) -> BuildRequest:
     buildkit = options.backend is Backend.BUILDKIT
     cached_from = cache if cache is not None and buildkit and not options.no_cache else RegistryCache(references=())
     return BuildRequest(
@@ -245,7 +247,7 @@ def _request(inputs: BuildInputs, options: BuildOptions, context_dir: Path,
         context_dir=context_dir,
         target=inputs.target,
         tag=inputs.reference,
-        build_args=inputs.build_args + ((INLINE_CACHE_ARG,) if buildkit else ()),
+        build_args=inputs.build_args + ((INLINE_CACHE_ARG,) if buildkit else served_args),
         labels=inputs.labels + labels,
         cache_from=cached_from.references,
         cache_logins=cached_from.logins,
@@ -253,6 +255,7 @@ def _request(inputs: BuildInputs, options: BuildOptions, context_dir: Path,
         platform=options.platform,
         secrets=secrets,
         context_entries=CONTEXT_ENTRIES,
+        served=() if buildkit else served,
     )
 
 
@@ -265,9 +268,12 @@ def build_image(fetched: FetchedImage, options: BuildOptions, engine: Engine, *,
     inputs = build_inputs(fetched, options)
     check_backend(options.backend, inputs, image_id=image.id)
     context_dir = context.assemble(fetched, options.work_dir)
+    served = context.served_bundles(fetched)
+    served_args = context.bundle_digests(fetched, context_dir, served) if options.backend is Backend.DOCKER else ()
     before = engine.image(inputs.reference)
     with _pip_secret(image, inputs) as secrets:
-        built = engine.build(_request(inputs, options, context_dir, secrets, labels=labels, cache=cache))
+        built = engine.build(_request(inputs, options, context_dir, secrets, labels=labels, cache=cache,
+                                      served=served, served_args=served_args))
     image_id = built.image_id
     if not image_id:
         raise BuildError(f"{image.id}: the build reported no image id")
@@ -288,7 +294,9 @@ def build_command_preview(image: ImageSpec, options: BuildOptions) -> str:
     context_dir = context.context_dir(options.work_dir, image.id)
     scratch = Path(tempfile.gettempdir())
     secrets = ((PIP_SECRET_ID, scratch / "modelarts-pip-XXXXXXXX.conf"),) if inputs.needs_secret else ()
-    request = _request(inputs, options, context_dir, secrets)
+    served = context.served_bundles(fetched)
+    keys = tuple((f"{name.upper()}_INPUTS", "SHA256") for name, _ in served)  # of files not fetched yet
+    request = _request(inputs, options, context_dir, secrets, served=served, served_args=keys)
     if options.backend is Backend.DOCKER:
         return ("# docker SDK, classic builder (client.api.build); the same as:\n"
                 + redact.command(cli.classic_equivalent(request)))

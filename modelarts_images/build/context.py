@@ -9,6 +9,7 @@
         stack/                        the stack's wheels and the sdists of build_from_source projects
         build-deps/*.whl              what building those sdists needs
         pip.conf                      rendered from pip_index, credentials removed
+        packages.txt                  the file names of wheels/ and deps/ (the classic builder's conda step)
 
 Zero-copy: every file is a hardlink to the verified file in the cache, so assembling the context of gigabytes
 of wheels takes milliseconds; only a cache on another filesystem is copied, with a warning. The directory is
@@ -18,6 +19,7 @@ assembling twice gives the same result.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -42,6 +44,7 @@ WHEELS_DIR = "wheels"
 DEPS_DIR = "deps"
 STACK_DIR = "stack"
 BUILD_DEPS_DIR = "build-deps"
+PACKAGES_LIST = "packages.txt"
 # The steps of the Dockerfile's stages, copied from context/ into every build context.
 SCRIPTS = ("apt-install.sh", "system-layer.sh", "user-layer.sh", "conda-install.sh", "packages-install.sh",
            "stack-install.sh", "layers.py")
@@ -111,7 +114,9 @@ def assemble(fetched: FetchedImage, work_dir: Path, *, template_dir: Path = CONT
         (staging / DOCKERFILE).write_text(dockerfile, encoding="utf-8")
         (staging / PIP_CONF).write_text(render_pip_conf(redact.without_credentials(image.pip_index)), encoding="utf-8")
         # A COPY keeps a file's time: the checkout's or the clock's would make each machine's layer its own.
-        for name in (DOCKERIGNORE, *SCRIPTS, DOCKERFILE, PIP_CONF):
+        wheels = sorted(item.filename for item in (*fetched.wheels, *(fetched.closure or ())))
+        (staging / PACKAGES_LIST).write_text("".join(name + "\n" for name in wheels), encoding="utf-8")
+        for name in (DOCKERIGNORE, *SCRIPTS, DOCKERFILE, PIP_CONF, PACKAGES_LIST):
             os.utime(staging / name, (fetched.source_date_epoch, fetched.source_date_epoch))
         _link_all(staging / INSTALLER_DIR, [fetched.installer])
         _link_all(staging / WHEELS_DIR, fetched.wheels)
@@ -123,6 +128,46 @@ def assemble(fetched: FetchedImage, work_dir: Path, *, template_dir: Path = CONT
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def is_cuda_wheel(filename: str) -> bool:
+    """An nvidia-* distribution (a CUDA library as a wheel): the CUDA libraries' layer."""
+    return filename.lower().replace("-", "_").startswith("nvidia")
+
+
+Bundles = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def served_bundles(fetched: FetchedImage) -> Bundles:
+    """What each of the classic builder's install steps fetches from the build's file server (context/Dockerfile,
+    image-base): bundle name -> context entries, the step's script last (a stream cut short then fails)."""
+    deps = [item.filename for item in fetched.closure or ()]
+    cuda = tuple(f"{DEPS_DIR}/{name}" for name in deps if is_cuda_wheel(name))
+    rest = tuple(f"{DEPS_DIR}/{name}" for name in deps if not is_cuda_wheel(name))
+    return (("conda", (INSTALLER_DIR, PACKAGES_LIST, "layers.py", "conda-install.sh")),
+            ("cuda", (*cuda, "layers.py", "packages-install.sh")),
+            ("torch", (WHEELS_DIR, *rest, PIP_CONF, "layers.py", "packages-install.sh")))
+
+
+def bundle_digests(fetched: FetchedImage, context: Path, bundles: Bundles) -> tuple[tuple[str, str], ...]:
+    """The build argument keying each served step (CONDA_INPUTS...): the sha256 of its files' names and contents.
+    The artifacts' digests are the verified ones (no gigabytes read again); the small files are hashed."""
+    known = {f"{INSTALLER_DIR}/{fetched.installer.filename}": fetched.installer.sha256}
+    known |= {f"{WHEELS_DIR}/{item.filename}": item.sha256 for item in fetched.wheels}
+    known |= {f"{DEPS_DIR}/{item.filename}": item.sha256 for item in fetched.closure or ()}
+    digests = []
+    for name, entries in bundles:
+        digest = hashlib.sha256()
+        for entry in entries:
+            top = context / entry
+            for path in sorted(top.rglob("*")) if top.is_dir() else [top]:
+                if path.is_dir():
+                    continue
+                relative = path.relative_to(context).as_posix()
+                content = known.get(relative) or hashlib.sha256(path.read_bytes()).hexdigest()
+                digest.update(f"{relative}\0{content}\n".encode())
+        digests.append((f"{name.upper()}_INPUTS", digest.hexdigest()))
+    return tuple(digests)
 
 
 def _link_all(directory: Path, files: Iterable[FetchedFile]) -> None:

@@ -78,6 +78,9 @@ class BuildRequest:
     secrets: tuple[tuple[str, Path], ...] = ()
     # what the classic builder is sent: these top-level entries of the context (the .dockerignore allow-list)
     context_entries: tuple[str, ...] = ()
+    # the classic builder: bundles of the context its steps fetch from a file server on this machine's loopback
+    # (name -> entries; engine/served.py), whose address they get in the build argument FTP_PROXY
+    served: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # BuildKit: images in a registry whose inline cache the build may take layers from, and the logins it needs
     cache_from: tuple[str, ...] = ()
     cache_logins: tuple[RegistryLogin, ...] = ()

@@ -22,8 +22,9 @@ import docker
 import docker.errors
 import requests
 
+from modelarts_images.engine import served
 from modelarts_images.engine.api import BuildRequest, Built, RegistryLogin
-from modelarts_images.engine.cli import BuildKitCli, buildkit_command, classic_equivalent
+from modelarts_images.engine.cli import SERVER_ARG, BuildKitCli, buildkit_command, classic_equivalent
 from modelarts_images.errors import EngineError
 from modelarts_images.shared import redact
 from modelarts_images.shared.text import one_line
@@ -120,10 +121,30 @@ def _tar_tree(root: Path, path: Path) -> Iterator[bytes]:
     yield bytes(-info.size % tarfile.BLOCKSIZE)
 
 
+def _engine_is_here(client: docker.DockerClient) -> bool:
+    """Whether the engine runs on this machine (a socket, or a TCP port on loopback): its builds' host network is
+    then this machine's, where the file server listens."""
+    url = str(client.api.base_url)
+    return url.startswith("http+docker://") or re.match(r"^https?://(127\.0\.0\.1|localhost|\[::1\])(:|/|$)", url) \
+        is not None
+
+
 def build_classic(client: docker.DockerClient, request: BuildRequest) -> Built:
-    """Build with the classic builder through client.api.build."""
+    """Build with the classic builder through client.api.build, serving its steps' bundles while it runs."""
     if request.secrets:
         raise EngineError("the docker backend (classic builder) cannot pass build secrets; use --backend buildkit")
+    if request.served and not _engine_is_here(client):
+        raise EngineError(f"the docker backend (classic builder) serves the installer and the wheels to the build "
+                          f"from this machine, which the engine at {client.api.base_url} cannot reach; "
+                          f"use --backend buildkit")
+    if not request.served:
+        return _build_classic(client, request, {}, None)
+    with served.serving(request.context_dir, dict(request.served)) as address:
+        return _build_classic(client, request, {SERVER_ARG: address}, "host")
+
+
+def _build_classic(client: docker.DockerClient, request: BuildRequest, server_args: dict[str, str],
+                   network: str | None) -> Built:
     transcript = _Transcript()
     pending = ""
     image_id: str | None = None
@@ -135,10 +156,11 @@ def build_classic(client: docker.DockerClient, request: BuildRequest) -> Built:
             custom_context=True,
             tag=request.tag,
             target=request.target,
-            buildargs=dict(request.build_args),
+            buildargs=dict(request.build_args) | server_args,
             labels=dict(request.labels),
             nocache=request.no_cache,
             platform=request.platform,
+            network_mode=network,
             rm=True,
             forcerm=True,
             pull=False,

@@ -162,7 +162,13 @@ def cli_options(request: BuildRequest) -> list[str]:
     return options
 
 
+# The build argument giving the classic builder's steps the file server's address (see context/Dockerfile).
+SERVER_ARG = "FTP_PROXY"
+
+
 def classic_equivalent(request: BuildRequest) -> list[str]:
     """The docker CLI command that does what the docker backend does (for --dry-run and logs)."""
     command = ["docker", "build", "--target", request.target, "-t", request.tag, *cli_options(request)]
+    if request.served:  # the port is the server's own, new in every build
+        command += ["--network", "host", "--build-arg", f"{SERVER_ARG}=127.0.0.1:PORT"]
     return ["env", "DOCKER_BUILDKIT=0", *command, str(request.context_dir)]
