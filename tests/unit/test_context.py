@@ -189,18 +189,32 @@ def test_streamed_context_is_a_tar_of_the_allowed_entries(tmp_path: Path) -> Non
     fetched = fetched_image(tmp_path / "cache")
     built = context.assemble(fetched, tmp_path / "work")
     (built / "not-for-the-engine").write_text("x")
-    data = b"".join(builds.stream_context(built, builder.CONTEXT_ENTRIES))
+    data = b"".join(builds.stream_context(built, ("wheels", "layers.py")))
     assert len(data) % tarfile.BLOCKSIZE == 0
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
         members = {member.name: member for member in archive.getmembers()}
-        assert "not-for-the-engine" not in members
         torch_name = "wheels/" + fetched.wheels[0].filename
         assert members["wheels"].isdir() and members[torch_name].isfile()
         extracted = archive.extractfile(torch_name)
         assert extracted is not None and extracted.read() == fetched.wheels[0].path.read_bytes()
         assert members[torch_name].uid == 0 and members[torch_name].mtime == int(fetched.wheels[0].path.stat().st_mtime)
-        on_disk = {path.relative_to(built).as_posix() for path in built.rglob("*")}
-        assert set(members) == on_disk - {"not-for-the-engine"}
+        assert set(members) == {"wheels", torch_name, "layers.py"}
+
+
+def test_the_classic_builder_is_sent_what_its_copies_read_and_no_artifact(tmp_path: Path) -> None:
+    built = context.assemble(fetched_image(tmp_path / "cache"), tmp_path / "work")
+    (built / "not-for-the-engine").write_text("x")
+    data = b"".join(builds.stream_context(built, builder.CONTEXT_ENTRIES))
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+        sent = {member.name.split("/")[0] for member in archive.getmembers()}
+    # the installer and the wheels reach the steps from the build's file server (test_served.py)
+    assert sent == {"Dockerfile", ".dockerignore", "stack", "build-deps", "apt-install.sh", "system-layer.sh",
+                    "user-layer.sh", "stack-install.sh", "layers.py"}
+    copied = set()
+    for line in (built / "Dockerfile").read_text().split("# BuildKit only")[0].splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            copied |= {word.rstrip("/") for word in line.split()[1:-1]}
+    assert copied <= sent
 
 
 def test_long_names_survive_the_tar(tmp_path: Path) -> None:
