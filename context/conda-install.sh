@@ -1,5 +1,5 @@
 #!/bin/sh
-# conda-install.sh [CONTEXT]: runs the installer the way the recipe does (batch mode, fixed prefix) and leaves no
+# conda-install.sh [CONTEXT [conda]]: runs the installer the way the recipe does (batch mode, fixed prefix) and leaves no
 # package cache. Needs INSTALLER, CONDA_PREFIX, MA_USER, MA_UID, MA_GID, SOURCE_DATE_EPOCH.
 #
 # Without CONTEXT (BuildKit's conda stage): the installer at /tmp/installer, the conda layer made as /out/conda,
