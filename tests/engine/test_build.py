@@ -444,7 +444,7 @@ def test_a_failing_step_is_reported_with_its_log(backend: Backend, engine: Docke
     assert caught.value.exit_code == 4 and isinstance(caught.value.__cause__, EngineError)
     assert "conda-install.sh" in message.split("\n", 1)[0], f"the failing step is not named: {message}"
     assert "stand-in installer: unpacking" in message and "disk on fire" in message
-    assert f"/tmp/installer/{broken.name} failed" in message, "the log's tail names the installer"
+    assert f"/installer/{broken.name} failed" in message, "the log's tail names the installer"
     assert re.search(r"non-zero code: 1|exit code: 1", message)
 
 

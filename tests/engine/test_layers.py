@@ -66,13 +66,18 @@ def built_images(engine: DockerEngine, docker_client: Any) -> Iterator[list[str]
 @pytest.mark.parametrize("backend", [Backend.BUILDKIT, Backend.DOCKER])
 def test_a_no_cache_rebuild_gives_the_same_layers(backend: Backend, engine: DockerEngine, fetched_torch: FetchedImage,
                                                    six_wheel: Path, cache_dir: Path, tmp_path: Path,
-                                                   built_images: list[str]) -> None:
+                                                   built_images: list[str], docker_client: Any) -> None:
     fetched = retagged(with_stack(fetched_torch, six_wheel, cache_dir), f"same-{backend}")
     options = BuildOptions(backend=backend, work_dir=tmp_path / "work", no_cache=True)
     built_images.append(fetched.image.reference)
     first = build.build_image(fetched, options, engine)
     second = build.build_image(fetched, options, engine)
     assert own_layers(first) == own_layers(second)
+    if backend is Backend.DOCKER:  # its steps fetched their files from the build's server, keyed by their digests
+        history = " ".join(str(step["CreatedBy"]) for step in docker_client.images.get(second.image_id).history())
+        assert "TORCH_INPUTS=" in history and "FTP_PROXY=" not in history and "127.0.0.1:" not in history
+        status, output = run_in(docker_client, fetched.image.reference, "ls -A /tmp; echo done")
+        assert status == 0 and output.split() == ["done"], f"left in the image: {output}"
     # the same packages from the mirror (two builds a minute apart) give the same system packages' layers too
     assert system_layers(first) == system_layers(second)
     # the second build's summary names the layers the first already had, and how little a push would send
