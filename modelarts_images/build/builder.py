@@ -2,8 +2,10 @@
 
 Backends: "docker" (the docker SDK's low-level build API, i.e. the classic builder) and "buildkit" (the docker
 CLI: `docker buildx build --load`, or `DOCKER_BUILDKIT=1 docker build` with a client older than 23). Both
-build the same Dockerfile (context/Dockerfile) to the same image; only a pip index URL with credentials, used
-when the dependency wheels were not fetched, needs BuildKit (it goes in as a secret).
+build the same Dockerfile (context/Dockerfile) to images of the same files, each by its own stages (the classic
+builder's install steps fetch the installer and the wheels from a file server this build runs: `served`); only a
+pip index URL with credentials, used when the dependency wheels were not fetched, needs BuildKit (it goes in as a
+secret).
 """
 
 from __future__ import annotations
@@ -255,7 +257,7 @@ def _request(inputs: BuildInputs, options: BuildOptions, context_dir: Path,
         platform=options.platform,
         secrets=secrets,
         context_entries=CONTEXT_ENTRIES,
-        served=() if buildkit else served,
+        served=served,
     )
 
 
@@ -268,8 +270,8 @@ def build_image(fetched: FetchedImage, options: BuildOptions, engine: Engine, *,
     inputs = build_inputs(fetched, options)
     check_backend(options.backend, inputs, image_id=image.id)
     context_dir = context.assemble(fetched, options.work_dir)
-    served = context.served_bundles(fetched)
-    served_args = context.bundle_digests(fetched, context_dir, served) if options.backend is Backend.DOCKER else ()
+    served = context.served_bundles(fetched) if options.backend is Backend.DOCKER else ()
+    served_args = context.bundle_digests(fetched, context_dir, served)
     before = engine.image(inputs.reference)
     with _pip_secret(image, inputs) as secrets:
         built = engine.build(_request(inputs, options, context_dir, secrets, labels=labels, cache=cache,
@@ -294,7 +296,7 @@ def build_command_preview(image: ImageSpec, options: BuildOptions) -> str:
     context_dir = context.context_dir(options.work_dir, image.id)
     scratch = Path(tempfile.gettempdir())
     secrets = ((PIP_SECRET_ID, scratch / "modelarts-pip-XXXXXXXX.conf"),) if inputs.needs_secret else ()
-    served = context.served_bundles(fetched)
+    served = context.served_bundles(fetched) if options.backend is Backend.DOCKER else ()
     keys = tuple((f"{name.upper()}_INPUTS", "SHA256") for name, _ in served)  # of files not fetched yet
     request = _request(inputs, options, context_dir, secrets, served=served, served_args=keys)
     if options.backend is Backend.DOCKER:

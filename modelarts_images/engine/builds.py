@@ -1,6 +1,7 @@
-"""Builds on the engine, streamed as they run: the classic builder through the docker SDK, BuildKit through the
-docker CLI. Each output line goes to the `modelarts_images.engine.build` logger at INFO as it comes; a failure
-raises EngineError naming the failing step with the last lines of that step's output.
+"""Builds on the engine, streamed as they run: the classic builder through the docker SDK (its install steps served
+their files from this machine, engine/served.py), BuildKit through the docker CLI. Each output line goes to the
+`modelarts_images.engine.build` logger at INFO as it comes; a failure raises EngineError naming the failing step
+with the last lines of that step's output.
 """
 
 from __future__ import annotations
