@@ -17,6 +17,7 @@ ALLOWED = {
     "requests": ("modelarts_images.engine.", "modelarts_images.http."),  # docker-py raises requests' errors
     "urllib3": ("modelarts_images.http.",),
     "subprocess": ("modelarts_images.engine.", "modelarts_images.http."),
+    "http": ("modelarts_images.engine.served",),  # the classic builder's file server: the one listening socket
     "invoke": ("modelarts_images.frontend",),
 }
 STAGES = ("config", "fetch", "build", "verify", "publish")
