@@ -147,9 +147,8 @@ def raw_build(fetched: FetchedImage, context_dir: Path, backend: Backend) -> tup
     """`docker build` of the assembled context with what `inv build` passes: target, arguments, labels, tag."""
     inputs = building.build_inputs(fetched, build_options(backend))
     command = [DOCKER, "build", "--target", inputs.target, "-t", inputs.reference]
-    served: tuple[tuple[str, str], ...] = ()
-    if backend is Backend.DOCKER:  # the keys of the steps fed by the file server (no-op: none of them runs)
-        served = context.bundle_digests(fetched, context_dir, context.served_bundles(fetched))
+    # the keys of the steps fed by the file server (a no-op build: none of them runs)
+    served = context.bundle_digests(fetched, context_dir, building.served_steps(fetched, backend))
     for name, value in (*inputs.build_args, *served):
         command += ["--build-arg", f"{name}={value}"]
     for name, value in inputs.labels:

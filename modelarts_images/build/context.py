@@ -149,6 +149,11 @@ def served_bundles(fetched: FetchedImage) -> Bundles:
             ("torch", (WHEELS_DIR, *rest, PIP_CONF, "layers.py", "packages-install.sh")))
 
 
+def inputs_arg(bundle: str) -> str:
+    """The build argument that keys the classic builder's step fetching `bundle` (context/Dockerfile)."""
+    return f"{bundle.upper()}_INPUTS"
+
+
 def bundle_digests(fetched: FetchedImage, context: Path, bundles: Bundles) -> tuple[tuple[str, str], ...]:
     """The build argument keying each served step (CONDA_INPUTS...): the sha256 of its files' names and contents.
     The artifacts' digests are the verified ones (no gigabytes read again); the small files are hashed."""
@@ -166,7 +171,7 @@ def bundle_digests(fetched: FetchedImage, context: Path, bundles: Bundles) -> tu
                 relative = path.relative_to(context).as_posix()
                 content = known.get(relative) or hashlib.sha256(path.read_bytes()).hexdigest()
                 digest.update(f"{relative}\0{content}\n".encode())
-        digests.append((f"{name.upper()}_INPUTS", digest.hexdigest()))
+        digests.append((inputs_arg(name), digest.hexdigest()))
     return tuple(digests)
 
 
