@@ -148,7 +148,7 @@ def raw_build(fetched: FetchedImage, context_dir: Path, backend: Backend) -> tup
     inputs = building.build_inputs(fetched, build_options(backend))
     command = [DOCKER, "build", "--target", inputs.target, "-t", inputs.reference]
     # the keys of the steps fed by the file server (a no-op build: none of them runs)
-    served = context.bundle_digests(fetched, context_dir, building.served_steps(fetched, backend))
+    served = context.bundle_digests(fetched, context_dir, building.served_steps(backend))
     for name, value in (*inputs.build_args, *served):
         command += ["--build-arg", f"{name}={value}"]
     for name, value in inputs.labels:

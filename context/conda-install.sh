@@ -1,17 +1,20 @@
 #!/bin/sh
-# conda-install.sh [CONTEXT [conda]]: runs the installer the way the recipe does (batch mode, fixed prefix) and leaves no
-# package cache. Needs INSTALLER, CONDA_PREFIX, MA_USER, MA_UID, MA_GID, SOURCE_DATE_EPOCH.
+# conda-install.sh CONTEXT [OUT BASE_ETC]: runs CONTEXT/installer/${INSTALLER} the way the recipe does (batch mode,
+# fixed prefix) and leaves no package cache. Needs INSTALLER, CONDA_PREFIX, MA_USER, MA_UID, MA_GID,
+# SOURCE_DATE_EPOCH.
 #
-# Without CONTEXT (BuildKit's conda stage): the installer at /tmp/installer, the conda layer made as /out/conda,
-# the prefix hard-linked with fixed owners and times (layers.py tree).
-# With CONTEXT (the classic builder, in the image itself): the installer at CONTEXT/installer; the packages the
-# installer brings at another version than the lock's (CONTEXT/packages.txt: the wheels the packages' steps install)
-# are uninstalled here, so that those steps add files and delete none (a file deleted from a lower layer leaves a
-# whiteout dated by the clock); then what the step wrote is dated in place (layers.py settle) and CONTEXT deleted.
+# The packages the installer brings at another version than the lock's (CONTEXT/packages.txt: the wheels the
+# packages' steps install) are uninstalled here, so that those steps, which install in the image itself, add files
+# and delete none (a file deleted from a lower layer leaves a whiteout dated by the clock). Then:
+# with OUT (BuildKit's conda stage), the conda layer is made as the tree OUT (layers.py tree), with empty
+#   /etc/hosts and /etc/resolv.conf where the base has none (BASE_ETC: the base's, see context/Dockerfile);
+# without (the classic builder, in the image itself), what the step wrote is dated in place (layers.py settle).
 set -eu
-context=${1:-}
-installer=${context:-/tmp}/installer/${INSTALLER}
-layers=${context:-/tmp}/layers.py
+context=$1
+out=${2:-}
+installer=${context}/installer/${INSTALLER}
+python="${CONDA_PREFIX}/bin/python"
+layers() { "$python" -S -s "${context}/layers.py" "$@"; }
 mark=$(mktemp)
 # Bytecode the installer writes: hash-based with SOURCE_DATE_EPOCH set (Python 3.7+), sets in a fixed order.
 export PYTHONHASHSEED=0
@@ -27,19 +30,19 @@ if [ -f "$history" ]; then
     when=$(date -u -d "@${SOURCE_DATE_EPOCH}" '+%Y-%m-%d %H:%M:%S')
     sed -i -E "s/^==> [0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} <==/==> ${when} <==/" "$history"
 fi
-rm -rf /root/.cache /root/.conda
-python="${CONDA_PREFIX}/bin/python"
-if [ -z "$context" ]; then
-    rm -rf /tmp/installer "$mark"
-    "$python" -S -s "$layers" tree "${CONDA_PREFIX}" /out/conda
-    exit 0
-fi
-replaced=$("$python" -S -s "$layers" replaced "${CONDA_PREFIX}" "${context}/packages.txt")
+replaced=$(layers replaced "${CONDA_PREFIX}" "${context}/packages.txt")
 if [ -n "$replaced" ]; then
     # shellcheck disable=SC2086 # a list of distribution names
     PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore PYTHONDONTWRITEBYTECODE=1 \
         "$python" -m pip uninstall --yes --quiet $replaced
 fi
-"$python" -S -s "$layers" settle "$mark" "${CONDA_PREFIX}"
-rm -rf "$context" "$mark" /root/.cache
+rm -rf /root/.cache /root/.conda
+if [ -n "$out" ]; then
+    rm -f "$mark"
+    layers tree "${CONDA_PREFIX}" "$out"
+    layers placeholders "$3" "$out" hosts resolv.conf
+    exit 0
+fi
+layers settle "$mark" "${CONDA_PREFIX}"
+rm -f "$mark"
 touch -d "@${SOURCE_DATE_EPOCH}" /tmp

@@ -8,12 +8,11 @@ layer in every build.
 
     layers.py snapshot PREFIX LIST           write every path under PREFIX to LIST
     layers.py compile PREFIX LIST            byte-compile the .py files added since LIST, on every CPU
-    layers.py split PREFIX LIST OUT          hard-link what was added since LIST into OUT/cuda (the nvidia-*
-                                             distributions) and OUT/torch (the rest); list what was removed in
-                                             OUT/removed.txt
     layers.py tree PREFIX OUT/NAME           hard-link the whole prefix into the layer NAME
+    layers.py placeholders BASE OUT/NAME FILE...
+                                             an empty OUT/NAME/etc/FILE, root's, for each FILE the directory
+                                             BASE (what the base has of /etc) lacks
     layers.py place TREE PREFIX OUT/NAME     move TREE, a `pip install --prefix TREE`, into the layer NAME
-    layers.py prune OUT/NAME REMOVED         delete from the layer what REMOVED lists
     layers.py settle MARK PREFIX             in place (the classic builder's steps): every entry of the image's
                                              filesystem changed since MARK was made gets SOURCE_DATE_EPOCH as its
                                              time, and the user as its owner under PREFIX (PREFIX itself always)
@@ -23,7 +22,7 @@ layer in every build.
 Environment: MA_USER, MA_UID, MA_GID, SOURCE_DATE_EPOCH.
 """
 
-# ruff: noqa: PTH101, PTH102, PTH103, PTH104, PTH108, PTH112, PTH113, PTH114, PTH116, PTH118, PTH119, PTH120, PTH123, PTH206, PTH207, PTH208
+# ruff: noqa: PTH101, PTH102, PTH103, PTH104, PTH112, PTH113, PTH114, PTH116, PTH118, PTH120, PTH123, PTH207, PTH208
 # os and os.path, not pathlib: os.link(follow_symlinks=False), os.lchown and os.utime(follow_symlinks=False) have
 # no pathlib form on Python 3.6, and one set of calls reads better than a mix.
 
@@ -33,7 +32,6 @@ import glob
 import os
 import py_compile
 import re
-import shutil
 import stat
 import sys
 
@@ -134,57 +132,6 @@ def finish(out):
         os.utime(path, (EPOCH, EPOCH), follow_symlinks=False)
 
 
-def nvidia_paths(prefix, added):
-    """Files of the nvidia-* distributions (CUDA libraries as wheels): their RECORD, their .dist-info and .data,
-    and the nvidia/ namespace of site-packages."""
-    owned = set()
-    for path in added:
-        parent, name = os.path.split(os.path.dirname(path))
-        if os.path.basename(path) != "RECORD" or not name.endswith(".dist-info"):
-            continue
-        if not name.lower().replace("-", "_").startswith("nvidia"):
-            continue
-        with open(path) as stream:
-            for line in stream:
-                relative = line.rsplit(",", 2)[0]
-                if relative:
-                    owned.add(os.path.normpath(os.path.join(parent, relative)))
-    return owned
-
-
-def is_cuda(path, owned):
-    if path in owned:
-        return True
-    parts = path.split(os.sep)
-    if "site-packages" in parts:
-        below = parts[parts.index("site-packages") + 1:]
-        top = below[0].lower() if below else ""
-        return top == "nvidia" or (top.startswith("nvidia_") and top.endswith((".dist-info", ".data")))
-    return False
-
-
-def split(prefix, listing, out):
-    before = read_listing(listing)
-    stamp = os.stat(listing).st_mtime
-    cuda, torch = layer_root(os.path.join(out, "cuda")), layer_root(os.path.join(out, "torch"))
-    after = list(walk(prefix))
-    added = [path for path in after if path not in before]
-    owned = nvidia_paths(prefix, added)
-    for path in added:
-        if not os.path.isdir(path) or os.path.islink(path):
-            link_into(cuda if is_cuda(path, owned) else torch, path)
-        elif not os.listdir(path):  # an empty directory the install made: kept where the rest of the install is
-            link_into(torch, path)
-    for path in after:  # files that were there and were rewritten (a link triggers the copy of a lower file)
-        if path in before and not os.path.isdir(path) and os.lstat(path).st_ctime > stamp:
-            link_into(torch, path)
-    gone = sorted(path for path in before if not os.path.lexists(path))
-    with open(os.path.join(out, "removed.txt"), "w") as stream:
-        stream.writelines(path + "\n" for path in gone)
-    finish(cuda)
-    finish(torch)
-
-
 def tree(prefix, out):
     layer_root(out)
     link_into(out, prefix)
@@ -210,19 +157,23 @@ def place(tree_dir, prefix, out):
     finish(out)
 
 
-def prune(out, removed):
-    with open(removed) as stream:
-        gone = [line.rstrip("\n") for line in stream if line.strip()]
-    for path in gone:
-        target = in_layer(out, path)
-        if os.path.isdir(target) and not os.path.islink(target):
-            shutil.rmtree(target)
-        elif os.path.lexists(target):
-            os.unlink(target)
-    for path in gone:  # the directories that lost an entry, dated again
-        parent = in_layer(out, os.path.dirname(path))
-        if os.path.isdir(parent):
-            os.utime(parent, (EPOCH, EPOCH))
+def placeholders(base, out, *names):
+    """Empty /etc files for the mount points the base lacks, owned by root and dated like the rest of the layer:
+    BuildKit then mounts over them instead of creating them for a step and deleting them after it, which would
+    leave /etc in that step's layer with the clock's time."""
+    missing = [name for name in names if not os.path.lexists(os.path.join(base, name))]
+    if not missing:
+        return
+    etc = os.path.join(out, "etc")
+    os.mkdir(etc, 0o755)
+    for name in missing:
+        path = os.path.join(etc, name)
+        with open(path, "w"):
+            pass
+        os.chmod(path, 0o644)
+    for path in [etc, *(os.path.join(etc, name) for name in missing)]:
+        os.lchown(path, 0, 0)
+        os.utime(path, (EPOCH, EPOCH), follow_symlinks=False)
 
 
 def changed_since(mark):
@@ -290,8 +241,8 @@ def replaced(prefix, wheels):
             print(name)
 
 
-COMMANDS = {"snapshot": snapshot, "compile": compile_added, "split": split, "tree": tree, "place": place,
-            "prune": prune, "settle": settle, "replaced": replaced}
+COMMANDS = {"snapshot": snapshot, "compile": compile_added, "tree": tree, "placeholders": placeholders,
+            "place": place, "settle": settle, "replaced": replaced}
 
 if __name__ == "__main__":
     command = COMMANDS.get(sys.argv[1] if len(sys.argv) > 1 else "")

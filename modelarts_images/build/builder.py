@@ -128,10 +128,10 @@ def build_inputs(fetched: FetchedImage, options: BuildOptions) -> BuildInputs:
     )
 
 
-def served_steps(fetched: FetchedImage, backend: Backend) -> context.Bundles:
+def served_steps(backend: Backend) -> context.Bundles:
     """What the build's install steps fetch from its file server: the classic builder's bundles; none for BuildKit,
-    whose stages bind-mount the context."""
-    return context.served_bundles(fetched) if backend is Backend.DOCKER else ()
+    whose steps bind-mount the same directories of the context."""
+    return context.served_bundles() if backend is Backend.DOCKER else ()
 
 
 def check_backend(backend: Backend, inputs: BuildInputs, *, image_id: str) -> None:
@@ -276,7 +276,7 @@ def build_image(fetched: FetchedImage, options: BuildOptions, engine: Engine, *,
     inputs = build_inputs(fetched, options)
     check_backend(options.backend, inputs, image_id=image.id)
     context_dir = context.assemble(fetched, options.work_dir)
-    served = served_steps(fetched, options.backend)
+    served = served_steps(options.backend)
     served_args = context.bundle_digests(fetched, context_dir, served)
     before = engine.image(inputs.reference)
     with _pip_secret(image, inputs) as secrets:
@@ -302,7 +302,7 @@ def build_command_preview(image: ImageSpec, options: BuildOptions) -> str:
     context_dir = context.context_dir(options.work_dir, image.id)
     scratch = Path(tempfile.gettempdir())
     secrets = ((PIP_SECRET_ID, scratch / "modelarts-pip-XXXXXXXX.conf"),) if inputs.needs_secret else ()
-    served = served_steps(fetched, options.backend)
+    served = served_steps(options.backend)
     keys = tuple((context.inputs_arg(name), "SHA256") for name, _ in served)  # of files not fetched yet
     request = _request(inputs, options, context_dir, secrets, served=served, served_args=keys)
     if options.backend is Backend.DOCKER:

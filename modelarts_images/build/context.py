@@ -3,13 +3,19 @@
     work_dir/<image id>/
         Dockerfile                    context/Dockerfile, and the stack's ENV stages when it sets variables
         .dockerignore, *.sh, layers.py  from context/ in the repository: the steps of the Dockerfile's stages
-        installer/<installer>         the conda installer
-        wheels/*.whl                  torch, torchvision, torchaudio
-        deps/*.whl                    their dependency wheels (empty when fetch has none: the build uses pip_index)
+        conda/                        what the conda step reads: installer/<installer>, packages.txt (the file
+                                      names of every wheel below), conda-install.sh, layers.py
+        cuda/                         what the CUDA libraries' step reads: deps/ (the nvidia-* dependency
+                                      wheels), packages-install.sh, layers.py
+        torch/                        what the torch step reads: wheels/ (torch, torchvision, torchaudio), deps/
+                                      (the other dependency wheels), pip.conf (rendered from pip_index,
+                                      credentials removed), packages-install.sh, layers.py
         stack/                        the stack's wheels and the sdists of build_from_source projects
         build-deps/*.whl              what building those sdists needs
-        pip.conf                      rendered from pip_index, credentials removed
-        packages.txt                  the file names of wheels/ and deps/ (the classic builder's conda step)
+
+Each install step reads one directory, whole: BuildKit bind-mounts it, the classic builder fetches it from the
+build's file server (a tar of the directory), and either way a step is keyed by that directory alone. The deps/
+directories are empty when fetch has no dependency wheels (the build then uses pip_index).
 
 Zero-copy: every file is a hardlink to the verified file in the cache, so assembling the context of gigabytes
 of wheels takes milliseconds; only a cache on another filesystem is copied, with a warning. The directory is
@@ -42,12 +48,19 @@ PIP_CONF = "pip.conf"
 INSTALLER_DIR = "installer"
 WHEELS_DIR = "wheels"
 DEPS_DIR = "deps"
+# The install steps' directories (see above), in the order the Dockerfile runs them.
+CONDA_STEP, CUDA_STEP, TORCH_STEP = "conda", "cuda", "torch"
 STACK_DIR = "stack"
 BUILD_DEPS_DIR = "build-deps"
 PACKAGES_LIST = "packages.txt"
 # The steps of the Dockerfile's stages, copied from context/ into every build context.
-SCRIPTS = ("apt-install.sh", "system-layer.sh", "user-layer.sh", "conda-install.sh", "packages-install.sh",
-           "stack-install.sh", "layers.py")
+SCRIPTS = ("apt-install.sh", "system-layer.sh", "user-layer.sh", "stack-install.sh", "layers.py")
+CONDA_SCRIPT, PACKAGES_SCRIPT = "conda-install.sh", "packages-install.sh"
+# Each install step's directory holds its script and layers.py; the script last, so that a tar of the directory
+# cut short fails the step instead of running half of it.
+STEP_FILES = {CONDA_STEP: (INSTALLER_DIR, PACKAGES_LIST, "layers.py", CONDA_SCRIPT),
+              CUDA_STEP: (DEPS_DIR, "layers.py", PACKAGES_SCRIPT),
+              TORCH_STEP: (WHEELS_DIR, DEPS_DIR, PIP_CONF, "layers.py", PACKAGES_SCRIPT)}
 TARGETS = ("image", "image-buildkit")  # the Dockerfile's final stages: classic builder, BuildKit
 BUILDKIT_ONLY = "# BuildKit only, below this line"
 ENV_SUFFIX = "-env"
@@ -109,18 +122,24 @@ def assemble(fetched: FetchedImage, work_dir: Path, *, template_dir: Path = CONT
     staging = Path(tempfile.mkdtemp(prefix=f".{image.id}.", suffix=".partial", dir=work_dir))
     try:
         for name in (DOCKERIGNORE, *SCRIPTS):
-            shutil.copy(template_dir / name, staging / name)
+            _template_copy(template_dir / name, staging / name, fetched.source_date_epoch)
         dockerfile = with_env((template_dir / DOCKERFILE).read_text("utf-8"), image.stack.env)
-        (staging / DOCKERFILE).write_text(dockerfile, encoding="utf-8")
-        (staging / PIP_CONF).write_text(render_pip_conf(redact.without_credentials(image.pip_index)), encoding="utf-8")
-        # A COPY keeps a file's time: the checkout's or the clock's would make each machine's layer its own.
+        _write(staging / DOCKERFILE, dockerfile, fetched.source_date_epoch)
+        for step, files in STEP_FILES.items():
+            (staging / step).mkdir()
+            for name in files:
+                if name.endswith((".sh", ".py")):
+                    _template_copy(template_dir / name, staging / step / name, fetched.source_date_epoch)
+        pip_conf = render_pip_conf(redact.without_credentials(image.pip_index))
+        _write(staging / TORCH_STEP / PIP_CONF, pip_conf, fetched.source_date_epoch)
         wheels = sorted(item.filename for item in (*fetched.wheels, *(fetched.closure or ())))
-        (staging / PACKAGES_LIST).write_text("".join(name + "\n" for name in wheels), encoding="utf-8")
-        for name in (DOCKERIGNORE, *SCRIPTS, DOCKERFILE, PIP_CONF, PACKAGES_LIST):
-            os.utime(staging / name, (fetched.source_date_epoch, fetched.source_date_epoch))
-        _link_all(staging / INSTALLER_DIR, [fetched.installer])
-        _link_all(staging / WHEELS_DIR, fetched.wheels)
-        _link_all(staging / DEPS_DIR, fetched.closure or ())
+        _write(staging / CONDA_STEP / PACKAGES_LIST, "".join(name + "\n" for name in wheels),
+               fetched.source_date_epoch)
+        closure = fetched.closure or ()
+        _link_all(staging / CONDA_STEP / INSTALLER_DIR, [fetched.installer])
+        _link_all(staging / CUDA_STEP / DEPS_DIR, [item for item in closure if is_cuda_wheel(item.filename)])
+        _link_all(staging / TORCH_STEP / WHEELS_DIR, fetched.wheels)
+        _link_all(staging / TORCH_STEP / DEPS_DIR, [item for item in closure if not is_cuda_wheel(item.filename)])
         _link_all(staging / STACK_DIR, fetched.stack)
         _link_all(staging / BUILD_DEPS_DIR, fetched.build_deps)
         _swap_in(staging, target)
@@ -138,15 +157,10 @@ def is_cuda_wheel(filename: str) -> bool:
 Bundles = tuple[tuple[str, tuple[str, ...]], ...]
 
 
-def served_bundles(fetched: FetchedImage) -> Bundles:
+def served_bundles() -> Bundles:
     """What each of the classic builder's install steps fetches from the build's file server (context/Dockerfile,
-    image-base): bundle name -> context entries, the step's script last (a stream cut short then fails)."""
-    deps = [item.filename for item in fetched.closure or ()]
-    cuda = tuple(f"{DEPS_DIR}/{name}" for name in deps if is_cuda_wheel(name))
-    rest = tuple(f"{DEPS_DIR}/{name}" for name in deps if not is_cuda_wheel(name))
-    return (("conda", (INSTALLER_DIR, PACKAGES_LIST, "layers.py", "conda-install.sh")),
-            ("cuda", (*cuda, "layers.py", "packages-install.sh")),
-            ("torch", (WHEELS_DIR, *rest, PIP_CONF, "layers.py", "packages-install.sh")))
+    image-base): the step's directory, its entries (relative to it) in the order they are sent."""
+    return tuple(STEP_FILES.items())
 
 
 def inputs_arg(bundle: str) -> str:
@@ -157,22 +171,32 @@ def inputs_arg(bundle: str) -> str:
 def bundle_digests(fetched: FetchedImage, context: Path, bundles: Bundles) -> tuple[tuple[str, str], ...]:
     """The build argument keying each served step (CONDA_INPUTS...): the sha256 of its files' names and contents.
     The artifacts' digests are the verified ones (no gigabytes read again); the small files are hashed."""
-    known = {f"{INSTALLER_DIR}/{fetched.installer.filename}": fetched.installer.sha256}
-    known |= {f"{WHEELS_DIR}/{item.filename}": item.sha256 for item in fetched.wheels}
-    known |= {f"{DEPS_DIR}/{item.filename}": item.sha256 for item in fetched.closure or ()}
+    known = {item.filename: item.sha256 for item in (fetched.installer, *fetched.wheels, *(fetched.closure or ()))}
     digests = []
     for name, entries in bundles:
         digest = hashlib.sha256()
         for entry in entries:
-            top = context / entry
+            top = context / name / entry
             for path in sorted(top.rglob("*")) if top.is_dir() else [top]:
                 if path.is_dir():
                     continue
-                relative = path.relative_to(context).as_posix()
-                content = known.get(relative) or hashlib.sha256(path.read_bytes()).hexdigest()
-                digest.update(f"{relative}\0{content}\n".encode())
+                artifact = path.parent.name in (INSTALLER_DIR, WHEELS_DIR, DEPS_DIR) and known.get(path.name)
+                content = artifact or hashlib.sha256(path.read_bytes()).hexdigest()
+                digest.update(f"{path.relative_to(context).as_posix()}\0{content}\n".encode())
         digests.append((inputs_arg(name), digest.hexdigest()))
     return tuple(digests)
+
+
+def _template_copy(source: Path, destination: Path, epoch: int) -> None:
+    shutil.copy(source, destination)
+    os.utime(destination, (epoch, epoch))
+
+
+def _write(path: Path, text: str, epoch: int) -> None:
+    """A file of the context, dated: a COPY keeps a file's time, and the checkout's or the clock's would make each
+    machine's layer its own."""
+    path.write_text(text, encoding="utf-8")
+    os.utime(path, (epoch, epoch))
 
 
 def _link_all(directory: Path, files: Iterable[FetchedFile]) -> None:

@@ -5,8 +5,9 @@ image, or over the network. So the steps that install the conda installation and
 server (`curl http://$FTP_PROXY/<bundle>.tar | tar -x`), install in place and delete them: the image then holds
 one layer per install, not the files twice (a builder stage's layer and its COPY into the final stage).
 
-Each bundle is a tar of named entries of the context (directories with their files), in the order given: the
-Dockerfile lists each bundle's script last, so a stream cut short fails the step instead of running half of it.
+Each bundle is a tar of one directory of the context, the step's (conda/, cuda/, torch/), its named entries in
+the order given, relative to it: each bundle lists its script last, so a stream cut short fails the step instead
+of running half of it.
 Only GET of a known bundle is answered; the server listens on 127.0.0.1 only, on a port of the system's choice.
 """
 
@@ -48,8 +49,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: _BundleServer
 
     def do_GET(self) -> None:
-        entries = self.server.bundles.get(self.path.lstrip("/").removesuffix(".tar")) \
-            if self.path.endswith(".tar") else None
+        name = self.path.lstrip("/").removesuffix(".tar")
+        entries = self.server.bundles.get(name) if self.path.endswith(".tar") else None
         if entries is None:
             self.send_error(404, "no such bundle")
             return
@@ -58,7 +59,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         try:
-            write_bundle(self.wfile, self.server.root, entries)
+            write_bundle(self.wfile, self.server.root / name, entries)
         except (BrokenPipeError, ConnectionResetError):
             log.warning("the build stopped reading %s from the file server", self.path)
 
@@ -77,7 +78,7 @@ class _BundleServer(http.server.ThreadingHTTPServer):
 
 @contextmanager
 def serving(root: Path, bundles: Mapping[str, Sequence[str]]) -> Iterator[str]:
-    """Serve `bundles` (name -> context entries) of the context at root while the block runs; yields host:port."""
+    """Serve `bundles` (directory name -> its entries) of the context at root while the block runs; yields host:port."""
     server = _BundleServer(root, bundles)
     thread = threading.Thread(target=server.serve_forever, name="modelarts-file-server", daemon=True)
     thread.start()

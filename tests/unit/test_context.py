@@ -52,6 +52,7 @@ def fetched_image(cache: Path, *, closure: bool = True, **overrides: object) -> 
         installer=cached(cache, "Miniconda3-py311_23.5.2-0-Linux-x86_64.sh", b"#!/bin/sh\necho installer\n"),
         wheels=(cached(cache, "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl", b"torch" * 1000),),
         closure=(cached(cache, "sympy-1.14.0-py3-none-any.whl", b"sympy"),
+                 cached(cache, "nvidia_nccl_cu12-2.27.3-py3-none-manylinux2014_x86_64.whl", b"nccl"),
                  cached(cache, "mpmath-1.3.0-py3-none-any.whl", b"mpmath")) if closure else None,
     )
 
@@ -98,35 +99,46 @@ def test_context_holds_hardlinks_to_the_cache(tmp_path: Path) -> None:
     fetched = fetched_image(tmp_path / "cache")
     built = context.assemble(fetched, tmp_path / "work")
     assert built == tmp_path / "work" / fetched.image.id
-    for directory, item in [("installer", fetched.installer), ("wheels", fetched.wheels[0]),
-                            ("deps", (fetched.closure or ())[0])]:
+    sympy, nccl, _ = fetched.closure or ()
+    for directory, item in [("conda/installer", fetched.installer), ("torch/wheels", fetched.wheels[0]),
+                            ("torch/deps", sympy), ("cuda/deps", nccl)]:
         linked = built / directory / item.filename
         assert linked.stat().st_ino == item.path.stat().st_ino, f"{linked} is a copy, not a hardlink"
         assert linked.stat().st_nlink >= 2
     assert (built / "Dockerfile").read_bytes() == (ROOT / "context" / "Dockerfile").read_bytes()
     assert (built / ".dockerignore").read_bytes() == (ROOT / "context" / ".dockerignore").read_bytes()
-    assert sorted(path.name for path in (built / "deps").iterdir()) == [
+    # each install step's directory holds all it reads, and each wheel is in one of them only
+    assert sorted(path.name for path in (built / "torch" / "deps").iterdir()) == [
         "mpmath-1.3.0-py3-none-any.whl", "sympy-1.14.0-py3-none-any.whl"]
+    assert [path.name for path in (built / "cuda" / "deps").iterdir()] == [nccl.filename]
+    for step, entries in context.STEP_FILES.items():
+        assert sorted(path.name for path in (built / step).iterdir()) == sorted(entries)
+        for script in (name for name in entries if name.endswith((".sh", ".py"))):
+            assert (built / step / script).read_bytes() == (ROOT / "context" / script).read_bytes()
+    assert (built / "conda" / "packages.txt").read_text().split() == sorted(
+        item.filename for item in (*fetched.wheels, *(fetched.closure or ())))
 
 
 def test_files_the_image_copies_carry_the_source_date_epoch(tmp_path: Path) -> None:
     fetched = dataclasses.replace(fetched_image(tmp_path / "cache"), source_date_epoch=1_700_000_000)
     built = context.assemble(fetched, tmp_path / "work")
-    written = [".dockerignore", "Dockerfile", "pip.conf", *context.SCRIPTS]
+    written = [".dockerignore", "Dockerfile", "torch/pip.conf", "conda/packages.txt", "cuda/layers.py",
+               "torch/packages-install.sh", *context.SCRIPTS]
     assert {name: int((built / name).stat().st_mtime) for name in written} == dict.fromkeys(written, 1_700_000_000)
 
 
 def test_context_pip_conf_never_holds_credentials(tmp_path: Path) -> None:
     fetched = fetched_image(tmp_path / "cache", pip_index="https://robot:t0ken@pypi.example.com/simple")
     built = context.assemble(fetched, tmp_path / "work")
-    text = (built / "pip.conf").read_text("utf-8")
+    text = (built / "torch" / "pip.conf").read_text("utf-8")
     assert "t0ken" not in text and "robot" not in text
     assert "index-url = https://pypi.example.com/simple\n" in text
 
 
 def test_without_closure_deps_is_an_empty_directory(tmp_path: Path) -> None:
     built = context.assemble(fetched_image(tmp_path / "cache", closure=False), tmp_path / "work")
-    assert (built / "deps").is_dir() and not any((built / "deps").iterdir())
+    for step in ("cuda", "torch"):
+        assert (built / step / "deps").is_dir() and not any((built / step / "deps").iterdir())
 
 
 def test_assembly_is_idempotent_and_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -136,7 +148,7 @@ def test_assembly_is_idempotent_and_leaves_nothing_behind(tmp_path: Path) -> Non
     before = tree(first)
     inodes = {path.name: path.stat().st_ino for path in first.rglob("*.whl")}
     (first / "stale-file").write_text("left over from an older build")
-    (first / "wheels" / "torch-1.0.0-cp37-cp37m-linux_x86_64.whl").write_bytes(b"old wheel")
+    (first / "torch" / "wheels" / "torch-1.0.0-cp37-cp37m-linux_x86_64.whl").write_bytes(b"old wheel")
     second = context.assemble(fetched, work)
     assert second == first
     assert tree(second) == before
@@ -189,16 +201,17 @@ def test_streamed_context_is_a_tar_of_the_allowed_entries(tmp_path: Path) -> Non
     fetched = fetched_image(tmp_path / "cache")
     built = context.assemble(fetched, tmp_path / "work")
     (built / "not-for-the-engine").write_text("x")
-    data = b"".join(builds.stream_context(built, ("wheels", "layers.py")))
+    data = b"".join(builds.stream_context(built, ("torch", "layers.py")))
     assert len(data) % tarfile.BLOCKSIZE == 0
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
         members = {member.name: member for member in archive.getmembers()}
-        torch_name = "wheels/" + fetched.wheels[0].filename
-        assert members["wheels"].isdir() and members[torch_name].isfile()
+        torch_name = "torch/wheels/" + fetched.wheels[0].filename
+        assert members["torch/wheels"].isdir() and members[torch_name].isfile()
         extracted = archive.extractfile(torch_name)
         assert extracted is not None and extracted.read() == fetched.wheels[0].path.read_bytes()
         assert members[torch_name].uid == 0 and members[torch_name].mtime == int(fetched.wheels[0].path.stat().st_mtime)
-        assert set(members) == {"wheels", torch_name, "layers.py"}
+        assert {name.split("/")[0] for name in members} == {"torch", "layers.py"}
+        assert "conda" not in {name.split("/")[0] for name in members}
 
 
 def test_the_classic_builder_is_sent_what_its_copies_read_and_no_artifact(tmp_path: Path) -> None:
