@@ -7,7 +7,7 @@
 # packages' steps install) are uninstalled here, so that those steps, which install in the image itself, add files
 # and delete none (a file deleted from a lower layer leaves a whiteout dated by the clock). Then:
 # with OUT (BuildKit's conda stage), the conda layer is made as the tree OUT (layers.py tree), with empty
-#   /etc/hosts and /etc/resolv.conf where the base has none (BASE_ETC: the base's, see context/Dockerfile);
+#   /etc/hosts and /etc/resolv.conf where the base has none (BASE_ETC: the base's /etc, mounted);
 # without (the classic builder, in the image itself), what the step wrote is dated in place (layers.py settle).
 set -eu
 context=$1
