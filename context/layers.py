@@ -165,13 +165,12 @@ def placeholders(base, out, *names):
     if not missing:
         return
     etc = os.path.join(out, "etc")
-    os.mkdir(etc, 0o755)
+    os.mkdir(etc)
     for name in missing:
-        path = os.path.join(etc, name)
-        with open(path, "w"):
+        with open(os.path.join(etc, name), "w"):
             pass
-        os.chmod(path, 0o644)
-    for path in [etc, *(os.path.join(etc, name) for name in missing)]:
+    for path, mode in [(etc, 0o755), *((os.path.join(etc, name), 0o644) for name in missing)]:
+        os.chmod(path, mode)  # not the umask's
         os.lchown(path, 0, 0)
         os.utime(path, (EPOCH, EPOCH), follow_symlinks=False)
 

@@ -211,7 +211,6 @@ def test_streamed_context_is_a_tar_of_the_allowed_entries(tmp_path: Path) -> Non
         assert extracted is not None and extracted.read() == fetched.wheels[0].path.read_bytes()
         assert members[torch_name].uid == 0 and members[torch_name].mtime == int(fetched.wheels[0].path.stat().st_mtime)
         assert {name.split("/")[0] for name in members} == {"torch", "layers.py"}
-        assert "conda" not in {name.split("/")[0] for name in members}
 
 
 def test_the_classic_builder_is_sent_what_its_copies_read_and_no_artifact(tmp_path: Path) -> None:
