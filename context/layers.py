@@ -18,11 +18,13 @@ layer in every build.
                                              time, and the user as its owner under PREFIX (PREFIX itself always)
     layers.py replaced PREFIX WHEELS         print the distributions installed in PREFIX that WHEELS (a list of
                                              wheel file names) has at another version
+    layers.py tool WHEEL DIR                 unpack the program a tool's wheel ships (uv's wheel: its
+                                             uv-X.data/scripts/uv) into DIR and print its path
 
 Environment: MA_USER, MA_UID, MA_GID, SOURCE_DATE_EPOCH.
 """
 
-# ruff: noqa: PTH101, PTH102, PTH103, PTH104, PTH112, PTH113, PTH114, PTH116, PTH118, PTH120, PTH123, PTH207, PTH208
+# ruff: noqa: PTH101, PTH102, PTH103, PTH104, PTH112, PTH113, PTH114, PTH116, PTH118, PTH119, PTH120, PTH123, PTH207, PTH208
 # os and os.path, not pathlib: os.link(follow_symlinks=False), os.lchown and os.utime(follow_symlinks=False) have
 # no pathlib form on Python 3.6, and one set of calls reads better than a mix.
 
@@ -34,6 +36,7 @@ import py_compile
 import re
 import stat
 import sys
+import zipfile
 
 USER = os.environ["MA_USER"]
 UID, GID = int(os.environ["MA_UID"]), int(os.environ["MA_GID"])
@@ -240,8 +243,26 @@ def replaced(prefix, wheels):
             print(name)
 
 
+def tool(wheel, directory):
+    project = os.path.basename(wheel).split("-")[0]
+    with zipfile.ZipFile(wheel) as archive:
+        names = [name for name in archive.namelist()
+                 if re.match(r"^[^/]+\.data/scripts/" + re.escape(project) + "$", name)]
+        if len(names) != 1:
+            sys.exit("layers.py tool: " + os.path.basename(wheel) + " has no program " + project)
+        program = os.path.join(directory, project)
+        with archive.open(names[0]) as source, open(program, "wb") as target:
+            while True:
+                chunk = source.read(1 << 20)
+                if not chunk:
+                    break
+                target.write(chunk)
+    os.chmod(program, 0o755)
+    print(program)
+
+
 COMMANDS = {"snapshot": snapshot, "compile": compile_added, "tree": tree, "placeholders": placeholders,
-            "place": place, "settle": settle, "replaced": replaced}
+            "place": place, "settle": settle, "replaced": replaced, "tool": tool}
 
 if __name__ == "__main__":
     command = COMMANDS.get(sys.argv[1] if len(sys.argv) > 1 else "")

@@ -154,4 +154,5 @@ class FetchedImage:
     closure: tuple[FetchedFile, ...] | None
     stack: tuple[FetchedFile, ...] = ()  # the stack's wheels and sdists, installed in a layer above torch
     build_deps: tuple[FetchedFile, ...] = ()  # what building the stack's sdists needs
+    tools: tuple[FetchedFile, ...] = ()  # the installer the build runs for the dependency wheels (uv), never installed
     source_date_epoch: int = DEFAULT_SOURCE_DATE_EPOCH  # from versions.lock: the time of every file of the layers

@@ -6,9 +6,10 @@
         conda/                        what the conda step reads: installer/<installer>, packages.txt (the file
                                       names of every wheel below), conda-install.sh, layers.py
         cuda/                         what the CUDA libraries' step reads: deps/ (the nvidia-* dependency
-                                      wheels), packages-install.sh, layers.py
+                                      wheels), tools/ (the install tool's wheel, uv, where fetch has one),
+                                      packages-install.sh, layers.py
         torch/                        what the torch step reads: wheels/ (torch, torchvision, torchaudio), deps/
-                                      (the other dependency wheels), pip.conf (rendered from pip_index,
+                                      (the other dependency wheels), tools/, pip.conf (rendered from pip_index,
                                       credentials removed), packages-install.sh, layers.py
         stack/                        the stack's wheels and the sdists of build_from_source projects
         build-deps/*.whl              what building those sdists needs
@@ -48,6 +49,7 @@ PIP_CONF = "pip.conf"
 INSTALLER_DIR = "installer"
 WHEELS_DIR = "wheels"
 DEPS_DIR = "deps"
+TOOLS_DIR = "tools"
 # The install steps' directories (see above), in the order the Dockerfile runs them.
 CONDA_STEP, CUDA_STEP, TORCH_STEP = "conda", "cuda", "torch"
 STACK_DIR = "stack"
@@ -59,8 +61,8 @@ CONDA_SCRIPT, PACKAGES_SCRIPT = "conda-install.sh", "packages-install.sh"
 # Each install step's directory holds its script and layers.py; the script last, so that a tar of the directory
 # cut short fails the step instead of running half of it.
 STEP_FILES = {CONDA_STEP: (INSTALLER_DIR, PACKAGES_LIST, "layers.py", CONDA_SCRIPT),
-              CUDA_STEP: (DEPS_DIR, "layers.py", PACKAGES_SCRIPT),
-              TORCH_STEP: (WHEELS_DIR, DEPS_DIR, PIP_CONF, "layers.py", PACKAGES_SCRIPT)}
+              CUDA_STEP: (DEPS_DIR, TOOLS_DIR, "layers.py", PACKAGES_SCRIPT),
+              TORCH_STEP: (WHEELS_DIR, DEPS_DIR, TOOLS_DIR, PIP_CONF, "layers.py", PACKAGES_SCRIPT)}
 TARGETS = ("image", "image-buildkit")  # the Dockerfile's final stages: classic builder, BuildKit
 BUILDKIT_ONLY = "# BuildKit only, below this line"
 ENV_SUFFIX = "-env"
@@ -137,9 +139,12 @@ def assemble(fetched: FetchedImage, work_dir: Path, *, template_dir: Path = CONT
                fetched.source_date_epoch)
         closure = fetched.closure or ()
         _link_all(staging / CONDA_STEP / INSTALLER_DIR, [fetched.installer])
-        _link_all(staging / CUDA_STEP / DEPS_DIR, [item for item in closure if is_cuda_wheel(item.filename)])
+        cuda = [item for item in closure if is_cuda_wheel(item.filename)]
+        _link_all(staging / CUDA_STEP / DEPS_DIR, cuda)
+        _link_all(staging / CUDA_STEP / TOOLS_DIR, fetched.tools if cuda else ())  # nothing to install without
         _link_all(staging / TORCH_STEP / WHEELS_DIR, fetched.wheels)
         _link_all(staging / TORCH_STEP / DEPS_DIR, [item for item in closure if not is_cuda_wheel(item.filename)])
+        _link_all(staging / TORCH_STEP / TOOLS_DIR, fetched.tools)
         _link_all(staging / STACK_DIR, fetched.stack)
         _link_all(staging / BUILD_DEPS_DIR, fetched.build_deps)
         _swap_in(staging, target)
@@ -171,7 +176,8 @@ def inputs_arg(bundle: str) -> str:
 def bundle_digests(fetched: FetchedImage, context: Path, bundles: Bundles) -> tuple[tuple[str, str], ...]:
     """The build argument keying each served step (CONDA_INPUTS...): the sha256 of its files' names and contents.
     The artifacts' digests are the verified ones (no gigabytes read again); the small files are hashed."""
-    known = {item.filename: item.sha256 for item in (fetched.installer, *fetched.wheels, *(fetched.closure or ()))}
+    known = {item.filename: item.sha256
+             for item in (fetched.installer, *fetched.wheels, *(fetched.closure or ()), *fetched.tools)}
     digests = []
     for name, entries in bundles:
         digest = hashlib.sha256()
@@ -180,7 +186,7 @@ def bundle_digests(fetched: FetchedImage, context: Path, bundles: Bundles) -> tu
             for path in sorted(top.rglob("*")) if top.is_dir() else [top]:
                 if path.is_dir():
                     continue
-                artifact = path.parent.name in (INSTALLER_DIR, WHEELS_DIR, DEPS_DIR) and known.get(path.name)
+                artifact = path.parent.name in (INSTALLER_DIR, WHEELS_DIR, DEPS_DIR, TOOLS_DIR) and known.get(path.name)
                 content = artifact or hashlib.sha256(path.read_bytes()).hexdigest()
                 digest.update(f"{path.relative_to(context).as_posix()}\0{content}\n".encode())
         digests.append((inputs_arg(name), digest.hexdigest()))

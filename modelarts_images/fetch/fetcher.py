@@ -206,11 +206,14 @@ def locked_plan(image: ImageSpec, options: FetchOptions) -> FetchedImage | None:
     plan = _pinned(image, lockfile.read(options.lock_path).get(image.id))
     if plan is None or (options.closure and plan.closure is None):
         return None
+    if plan.closure is not None and plan.tools is None and not options.locked:
+        return None  # fetch looks for the install tool first
     if image.stack.requirements and plan.stack is None:
         return None
     if any(sources.is_sdist(artifact.filename) for artifact in plan.stack or ()) and not plan.build_deps:
         return None
-    files = (plan.installer, *plan.wheels, *(plan.closure or ()), *(plan.stack or ()), *plan.build_deps)
+    files = (plan.installer, *plan.wheels, *(plan.closure or ()), *(plan.stack or ()), *plan.build_deps,
+             *(plan.tools or ()))
     if any(not artifact.sha256 for artifact in files):
         return None
 
@@ -223,6 +226,7 @@ def locked_plan(image: ImageSpec, options: FetchOptions) -> FetchedImage | None:
                         closure=None if plan.closure is None else tuple(planned(item) for item in plan.closure),
                         stack=tuple(planned(item) for item in plan.stack or ()),
                         build_deps=tuple(planned(item) for item in plan.build_deps),
+                        tools=tuple(planned(item) for item in plan.tools or ()),
                         source_date_epoch=plan.source_date_epoch)
 
 
@@ -256,7 +260,8 @@ def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress
         wheels = tuple(first[wheel.url] for wheel in plan.wheels)
         fresh = plan is not lock.get(image.id)
         resolved = _resolved(image, plan, wheels, fresh=fresh, options=options, fetcher=fetcher)
-        rest = fetcher.many([(artifact, image.id) for artifact in (*(resolved.closure or ()), *(resolved.stack or ()))])
+        rest = fetcher.many([(artifact, image.id) for artifact in
+                             (*(resolved.closure or ()), *(resolved.stack or ()), *(resolved.tools or ()))])
         stack = tuple(rest[artifact.url] for artifact in resolved.stack or ())
         _check_hashes(image, rest.values())
         build_deps = resolved.build_deps
@@ -272,9 +277,11 @@ def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress
             closure=None if resolved.closure is None else tuple(rest[artifact.url] for artifact in resolved.closure),
             stack=stack,
             build_deps=tuple(built[artifact.url] for artifact in build_deps),
+            tools=tuple(rest[artifact.url] for artifact in resolved.tools or ()),
             source_date_epoch=plan.source_date_epoch,
         ))
-        files = (plan.installer, *plan.wheels, *(resolved.closure or ()), *(resolved.stack or ()), *build_deps)
+        files = (plan.installer, *plan.wheels, *(resolved.closure or ()), *(resolved.stack or ()), *build_deps,
+                 *(resolved.tools or ()))
         unsized = any(artifact.size is None for artifact in files)
         if fresh or resolved != replace(plan, build_deps=build_deps) or (unsized and not options.locked):
             changes[image.id] = replace(
@@ -285,6 +292,7 @@ def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress
                                                                     for a in resolved.closure),
                 stack=None if resolved.stack is None else tuple(_as_artifact(item) for item in stack),
                 build_deps=tuple(_as_artifact(built[a.url]) for a in build_deps),
+                tools=None if resolved.tools is None else tuple(_as_artifact(rest[a.url]) for a in resolved.tools),
             )
     if changes:
         lockfile.update(options.lock_path, changes, guard=options.cache_dir / "versions-lock.flock")
@@ -300,10 +308,16 @@ def _resolved(image: ImageSpec, plan: lockfile.LockedImage, wheels: Sequence[Fet
     A closure missing from the lock (pip failed, or an earlier --no-closure) is tried again; a stack is resolved
     together with the torch family, which may move the closure's versions (the stack's layer then never replaces
     a file of the torch layer)."""
-    closure, stack = plan.closure, plan.stack
+    closure, stack, tools = plan.closure, plan.stack, plan.tools
     scratch = fetcher.cache.incoming
     if options.closure and (fresh or closure is None) and not options.locked:
         closure = pip_resolver.resolve(image, wheels, scratch_parent=scratch)
+    # The install tool serves only an install without an index: with the closure, looked for once.
+    if closure is None:
+        tools = None
+    elif (fresh or tools is None) and not options.locked:
+        tools = pip_resolver.resolve_tools(image, scratch_parent=scratch)
+    plan = replace(plan, tools=tools)
     if not image.stack.requirements:
         return replace(plan, closure=closure, stack=None, build_deps=())
     if stack is not None and not fresh:
@@ -341,7 +355,8 @@ def format_fetched(fetched: Sequence[FetchedImage], summary: FetchSummary) -> st
     for image in fetched:
         closure = "no dependency wheels" if image.closure is None else f"{len(image.closure)} dependency wheels"
         stack = f", {len(image.stack)} stack files" if image.stack else ""
-        lines.append(f"{image.image.id}: installer, {len(image.wheels)} wheels, {closure}{stack}")
+        tools = "".join(f", {sources.project_of(tool.filename)} to install them" for tool in image.tools)
+        lines.append(f"{image.image.id}: installer, {len(image.wheels)} wheels, {closure}{stack}{tools}")
     lines.append(f"fetched {summary.fetched}, reused {summary.reused}, {size(summary.bytes_transferred)} "
                  f"transferred in {summary.seconds:.1f} s")
     if summary.lock_updated:

@@ -18,8 +18,9 @@ from modelarts_images.shared.files import write_atomic
 HEADER = """\
 # versions.lock: written by `inv lock`; do not edit by hand.
 # For each image: the inputs it was resolved from, and the URL and sha256 of every artifact the build
-# installs (installer, wheels, the wheels they depend on, the stack's files), with its size in bytes, and the
-# time (SOURCE_DATE_EPOCH) every file of the image's own layers carries, so a rebuild gives the same layers.
+# installs (installer, wheels, the wheels they depend on, the stack's files) or installs them with (tools: uv),
+# with its size in bytes, and the time (SOURCE_DATE_EPOCH) every file of the image's own layers carries, so a
+# rebuild gives the same layers.
 # `inv fetch --locked` refuses anything else.
 """
 
@@ -32,6 +33,9 @@ class LockedImage:
     closure: tuple[Artifact, ...] | None  # None: the closure could not be resolved for this image
     stack: tuple[Artifact, ...] | None = None  # the stack's wheels and sdists; None: none resolved (or none asked)
     build_deps: tuple[Artifact, ...] = ()  # the wheels building the stack's sdists needs
+    # The wheel of the installer the build runs for the dependency wheels (uv); () where none serves the image's
+    # Python (pip installs them), None: not looked for yet (an entry locked before there were tools).
+    tools: tuple[Artifact, ...] | None = None
     source_date_epoch: int = DEFAULT_SOURCE_DATE_EPOCH  # the time of every file of the image's own layers
 
 
@@ -86,7 +90,7 @@ def _entry(image_id: object, raw: object) -> LockedImage:
         raise _MalformedError(f"{image_id!r}: not an image id")
     if not isinstance(raw, dict) or not isinstance(raw.get("inputs"), str):
         raise _MalformedError(f"{image_id}: must be a mapping with inputs, installer, wheels and closure")
-    closure, stack = raw.get("closure"), raw.get("stack")
+    closure, stack, tools = raw.get("closure"), raw.get("stack"), raw.get("tools")
     epoch = raw.get("source_date_epoch", DEFAULT_SOURCE_DATE_EPOCH)
     if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < 1 << 32:
         raise _MalformedError(f"{image_id}.source_date_epoch: must be seconds since 1970 (got {epoch!r})")
@@ -97,6 +101,7 @@ def _entry(image_id: object, raw: object) -> LockedImage:
         closure=None if closure is None else _artifacts(closure, f"{image_id}.closure"),
         stack=None if stack is None else _artifacts(stack, f"{image_id}.stack"),
         build_deps=_artifacts(raw.get("build_deps", []), f"{image_id}.build_deps"),
+        tools=None if tools is None else _artifacts(tools, f"{image_id}.tools"),
         source_date_epoch=epoch,
     )
 
@@ -136,6 +141,7 @@ def render(entries: Mapping[str, LockedImage]) -> str:
                 "closure": None if entry.closure is None else listed(entry.closure),
                 **({"stack": listed(entry.stack)} if entry.stack is not None else {}),
                 **({"build_deps": listed(entry.build_deps)} if entry.build_deps else {}),
+                **({"tools": listed(entry.tools)} if entry.tools is not None else {}),
                 "source_date_epoch": entry.source_date_epoch,
             }
             for image_id, entry in sorted(entries.items())

@@ -46,7 +46,7 @@ def test_each_step_gets_its_bundle_with_its_script_last(tmp_path: Path) -> None:
                      "conda-install.sh"]
     # the CUDA libraries' step gets the nvidia-* wheels only, the torch step everything else
     assert cuda == ["deps", "deps/nvidia_cublas_cu12-12.8.4.1-py3-none-manylinux_2_27_x86_64.whl",
-                    "deps/nvidia_nccl_cu12-2.27.3-py3-none-manylinux2014_x86_64.whl", "layers.py",
+                    "deps/nvidia_nccl_cu12-2.27.3-py3-none-manylinux2014_x86_64.whl", "tools", "layers.py",
                     "packages-install.sh"]
     names = torch.getnames()
     assert names[-1] == "packages-install.sh" and not [name for name in names if "nvidia" in name]
