@@ -76,7 +76,8 @@ def fetched_entry(work: Path, registry: str, tag: str, base: str) -> FetchedImag
     spec = dataclasses.replace(engine_tests.image_spec(tag=tag, base_image=base),
                                registry=registry, organization="bench", repository=REPOSITORY)
     return engine_tests.fetched_image(spec, cache_dir=cache, installer=engine_tests.STAND_IN_INSTALLER,
-                                      wheels=[torch], closure=closure)
+                                      wheels=[torch], closure=closure,
+                                      tools=engine_tests.download_tools(work / "tools"))
 
 
 def retagged(fetched: FetchedImage, tag: str, **changes: Any) -> FetchedImage:

@@ -111,6 +111,7 @@ def labels(image: ImageSpec, *, base_image: str | None = None, fetched: FetchedI
     pairs += [(f"{LABEL_PREFIX}dependency.{dep.filename}", _describe(dep.url, dep.sha256))
               for dep in fetched.closure or ()]
     pairs += [(f"{LABEL_PREFIX}stack.file.{item.filename}", _describe(item.url, item.sha256)) for item in fetched.stack]
+    pairs += [(f"{LABEL_PREFIX}tool.{tool.filename}", _describe(tool.url, tool.sha256)) for tool in fetched.tools]
     hermetic = fetched.closure is not None
     pairs.append((f"{LABEL_PREFIX}hermetic", "true" if hermetic else "false"))
     if not hermetic:

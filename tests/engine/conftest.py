@@ -5,7 +5,8 @@ What `inv fetch` would put in the cache is made here on the host (no container c
 - the installer is tests/fixtures/stand-in-installer.sh (a venv of the base's python3 instead of Miniconda);
 - the wheel is a CPU torch for Python 3.11 ($MODELARTS_IMAGES_TEST_TORCH_WHEEL, /opt/wheels, or downloaded
   with the host's pip);
-- its dependency closure is downloaded once per session with the host's pip.
+- its dependency closure, and the install tool (uv) fetch would pin beside it, are downloaded once per session
+  with the host's pip.
 
 `stage_in_cache()` and `fetched_image()` are plain functions so benchmarks and other tests can make the same
 inputs. With no engine answering, the tests are skipped with the reason; MODELARTS_IMAGES_REQUIRE_ENGINE=1
@@ -36,6 +37,7 @@ from modelarts_images import pipeline
 from modelarts_images.engine.adapter import DockerEngine, connect
 from modelarts_images.errors import EngineError
 from modelarts_images.fetch.cache import sha256_of
+from modelarts_images.http.pip_resolver import INSTALL_TOOL
 from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,7 +95,7 @@ def image_spec(*, tag: str, image_id: str = "engine-test", repository: str = "mo
 
 
 def fetched_image(spec: ImageSpec, *, cache_dir: Path, installer: Path, wheels: Sequence[Path],
-                  closure: Sequence[Path] | None) -> FetchedImage:
+                  closure: Sequence[Path] | None, tools: Sequence[Path] = ()) -> FetchedImage:
     """The FetchedImage fetch would return for `spec` with these files in its cache."""
     (staged_installer,) = stage_in_cache([installer], cache_dir)
     return FetchedImage(
@@ -101,6 +103,7 @@ def fetched_image(spec: ImageSpec, *, cache_dir: Path, installer: Path, wheels: 
         installer=staged_installer,
         wheels=tuple(stage_in_cache(wheels, cache_dir)),
         closure=None if closure is None else tuple(stage_in_cache(closure, cache_dir)),
+        tools=tuple(stage_in_cache(tools, cache_dir)),
     )
 
 
@@ -132,6 +135,12 @@ def download_closure(wheels: Sequence[Path], dest: Path) -> list[Path]:
         else:
             closure.append(path)
     return closure
+
+
+def download_tools(dest: Path) -> list[Path]:
+    """The install tool's wheel (pip_resolver.INSTALL_TOOL) for the test image's platform."""
+    pip(["download", "--no-deps", *PIP_TARGET, "-d", str(dest), INSTALL_TOOL])
+    return sorted(dest.glob("*.whl"))
 
 
 def pip(arguments: list[str]) -> None:
@@ -188,16 +197,22 @@ def torch_closure(torch_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="session")
+def install_tools(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return download_tools(tmp_path_factory.mktemp("tools"))
+
+
+@pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture(scope="session")
 def fetched_torch(test_base: str, run_id: str, torch_wheel: Path, torch_closure: list[Path],
-                  cache_dir: Path) -> FetchedImage:
-    """The test entry as fetch would leave it: stand-in installer, CPU torch 2.13.0, its closure."""
+                  install_tools: list[Path], cache_dir: Path) -> FetchedImage:
+    """The test entry as fetch would leave it: stand-in installer, CPU torch 2.13.0, its closure, uv."""
     return fetched_image(image_spec(tag=f"{TORCH_VERSION}-cpu-{run_id}", base_image=test_base), cache_dir=cache_dir,
-                         installer=STAND_IN_INSTALLER, wheels=[torch_wheel], closure=torch_closure)
+                         installer=STAND_IN_INSTALLER, wheels=[torch_wheel], closure=torch_closure,
+                         tools=install_tools)
 
 
 @pytest.fixture

@@ -357,6 +357,8 @@ def test_image_labels(built: tuple[BuildResult, FetchedImage], docker_client: An
     assert labels[f"modelarts-images.wheel.{torch.filename}"].endswith(f"sha256:{torch.sha256}")
     for dependency in fetched.closure or ():
         assert labels[f"modelarts-images.dependency.{dependency.filename}"].endswith(f"sha256:{dependency.sha256}")
+    for tool in fetched.tools:  # what installed the wheels, though it is not in the image
+        assert labels[f"modelarts-images.tool.{tool.filename}"].endswith(f"sha256:{tool.sha256}")
     assert labels["modelarts-images.hermetic"] == "true"
 
 
@@ -381,7 +383,8 @@ def test_container_runs_as_ma_user_with_torch(built: tuple[BuildResult, FetchedI
 def test_no_wheel_installer_or_pip_cache_in_the_image(built: tuple[BuildResult, FetchedImage],
                                                       docker_client: Any) -> None:
     result, fetched = built
-    ours = [fetched.installer.filename, *(item.filename for item in (*fetched.wheels, *(fetched.closure or ())))]
+    ours = [fetched.installer.filename,
+            *(item.filename for item in (*fetched.wheels, *(fetched.closure or ()), *fetched.tools))]
     script = ("find / -xdev \\( -name '*.whl' -o -name '*.sh' -path '*installer*' \\) -print 2>/dev/null; "
               "echo ---; ls -d /root/.cache/pip /home/ma-user/.cache/pip /tmp/build /tmp/installer 2>/dev/null; "
               "echo ---; ls -A /tmp")
@@ -393,6 +396,23 @@ def test_no_wheel_installer_or_pip_cache_in_the_image(built: tuple[BuildResult, 
     assert not [path for path in found if Path(path).name in ours], "a fetched file reached the image"
     assert set(found) <= from_base, f"wheels the base image does not have: {set(found) - from_base}"
     assert leftovers == [] and tmp == []
+
+
+@pytest.mark.engine
+def test_uv_installed_the_wheels_and_left_nothing_behind(built: tuple[BuildResult, FetchedImage],
+                                                         docker_client: Any) -> None:
+    result, fetched = built
+    assert [tool.filename.split("-")[0] for tool in fetched.tools] == ["uv"]
+    site = f"{DEFAULT_USER.conda_prefix}/lib/python3.11/site-packages"
+    lock = f"{DEFAULT_USER.conda_prefix}/.lock"
+    script = (f"ls {site}/torch-*.dist-info {site}/sympy-*.dist-info; echo ---; "
+              f"find / -xdev \\( -type f -name uv -o -name uv_cache.json -o -path '{lock}' \\) -print 2>/dev/null")
+    status, output = run_in(docker_client, result.reference, script, user="root")
+    assert status == 0, output
+    listing, leftovers = output.split("---")
+    # uv without installer metadata (UV_NO_INSTALLER_METADATA): pip would have written INSTALLER
+    assert "RECORD" in listing.split() and "METADATA" in listing.split() and "INSTALLER" not in listing.split()
+    assert leftovers.split() == [], "uv, its cache notes or its lock reached the image"
 
 
 @pytest.mark.engine

@@ -104,7 +104,8 @@ def test_fetch_pins_the_tool_once_and_gives_it_to_the_build(index: FileServer, t
     (tool,) = fetched.tools
     assert tool.filename == UV and tool.path.read_bytes() == index.routes[f"/files/{UV}"].body
     locked = yaml.safe_load(options.lock_path.read_text())["images"]["test-cpu"]
-    assert locked["tools"] == [{"url": index.url(f"/files/{UV}"), "sha256": tool.sha256, "size": tool.path.stat().st_size}]
+    size = tool.path.stat().st_size
+    assert locked["tools"] == [{"url": index.url(f"/files/{UV}"), "sha256": tool.sha256, "size": size}]
     assert again.tools == fetched.tools and summary.lock_updated == ()
     assert len(index.requests(UV_PAGE)) == 1  # pinned: not looked up again
     planned = locked_plan(entry, options)  # type: ignore[arg-type]
