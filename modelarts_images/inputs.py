@@ -67,7 +67,9 @@ def cell_inputs(fetched: FetchedImage, steps: Steps, *, context_digest: str, ver
                                   item.sha256 for item in fetched.closure),
                               # only when there are some: a cell without a stack keeps the hash it had before
                               **({"stack": sorted(item.sha256 for item in (*fetched.stack, *fetched.build_deps))}
-                                 if fetched.stack else {})}),
+                                 if fetched.stack else {}),
+                              # what installed the wheels shapes the layers too (uv writes no INSTALLER file)
+                              **({"tools": sorted(item.sha256 for item in fetched.tools)} if fetched.tools else {})}),
         **({"stack": _stack_digest(image)} if not image.stack.empty else {}),
         "verify-script": verify_digest,
         # the backend decides the Dockerfile's target, and the stack's variables add a stage to it

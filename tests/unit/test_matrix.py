@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -123,6 +124,16 @@ def test_one_input_changes_one_part(change: Any, part: str) -> None:
 def test_losing_the_closure_changes_artifacts_and_build_args() -> None:
     before, after = inputs(fetched(spec("a"))), inputs(fetched(spec("a"), closure=False))
     assert hashing.changed_inputs(before, after) == ["artifacts", "build-args"]  # HERMETIC=0 is a build argument
+
+
+def test_the_install_tool_is_an_input_of_the_artifacts() -> None:
+    plain = fetched(spec("a"))
+    tool = FetchedFile(filename="uv-0.13.9-py3-none-manylinux_2_17_x86_64.whl", path=Path("/cache") / ("3" * 64),
+                       url="https://x.invalid/uv.whl", sha256="3" * 64)
+    with_uv = dataclasses.replace(plain, tools=(tool,))
+    other_uv = dataclasses.replace(plain, tools=(dataclasses.replace(tool, sha256="4" * 64),))
+    assert hashing.changed_inputs(inputs(plain), inputs(with_uv)) == ["artifacts"]
+    assert hashing.changed_inputs(inputs(with_uv), inputs(other_uv)) == ["artifacts"]
 
 
 def test_changing_one_entry_leaves_the_other_cell_alone() -> None:
