@@ -34,6 +34,7 @@ import glob
 import os
 import py_compile
 import re
+import shutil
 import stat
 import sys
 import zipfile
@@ -252,11 +253,7 @@ def tool(wheel, directory):
             sys.exit("layers.py tool: " + os.path.basename(wheel) + " has no program " + project)
         program = os.path.join(directory, project)
         with archive.open(names[0]) as source, open(program, "wb") as target:
-            while True:
-                chunk = source.read(1 << 20)
-                if not chunk:
-                    break
-                target.write(chunk)
+            shutil.copyfileobj(source, target)
     os.chmod(program, 0o755)
     print(program)
 

@@ -63,19 +63,19 @@ def parse_wheel_name(filename: str) -> WheelName | None:
         return None
 
 
-def _python_version(python: str) -> tuple[int, int]:
+def python_version(python: str) -> tuple[int, int]:
     major, minor = python.split(".")[:2]
     return int(major), int(minor)
 
 
 def _interpreter(python: str) -> str:
-    major, minor = _python_version(python)
+    major, minor = python_version(python)
     return f"cp{major}{minor}"
 
 
 def _supported_tags(python: str, platforms: Iterable[str]) -> frozenset[Tag]:
     """The tags CPython `python` loads on these platforms, pure-Python and stable-ABI wheels included."""
-    version = _python_version(python)
+    version = python_version(python)
     interpreter = _interpreter(python)
     # 3.7 and older name the pymalloc build 'cp37m'; pip is asked for both spellings too (closure.pip_command).
     abis = [interpreter, f"{interpreter}m"] if version < (3, 8) else [interpreter]

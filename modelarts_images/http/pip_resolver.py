@@ -20,7 +20,7 @@ from packaging.requirements import Requirement as Pep508
 from packaging.utils import canonicalize_name
 
 from modelarts_images.config.stack import excludes_entry_build
-from modelarts_images.config.wheels import TORCH_FAMILY, parse_wheel_name
+from modelarts_images.config.wheels import TORCH_FAMILY, parse_wheel_name, python_version
 from modelarts_images.errors import ConfigError, FetchError, ModelArtsImagesError
 from modelarts_images.model import Artifact, FetchedFile, ImageSpec, Requirement, filename_problem, sha256_problem
 from modelarts_images.shared import redact
@@ -136,8 +136,7 @@ def resolve(image: ImageSpec, wheels: Sequence[FetchedFile], *, scratch_parent: 
 def resolve_tools(image: ImageSpec, *, scratch_parent: Path | None = None) -> tuple[Artifact, ...]:
     """The wheel of the install tool for the image's platform, or () (logged) where it does not serve the image's
     Python or the index does not have it: the build then installs with pip, as fast as pip is."""
-    major, minor = (int(part) for part in image.python.split(".")[:2])
-    if (major, minor) < INSTALL_TOOL_PYTHON:
+    if python_version(image.python) < INSTALL_TOOL_PYTHON:
         return ()
     with tempfile.TemporaryDirectory(prefix="modelarts-tools-", dir=scratch_parent) as scratch:
         try:

@@ -4,6 +4,7 @@ versions.lock, put beside the wheels it installs, and unpacked from its wheel by
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import os
 import stat
@@ -22,7 +23,7 @@ from modelarts_images.fetch import lockfile
 from modelarts_images.fetch.fetcher import fetch_images, locked_plan
 from modelarts_images.http import pip_resolver
 from modelarts_images.http.pip_resolver import resolve_tools  # the real one: tests/unit/conftest.py patches it
-from modelarts_images.model import Artifact, FetchedFile, FetchedImage
+from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
 from modelarts_images.options import FetchOptions
 from tests.conftest import ROOT
 from tests.support.http_server import FileServer, serve
@@ -36,16 +37,14 @@ UV_PAGE = "/simple/uv/"
 
 def uv_wheel(program: bytes = b"#!/bin/sh\necho uv\n") -> bytes:
     """A wheel laid out as uv's is: its program under uv-X.data/scripts/."""
-    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"uv-test-{os.getpid()}.whl"
-    with zipfile.ZipFile(path, "w") as archive:
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w") as archive:
         archive.writestr(f"uv-{VERSION}.data/scripts/uv", program)
         archive.writestr(f"uv-{VERSION}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: uv\nVersion: {VERSION}\n"
                                                             "Requires-Python: >=3.8\n")
         archive.writestr(f"uv-{VERSION}.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: false\n")
         archive.writestr(f"uv-{VERSION}.dist-info/RECORD", "")
-    data = path.read_bytes()
-    path.unlink()
-    return data
+    return data.getvalue()
 
 
 @pytest.fixture
@@ -64,7 +63,7 @@ def index(monkeypatch: pytest.MonkeyPatch) -> Iterator[FileServer]:
         yield server
 
 
-def image(server: FileServer, python: str = "3.11") -> object:
+def image(server: FileServer, python: str = "3.11") -> ImageSpec:
     torch = make_wheel(TORCH)
     server.add(TORCH_PATH, torch)
     return dataclasses.replace(spec(Artifact(url=server.url("/files/stand-in.sh"), sha256=sha(INSTALLER)),
@@ -72,7 +71,7 @@ def image(server: FileServer, python: str = "3.11") -> object:
 
 
 def test_the_tool_is_resolved_for_the_image_from_the_index(index: FileServer) -> None:
-    (artifact,) = resolve_tools(image(index))  # type: ignore[arg-type]
+    (artifact,) = resolve_tools(image(index))
 
     assert artifact.filename == UV
     assert artifact.url == index.url(f"/files/{UV}")
@@ -80,7 +79,7 @@ def test_the_tool_is_resolved_for_the_image_from_the_index(index: FileServer) ->
 
 
 def test_a_python_the_tool_does_not_serve_is_not_looked_up(index: FileServer) -> None:
-    assert resolve_tools(image(index, python="3.7")) == ()  # type: ignore[arg-type]
+    assert resolve_tools(image(index, python="3.7")) == ()
     assert not index.requests(UV_PAGE)
 
 
@@ -88,7 +87,7 @@ def test_an_index_without_the_tool_leaves_the_install_to_pip(index: FileServer,
                                                              caplog: pytest.LogCaptureFixture) -> None:
     index.routes[UV_PAGE].status = 404
     with caplog.at_level(logging.INFO, logger=pip_resolver.__name__):
-        assert resolve_tools(image(index)) == ()  # type: ignore[arg-type]
+        assert resolve_tools(image(index)) == ()
     assert f"test-cpu: no {pip_resolver.INSTALL_TOOL}" in caplog.text and "with pip" in caplog.text
 
 
@@ -98,8 +97,8 @@ def test_fetch_pins_the_tool_once_and_gives_it_to_the_build(index: FileServer, t
     options = FetchOptions(cache_dir=tmp_path / "cache", lock_path=tmp_path / "versions.lock")
     entry = image(index)
 
-    [fetched], _ = fetch_images([entry], options)  # type: ignore[list-item]
-    [again], summary = fetch_images([entry], options)  # type: ignore[list-item]
+    [fetched], _ = fetch_images([entry], options)
+    [again], summary = fetch_images([entry], options)
 
     (tool,) = fetched.tools
     assert tool.filename == UV and tool.path.read_bytes() == index.routes[f"/files/{UV}"].body
@@ -108,7 +107,7 @@ def test_fetch_pins_the_tool_once_and_gives_it_to_the_build(index: FileServer, t
     assert locked["tools"] == [{"url": index.url(f"/files/{UV}"), "sha256": tool.sha256, "size": size}]
     assert again.tools == fetched.tools and summary.lock_updated == ()
     assert len(index.requests(UV_PAGE)) == 1  # pinned: not looked up again
-    planned = locked_plan(entry, options)  # type: ignore[arg-type]
+    planned = locked_plan(entry, options)
     assert planned is not None and [item.sha256 for item in planned.tools] == [tool.sha256]
 
 
@@ -116,16 +115,16 @@ def test_an_entry_locked_before_tools_gets_its_tool_once(index: FileServer, tmp_
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     options = FetchOptions(cache_dir=tmp_path / "cache", lock_path=tmp_path / "versions.lock")
     entry = image(index)
-    fetch_images([entry], options)  # type: ignore[list-item]
+    fetch_images([entry], options)
     document = yaml.safe_load(options.lock_path.read_text())
     del document["images"]["test-cpu"]["tools"]  # as the entry was written before there were tools
     options.lock_path.write_text(yaml.safe_dump(document))
-    assert locked_plan(entry, options) is None  # type: ignore[arg-type]
-    assert locked_plan(entry, dataclasses.replace(options, locked=True)) is not None  # type: ignore[arg-type]
+    assert locked_plan(entry, options) is None
+    assert locked_plan(entry, dataclasses.replace(options, locked=True)) is not None
 
     monkeypatch.setattr(pip_resolver, "resolve_tools", resolve_tools)
-    [locked_fetch], _ = fetch_images([entry], dataclasses.replace(options, locked=True))  # type: ignore[list-item]
-    [fetched], summary = fetch_images([entry], options)  # type: ignore[list-item]
+    [locked_fetch], _ = fetch_images([entry], dataclasses.replace(options, locked=True))
+    [fetched], summary = fetch_images([entry], options)
 
     assert locked_fetch.tools == ()  # --locked installs with what the lock pins: pip
     assert [tool.filename for tool in fetched.tools] == [UV] and summary.lock_updated == ("test-cpu",)
