@@ -7,6 +7,7 @@ the exit code said.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -18,8 +19,16 @@ args = parser.parse_args()
 
 if not args.report.is_file():
     sys.exit(f"ci: {args.report} is missing: the test session did not run")
+try:
+    cases = list(ET.parse(args.report).getroot().iter("testcase"))
+except ET.ParseError as error:
+    # pytest writes the report when the session ends: a short or empty file means it stopped (or could not
+    # write) before then, most often on a full disk.
+    free_mib = shutil.disk_usage(args.report.parent).free // 2**20
+    sys.exit(f"ci: {args.report} is not a complete JUnit report ({error}): the test session stopped before "
+             f"writing it; {free_mib} MiB free on its disk")
 passed = failed = skipped = engine_passed = 0
-for case in ET.parse(args.report).getroot().iter("testcase"):
+for case in cases:
     outcome = {child.tag for child in case}
     if outcome & {"failure", "error"}:
         failed += 1
