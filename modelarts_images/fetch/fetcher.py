@@ -14,7 +14,7 @@ from pathlib import Path
 from modelarts_images.errors import FetchError
 from modelarts_images.fetch import index, lockfile, sources
 from modelarts_images.fetch.cache import Cache
-from modelarts_images.http import download, pip_resolver
+from modelarts_images.http import download, pages, pip_resolver, session
 from modelarts_images.model import DEFAULT_SOURCE_DATE_EPOCH, Artifact, FetchedFile, FetchedImage, ImageSpec
 from modelarts_images.options import FetchOptions
 from modelarts_images.plan import wheel_source
@@ -46,7 +46,7 @@ class _Fetcher:
         self.options = options
         self.progress = progress
         self.cache = Cache(options.cache_dir)
-        self.session = download.new_session()
+        self.session = session.new_session()
         # Set by the first failure (or Ctrl-C): queued fetches do not start, running downloads stop early.
         self.abort = threading.Event()
         self._counting = threading.Lock()  # worker threads update the summary counters
@@ -73,7 +73,7 @@ class _Fetcher:
             raise FetchError(f"{image.id}: --offline, but its wheels must be looked up at {redact.url(url)}; "
                              "run `inv lock` online once so versions.lock pins them")
         try:
-            return download.get_text(mirrored(url, self.options.mirrors), session=self.session,
+            return pages.get_text(mirrored(url, self.options.mirrors), session=self.session,
                                      min_speed=self.options.min_speed)
         except FetchError as error:
             raise FetchError(f"{image.id}: {error}") from None

@@ -1,4 +1,5 @@
-"""The HTTP edge of `fetch`: download one file the way a package manager does.
+"""Download one file the way a package manager does (http, https or file URLs); sessions, requests and bodies
+come from `session`, index pages from `pages`.
 
 The bytes stream into ``<target>.part`` while being hashed; the final file appears only through ``os.replace``
 once its sha256 matched, so no file at ``target`` ever has the wrong hash. An interrupted transfer resumes with
@@ -14,17 +15,12 @@ becomes the truth) and a fetch must end:
   server says the whole file has; a 206 with half the file (even to a plain GET) continues from where it ended;
   a 206 that gives no total (``bytes 0-499/*``) says nothing of where the file ends, so the next request asks
   from there, until a 416 names the size (or the sha256 matches): a partial file is never taken for a whole one;
-- the status line and headers must all arrive within the read timeout (on sessions from `new_session`): a
-  header sent a byte at a time never trips the read timeout, and the minimum speed only watches bodies;
-- a transfer slower than ``min_speed`` bytes/s over any ``speed_window`` seconds is cut and resumed: a byte every
-  few seconds never trips the read timeout;
+- late response headers and a trickling body are cut (see `session`), and the transfer resumed;
 - no file grows beyond the size versions.lock records, or ``max_size`` (max_file_size in invoke.yaml) when it
   records none: an endless body stops there instead of filling the disk;
 - a ``.part`` that already holds the whole file (a kill after its last byte) is finished when the server refuses
   the resume with 416, instead of being downloaded again;
-- file:// URLs must name regular files outside /proc, /sys and /dev;
-- index pages (`get_text`) are decoded here (gzip, deflate) with a bound on their decoded size, so a gzip bomb
-  cannot allocate more than the bound.
+- file:// URLs must name regular files outside /proc, /sys and /dev.
 
 URLs appear in messages and logs only through ``redact``: a mirror URL from invoke.yaml may carry
 ``user:password@``, which must never reach a terminal or a CI log, nor the disk (``.part.meta`` records the URL
@@ -44,54 +40,43 @@ import json
 import logging
 import os
 import re
-import socket
 import stat
 import threading
 import time
-import zlib
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from email.message import Message
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import BinaryIO, cast
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 import requests
-import requests.adapters
-
-# requests streams through urllib3: reading the raw body (to keep Content-Encoding untouched) raises urllib3's
-# own exceptions, which must be caught to retry; its connections are where a deadline on the response headers can
-# reach the socket. urllib3 is requests' transport, not a second HTTP client.
-import urllib3
-import urllib3.connection
-import urllib3.exceptions
-import urllib3.response
 
 from modelarts_images.errors import FetchError
+from modelarts_images.http.session import (
+    DEFAULT_MIN_SPEED,
+    DEFAULT_SPEED_WINDOW,
+    Body,
+    Speed,
+    check_status,
+    content_length,
+    new_session,
+    request,
+)
 from modelarts_images.shared import redact, retry
+from modelarts_images.shared.progress import ProgressCallback
 from modelarts_images.shared.text import size as shown_size
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[str, int, int | None], None]
-"""Called as (url, bytes_done, total_or_None), at most every PROGRESS_INTERVAL seconds and once at the end."""
-
 PROGRESS_INTERVAL = 0.1
-DEFAULT_MIN_SPEED = 1024  # bytes/s (min_speed in invoke.yaml)
-DEFAULT_SPEED_WINDOW = 60.0  # seconds over which min_speed is measured
 DEFAULT_MAX_SIZE = 20_000_000_000  # bytes (max_file_size in invoke.yaml): the bound when versions.lock has no size
-DEFAULT_MAX_PAGE = 64 << 20  # bytes of a decoded index page; the largest real one (torch_stable.html) is ~5 MB
-PAGE_ENCODINGS = "gzip, deflate"  # what get_text accepts: index pages compress well, and both are decoded here
-_PAGE_CHUNK = 1 << 16
 # Numbers of at most 20 digits: a longer one matches nothing instead of making int() refuse a monster string.
 _CONTENT_RANGE = re.compile(r"bytes (\d{1,20})-(\d{1,20})/(\d{1,20}|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes \*/(\d{1,20})")
 # The kernel makes these files up as they are read: /proc/self/environ says it is a regular file of size 0 and
 # holds the environment (secrets included), /dev/zero never ends.
 _KERNEL_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
-_GZIP_MAGIC = b"\x1f"  # first byte of a gzip member
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,17 +106,6 @@ def _pause(abort: threading.Event | None) -> Callable[[float], object]:
     return abort.wait if abort is not None else time.sleep
 
 
-def new_session() -> requests.Session:
-    """One connection pool for a run's downloads; proxies from the environment (HTTPS_PROXY, ...) are used.
-
-    Its connections want every response header within the read timeout (see _HeaderDeadline): pass `download`
-    and `get_text` a session from here."""
-    session = requests.Session()
-    for prefix in ("http://", "https://"):
-        session.mount(prefix, _Adapter())
-    return session
-
-
 @dataclass(frozen=True)
 class _Bound:
     """The most bytes a file may have: the size versions.lock records, else max_file_size from invoke.yaml."""
@@ -158,39 +132,6 @@ class _Bound:
             f"{shown_size(self.limit)}; {seen}): if the file really is that large, raise max_file_size")
 
 
-class _Speed:
-    """Cuts a transfer that trickles: fewer than min_speed * window bytes over any full window is too slow.
-
-    A server sending a byte every few seconds never trips the read timeout (every read gets something), so
-    without this a broken or hostile mirror holds a fetch for days. A min_speed or window of 0 turns it off.
-    """
-
-    def __init__(self, min_speed: int, window: float) -> None:
-        self.min_speed = min_speed
-        self.window = window
-        self.count = 0
-        # (time, bytes so far), thinned to about 32 a window so a fast transfer does not pile up samples
-        self.samples: deque[tuple[float, int]] = deque([(time.monotonic(), 0)])
-
-    def add(self, received: int) -> None:
-        """Count `received` more bytes; retry.TransientError when the last full window brought too few."""
-        if self.min_speed <= 0 or self.window <= 0:
-            return
-        now = time.monotonic()
-        self.count += received
-        if now - self.samples[-1][0] >= self.window / 32:
-            self.samples.append((now, self.count))
-        # Keep the newest sample at or before the window's start: the bytes since it span at least one window.
-        while len(self.samples) > 1 and self.samples[1][0] <= now - self.window:
-            self.samples.popleft()
-        since, before = self.samples[0]
-        got = self.count - before
-        if now - since >= self.window and got < self.min_speed * self.window:
-            raise retry.TransientError(
-                f"too slow: {got} bytes in {self.window:g} s, below the minimum of {self.min_speed} bytes/s "
-                "(min_speed in invoke.yaml)")
-
-
 @dataclass(frozen=True, kw_only=True)
 class _Rules:
     """How one download may go: retries, timeouts, chunk size, the size bound and the minimum speed."""
@@ -203,8 +144,8 @@ class _Rules:
     min_speed: int
     speed_window: float
 
-    def speed(self) -> _Speed:
-        return _Speed(self.min_speed, self.speed_window)
+    def speed(self) -> Speed:
+        return Speed(self.min_speed, self.speed_window)
 
 
 def download(
@@ -605,7 +546,7 @@ class _HttpDownload:
     def _attempt(self) -> None:
         """One request, appending to the partial. Raises retry.TransientError or FetchError."""
         offset = self.partial.size
-        response = _request(self.url, self.http, offset, self.partial.validator(self.url), self.rules.timeouts)
+        response = request(self.url, self.http, offset, self.partial.validator(self.url), self.rules.timeouts)
         if response.status_code == 416 and offset:
             with response:
                 total = _unsatisfied_total(response)
@@ -614,9 +555,9 @@ class _HttpDownload:
             # The partial is longer than the remote file, or not its start: neither can be trusted, start over.
             log.info("%s: server refused to resume at byte %d; starting over", redact.url(self.url), offset)
             self.partial.restart()
-            response = _request(self.url, self.http, 0, None, self.rules.timeouts)
+            response = request(self.url, self.http, 0, None, self.rules.timeouts)
         with response:
-            _check_status(self.url, response)
+            check_status(self.url, response)
             answer = self._answer(response)
             self._stream(response, answer)
         if answer.total is not None and self.partial.size < answer.total:
@@ -660,7 +601,7 @@ class _HttpDownload:
                 log.info("%s: server sent the whole file (Range ignored or remote changed); starting over",
                          redact.url(url))
             partial.restart(url, _validator(response))
-            length = _content_length(response)
+            length = content_length(response)
             answer = _Answer(start=0, length=length, total=length)
         if self.rules.bound.exceeded(answer.announced):
             partial.discard()  # a bound is a fact about the file: no later attempt will fit under it
@@ -675,7 +616,7 @@ class _HttpDownload:
         within moments on a live transfer (within the read timeout on a stalled one).
         """
         partial, bound = self.partial, self.rules.bound
-        body = _Body(response, self.rules.timeouts[1], where=lambda: _of(partial.size, answer.total))
+        body = Body(response, self.rules.timeouts[1], where=lambda: _of(partial.size, answer.total))
         speed = self.rules.speed()
         received = 0
         with _open(partial.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND) as fh:
@@ -721,50 +662,6 @@ def _unsatisfied_total(response: requests.Response) -> int | None:
     return None if match is None else int(match[1])
 
 
-def _request(
-    url: str, http: requests.Session, offset: int, validator: str | None, timeouts: tuple[float, float],
-    *, accept_encoding: str = "identity",
-) -> requests.Response:
-    # identity for files: Range offsets and Content-Length then count the bytes we store (pip does the same).
-    headers = {"Accept-Encoding": accept_encoding}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-        if validator:
-            headers["If-Range"] = validator  # a changed remote file answers 200 with the whole new body
-    try:
-        return http.get(url, headers=headers, stream=True, timeout=timeouts)
-    except requests.exceptions.SSLError as exc:  # a certificate problem does not heal by retrying
-        raise FetchError(f"TLS error for {redact.url(url)}: {redact.about(url, str(exc))}") from None
-    except requests.exceptions.ConnectTimeout:
-        raise retry.TransientError(f"no connection within {timeouts[0]:g}s") from None
-    except requests.exceptions.ReadTimeout:  # the first byte, or the last header, came too late (_HeaderDeadline)
-        raise retry.TransientError(f"no complete response headers within {timeouts[1]:g}s") from None
-    except requests.exceptions.ConnectionError as exc:
-        raise retry.TransientError(f"connection failed: {redact.about(url, str(exc))}") from None
-    except requests.RequestException as exc:  # invalid URL, too many redirects: permanent
-        raise FetchError(f"cannot download {redact.url(url)}: {redact.about(url, str(exc))}") from None
-
-
-def _check_status(url: str, response: requests.Response) -> None:
-    status = response.status_code
-    if status in (200, 206):
-        return
-    if status == 429 or status >= 500:
-        # Rate limits and overloads pass; the server may say when (retry.call caps how long it may ask for).
-        retry_after = retry.parse_retry_after(response.headers.get("Retry-After"))
-        asked = f" (Retry-After: {retry_after:g}s)" if retry_after is not None else ""
-        raise retry.TransientError(f"HTTP {status} {response.reason}{asked}", retry_after=retry_after)
-    raise FetchError(f"HTTP {status} {response.reason} for {redact.url(url)}")
-
-
-def _content_length(response: requests.Response) -> int | None:
-    try:
-        length = int(response.headers["Content-Length"])
-    except (KeyError, ValueError):  # absent, or not a number (int() also refuses a monstrously long one)
-        return None
-    return length if length >= 0 else None
-
-
 def _validator(response: requests.Response) -> str | None:
     """What If-Range may carry: a strong ETag, else Last-Modified (weak ETags are not allowed there)."""
     etag = response.headers.get("ETag")
@@ -773,256 +670,8 @@ def _validator(response: requests.Response) -> str | None:
     return response.headers.get("Last-Modified")
 
 
-class _Body:
-    """The raw bytes of a streamed response as they arrive; a stall or a cut raises retry.TransientError.
-
-    Raw, without decoding: a file is stored exactly as served, as pip does, and a page is decoded with a bound.
-    read1 (urllib3 2) returns whatever has arrived, so a cut loses nothing already received and every limit is
-    checked after each read; read() would wait for a full chunk.
-    """
-
-    def __init__(self, response: requests.Response, read_timeout: float, *, where: Callable[[], str]) -> None:
-        self._read = getattr(response.raw, "read1", response.raw.read)
-        self.read_timeout = read_timeout
-        self.where = where  # how far the transfer got, for messages
-
-    def read(self, amount: int) -> bytes:
-        try:
-            chunk: bytes = self._read(amount, decode_content=False)
-        except (urllib3.exceptions.ReadTimeoutError, requests.exceptions.ReadTimeout):
-            raise retry.TransientError(f"stalled: no data for {self.read_timeout:g}s after {self.where()}") from None
-        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError):
-            raise retry.TransientError(f"connection cut after {self.where()}") from None
-        return chunk
-
-
 def _of(done: int, total: int | None) -> str:
     return f"{done} of {total} bytes" if total is not None else f"{done} bytes"
 
 
-class _HeaderDeadline:
-    """Shuts a socket down unless stopped within `seconds`: the bound on receiving a response's headers.
 
-    The read timeout bounds each read, not the headers: a server that sends its status line, then a byte of a
-    header every few seconds, would hold a fetch forever (the minimum speed watches only bodies, which come after).
-    Shutting the socket down from this timer's thread ends the read waiting in the other one.
-    """
-
-    def __init__(self, sock: socket.socket, seconds: float) -> None:
-        self.late = False
-        self._stopped = False
-        self._lock = threading.Lock()  # a stop and a cut never cross: after stop(), `late` stays what it is
-        self._timer = threading.Timer(seconds, self._cut, args=(sock,))
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _cut(self, sock: socket.socket) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            self.late = True
-            with contextlib.suppress(OSError):  # already closed
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def stop(self) -> bool:
-        """Disarm the timer; returns whether it fired."""
-        with self._lock:
-            self._stopped = True
-        self._timer.cancel()
-        return self.late
-
-
-def _headers_in_time(
-    connection: urllib3.connection.HTTPConnection, receive: Callable[[], urllib3.response.HTTPResponse]
-) -> urllib3.response.HTTPResponse:
-    """`receive()`, the connection's getresponse, with every header due within the read timeout (urllib3 sets
-    the connection's timeout to it just before). Late headers raise TimeoutError, which urllib3 and requests
-    report as a read timeout (requests.exceptions.ReadTimeout)."""
-    seconds, sock = connection.timeout, connection.sock
-    if not isinstance(seconds, (int, float)) or seconds <= 0 or sock is None:
-        return receive()  # no read timeout: nothing to bound the headers by
-    late = TimeoutError(f"the response headers did not all arrive within {seconds:g}s")
-    deadline = _HeaderDeadline(sock, seconds)
-    try:
-        response = receive()
-    except Exception:
-        if deadline.stop():  # the cut is why the read failed
-            raise late from None
-        raise
-    finally:
-        deadline.stop()
-    if deadline.late:  # the cut ended the headers (an end of stream ends them too): they may be missing some
-        response.close()
-        raise late
-    return response
-
-
-class _HTTPConnection(urllib3.connection.HTTPConnection):
-    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]  # as urllib3's own
-        return _headers_in_time(self, super().getresponse)
-
-
-class _HTTPSConnection(urllib3.connection.HTTPSConnection):
-    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]  # as urllib3's own
-        return _headers_in_time(self, super().getresponse)
-
-
-class _HTTPPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
-
-
-class _HTTPSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
-
-
-_POOLS: dict[str, type[urllib3.HTTPConnectionPool]] = {"http": _HTTPPool, "https": _HTTPSPool}
-
-
-class _Adapter(requests.adapters.HTTPAdapter):
-    """requests' adapter on connections whose response headers are bounded in time (_HeaderDeadline), through a
-    proxy too; a SOCKS proxy keeps its own connections, bounded by the read timeout alone."""
-
-    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
-        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-        self.poolmanager.pool_classes_by_scheme = _POOLS
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if isinstance(manager, urllib3.ProxyManager):  # pools are made as requests go: this is before the first
-            manager.pool_classes_by_scheme = _POOLS
-        return manager
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Index pages
-
-
-def get_text(
-    url: str, *, session: requests.Session, retries: int = 4, backoff: float = 0.5,
-    timeouts: tuple[float, float] = (10, 30), max_bytes: int = DEFAULT_MAX_PAGE, min_speed: int = DEFAULT_MIN_SPEED,
-    speed_window: float = DEFAULT_SPEED_WINDOW,
-) -> str:
-    """An index page, with the same retry rules as a download (429, 5xx and connection errors retried, other 4xx
-    not). Its body is read raw and decoded here (gzip, deflate): more than `max_bytes` received or decoded, a
-    gzip bomb included, is a FetchError before the memory is spent."""
-
-    def once(attempt: int) -> str:
-        with _request(url, session, 0, None, timeouts, accept_encoding=PAGE_ENCODINGS) as response:
-            _check_status(url, response)
-            return _read_page(url, response, max_bytes=max_bytes, read_timeout=timeouts[1],
-                              speed=_Speed(min_speed, speed_window))
-
-    def give_up(attempts: int, failure: retry.TransientError) -> FetchError:
-        return FetchError(f"cannot read {redact.url(url)} after {attempts} attempts: {failure}")
-
-    return retry.call(once, backoff=retry.Backoff(retries=retries, base=backoff), describe=redact.url(url),
-                      give_up=give_up, log=log)
-
-
-def _read_page(url: str, response: requests.Response, *, max_bytes: int, read_timeout: float, speed: _Speed) -> str:
-    """The page's text; a cut or a stall while reading it is transient like one before it."""
-    length = _content_length(response)
-    if length is not None and length > max_bytes:
-        raise _page_too_large(url, max_bytes, f"the server announces {length} bytes")
-    decoder = _page_decoder(url, response.headers.get("Content-Encoding"))
-    page = bytearray()
-    raw = 0
-    body = _Body(response, read_timeout, where=lambda: f"{raw} bytes of the page")
-    while chunk := body.read(_PAGE_CHUNK):
-        raw += len(chunk)
-        if raw > max_bytes:  # even a body that decodes to little: an endless stream must end
-            raise _page_too_large(url, max_bytes, "more than that arrived")
-        try:
-            decoder.feed(chunk, page, max_bytes)
-        except zlib.error as exc:  # a corrupt body does not heal by retrying
-            raise FetchError(f"cannot read {redact.url(url)}: its compressed body is corrupt ({exc})") from None
-        if len(page) > max_bytes:
-            raise _page_too_large(url, max_bytes, "it inflates past that")
-        speed.add(len(chunk))
-    if length is not None and raw < length:
-        raise retry.TransientError(f"connection cut after {raw} of {length} bytes of the page")
-    decoder.end()
-    try:
-        return page.decode(_charset(response), errors="replace")
-    except LookupError:  # an unknown charset, or one that is no text encoding ('base64'): utf-8 rather than fail
-        return page.decode("utf-8", errors="replace")
-
-
-def _page_too_large(url: str, max_bytes: int, seen: str) -> FetchError:
-    return FetchError(f"index page larger than {max_bytes} bytes ({shown_size(max_bytes)}; {seen}): "
-                      f"{redact.url(url)}; an index of links is far smaller, so check the URL, or the mirror in "
-                      "invoke.yaml that serves it")
-
-
-class _Identity:
-    """A body sent as is."""
-
-    def feed(self, data: bytes, out: bytearray, limit: int) -> None:
-        out += data[: limit + 1 - len(out)]  # one byte past the limit shows the caller it was crossed
-
-    def end(self) -> None:
-        """Nothing to check: the transfer's own length check saw any cut."""
-
-
-class _Inflate:
-    """gzip or deflate, inflated with zlib's max_length so that no call makes more than the bound allows: a few
-    kilobytes of gzip can inflate to gigabytes, which requests would allocate whole."""
-
-    def __init__(self, gzip: bool) -> None:
-        self.gzip = gzip
-        self.head = b""  # the first bytes of a deflate body, until its format can be told
-        self.inflater: zlib._Decompress | None = None
-
-    def feed(self, data: bytes, out: bytearray, limit: int) -> None:
-        """Inflate `data` onto `out`, stopping once `out` holds more than `limit` bytes; zlib.error when corrupt."""
-        if self.inflater is None:
-            data = self.head + data
-            if not self.gzip and len(data) < 2:
-                self.head = data
-                return
-            self.inflater = zlib.decompressobj(self._wbits(data))
-        pending = data
-        while pending and len(out) <= limit:
-            if self.inflater.eof:
-                pending = self._next_member(pending)
-                continue
-            out += self.inflater.decompress(pending, min(limit + 1 - len(out), _PAGE_CHUNK))
-            pending = self.inflater.unused_data if self.inflater.eof else self.inflater.unconsumed_tail
-
-    def _next_member(self, pending: bytes) -> bytes:
-        """After the end of a stream: gzip members may follow each other (as urllib3 reads them); anything else
-        after the end is ignored, as urllib3 does."""
-        if self.gzip and pending[:1] == _GZIP_MAGIC:
-            self.inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            return pending
-        return b""
-
-    def _wbits(self, data: bytes) -> int:
-        if self.gzip:
-            return 16 + zlib.MAX_WBITS
-        # 'deflate' is meant to be zlib-wrapped, but some servers send raw deflate: tell them by the zlib header.
-        zlib_header = data[0] & 0x0F == 8 and ((data[0] << 8) | data[1]) % 31 == 0
-        return zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
-
-    def end(self) -> None:
-        if self.inflater is None and not self.head:
-            return  # an empty body
-        if self.inflater is None or not self.inflater.eof:
-            raise retry.TransientError("the compressed page ended before its end")
-
-
-def _page_decoder(url: str, encoding: str | None) -> _Identity | _Inflate:
-    coding = (encoding or "identity").strip().lower()
-    if coding == "identity":
-        return _Identity()
-    if coding in ("gzip", "x-gzip", "deflate"):
-        return _Inflate(gzip=coding != "deflate")
-    raise FetchError(f"cannot read {redact.url(url)}: it is sent with Content-Encoding {coding!r}, which this tool "
-                     f"does not decode (it asks for {PAGE_ENCODINGS})")
-
-
-def _charset(response: requests.Response) -> str:
-    """The charset of the Content-Type, else utf-8 (what index pages are in practice; bad bytes are replaced)."""
-    header = Message()
-    header["Content-Type"] = response.headers.get("Content-Type", "")
-    return header.get_content_charset() or "utf-8"

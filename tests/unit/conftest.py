@@ -1,14 +1,44 @@
-"""Unit tests never ask the host's package index for the install tool (uv): fetch looks for it beside the
-dependency wheels, and the index a test means is its own server. test_install_tool.py tests the lookup itself,
-against a local index."""
+"""Fixtures of the unit tier: a file server on loopback, retry pauses recorded instead of slept, and no lookup of
+the install tool (uv) on the host's package index."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 
 from modelarts_images.http import pip_resolver
+from modelarts_images.shared import retry
+from tests.support.http_server import FileServer, serve
+
+T = TypeVar("T")
 
 
+# Fetch looks for the install tool beside the dependency wheels, and the index a test means is its own server;
+# test_install_tool.py tests the lookup itself, against a local index.
 @pytest.fixture(autouse=True)
 def no_install_tool_from_the_host_index(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pip_resolver, "resolve_tools", lambda image, **_: ())
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FileServer]:
+    # download() keeps requests' trust_env; a proxy set in the environment must not capture loopback.
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+    with serve() as running:
+        yield running
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The pauses retry.call makes, recorded instead of slept: a Retry-After of a minute must not slow the tests."""
+    recorded: list[float] = []
+    real = retry.call
+
+    def call(action: Callable[[int], T], **options: Any) -> T:
+        return real(action, **{**options, "wait": recorded.append})
+
+    monkeypatch.setattr(retry, "call", call)
+    return recorded

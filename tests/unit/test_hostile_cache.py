@@ -21,7 +21,9 @@ import yaml
 from modelarts_images.errors import FetchError
 from modelarts_images.fetch.cache import Cache
 from modelarts_images.fetch.fetcher import fetch_images
-from modelarts_images.http.download import download, get_text, new_session
+from modelarts_images.http.download import download
+from modelarts_images.http.pages import get_text
+from modelarts_images.http.session import new_session
 from tests.support.http_server import FileServer, serve
 from tests.unit.test_download import FAST
 from tests.unit.test_hostile_input import entry, options

@@ -257,19 +257,6 @@ def test_5xx_for_too_long_fails() -> None:
     assert len(state.requests) == 3
 
 
-@pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The pauses retry.call makes, recorded instead of slept: a Retry-After of a minute must not slow the tests."""
-    recorded: list[float] = []
-    real = retry.call
-
-    def call(action: Callable[[int], T], **options: Any) -> T:
-        return real(action, **{**options, "wait": recorded.append})
-
-    monkeypatch.setattr(retry, "call", call)
-    return recorded
-
-
 @pytest.mark.parametrize("status", [429, 503])
 def test_retry_after_is_honoured(waits: list[float], status: int) -> None:
     state = State(manifests={"o/r:t": (registry.DOCKER_MANIFEST, manifest_body())}, fail_times=2, fail_status=status,
