@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,23 +53,16 @@ def system_layers(result: BuildResult) -> list[str]:
     return [layer.diff_id for layer, role in zip(result.stack, result.roles, strict=True) if role == "system packages"]
 
 
-@pytest.fixture
-def built_images(engine: DockerEngine, docker_client: Any) -> Iterator[list[str]]:
-    made: list[str] = []
-    yield made
-    for reference in made:
-        remove_image(docker_client, reference)
-
-
 @pytest.mark.engine
 @pytest.mark.parametrize("backend", [Backend.BUILDKIT, Backend.DOCKER])
 def test_a_no_cache_rebuild_gives_the_same_layers(backend: Backend, engine: DockerEngine, fetched_torch: FetchedImage,
                                                    six_wheel: Path, cache_dir: Path, tmp_path: Path,
-                                                   built_images: list[str], docker_client: Any) -> None:
+                                                   remove_images: list[str], docker_client: Any) -> None:
     fetched = retagged(with_stack(fetched_torch, six_wheel, cache_dir), f"same-{backend}")
     options = BuildOptions(backend=backend, work_dir=tmp_path / "work", no_cache=True)
-    built_images.append(fetched.image.reference)
+    remove_images.append(fetched.image.reference)
     first = build.build_image(fetched, options, engine)
+    remove_images.append(first.image_id)  # the second build takes its tag: by id, or it stays behind untagged
     second = build.build_image(fetched, options, engine)
     assert own_layers(first) == own_layers(second)
     if backend is Backend.DOCKER:  # its steps fetched their files from the build's server, keyed by their digests
