@@ -87,6 +87,8 @@ def request(
     url: str, http: requests.Session, offset: int, validator: str | None, timeouts: tuple[float, float],
     *, accept_encoding: str = "identity",
 ) -> requests.Response:
+    """GET `url` streamed, from byte `offset` on (If-Range `validator` guards a resume). A failure that may heal
+    (no connection, late headers) is a retry.TransientError; one that will not (TLS, an invalid URL) a FetchError."""
     # identity for files: Range offsets and Content-Length then count the bytes we store (pip does the same).
     headers = {"Accept-Encoding": accept_encoding}
     if offset:
@@ -108,6 +110,7 @@ def request(
 
 
 def check_status(url: str, response: requests.Response) -> None:
+    """200 and 206 pass; 429 and 5xx are transient (with the Retry-After the server asks for); the rest fail."""
     status = response.status_code
     if status in (200, 206):
         return
