@@ -212,9 +212,7 @@ def locked_plan(image: ImageSpec, options: FetchOptions) -> FetchedImage | None:
         return None
     if any(sources.is_sdist(artifact.filename) for artifact in plan.stack or ()) and not plan.build_deps:
         return None
-    files = (plan.installer, *plan.wheels, *(plan.closure or ()), *(plan.stack or ()), *plan.build_deps,
-             *(plan.tools or ()))
-    if any(not artifact.sha256 for artifact in files):
+    if any(not artifact.sha256 for artifact in plan.artifacts):
         return None
 
     def planned(artifact: Artifact) -> FetchedFile:
@@ -280,9 +278,7 @@ def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress
             tools=tuple(rest[artifact.url] for artifact in resolved.tools or ()),
             source_date_epoch=plan.source_date_epoch,
         ))
-        files = (plan.installer, *plan.wheels, *(resolved.closure or ()), *(resolved.stack or ()), *build_deps,
-                 *(resolved.tools or ()))
-        unsized = any(artifact.size is None for artifact in files)
+        unsized = any(artifact.size is None for artifact in replace(resolved, build_deps=build_deps).artifacts)
         if fresh or resolved != replace(plan, build_deps=build_deps) or (unsized and not options.locked):
             changes[image.id] = replace(
                 plan,

@@ -38,6 +38,12 @@ class LockedImage:
     tools: tuple[Artifact, ...] | None = None
     source_date_epoch: int = DEFAULT_SOURCE_DATE_EPOCH  # the time of every file of the image's own layers
 
+    @property
+    def artifacts(self) -> tuple[Artifact, ...]:
+        """Every file the entry pins: installer, wheels, closure, stack, build dependencies, tools."""
+        return (self.installer, *self.wheels, *(self.closure or ()), *(self.stack or ()), *self.build_deps,
+                *(self.tools or ()))
+
 
 def inputs_of(image: ImageSpec) -> str:
     """A readable summary of everything that decides what an image's artifacts are."""
