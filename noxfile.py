@@ -42,6 +42,19 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """Regenerate the reference pages from the code and build the documentation into site/ (mkdocs --strict).
+
+    On CI (CI set), a page that had to be regenerated fails the session: the committed page was stale.
+    """
+    import os
+
+    session.install("-e", ".[docs]")
+    session.run("python", "docs/gen_reference.py", *(["--fail-if-changed"] if os.environ.get("CI") else []))
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Run the benchmarks (fetch against nginx, build, matrix rerun, stack, layers, CI) and write bench/results/;
     posargs: names."""
