@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import errno
 import functools
+import inspect
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from invoke.exceptions import Exit
 
+from modelarts_images import declared
 from modelarts_images.config import settings, versions
 from modelarts_images.errors import ConfigError, ModelArtsImagesError
 from modelarts_images.model import ImageSpec
@@ -37,9 +40,9 @@ def plain(value: Any) -> Any:
 
 def section_of(config: Any) -> Mapping[str, Any] | None:
     """The `modelarts` section of an invoke Config (a task's ctx.config, or one load_section() builds)."""
-    section = plain(config.get(settings.SECTION, None))
+    section = plain(config.get(declared.SECTION, None))
     if section is not None and not isinstance(section, dict):
-        raise ConfigError(f"invoke.yaml: {settings.SECTION}: must be a mapping of settings (got "
+        raise ConfigError(f"invoke.yaml: {declared.SECTION}: must be a mapping of settings (got "
                           f"{type(section).__name__}); see the keys in the shipped invoke.yaml")
     return section
 
@@ -70,9 +73,9 @@ def guard_invoke() -> None:
             document = yamlio.read(Path(path), label=str(path))
             if document is not None and not isinstance(document, dict):
                 raise ConfigError(f"{path}: must be a mapping of config sections (got {type(document).__name__})")
-            section = (document or {}).get(settings.SECTION)
+            section = (document or {}).get(declared.SECTION)
             if section is not None and not isinstance(section, dict):
-                raise ConfigError(f"{path}: {settings.SECTION}: must be a mapping of settings (got "
+                raise ConfigError(f"{path}: {declared.SECTION}: must be a mapping of settings (got "
                                   f"{type(section).__name__}); see the keys in the shipped invoke.yaml")
             _check_settings(path, section)
         except ConfigError as error:
@@ -96,7 +99,7 @@ def _check_settings(path: os.PathLike[Any], section: Mapping[str, Any] | None) -
     except ConfigError as error:
         merged = settings.where("", env={})  # "invoke.yaml: modelarts.", how the merged section's messages begin
         lines = str(error).splitlines()
-        raise ConfigError("\n".join(f"{path}: {settings.SECTION}.{line.removeprefix(merged)}"
+        raise ConfigError("\n".join(f"{path}: {declared.SECTION}.{line.removeprefix(merged)}"
                                     if line.startswith(merged) else line for line in lines)) from None
 
 
@@ -118,7 +121,7 @@ def load_section(config_file: str | None) -> Mapping[str, Any] | None:
             loaded.load_runtime()
         except Exit as error:
             problem = str(error.message).removeprefix(f"error: {runtime}: ")
-            if not problem.startswith(settings.SECTION):  # a value names its key; the file as a whole is unreadable
+            if not problem.startswith(declared.SECTION):  # a value names its key; the file as a whole is unreadable
                 problem = f"cannot be read: {problem}"
             raise ConfigError(f"--config {config_file}: {problem}") from None
         except Exception as error:  # invoke's own errors name no file
@@ -175,6 +178,13 @@ def selected_images(options: Options) -> tuple[ImageSpec, ...]:
     return versions.select(loaded, only=selection.only, all_images=selection.all_images)
 
 
+def file_images(options: Options, only: Sequence[str] = ()) -> tuple[tuple[ImageSpec, ...], tuple[ImageSpec, ...]]:
+    """Every image of the versions file, in its order, and those `only` names (all of them when it names none):
+    the matrix's cells, which it selects itself."""
+    loaded = versions.load_versions(options.selection.versions, fallbacks=options.fallbacks)
+    return loaded.images, versions.select(loaded, only=versions.split_ids(only), all_images=not only)
+
+
 def show_engine_log() -> None:
     """Build and push output (the engine's INFO lines) and every warning, live on stderr, unless logging is set
     up already (`inv --debug`)."""
@@ -227,3 +237,50 @@ def exits_cleanly(task_body: Callable[P, R]) -> Callable[P, R]:
             raise Exit(message, code=code) from None
 
     return wrapper
+
+
+# --------------------------------------------------------------------------------------------------------------
+# invoke tasks whose flags are the declared settings
+
+
+@dataclass(frozen=True, kw_only=True)
+class Call:
+    """What a task's command line said: the Flags its settings fill, and every flag's value by its name."""
+
+    flags: Flags
+    given: Mapping[str, Any]
+
+
+def _flag_default(setting: declared.Setting) -> Any:
+    if setting.takes is declared.Takes.SWITCH:
+        return False
+    return None if setting.key or setting.takes is declared.Takes.REPEAT else setting.default
+
+
+def _flag_value(setting: declared.Setting, value: Any) -> Any:
+    return tuple(value or ()) if setting.takes is declared.Takes.REPEAT else value
+
+
+def declared_task(name: str, *, fixed: Mapping[str, Any] | None = None,
+                  ) -> Callable[[Callable[[Any, Call], None]], Any]:
+    """An invoke task named `name` taking the flags declared for it (declared.TASK_FLAGS), in that order, with
+    their declared help; the body gets the context and a Call. `fixed`: Flags fields the task itself sets."""
+    from invoke.tasks import task
+
+    flags = declared.flags_of(declared.TASK_FLAGS[name], name)
+    parameters = [inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)] + [
+        inspect.Parameter(str(setting.parameter), inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                          default=_flag_default(setting)) for setting in flags]
+
+    def make(body: Callable[[Any, Call], None]) -> Any:
+        def run(c: Any, **given: Any) -> None:
+            filled = {str(s.fills): _flag_value(s, given[str(s.parameter)]) for s in flags if s.fills}
+            body(c, Call(flags=Flags(**filled, **(fixed or {})), given=given))
+
+        run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]  # what invoke reads
+        run.__name__, run.__doc__, run.__module__ = name, body.__doc__, body.__module__
+        return task(exits_cleanly(run), name=name,
+                    iterable=[str(s.parameter) for s in flags if s.takes is declared.Takes.REPEAT],
+                    help={str(s.parameter): s.help_in(name) for s in flags})
+
+    return make

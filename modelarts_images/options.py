@@ -15,9 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from modelarts_images import declared
 from modelarts_images.config import settings
+from modelarts_images.declared import DeviceChoice
+
+__all__ = ["HELP", "BuildOptions", "Device", "DeviceChoice", "FetchOptions", "Flags", "Options", "PushOptions",
+           "Selection", "VerifyOptions", "resolve"]
 from modelarts_images.config.versions import split_ids, suggest
-from modelarts_images.contract import IMAGE_SIZE_BUDGET, VERIFY_TIMEOUT_S
+from modelarts_images.contract import VERIFY_TIMEOUT_S
 from modelarts_images.engine.api import Backend
 from modelarts_images.errors import ConfigError
 from modelarts_images.paths import ROOT, VERIFY_DIR
@@ -34,50 +39,16 @@ class Device(Choice):
     GPU = "gpu"
 
 
-class DeviceChoice(Choice):
-    """What --device asks for."""
-
-    CPU = "cpu"
-    GPU = "gpu"
-    BOTH = "both"
-    AUTO = "auto"  # the GPU when the engine can give one, else the CPU
-
-
-# One help text per flag, for both front ends (invoke's help= and the matrix's argparse).
-HELP = {
-    "versions": "versions file to read (default: versions.yaml, or modelarts.versions in invoke.yaml)",
-    "only": "image id to work on; repeat for several (default: the entry marked default: true)",
-    "all": "work on every image in the versions file",
-    "jobs": "parallel downloads (default: modelarts.jobs in invoke.yaml, 4)",
-    "offline": "use the cache only; fail for anything missing",
-    "locked": "refuse any artifact versions.lock does not pin (for CI)",
-    "verify_cache": "re-hash cached files instead of trusting their recorded size, mtime and inode",
-    "no_closure": "skip the dependency wheels; the build then installs them from pip_index",
-    "backend": "docker (docker SDK, classic builder) or buildkit (docker buildx build --load, or DOCKER_BUILDKIT=1 "
-               "with a docker CLI older than 23); default: modelarts.backend in invoke.yaml",
-    "no_cache": "build every step again instead of reusing the engine's cache",
-    "base_image": "use this base image for every selected entry instead of its base_image",
-    "base_prefix": "registry prefix for base images that name no registry, e.g. mirror.example.com/library/ "
-                   "(default: modelarts.base_prefix in invoke.yaml)",
-    "platform": "target platform for the builder, e.g. linux/amd64",
-    "device": "cpu, gpu, both, or auto: the GPU when the engine can give one, else the CPU (default: auto)",
-    "timeout": f"seconds a verification container may run before it is killed (default: {VERIFY_TIMEOUT_S:g})",
-    "size_budget": f"image size budget in GB (10^9 bytes): a larger image fails conformance (without it, an image "
-                   f"over {IMAGE_SIZE_BUDGET / 1e9:g} GB, the limit of ModelArts' legacy pages, only draws a warning)",
-    "replace_tag": "replace a tag that already names another image in the registry (tags are immutable otherwise)",
-    "extra_tag": "also push under this tag; repeat for several; {tag}, {date} (UTC, YYYYMMDD) and {revision} "
-                 "(git, 12 hex digits) are filled in, e.g. --extra-tag '{tag}-{date}' (default: "
-                 "modelarts.extra_tags in invoke.yaml)",
-    "region": "SWR region for the AK/SK login when the registry host does not name it (e.g. cn-north-4)",
-    "project": "IAM project whose name the SWR AK/SK login carries (default: the region's own project; a "
-               "sub-project such as cn-north-4_team; swr_project in invoke.yaml)",
-}
+# One help text per flag, for both front ends (invoke's help= and the matrix's argparse), keyed by the flag's
+# parameter name.
+HELP = {setting.parameter: setting.help for setting in declared.SETTINGS if setting.parameter}
 
 
 @dataclass(frozen=True, kw_only=True)
 class Flags:
     """What a command line said; None (or empty) where it said nothing. Numbers stay text until resolve()
-    checks them, so a bad one is an error naming the flag rather than a traceback from the parser."""
+    checks them, so a bad one is an error naming the flag rather than a traceback from the parser. Each field
+    is filled by the declared setting whose `fills` names it (config/declared.py; a test keeps them in step)."""
 
     versions: str | None = None
     only: Sequence[str] = ()
@@ -122,12 +93,12 @@ class Selection:
 class FetchOptions:
     cache_dir: Path
     lock_path: Path
-    jobs: int = 4
+    jobs: int = declared.default("jobs")
     # A transfer slower than min_speed bytes/s over a minute is cut, and resumed: a server that trickles a byte
     # every few seconds never trips a read timeout. A file whose size versions.lock does not record stops at
     # max_file_size, so an endless body cannot fill the disk.
-    min_speed: int = 1024
-    max_file_size: int = 20_000_000_000
+    min_speed: int = declared.default("min_speed")
+    max_file_size: int = declared.default("max_file_size")
     offline: bool = False
     locked: bool = False  # refuse anything versions.lock does not pin
     verify_cache: bool = False  # re-hash cached files instead of trusting their recorded size/mtime/inode
@@ -199,7 +170,7 @@ def resolve(section: Mapping[str, Any] | None, flags: Flags = Flags(), *, root: 
     selection = Selection(
         versions=Path(flags.versions).resolve() if flags.versions else configured.versions,
         only=split_ids(flags.only) if flagged else configured.only,
-        all_images=flags.all_images if flagged else configured.all_images,
+        all_images=flags.all_images if flagged else configured.all,
     )
     reports_dir = root / flags.reports_dir if flags.reports_dir else configured.reports_dir
     return Options(

@@ -1,18 +1,28 @@
-"""The pipeline: check the bases → fetch → build → verify → push, each step over the resolved options.
+"""The pipeline, declared once: STEPS lists the steps in the order they run, with what each needs and gives.
 
-Both front ends (tasks.py, one task per step; the matrix, every step per cell) call these and nothing below
-them. Each step returns a typed record and raises its stage's error: a failure of a layer it uses (the engine,
+check the bases → fetch → build → verify → push, with the matrix's own steps in their places (is the cell's
+tag in the registry unchanged, the package manifest, the training-job body). Both front ends (tasks.py, one
+task per step or chain; the matrix, every step per cell) say which steps they want and call execute(), which
+runs them in this order and never another; neither imports a stage module. Adding a step is one entry in
+STEPS (and its name in StepName). Each step raises its stage's error: a failure of a layer it uses (the engine,
 a file it writes) becomes that stage's error here, so the exit code always says which stage failed.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from modelarts_images import plan as planning
 from modelarts_images.build import builder
+from modelarts_images.build.builder import BuildResult, RegistryCache, build_command_preview, format_result
+from modelarts_images.declared import StepName
 from modelarts_images.engine.api import Engine
 from modelarts_images.errors import (
     BuildError,
@@ -25,16 +35,22 @@ from modelarts_images.errors import (
     WriteError,
 )
 from modelarts_images.fetch import fetcher as fetching
+from modelarts_images.fetch.fetcher import format_fetched
 from modelarts_images.inputs import INPUTS_LABEL, Steps, cell_inputs, image_hash, tree_digest
 from modelarts_images.model import FetchedImage, ImageSpec
 from modelarts_images.options import BuildOptions, DeviceChoice, FetchOptions, Options, PushOptions, VerifyOptions
 from modelarts_images.paths import CONTEXT_TEMPLATE
 from modelarts_images.publish import publisher, trainingjob
 from modelarts_images.shared.credentials import Credentials
+from modelarts_images.shared.files import check_writable
 from modelarts_images.shared.progress import ProgressCallback
 from modelarts_images.verify import report as verify_report
 from modelarts_images.verify import runs, verifier
 from modelarts_images.verify.manifest import Manifest, capture_manifest
+from modelarts_images.verify.report import format_report, raise_for_reports
+
+# What the front ends print and give, re-exported so that they import no stage module.
+__all__ = ["RegistryCache", "format_report", "format_result", "raise_for_reports"]
 
 
 @contextlib.contextmanager
@@ -152,8 +168,6 @@ def push_step(images: Sequence[ImageSpec], options: PushOptions, engine: Engine,
     with stage(RegistryError):
         return publisher.push_images(images, options, engine=engine, env=env, progress=progress)
 
-
-
 def credentials_step(registry: str, options: PushOptions, engine: Engine, env: Mapping[str, str],
                      ) -> Credentials | None:
     """The login the environment (or, when allowed, the docker config) gives for a registry, if any."""
@@ -173,3 +187,247 @@ def training_job_step(image: ImageSpec, digest: str, *, flavor_id: str | None, r
     body = trainingjob.training_job_body(image, digest=digest, flavor_id=flavor_id)
     with stage(ConfigError):  # the reports directory is a setting
         return trainingjob.write_body(reports_dir, image.id, body)
+
+
+def plan_text(images: Sequence[ImageSpec], *, as_json: bool) -> str:
+    """What would be built for the images (`inv plan`): nothing is fetched or built."""
+    plans = [planning.make_plan(image) for image in images]
+    return planning.as_json(plans) if as_json else planning.as_text(plans)
+
+
+def build_preview(images: Sequence[ImageSpec], options: BuildOptions) -> str:
+    """Each image's build command (`inv build --dry-run`)."""
+    return "\n".join(f"# {image.id}\n{build_command_preview(image, options)}" for image in images)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the declaration
+
+
+class Stop(Exception):  # noqa: N818 - not an error: a front end's word that the run has done what it needed
+    """Raised by a front end's `show` to end a run before its remaining steps (the matrix's unchanged cell)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class InRegistry:
+    """What the registry says of an image before anything is fetched (the matrix's registry step)."""
+
+    image: ImageSpec
+    inputs: Mapping[str, str] | None  # from versions.lock; None when it does not pin all of the image
+    remote: publisher.RemoteImage | None = None  # the image's tag there, if any
+    problem: str | None = None  # why the registry could not say
+
+    @property
+    def unchanged(self) -> bool:
+        """The tag there carries the hash of the inputs the image has now."""
+        return (self.inputs is not None and self.remote is not None
+                and self.remote.labels.get(INPUTS_LABEL) == image_hash(self.inputs))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingJob:
+    image: ImageSpec
+    body: Path  # where the training-job body was saved
+
+
+def _no_cache(image: ImageSpec) -> RegistryCache | None:
+    return None
+
+
+def _nothing(step: StepName, item: object) -> None:
+    return None
+
+
+def _no_progress(step: StepName) -> AbstractContextManager[ProgressCallback | None]:
+    return nullcontext(None)
+
+
+@dataclass(kw_only=True)
+class Run:
+    """One execution of the pipeline: what the front end gives (above), and what the steps give (below)."""
+
+    options: Options
+    images: tuple[ImageSpec, ...]
+    env: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    # The engine, connected on first use, a failure to connect being the error of the step that needed it.
+    connect: Callable[[type[ModelArtsImagesError]], Engine] = connect
+    show: Callable[[StepName, Any], None] = _nothing  # each thing a step finished, as it finishes it
+    starting: Callable[[StepName], None] = lambda step: None
+    progress: Callable[[StepName], AbstractContextManager[ProgressCallback | None]] = _no_progress
+    # What decides an image (its label); the matrix adds its push steps to the hash it keeps.
+    inputs: Callable[[FetchedImage], Mapping[str, str]] | None = None
+    cache: Callable[[ImageSpec], RegistryCache | None] = _no_cache  # BuildKit's registry cache for a build
+    credentials: Callable[[str], Credentials | None] | None = None  # a registry's login (the registry step)
+    reference: str | None = None  # verify this reference instead of the image's own (inv verify --image)
+    registries: tuple[str, ...] = ()  # to log in to (default: the images')
+    flavor_id: str | None = None  # the training-job bodies' flavour
+    # given by the steps
+    in_registry: tuple[InRegistry, ...] = ()
+    fetched: tuple[FetchedImage, ...] = ()
+    built: tuple[BuildResult, ...] = ()
+    verified: tuple[Verified, ...] = ()
+    manifests: tuple[Manifest, ...] = ()
+    logins: tuple[tuple[str, publisher.LoginResult], ...] = ()
+    pushed: tuple[publisher.PushRecord, ...] = ()
+    training_jobs: tuple[TrainingJob, ...] = ()
+    stopped_at: StepName | None = None  # the step whose `show` raised Stop
+    _engines: dict[str, Engine] = field(default_factory=dict, repr=False)
+
+    def engine(self, error: type[ModelArtsImagesError]) -> Engine:
+        if "engine" not in self._engines:
+            self._engines["engine"] = self.connect(error)
+        return self._engines["engine"]
+
+    def image_inputs(self, fetched: FetchedImage) -> Mapping[str, str]:
+        return self.inputs(fetched) if self.inputs is not None else image_inputs(fetched, self.options)
+
+
+# What the front end gives a Run; every other field a step needs must be given by a step before it.
+GIVEN = frozenset({"options", "images", "env", "connect", "inputs", "cache", "credentials", "reference",
+                   "registries", "flavor_id"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step:
+    name: StepName
+    body: Callable[[Run], tuple[Any, ...] | None]  # what it gives, or None
+    needs: tuple[str, ...]  # the Run fields it reads
+    gives: str | None  # the Run field its result fills
+    error: type[ModelArtsImagesError]  # its stage's error: the exit code when it fails
+    text: Callable[[Any], str] | None = None  # how a front end prints each thing it finished
+
+
+def _each(run: Run, step: StepName, items: Iterable[Any]) -> tuple[Any, ...]:
+    done = []
+    for item in items:
+        done.append(item)
+        run.show(step, item)
+    return tuple(done)
+
+
+def _in_registry(run: Run) -> tuple[InRegistry, ...]:
+    def ask(image: ImageSpec) -> InRegistry:
+        planned = planned_step(image, run.options.fetch)
+        if planned is None:
+            return InRegistry(image=image, inputs=None)
+        inputs = run.image_inputs(planned)
+        try:
+            credentials = run.credentials(image.registry) if run.credentials else None
+            remote = remote_image_step(image, run.options.push, credentials)
+        except ModelArtsImagesError as error:
+            return InRegistry(image=image, inputs=inputs, problem=str(error))
+        return InRegistry(image=image, inputs=inputs, remote=remote)
+
+    return _each(run, StepName.REGISTRY, (ask(image) for image in run.images))
+
+
+def _check_bases(run: Run) -> None:
+    check_bases_step(run.images, run.options.build, run.engine(BuildError))
+
+
+def _fetch(run: Run) -> tuple[FetchedImage, ...]:
+    with run.progress(StepName.FETCH) as progress:
+        fetched = fetch_step(run.images, run.options.fetch, progress=progress)
+    run.show(StepName.FETCH, fetched)
+    return fetched.images
+
+
+def _build(run: Run) -> tuple[BuildResult, ...]:
+    engine = run.engine(BuildError)
+    return _each(run, StepName.BUILD, (
+        build_step(item, run.options.build, engine, inputs=run.image_inputs(item), cache=run.cache(item.image))
+        for item in run.fetched))
+
+
+def _verify(run: Run) -> tuple[Verified, ...]:
+    check_writable(run.options.verify.reports_dir,  # before any run
+                   set_by="--reports, or modelarts.reports_dir in invoke.yaml")
+    engine = run.engine(VerifyError)
+    return _each(run, StepName.VERIFY, (verify_step(image, run.options.verify, engine, reference=run.reference)
+                                        for image in run.images))
+
+
+def _manifest(run: Run) -> tuple[Manifest, ...]:
+    engine = run.engine(VerifyError)
+    return _each(run, StepName.MANIFEST, (manifest_step(image, run.options.verify, engine) for image in run.images))
+
+
+def _login(run: Run) -> tuple[tuple[str, publisher.LoginResult], ...]:
+    hosts = run.registries or tuple(sorted({image.registry for image in run.images}))
+    engine = run.engine(RegistryError)
+    return _each(run, StepName.LOGIN, ((host, login_step(host, run.options.push, engine, run.env)) for host in hosts))
+
+
+def _push(run: Run) -> tuple[publisher.PushRecord, ...]:
+    engine = run.engine(RegistryError)
+    with run.progress(StepName.PUSH) as progress:
+        records = tuple(push_step(run.images, run.options.push, engine, run.env, progress=progress))
+    run.show(StepName.PUSH, records)
+    return records
+
+
+def _training_jobs(run: Run) -> tuple[TrainingJob, ...]:
+    images = {image.reference: image for image in run.images}
+    return _each(run, StepName.TRAINING_JOB, (
+        TrainingJob(image=images[record.reference], body=training_job_step(
+            images[record.reference], record.digest, flavor_id=run.flavor_id, reports_dir=run.options.reports_dir))
+        for record in run.pushed if record.digest and record.reference in images))
+
+
+def _say_pushed(records: Sequence[publisher.PushRecord]) -> str:
+    return publisher.summary(records)
+
+
+def _say_verified(verified: Verified) -> str:
+    return f"{format_report(verified.report)}\n  result: {verified.path}"
+
+
+STEPS: tuple[Step, ...] = (
+    Step(name=StepName.REGISTRY, body=_in_registry, needs=("images",), gives="in_registry", error=RegistryError),
+    Step(name=StepName.CHECK_BASES, body=_check_bases, needs=("images",), gives=None, error=BuildError),
+    Step(name=StepName.FETCH, body=_fetch, needs=("images",), gives="fetched", error=FetchError,
+         text=lambda fetched: format_fetched(fetched.images, fetched.summary)),
+    Step(name=StepName.BUILD, body=_build, needs=("fetched",), gives="built", error=BuildError, text=format_result),
+    Step(name=StepName.VERIFY, body=_verify, needs=("images",), gives="verified", error=VerifyError,
+         text=_say_verified),
+    Step(name=StepName.MANIFEST, body=_manifest, needs=("images",), gives="manifests", error=VerifyError),
+    Step(name=StepName.LOGIN, body=_login, needs=("images",), gives="logins", error=RegistryError,
+         text=lambda login: f"{login[0]}: login accepted for {login[1].user} ({login[1].source})"),
+    Step(name=StepName.PUSH, body=_push, needs=("images",), gives="pushed", error=RegistryError, text=_say_pushed),
+    Step(name=StepName.TRAINING_JOB, body=_training_jobs, needs=("pushed",), gives="training_jobs",
+         error=ConfigError),
+)
+BY_NAME: Mapping[StepName, Step] = {step.name: step for step in STEPS}
+
+
+def text(step: StepName, item: Any) -> str:
+    """A step's finished thing as the front ends print it."""
+    render = BY_NAME[step].text
+    return render(item) if render is not None else str(item)
+
+
+def execute(names: Iterable[StepName], run: Run, *, timed: Callable[[StepName, float], None] | None = None) -> Run:
+    """Run the named steps in the declared order (whatever order `names` has), each given what the steps before
+    it gave; `timed` hears how long each took. A front end's `show` may raise Stop to end the run there."""
+    wanted = set(names)
+    selected = [step for step in STEPS if step.name in wanted]
+    given = set(GIVEN)
+    for step in selected:
+        missing = [need for need in step.needs if need not in given and not getattr(run, need)]
+        if missing:
+            raise LookupError(f"step {step.name} needs {', '.join(missing)}, which no step before it gives")
+        given.update((step.gives,) if step.gives else ())
+    for step in selected:
+        run.starting(step.name)
+        started = time.monotonic()
+        try:
+            result = step.body(run)
+        except Stop:
+            run.stopped_at = step.name
+            return run
+        finally:
+            if timed is not None:
+                timed(step.name, time.monotonic() - started)
+        if step.gives is not None:
+            setattr(run, step.gives, result)
+    return run

@@ -4,49 +4,31 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelarts_images import declared
 from modelarts_images.config.versions import key_path, schema_problems, split_ids, suggest, text_problems
-from modelarts_images.engine.api import Backend
+from modelarts_images.declared import SECTION, Kind
 from modelarts_images.errors import ConfigError
 
-SECTION = "modelarts"
-
-# Built-in values; invoke.yaml beats them and flags beat invoke.yaml.
-BUILTIN: Mapping[str, Any] = {
-    "versions": "versions.yaml",
-    "only": "",
-    "all": False,
-    "registry": None,
-    "organization": None,
-    "repository": None,
-    "pip_index": None,
-    "apt_mirror": None,
-    "cache_dir": "cache",
-    "backend": "buildkit",
-    "jobs": 4,
-    "min_speed": 1024,
-    "max_file_size": 20_000_000_000,
-    "mirrors": {},
-    "reports_dir": "reports",
-    "base_prefix": "",
-    "extra_tags": [],
-    "swr_project": "",
-    "ci_runners": {},
-}
+# Built-in values; invoke.yaml beats them and flags beat invoke.yaml (declared once, with every other setting).
+BUILTIN = declared.BUILTIN
 # invoke.yaml keys that fill a versions.yaml key the file itself leaves out.
-IMAGE_FALLBACKS = ("registry", "organization", "repository", "pip_index", "apt_mirror")
+IMAGE_FALLBACKS = tuple(key for key, setting in declared.BY_KEY.items() if setting.kind is Kind.IMAGE)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
+    """The section's values, checked; one field per declared key (the IMAGE keys as `fallbacks`)."""
+
     versions: Path
     only: tuple[str, ...]
-    all_images: bool
+    all: bool
     fallbacks: Mapping[str, str]
+    swr_project: str  # the IAM project of SWR's long-term login; "" for the region's own
     cache_dir: Path
     backend: str
     jobs: int
@@ -54,9 +36,8 @@ class Settings:
     max_file_size: int  # bytes: a download whose size nothing else says stops here
     mirrors: Mapping[str, str]
     reports_dir: Path
-    base_prefix: str
     extra_tags: tuple[str, ...]
-    swr_project: str  # the IAM project of SWR's long-term login; "" for the region's own
+    base_prefix: str
     ci_runners: Mapping[str, tuple[str, ...]]  # cell tag (cpu, cuda12), `gpu` or `default` -> CI runner labels
 
 
@@ -92,46 +73,29 @@ def resolve(section: Mapping[str, Any] | None, *, root: Path, backend: str | Non
     if problems:
         raise ConfigError("\n".join(f"{where(str(path[1]), env)}{key_path(path[2:]) and '.' + key_path(path[2:])}: "
                                     f"{message}" for path, message in problems))
-    if values["backend"] not in Backend.names():
-        source = "--backend" if backend is not None else where("backend", env)
-        raise ConfigError(f"{source}: must be one of {', '.join(Backend.names())}"
-                          f"{suggest(str(values['backend']), Backend.names())}")
-    return Settings(
-        versions=root / str(values["versions"]),
-        only=split_ids(values["only"]),
-        all_images=_flag(values["all"]),
-        fallbacks=fallbacks,
-        cache_dir=root / str(values["cache_dir"]),
-        backend=str(values["backend"]),
-        jobs=_positive(values["jobs"], where("jobs", env)),
-        min_speed=_positive(values["min_speed"], where("min_speed", env)),
-        max_file_size=_positive(values["max_file_size"], where("max_file_size", env)),
-        mirrors=_mirrors(values["mirrors"]),
-        reports_dir=root / str(values["reports_dir"]),
-        base_prefix=str(values["base_prefix"] or ""),
-        extra_tags=split_ids(values["extra_tags"]),
-        swr_project=str(values["swr_project"]).strip(),
-        ci_runners=_runners(values["ci_runners"], where("ci_runners", env)),
-    )
-
-
-TEXT_KEYS = ("versions", "cache_dir", "reports_dir", "base_prefix", "backend", "swr_project")
-LIST_KEYS = ("only", "extra_tags")  # a list of strings, or one string of comma- or space-separated words
+    for key, setting in declared.BY_KEY.items():
+        if setting.choices and values[key] not in setting.choices:
+            source = f"--{key}" if key == "backend" and backend is not None else where(key, env)
+            raise ConfigError(f"{source}: must be one of {', '.join(setting.choices)}"
+                              f"{suggest(str(values[key]), setting.choices)}")
+    checked = {key: _CONVERT[setting.kind](values[key], where(key, env), root)
+               for key, setting in declared.BY_KEY.items() if setting.kind is not Kind.IMAGE}
+    return Settings(fallbacks=fallbacks, **checked)
 
 
 def _check_types(values: Mapping[str, Any], env: Mapping[str, str] | None) -> None:
     """Wrong types are caught here, before a str() or a split turns them into something else or a traceback."""
-    for key in TEXT_KEYS:
-        if not isinstance(values[key], str):
-            raise ConfigError(f"{where(key, env)}: must be a string (got {values[key]!r})")
-    for key in LIST_KEYS:
+    for key, setting in declared.BY_KEY.items():
         value = values[key]
-        if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+        if setting.kind in (Kind.TEXT, Kind.PATH) and not isinstance(value, str):
+            raise ConfigError(f"{where(key, env)}: must be a string (got {value!r})")
+        if setting.kind is Kind.WORDS and not (
+                isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
             raise ConfigError(f"{where(key, env)}: must be a list of strings or one comma-separated string "
                               f"(got {value!r})")
 
 
-def _positive(value: object, source: str) -> int:
+def _positive(value: object, source: str, root: Path) -> int:
     try:
         number = int(str(value))
     except ValueError:  # not a number, or more digits than Python converts
@@ -141,12 +105,12 @@ def _positive(value: object, source: str) -> int:
     return number
 
 
-def _mirrors(value: object) -> Mapping[str, str]:
+def _mirrors(value: object, source: str, root: Path) -> Mapping[str, str]:
     if not isinstance(value, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) and k.split(":", 1)[0] in ("http", "https", "file")
         for k, v in value.items()
     ):
-        raise ConfigError(f"{where('mirrors')}: must map URL prefixes to replacement prefixes, "
+        raise ConfigError(f"{source}: must map URL prefixes to replacement prefixes, "
                           "e.g. https://download.pytorch.org/whl/: https://mirror.example.com/pytorch/whl/")
     return dict(value)
 
@@ -154,7 +118,7 @@ def _mirrors(value: object) -> Mapping[str, str]:
 _RUNNER_KEY = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
-def _runners(value: object, source: str) -> Mapping[str, tuple[str, ...]]:
+def _runners(value: object, source: str, root: Path) -> Mapping[str, tuple[str, ...]]:
     """{tag: label or [labels]} -> {tag: (labels,)}."""
     example = "e.g. {cpu: ubuntu-latest, cuda12: [self-hosted, gpu], default: ubuntu-latest}"
     if not isinstance(value, Mapping):
@@ -172,8 +136,27 @@ def _runners(value: object, source: str) -> Mapping[str, tuple[str, ...]]:
     return runners
 
 
-def _flag(value: object) -> bool:
+def _flag(value: object, source: str, root: Path) -> bool:
     # Environment overrides arrive as strings ("1", "true"); invoke.yaml gives booleans.
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)
+
+
+def _text(value: object, source: str, root: Path) -> str:
+    return str(value or "").strip()
+
+
+def _path(value: object, source: str, root: Path) -> Path:
+    return root / str(value)
+
+
+def _words(value: object, source: str, root: Path) -> tuple[str, ...]:
+    return split_ids(value)  # type: ignore[arg-type]  # _check_types made it text or a list of texts
+
+
+# How each kind of key is turned into its value (each names its source in a refusal).
+_CONVERT: Mapping[Kind, Callable[[Any, str, Path], Any]] = {
+    Kind.TEXT: _text, Kind.PATH: _path, Kind.SWITCH: _flag, Kind.COUNT: _positive, Kind.WORDS: _words,
+    Kind.MIRRORS: _mirrors, Kind.RUNNERS: _runners,
+}

@@ -17,28 +17,25 @@ import datetime as dt
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from modelarts_images import pipeline
-from modelarts_images.build.builder import RegistryCache, format_result
+from modelarts_images.declared import StepName
 from modelarts_images.engine.api import Engine, RegistryLogin
 from modelarts_images.errors import ConfigError, ModelArtsImagesError, VerifyError
-from modelarts_images.inputs import INPUTS_LABEL, Steps, cell_hash, cell_inputs, changed_inputs, image_hash, tree_digest
+from modelarts_images.inputs import Steps, cell_hash, cell_inputs, changed_inputs, image_hash, tree_digest
 from modelarts_images.matrix import report as reporting
 from modelarts_images.matrix.cells import CellRecord, CellStatus, shard_cells
 from modelarts_images.matrix.state import State
 from modelarts_images.model import FetchedImage, ImageSpec
 from modelarts_images.options import Options
 from modelarts_images.paths import CONTEXT_TEMPLATE
-from modelarts_images.publish.publisher import summary as push_summary
 from modelarts_images.shared.credentials import Credentials
 from modelarts_images.shared.files import check_writable
 from modelarts_images.shared.text import one_line
-from modelarts_images.verify.report import format_report
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +82,21 @@ class _Cell:
     def add(self, **found: Any) -> None:
         self.record = dataclasses.replace(self.record, **found)
 
-    def timed(self, step: str, started: float) -> None:
-        self.took(step, time.monotonic() - started)
+    def took(self, clock: str, seconds: float) -> None:
+        self.add(durations={**self.record.durations, clock: round(seconds, 3)})
 
-    def took(self, step: str, seconds: float) -> None:
-        self.add(durations={**self.record.durations, step: round(seconds, 3)})
+    def clock(self, step: StepName, seconds: float) -> None:
+        """A step's time, on the record's clock for it (the build's comes from the engine's own record)."""
+        clock = _CLOCKS.get(step)
+        if clock is None:
+            return
+        so_far = self.record.durations.get(clock, 0.0) if step is StepName.MANIFEST else 0.0
+        self.took(clock, so_far + seconds)
+
+
+# The record's clocks: the verification's includes the manifest of the image it verified.
+_CLOCKS = {StepName.REGISTRY: "registry", StepName.FETCH: "fetch", StepName.VERIFY: "verify",
+           StepName.MANIFEST: "verify", StepName.PUSH: "push"}
 
 
 class Runner:
@@ -129,12 +136,48 @@ class Runner:
         return records
 
     def _run_cell(self, cell: _Cell, last: CellRecord | None) -> None:
-        options, image = self.options, cell.image
-        if self.matrix.asks_registry and not self.matrix.rerun and self._unchanged_in_registry(cell):
-            return
-        started = time.monotonic()
-        (fetched,) = pipeline.fetch_step([image], options.fetch).images
-        cell.timed("fetch", started)
+        matrix = self.matrix
+        steps = [StepName.CHECK_BASES, StepName.FETCH, StepName.BUILD, StepName.VERIFY, StepName.MANIFEST]
+        if matrix.asks_registry and not matrix.rerun:
+            steps.append(StepName.REGISTRY)
+        if matrix.push:
+            steps += [StepName.PUSH, StepName.TRAINING_JOB]
+        run = pipeline.Run(options=self.options, images=(cell.image,), connect=lambda error: self._engine(),
+                           show=lambda step, item: self._show(cell, last, step, item), inputs=self._inputs,
+                           cache=self._registry_cache, credentials=self._credentials, flavor_id=matrix.flavor_id)
+        if pipeline.execute(steps, run, timed=cell.clock).stopped_at is None:
+            cell.add(status=CellStatus.PASSED)
+
+    def _show(self, cell: _Cell, last: CellRecord | None, step: StepName, item: Any) -> None:
+        """What the cell's record takes from each step, and the matrix's decisions between them."""
+        if step is StepName.REGISTRY:
+            self._registry(cell, item)
+        elif step is StepName.FETCH:
+            (fetched,) = item.images
+            self._fetched(cell, last, fetched)
+        elif step is StepName.BUILD:
+            self.out(pipeline.text(step, item))
+            cell.add(image_id=item.image_id, size=item.size, layers=item.stack or item.layers,
+                     steps_ran=item.steps_ran, steps_cached=item.steps_cached, layers_pulled=item.pulled)
+            cell.took("build", item.duration)
+        elif step is StepName.VERIFY:
+            cell.add(verification=item.report)
+            self.out(pipeline.format_report(item.report))
+        elif step is StepName.MANIFEST:
+            cell.add(manifest=item)
+            failure = cell.record.verification.failure() if cell.record.verification else None
+            if failure is not None:  # after the manifest: a failed cell's record keeps what its image holds
+                raise VerifyError(failure)
+        elif step is StepName.PUSH:
+            self.out(pipeline.text(step, item))
+            (record,) = item
+            cell.add(digest=record.digest, pushed=record.reference)
+        elif step is StepName.TRAINING_JOB:
+            cell.add(training_job=str(item.body))
+
+    def _fetched(self, cell: _Cell, last: CellRecord | None, fetched: FetchedImage) -> None:
+        """Whether the cell's success still counts: its inputs, known once fetched, against its last success's."""
+        image = cell.image
         inputs = self._inputs(fetched)
         digest = cell_hash(inputs)
         cell.add(inputs=inputs, hash=digest,
@@ -146,50 +189,38 @@ class Runner:
                 # the report keeps what the last success found, marked as skipped in this run
                 cell.record = dataclasses.replace(last, status=CellStatus.SKIPPED, changed=(),
                                                   reason=f"inputs unchanged since {last.finished}")
-                return
+                raise pipeline.Stop
             self.out(f"{image.id}: inputs unchanged, but image {image.reference} is gone from the engine: running it")
         elif last is not None and not self.matrix.rerun:
             self.out(f"{image.id}: running, changed: {', '.join(cell.record.changed)}")
         else:
             self.out(f"{image.id}: running" + (" (--rerun)" if self.matrix.rerun and last else ""))
-        self._build(cell, fetched)
-        self._verify(cell)
-        if self.matrix.push:
-            self._push(cell)
-        cell.add(status=CellStatus.PASSED)
 
     def _inputs(self, fetched: FetchedImage) -> dict[str, str]:
         return cell_inputs(fetched, self.matrix.steps, context_digest=self.context_digest,
                            verify_digest=self.verify_digest)
 
-    def _unchanged_in_registry(self, cell: _Cell) -> bool:
-        """Whether the cell's tag in the registry carries the input hash the cell has now, decided from
-        versions.lock's sha256 without fetching; the record then says so. When the lock does not pin everything
-        or the registry cannot say, the cell runs."""
-        started = time.monotonic()
-        planned = pipeline.planned_step(cell.image, self.options.fetch)
-        if planned is None:
+    def _registry(self, cell: _Cell, found: pipeline.InRegistry) -> None:
+        """A cell whose tag in the registry carries the input hash the cell has now (decided from versions.lock's
+        sha256, before any download) ends here, its record saying so. When the lock does not pin everything or
+        the registry cannot say, the cell runs."""
+        if found.inputs is None:
             log.info("%s: versions.lock does not pin all of it: fetching before asking the registry", cell.image.id)
-            return False
-        inputs = self._inputs(planned)
-        wanted = image_hash(inputs)
-        try:
-            remote = pipeline.remote_image_step(cell.image, self.options.push,
-                                                self._credentials(cell.image.registry))
-        except ModelArtsImagesError as error:
-            self.out(f"{cell.image.id}: the registry cannot say whether it changed ({one_line(str(error), 160)}): "
+            return
+        if found.problem is not None:
+            self.out(f"{cell.image.id}: the registry cannot say whether it changed ({one_line(found.problem, 160)}): "
                      "running it")
-            return False
-        if remote is None or remote.labels.get(INPUTS_LABEL) != wanted:
-            return False
+            return
+        if not found.unchanged or found.remote is None:
+            return
+        remote = found.remote
         self.out(f"{cell.image.id}: unchanged, {remote.reference} in the registry carries its input hash "
-                 f"{wanted[:12]} (--rerun runs it again)")
-        cell.add(status=CellStatus.SKIPPED, inputs=inputs, hash=cell_hash(inputs), digest=remote.digest,
+                 f"{image_hash(found.inputs)[:12]} (--rerun runs it again)")
+        cell.add(status=CellStatus.SKIPPED, inputs=found.inputs, hash=cell_hash(found.inputs), digest=remote.digest,
                  pushed=remote.reference, reason=f"unchanged in the registry: {remote.reference} ({remote.digest})")
-        cell.timed("registry", started)
-        return True
+        raise pipeline.Stop
 
-    def _registry_cache(self, image: ImageSpec) -> RegistryCache | None:
+    def _registry_cache(self, image: ImageSpec) -> pipeline.RegistryCache | None:
         """The cell's own tag in its registry, as BuildKit's cache source, with the login reading it needs."""
         if not self.matrix.asks_registry:
             return None
@@ -200,7 +231,7 @@ class Runner:
             credentials = None
         logins = () if credentials is None else (
             RegistryLogin(registry=image.registry, username=credentials.username, password=credentials.password),)
-        return RegistryCache(references=(image.reference,), logins=logins)
+        return pipeline.RegistryCache(references=(image.reference,), logins=logins)
 
     def _credentials(self, registry: str) -> Credentials | None:
         """The login for a registry, looked up once per run (asked before a cell's build and for its cache)."""
@@ -215,38 +246,6 @@ class Runner:
         except ModelArtsImagesError:  # the engine cannot say: run the cell
             return False
         return bool(image_id) and config is not None and config.image_id == image_id
-
-    def _build(self, cell: _Cell, fetched: FetchedImage) -> None:
-        engine = self._engine()
-        pipeline.check_bases_step([cell.image], self.options.build, engine)
-        result = pipeline.build_step(fetched, self.options.build, engine, inputs=cell.record.inputs,
-                                     cache=self._registry_cache(cell.image))
-        self.out(format_result(result))
-        cell.add(image_id=result.image_id, size=result.size, layers=result.stack or result.layers,
-                 steps_ran=result.steps_ran, steps_cached=result.steps_cached, layers_pulled=result.pulled)
-        cell.took("build", result.duration)
-
-    def _verify(self, cell: _Cell) -> None:
-        started = time.monotonic()
-        engine = self._engine()
-        verified = pipeline.verify_step(cell.image, self.options.verify, engine)
-        cell.add(verification=verified.report, manifest=pipeline.manifest_step(cell.image, self.options.verify, engine))
-        cell.timed("verify", started)
-        self.out(format_report(verified.report))
-        failure = verified.report.failure()
-        if failure is not None:
-            raise VerifyError(failure)
-
-    def _push(self, cell: _Cell) -> None:
-        started = time.monotonic()
-        (record,) = pipeline.push_step([cell.image], self.options.push, self._engine(), os.environ)
-        cell.timed("push", started)
-        self.out(push_summary([record]))
-        cell.add(digest=record.digest, pushed=record.reference)
-        if record.digest:
-            body = pipeline.training_job_step(cell.image, record.digest, flavor_id=self.matrix.flavor_id,
-                                              reports_dir=self.options.reports_dir)
-            cell.add(training_job=str(body))
 
 
 def connect_once() -> Callable[[], Engine]:
