@@ -1,7 +1,7 @@
-"""Tasks: `inv --list` shows them; each picks the pipeline's steps it runs, and prints what they finish.
+"""Tasks: `inv --list` shows them; each runs the pipeline's steps declared for it, and prints what they finish.
 
-A task's flags are the settings declared for it (modelarts_images/declared.py: TASK_FLAGS), with their
-help; the steps run in the pipeline's declared order (modelarts_images/pipeline.py: STEPS).
+A task's steps and flags are declared in modelarts_images/declared.py (TASKS), the flags' help with them; the
+steps run in the pipeline's declared order (modelarts_images/pipeline.py: STEPS).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def _options(c: Context, call: Call) -> Options:
     return options_for(section_of(c.config), call.flags)
 
 
-def _run(options: Options, steps: tuple[StepName, ...], **given: Any) -> Run:
-    """The steps over the selected images, printing each thing a step finishes."""
+def _run(options: Options, call: Call, **given: Any) -> Run:
+    """The task's steps over the selected images, printing each thing a step finishes."""
     from modelarts_images import pipeline
     from modelarts_images.frontend import show_engine_log
     from modelarts_images.shared.progress import for_terminal
@@ -51,7 +51,7 @@ def _run(options: Options, steps: tuple[StepName, ...], **given: Any) -> Run:
     run = pipeline.Run(options=options, images=given.pop("images", None) or selected_images(options),
                        show=lambda step, item: print(pipeline.text(step, item)), starting=starting,
                        progress=lambda step: for_terminal(str(step)), **given)
-    return pipeline.execute(steps, run)
+    return pipeline.execute(call.steps, run)
 
 
 @declared_task("plan")
@@ -65,13 +65,13 @@ def plan(c: Context, call: Call) -> None:
 @declared_task("fetch")
 def fetch(c: Context, call: Call) -> None:
     """Download the installer and wheels of the selected images into the cache, sha256-verified."""
-    _run(_options(c, call), (StepName.FETCH,))
+    _run(_options(c, call), call)
 
 
 @declared_task("lock", fixed={"refresh": True})
 def lock(c: Context, call: Call) -> None:
     """Resolve the selected images again and pin every artifact's sha256 in versions.lock."""
-    _run(_options(c, call), (StepName.FETCH,))
+    _run(_options(c, call), call)
 
 
 @declared_task("build")
@@ -83,26 +83,24 @@ def build(c: Context, call: Call) -> None:
 
         print(pipeline.build_preview(selected_images(options), options.build))
         return
-    _run(options, (StepName.CHECK_BASES, StepName.FETCH, StepName.BUILD))  # the bases before any download
+    _run(options, call)  # the bases are checked before any download
 
 
 @declared_task("login")
 def login(c: Context, call: Call) -> None:
     """Check the registry login from the environment (SWR AK/SK, SWR login command, or user/password)."""
     registry = call.given["registry"]
-    _run(_options(c, call), (StepName.LOGIN,), registries=(registry,) if registry else ())
+    _run(_options(c, call), call, registries=(registry,) if registry else ())
 
 
 @declared_task("push")
 def push(c: Context, call: Call) -> None:
     """Push the selected images to their registry: SWR name rules, tag guard, login from the environment."""
-    import dataclasses
-
     flags = call.flags
     if call.given["force"]:
         print("push: --force is now --replace-tag (it replaces a tag that names another image)", file=sys.stderr)
-        flags = dataclasses.replace(flags, replace_tags=True)
-    _run(options_for(section_of(c.config), flags), (StepName.PUSH,), env=os.environ)
+        flags = flags.replace(replace_tags=True)
+    _run(options_for(section_of(c.config), flags), call, env=os.environ)
 
 
 @declared_task("verify")
@@ -115,5 +113,5 @@ def verify(c: Context, call: Call) -> None:
     image = call.given["image"]
     if image and len(images) != 1:
         raise ConfigError(f"--image: verifies one entry, but {len(images)} are selected; pick one with --only")
-    run = _run(options, (StepName.VERIFY,), images=images, reference=image)
+    run = _run(options, call, images=images, reference=image)
     pipeline.raise_for_reports([verified.report for verified in run.verified])

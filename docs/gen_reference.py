@@ -292,9 +292,24 @@ def exit_codes_page() -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# settings, from their declaration
+
+
+def settings_page() -> str:
+    """Every declared setting (modelarts_images/declared.py): the one page that imports the project, since the
+    declaration is code (its help texts are built from the tool's own constants)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from modelarts_images import declared
+
+    return declared.reference_markdown()
+
+
+# --------------------------------------------------------------------------------------------------------------
 
 PAGES: dict[str, Callable[[], str]] = {
     "reference/versions-yaml.md": versions_yaml_page,
+    "reference/settings.md": settings_page,
     "reference/exit-codes.md": exit_codes_page,
 }
 

@@ -2,17 +2,19 @@
 and the matrix, its built-in value, its help, and the pipeline steps that read it.
 
 What reads a setting is made from this table: settings.BUILTIN and the section's checks, the tasks' flags
-(tasks.py), the matrix's argparse (matrix/cli.py), the comments of invoke.yaml (render_invoke_yaml; a test
+(tasks.py, from TASKS), the matrix's argparse (matrix/cli.py), the comments of invoke.yaml (render_invoke_yaml; a test
 compares the shipped file) and the reference page of the docs (reference_markdown). A key or a flag that is not
 declared here does not exist: invoke.yaml refuses it, and a task or the matrix that names one fails on import.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -79,15 +81,18 @@ class Setting:
     fills: str | None = None  # the options.Flags attribute the flag fills (None: the front end reads it itself)
     choices: tuple[str, ...] = ()  # the closed set a value must be in
     steps: tuple[StepName, ...] = ()  # the pipeline steps that read it
-    note: str = ""  # more for invoke.yaml's comment and the reference page
+    comment: str = ""  # invoke.yaml's comment, where the flag's help would not fit a key (default: the help)
     help_for: Mapping[str, str] = field(default_factory=dict)  # a task's (or "matrix"'s) own help for the flag
     hidden: bool = False  # kept out of --help (the matrix's flags for nox's own sessions)
     metavar: str | None = None  # what --help calls the flag's value
 
     @property
     def variable(self) -> str | None:
-        """The environment variable invoke reads for the key."""
-        return f"INVOKE_{SECTION.upper()}_{self.key.upper()}" if self.key else None
+        """The environment variable invoke reads for the key (none for a mapping: invoke sets none of those from
+        the environment)."""
+        if not self.key or self.kind in (Kind.MIRRORS, Kind.RUNNERS):
+            return None
+        return f"INVOKE_{SECTION.upper()}_{self.key.upper()}"
 
     @property
     def parameter(self) -> str | None:
@@ -106,19 +111,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(name="versions", key="versions", kind=Kind.PATH, default="versions.yaml", flag="--versions",
             fills="versions", steps=_SELECTION_STEPS,
             help="versions file to read (default: versions.yaml, or modelarts.versions in invoke.yaml)",
-            note="The matrix file, relative to this directory."),
+            comment="The matrix file, relative to this directory."),
     Setting(name="only", key="only", kind=Kind.WORDS, default="", flag="--only", takes=Takes.REPEAT, fills="only",
             steps=_SELECTION_STEPS,
             help="image id to work on; repeat for several (default: the entry marked default: true)",
             help_for={"matrix": "cell id to run; repeat for several (default: all)"},
-            note="Image ids (comma-separated) or all: true, used by every task that gets no --only/--all flag, so "
+            comment="Image ids (comma-separated) or all: true, used by every task that gets no --only/--all flag, so "
                  "one selection serves a whole chain such as `inv fetch build verify`."),
     Setting(name="all", key="all", kind=Kind.SWITCH, default=False, flag="--all", takes=Takes.SWITCH,
             fills="all_images", steps=_SELECTION_STEPS, help="work on every image in the versions file"),
     # -- where images go, for entries that do not say so themselves
     Setting(name="registry", key="registry", kind=Kind.IMAGE, steps=(_S.BUILD, _S.PUSH),
             help="registry host of the entries that name none",
-            note="Where images are pushed, for entries of versions.yaml that do not say so themselves: "
+            comment="Where images are pushed, for entries of versions.yaml that do not say so themselves: "
                  "registry/organization/repository:tag"),
     Setting(name="organization", key="organization", kind=Kind.IMAGE, steps=(_S.BUILD, _S.PUSH),
             help="SWR organization of the entries that name none"),
@@ -128,11 +133,11 @@ SETTINGS: tuple[Setting, ...] = (
             steps=(_S.LOGIN, _S.PUSH, _S.REGISTRY),
             help="IAM project whose name the SWR AK/SK login carries (default: the region's own project; a "
                  "sub-project such as cn-north-4_team; swr_project in invoke.yaml)",
-            note="The IAM project whose name SWR's AK/SK login carries (<project>@<AK>): empty for the region's own "
+            comment="The IAM project whose name SWR's AK/SK login carries (<project>@<AK>): empty for the region's own "
                  "project (cn-north-4), or a sub-project such as cn-north-4_team. --project beats it."),
     Setting(name="pip_index", key="pip_index", kind=Kind.IMAGE, steps=(_S.FETCH, _S.BUILD),
             help="pip index used inside the build, for entries that name none",
-            note="Package mirrors used inside the build (Huawei Cloud's open-source mirrors)."),
+            comment="Package mirrors used inside the build (Huawei Cloud's open-source mirrors)."),
     Setting(name="apt_mirror", key="apt_mirror", kind=Kind.IMAGE, steps=(_S.BUILD,),
             help="apt mirror used inside the build, for entries that name none"),
     # -- fetch
@@ -142,10 +147,10 @@ SETTINGS: tuple[Setting, ...] = (
             choices=Backend.names(), steps=(_S.BUILD, _S.REGISTRY),
             help="docker (docker SDK, classic builder) or buildkit (docker buildx build --load, or DOCKER_BUILDKIT=1 "
                  "with a docker CLI older than 23); default: modelarts.backend in invoke.yaml",
-            note="docker: the Docker SDK's classic builder; buildkit: docker buildx / DOCKER_BUILDKIT=1."),
+            comment="docker: the Docker SDK's classic builder; buildkit: docker buildx / DOCKER_BUILDKIT=1."),
     Setting(name="jobs", key="jobs", kind=Kind.COUNT, default=4, flag="--jobs", fills="jobs", steps=(_S.FETCH,),
             help="parallel downloads (default: modelarts.jobs in invoke.yaml, 4)",
-            note="Parallel downloads for `inv fetch`."),
+            comment="Parallel downloads for `inv fetch`."),
     Setting(name="min_speed", key="min_speed", kind=Kind.COUNT, default=1024, steps=(_S.FETCH,),
             help="a download slower than this many bytes per second over a minute is cut and retried from where "
                  "it stopped"),
@@ -154,12 +159,14 @@ SETTINGS: tuple[Setting, ...] = (
                  "body)"),
     Setting(name="mirrors", key="mirrors", kind=Kind.MIRRORS, default={}, steps=(_S.FETCH,),
             help="URL prefix rewrites applied when downloading (versions.yaml and versions.lock keep the original "
-                 "URLs), e.g. to a company mirror:",
-            note="  https://download.pytorch.org/whl/: https://mirror.example.com/pytorch/whl/"),
+                 "URLs), e.g. to a company mirror:\n  https://download.pytorch.org/whl/: "
+                 "https://mirror.example.com/pytorch/whl/"),
     Setting(name="offline", flag="--offline", takes=Takes.SWITCH, fills="offline", steps=(_S.FETCH,),
             help="use the cache only; fail for anything missing"),
     Setting(name="locked", flag="--locked", takes=Takes.SWITCH, fills="locked", steps=(_S.FETCH, _S.REGISTRY),
             help="refuse any artifact versions.lock does not pin (for CI)"),
+    Setting(name="refresh", fills="refresh", steps=(_S.FETCH,),
+            help="resolve again even where versions.lock has an entry (what `inv lock` does)"),
     Setting(name="verify_cache", flag="--verify-cache", takes=Takes.SWITCH, fills="verify_cache", steps=(_S.FETCH,),
             help="re-hash cached files instead of trusting their recorded size, mtime and inode"),
     Setting(name="no_closure", flag="--no-closure", takes=Takes.SWITCH, fills="no_closure", steps=(_S.FETCH,),
@@ -168,21 +175,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(name="reports_dir", key="reports_dir", kind=Kind.PATH, default="reports", flag="--reports-dir",
             fills="reports_dir", steps=(_S.VERIFY, _S.PUSH, _S.TRAINING_JOB),
             help="directory for the push-<id>.json records (default: modelarts.reports_dir, reports)",
-            note="Where `inv push` (and later tasks) write their JSON records."),
+            comment="Where `inv push` (and later tasks) write their JSON records."),
     # -- push
     Setting(name="extra_tags", key="extra_tags", kind=Kind.WORDS, default=[], flag="--extra-tag",
             takes=Takes.REPEAT, fills="extra_tags", steps=(_S.PUSH,),
             help="also push under this tag; repeat for several; {tag}, {date} (UTC, YYYYMMDD) and {revision} "
                  "(git, 12 hex digits) are filled in, e.g. --extra-tag '{tag}-{date}' (default: "
                  "modelarts.extra_tags in invoke.yaml)",
-            note="Tags pushed besides each image's own, comma-separated, e.g. \"{tag}-{date},{revision}\" (a list "
+            comment="Tags pushed besides each image's own, comma-separated, e.g. \"{tag}-{date},{revision}\" (a list "
                  "works too); {tag}, {date} (UTC, YYYYMMDD) and {revision} (git, 12 hex digits) are filled in."),
     # -- build
     Setting(name="base_prefix", key="base_prefix", default="", flag="--base-prefix", fills="base_prefix",
             steps=(_S.CHECK_BASES, _S.BUILD),
             help="registry prefix for base images that name no registry, e.g. mirror.example.com/library/ "
                  "(default: modelarts.base_prefix in invoke.yaml)",
-            note="Prepended to base images that name no registry (ubuntu:20.04), for hosts that cannot reach "
+            comment="Prepended to base images that name no registry (ubuntu:20.04), for hosts that cannot reach "
                  "Docker Hub, e.g. mirror.example.com/library/"),
     Setting(name="no_cache", flag="--no-cache", takes=Takes.SWITCH, fills="no_cache", steps=(_S.BUILD,),
             help="build every step again instead of reusing the engine's cache"),
@@ -194,9 +201,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(name="ci_runners", key="ci_runners", kind=Kind.RUNNERS, default={},
             help="CI runners for `nox -s matrix -- --list-json` / `--gitlab-pipeline`: a cell tag (cpu, cuda11, "
                  "cuda12, ...), `gpu` (any CUDA cell) or `default`, mapped to a runner label or a list of labels, "
-                 "e.g.",
-            note="  cpu: ubuntu-latest\n  cuda12: [self-hosted, linux, gpu]\nA CUDA cell on a runner mapped by "
-                 "its tag or by `gpu` verifies on the GPU too."),
+                 "e.g.\n  cpu: ubuntu-latest\n  cuda12: [self-hosted, linux, gpu]\nA CUDA cell on a runner mapped "
+                 "by its tag or by `gpu` verifies on the GPU too."),
     # -- verify
     Setting(name="device", default=DeviceChoice.AUTO.value, flag="--device", fills="device",
             choices=DeviceChoice.names(), steps=(_S.VERIFY,),
@@ -255,6 +261,8 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 BY_NAME: Mapping[str, Setting] = {setting.name: setting for setting in SETTINGS}
+if len(BY_NAME) < len(SETTINGS):
+    raise LookupError("declared.SETTINGS: a name is declared twice")
 BY_KEY: Mapping[str, Setting] = {setting.key: setting for setting in SETTINGS if setting.key}
 BY_FLAG: Mapping[str, Setting] = {setting.flag: setting for setting in SETTINGS if setting.flag}
 
@@ -267,23 +275,87 @@ def default(key: str) -> Any:
     return BY_KEY[key].default
 
 
-# The flags of each invoke task and of the matrix, by setting name, in the order their --help lists them (and
-# invoke gives short flags: the first free letter of each name, in this order).
+def flag_default(setting: Setting) -> Any:
+    """What a flag says when it is not given: nothing (a key's value then comes from invoke.yaml), or its own
+    built-in value where no key backs it."""
+    if setting.takes is Takes.SWITCH:
+        return False
+    if setting.takes is Takes.REPEAT:
+        return ()
+    return None if setting.key else setting.default
+
+
+# options.Flags' fields: each filled by one declared setting, and its value when the command line says nothing.
+FLAG_FIELDS: Mapping[str, Any] = {setting.fills: flag_default(setting) for setting in SETTINGS if setting.fills}
+
+
+class Values:
+    """Values by declared name, read as attributes, frozen; a name that is not one of NAMES is an error."""
+
+    NAMES: ClassVar[Mapping[str, Any]] = {}  # each name and its value when none is given
+
+    def __init__(self, **given: Any) -> None:
+        unknown = sorted(set(given) - set(self.NAMES))
+        if unknown:
+            raise TypeError(f"{type(self).__name__}: {', '.join(unknown)}: not declared "
+                            "(modelarts_images/declared.py)")
+        object.__setattr__(self, "_values", {**self.NAMES, **given})
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_values"][name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__} has no {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is frozen")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.__dict__["_values"] == other.__dict__["_values"]
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.__dict__["_values"])))
+
+    def __repr__(self) -> str:
+        values = self.__dict__["_values"]
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in values.items() if v != self.NAMES[k])})"
+
+    def replace(self, **changes: Any) -> Any:
+        return type(self)(**{**self.__dict__["_values"], **changes})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Command:
+    """A front end's command: the pipeline steps it runs (in the pipeline's order, whatever order they are
+    named in) and the settings it takes as flags, in the order its --help lists them (invoke also gives short
+    flags in this order: each name's first free letter)."""
+
+    steps: tuple[StepName, ...]
+    flags: tuple[str, ...]
+
+
 SELECTION = ("versions", "only", "all")
-TASK_FLAGS: Mapping[str, tuple[str, ...]] = {
-    "plan": (*SELECTION, "json"),
-    "fetch": (*SELECTION, "jobs", "offline", "locked", "verify_cache", "no_closure"),
-    "lock": (*SELECTION, "jobs", "no_closure"),
-    "build": (*SELECTION, "backend", "no_cache", "base_image", "base_prefix", "platform", "dry_run", "offline",
-              "locked"),
-    "login": (*SELECTION, "registry_host", "region", "swr_project"),
-    "push": (*SELECTION, "replace_tag", "force", "extra_tags", "reports_dir", "region", "swr_project", "dry_run"),
-    "verify": (*SELECTION, "image", "device", "timeout", "size_budget", "reports"),
+TASKS: Mapping[str, Command] = {
+    "plan": Command(steps=(), flags=(*SELECTION, "json")),
+    "fetch": Command(steps=(_S.FETCH,), flags=(*SELECTION, "jobs", "offline", "locked", "verify_cache",
+                                               "no_closure")),
+    "lock": Command(steps=(_S.FETCH,), flags=(*SELECTION, "jobs", "no_closure")),
+    "build": Command(steps=(_S.CHECK_BASES, _S.FETCH, _S.BUILD),
+                     flags=(*SELECTION, "backend", "no_cache", "base_image", "base_prefix", "platform", "dry_run",
+                            "offline", "locked")),
+    "login": Command(steps=(_S.LOGIN,), flags=(*SELECTION, "registry_host", "region", "swr_project")),
+    "push": Command(steps=(_S.PUSH,), flags=(*SELECTION, "replace_tag", "force", "extra_tags", "reports_dir",
+                                             "region", "swr_project", "dry_run")),
+    "verify": Command(steps=(_S.VERIFY,), flags=(*SELECTION, "image", "device", "timeout", "size_budget",
+                                                 "reports")),
 }
-MATRIX_FLAGS: tuple[str, ...] = (
-    "versions", "only", "device", "push", "backend", "rerun", "force", "check_registry", "replace_tag", "shard",
-    "timeout", "offline", "locked", "region", "swr_project", "flavor", "config", "summary", "records", "list_json",
-    "gitlab_pipeline", "no_summary", "run",
+# Every step a cell can take: the registry step only with --push or --check-registry (and not --rerun), push and
+# the training-job body only with --push.
+MATRIX = Command(
+    steps=(_S.REGISTRY, _S.CHECK_BASES, _S.FETCH, _S.BUILD, _S.VERIFY, _S.MANIFEST, _S.PUSH, _S.TRAINING_JOB),
+    flags=("versions", "only", "device", "push", "backend", "rerun", "force", "check_registry", "replace_tag",
+           "shard", "timeout", "offline", "locked", "region", "swr_project", "flavor", "config", "summary",
+           "records", "list_json", "gitlab_pipeline", "no_summary", "run"),
 )
 
 
@@ -310,14 +382,24 @@ INVOKE_YAML_HEADER = """\
 
 
 def _comment(setting: Setting, width: int = 110) -> list[str]:
-    text = setting.help[0].upper() + setting.help[1:]
-    text = text if text.endswith((".", ":")) else text + "."
-    lines = textwrap.wrap(text, width)
-    if setting.note:
-        lines += [line if line.startswith("  ") else wrapped
-                  for line in setting.note.splitlines()
-                  for wrapped in (textwrap.wrap(line, width) if not line.startswith("  ") else [line])]
-    return [f"  # {line}" if line else "  #" for line in lines]
+    """The key's comment: its own where it has one, else its help as a sentence; indented lines kept as they are
+    (examples)."""
+    text = setting.comment or setting.help
+    text = text[0].upper() + text[1:]
+    lines = []
+    for line in text.splitlines():
+        lines += [line] if line.startswith("  ") else textwrap.wrap(line, width, break_on_hyphens=False)
+    if not lines[-1].endswith((".", ":", "/")):
+        lines[-1] += "."
+    return [f"  # {line}" for line in lines]
+
+
+def _yaml_value(value: Any) -> str:
+    """A value as invoke.yaml writes it: text plain where YAML reads it back as that text, else double-quoted."""
+    if isinstance(value, str):
+        plain = value and value.strip() == value and yaml.safe_load(f"k: {value}") == {"k": value}
+        return value if plain else json.dumps(value)
+    return str(yaml.safe_dump(value, default_flow_style=True, width=10_000)).removesuffix("\n...\n").strip()
 
 
 def render_invoke_yaml(values: Mapping[str, Any]) -> str:
@@ -325,9 +407,7 @@ def render_invoke_yaml(values: Mapping[str, Any]) -> str:
     built-in value where `values` has none)."""
     lines = [INVOKE_YAML_HEADER.rstrip("\n"), f"{SECTION}:"]
     for key, setting in BY_KEY.items():
-        value = values.get(key, setting.default)
-        dumped = yaml.safe_dump({key: value}, default_flow_style=True, width=10_000, sort_keys=False).strip()
-        lines += [*_comment(setting), f"  {dumped.removeprefix('{').removesuffix('}')}"]
+        lines += [*_comment(setting), f"  {key}: {_yaml_value(values.get(key, setting.default))}"]
     return "\n".join(lines) + "\n"
 
 
@@ -335,7 +415,11 @@ def render_invoke_yaml(values: Mapping[str, Any]) -> str:
 # the reference page
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Text for a table cell: one line, indented example lines as code, and `<` outside code not read as HTML."""
+    one_line = " ".join(f"`{line.strip()}`" if line.startswith("  ") else line for line in text.splitlines())
+    parts = re.split(r"(`[^`]*`)", one_line.replace("|", "\\|"))
+    return "".join(part if part.startswith("`") else part.replace("<", "&lt;").replace(">", "&gt;")
+                   for part in parts)
 
 
 def reference_markdown() -> str:
@@ -345,18 +429,21 @@ def reference_markdown() -> str:
     for setting in SETTINGS:
         if setting.hidden:
             continue
-        where = (f"`{SECTION}.{setting.key}`<br>`{setting.variable}`" if setting.key else "—")
-        front_ends = [task for task, names in TASK_FLAGS.items() if setting.name in names]
-        if setting.name in MATRIX_FLAGS:
+        where = "—" if not setting.key else f"`{SECTION}.{setting.key}`" + (
+            f"<br>`{setting.variable}`" if setting.variable else "")
+        front_ends = [task for task, command in TASKS.items() if setting.name in command.flags]
+        if setting.name in MATRIX.flags:
             front_ends.append("matrix")
         flag = f"`{setting.flag}` ({', '.join(front_ends)})" if setting.flag and front_ends else "—"
-        builtin = "—" if setting.default in (None, "", [], {}) else f"`{setting.default}`"
-        read_by = ", ".join(str(step) for step in setting.steps) or "the front end"
-        text = setting.help + (" " + setting.note.strip() if setting.note and setting.kind is not Kind.RUNNERS
-                               and not setting.note.startswith("  ") else "")
-        rows.append(f"| `{setting.name}` | {where} | {flag} | {builtin} | {read_by} | {_cell(text)} |")
+        builtin = "—" if setting.default in (None, "", [], {}) else f"`{_yaml_value(setting.default)}`"
+        read_by = ("every step" if set(setting.steps) == set(StepName)
+                   else ", ".join(str(step) for step in setting.steps) or "the front end")
+        text = setting.comment or setting.help
+        text = _cell(text[0].upper() + text[1:])
+        rows.append(f"| `{setting.name}` | {where} | {flag} | {builtin} | {read_by} | {text} |")
     return ("# Settings\n\n"
-            "<!-- generated by docs/gen_reference.py from modelarts_images/declared.py: edit that -->\n\n"
+            "<!-- Generated by docs/gen_reference.py from modelarts_images/declared.py; run `nox -s docs` after "
+            "changing it. -->\n\n"
             "Every setting of the tool. A flag beats the image's entry, which beats versions.yaml's `defaults:`, "
             "which beat invoke.yaml, which beats the built-in value; `INVOKE_MODELARTS_<KEY>` sets a key for one "
             "command. A key that is not listed here is an error.\n\n" + "\n".join(rows) + "\n")

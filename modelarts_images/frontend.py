@@ -245,16 +245,12 @@ def exits_cleanly(task_body: Callable[P, R]) -> Callable[P, R]:
 
 @dataclass(frozen=True, kw_only=True)
 class Call:
-    """What a task's command line said: the Flags its settings fill, and every flag's value by its name."""
+    """A task's call: the Flags its command line fills, every flag's value by its name, and the steps declared
+    for the task."""
 
     flags: Flags
     given: Mapping[str, Any]
-
-
-def _flag_default(setting: declared.Setting) -> Any:
-    if setting.takes is declared.Takes.SWITCH:
-        return False
-    return None if setting.key or setting.takes is declared.Takes.REPEAT else setting.default
+    steps: tuple[declared.StepName, ...]  # what the task runs
 
 
 def _flag_value(setting: declared.Setting, value: Any) -> Any:
@@ -263,19 +259,21 @@ def _flag_value(setting: declared.Setting, value: Any) -> Any:
 
 def declared_task(name: str, *, fixed: Mapping[str, Any] | None = None,
                   ) -> Callable[[Callable[[Any, Call], None]], Any]:
-    """An invoke task named `name` taking the flags declared for it (declared.TASK_FLAGS), in that order, with
-    their declared help; the body gets the context and a Call. `fixed`: Flags fields the task itself sets."""
+    """An invoke task named `name` taking the flags declared for it (declared.TASKS), in that order, with their
+    declared help; the body gets the context and a Call. `fixed`: Flags fields the task itself sets."""
     from invoke.tasks import task
 
-    flags = declared.flags_of(declared.TASK_FLAGS[name], name)
+    command = declared.TASKS[name]
+    flags = declared.flags_of(command.flags, name)
     parameters = [inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)] + [
         inspect.Parameter(str(setting.parameter), inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                          default=_flag_default(setting)) for setting in flags]
+                          default=None if setting.takes is declared.Takes.REPEAT else declared.flag_default(setting))
+        for setting in flags]
 
     def make(body: Callable[[Any, Call], None]) -> Any:
         def run(c: Any, **given: Any) -> None:
             filled = {str(s.fills): _flag_value(s, given[str(s.parameter)]) for s in flags if s.fills}
-            body(c, Call(flags=Flags(**filled, **(fixed or {})), given=given))
+            body(c, Call(flags=Flags(**filled, **(fixed or {})), given=given, steps=command.steps))
 
         run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]  # what invoke reads
         run.__name__, run.__doc__, run.__module__ = name, body.__doc__, body.__module__

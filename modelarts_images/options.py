@@ -10,7 +10,7 @@ invoke.yaml's values as fallbacks; only --base-image and --base-prefix override 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,40 +44,12 @@ class Device(Choice):
 HELP = {setting.parameter: setting.help for setting in declared.SETTINGS if setting.parameter}
 
 
-@dataclass(frozen=True, kw_only=True)
-class Flags:
-    """What a command line said; None (or empty) where it said nothing. Numbers stay text until resolve()
-    checks them, so a bad one is an error naming the flag rather than a traceback from the parser. Each field
-    is filled by the declared setting whose `fills` names it (config/declared.py; a test keeps them in step)."""
+class Flags(declared.Values):
+    """What a command line said, by the field each declared flag fills (declared.Setting.fills): None (or empty)
+    where it said nothing. Numbers stay text until resolve() checks them, so a bad one is an error naming the
+    flag rather than a traceback from the parser."""
 
-    versions: str | None = None
-    only: Sequence[str] = ()
-    all_images: bool = False
-    # fetch
-    jobs: str | None = None
-    offline: bool = False
-    locked: bool = False
-    verify_cache: bool = False
-    no_closure: bool = False
-    refresh: bool = False
-    # build
-    backend: str | None = None
-    no_cache: bool = False
-    base_image: str | None = None
-    base_prefix: str | None = None
-    platform: str | None = None
-    # verify
-    device: str = DeviceChoice.AUTO.value
-    timeout: str | None = None
-    size_budget: str | None = None
-    verify_reports: str | None = None
-    # push
-    reports_dir: str | None = None
-    replace_tags: bool = False
-    extra_tags: Sequence[str] = ()
-    region: str | None = None
-    project: str | None = None
-    dry_run: bool = False
+    NAMES = declared.FLAG_FIELDS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,13 +128,14 @@ class Options:
     push: PushOptions
 
 
-def resolve(section: Mapping[str, Any] | None, flags: Flags = Flags(), *, root: Path = ROOT,
+def resolve(section: Mapping[str, Any] | None, flags: Flags | None = None, *, root: Path = ROOT,
             revision: str | None = None) -> Options:
     """Merge the flags over invoke.yaml's `modelarts` section over the built-in values.
 
     A --versions flag is taken from the current directory; the reports directories given as flags, and the
     paths in invoke.yaml, from the project root.
     """
+    flags = flags or Flags()
     configured = settings.resolve(section, root=root, backend=flags.backend)
     if any(not value.strip() for value in flags.only):
         raise ConfigError("--only: needs an image id (--only ID); repeat it for several")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from modelarts_images import declared
 from modelarts_images.config.versions import key_path, schema_problems, split_ids, suggest, text_problems
@@ -20,25 +19,12 @@ BUILTIN = declared.BUILTIN
 IMAGE_FALLBACKS = tuple(key for key, setting in declared.BY_KEY.items() if setting.kind is Kind.IMAGE)
 
 
-@dataclass(frozen=True, kw_only=True)
-class Settings:
-    """The section's values, checked; one field per declared key (the IMAGE keys as `fallbacks`)."""
+class Settings(declared.Values):
+    """The section's values, checked: one per declared key (the IMAGE keys together as `fallbacks`, the
+    invoke.yaml values for versions.yaml keys an entry leaves out)."""
 
-    versions: Path
-    only: tuple[str, ...]
-    all: bool
-    fallbacks: Mapping[str, str]
-    swr_project: str  # the IAM project of SWR's long-term login; "" for the region's own
-    cache_dir: Path
-    backend: str
-    jobs: int
-    min_speed: int  # bytes per second, averaged over a download's last minute, below which it is cut
-    max_file_size: int  # bytes: a download whose size nothing else says stops here
-    mirrors: Mapping[str, str]
-    reports_dir: Path
-    extra_tags: tuple[str, ...]
-    base_prefix: str
-    ci_runners: Mapping[str, tuple[str, ...]]  # cell tag (cpu, cuda12), `gpu` or `default` -> CI runner labels
+    NAMES: ClassVar[Mapping[str, Any]] = {"fallbacks": {}, **{key: None for key in BUILTIN
+                                                                if key not in IMAGE_FALLBACKS}}
 
 
 def where(key: str, env: Mapping[str, str] | None = None) -> str:

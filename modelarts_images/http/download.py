@@ -52,6 +52,7 @@ from urllib.request import url2pathname
 
 import requests
 
+from modelarts_images import declared
 from modelarts_images.errors import FetchError
 from modelarts_images.http.session import (
     DEFAULT_MIN_SPEED,
@@ -70,7 +71,7 @@ from modelarts_images.shared.text import size as shown_size
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 0.1
-DEFAULT_MAX_SIZE = 20_000_000_000  # bytes (max_file_size in invoke.yaml): the bound when versions.lock has no size
+DEFAULT_MAX_SIZE: int = declared.default("max_file_size")  # bytes: the bound when versions.lock has no size
 # Numbers of at most 20 digits: a longer one matches nothing instead of making int() refuse a monster string.
 _CONTENT_RANGE = re.compile(r"bytes (\d{1,20})-(\d{1,20})/(\d{1,20}|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes \*/(\d{1,20})")

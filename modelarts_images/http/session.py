@@ -32,10 +32,11 @@ import urllib3.connection
 import urllib3.exceptions
 import urllib3.response
 
+from modelarts_images import declared
 from modelarts_images.errors import FetchError
 from modelarts_images.shared import redact, retry
 
-DEFAULT_MIN_SPEED = 1024  # bytes/s (min_speed in invoke.yaml)
+DEFAULT_MIN_SPEED: int = declared.default("min_speed")  # bytes/s
 DEFAULT_SPEED_WINDOW = 60.0  # seconds over which min_speed is measured
 
 

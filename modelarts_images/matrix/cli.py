@@ -31,10 +31,10 @@ def nox_cells(versions_file: Path | None = None) -> list[tuple[str, list[str]]]:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The matrix's options: the settings declared for it (declared.MATRIX_FLAGS), with their help."""
+    """The matrix's options: the settings declared for it (declared.MATRIX.flags), with their help."""
     p = argparse.ArgumentParser(prog="nox -s matrix --",
                                 description="Fetch, build, verify (and push) every image of a versions file.")
-    for setting in declared.flags_of(declared.MATRIX_FLAGS, "matrix"):
+    for setting in declared.flags_of(declared.MATRIX.flags, "matrix"):
         shown = argparse.SUPPRESS if setting.hidden else setting.help_in("matrix")
         if setting.takes is declared.Takes.SWITCH:
             p.add_argument(str(setting.flag), dest=setting.parameter, action="store_true", help=shown)
@@ -51,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
 def _flags(args: argparse.Namespace) -> Flags:
     """The matrix's flags that fill Flags (it selects its cells itself: --only is not a selection of tasks)."""
     return Flags(**{str(setting.fills): getattr(args, str(setting.parameter))
-                    for setting in declared.flags_of(declared.MATRIX_FLAGS, "matrix")
+                    for setting in declared.flags_of(declared.MATRIX.flags, "matrix")
                     if setting.fills and setting.name != "only"})
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelarts_images import pipeline
+from modelarts_images import declared, pipeline
 from modelarts_images.declared import StepName
 from modelarts_images.engine.api import Engine, RegistryLogin
 from modelarts_images.errors import ConfigError, ModelArtsImagesError, VerifyError
@@ -137,11 +137,10 @@ class Runner:
 
     def _run_cell(self, cell: _Cell, last: CellRecord | None) -> None:
         matrix = self.matrix
-        steps = [StepName.CHECK_BASES, StepName.FETCH, StepName.BUILD, StepName.VERIFY, StepName.MANIFEST]
-        if matrix.asks_registry and not matrix.rerun:
-            steps.append(StepName.REGISTRY)
-        if matrix.push:
-            steps += [StepName.PUSH, StepName.TRAINING_JOB]
+        left_out = {StepName.REGISTRY} if not matrix.asks_registry or matrix.rerun else set()
+        if not matrix.push:
+            left_out |= {StepName.PUSH, StepName.TRAINING_JOB}
+        steps = [step for step in declared.MATRIX.steps if step not in left_out]
         run = pipeline.Run(options=self.options, images=(cell.image,), connect=lambda error: self._engine(),
                            show=lambda step, item: self._show(cell, last, step, item), inputs=self._inputs,
                            cache=self._registry_cache, credentials=self._credentials, flavor_id=matrix.flavor_id)

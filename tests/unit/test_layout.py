@@ -61,6 +61,18 @@ def test_stages_do_not_import_the_front_ends_or_each_others_steps() -> None:
                                             "modelarts_images.pipeline")), f"{module} imports {imported}"
 
 
+# The front ends' modules that run the pipeline: they name its steps and call pipeline.execute(), and reach the
+# stages through nothing else (matrix/cells.py and report.py hold and render the records the steps give).
+RUNNERS = (ROOT / "tasks.py", PACKAGE / "matrix" / "cli.py", PACKAGE / "matrix" / "runner.py")
+
+
+@pytest.mark.parametrize("path", RUNNERS, ids=lambda path: path.name)
+def test_the_front_ends_import_no_stage_module(path: Path) -> None:
+    stages = tuple(f"modelarts_images.{stage}" for stage in STAGES)
+    for imported in imports(path, top_level_only=False):
+        assert not imported.startswith(stages), f"{path.relative_to(ROOT)} imports {imported}: run it as a step"
+
+
 def test_the_edges_import_no_stage_but_the_configuration() -> None:
     """http/ and engine/ serve the stages: they may read the configuration (wheel names, the stack's rules),
     never a stage's own work, or the stages would form a cycle through them."""
