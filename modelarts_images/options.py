@@ -19,7 +19,7 @@ from modelarts_images import declared
 from modelarts_images.config import settings
 from modelarts_images.declared import DeviceChoice
 
-__all__ = ["HELP", "BuildOptions", "Device", "DeviceChoice", "FetchOptions", "Flags", "Options", "PushOptions",
+__all__ = ["BuildOptions", "Device", "DeviceChoice", "FetchOptions", "Flags", "Options", "PushOptions",
            "Selection", "VerifyOptions", "resolve"]
 from modelarts_images.config.versions import split_ids, suggest
 from modelarts_images.contract import VERIFY_TIMEOUT_S
@@ -37,11 +37,6 @@ class Device(Choice):
 
     CPU = "cpu"
     GPU = "gpu"
-
-
-# One help text per flag, for both front ends (invoke's help= and the matrix's argparse), keyed by the flag's
-# parameter name.
-HELP = {setting.parameter: setting.help for setting in declared.SETTINGS if setting.parameter}
 
 
 class Flags(declared.Values):

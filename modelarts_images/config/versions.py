@@ -170,7 +170,8 @@ def parse_yaml(path: Path) -> object:
     """Read a YAML file, turning every way that can fail into a ConfigError naming the file."""
     document = yamlio.read(path, loader=_StrictLoader)
     if document is None:
-        raise ConfigError(f"{path.name}: the file is empty; it needs an 'images:' list (see the README)")
+        raise ConfigError(f"{path.name}: the file is empty; it needs an 'images:' list "
+                          "(see docs/reference/versions-file.md)")
     return document
 
 

@@ -173,7 +173,8 @@ def resolve_credentials(
 
 def missing_login_hint(registry: str, *, region: str | None = None, project: str | None = None) -> str:
     """What to set when a registry wants a login and none was found."""
-    return f"set {' or '.join(credential_sources(registry, region=region, project=project))} (see README: Login)"
+    sources = " or ".join(credential_sources(registry, region=region, project=project))
+    return f"set {sources} (see docs/guide/push.md: Credentials)"
 
 
 # --------------------------------------------------------------------------------------------------------------
