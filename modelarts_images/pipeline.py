@@ -271,11 +271,13 @@ class Run:
     pushed: tuple[publisher.PushRecord, ...] = ()
     training_jobs: tuple[TrainingJob, ...] = ()
     stopped_at: StepName | None = None  # the step whose `show` raised Stop
+    running: Step | None = field(default=None, repr=False)  # set by execute()
     _engines: dict[str, Engine] = field(default_factory=dict, repr=False)
 
-    def engine(self, error: type[ModelArtsImagesError]) -> Engine:
+    def engine(self) -> Engine:
+        """The engine, connected when a step first needs it: no engine is that step's error."""
         if "engine" not in self._engines:
-            self._engines["engine"] = self.connect(error)
+            self._engines["engine"] = self.connect(self.running.error if self.running else ModelArtsImagesError)
         return self._engines["engine"]
 
     def image_inputs(self, fetched: FetchedImage) -> Mapping[str, str]:
@@ -293,7 +295,7 @@ class Step:
     body: Callable[[Run], tuple[Any, ...] | None]  # what it gives, or None
     needs: tuple[str, ...]  # the Run fields it reads
     gives: str | None  # the Run field its result fills
-    error: type[ModelArtsImagesError]  # its stage's error: the exit code when it fails
+    error: type[ModelArtsImagesError]  # its stage's error (the exit code): a failed engine or write becomes it
     text: Callable[[Any], str] | None = None  # how a front end prints each thing it finished
 
 
@@ -322,7 +324,7 @@ def _in_registry(run: Run) -> tuple[InRegistry, ...]:
 
 
 def _check_bases(run: Run) -> None:
-    check_bases_step(run.images, run.options.build, run.engine(BuildError))
+    check_bases_step(run.images, run.options.build, run.engine())
 
 
 def _fetch(run: Run) -> tuple[FetchedImage, ...]:
@@ -333,7 +335,7 @@ def _fetch(run: Run) -> tuple[FetchedImage, ...]:
 
 
 def _build(run: Run) -> tuple[BuildResult, ...]:
-    engine = run.engine(BuildError)
+    engine = run.engine()
     return _each(run, StepName.BUILD, (
         build_step(item, run.options.build, engine, inputs=run.image_inputs(item), cache=run.cache(item.image))
         for item in run.fetched))
@@ -342,24 +344,24 @@ def _build(run: Run) -> tuple[BuildResult, ...]:
 def _verify(run: Run) -> tuple[Verified, ...]:
     check_writable(run.options.verify.reports_dir,  # before any run
                    set_by="--reports, or modelarts.reports_dir in invoke.yaml")
-    engine = run.engine(VerifyError)
+    engine = run.engine()
     return _each(run, StepName.VERIFY, (verify_step(image, run.options.verify, engine, reference=run.reference)
                                         for image in run.images))
 
 
 def _manifest(run: Run) -> tuple[Manifest, ...]:
-    engine = run.engine(VerifyError)
+    engine = run.engine()
     return _each(run, StepName.MANIFEST, (manifest_step(image, run.options.verify, engine) for image in run.images))
 
 
 def _login(run: Run) -> tuple[tuple[str, publisher.LoginResult], ...]:
     hosts = run.registries or tuple(sorted({image.registry for image in run.images}))
-    engine = run.engine(RegistryError)
+    engine = run.engine()
     return _each(run, StepName.LOGIN, ((host, login_step(host, run.options.push, engine, run.env)) for host in hosts))
 
 
 def _push(run: Run) -> tuple[publisher.PushRecord, ...]:
-    engine = run.engine(RegistryError)
+    engine = run.engine()
     with run.progress(StepName.PUSH) as progress:
         records = tuple(push_step(run.images, run.options.push, engine, run.env, progress=progress))
     run.show(StepName.PUSH, records)
@@ -367,11 +369,11 @@ def _push(run: Run) -> tuple[publisher.PushRecord, ...]:
 
 
 def _training_jobs(run: Run) -> tuple[TrainingJob, ...]:
-    images = {image.reference: image for image in run.images}
+    images = {image.id: image for image in run.images}
     return _each(run, StepName.TRAINING_JOB, (
-        TrainingJob(image=images[record.reference], body=training_job_step(
-            images[record.reference], record.digest, flavor_id=run.flavor_id, reports_dir=run.options.reports_dir))
-        for record in run.pushed if record.digest and record.reference in images))
+        TrainingJob(image=images[record.id], body=training_job_step(
+            images[record.id], record.digest, flavor_id=run.flavor_id, reports_dir=run.options.reports_dir))
+        for record in run.pushed if record.digest))
 
 
 def _say_pushed(records: Sequence[publisher.PushRecord]) -> str:
@@ -419,13 +421,15 @@ def execute(names: Iterable[StepName], run: Run, *, timed: Callable[[StepName, f
         given.update((step.gives,) if step.gives else ())
     for step in selected:
         run.starting(step.name)
-        started = time.monotonic()
+        run.running, started = step, time.monotonic()
         try:
-            result = step.body(run)
+            with stage(step.error):
+                result = step.body(run)
         except Stop:
             run.stopped_at = step.name
             return run
         finally:
+            run.running = None
             if timed is not None:
                 timed(step.name, time.monotonic() - started)
         if step.gives is not None:

@@ -14,7 +14,7 @@ from invoke.collection import Collection
 from modelarts_images import declared, pipeline
 from modelarts_images.config import settings
 from modelarts_images.declared import StepName
-from modelarts_images.errors import ConfigError
+from modelarts_images.errors import ConfigError, ModelArtsImagesError
 from modelarts_images.matrix import cli
 from modelarts_images.options import Flags, resolve
 from tests.conftest import ROOT
@@ -247,3 +247,14 @@ def test_a_front_end_ends_a_run_with_stop(monkeypatch: pytest.MonkeyPatch, tmp_p
     pipeline.execute([StepName.REGISTRY, StepName.CHECK_BASES], run, timed=lambda step, seconds: timed.append(step))
     assert run.stopped_at is StepName.REGISTRY and timed == [StepName.REGISTRY]
     assert run.in_registry == ()  # what the stopped step would have given is not kept
+
+
+@pytest.mark.parametrize(("step", "code"), [(StepName.CHECK_BASES, 4), (StepName.VERIFY, 5), (StepName.LOGIN, 6)])
+def test_no_engine_is_the_error_of_the_step_that_needed_one(step: StepName, code: int, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    run = pipeline.Run(options=resolve(None, Flags(verify_reports=str(tmp_path / "v")), root=tmp_path),
+                       images=(entry(),))
+    with pytest.raises(ModelArtsImagesError) as caught:
+        pipeline.execute([step], run)
+    assert caught.value.exit_code == code and "no Docker Engine answers" in str(caught.value)
