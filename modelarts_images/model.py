@@ -15,6 +15,9 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 # earliest a zip (a wheel) can hold, so files taken from the image can be packed again.
 DEFAULT_SOURCE_DATE_EPOCH = 315_532_800
 MAX_NAME_BYTES = 255  # what ext4, xfs and tmpfs allow for one file name
+CPU = "cpu"  # versions.yaml's `cuda` for the CPU build, and that build's name wherever it is named
+_CUDA = "cuda"
+_BUILD_TAG = re.compile(r"cpu|cu\d+")  # what Accelerator.tag spells: PyTorch's local labels of its builds
 
 
 def sha256_problem(value: object) -> str | None:
@@ -34,6 +37,55 @@ def filename_problem(name: str) -> str | None:
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:
         return f"{name[:40]!r}... is longer than the {MAX_NAME_BYTES} bytes a file name may have"
     return None
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """What an image's PyTorch is built for: the CPU, or one CUDA release. CUDA releases are an open set (what
+    versions.yaml and the compatibility table name), so this is a value rather than an Enum; every spelling of a
+    build ('cpu', 'cu121', 'cuda12', 'cuda12.1') is derived here and nowhere else."""
+
+    cuda: str | None = None  # the CUDA release, e.g. "12.1"; None: the CPU build
+
+    @classmethod
+    def of(cls, cuda: str) -> Accelerator:
+        """From versions.yaml's `cuda` value: "cpu" or a CUDA release ("12.1")."""
+        return cls(None if cuda == CPU else cuda)
+
+    @staticmethod
+    def is_tag(label: str) -> bool:
+        """Whether a wheel's local label ('cpu', 'cu121') names a build, as `tag` spells them."""
+        return _BUILD_TAG.fullmatch(label) is not None
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.cuda is None
+
+    @property
+    def tag(self) -> str:
+        """PyTorch's name for the wheel build (its index's directory, its wheels' local label): 'cpu' or 'cu' and
+        the CUDA digits ('cu121')."""
+        return CPU if self.cuda is None else "cu" + self.cuda.replace(".", "")
+
+    @property
+    def cell_tag(self) -> str:
+        """The matrix cell's tag (nox's -t, invoke.yaml's ci_runners): 'cpu', or 'cuda' and the CUDA major."""
+        return CPU if self.cuda is None else _CUDA + self.cuda.split(".")[0]
+
+    @property
+    def label(self) -> str:
+        """What a derived image tag ends with: 'cpu', or 'cuda' and the release ('cuda12.1')."""
+        return CPU if self.cuda is None else _CUDA + self.cuda
+
+    @property
+    def runtime(self) -> str:
+        """The Dockerfile's runtime stage (GPU_RUNTIME): 'cpu' or 'cuda'."""
+        return CPU if self.cuda is None else _CUDA
+
+    @property
+    def described(self) -> str:
+        """For messages: 'the CPU build' or 'CUDA 12.1'."""
+        return "the CPU build" if self.cuda is None else f"CUDA {self.cuda}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,13 +154,17 @@ class ImageSpec:
         return f"{self.registry}/{self.organization}/{self.repository}:{self.tag}"
 
     @property
+    def accelerator(self) -> Accelerator:
+        return Accelerator.of(self.cuda)
+
+    @property
     def is_cpu(self) -> bool:
-        return self.cuda == "cpu"
+        return self.accelerator.is_cpu
 
     @property
     def variant(self) -> str:
         """PyTorch's name for the wheel build: 'cpu' or 'cu' + the CUDA digits ('cu102')."""
-        return "cpu" if self.is_cpu else "cu" + self.cuda.replace(".", "")
+        return self.accelerator.tag
 
     @property
     def packages(self) -> tuple[tuple[str, str], ...]:

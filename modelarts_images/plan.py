@@ -65,7 +65,7 @@ def build_args(image: ImageSpec, *, base_image: str | None = None, hermetic: boo
         ("SOURCE_DATE_EPOCH", str(source_date_epoch)),
         ("APT_MIRROR", image.apt_mirror),
         # CUDA wheels carry their own CUDA runtime; the variables tell the NVIDIA runtime to mount the driver.
-        ("GPU_RUNTIME", "cpu" if image.is_cpu else "cuda"),
+        ("GPU_RUNTIME", image.accelerator.runtime),
     ]
     if hermetic is not None:
         args.append(("HERMETIC", "1" if hermetic else "0"))

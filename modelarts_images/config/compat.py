@@ -13,6 +13,7 @@ from importlib import resources
 from typing import Literal
 
 from modelarts_images.errors import ConfigError
+from modelarts_images.model import CPU, Accelerator
 from modelarts_images.shared import yamlio
 
 TABLE_RESOURCE = "compat.yaml"
@@ -30,6 +31,11 @@ class Release:
     index: Literal["flat", "simple"]
     torchaudio_also: tuple[str, ...] = ()  # documented to work too, but not on the PyTorch index (PyPI only)
     source: str = ""  # where these facts were checked
+
+    @property
+    def accelerators(self) -> tuple[Accelerator, ...]:
+        """The builds published for this torch: the CPU one, then one for each CUDA release."""
+        return (Accelerator(), *(Accelerator(cuda) for cuda in self.cuda))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,8 +115,8 @@ def check(
                 message=f"torch {torch} has no wheels for Python {python} (available: {span(release.python)})",
             )
         )
-    if cuda != "cpu" and cuda not in release.cuda:
-        available = ", ".join([*sorted(release.cuda, key=version_key), "cpu"])
+    if Accelerator.of(cuda) not in release.accelerators:
+        available = ", ".join([*sorted(release.cuda, key=version_key), CPU])
         problems.append(
             Problem(
                 key="cuda",

@@ -21,7 +21,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 from modelarts_images.config.wheels import TORCH_FAMILY
-from modelarts_images.model import Requirement, Stack, sha256_problem
+from modelarts_images.model import Accelerator, Requirement, Stack, sha256_problem
 from modelarts_images.shared import redact
 
 Where = tuple[str | int, ...]
@@ -186,7 +186,7 @@ def _torch_problems(requirements: Iterable[tuple[Requirement, Where]], entry: Ma
     that needs another through a dependency is refused when the stack is resolved."""
     problems: Problems = []
     cuda = str(entry.get("cuda", ""))
-    variant = "cpu" if cuda == "cpu" else "cu" + cuda.replace(".", "")
+    variant = Accelerator.of(cuda).tag
     for requirement, where in requirements:
         if requirement.name not in TORCH_FAMILY:
             continue

@@ -10,6 +10,8 @@ from typing import Any
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import BuildTag, InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
+from modelarts_images.model import Accelerator
+
 TORCH_FAMILY = ("torch", "torchvision", "torchaudio")
 # The architecture images are built for; a parameter below so that aarch64 images need no new parsing.
 IMAGE_ARCH = "x86_64"
@@ -128,8 +130,8 @@ def _torch_problem(filename: str, wheel: WheelName, *, cuda: str, versions: Mapp
     wanted = versions.get(wheel.distribution)
     if wanted is not None and wheel.version != wanted:
         return f"'{filename}' is {wheel.distribution} {wheel.version}, but {wheel.distribution}: {wanted} is set"
-    variant = "cpu" if cuda == "cpu" else "cu" + cuda.replace(".", "")
-    built_for = wheel.local if wheel.local and re.fullmatch(r"cpu|cu\d+", wheel.local) else None
+    variant = Accelerator.of(cuda).tag
+    built_for = wheel.local if wheel.local and Accelerator.is_tag(wheel.local) else None
     if built_for is not None and built_for != variant:
         return f"'{filename}' is built for {built_for}, but the image's cuda is {cuda} ({variant})"
     return None

@@ -17,7 +17,7 @@ from modelarts_images.config.wheels import (
     wheel_problem,
 )
 from modelarts_images.errors import FetchError
-from modelarts_images.model import Artifact, ImageSpec, sha256_problem
+from modelarts_images.model import Accelerator, Artifact, ImageSpec, sha256_problem
 from modelarts_images.shared import redact
 
 
@@ -123,8 +123,8 @@ def _what_the_page_has(links: list[Link], *, package: str, version: str, image: 
     pythons = offered_pythons(links, package=package, version=version, variant=image.variant)
     release = compat.load_table().get(image.torch) if package == "torch" else None
     if pythons == ():
-        listed = release is not None and (image.is_cpu or image.cuda in release.cuda)
-        claim = (f"; {TABLE} lists {'the CPU build' if image.is_cpu else f'CUDA {image.cuda}'} for torch "
+        listed = release is not None and image.accelerator in release.accelerators
+        claim = (f"; {TABLE} lists {image.accelerator.described} for torch "
                  f"{image.torch}: if this index is PyTorch's own, that entry of the table is wrong (please report "
                  "it)") if listed else ""
         return f"; the page has no {package} {version} wheel for {image.variant} at all{claim}"
@@ -149,9 +149,9 @@ def table_mismatches(links: list[Link], *, version: str, image: ImageSpec) -> li
     if extra:
         notes.append(f"the index has torch {version} wheels for Python {', '.join(extra)} ({image.variant}) too, "
                      f"which {TABLE} does not list for it")
-    listed = {"cpu", *("cu" + cuda.replace(".", "") for cuda in release.cuda)}
+    listed = {accelerator.tag for accelerator in release.accelerators}
     variants = [variant for variant in offered_variants(links, package="torch", version=version)
-                if variant not in listed and re.fullmatch(r"cu\d+", variant)]
+                if variant not in listed and Accelerator.is_tag(variant)]
     if variants:
         notes.append(f"the index has torch {version} wheels for {', '.join(variants)} too, which {TABLE} does not "
                      "list for it")

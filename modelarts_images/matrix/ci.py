@@ -31,7 +31,7 @@ GITHUB_DEFAULT_RUNNER = ("ubuntu-latest",)
 
 def cell_tags(image: ImageSpec) -> list[str]:
     """`cpu`, or `cudaNN` by the CUDA major: what nox's -t and the runner mapping take."""
-    return ["cpu" if image.is_cpu else f"cuda{image.cuda.split('.')[0]}"]
+    return [image.accelerator.cell_tag]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -28,7 +28,7 @@ Both run at the same time, beside the verification's own runs, at the lowest CPU
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -36,6 +36,7 @@ from modelarts_images.contract import DEFAULT_USER, IMAGE_SIZE_BUDGET, VERIFY_TI
 from modelarts_images.engine.api import ContainerOutput, ContainerRun, Engine, ImageConfig
 from modelarts_images.errors import EngineError, VerifyError
 from modelarts_images.shared import text
+from modelarts_images.shared.choices import Choice
 from modelarts_images.verify.checks import CheckOutcome
 from modelarts_images.verify.probes import CONFORMANCE_FACTS, probe_source, tagged_json
 from modelarts_images.verify.result import VerificationResult
@@ -202,8 +203,66 @@ def _names(paths: Sequence[str], limit: int = 8) -> str:
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
-def check_user(probe: ProbeFacts, expected: RunUser = DEFAULT_USER) -> CheckOutcome:
-    name = "ma-user"
+class Rule(Choice):
+    """The rules, in the order they are reported (the module's docstring says what each asks)."""
+
+    MA_USER = "ma-user"
+    BOOT_PYTHON = "boot-python"
+    DEFAULT_USER = "default-user"
+    SETUID_SETGID = "setuid-setgid"
+    CREDENTIALS = "credentials"
+    IMAGE_SIZE = "image-size"
+    CONDA_CHANNEL = "conda-channel"
+
+
+class WithoutProbe(Choice):
+    """What a rule judged on the probe's facts reports when the probe did not run."""
+
+    NOT_NEEDED = "not-needed"  # judged on other facts
+    FAILS = "fails"  # a failure that names why the probe did not run
+    LEFT_OUT = "left-out"  # not reported: a warning-only rule cannot say anything without the facts
+
+
+@dataclass(frozen=True, kw_only=True)
+class Evidence:
+    """What every rule is judged on: the gathered facts, how the boot python started, and the entry's settings."""
+
+    facts: ImageFacts
+    boot: BootFacts
+    size_budget: int | None
+    user: RunUser
+
+    @property
+    def probe(self) -> ProbeFacts:
+        """The probe's facts, for rules that declare they need them (evaluate() judges those only when present)."""
+        if self.facts.probe is None:
+            raise LookupError("a rule that needs the probe's facts was judged without them")
+        return self.facts.probe
+
+
+@dataclass(frozen=True, kw_only=True)
+class Registered:
+    judge: Callable[[Evidence], CheckOutcome]
+    without_probe: WithoutProbe
+
+
+RULES: dict[Rule, Registered] = {}
+
+
+def rule(name: Rule, *, without_probe: WithoutProbe = WithoutProbe.NOT_NEEDED,
+         ) -> Callable[[Callable[[Evidence], CheckOutcome]], Callable[[Evidence], CheckOutcome]]:
+    """Register a rule's judge: evaluate() runs every registered rule, in Rule's order."""
+    def register(judge: Callable[[Evidence], CheckOutcome]) -> Callable[[Evidence], CheckOutcome]:
+        if name in RULES:
+            raise ValueError(f"conformance rule {name} is registered twice")
+        RULES[name] = Registered(judge=judge, without_probe=without_probe)
+        return judge
+    return register
+
+
+@rule(Rule.MA_USER, without_probe=WithoutProbe.FAILS)
+def check_user(evidence: Evidence) -> CheckOutcome:
+    name, expected, probe = Rule.MA_USER, evidence.user, evidence.probe
     user = probe.user
     if user is None:
         return CheckOutcome(name=name, ok=False, detail=f"no user {expected.name} in /etc/passwd")
@@ -227,17 +286,25 @@ def check_user(probe: ProbeFacts, expected: RunUser = DEFAULT_USER) -> CheckOutc
                                                    f"home {expected.home} owned by {expected.uid}")
 
 
-def check_default_user(config_user: str, expected: RunUser = DEFAULT_USER) -> CheckOutcome:
+@rule(Rule.BOOT_PYTHON)
+def check_boot_python(evidence: Evidence) -> CheckOutcome:
+    return CheckOutcome(name=Rule.BOOT_PYTHON, ok=evidence.boot.ok, detail=evidence.boot.detail)
+
+
+@rule(Rule.DEFAULT_USER)
+def check_default_user(evidence: Evidence) -> CheckOutcome:
+    config_user = evidence.facts.config_user
     if _is_root(config_user):
         shown = repr(config_user) if config_user else "not set (root)"
-        return CheckOutcome(name="default-user", ok=False,
+        return CheckOutcome(name=Rule.DEFAULT_USER, ok=False,
                             detail=f"the image runs as root by default: User is {shown}; end the Dockerfile with "
-                                   f"USER {expected.name}")
-    return CheckOutcome(name="default-user", ok=True, detail=f"User {config_user} (not root)")
+                                   f"USER {evidence.user.name}")
+    return CheckOutcome(name=Rule.DEFAULT_USER, ok=True, detail=f"User {config_user} (not root)")
 
 
-def check_setuid(facts: ImageFacts) -> CheckOutcome:
-    name = "setuid-setgid"
+@rule(Rule.SETUID_SETGID)
+def check_setuid(evidence: Evidence) -> CheckOutcome:
+    name, facts = Rule.SETUID_SETGID, evidence.facts
     if facts.setuid_files is None:
         return CheckOutcome(name=name, ok=False, detail=f"could not list them: {facts.setuid_error}")
     if facts.base_setuid_files is None:
@@ -255,73 +322,71 @@ def check_setuid(facts: ImageFacts) -> CheckOutcome:
                                f"{facts.base_image}")
 
 
-def check_credentials(probe: ProbeFacts) -> CheckOutcome:
+@rule(Rule.CREDENTIALS, without_probe=WithoutProbe.FAILS)
+def check_credentials(evidence: Evidence) -> CheckOutcome:
     found = []
-    for item in probe.credential_files:
+    for item in evidence.probe.credential_files:
         if item.kind in ("netrc", "git-credentials", "docker-config"):
             found.append(f"{item.path} ({item.kind})")
         elif item.has_password or item.has_url_credentials:
             why = "a password" if item.has_password else "a URL with user:password@"
             found.append(f"{item.path} ({item.kind} with {why})")
     if found:
-        return CheckOutcome(name="credentials", ok=False, detail="credential files in the image: " + "; ".join(found))
-    clean = [item.path for item in probe.credential_files]
-    return CheckOutcome(name="credentials", ok=True,
+        return CheckOutcome(name=Rule.CREDENTIALS, ok=False,
+                            detail="credential files in the image: " + "; ".join(found))
+    clean = [item.path for item in evidence.probe.credential_files]
+    return CheckOutcome(name=Rule.CREDENTIALS, ok=True,
                         detail="no credential files" + (f" ({_names(clean)} hold none)" if clean else ""))
 
 
-def check_size(size: int, budget: int | None) -> CheckOutcome:
+@rule(Rule.IMAGE_SIZE)
+def check_size(evidence: Evidence) -> CheckOutcome:
     """Over a budget the user set (--size-budget): a failure. Over the default one: a warning, since only
     ModelArts' legacy pages state that limit (see contract.IMAGE_SIZE_BUDGET)."""
+    size, budget = evidence.facts.size, evidence.size_budget
     limit = IMAGE_SIZE_BUDGET if budget is None else budget
     whose = "the --size-budget of" if budget is not None else "the default budget of"
     if size > limit:
         why = "" if budget is not None else (" (the 9.5 GB limit of ModelArts' legacy custom-image pages; the "
                                              "current pages state none: set --size-budget to make this a failure)")
-        return CheckOutcome(name="image-size", ok=False, warning=budget is None,
+        return CheckOutcome(name=Rule.IMAGE_SIZE, ok=False, warning=budget is None,
                             detail=f"{_gb(size)} uncompressed, over {whose} {_gb(limit)}{why}")
-    return CheckOutcome(name="image-size", ok=True, detail=f"{_gb(size)} uncompressed, {whose} {_gb(limit)}")
+    return CheckOutcome(name=Rule.IMAGE_SIZE, ok=True, detail=f"{_gb(size)} uncompressed, {whose} {_gb(limit)}")
 
 
-def check_conda_channels(probe: ProbeFacts, user: RunUser = DEFAULT_USER) -> CheckOutcome:
-    name = "conda-channel"
-    if probe.conda_packages is None:
+@rule(Rule.CONDA_CHANNEL, without_probe=WithoutProbe.LEFT_OUT)
+def check_conda_channels(evidence: Evidence) -> CheckOutcome:
+    name, packages = Rule.CONDA_CHANNEL, evidence.probe.conda_packages
+    if packages is None:
         return CheckOutcome(name=name, ok=True, skipped=True,
-                            detail=f"no conda metadata ({user.conda_prefix}/conda-meta is absent: not a conda "
-                                   "installation), nothing to check")
-    paid = [package for package in probe.conda_packages if is_defaults_channel(package.channel)]
+                            detail=f"no conda metadata ({evidence.user.conda_prefix}/conda-meta is absent: not a "
+                                   "conda installation), nothing to check")
+    paid = [package for package in packages if is_defaults_channel(package.channel)]
     if paid:
         channels = sorted({package.channel for package in paid})
         return CheckOutcome(
             name=name, ok=False, warning=True,
-            detail=f"{len(paid)} of {len(probe.conda_packages)} conda packages come from Anaconda's `defaults` "
+            detail=f"{len(paid)} of {len(packages)} conda packages come from Anaconda's `defaults` "
                    f"channel ({_names(channels, 3)}): {_names([package.name for package in paid])}. Anaconda's "
                    "terms make that channel paid for larger organisations; a Miniforge installer (conda-forge) "
                    "avoids it")
     return CheckOutcome(name=name, ok=True,
-                        detail=f"{len(probe.conda_packages)} conda packages, none from Anaconda's `defaults` channel")
+                        detail=f"{len(packages)} conda packages, none from Anaconda's `defaults` channel")
 
 
 def evaluate(facts: ImageFacts, *, boot: BootFacts, size_budget: int | None = None, user: RunUser = DEFAULT_USER,
              ) -> list[CheckOutcome]:
-    """Every rule, judged on the gathered facts and on how the boot command's python started (judge_boot), for
-    the entry's `user`."""
+    """Every registered rule, in Rule's order, judged on the gathered facts and on how the boot command's python
+    started (judge_boot), for the entry's `user`."""
+    evidence = Evidence(facts=facts, boot=boot, size_budget=size_budget, user=user)
     outcomes: list[CheckOutcome] = []
-    if facts.probe is None:
-        why = f"the probe did not run: {facts.probe_error}"
-        outcomes += [CheckOutcome(name=name, ok=False, detail=why) for name in ("ma-user", "credentials")]
-    else:
-        outcomes.append(check_user(facts.probe, user))
-    outcomes.append(CheckOutcome(name="boot-python", ok=boot.ok, detail=boot.detail))
-    outcomes.append(check_default_user(facts.config_user, user))
-    outcomes.append(check_setuid(facts))
-    if facts.probe is not None:
-        outcomes.append(check_credentials(facts.probe))
-    outcomes.append(check_size(facts.size, size_budget))
-    if facts.probe is not None:
-        outcomes.append(check_conda_channels(facts.probe, user))
-    order = ("ma-user", "boot-python", "default-user", "setuid-setgid", "credentials", "image-size", "conda-channel")
-    return sorted(outcomes, key=lambda outcome: order.index(outcome.name) if outcome.name in order else len(order))
+    for name in Rule:
+        registered = RULES[name]
+        if facts.probe is not None or registered.without_probe is WithoutProbe.NOT_NEEDED:
+            outcomes.append(registered.judge(evidence))
+        elif registered.without_probe is WithoutProbe.FAILS:
+            outcomes.append(CheckOutcome(name=name, ok=False, detail=f"the probe did not run: {facts.probe_error}"))
+    return outcomes
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 
 from modelarts_images.config import versions as config
 from modelarts_images.errors import ConfigError
-from modelarts_images.model import Artifact
+from modelarts_images.model import Accelerator, Artifact
 from tests.conftest import INVOKE_FALLBACKS, ROOT
 
 TWO_IMAGES = """
@@ -213,3 +213,27 @@ def test_the_shipped_modelarts_preset_is_the_preset_it_names() -> None:
     preset = images["pytorch-2.1.0-cuda12.1"]
     assert (preset.torch, preset.cuda, preset.python, preset.base_image) == ("2.1.0", "12.1", "3.10", "ubuntu:22.04")
     assert "pytorch_2.1.0-cuda_12.1-py_3.10.6-ubuntu_22.04" in (ROOT / "versions.yaml").read_text()
+
+
+@pytest.mark.parametrize(("cuda", "tag", "cell_tag", "label", "runtime"), [
+    ("cpu", "cpu", "cpu", "cpu", "cpu"),
+    ("10.2", "cu102", "cuda10", "cuda10.2", "cuda"),
+    ("12.1", "cu121", "cuda12", "cuda12.1", "cuda"),
+    ("11.8", "cu118", "cuda11", "cuda11.8", "cuda"),
+])
+def test_every_spelling_of_a_build_comes_from_its_cuda_value(cuda: str, tag: str, cell_tag: str, label: str,
+                                                             runtime: str) -> None:
+    accelerator = Accelerator.of(cuda)
+    assert (accelerator.tag, accelerator.cell_tag, accelerator.label, accelerator.runtime) == (
+        tag, cell_tag, label, runtime)
+    assert accelerator.is_cpu is (cuda == "cpu") and Accelerator.is_tag(tag)
+
+
+@pytest.mark.parametrize("label", ["cpu", "cu121", "cu102"])
+def test_wheel_local_labels_that_name_a_build(label: str) -> None:
+    assert Accelerator.is_tag(label)
+
+
+@pytest.mark.parametrize("label", ["rocm6.1", "cuda12", "cu", "cpu.cxx11.abi", "xpu", ""])
+def test_wheel_local_labels_that_name_no_build(label: str) -> None:
+    assert not Accelerator.is_tag(label)

@@ -722,6 +722,14 @@ def test_a_probe_that_did_not_run_fails_its_rules() -> None:
     assert "conda-channel" not in outcomes
 
 
+def test_every_rule_is_registered_once_and_reported_in_its_order() -> None:
+    assert list(conformance.RULES) == list(conformance.Rule)
+    assert [outcome.name for outcome in conformance.evaluate(facts(), boot=GOOD_BOOT)] == list(conformance.Rule.names())
+    with pytest.raises(ValueError, match="conformance rule image-size is registered twice"):
+        conformance.rule(conformance.Rule.IMAGE_SIZE)(conformance.check_size)
+    assert conformance.RULES[conformance.Rule.IMAGE_SIZE].judge is conformance.check_size
+
+
 def test_parse_probe_rejects_garbage() -> None:
     with pytest.raises(VerifyError, match="MODELARTS_CONFORMANCE_FACTS"):
         conformance.parse_probe("Traceback ...\n")
