@@ -39,7 +39,7 @@ for case in cases:
               f"{reason.get('message', '') if reason is not None else ''}")
     else:
         passed += 1
-        # tests/conftest.py marks the tests that need the engine; the rest of tests/engine runs without one.
+        # tests/conftest.py records the tier of each test marked engine (every test under tests/engine needs one).
         engine_passed += any(prop.get("name") == "tier" and prop.get("value") == "engine"
                              for prop in case.iter("property"))
 print(f"ci: {passed} passed, {failed} failed, {skipped} skipped")

@@ -59,7 +59,7 @@ from modelarts_images.options import BuildOptions  # noqa: E402
 from modelarts_images.shared import redact  # noqa: E402
 from modelarts_images.shared.files import link_or_copy  # noqa: E402
 from modelarts_images.shared.text import size  # noqa: E402
-from tests.engine.conftest import (  # noqa: E402
+from tests.support.engine_tier import (  # noqa: E402
     STAND_IN_INSTALLER,
     TEST_BASE,
     TORCH_VERSION,

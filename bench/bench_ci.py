@@ -2,7 +2,7 @@
 
 The cell is the engine tests' (stand-in installer and the CPU torch 2.13.0 wheel, served on loopback, with the
 dependency wheels fetch resolves), on modelarts-test-base:bookworm plus a file naming the run (run_base in
-tests/engine/conftest.py: no cache record or layer of an earlier run can stand in), run through the matrix
+tests/support/engine_tier.py: no cache record or layer of an earlier run can stand in), run through the matrix
 (modelarts_images.matrix.runner) against a registry on 127.0.0.1:<free port> (scripts/registry-up.sh, htpasswd
 auth).
 
@@ -45,10 +45,10 @@ from modelarts_images.engine.adapter import connect  # noqa: E402
 from modelarts_images.matrix import runner  # noqa: E402
 from modelarts_images.matrix.cells import CellRecord, CellStatus  # noqa: E402
 from modelarts_images.options import Flags, resolve  # noqa: E402
-from tests.engine import conftest as engine_tests  # noqa: E402
-from tests.engine.conftest import fetch_with_stack, run_base  # noqa: E402
-from tests.engine.conftest_push import start_registry, stop_registry  # noqa: E402
+from tests.support import engine_tier as engine_tests  # noqa: E402
+from tests.support.engine_tier import fetch_with_stack, run_base  # noqa: E402
 from tests.support.http_server import serve  # noqa: E402
+from tests.support.registry import start_registry, stop_registry  # noqa: E402
 from tests.support.wheels import make_wheel  # noqa: E402
 
 GOALS = {"unchanged_s": 2.0, "changed_ratio": 0.5}

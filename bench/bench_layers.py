@@ -2,7 +2,7 @@
 verification takes against a bare `docker run`.
 
 The entry is the engine tests' (stand-in installer, the CPU torch 2.13.0 wheel and its dependency wheels from the
-host's index), on modelarts-test-base:bookworm plus a file naming the run (run_base in tests/engine/conftest.py: no
+host's index), on modelarts-test-base:bookworm plus a file naming the run (run_base in tests/support/engine_tier.py: no
 cache record of an earlier run can stand in for this one's), built through modelarts_images.build with each backend.
 
 1. Cold build, side by side, `--no-cache` for both: ours (context assembly included) against the original
@@ -56,9 +56,9 @@ from modelarts_images.model import FetchedImage  # noqa: E402
 from modelarts_images.options import BuildOptions, PushOptions  # noqa: E402
 from modelarts_images.publish import publisher  # noqa: E402
 from modelarts_images.shared.text import size  # noqa: E402
-from tests.engine import conftest as engine_tests  # noqa: E402
-from tests.engine.conftest import run_base  # noqa: E402
-from tests.engine.conftest_push import start_registry, stop_registry  # noqa: E402
+from tests.support import engine_tier as engine_tests  # noqa: E402
+from tests.support.engine_tier import run_base  # noqa: E402
+from tests.support.registry import start_registry, stop_registry  # noqa: E402
 
 GOALS = {"cold_build_ratio": 0.8, "rebuild_push_share": 0.05, "verify_ratio": 1.5}
 REPOSITORY = "modelarts-images-bench-layers"

@@ -17,8 +17,7 @@ from pathlib import Path
 import docker
 import yaml
 
-from tests.engine.conftest import ROOT, STAND_IN_INSTALLER, TEST_BASE, find_torch_wheel, remove_image
-from tests.engine.test_matrix import _entry
+from tests.support.engine_tier import ROOT, STAND_IN_INSTALLER, TEST_BASE, find_torch_wheel, remove_image, served_entry
 from tests.support.http_server import serve
 
 
@@ -37,7 +36,7 @@ def main() -> None:
     with serve() as server:
         good = (server.add("/files/stand-in-installer.sh", installer), installer)
         torch = (server.add("/files/" + wheel_path.name.replace("+", "%2B"), wheel), wheel)
-        cells = [_entry(f"cell-{n}", tag, TEST_BASE, good, torch) for n, tag in zip("ab", tags, strict=True)]
+        cells = [served_entry(f"cell-{n}", tag, TEST_BASE, good, torch) for n, tag in zip("ab", tags, strict=True)]
         versions.write_text(yaml.safe_dump({"images": cells}), "utf-8")
         try:
             started = time.perf_counter()

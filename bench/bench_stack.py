@@ -50,15 +50,15 @@ if str(ROOT) not in sys.path:
 
 from modelarts_images.build import context  # noqa: E402
 from modelarts_images.shared.text import size  # noqa: E402
-from tests.engine.conftest import (  # noqa: E402
+from tests.support.engine_tier import (  # noqa: E402
     STAND_IN_INSTALLER,
     TEST_BASE,
     TORCH_VERSION,
     find_torch_wheel,
     run_base,
 )
-from tests.engine.conftest_push import RunningRegistry, start_registry, stop_registry  # noqa: E402
 from tests.support.http_server import FileServer, serve  # noqa: E402
+from tests.support.registry import RunningRegistry, start_registry, stop_registry  # noqa: E402
 
 PACKAGES = ["einops==0.8.2", "six==1.17.0"]
 CHANGE = ("six==1.17.0", "six==1.16.0")  # the one pin changed between the cold build and the rebuild

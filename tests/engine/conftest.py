@@ -1,157 +1,73 @@
-"""Engine tier: a real Docker Engine, a real base image, a real torch wheel and its real dependency wheels.
+"""The engine tier's fixtures: a real Docker Engine, the test base image, a real torch wheel and its dependency
+wheels as fetch would leave them (tests/support/engine_tier.py), a real registry (tests/support/registry.py),
+and the verification's test images (tests/support/verify_images.py).
 
-What `inv fetch` would put in the cache is made here on the host (no container can reach an HTTPS index):
-
-- the installer is tests/fixtures/stand-in-installer.sh (a venv of the base's python3 instead of Miniconda);
-- the wheel is a CPU torch for Python 3.11 ($MODELARTS_IMAGES_TEST_TORCH_WHEEL, /opt/wheels, or downloaded
-  with the host's pip);
-- its dependency closure, and the install tool (uv) fetch would pin beside it, are downloaded once per session
-  with the host's pip.
-
-`stage_in_cache()` and `fetched_image()` are plain functions so benchmarks and other tests can make the same
-inputs. With no engine answering, the tests are skipped with the reason; MODELARTS_IMAGES_REQUIRE_ENGINE=1
-(set in CI) turns that skip into a failure. The torch image is built with the engine's cache (cold on a fresh
-CI machine); MODELARTS_IMAGES_TEST_NO_CACHE=1 rebuilds every step.
+With no engine answering, the tests are skipped with the reason; MODELARTS_IMAGES_REQUIRE_ENGINE=1 (set in CI)
+turns that skip into a failure. The torch image is built with the engine's cache (cold on a fresh CI machine);
+MODELARTS_IMAGES_TEST_NO_CACHE=1 rebuilds every step.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
-import io
 import os
+import secrets
 import shutil
-import subprocess
-import sys
-import tarfile
-import time
+import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+import docker
+import docker.errors
 import pytest
+import requests
 
-from modelarts_images import pipeline
-from modelarts_images.engine.adapter import DockerEngine, connect
+from modelarts_images.engine.adapter import DockerEngine, connect, endpoint
 from modelarts_images.errors import EngineError
-from modelarts_images.fetch.cache import sha256_of
-from modelarts_images.http.pip_resolver import INSTALL_TOOL
-from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
+from modelarts_images.model import FetchedImage
+from modelarts_images.options import VerifyOptions
+from tests.support.engine_tier import (
+    STAND_IN_INSTALLER,
+    TEST_BASE,
+    TORCH_VERSION,
+    download_closure,
+    download_tools,
+    fetched_image,
+    find_torch_wheel,
+    image_spec,
+    remove_image,
+    unavailable,
+)
+from tests.support.registry import FAST_BACKOFF, RunningRegistry, running_registry
+from tests.support.verify_images import (
+    GOOD_DOCKERFILE,
+    NO_TORCH_DOCKERFILE,
+    NONCONFORMING_DOCKERFILE,
+    REPOSITORY,
+    TIMEOUT,
+    build,
+    derived_image,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-TEST_BASE = "modelarts-test-base:bookworm"
-STAND_IN_INSTALLER = ROOT / "tests" / "fixtures" / "stand-in-installer.sh"
-TORCH_VERSION = "2.13.0"
-TORCH_WHEEL_NAME = "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
-TORCH_WHEEL_DIRS = (Path("/opt/wheels"),)
-REQUIRE_ENGINE = "MODELARTS_IMAGES_REQUIRE_ENGINE"
-# The image's platform for pip on the host: Python 3.11 on glibc 2.36 (Debian bookworm).
-# pip does not widen explicit --platform values, so every tag glibc 2.36 can load is listed.
-PLATFORMS = [*(f"manylinux_2_{minor}_x86_64" for minor in range(36, 4, -1)), "manylinux2014_x86_64",
-             "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64"]
-PIP_TARGET = ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none",
-              *(option for platform in PLATFORMS for option in ("--platform", platform)), "--only-binary=:all:"]
+# --------------------------------------------------------------------------------------------------------------
+# The tier's boundary
 
 
-def unavailable(reason: str) -> NoReturn:
-    """Skip with the reason, or fail with it when CI requires the engine tier to run."""
-    if os.environ.get(REQUIRE_ENGINE) == "1":
-        pytest.fail(f"{reason} ({REQUIRE_ENGINE}=1: the engine tier must run)", pytrace=False)
-    pytest.skip(reason)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test here reaches the engine (through `engine` or `push_engine`); one that does not belongs in
+    tests/unit, where it runs on machines without an engine too."""
+    here = Path(__file__).parent
+    strays = [item.nodeid for item in items if here in item.path.parents
+              and not {"engine", "push_engine"} & set(getattr(item, "fixturenames", ()))]
+    if strays:
+        raise pytest.UsageError("tests/engine holds tests that need no engine (move them to tests/unit): "
+                                + ", ".join(strays))
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Reusable helpers: artifacts as fetch leaves them
-
-
-def stage_in_cache(paths: Sequence[Path], cache_dir: Path, *, url_base: str = "https://example.invalid/") -> list[
-        FetchedFile]:
-    """Put files into a cache laid out like fetch's (blobs/sha256/<hex>, hardlinked when possible)."""
-    staged = []
-    for path in paths:
-        digest = sha256_of(path)
-        blob = cache_dir / "blobs" / "sha256" / digest
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        if not blob.exists():
-            try:
-                os.link(path, blob)
-            except OSError:
-                shutil.copyfile(path, blob)
-        staged.append(FetchedFile(filename=path.name, path=blob, url=url_base + path.name, sha256=digest))
-    return staged
-
-
-def image_spec(*, tag: str, image_id: str = "engine-test", repository: str = "modelarts-images-test",
-               base_image: str = TEST_BASE, pip_index: str = "", installer: str = STAND_IN_INSTALLER.name,
-               torch: str = TORCH_VERSION) -> ImageSpec:
-    return ImageSpec(
-        id=image_id, default=True, python="3.11", cuda="cpu", torch=torch, torchvision=None, torchaudio=None, tag=tag,
-        registry="localhost:5999", organization="engine-tests", repository=repository, base_image=base_image,
-        pip_index=pip_index, apt_mirror="http://repo.huaweicloud.com",
-        installer=Artifact(url="https://example.invalid/" + installer, sha256=None), wheels=(),
-    )
-
-
-def fetched_image(spec: ImageSpec, *, cache_dir: Path, installer: Path, wheels: Sequence[Path],
-                  closure: Sequence[Path] | None, tools: Sequence[Path] = ()) -> FetchedImage:
-    """The FetchedImage fetch would return for `spec` with these files in its cache."""
-    (staged_installer,) = stage_in_cache([installer], cache_dir)
-    return FetchedImage(
-        image=spec,
-        installer=staged_installer,
-        wheels=tuple(stage_in_cache(wheels, cache_dir)),
-        closure=None if closure is None else tuple(stage_in_cache(closure, cache_dir)),
-        tools=tuple(stage_in_cache(tools, cache_dir)),
-    )
-
-
-def find_torch_wheel(download_dir: Path) -> Path:
-    """The CPU torch wheel: $MODELARTS_IMAGES_TEST_TORCH_WHEEL, /opt/wheels, or `pip download` on the host."""
-    override = os.environ.get("MODELARTS_IMAGES_TEST_TORCH_WHEEL")
-    if override:
-        return Path(override)
-    for directory in TORCH_WHEEL_DIRS:
-        if (directory / TORCH_WHEEL_NAME).is_file():
-            return directory / TORCH_WHEEL_NAME
-    download_dir.mkdir(parents=True, exist_ok=True)
-    pip(["download", "--no-deps", *PIP_TARGET, "-d", str(download_dir), f"torch=={TORCH_VERSION}"])
-    found = sorted(download_dir.glob(f"torch-{TORCH_VERSION}*.whl"))
-    if not found:
-        unavailable(f"no torch {TORCH_VERSION} wheel for Python 3.11 in {TORCH_WHEEL_DIRS} or from the host's pip")
-    return found[0]
-
-
-def download_closure(wheels: Sequence[Path], dest: Path) -> list[Path]:
-    """The dependency wheels of `wheels` for the test image's Python and platform, without the wheels themselves."""
-    dest.mkdir(parents=True, exist_ok=True)
-    pip(["download", *PIP_TARGET, "-d", str(dest), *map(str, wheels)])
-    own = {wheel.name for wheel in wheels}
-    closure = []
-    for path in sorted(dest.glob("*.whl")):
-        if path.name in own:
-            path.unlink()  # pip copies the local wheels it was given
-        else:
-            closure.append(path)
-    return closure
-
-
-def download_tools(dest: Path) -> list[Path]:
-    """The install tool's wheel (pip_resolver.INSTALL_TOOL) for the test image's platform."""
-    pip(["download", "--no-deps", *PIP_TARGET, "-d", str(dest), INSTALL_TOOL])
-    return sorted(dest.glob("*.whl"))
-
-
-def pip(arguments: list[str]) -> None:
-    command = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet", *arguments]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        unavailable(f"the host's pip could not get the test wheels: {result.stderr.strip()[-500:]}")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Fixtures
+# The engine and the fetched test entry
 
 
 @pytest.fixture(scope="session")
@@ -224,56 +140,93 @@ def remove_images(docker_client: Any) -> Iterator[list[str]]:
         remove_image(docker_client, reference)
 
 
-def remove_image(client: Any, reference: str) -> None:
-    with contextlib.suppress(Exception):  # already gone, or never built
-        client.images.remove(reference, force=True)
+# --------------------------------------------------------------------------------------------------------------
+# Publishing: an engine with no stored logins, a registry
 
 
-def run_in(client: Any, image: str, script: str, *, user: str | None = None) -> tuple[int, str]:
-    """Run `bash -c script` in a new container of `image`; the container is removed whatever happens."""
-    container = client.containers.create(image, ["bash", "-c", script], user=user, detach=True)
+@pytest.fixture(scope="module")
+def push_engine() -> Iterator[DockerEngine]:
+    """The engine adapter over a client with an empty docker config (no stored logins: the variable stays set
+    while the module runs, so `stored_login` finds nothing either), fast registry retries, and the test base
+    image present."""
+    with pytest.MonkeyPatch.context() as patch, contextlib.ExitStack() as stack:
+        config_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="push-docker-config-")))
+        (config_dir / "config.json").write_text('{"auths": {}}', encoding="utf-8")
+        patch.setenv("DOCKER_CONFIG", str(config_dir))
+        try:
+            client = docker.from_env()
+            client.ping()
+        except (docker.errors.DockerException, requests.RequestException, OSError) as error:
+            unavailable(f"no Docker Engine answers: {error}")
+        try:
+            client.images.get(TEST_BASE)
+        except docker.errors.DockerException as error:
+            unavailable(f"base image {TEST_BASE} is missing ({error}); make it with scripts/test-base-image.sh")
+        engine = DockerEngine(client, endpoint=endpoint(), registry_backoff=FAST_BACKOFF)
+        yield engine
+        engine.close()
+
+
+@pytest.fixture(scope="module")
+def local_registry(push_engine: DockerEngine) -> Iterator[RunningRegistry]:
+    """A registry on 127.0.0.1:<free port>; user and password are fresh for each module run."""
+    with running_registry(f"tester-{uuid.uuid4().hex[:6]}", "pw-" + secrets.token_urlsafe(18)) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def push_run() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def local_tags(push_engine: DockerEngine) -> Iterator[list[str]]:
+    """References appended here are untagged (and their images removed when nothing else names them)."""
+    made: list[str] = []
+    yield made
+    for reference in made:
+        with contextlib.suppress(docker.errors.DockerException):
+            push_engine.client.images.remove(reference)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Verification: the test images
+
+
+@pytest.fixture(scope="session")
+def good_image(docker_client: Any, test_base: str, run_id: str, torch_wheel: Path, torch_closure: list[Path],
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The well-formed test image (reference), built once per session and removed at the end."""
+    context_dir = tmp_path_factory.mktemp("verify-good")
+    wheels = context_dir / "wheels"
+    wheels.mkdir()
+    for wheel in [torch_wheel, *torch_closure]:
+        try:
+            os.link(wheel, wheels / wheel.name)
+        except OSError:
+            shutil.copyfile(wheel, wheels / wheel.name)
+    tag = f"{REPOSITORY}:good-{run_id}"
     try:
-        container.start()
-        status = container.wait(timeout=300)["StatusCode"]
-        return int(status), container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
+        yield build(docker_client, context_dir, GOOD_DOCKERFILE, tag, {"BASE": test_base})
     finally:
-        container.remove(force=True)
+        remove_image(docker_client, tag)
 
 
-def run_base(client: Any, reference: str, run_id: str) -> None:
-    """TEST_BASE plus one tiny layer (a file naming this run), so every stage of the Dockerfile has cache keys of
-    this run only: the engine's BuildKit keys a local base image by its layers, not by its labels.
-
-    BuildKit keeps a record per build under a cache key (--no-cache adds one) and a later build takes the oldest:
-    on the test base itself, the rebuild after the cold build takes the layers of an earlier run's build of the
-    same steps (timestamps make each build's layers differ), and the push sends almost everything again.
-    """
-    dockerfile = f"FROM {TEST_BASE}\nCOPY run /etc/modelarts-test-run\n".encode()
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w") as tar:
-        for name, data in (("Dockerfile", dockerfile), ("run", f"{run_id}\n".encode())):
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), int(time.time())
-            tar.addfile(info, io.BytesIO(data))
-    archive.seek(0)
-    client.images.build(fileobj=archive, custom_context=True, tag=reference, rm=True, pull=False)
+@pytest.fixture(scope="session")
+def no_torch_image(docker_client: Any, good_image: str, run_id: str,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from derived_image(docker_client, good_image, tmp_path_factory.mktemp("verify-no-torch"), NO_TORCH_DOCKERFILE,
+                        f"{REPOSITORY}:no-torch-{run_id}")
 
 
-def fetch_with_stack(files: dict[str, bytes], directory: Path) -> Any:
-    """pipeline.fetch_step as it is now, with these wheels (written to `directory`) as each entry's stack, as if
-    versions.lock pinned them: a stack change without an index to resolve it from."""
-    real = pipeline.fetch_step
-    staged = []
-    for name, data in files.items():
-        path = directory / name
-        path.write_bytes(data)
-        staged.append((name, path, hashlib.sha256(data).hexdigest()))
+@pytest.fixture(scope="session")
+def nonconforming_image(docker_client: Any, good_image: str, run_id: str,
+                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from derived_image(docker_client, good_image, tmp_path_factory.mktemp("verify-nonconforming"),
+                        NONCONFORMING_DOCKERFILE, f"{REPOSITORY}:nonconforming-{run_id}")
 
-    def fetch(images: Any, options: Any, **kwargs: Any) -> pipeline.Fetched:
-        fetched = real(images, options, **kwargs)
-        stack = tuple(FetchedFile(filename=name, path=path, url=f"https://stack.invalid/{name}", sha256=sha)
-                      for name, path, sha in staged)
-        return dataclasses.replace(fetched, images=tuple(
-            dataclasses.replace(item, stack=stack) for item in fetched.images))
 
-    return fetch
+@pytest.fixture
+def verify_options(tmp_path: Path) -> VerifyOptions:
+    """What `inv verify` would resolve, with the tests' timeout; verify_image writes nothing to reports_dir."""
+    return VerifyOptions(reports_dir=tmp_path / "verify", timeout=TIMEOUT)

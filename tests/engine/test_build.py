@@ -1,4 +1,5 @@
-"""Building the image: the decisions (no engine needed) and real builds with both backends (marker `engine`).
+"""Real builds with both backends (marker `engine`); the decisions taken without an engine are tested in
+tests/unit/test_build.py.
 
 The torch image is built once per backend (module-scoped fixture) and every assertion reads the real image:
 its config, its labels, and what a container of it shows.
@@ -21,36 +22,28 @@ from typing import Any
 
 import pytest
 
-from modelarts_images import options as run_options
-from modelarts_images import pipeline, plan
+from modelarts_images import pipeline
 from modelarts_images.build import builder as build
 from modelarts_images.build.builder import BuildResult
 from modelarts_images.contract import DEFAULT_USER
-from modelarts_images.engine import adapter, cli, images
+from modelarts_images.engine import adapter, cli
 from modelarts_images.engine.adapter import DockerEngine
 from modelarts_images.engine.api import (
     Backend,
     BaseImage,
     BaseImageSource,
-    BuildRequest,
-    Built,
-    ImageConfig,
-    ImageSummary,
 )
 from modelarts_images.errors import BuildError, ConfigError, EngineError
 from modelarts_images.model import FetchedImage
-from modelarts_images.options import BuildOptions, Flags
-from modelarts_images.shared import redact
-from tests.engine.conftest import (
-    STAND_IN_INSTALLER,
+from tests.support.engine_tier import (
     TEST_BASE,
-    fetched_image,
+    build_options,
     image_spec,
     remove_image,
     run_in,
+    small_image,
     unavailable,
 )
-from tests.support.fake_engine import FakeEngine
 from tests.support.wheels import make_wheel
 
 BACKENDS = [Backend.DOCKER, Backend.BUILDKIT]
@@ -58,181 +51,6 @@ BACKENDS = [Backend.DOCKER, Backend.BUILDKIT]
 
 def retagged(fetched: FetchedImage, suffix: str) -> FetchedImage:
     return dataclasses.replace(fetched, image=dataclasses.replace(fetched.image, tag=f"{fetched.image.tag}-{suffix}"))
-
-
-def options(backend: Backend, work_dir: Path, **more: Any) -> BuildOptions:
-    return BuildOptions(backend=backend, work_dir=work_dir, **more)
-
-
-class RecordingEngine(FakeEngine):
-    """Takes every build request (and the pip.conf secret while it exists) instead of building."""
-
-    def __init__(self) -> None:
-        self.requests: list[BuildRequest] = []
-        self.secret_texts: list[str] = []
-
-    def build(self, request: BuildRequest) -> Built:
-        self.requests.append(request)
-        self.secret_texts += [path.read_text("utf-8") for _, path in request.secrets]
-        return Built(image_id="sha256:" + "0" * 64)
-
-    def image(self, reference: str) -> ImageConfig | None:
-        return None  # no earlier build of the tag
-
-    def summary(self, image_id: str, *, base_image: str | None) -> ImageSummary:
-        return ImageSummary(image_id=image_id, size=1, layers=())
-
-
-def small_image(tmp_path: Path, run_id: str, suffix: str, *, installer: Path = STAND_IN_INSTALLER,
-                pip_index: str = "", closure: bool = True) -> FetchedImage:
-    """An entry with one tiny wheel instead of torch: for builds whose point is not torch."""
-    wheels = tmp_path / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    app = wheels / "demo_app-1.0-py3-none-any.whl"
-    app.write_bytes(make_wheel(app.name, requires=("demo_dep",) if not closure else ()))
-    spec = image_spec(tag=f"small-{run_id}-{suffix}", installer=installer.name, pip_index=pip_index)
-    return fetched_image(spec, cache_dir=tmp_path / "cache", installer=installer, wheels=[app],
-                         closure=[] if closure else None)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Decisions, without an engine
-
-
-def test_build_arguments_follow_the_fetched_entry(tmp_path: Path) -> None:
-    fetched = small_image(tmp_path, "x", "args", pip_index="https://robot:t0ken@pypi.example.com/simple")
-    inputs = build.build_inputs(fetched, options(Backend.BUILDKIT, tmp_path / "work"))
-    args = dict(inputs.build_args)
-    assert args["BASE_IMAGE"] == TEST_BASE
-    assert args["INSTALLER"] == STAND_IN_INSTALLER.name
-    assert args["CONDA_PREFIX"] == DEFAULT_USER.conda_prefix
-    assert args["GPU_RUNTIME"] == "cpu"
-    assert args["HERMETIC"] == "1"
-    assert "PIP_INDEX" not in args, "a build argument lands in the image history"
-    assert inputs.target == "image-buildkit" and not inputs.needs_secret  # hermetic: the index is not used at all
-    assert args["SOURCE_DATE_EPOCH"] == "315532800"  # versions.lock's, or the default
-    assert not any("t0ken" in value for _, value in inputs.build_args + inputs.labels)
-
-
-def test_an_index_with_credentials_needs_the_secret_target(tmp_path: Path) -> None:
-    fetched = small_image(tmp_path, "x", "secret", pip_index="https://robot:t0ken@pypi.example.com/simple",
-                          closure=False)
-    inputs = build.build_inputs(fetched, options(Backend.BUILDKIT, tmp_path / "work"))
-    assert inputs.needs_secret and inputs.target == "image-buildkit"
-    assert dict(inputs.build_args)["HERMETIC"] == "0"
-    assert dict(inputs.build_args)["INDEX_WITHOUT_CREDENTIALS"] == "https://pypi.example.com/simple"
-    assert dict(inputs.labels)["modelarts-images.pip-index"] == "https://pypi.example.com/simple"
-    assert not any("t0ken" in value for _, value in inputs.build_args + inputs.labels)
-    # What the buildkit backend is asked to run for this entry (a preview takes only an unfetched entry now).
-    recorder = RecordingEngine()
-    build.build_image(fetched, options(Backend.BUILDKIT, tmp_path / "work"), recorder)
-    (request,) = recorder.requests
-    assert ("BUILDKIT_INLINE_CACHE", "1") in request.build_args, "every BuildKit image carries its cache"
-    buildx = cli.BuildKitCli(path="docker", mode=cli.BuildKitMode.BUILDX, version="")
-    command, _ = cli.buildkit_command(buildx, request, tmp_path / "iid")
-    shown = redact.command(command)
-    assert "--target image-buildkit" in shown and "--secret id=pip.conf,src=" in shown and "t0ken" not in shown
-    assert "t0ken" not in " ".join(command), "the secret goes in as a file, never on the command line"
-    assert recorder.secret_texts and all("t0ken" in text for text in recorder.secret_texts)
-    assert not any(path.exists() for _, path in request.secrets), "the secret file is removed after the build"
-
-
-def test_the_classic_builder_refuses_an_index_with_credentials(tmp_path: Path) -> None:
-    fetched = small_image(tmp_path, "x", "refused", pip_index="https://robot:t0ken@pypi.example.com/simple",
-                          closure=False)
-    with pytest.raises(ConfigError, match="--backend buildkit") as caught:
-        build.build_image(fetched, options(Backend.DOCKER, tmp_path / "work"), FakeEngine())
-    assert caught.value.exit_code == 2
-    assert "t0ken" not in str(caught.value)
-    assert not (tmp_path / "work").exists(), "refused before anything was assembled"
-
-
-def test_unknown_backend_is_a_config_error(tmp_path: Path) -> None:
-    # The backend is an enum once options are resolved: a bad name is refused where the flag is read.
-    with pytest.raises(ConfigError, match="--backend: must be one of docker, buildkit") as caught:
-        run_options.resolve(None, Flags(backend="podman"), root=tmp_path)
-    assert caught.value.exit_code == 2
-
-
-def test_labels_record_every_resolved_artifact(tmp_path: Path) -> None:
-    fetched = small_image(tmp_path, "x", "labels")
-    labels = dict(plan.labels(fetched.image, base_image="mirror.example.com/library/ubuntu:22.04", fetched=fetched))
-    assert labels["modelarts-images.torch"] == "2.13.0"
-    assert labels["org.opencontainers.image.base.name"] == "mirror.example.com/library/ubuntu:22.04"
-    assert labels["modelarts-images.installer"] == (
-        f"https://example.invalid/{STAND_IN_INSTALLER.name} sha256:{fetched.installer.sha256}")
-    assert labels["modelarts-images.wheel.demo_app-1.0-py3-none-any.whl"].endswith(fetched.wheels[0].sha256)
-    assert labels["modelarts-images.hermetic"] == "true"
-
-
-@pytest.mark.parametrize(("reference", "prefix", "expected"), [
-    ("ubuntu:22.04", "mirror.example.com/library/", "mirror.example.com/library/ubuntu:22.04"),
-    ("ubuntu:22.04", "mirror.example.com/library", "mirror.example.com/library/ubuntu:22.04"),
-    ("nvidia/cuda:12.1.1-runtime-ubuntu22.04", "hub.example.com",
-     "hub.example.com/nvidia/cuda:12.1.1-runtime-ubuntu22.04"),
-    ("swr.cn-north-4.myhuaweicloud.com/org/ubuntu:22.04", "mirror.example.com/",
-     "swr.cn-north-4.myhuaweicloud.com/org/ubuntu:22.04"),
-    ("localhost:5000/ubuntu:22.04", "mirror.example.com/", "localhost:5000/ubuntu:22.04"),
-    ("ubuntu:22.04", None, "ubuntu:22.04"),
-])
-def test_base_prefix_applies_only_to_references_without_a_registry(reference: str, prefix: str | None,
-                                                                    expected: str, tmp_path: Path) -> None:
-    spec = image_spec(tag="t", base_image=reference)
-    assert build.effective_base_image(spec, options(Backend.BUILDKIT, tmp_path, base_prefix=prefix)) == expected
-
-
-def test_base_image_override_wins_and_gets_the_prefix_too(tmp_path: Path) -> None:
-    spec = image_spec(tag="t", base_image="ubuntu:18.04")
-    chosen = options(Backend.BUILDKIT, tmp_path, base_image="ubuntu:22.04", base_prefix="m.example.com/library/")
-    assert build.effective_base_image(spec, chosen) == "m.example.com/library/ubuntu:22.04"
-
-
-@pytest.mark.parametrize(("reference", "deleted"), [
-    ("nvidia/cuda:10.2-runtime-ubuntu18.04", True),
-    ("nvidia/cuda:9.0-base", True),
-    ("nvidia/cuda:7.0-runtime", True),
-    ("nvidia/cuda:11.2.0-runtime-ubuntu20.04", True),
-    ("nvidia/cuda:11.4.0-cudnn8-runtime-ubuntu20.04", True),
-    ("nvidia/cuda:11.4.2-base-ubuntu20.04", True),
-    ("nvidia/cuda:11.7.0-devel-ubuntu22.04", True),
-    # the last patch of each 11.x minor was kept
-    ("nvidia/cuda:11.1.1-cudnn8-runtime-ubuntu18.04", False),
-    ("nvidia/cuda:11.3.1-runtime-ubuntu20.04", False),
-    ("nvidia/cuda:11.4.3-runtime-ubuntu20.04", False),
-    ("nvidia/cuda:11.7.1-runtime-ubuntu22.04", False),
-    ("nvidia/cuda:12.1.1-runtime-ubuntu22.04", False),
-    ("nvidia/cuda:6.5-runtime", False),  # not in NVIDIA's list: the general not-found message
-    ("mirror.example.com/nvidia/cuda:10.2-runtime-ubuntu18.04", True),
-    ("nvidia/cuda:10.2", True),
-    ("ubuntu:18.04", False),
-])
-def test_deleted_nvidia_tags_are_recognised(reference: str, deleted: bool) -> None:
-    assert build.deleted_nvidia_tag(reference) is deleted
-
-
-def test_nvidia_advice_names_the_matching_ubuntu() -> None:
-    advice = build.nvidia_replacement("nvidia/cuda:10.2-runtime-ubuntu18.04")
-    assert "NVIDIA deleted" in advice and "ubuntu:18.04" in advice and "NVIDIA_VISIBLE_DEVICES=all" in advice
-    assert "issue 209" in advice and "was kept" not in advice
-
-
-def test_nvidia_advice_names_the_patch_release_that_was_kept() -> None:
-    advice = build.nvidia_replacement("nvidia/cuda:11.4.0-cudnn8-runtime-ubuntu20.04")
-    assert "ubuntu:20.04" in advice and "the last patch of that CUDA minor, 11.4.3, was kept" in advice
-
-
-@pytest.mark.parametrize(("created_by", "step"), [
-    ("/bin/sh -c #(nop) COPY dir:0a1b in /home/ma-user/miniconda3 ", "COPY dir:0a1b in /home/ma-user/miniconda3"),
-    ("|2 APT_MIRROR=http://m CONDA_PREFIX=/x /bin/sh -c set -eu;     apt-get update", "RUN set -eu; apt-get update"),
-    ("RUN |1 APT_MIRROR=http://m /bin/sh -c set -eu; apt-get update # buildkit", "RUN set -eu; apt-get update"),
-    ("COPY /home/ma-user/miniconda3 /home/ma-user/miniconda3 # buildkit",
-     "COPY /home/ma-user/miniconda3 /home/ma-user/miniconda3"),
-    ("/bin/sh -c useradd -m ma-user", "RUN useradd -m ma-user"),
-    ("/bin/sh -c #(nop) COPY --chown=1000:100dir:0a1b in /home/ma-user/miniconda3 ",
-     "COPY --chown=1000:100 dir:0a1b in /home/ma-user/miniconda3"),
-])
-def test_history_entries_read_as_dockerfile_steps(created_by: str, step: str) -> None:
-    assert images.step_of(created_by) == step
 
 
 def fake_docker(directory: Path, *, buildx: bool, client: str) -> str:
@@ -272,42 +90,9 @@ def test_buildkit_cli_prefers_buildx_then_an_old_client(tmp_path: Path, monkeypa
     # The engine is asked only for the tag's earlier build (there is none); the build stops at the CLI lookup.
     fetched = small_image(tmp_path, "x", "no-buildx")
     with pytest.raises(BuildError, match="docker-buildx") as step_caught:
-        pipeline.build_step(fetched, options(Backend.BUILDKIT, tmp_path / "work"),
+        pipeline.build_step(fetched, build_options(Backend.BUILDKIT, tmp_path / "work"),
                             DockerEngine(engine.client, endpoint=engine.endpoint))  # no BuildKit CLI found yet
     assert "client 28.2.2, no buildx" in str(step_caught.value) and step_caught.value.exit_code == 4
-
-
-def test_buildkit_commands_for_swr(tmp_path: Path) -> None:
-    request = BuildRequest(backend=Backend.BUILDKIT, context_dir=tmp_path, target="image", tag="r/o/p:t",
-                           build_args=(("A", "1"),), labels=(("l", "v w"),), no_cache=True, platform="linux/amd64")
-    buildx = cli.BuildKitCli(path="/usr/bin/docker", mode=cli.BuildKitMode.BUILDX,
-                             version="github.com/docker/buildx v0.12.1 x")
-    command, env = cli.buildkit_command(buildx, request, tmp_path / "iid")
-    assert command[:4] == ["/usr/bin/docker", "buildx", "build", "--load"]
-    assert "--provenance=false" in command and "--sbom=false" in command and env == {}
-    assert command[command.index("--label"):command.index("--label") + 2] == ["--label", "l=v w"]
-    legacy = cli.BuildKitCli(path="/usr/bin/docker", mode=cli.BuildKitMode.LEGACY, version="20.10.24")
-    command, env = cli.buildkit_command(legacy, request, tmp_path / "iid")
-    assert command[:2] == ["/usr/bin/docker", "build"] and env == {"DOCKER_BUILDKIT": "1"}
-    assert "--provenance=false" not in command and "--progress=plain" in command
-
-
-def test_masked_commands_hide_url_credentials() -> None:
-    # The user name stays (it is no secret), the password is masked.
-    assert redact.command(["x", "--label", "u=https://robot:t0ken@h.example.com/simple"]) == (
-        "x --label u=https://robot:***@h.example.com/simple")
-
-
-def test_an_unreachable_engine_is_a_build_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-    with pytest.raises(EngineError, match="Is dockerd running") as caught:
-        adapter.connect()
-    assert "DOCKER_HOST=unix:///nonexistent/docker.sock" in str(caught.value)
-    # Through the build stage's step: a build error, exit 4, with the same message.
-    with pytest.raises(BuildError, match="Is dockerd running") as step_caught:
-        pipeline.connect(BuildError)
-    assert step_caught.value.exit_code == 4
-    assert "DOCKER_HOST=unix:///nonexistent/docker.sock" in str(step_caught.value)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -320,7 +105,7 @@ def built(request: pytest.FixtureRequest, engine: DockerEngine, docker_client: A
     backend = Backend(request.param)
     fetched = retagged(fetched_torch, str(backend))
     try:
-        chosen = options(backend, tmp_path_factory.mktemp(f"work-{backend}"),
+        chosen = build_options(backend, tmp_path_factory.mktemp(f"work-{backend}"),
                          no_cache=os.environ.get("MODELARTS_IMAGES_TEST_NO_CACHE") == "1",
                          base_image=None, platform=None, base_prefix=None)
         result = build.build_image(fetched, chosen, engine)
@@ -433,7 +218,7 @@ def test_summary_attributes_the_largest_layer(built: tuple[BuildResult, FetchedI
 def test_a_rebuild_is_served_from_the_cache(built: tuple[BuildResult, FetchedImage], engine: DockerEngine,
                                            tmp_path: Path) -> None:
     result, fetched = built
-    again = build.build_image(fetched, options(result.backend, tmp_path / "work"), engine)
+    again = build.build_image(fetched, build_options(result.backend, tmp_path / "work"), engine)
     assert again.steps_ran == () and again.steps_cached, "every step is taken from the cache"
     assert [layer.diff_id for layer in again.stack] == [layer.diff_id for layer in result.stack]
     if result.backend is Backend.DOCKER:
@@ -457,7 +242,7 @@ def test_a_failing_step_is_reported_with_its_log(backend: Backend, engine: Docke
     try:
         # The engine's EngineError, as the build step raises it: a build failure (exit 4), same message.
         with pytest.raises(BuildError) as caught:
-            pipeline.build_step(fetched, options(backend, tmp_path / "work"), engine)
+            pipeline.build_step(fetched, build_options(backend, tmp_path / "work"), engine)
     finally:
         remove_image(docker_client, fetched.image.reference)
     message = str(caught.value)
@@ -544,7 +329,7 @@ def test_without_a_closure_the_dependencies_come_from_pip_index(index: _Index, e
     host, port = index.server_address[:2]
     fetched = small_image(tmp_path, run_id, "index", pip_index=f"http://{host!s}:{port}/simple/", closure=False)
     try:
-        result = build.build_image(fetched, options(Backend.DOCKER, tmp_path / "work"), engine)
+        result = build.build_image(fetched, build_options(Backend.DOCKER, tmp_path / "work"), engine)
         status, output = run_in(docker_client, result.reference, "python -c 'import demo_dep, demo_app; print(1)'")
         assert status == 0, output
     finally:
@@ -562,7 +347,7 @@ def test_an_index_with_credentials_goes_in_as_a_buildkit_secret(index: _Index, e
     fetched = small_image(tmp_path, run_id, "secret", pip_index=f"http://robot:{password}@{host!s}:{port}/simple/",
                           closure=False)
     try:
-        result = build.build_image(fetched, options(Backend.BUILDKIT, tmp_path / "work"), engine)
+        result = build.build_image(fetched, build_options(Backend.BUILDKIT, tmp_path / "work"), engine)
         status, output = run_in(docker_client, result.reference,
                                 f"python -c 'import demo_dep; print(1)' && "
                                 f"! grep -rqsF -- '{password}' /etc /home /tmp /root "
@@ -582,14 +367,14 @@ def test_an_index_with_credentials_goes_in_as_a_buildkit_secret(index: _Index, e
 @pytest.mark.engine
 def test_preflight_finds_the_local_base(engine: DockerEngine, test_base: str, tmp_path: Path) -> None:
     assert engine.base_image(test_base) == BaseImage(reference=test_base, source=BaseImageSource.LOCAL)
-    pipeline.check_bases_step([image_spec(tag="t")], options(Backend.BUILDKIT, tmp_path), engine)
+    pipeline.check_bases_step([image_spec(tag="t")], build_options(Backend.BUILDKIT, tmp_path), engine)
 
 
 @pytest.mark.engine
 def test_preflight_explains_deleted_nvidia_tags(engine: DockerEngine, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         pipeline.check_bases_step([image_spec(tag="t", base_image="nvidia/cuda:10.2-runtime-ubuntu18.04")],
-                                  options(Backend.BUILDKIT, tmp_path), engine)
+                                  build_options(Backend.BUILDKIT, tmp_path), engine)
     message = str(caught.value)
     assert "NVIDIA deleted nvidia/cuda:10.2-runtime-ubuntu18.04" in message and "ubuntu:18.04" in message
     assert caught.value.exit_code == 2
@@ -601,7 +386,7 @@ def test_preflight_names_a_missing_base(engine: DockerEngine, tmp_path: Path) ->
     # error); either way the message names the base and the way out.
     with pytest.raises((BuildError, ConfigError)) as caught:
         pipeline.check_bases_step([image_spec(tag="t", base_image="modelarts-test-base:no-such-tag")],
-                                  options(Backend.BUILDKIT, tmp_path), engine)
+                                  build_options(Backend.BUILDKIT, tmp_path), engine)
     assert "base image modelarts-test-base:no-such-tag: not in the engine" in str(caught.value)
     assert "--base-prefix" in str(caught.value)
     assert caught.value.exit_code == (2 if isinstance(caught.value, ConfigError) else 4)
@@ -657,8 +442,8 @@ def test_a_base_its_registry_does_not_have_is_a_config_error(engine: DockerEngin
         unavailable(f"the engine cannot reach a registry on this host's loopback (remote engine?): {found.reason}")
     assert found.source is BaseImageSource.MISSING
     with pytest.raises(ConfigError) as caught:
-        pipeline.check_bases_step([image_spec(tag="t", base_image=reference)], options(Backend.BUILDKIT, tmp_path),
-                                  engine)
+        pipeline.check_bases_step([image_spec(tag="t", base_image=reference)],
+                                  build_options(Backend.BUILDKIT, tmp_path), engine)
     assert caught.value.exit_code == 2
     assert f"base image {reference}: not in the engine, and its registry does not have it" in str(caught.value)
     assert "--base-prefix" in str(caught.value)
@@ -671,7 +456,7 @@ def test_a_base_whose_registry_cannot_be_reached_is_a_build_error(engine: Docker
         reference = f"127.0.0.1:{bound.getsockname()[1]}/modelarts-test-base:no-such-tag"
         with pytest.raises(BuildError) as caught:
             pipeline.check_bases_step([image_spec(tag="t", base_image=reference)],
-                                      options(Backend.BUILDKIT, tmp_path), engine)
+                                      build_options(Backend.BUILDKIT, tmp_path), engine)
     assert caught.value.exit_code == 4
     assert f"base image {reference}: not in the engine, and its registry cannot be reached" in str(caught.value)
     assert "--base-prefix" in str(caught.value)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.engine.conftest import ROOT, STAND_IN_INSTALLER, remove_image
+from tests.support.engine_tier import ROOT, STAND_IN_INSTALLER, remove_image
 from tests.support.http_server import serve
 
 pytestmark = pytest.mark.engine

@@ -31,9 +31,9 @@ from modelarts_images.matrix import runner
 from modelarts_images.matrix.cells import CellRecord, CellStatus
 from modelarts_images.options import Flags, resolve
 from modelarts_images.shared.credentials import Credentials
-from tests.engine.conftest import STAND_IN_INSTALLER, fetch_with_stack, remove_image, run_base
-from tests.engine.conftest_push import RunningRegistry, local_registry, push_engine  # noqa: F401 - fixtures
+from tests.support.engine_tier import STAND_IN_INSTALLER, fetch_with_stack, remove_image, run_base
 from tests.support.http_server import serve
+from tests.support.registry import RunningRegistry
 from tests.support.wheels import make_wheel
 
 pytestmark = pytest.mark.engine
@@ -58,7 +58,7 @@ class Cell:
 
 
 @pytest.fixture
-def cell(push_engine: DockerEngine, local_registry: RunningRegistry, torch_wheel: Path,  # noqa: F811
+def cell(push_engine: DockerEngine, local_registry: RunningRegistry, torch_wheel: Path,
          tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_client: Any) -> Iterator[Cell]:
     """The cell, on a base of its own: the engine then holds none of its layers but the base's (other tests'
     images on the test base have the same, reproducible, layers), as a fresh runner would."""

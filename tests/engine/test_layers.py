@@ -19,8 +19,8 @@ from modelarts_images.model import FetchedImage
 from modelarts_images.options import BuildOptions, PushOptions, VerifyOptions
 from modelarts_images.publish import publisher as publish
 from modelarts_images.verify.verifier import verify_image
-from tests.engine.conftest import PIP_TARGET, pip, remove_image, run_in, stage_in_cache
-from tests.engine.conftest_push import RunningRegistry, local_registry, push_engine  # noqa: F401 - fixtures
+from tests.support.engine_tier import PIP_TARGET, pip, remove_image, run_in, stage_in_cache
+from tests.support.registry import RunningRegistry
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_a_no_cache_rebuild_gives_the_same_layers(backend: Backend, engine: Dock
 
 @pytest.mark.engine
 def test_images_share_layers_and_a_push_sends_only_their_own(
-        push_engine: DockerEngine, local_registry: RunningRegistry, fetched_torch: FetchedImage,  # noqa: F811
+        push_engine: DockerEngine, local_registry: RunningRegistry, fetched_torch: FetchedImage,
         six_wheel: Path, cache_dir: Path, tmp_path: Path, docker_client: Any) -> None:
     run = uuid.uuid4().hex[:8]
     place = {"registry": local_registry.host, "organization": "engine-tests", "repository": "modelarts-layers"}

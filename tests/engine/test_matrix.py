@@ -7,7 +7,6 @@ non-zero naming it; the rerun skips both good cells; changing one entry reruns t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -18,22 +17,12 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.engine.conftest import ROOT, STAND_IN_INSTALLER, remove_image
+from tests.support.engine_tier import ROOT, STAND_IN_INSTALLER, remove_image, served_entry
 from tests.support.http_server import serve
 
 pytestmark = pytest.mark.engine
 
 BROKEN_INSTALLER = b"#!/usr/bin/env bash\necho 'stand-in installer: broken on purpose' >&2\nexit 1\n"
-
-
-def _entry(cell_id: str, tag: str, base: str, installer: tuple[str, bytes], wheel: tuple[str, bytes]) -> dict[str, Any]:
-    return {
-        "id": cell_id, "python": "3.11", "cuda": "cpu", "torch": "2.13.0", "tag": tag,
-        "registry": "127.0.0.1:5999", "organization": "matrix", "repository": "modelarts-images-test",
-        "base_image": base,
-        "installer": {"url": installer[0], "sha256": hashlib.sha256(installer[1]).hexdigest()},
-        "wheels": [{"url": wheel[0], "sha256": hashlib.sha256(wheel[1]).hexdigest()}],
-    }
 
 
 def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -60,9 +49,9 @@ def test_matrix_runs_resumes_and_continues_past_failure(docker_client: Any, test
         def write(entries: list[dict[str, Any]]) -> None:
             versions.write_text(yaml.safe_dump({"images": entries}), "utf-8")
 
-        cell_a = _entry("cell-a", f"a-{run_id}", test_base, good, torch)
-        cell_b = _entry("cell-b", f"b-{run_id}", test_base, good, torch)
-        cell_bad = _entry("cell-bad", f"bad-{run_id}", test_base, broken, torch)
+        cell_a = served_entry("cell-a", f"a-{run_id}", test_base, good, torch)
+        cell_b = served_entry("cell-b", f"b-{run_id}", test_base, good, torch)
+        cell_bad = served_entry("cell-bad", f"bad-{run_id}", test_base, broken, torch)
         try:
             # 1. all three cells through nox; the broken one fails, the others pass, the run names it
             write([cell_a, cell_bad, cell_b])

@@ -30,9 +30,8 @@ from modelarts_images.pipeline import stage
 from modelarts_images.publish import publisher as publish
 from modelarts_images.publish import swr
 from modelarts_images.shared import retry
-from tests.engine import conftest_push
-from tests.engine.conftest import TEST_BASE
-from tests.engine.conftest_push import (
+from tests.support.engine_tier import TEST_BASE
+from tests.support.registry import (
     ArgvWatcher,
     RunningRegistry,
     build_variant,
@@ -44,13 +43,6 @@ from tests.engine.conftest_push import (
     tag_local,
 )
 
-# Fixtures from conftest_push (tests/engine/conftest.py belongs to the build tests): the engine or a visible
-# skip (a failure with MODELARTS_IMAGES_REQUIRE_ENGINE=1), the registry, local tags to remove, a run id.
-push_engine = conftest_push.push_engine
-local_registry = conftest_push.local_registry
-local_tags = conftest_push.local_tags
-push_run = conftest_push.push_run
-
 pytestmark = pytest.mark.engine
 
 AK = "HPUAENGINETESTAK0001"
@@ -61,7 +53,7 @@ def env_for(reg: RunningRegistry, password: str | None = None) -> dict[str, str]
 
 
 def options(tmp_path: Path, **overrides: Any) -> PushOptions:
-    """Fast retries of the registry's HTTP API (the engine's logins and pushes: conftest_push.FAST_BACKOFF)."""
+    """Fast retries of the registry's HTTP API (the engine's: registry.FAST_BACKOFF in tests/support)."""
     values: dict[str, Any] = {"reports_dir": tmp_path / "reports", "retries": 2, "backoff": 0.05}
     return PushOptions(**{**values, **overrides})
 

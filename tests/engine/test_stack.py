@@ -17,7 +17,7 @@ import yaml
 
 from modelarts_images.build import builder as build
 from modelarts_images.engine.adapter import DockerEngine
-from tests.engine.conftest import ROOT, STAND_IN_INSTALLER, pip, remove_image, run_in
+from tests.support.engine_tier import ROOT, STAND_IN_INSTALLER, pip, remove_image, run_in
 from tests.support.http_server import FileServer, serve
 
 pytestmark = pytest.mark.engine

@@ -15,7 +15,7 @@ from modelarts_images.engine.api import Backend
 from modelarts_images.model import FetchedImage
 from modelarts_images.options import BuildOptions, VerifyOptions
 from modelarts_images.verify.verifier import verify_image
-from tests.engine.conftest import remove_image, run_in
+from tests.support.engine_tier import remove_image, run_in
 
 USER = RunUser(name="trainer", uid=1101, gid=1101)  # an older ModelArts variant's uid, in a group of its own
 

@@ -1,9 +1,8 @@
 """Verification on a real engine with a real torch: the run as ModelArts does it, failures, cleanup, conformance.
 
-Images come from tests/engine/conftest_verify.py (built once per session, removed at the end). Its fixtures are
-imported here by name, so the test arguments that use them shadow the imports (ruff F811, off for this file).
+Images come from the fixtures in tests/engine/conftest.py (built once per session from
+tests/support/verify_images.py, removed at the end).
 """
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -28,16 +27,7 @@ from modelarts_images.verify.checks import CheckOutcome
 from modelarts_images.verify.report import ImageReport, raise_for_reports, save_report
 from modelarts_images.verify.runs import resolve_devices, run_spec
 from modelarts_images.verify.verifier import verify_image
-from tests.engine.conftest_verify import (  # noqa: F401 - the fixtures are used by name
-    TIMEOUT,
-    container_exists,
-    entry,
-    good_image,
-    image_config,
-    no_torch_image,
-    nonconforming_image,
-    verify_options,
-)
+from tests.support.verify_images import TIMEOUT, container_exists, entry
 
 pytestmark = pytest.mark.engine
 

@@ -1,9 +1,10 @@
-"""Fixtures of the unit tier: a file server on loopback, retry pauses recorded instead of slept, and no lookup of
-the install tool (uv) on the host's package index."""
+"""Fixtures of the unit tier: a file server on loopback, retry pauses recorded instead of slept, no lookup of
+the install tool (uv) on the host's package index, and the matrix runner with stand-in steps."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from modelarts_images.http import pip_resolver
 from modelarts_images.shared import retry
 from tests.support.http_server import FileServer, serve
+from tests.support.matrix_harness import make_harness
 
 T = TypeVar("T")
 
@@ -42,3 +44,9 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
     monkeypatch.setattr(retry, "call", call)
     return recorded
+
+
+@pytest.fixture
+def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The matrix runner with stand-in fetch and build steps (tests/support/matrix_harness.py)."""
+    return make_harness(tmp_path, monkeypatch)

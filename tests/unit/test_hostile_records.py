@@ -31,8 +31,8 @@ from modelarts_images.publish import publisher, swr
 from modelarts_images.shared import retry
 from tests.conftest import ROOT
 from tests.support.fake_engine import FakeEngine
+from tests.support.matrix_harness import spec
 from tests.unit.test_hostile_input import run_inv
-from tests.unit.test_matrix import harness, spec  # noqa: F401 - harness is a fixture, used by name
 
 DEEP_JSON = "[" * 100_000 + "]" * 100_000  # json.loads: RecursionError, not ValueError
 SWR_HOST = "swr.cn-north-4.myhuaweicloud.com"
@@ -43,7 +43,7 @@ AK, SK = "HPUAEXAMPLEKEY0000001", "example-secret-key-1234567890"
 # The matrix's own files
 
 
-def test_a_deeply_nested_state_file_is_ignored_with_a_warning(harness: Any,  # noqa: F811
+def test_a_deeply_nested_state_file_is_ignored_with_a_warning(harness: Any,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     harness.reports.mkdir(parents=True, exist_ok=True)
     (harness.reports / STATE_FILE).write_text(DEEP_JSON)
@@ -54,7 +54,7 @@ def test_a_deeply_nested_state_file_is_ignored_with_a_warning(harness: Any,  # n
 
 
 def test_a_state_file_that_is_a_directory_warns_once_and_the_run_goes_on(
-        harness: Any, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+        harness: Any, caplog: pytest.LogCaptureFixture) -> None:
     (harness.reports / STATE_FILE).mkdir(parents=True)
     records = harness.run([spec("a"), spec("b")])
     assert [r.status for r in records] == [CellStatus.PASSED] * 2 and harness.calls == ["a", "b"]

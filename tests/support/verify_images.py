@@ -1,6 +1,5 @@
-"""Fixtures for tests/engine/test_verify.py (imported there; tests/engine/conftest.py is another module's).
-
-Test images, built once per session with the docker SDK from TEST_BASE and removed at the end:
+"""The test images the verification tests run, built with the docker SDK from TEST_BASE (the fixtures that build
+them once per session and remove them at the end are in tests/engine/conftest.py):
 
 - `good`: the product's layout: ma-user 1000:100 with home /home/ma-user, /home/ma-user/miniconda3 a venv of
   the base's Python 3.11 with a REAL torch 2.13.0+cpu installed with --no-index from wheels fetched on the host
@@ -9,31 +8,22 @@ Test images, built once per session with the docker SDK from TEST_BASE and remov
 - `no_torch`: `good` with torch deleted;
 - `nonconforming`: `good` plus a setuid-root binary, a ~/.netrc, a pip.conf with credentials in its URL, and
   conda metadata naming Anaconda's `defaults` channel (a warning only).
-
-With no engine, base image or torch wheel, the tests are skipped with the reason; MODELARTS_IMAGES_REQUIRE_ENGINE=1
-turns that into a failure.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from modelarts_images.contract import DEFAULT_USER
 from modelarts_images.engine.adapter import DockerEngine
 from modelarts_images.engine.api import ImageConfig
 from modelarts_images.model import Artifact, ImageSpec
-from modelarts_images.options import VerifyOptions
-from tests.engine.conftest import TEST_BASE, TORCH_VERSION, remove_image
+from tests.support.engine_tier import TEST_BASE, TORCH_VERSION, remove_image
 
 REPOSITORY = "modelarts-verify-test"
 TIMEOUT = 300.0  # seconds a test container may run (the verification's own default is longer)
-
 GOOD_DOCKERFILE = f"""\
 ARG BASE
 FROM ${{BASE}} AS packages
@@ -102,54 +92,11 @@ def build(client: Any, context_dir: Path, dockerfile: str, tag: str, buildargs: 
     return tag
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Fixtures
-
-
-@pytest.fixture(scope="session")
-def good_image(docker_client: Any, test_base: str, run_id: str, torch_wheel: Path, torch_closure: list[Path],
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The well-formed test image (reference), built once per session and removed at the end."""
-    context_dir = tmp_path_factory.mktemp("verify-good")
-    wheels = context_dir / "wheels"
-    wheels.mkdir()
-    for wheel in [torch_wheel, *torch_closure]:
-        try:
-            os.link(wheel, wheels / wheel.name)
-        except OSError:
-            shutil.copyfile(wheel, wheels / wheel.name)
-    tag = f"{REPOSITORY}:good-{run_id}"
-    try:
-        yield build(docker_client, context_dir, GOOD_DOCKERFILE, tag, {"BASE": test_base})
-    finally:
-        remove_image(docker_client, tag)
-
-
-def _derived(client: Any, good: str, tmp: Path, dockerfile: str, tag: str) -> Iterator[str]:
+def derived_image(client: Any, good: str, tmp: Path, dockerfile: str, tag: str) -> Iterator[str]:
     try:
         yield build(client, tmp, dockerfile, tag, {"GOOD": good})
     finally:
         remove_image(client, tag)
-
-
-@pytest.fixture(scope="session")
-def no_torch_image(docker_client: Any, good_image: str, run_id: str,
-                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from _derived(docker_client, good_image, tmp_path_factory.mktemp("verify-no-torch"), NO_TORCH_DOCKERFILE,
-                        f"{REPOSITORY}:no-torch-{run_id}")
-
-
-@pytest.fixture(scope="session")
-def nonconforming_image(docker_client: Any, good_image: str, run_id: str,
-                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from _derived(docker_client, good_image, tmp_path_factory.mktemp("verify-nonconforming"),
-                        NONCONFORMING_DOCKERFILE, f"{REPOSITORY}:nonconforming-{run_id}")
-
-
-@pytest.fixture
-def verify_options(tmp_path: Path) -> VerifyOptions:
-    """What `inv verify` would resolve, with the tests' timeout; verify_image writes nothing to reports_dir."""
-    return VerifyOptions(reports_dir=tmp_path / "verify", timeout=TIMEOUT)
 
 
 def image_config(engine: DockerEngine, reference: str) -> ImageConfig:

@@ -1,25 +1,22 @@
-"""Helpers and fixtures for tests/engine/test_push.py (imported from there; pytest does not load this file itself).
+"""A real registry for the publishing tests and benchmarks, and what they check pushes with.
 
-- `push_engine`: the Docker Engine adapter (modelarts_images.engine.adapter.DockerEngine) over a client with an empty
-  docker config, retrying registry calls fast (2 retries, 0.05 s); its `.client` is the raw SDK client for checks
-  and cleanup. With no engine answering the tests are skipped with the reason, and
-  MODELARTS_IMAGES_REQUIRE_ENGINE=1 (set in CI) turns that skip into a failure;
-- `local_registry`: Debian's docker-registry on a free loopback port with htpasswd authentication, started by
-  scripts/registry-up.sh (the password goes in on stdin) and stopped by scripts/registry-down.sh;
+- `start_registry()` / `running_registry()`: Debian's docker-registry on a free loopback port with htpasswd
+  authentication, started by scripts/registry-up.sh (the password goes in on stdin) and stopped by
+  scripts/registry-down.sh;
 - `ArgvWatcher`: scans every process's /proc/<pid>/cmdline while a test runs, for secrets on a command line;
 - `build_variant()`: a tiny image FROM the test base that differs from it only in a label.
+
+The fixtures over these (`push_engine`, `local_registry`, `local_tags`, `push_run`) are in tests/engine/conftest.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import secrets
 import socket
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,16 +24,11 @@ from types import TracebackType
 from typing import Any
 
 import docker
-import docker.errors
-import pytest
-import requests
 
-from modelarts_images.engine.adapter import DockerEngine, endpoint
 from modelarts_images.model import Artifact, ImageSpec
 from modelarts_images.shared import retry
-from tests.engine.conftest import TEST_BASE, unavailable
+from tests.support.engine_tier import ROOT, TEST_BASE, unavailable
 
-ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
 ORGANIZATION = "engine-tests"
 REPOSITORY = "modelarts-push"
@@ -48,10 +40,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-# --------------------------------------------------------------------------------------------------------------
-# A registry with htpasswd authentication
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,66 +80,9 @@ def running_registry(user: str, password: str) -> Iterator[RunningRegistry]:
         stop_registry(started.port)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Fixtures
-
-
-@pytest.fixture(scope="module")
-def push_engine() -> Iterator[DockerEngine]:
-    """The engine adapter over a client with an empty docker config (no stored logins: the variable stays set
-    while the module runs, so `stored_login` finds nothing either), fast registry retries, and the test base
-    image present."""
-    with pytest.MonkeyPatch.context() as patch, contextlib.ExitStack() as stack:
-        config_dir = stack.enter_context(_temporary_directory())
-        (config_dir / "config.json").write_text('{"auths": {}}', encoding="utf-8")
-        patch.setenv("DOCKER_CONFIG", str(config_dir))
-        try:
-            client = docker.from_env()
-            client.ping()
-        except (docker.errors.DockerException, requests.RequestException, OSError) as error:
-            unavailable(f"no Docker Engine answers: {error}")
-        try:
-            client.images.get(TEST_BASE)
-        except docker.errors.DockerException as error:
-            unavailable(f"base image {TEST_BASE} is missing ({error}); make it with scripts/test-base-image.sh")
-        engine = DockerEngine(client, endpoint=endpoint(), registry_backoff=FAST_BACKOFF)
-        yield engine
-        engine.close()
-
-
 def fresh_client() -> Any:
     """A new SDK client: it holds none of the logins an earlier test made through `push_engine`."""
     return docker.from_env()
-
-
-@contextlib.contextmanager
-def _temporary_directory() -> Iterator[Path]:
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="push-docker-config-") as name:
-        yield Path(name)
-
-
-@pytest.fixture(scope="module")
-def local_registry(push_engine: DockerEngine) -> Iterator[RunningRegistry]:
-    """A registry on 127.0.0.1:<free port>; user and password are fresh for each module run."""
-    with running_registry(f"tester-{uuid.uuid4().hex[:6]}", "pw-" + secrets.token_urlsafe(18)) as started:
-        yield started
-
-
-@pytest.fixture(scope="module")
-def push_run() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-@pytest.fixture
-def local_tags(push_engine: DockerEngine) -> Iterator[list[str]]:
-    """References appended here are untagged (and their images removed when nothing else names them)."""
-    made: list[str] = []
-    yield made
-    for reference in made:
-        with contextlib.suppress(docker.errors.DockerException):
-            push_engine.client.images.remove(reference)
 
 
 def spec(host: str, tag: str, image_id: str = "push-test") -> ImageSpec:
@@ -176,10 +107,6 @@ def build_variant(client: Any, label: str, reference: str, made: list[str]) -> s
     image, _ = client.images.build(fileobj=io.BytesIO(dockerfile), tag=reference, rm=True, pull=False)
     made.append(reference)
     return str(image.id)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Secrets on command lines
 
 
 class ArgvWatcher:
