@@ -171,6 +171,23 @@ def test_each_flags_field_is_read_by_options_resolve(tmp_path: Path) -> None:
         assert changed != plain, f"Flags.{name} changes nothing that resolve() gives"
 
 
+def test_each_invoke_yaml_key_is_read_by_options_resolve(tmp_path: Path) -> None:
+    """A declared key that resolve() never reads would be a setting that does nothing: give each one a value that
+    changes the resolved options (the versions.yaml keys an entry leaves out reach it as fallbacks)."""
+    given: dict[str, Any] = {"versions": "other.yaml", "only": "a", "all": True, "registry": "r.example.com",
+                             "organization": "org", "repository": "repo", "swr_project": "p",
+                             "pip_index": "https://pypi.example/simple", "apt_mirror": "http://apt.example",
+                             "cache_dir": "elsewhere", "backend": "docker", "jobs": 2, "min_speed": 1,
+                             "max_file_size": 1, "mirrors": {"https://a.example/": "https://b.example/"},
+                             "reports_dir": "r", "extra_tags": ["{tag}-x"], "base_prefix": "m/",
+                             "ci_runners": {"cpu": ["big"]}}
+    assert set(given) == {setting.key for setting in declared.SETTINGS if setting.key}, "a new key needs a value"
+    plain = dataclasses.asdict(resolve({}, root=tmp_path))
+    for key, value in given.items():
+        changed = dataclasses.asdict(resolve({key: value}, root=tmp_path))
+        assert changed != plain, f"invoke.yaml's {key} changes nothing that resolve() gives"
+
+
 # --------------------------------------------------------------------------------------------------------------
 # the pipeline
 
