@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import itertools
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -295,6 +297,20 @@ def exit_codes_page() -> str:
 # settings, from their declaration
 
 
+def prose(written: str) -> str:
+    """Text whose `code` spans are meant as code: the spans kept, the rest shown as written (see text())."""
+    return "".join(part if part.startswith("`") else text(part) for part in re.split(r"(`[^`]*`)", written))
+
+
+def paragraphs(written: str) -> list[str]:
+    """A help text's lines as markdown: indented lines (examples) as a code block, the others as prose."""
+    out: list[str] = []
+    for example, group in itertools.groupby(written.splitlines(), key=lambda line: line.startswith("  ")):
+        lines = list(group)
+        out += ["```yaml", *(line[2:] for line in lines), "```", ""] if example else [prose(" ".join(lines)), ""]
+    return out
+
+
 def settings_page() -> str:
     """Every declared setting (modelarts_images/declared.py): the one page that imports the project, since the
     declaration is code (its help texts are built from the tool's own constants)."""
@@ -302,7 +318,53 @@ def settings_page() -> str:
         sys.path.insert(0, str(ROOT))
     from modelarts_images import declared
 
-    return declared.reference_markdown()
+    def front_ends(setting: declared.Setting) -> list[tuple[str, str]]:
+        """(front end, how it is called) for each command that takes the setting as a flag."""
+        named = [(task, f"`inv {task}`") for task, command in declared.TASKS.items() if setting.name in command.flags]
+        return named + ([("matrix", "the matrix")] if setting.name in declared.MATRIX.flags else [])
+
+    def entry(setting: declared.Setting) -> list[str]:
+        lines = [f"### `{setting.name}`", "", *paragraphs(declared.sentence(setting.help, setting))]
+        if setting.comment:  # what invoke.yaml says of the key, where the help is the flag's
+            lines += paragraphs(declared.sentence(setting.comment, setting))
+        facts = []
+        if setting.key:
+            facts.append(f"invoke.yaml: `{declared.SECTION}.{setting.key}`"
+                         + (f"; environment: `{setting.variable}`" if setting.variable else ""))
+        offered = front_ends(setting)
+        if setting.flag and offered:
+            facts.append(f"flag: `{setting.flag}` on {', '.join(called for _, called in offered)}")
+        facts += [f"on {called}: {prose(setting.help_for[name])}" for name, called in offered
+                  if name in setting.help_for]
+        setters = [f"`inv {task}`" for task, command in declared.TASKS.items() if setting.fills in command.fixed]
+        if setters:
+            facts.append(f"set by: {', '.join(setters)}, never by a user")
+        if setting.default not in (None, "", [], {}, ()):
+            facts.append(f"built-in: {code(setting.default)}")
+        if setting.choices:
+            facts.append(f"one of: {', '.join(code(choice) for choice in setting.choices)}")
+        readers = ("every step" if set(setting.steps) == set(declared.StepName)
+                   else ", ".join(map(str, setting.steps)) or "the front end itself")
+        return [*lines, *(f"- {fact}" for fact in facts), f"- read by: {readers}", ""]
+
+    shown = [setting for setting in declared.SETTINGS if not setting.hidden]
+    groups = [
+        ("Keys of invoke.yaml", "", [setting for setting in shown if setting.key]),
+        ("Flags only", "Said on the command line for one run; nothing in invoke.yaml sets them.",
+         [setting for setting in shown if setting.flag and not setting.key]),
+        ("Set by a command", "What a command decides for itself: neither a key nor a flag.",
+         [setting for setting in shown if not setting.flag and not setting.key]),
+    ]
+    lines = ["# Settings", "", GENERATED.format(source="modelarts_images/declared.py"), "",
+             "Every setting of the tool. A flag beats the image's entry, which beats versions.yaml's `defaults:`, "
+             "which beat invoke.yaml, which beats the built-in value; `INVOKE_MODELARTS_<KEY>` sets any key "
+             "except `mirrors` and `ci_runners` for one command. A key or a flag that is not listed here is an "
+             "error.", ""]
+    for title, intro, settings in groups:
+        lines += [f"## {title}", "", *([intro, ""] if intro else [])]
+        for setting in settings:
+            lines += entry(setting)
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 # --------------------------------------------------------------------------------------------------------------

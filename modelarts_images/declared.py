@@ -20,6 +20,7 @@ import yaml
 
 from modelarts_images.contract import IMAGE_SIZE_BUDGET, VERIFY_TIMEOUT_S
 from modelarts_images.engine.api import Backend
+from modelarts_images.paths import GITLAB_CELL_FILE
 from modelarts_images.shared.choices import Choice
 
 SECTION = "modelarts"
@@ -92,7 +93,7 @@ class Setting:
         the environment)."""
         if not self.key or self.kind in (Kind.MIRRORS, Kind.RUNNERS):
             return None
-        return f"INVOKE_{SECTION.upper()}_{self.key.upper()}"
+        return variable_name(self.key)
 
     @property
     def parameter(self) -> str | None:
@@ -101,6 +102,11 @@ class Setting:
 
     def help_in(self, front_end: str) -> str:
         return self.help_for.get(front_end, self.help)
+
+
+def variable_name(key: str) -> str:
+    """The environment variable invoke would read for a key of the section, declared or not."""
+    return f"INVOKE_{SECTION.upper()}_{key.upper()}"
 
 
 _S = StepName
@@ -124,7 +130,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(name="registry", key="registry", kind=Kind.IMAGE, steps=(_S.BUILD, _S.PUSH),
             help="registry host of the entries that name none",
             comment="Where images are pushed, for entries of versions.yaml that do not say so themselves: "
-                 "registry/organization/repository:tag"),
+                 "`registry/organization/repository:tag`"),
     Setting(name="organization", key="organization", kind=Kind.IMAGE, steps=(_S.BUILD, _S.PUSH),
             help="SWR organization of the entries that name none"),
     Setting(name="repository", key="repository", kind=Kind.IMAGE, steps=(_S.BUILD, _S.PUSH),
@@ -136,8 +142,7 @@ SETTINGS: tuple[Setting, ...] = (
             comment="The IAM project whose name SWR's AK/SK login carries (<project>@<AK>): empty for the region's own "
                  "project (cn-north-4), or a sub-project such as cn-north-4_team. --project beats it."),
     Setting(name="pip_index", key="pip_index", kind=Kind.IMAGE, steps=(_S.FETCH, _S.BUILD),
-            help="pip index used inside the build, for entries that name none",
-            comment="Package mirrors used inside the build (Huawei Cloud's open-source mirrors)."),
+            help="pip index used inside the build, for entries that name none"),
     Setting(name="apt_mirror", key="apt_mirror", kind=Kind.IMAGE, steps=(_S.BUILD,),
             help="apt mirror used inside the build, for entries that name none"),
     # -- fetch
@@ -254,7 +259,7 @@ SETTINGS: tuple[Setting, ...] = (
                  "Actions' fromJSON), and exit; runners from ci_runners in invoke.yaml"),
     Setting(name="gitlab_pipeline", flag="--gitlab-pipeline", takes=Takes.SWITCH,
             help="print a GitLab child pipeline with one job per cell (extending .modelarts-cell from "
-                 "ci/gitlab/cell.yml) and exit"),
+                 f"{GITLAB_CELL_FILE}) and exit"),
     Setting(name="no_summary", flag="--no-summary", takes=Takes.SWITCH, hidden=True,
             help="leave the summary table to nox's matrix_summary session"),
     Setting(name="run", flag="--run", hidden=True, help="the token that marks one nox run's cell records"),
@@ -264,7 +269,6 @@ BY_NAME: Mapping[str, Setting] = {setting.name: setting for setting in SETTINGS}
 if len(BY_NAME) < len(SETTINGS):
     raise LookupError("declared.SETTINGS: a name is declared twice")
 BY_KEY: Mapping[str, Setting] = {setting.key: setting for setting in SETTINGS if setting.key}
-BY_FLAG: Mapping[str, Setting] = {setting.flag: setting for setting in SETTINGS if setting.flag}
 
 # Built-in values; invoke.yaml beats them and flags beat invoke.yaml.
 BUILTIN: Mapping[str, Any] = {key: setting.default for key, setting in BY_KEY.items()}
@@ -332,6 +336,7 @@ class Command:
 
     steps: tuple[StepName, ...]
     flags: tuple[str, ...]
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # Flags fields the command sets itself, never a user
 
 
 SELECTION = ("versions", "only", "all")
@@ -339,7 +344,7 @@ TASKS: Mapping[str, Command] = {
     "plan": Command(steps=(), flags=(*SELECTION, "json")),
     "fetch": Command(steps=(_S.FETCH,), flags=(*SELECTION, "jobs", "offline", "locked", "verify_cache",
                                                "no_closure")),
-    "lock": Command(steps=(_S.FETCH,), flags=(*SELECTION, "jobs", "no_closure")),
+    "lock": Command(steps=(_S.FETCH,), flags=(*SELECTION, "jobs", "no_closure"), fixed={"refresh": True}),
     "build": Command(steps=(_S.CHECK_BASES, _S.FETCH, _S.BUILD),
                      flags=(*SELECTION, "backend", "no_cache", "base_image", "base_prefix", "platform", "dry_run",
                             "offline", "locked")),
@@ -374,23 +379,28 @@ def flags_of(names: tuple[str, ...], front_end: str) -> tuple[Setting, ...]:
 
 INVOKE_YAML_HEADER = """\
 # Defaults for the tasks. A command-line flag beats what is here; what is here beats the built-in values.
-# Any key but mirrors can also be set for one command through the environment: INVOKE_MODELARTS_<KEY>=value,
-# e.g. INVOKE_MODELARTS_ONLY=pytorch-2.1.0-cuda12.1 inv fetch build verify. invoke converts such a value to the
-# type the key has here, so jobs and extra_tags are given as strings: any text then reaches the tool's checks.
+# Any key but mirrors and ci_runners can also be set for one command through the environment:
+# INVOKE_MODELARTS_<KEY>=value, e.g. INVOKE_MODELARTS_ONLY=pytorch-2.1.0-cuda12.1 inv fetch build verify. invoke
+# converts such a value to the type the key has here, so jobs and extra_tags are given as strings: any text then
+# reaches the tool's checks.
 # Each key is described in the docs' settings reference; the comments here come from the same declaration.
 """
 
 
+def sentence(text: str, setting: Setting) -> str:
+    """A help text or comment as a sentence: a capital first letter (unless it starts with one of the setting's
+    values, spelled as the user types it) and a full stop (unless it ends in code, a colon or a path)."""
+    first = re.split(r"[^A-Za-z0-9_-]", text, maxsplit=1)[0]
+    if first not in setting.choices:
+        text = text[0].upper() + text[1:]
+    return text if text.rstrip().endswith((".", ":", "/", "`")) else text + "."
+
+
 def _comment(setting: Setting, width: int = 110) -> list[str]:
-    """The key's comment: its own where it has one, else its help as a sentence; indented lines kept as they are
-    (examples)."""
-    text = setting.comment or setting.help
-    text = text[0].upper() + text[1:]
+    """The key's comment: its own where it has one, else its help; indented lines kept as they are (examples)."""
     lines = []
-    for line in text.splitlines():
+    for line in sentence(setting.comment or setting.help, setting).splitlines():
         lines += [line] if line.startswith("  ") else textwrap.wrap(line, width, break_on_hyphens=False)
-    if not lines[-1].endswith((".", ":", "/")):
-        lines[-1] += "."
     return [f"  # {line}" for line in lines]
 
 
@@ -409,56 +419,3 @@ def render_invoke_yaml(values: Mapping[str, Any]) -> str:
     for key, setting in BY_KEY.items():
         lines += [*_comment(setting), f"  {key}: {_yaml_value(values.get(key, setting.default))}"]
     return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# the reference page
-
-def _cell(text: str) -> str:
-    """Text for a table cell: one line, indented example lines as code, and `<` outside code not read as HTML."""
-    one_line = " ".join(f"`{line.strip()}`" if line.startswith("  ") else line for line in text.splitlines())
-    parts = re.split(r"(`[^`]*`)", one_line.replace("|", "\\|"))
-    return "".join(part if part.startswith("`") else part.replace("<", "&lt;").replace(">", "&gt;")
-                   for part in parts)
-
-
-def _entry(setting: Setting) -> list[str]:
-    text = setting.comment or setting.help
-    text = text if text.rstrip().endswith((".", ":", "/", "`")) else text + "."
-    facts = []
-    if setting.key:
-        facts.append(f"invoke.yaml: `{SECTION}.{setting.key}`"
-                     + (f"; environment: `{setting.variable}`" if setting.variable else ""))
-    front_ends = [f"`inv {task}`" for task, command in TASKS.items() if setting.name in command.flags]
-    if setting.name in MATRIX.flags:
-        front_ends.append("the matrix")
-    if setting.flag and front_ends:
-        facts.append(f"flag: `{setting.flag}` on {', '.join(front_ends)}")
-    if setting.default not in (None, "", [], {}, ()):
-        facts.append(f"built-in: `{_yaml_value(setting.default)}`")
-    if setting.choices:
-        facts.append(f"one of: {', '.join(f'`{choice}`' for choice in setting.choices)}")
-    facts.append("read by: " + ("every step" if set(setting.steps) == set(StepName)
-                                else ", ".join(f"{step}" for step in setting.steps) or "the front end itself"))
-    return [f"### `{setting.name}`", "", _cell(text[0].upper() + text[1:]), "",
-            *(f"- {fact}" for fact in facts), ""]
-
-
-def reference_markdown() -> str:
-    """The settings reference: every declared setting with where it is set and what reads it."""
-    shown = [setting for setting in SETTINGS if not setting.hidden]
-    lines = ["# Settings", "",
-             "<!-- Generated by docs/gen_reference.py from modelarts_images/declared.py; run `nox -s docs` after "
-             "changing it. -->", "",
-             "Every setting of the tool. A flag beats the image's entry, which beats versions.yaml's `defaults:`, "
-             "which beat invoke.yaml, which beats the built-in value; `INVOKE_MODELARTS_<KEY>` sets a key for one "
-             "command. A key or a flag that is not listed here is an error.", "",
-             "## Keys of invoke.yaml", ""]
-    for setting in shown:
-        if setting.key:
-            lines += _entry(setting)
-    lines += ["## Flags only", "", "Said on the command line for one run; nothing in invoke.yaml sets them.", ""]
-    for setting in shown:
-        if not setting.key:
-            lines += _entry(setting)
-    return "\n".join(lines).rstrip("\n") + "\n"

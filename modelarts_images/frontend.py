@@ -1,5 +1,6 @@
 """What the two front ends (tasks.py and the matrix) share: the settings as invoke sees them, the selected
-images, the engine's log on stderr, and the tool's errors turned into exit codes without a traceback."""
+images, the engine's log on stderr, the tool's errors turned into exit codes without a traceback, and the invoke
+tasks made from their declaration (declared_task, Call)."""
 
 from __future__ import annotations
 
@@ -257,10 +258,9 @@ def _flag_value(setting: declared.Setting, value: Any) -> Any:
     return tuple(value or ()) if setting.takes is declared.Takes.REPEAT else value
 
 
-def declared_task(name: str, *, fixed: Mapping[str, Any] | None = None,
-                  ) -> Callable[[Callable[[Any, Call], None]], Any]:
+def declared_task(name: str) -> Callable[[Callable[[Any, Call], None]], Any]:
     """An invoke task named `name` taking the flags declared for it (declared.TASKS), in that order, with their
-    declared help; the body gets the context and a Call. `fixed`: Flags fields the task itself sets."""
+    declared help; the body gets the context and a Call, whose Flags hold what the command fixes itself too."""
     from invoke.tasks import task
 
     command = declared.TASKS[name]
@@ -273,7 +273,7 @@ def declared_task(name: str, *, fixed: Mapping[str, Any] | None = None,
     def make(body: Callable[[Any, Call], None]) -> Any:
         def run(c: Any, **given: Any) -> None:
             filled = {str(s.fills): _flag_value(s, given[str(s.parameter)]) for s in flags if s.fills}
-            body(c, Call(flags=Flags(**filled, **(fixed or {})), given=given, steps=command.steps))
+            body(c, Call(flags=Flags(**filled, **command.fixed), given=given, steps=command.steps))
 
         run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]  # what invoke reads
         run.__name__, run.__doc__, run.__module__ = name, body.__doc__, body.__module__

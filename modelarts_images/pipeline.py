@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelarts_images import plan as planning
 from modelarts_images.build import builder
 from modelarts_images.build.builder import BuildResult, RegistryCache, build_command_preview, format_result
 from modelarts_images.declared import StepName
@@ -50,7 +49,7 @@ from modelarts_images.verify.manifest import Manifest, capture_manifest
 from modelarts_images.verify.report import format_report, raise_for_reports
 
 # What the front ends print and give, re-exported so that they import no stage module.
-__all__ = ["RegistryCache", "format_report", "format_result", "raise_for_reports"]
+__all__ = ["RegistryCache", "format_report", "raise_for_reports"]
 
 
 @contextlib.contextmanager
@@ -187,12 +186,6 @@ def training_job_step(image: ImageSpec, digest: str, *, flavor_id: str | None, r
     body = trainingjob.training_job_body(image, digest=digest, flavor_id=flavor_id)
     with stage(ConfigError):  # the reports directory is a setting
         return trainingjob.write_body(reports_dir, image.id, body)
-
-
-def plan_text(images: Sequence[ImageSpec], *, as_json: bool) -> str:
-    """What would be built for the images (`inv plan`): nothing is fetched or built."""
-    plans = [planning.make_plan(image) for image in images]
-    return planning.as_json(plans) if as_json else planning.as_text(plans)
 
 
 def build_preview(images: Sequence[ImageSpec], options: BuildOptions) -> str:

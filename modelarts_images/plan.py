@@ -207,3 +207,9 @@ def as_text(plans: Sequence[ImagePlan]) -> str:
         width = max(len(label) for label, _ in rows)
         blocks.append("\n".join([title, *(f"  {label:<{width}}  {value}" for label, value in rows)]))
     return "\n\n".join(blocks)
+
+
+def shown(images: Sequence[ImageSpec], *, in_json: bool) -> str:
+    """What would be built for the images (`inv plan`), as text or JSON: nothing is fetched or built."""
+    plans = [make_plan(image) for image in images]
+    return as_json(plans) if in_json else as_text(plans)

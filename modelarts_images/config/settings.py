@@ -29,7 +29,7 @@ class Settings(declared.Values):
 
 def where(key: str, env: Mapping[str, str] | None = None) -> str:
     """Where a setting came from, for messages: the environment variable that set it, else invoke.yaml."""
-    variable = f"INVOKE_{SECTION.upper()}_{key.upper()}"
+    variable = declared.variable_name(key)
     if variable in (os.environ if env is None else env):
         return f"{variable} (environment)"
     return f"invoke.yaml: {SECTION}.{key}"

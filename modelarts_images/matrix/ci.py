@@ -19,13 +19,13 @@ from typing import Any
 
 from modelarts_images.model import ImageSpec
 from modelarts_images.options import DeviceChoice
+from modelarts_images.paths import GITLAB_CELL_FILE
 
 DEFAULT_RUNNER_KEY = "default"
 GPU_RUNNER_KEY = "gpu"
-# The template the generated GitLab jobs extend, and the file that defines it (in the user's repository).
+# The templates the generated GitLab jobs extend (defined in paths.GITLAB_CELL_FILE, in the user's repository).
 GITLAB_JOB_TEMPLATE = ".modelarts-cell"
 GITLAB_SUMMARY_TEMPLATE = ".modelarts-summary"
-GITLAB_CELL_FILE = "ci/gitlab/cell.yml"
 GITHUB_DEFAULT_RUNNER = ("ubuntu-latest",)
 
 

@@ -233,7 +233,7 @@ class Runner:
         return pipeline.RegistryCache(references=(image.reference,), logins=logins)
 
     def _credentials(self, registry: str) -> Credentials | None:
-        """The login for a registry, looked up once per run (asked before a cell's build and for its cache)."""
+        """The login for a registry, looked up once per run (asked by a cell's registry step and for its cache)."""
         if registry not in self._logins:
             self._logins[registry] = pipeline.credentials_step(registry, self.options.push, self._engine(),
                                                                os.environ)
@@ -248,7 +248,7 @@ class Runner:
 
 
 def connect_once() -> Callable[[], Engine]:
-    """The engine, connected on first use: a matrix whose cells all fail at fetch never needs one."""
+    """The engine, connected on first use and shared by every cell: a matrix that selects no cell never needs one."""
     connected: list[Engine] = []
 
     def get() -> Engine:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from modelarts_images import paths
 from modelarts_images.config import settings
 from modelarts_images.errors import ConfigError
 from modelarts_images.matrix import ci
@@ -84,8 +85,8 @@ def test_the_gitlab_pipeline_has_a_job_per_cell_and_a_summary(tmp_path: Path,
         "CELL": "cuda12-cell", "CELL_DEVICE": "both", "CELL_TAGS": "cuda12"}}
     assert "tags" not in jobs["cell cpu-cell"], "unmapped: any runner of the project"
     assert pipeline["summary"]["needs"] == [{"job": name, "artifacts": True} for name in jobs]
-    assert pipeline["include"] == [{"local": ci.GITLAB_CELL_FILE}]
-    assert (ROOT / ci.GITLAB_CELL_FILE).is_file()
+    assert pipeline["include"] == [{"local": paths.GITLAB_CELL_FILE}]
+    assert (ROOT / paths.GITLAB_CELL_FILE).is_file()
 
 
 @pytest.mark.parametrize(("runners", "message"), [

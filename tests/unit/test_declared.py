@@ -107,14 +107,6 @@ def test_a_key_without_a_variable_is_a_mapping() -> None:
         assert (setting.variable is None) is mapping, setting.name
 
 
-def test_the_reference_lists_every_shown_setting_once() -> None:
-    page = declared.reference_markdown()
-    for setting in declared.SETTINGS:
-        rows = [line for line in page.splitlines() if line == f"### `{setting.name}`"]
-        assert len(rows) == (0 if setting.hidden else 1), setting.name
-    assert "<project>" not in page  # text outside code is escaped, not read as HTML
-
-
 # --------------------------------------------------------------------------------------------------------------
 # the front ends' flags
 

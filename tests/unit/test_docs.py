@@ -53,6 +53,19 @@ def test_a_generated_page_is_what_the_generator_gives_now(name: str) -> None:
         f"docs/{name} differs from what docs/gen_reference.py gives now: run `nox -s docs`")
 
 
+def test_the_settings_page_lists_every_shown_setting_once_with_its_front_ends_own_help() -> None:
+    from modelarts_images import declared
+
+    page = PAGES["reference/settings.md"]()
+    for setting in declared.SETTINGS:
+        headings = [line for line in page.splitlines() if line == f"### `{setting.name}`"]
+        assert len(headings) == (0 if setting.hidden else 1), setting.name
+    assert "&lt;project&gt;@&lt;AK&gt;" in page and "<project>" not in page  # prose outside code is not HTML
+    assert "- on the matrix: the old name of --rerun" in page and "- on `inv build`: print each selected" in page
+    assert "- set by: `inv lock`, never by a user" in page
+    assert "```yaml\ncpu: ubuntu-latest\ncuda12: [self-hosted, linux, gpu]\n```" in page
+
+
 def test_every_generated_page_is_in_the_site_navigation() -> None:
     mkdocs = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     for name in PAGES:
