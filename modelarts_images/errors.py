@@ -39,6 +39,13 @@ class RegistryError(ModelArtsImagesError):
     exit_code = 6
 
 
+class PlatformError(ModelArtsImagesError):
+    """ModelArts or OBS refused or could not do what was asked (quota, flavour, image, bucket, region, keys);
+    a job that ran and failed its checks is a VerifyError (5)."""
+
+    exit_code = 7
+
+
 class EngineError(ModelArtsImagesError):
     """The container engine did not do what was asked: unreachable, refused, or failed.
 

@@ -11,7 +11,8 @@ import pytest
 from tests.conftest import ROOT
 
 PACKAGE = ROOT / "modelarts_images"
-# Who may import what reaches outside the process: the Docker edge, the HTTP edge, and the front ends.
+# Who may import what reaches outside the process: the Docker edge, the HTTP edge, the Huawei Cloud edge (its
+# SDKs), and the front ends.
 ALLOWED = {
     "docker": ("modelarts_images.engine.",),
     "requests": ("modelarts_images.engine.", "modelarts_images.http."),  # docker-py raises requests' errors
@@ -19,8 +20,11 @@ ALLOWED = {
     "subprocess": ("modelarts_images.engine.", "modelarts_images.http."),
     "http": ("modelarts_images.engine.served",),  # the classic builder's file server: the one listening socket
     "invoke": ("modelarts_images.frontend",),
+    "huaweicloudsdkcore": ("modelarts_images.cloud.sdk",),
+    "huaweicloudsdkmodelarts": ("modelarts_images.cloud.sdk",),
+    "obs": ("modelarts_images.cloud.sdk",),
 }
-STAGES = ("config", "fetch", "build", "verify", "publish")
+STAGES = ("config", "fetch", "build", "verify", "publish", "platform")
 
 
 def module_name(path: Path) -> str:
@@ -74,10 +78,10 @@ def test_the_front_ends_import_no_stage_module(path: Path) -> None:
 
 
 def test_the_edges_import_no_stage_but_the_configuration() -> None:
-    """http/ and engine/ serve the stages: they may read the configuration (wheel names, the stack's rules),
-    never a stage's own work, or the stages would form a cycle through them."""
+    """http/, engine/ and cloud/ serve the stages: they may read the configuration (wheel names, the stack's
+    rules), never a stage's own work, or the stages would form a cycle through them."""
     for module, path in MODULES.items():
-        if not module.startswith(("modelarts_images.http.", "modelarts_images.engine.")):
+        if not module.startswith(("modelarts_images.http.", "modelarts_images.engine.", "modelarts_images.cloud.")):
             continue
         for imported in imports(path, top_level_only=False):
             for stage in STAGES[1:]:

@@ -1,0 +1,47 @@
+"""Which flavour a verification job runs on: the one asked for, or the smallest the region offers for the device."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from modelarts_images.cloud.api import Flavor, FlavorType
+from modelarts_images.errors import ConfigError
+from modelarts_images.options import Device
+
+# The platform's spelling of an image's architecture in flavor_info.cpu.arch.
+ARCH = {"x86_64": "x86", "aarch64": "aarch64"}
+
+
+def flavor_type(device: Device) -> FlavorType:
+    return FlavorType.GPU if device is Device.GPU else FlavorType.CPU
+
+
+def _size(flavor: Flavor) -> tuple[int, int, float, str]:
+    # The fewest accelerators first (one GPU is what a verification needs), then the fewest vCPUs and memory;
+    # the id last, so that equal flavours are chosen the same way every time.
+    return flavor.accelerators, flavor.cpus, flavor.memory_gib, flavor.id
+
+
+def choose(offered: Sequence[Flavor], *, device: Device, arch: str, wanted: str | None = None,
+           region: str = "") -> Flavor:
+    """`wanted` when the region offers it for this device, else the smallest flavour of the device's type and the
+    image's architecture (a GPU flavour with at least one GPU); ConfigError listing what the region offers."""
+    kind = flavor_type(device)
+    platform_arch = ARCH.get(arch, arch)
+    fitting = [flavor for flavor in offered if flavor.type is kind and flavor.arch in (platform_arch, "")
+               and (kind is FlavorType.CPU or flavor.accelerators >= 1)]
+    where = f" in {region}" if region else ""
+    listed = "; ".join(flavor.described for flavor in sorted(fitting, key=_size)) or "none"
+    if wanted:
+        chosen = next((flavor for flavor in offered if flavor.id == wanted), None)
+        if chosen is None or chosen not in fitting:
+            why = ("is not offered" if chosen is None else
+                   f"is a {chosen.type} flavour for {chosen.arch or 'any architecture'}")
+            raise ConfigError(f"--flavor {wanted}: {why}{where}; {kind} flavours for {platform_arch} offered: "
+                              f"{listed}")
+        return chosen
+    if not fitting:
+        raise ConfigError(f"no {kind} flavour for {platform_arch} is offered{where} (training-job flavours: "
+                          f"{', '.join(sorted(flavor.id for flavor in offered)) or 'none'}); pick another region "
+                          "or --device")
+    return min(fitting, key=_size)
