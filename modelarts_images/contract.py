@@ -84,6 +84,7 @@ class RunUser:
 
 
 SCRIPT_NAME = "pytorch-verification.py"
+REQUIRE_GPU = "--require-gpu"  # the script's flag on a GPU flavour: no CUDA is a failure, not a CPU run
 WORKER_HOSTNAME = "modelarts-job-worker-0"  # the pod name pattern of a single-worker job
 DEFAULT_USER = RunUser()
 

@@ -33,7 +33,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from modelarts_images.contract import SCRIPT_NAME
+from modelarts_images.contract import REQUIRE_GPU, SCRIPT_NAME
 from modelarts_images.model import ImageSpec
 from modelarts_images.shared.files import write_atomic
 
@@ -57,27 +57,33 @@ def job_name(image: ImageSpec) -> str:
 
 
 def training_job_body(image: ImageSpec, *, digest: str, flavor_id: str | None = None, node_count: int = 1,
-                      code_dir: str = CODE_DIR_PLACEHOLDER) -> dict[str, Any]:
-    """The v2 training-jobs body that runs the verification script in the pushed image as ModelArts would."""
+                      code_dir: str = CODE_DIR_PLACEHOLDER, gpu: bool | None = None, image_url: str | None = None,
+                      name: str | None = None) -> dict[str, Any]:
+    """The v2 training-jobs body that runs the verification script in the pushed image as ModelArts would, the
+    boot command as the local verification runs it (with --require-gpu on a GPU flavour; `gpu` None: a CUDA
+    entry's image runs on one). `image_url`: the image as the job names it (by default pinned to `digest`)."""
+    gpu = not image.is_cpu if gpu is None else gpu
     code_dir = code_dir.rstrip("/") + "/"
-    description = f"Verify {image.reference} (PyTorch {image.torch}, {image.variant}, Python {image.python})"
+    description = (f"Verify {image.reference} {digest} (PyTorch {image.torch}, {image.variant}, Python "
+                   f"{image.python})")
     return {
         "kind": "job",
         "metadata": {
-            "name": job_name(image),
+            "name": name or job_name(image),
             "description": description[:MAX_DESCRIPTION],
         },
         "algorithm": {
             "code_dir": code_dir,
             "boot_file": f"{code_dir}{SCRIPT_NAME}",
-            "command": image.user.boot_command,  # ModelArts expands ${MA_JOB_DIR}; runs without a shell profile
-            "engine": {"image_url": pinned_reference(image, digest)},
+            # ModelArts expands ${MA_JOB_DIR} and runs the command without a shell profile
+            "command": image.user.boot_command + (f" {REQUIRE_GPU}" if gpu else ""),
+            "engine": {"image_url": image_url or pinned_reference(image, digest)},
             "parameters": [],
             "environments": {"PYTHONUNBUFFERED": "1"},
         },
         "spec": {
             "resource": {
-                "flavor_id": flavor_id or (CPU_FLAVOR if image.is_cpu else GPU_FLAVOR),
+                "flavor_id": flavor_id or (GPU_FLAVOR if gpu else CPU_FLAVOR),
                 "node_count": node_count,
             },
         },

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelarts_images.contract import DEFAULT_USER, SCRIPT_NAME, VERIFY_TIMEOUT_S, WORKER_HOSTNAME, RunUser
+from modelarts_images.contract import DEFAULT_USER, REQUIRE_GPU, SCRIPT_NAME, VERIFY_TIMEOUT_S, WORKER_HOSTNAME, RunUser
 from modelarts_images.engine.api import ContainerRun, GpuSupport, Mount
 from modelarts_images.errors import ConfigError
 from modelarts_images.options import Device, DeviceChoice
@@ -29,7 +29,7 @@ def run_spec(reference: str, *, device: Device, script_dir: Path = VERIFY_DIR, g
     command: tuple[str, ...] = (user.boot_python, f"{user.code_dir}/{SCRIPT_NAME}")
     return ContainerRun(
         image=reference,
-        command=command + (("--require-gpu",) if gpu else ()),
+        command=command + ((REQUIRE_GPU,) if gpu else ()),
         user=user.spec,
         working_dir=user.home,
         environment=user.job_environment(gpus=gpus if gpu else 0),

@@ -102,7 +102,10 @@ def test_the_body_runs_the_boot_command_in_the_pinned_image() -> None:
     assert body["kind"] == "job" and body["metadata"]["name"] == "verify-pytorch-1-8-1-cuda10-2"
     algorithm = body["algorithm"]
     assert algorithm["engine"] == {"image_url": f"swr.cn-north-4.myhuaweicloud.com/org/pytorch@{DIGEST}"}
-    assert algorithm["command"] == "/home/ma-user/miniconda3/bin/python ${MA_JOB_DIR}/code/pytorch-verification.py"
+    # a CUDA entry runs on a GPU flavour, where the script must find CUDA (as the local verification runs it)
+    assert algorithm["command"] == ("/home/ma-user/miniconda3/bin/python ${MA_JOB_DIR}/code/pytorch-verification.py"
+                                    " --require-gpu")
+    assert DIGEST in body["metadata"]["description"]
     # the code folder's last level is `code`, where the boot command looks (no local_code_dir moves it)
     assert algorithm["code_dir"] == "obs://<bucket>/<path>/code/" and "local_code_dir" not in algorithm
     assert algorithm["boot_file"] == "obs://<bucket>/<path>/code/pytorch-verification.py"
@@ -116,6 +119,7 @@ def test_flavor_nodes_code_folder_and_user_are_the_callers() -> None:
     assert body["spec"]["resource"] == {"flavor_id": "modelarts.vm.cpu.2u", "node_count": 2}
     assert body["algorithm"]["code_dir"] == "obs://bucket/verify/code/"
     assert body["algorithm"]["command"].startswith("/home/work/miniconda3/bin/python ")
+    assert not body["algorithm"]["command"].endswith("--require-gpu")  # a CPU entry, on a CPU flavour
     assert documented_problems(body) == [] and request_of(body) is not None
     long = dataclasses.replace(IMAGE, id="x" * 100, repository="r" * 200)
     long_body = trainingjob.training_job_body(long, digest=DIGEST)
