@@ -48,6 +48,14 @@ class FlavorType(Choice):
     GPU = "GPU"
     ASCEND = "Ascend"
 
+    @classmethod
+    def read(cls, text: str) -> FlavorType:
+        """The platform's spelling, whatever its case (GPU, gpu, ASCEND)."""
+        for kind in cls:
+            if kind.value.lower() == text.lower():
+                return kind
+        raise ValueError(f"unknown flavour type {text!r}")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Flavor:

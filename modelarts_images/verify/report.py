@@ -37,6 +37,37 @@ class Expected:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PlatformJob:
+    """The training job a run was on ModelArts: where, on what, how it ended and how long it queued and ran."""
+
+    job_id: str
+    name: str
+    region: str
+    flavor: str
+    phase: str  # the final status.phase
+    exit_code: int | None  # the task's, as the platform reports it
+    message: str  # the platform's own words on the task
+    queued: float  # seconds Creating and Pending
+    ran: float  # seconds Running
+    console_url: str
+    log_bytes: tuple[int, int] = (0, 0)  # (read, the whole log): the preview holds only the newest part
+
+    def to_json(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "name": self.name, "region": self.region, "flavor": self.flavor,
+                "phase": self.phase, "exit_code": self.exit_code, "message": self.message,
+                "queued_seconds": self.queued, "run_seconds": self.ran, "console_url": self.console_url,
+                "log_bytes": {"read": self.log_bytes[0], "full": self.log_bytes[1]}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PlatformJob:
+        return cls(job_id=str(data["job_id"]), name=str(data["name"]), region=str(data["region"]),
+                   flavor=str(data["flavor"]), phase=str(data["phase"]), exit_code=data["exit_code"],
+                   message=str(data["message"]), queued=float(data["queued_seconds"]),
+                   ran=float(data["run_seconds"]), console_url=str(data["console_url"]),
+                   log_bytes=(int(data["log_bytes"]["read"]), int(data["log_bytes"]["full"])))
+
+
+@dataclass(frozen=True, kw_only=True)
 class DeviceRun:
     device: Device
     command: tuple[str, ...]
@@ -46,6 +77,7 @@ class DeviceRun:
     result: VerificationResult | None  # None when the output held no usable result line
     outcomes: tuple[CheckOutcome, ...]
     output_tail: tuple[str, ...]  # the last lines of the output (stdout then stderr), for the report
+    job: PlatformJob | None = None  # the training job it ran as on ModelArts; None: a local container
 
     @property
     def ok(self) -> bool:
@@ -62,6 +94,7 @@ class DeviceRun:
             "result": self.result.to_json() if self.result is not None else None,
             "checks": [outcome.to_json() for outcome in self.outcomes],
             "output_tail": list(self.output_tail),
+            **({"job": self.job.to_json()} if self.job is not None else {}),
         }
 
     @classmethod
@@ -70,7 +103,8 @@ class DeviceRun:
                    timed_out=bool(data["timed_out"]), seconds=float(data["seconds"]),
                    result=None if data["result"] is None else VerificationResult.from_json(data["result"]),
                    outcomes=tuple(CheckOutcome.from_json(item) for item in data["checks"]),
-                   output_tail=tuple(data["output_tail"]))
+                   output_tail=tuple(data["output_tail"]),
+                   job=PlatformJob.from_json(data["job"]) if data.get("job") else None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +118,7 @@ class ImageReport:
     skipped: tuple[str, ...]  # "GPU: skipped, no GPU runtime (...)"
     conformance: tuple[CheckOutcome, ...]
     stack: tuple[CheckOutcome, ...] = ()  # pip check, imports and the checks: scripts, for an image with a stack
+    platform: str = "local"  # where the runs were: local containers, or "modelarts" training jobs
 
     def outcomes(self) -> list[tuple[str, CheckOutcome]]:
         pairs = [(str(run.device), outcome) for run in self.runs for outcome in run.outcomes]
@@ -102,6 +137,7 @@ class ImageReport:
         expected = self.expected
         return {
             "schema": SCHEMA,
+            "platform": self.platform,
             "id": self.id,
             "reference": self.reference,
             "image_id": self.image_id,
@@ -131,7 +167,8 @@ class ImageReport:
                    runs=tuple(DeviceRun.from_json(run) for run in data["runs"]),
                    skipped=tuple(str(note) for note in data["skipped"]),
                    conformance=tuple(CheckOutcome.from_json(item) for item in data["conformance"]),
-                   stack=tuple(CheckOutcome.from_json(item) for item in data.get("stack", ())))
+                   stack=tuple(CheckOutcome.from_json(item) for item in data.get("stack", ())),
+                   platform=str(data.get("platform", "local")))
 
 
 def save_report(report: ImageReport, directory: Path) -> Path:

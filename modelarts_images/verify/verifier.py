@@ -30,23 +30,34 @@ def _run_device(engine: Engine, image: ImageSpec, reference: str, device: Device
         return DeviceRun(device=device, command=spec.command, exit_code=None, timed_out=False, seconds=0.0,
                          result=None, outcomes=(CheckOutcome(name="run", ok=False, detail=str(error)),),
                          output_tail=())
-    tail = tuple((output.stdout.rstrip("\n") + "\n" + output.stderr).strip("\n").splitlines()[-LOG_TAIL:])
+    return judge_run(image, device, command=spec.command, log=output.stdout, exit_code=output.exit_code,
+                     timed_out=output.timed_out, seconds=output.seconds,
+                     shown=output.stdout.rstrip("\n") + "\n" + output.stderr,
+                     timeout_detail=f"timed out after {output.seconds:.0f} s; the container was killed")
+
+
+def judge_run(image: ImageSpec, device: Device, *, command: tuple[str, ...], log: str, exit_code: int | None,
+              timed_out: bool, seconds: float, shown: str, timeout_detail: str = "", no_result: str = "",
+              ) -> DeviceRun:
+    """A run of the script judged on what it printed (`log`) and how it ended: the result line against the
+    entry, then its exit status; the same checks wherever it ran. `shown`: the output whose tail the report
+    keeps; `no_result`: why a missing result line may be missing (a log only partly read)."""
+    tail = tuple(shown.strip("\n").splitlines()[-LOG_TAIL:])
     outcomes: list[CheckOutcome] = []
     result: VerificationResult | None = None
-    if output.timed_out:
-        outcomes.append(CheckOutcome(name="run", ok=False,
-                                     detail=f"timed out after {output.seconds:.0f} s; the container was killed"))
+    if timed_out:
+        outcomes.append(CheckOutcome(name="run", ok=False, detail=timeout_detail or "timed out"))
     try:
-        result = parse_result(output.stdout)
+        result = parse_result(log)
     except VerifyError as error:
         outcomes.append(CheckOutcome(name="result-line", ok=False,
-                                     detail=f"exit status {output.exit_code}; {error}"))
+                                     detail=f"exit status {exit_code}; {error}{no_result}"))
     if result is not None:
         outcomes += check_against(result, image, device)
-        outcomes.append(CheckOutcome(name="exit-status", ok=output.exit_code == 0,
-                                     detail=f"{spec.command[0]} exited with {output.exit_code}"))
-    return DeviceRun(device=device, command=spec.command, exit_code=output.exit_code, timed_out=output.timed_out,
-                     seconds=round(output.seconds, 3), result=result, outcomes=tuple(outcomes), output_tail=tail)
+        outcomes.append(CheckOutcome(name="exit-status", ok=exit_code == 0,
+                                     detail=f"{command[0]} exited with {exit_code}"))
+    return DeviceRun(device=device, command=command, exit_code=exit_code, timed_out=timed_out,
+                     seconds=round(seconds, 3), result=result, outcomes=tuple(outcomes), output_tail=tail)
 
 
 def _boot_of(runs: Sequence[DeviceRun], image: ImageSpec) -> conformance.BootFacts:

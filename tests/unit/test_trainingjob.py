@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from huaweicloudsdkcore.utils import http_utils
-from huaweicloudsdkmodelarts.v1 import model as sdk_models
 
+from modelarts_images.cloud import sdk
 from modelarts_images.contract import RunUser
 from modelarts_images.model import Artifact, ImageSpec
 from modelarts_images.publish import trainingjob
@@ -21,36 +21,14 @@ IMAGE = ImageSpec(
     repository="pytorch", base_image="ubuntu:18.04", pip_index="", apt_mirror="",
     installer=Artifact(url="https://x/Miniconda3-py37_4.12.0-Linux-x86_64.sh", sha256=None), wheels=())
 DIGEST = "sha256:" + "e" * 64
-_LIST = re.compile(r"^list\[(?P<item>.+)\]$")
-_DICT = re.compile(r"^dict\((?P<key>\w+), (?P<value>\w+)\)$")
-_PRIMITIVES: dict[str, type] = {"str": str, "int": int, "bool": bool, "float": float}
-
-
-def as_model(type_name: str, value: Any, where: str) -> Any:
-    """`value` as the SDK model `type_name` describes it; AssertionError naming the key the SDK does not know."""
-    if type_name in _PRIMITIVES:
-        assert isinstance(value, _PRIMITIVES[type_name]), f"{where}: {value!r} is not {type_name}"
-        return value
-    if match := _LIST.match(type_name):
-        assert isinstance(value, list), f"{where}: not a list"
-        return [as_model(match["item"], item, f"{where}[{index}]") for index, item in enumerate(value)]
-    if match := _DICT.match(type_name):
-        assert isinstance(value, dict), f"{where}: not a mapping"
-        return {as_model(match["key"], key, where): as_model(match["value"], item, f"{where}.{key}")
-                for key, item in value.items()}
-    model = getattr(sdk_models, type_name)
-    assert isinstance(value, dict), f"{where}: not a mapping for {type_name}"
-    by_json_key = {json_key: attribute for attribute, json_key in model.attribute_map.items()}
-    unknown = sorted(set(value) - set(by_json_key))
-    assert not unknown, f"{where}: {type_name} has no field {', '.join(unknown)}"
-    return model(**{by_json_key[key]: as_model(model.openapi_types[by_json_key[key]], item, f"{where}.{key}")
-                    for key, item in value.items()})
 
 
 def request_of(body: dict[str, Any]) -> Any:
-    """The SDK's CreateTrainingJobRequest for `body`."""
-    request_type = sdk_models.CreateTrainingJobRequest.openapi_types["body"]
-    return sdk_models.CreateTrainingJobRequest(body=as_model(request_type, body, "body"))
+    """The SDK's CreateTrainingJobRequest for `body` (AssertionError naming what the models do not have)."""
+    try:
+        return sdk.create_request(body)
+    except ValueError as error:
+        raise AssertionError(str(error)) from None
 
 
 def documented_problems(body: dict[str, Any]) -> list[str]:
