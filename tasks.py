@@ -6,6 +6,7 @@ steps run in the pipeline's declared order (modelarts_images/pipeline.py: STEPS)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from modelarts_images.frontend import (
     section_of,
     selected_images,
 )
+from modelarts_images.options import Where
 
 if TYPE_CHECKING:
     from modelarts_images.options import Options
@@ -105,7 +107,8 @@ def push(c: Context, call: Call) -> None:
 
 @declared_task("verify")
 def verify(c: Context, call: Call) -> None:
-    """Run pytorch-verification.py in the selected images as ModelArts does, and check ModelArts' image rules."""
+    """Run pytorch-verification.py in the selected images as ModelArts does, and check ModelArts' image rules;
+    with --on modelarts, as training jobs on ModelArts itself."""
     from modelarts_images import pipeline
 
     options = _options(c, call)
@@ -113,5 +116,11 @@ def verify(c: Context, call: Call) -> None:
     image = call.given["image"]
     if image and len(images) != 1:
         raise ConfigError(f"--image: verifies one entry, but {len(images)} are selected; pick one with --only")
-    run = _run(options, call, images=images, reference=image)
+    on_platform = options.platform.on is Where.MODELARTS
+    if on_platform and image:
+        raise ConfigError("--image: ModelArts runs the entry's own image from SWR; --image is for local runs")
+    if options.platform.job and len(images) != 1:
+        raise ConfigError(f"--job: reads one job of one entry, but {len(images)} are selected; pick one with --only")
+    step = StepName.PLATFORM if on_platform else StepName.VERIFY
+    run = _run(options, dataclasses.replace(call, steps=(step,)), images=images, reference=image)
     pipeline.raise_for_reports([verified.report for verified in run.verified])

@@ -95,3 +95,4 @@ DEFAULT_USER = RunUser()
 # only when the user sets --size-budget. Compared with the engine's uncompressed size, 9.5 * 10^9 bytes.
 IMAGE_SIZE_BUDGET = 9_500_000_000
 VERIFY_TIMEOUT_S = 600.0  # how long one verification container may run by default
+JOB_TIMEOUT_S = 3600.0  # how long a verification job on ModelArts may take, its queue included, by default

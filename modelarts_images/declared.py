@@ -37,6 +37,7 @@ class StepName(Choice):
     MANIFEST = "manifest"
     LOGIN = "login"
     PUSH = "push"
+    PLATFORM = "platform"  # the verification as training jobs on ModelArts
     TRAINING_JOB = "training_job"
 
 
@@ -208,6 +209,34 @@ SETTINGS: tuple[Setting, ...] = (
                  "cuda12, ...), `gpu` (any CUDA cell) or `default`, mapped to a runner label or a list of labels, "
                  "e.g.\n  cpu: ubuntu-latest\n  cuda12: [self-hosted, linux, gpu]\nA CUDA cell on a runner mapped "
                  "by its tag or by `gpu` verifies on the GPU too."),
+    # -- verify on ModelArts
+    Setting(name="on", default="local", flag="--on", fills="on", choices=("local", "modelarts"),
+            steps=(_S.VERIFY, _S.PLATFORM),
+            help="where the verification runs: local (containers on this engine) or modelarts (one billed training "
+                 "job per device on ModelArts, of the image in SWR; see docs/guide/modelarts.md) (default: local)"),
+    Setting(name="obs_dir", key="obs_dir", default="", flag="--obs-dir", fills="obs_dir", steps=(_S.PLATFORM,),
+            help="OBS folder for the jobs' code, obs://<bucket>/<folder>/ in the job's region (default: "
+                 "modelarts.obs_dir in invoke.yaml)",
+            comment="OBS folder the verification jobs' code is uploaded to (obs://<bucket>/<folder>/, a bucket in "
+                    "the jobs' region): each image's under <folder>/<image id>/<content hash>/code/."),
+    Setting(name="project_id", key="project_id", default="", flag="--project-id", fills="project_id",
+            steps=(_S.PLATFORM,),
+            help="the IAM project id of the jobs' region (default: modelarts.project_id in invoke.yaml, else the "
+                 "region's own project, looked up at IAM)",
+            comment="IAM project id for ModelArts' API; empty: the region's own project, looked up at IAM."),
+    Setting(name="modelarts_endpoint", key="modelarts_endpoint", default="", steps=(_S.PLATFORM,),
+            help="ModelArts' API host (default: https://modelarts.<region>.myhuaweicloud.com; Huawei Cloud Stack "
+                 "and partner clouds have their own)"),
+    Setting(name="obs_endpoint", key="obs_endpoint", default="", steps=(_S.PLATFORM,),
+            help="OBS's host (default: https://obs.<region>.myhuaweicloud.com)"),
+    Setting(name="iam_endpoint", key="iam_endpoint", default="", steps=(_S.PLATFORM,),
+            help="IAM's host, for the project lookup (default: https://iam.<region>.myhuaweicloud.com)"),
+    Setting(name="job_timeout", flag="--job-timeout", fills="job_timeout", steps=(_S.PLATFORM,),
+            help="minutes a training job may take, queue included, before it is stopped (default: 60)"),
+    Setting(name="detach", flag="--detach", takes=Takes.SWITCH, fills="detach", steps=(_S.PLATFORM,),
+            help="create the training jobs, print their ids and exit (read them later with --job ID)"),
+    Setting(name="job", flag="--job", fills="job", steps=(_S.PLATFORM,),
+            help="attach to this training job (one entry, one device) instead of creating one"),
     # -- verify
     Setting(name="device", default=DeviceChoice.AUTO.value, flag="--device", fills="device",
             choices=DeviceChoice.names(), steps=(_S.VERIFY,),
@@ -226,13 +255,17 @@ SETTINGS: tuple[Setting, ...] = (
             help="replace a tag that already names another image in the registry (tags are immutable otherwise)"),
     Setting(name="force", flag="--force", takes=Takes.SWITCH, help="the old name of --replace-tag",
             help_for={"matrix": "the old name of --rerun (it says nothing about tags)"}),
-    Setting(name="region", flag="--region", fills="region", steps=(_S.LOGIN, _S.PUSH, _S.REGISTRY),
-            help="SWR region for the AK/SK login when the registry host does not name it (e.g. cn-north-4)"),
+    Setting(name="region", flag="--region", fills="region", steps=(_S.LOGIN, _S.PUSH, _S.REGISTRY, _S.PLATFORM),
+            help="SWR region for the AK/SK login when the registry host does not name it (e.g. cn-north-4)",
+            help_for={"verify": "with --on modelarts: the jobs' region when the registry host does not name it "
+                                "(e.g. cn-north-4)"}),
     Setting(name="registry_host", flag="--registry", steps=(_S.LOGIN,),
             help="log in to this registry host instead of those of the selected images"),
-    Setting(name="dry_run", flag="--dry-run", takes=Takes.SWITCH, fills="dry_run", steps=(_S.PUSH,),
+    Setting(name="dry_run", flag="--dry-run", takes=Takes.SWITCH, fills="dry_run", steps=(_S.PUSH, _S.PLATFORM),
             help="check names, credentials and the registry's tags, and say what would be pushed; push nothing",
-            help_for={"build": "print each selected image's build command and exit (nothing is fetched or built)"}),
+            help_for={"build": "print each selected image's build command and exit (nothing is fetched or built)",
+                      "verify": "with --on modelarts: print each job's flavour, OBS keys and request body; upload "
+                                "and create nothing"}),
     # -- output
     Setting(name="json", flag="--json", takes=Takes.SWITCH, help="print the plan as JSON instead of text"),
     # -- the matrix's own
@@ -244,8 +277,10 @@ SETTINGS: tuple[Setting, ...] = (
             help="ask each cell's registry (as --push does): a tag carrying the cell's input hash is reported "
                  "unchanged without a build, and builds take unchanged layers from the tag's inline cache"),
     Setting(name="shard", flag="--shard", help="K/N: run only the K-th of N deterministic slices of the cells"),
-    Setting(name="flavor", flag="--flavor", steps=(_S.TRAINING_JOB,),
-            help="ModelArts flavor_id for the training-job bodies (default: by CUDA or CPU)"),
+    Setting(name="flavor", flag="--flavor", fills="flavor", steps=(_S.PLATFORM, _S.TRAINING_JOB),
+            help="ModelArts flavor_id of the verification jobs (default: the smallest the region offers for the "
+                 "device)",
+            help_for={"matrix": "ModelArts flavor_id for the training-job bodies (default: by CUDA or CPU)"}),
     Setting(name="config", flag="--config",
             help="an extra invoke-style YAML file with a `modelarts:` section (like inv -f)"),
     Setting(name="summary", flag="--summary", takes=Takes.SWITCH,
@@ -351,8 +386,10 @@ TASKS: Mapping[str, Command] = {
     "login": Command(steps=(_S.LOGIN,), flags=(*SELECTION, "registry_host", "region", "swr_project")),
     "push": Command(steps=(_S.PUSH,), flags=(*SELECTION, "replace_tag", "force", "extra_tags", "reports_dir",
                                              "region", "swr_project", "dry_run")),
-    "verify": Command(steps=(_S.VERIFY,), flags=(*SELECTION, "image", "device", "timeout", "size_budget",
-                                                 "reports")),
+    # --on chooses between the two steps
+    "verify": Command(steps=(_S.VERIFY, _S.PLATFORM),
+                      flags=(*SELECTION, "image", "device", "timeout", "size_budget", "reports", "on", "obs_dir",
+                             "flavor", "region", "project_id", "job_timeout", "detach", "job", "dry_run")),
 }
 # Every step a cell can take: the registry step only with --push or --check-registry (and not --rerun), push and
 # the training-job body only with --push.

@@ -22,7 +22,7 @@ from modelarts_images.declared import DeviceChoice
 __all__ = ["BuildOptions", "Device", "DeviceChoice", "FetchOptions", "Flags", "Options", "PushOptions",
            "Selection", "VerifyOptions", "resolve"]
 from modelarts_images.config.versions import split_ids, suggest
-from modelarts_images.contract import VERIFY_TIMEOUT_S
+from modelarts_images.contract import JOB_TIMEOUT_S, VERIFY_TIMEOUT_S
 from modelarts_images.engine.api import Backend
 from modelarts_images.errors import ConfigError
 from modelarts_images.paths import ROOT, VERIFY_DIR
@@ -109,6 +109,31 @@ class PushOptions:
     backoff: float = REGISTRY_BACKOFF.base
 
 
+class Where(Choice):
+    """Where the verification runs (--on)."""
+
+    LOCAL = "local"  # containers on this engine
+    MODELARTS = "modelarts"  # training jobs on ModelArts
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlatformOptions:
+    """The verification as training jobs on ModelArts (--on modelarts)."""
+
+    on: Where = Where.LOCAL
+    obs_dir: str | None = None  # obs://bucket/folder/ for the jobs' code
+    flavor: str | None = None  # None: the smallest the region offers for the device
+    region: str | None = None  # None: the registry host's
+    project_id: str | None = None  # None: the region's own project, looked up at IAM
+    modelarts_endpoint: str | None = None  # None: the region's public host
+    obs_endpoint: str | None = None
+    iam_endpoint: str | None = None
+    job_timeout: float = JOB_TIMEOUT_S
+    detach: bool = False
+    job: str | None = None  # attach to this job instead of creating one
+    dry_run: bool = False
+
+
 @dataclass(frozen=True, kw_only=True)
 class Options:
     """A run's settings, merged once from flags, invoke.yaml and the built-in values."""
@@ -121,6 +146,7 @@ class Options:
     build: BuildOptions
     verify: VerifyOptions
     push: PushOptions
+    platform: PlatformOptions = field(default_factory=PlatformOptions)
 
 
 def resolve(section: Mapping[str, Any] | None, flags: Flags | None = None, *, root: Path = ROOT,
@@ -180,6 +206,20 @@ def resolve(section: Mapping[str, Any] | None, flags: Flags | None = None, *, ro
             revision=revision,
             region=flags.region or None,
             project=flags.project or configured.swr_project or None,
+            dry_run=flags.dry_run,
+        ),
+        platform=PlatformOptions(
+            on=choice("--on", flags.on, Where),
+            obs_dir=flags.obs_dir or configured.obs_dir or None,
+            flavor=flags.flavor or None,
+            region=flags.region or None,
+            project_id=flags.project_id or configured.project_id or None,
+            modelarts_endpoint=configured.modelarts_endpoint or None,
+            obs_endpoint=configured.obs_endpoint or None,
+            iam_endpoint=configured.iam_endpoint or None,
+            job_timeout=positive_number("--job-timeout", flags.job_timeout, JOB_TIMEOUT_S / 60, float) * 60,
+            detach=flags.detach,
+            job=flags.job or None,
             dry_run=flags.dry_run,
         ),
     )

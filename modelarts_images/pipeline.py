@@ -21,6 +21,8 @@ from typing import Any
 
 from modelarts_images.build import builder
 from modelarts_images.build.builder import BuildResult, RegistryCache, build_command_preview, format_result
+from modelarts_images.cloud.api import CodeStore, ModelArts
+from modelarts_images.cloud.sdk import Endpoints, Keys, SdkModelArts, SdkObs
 from modelarts_images.declared import StepName
 from modelarts_images.engine.api import Engine
 from modelarts_images.errors import (
@@ -29,6 +31,7 @@ from modelarts_images.errors import (
     EngineError,
     FetchError,
     ModelArtsImagesError,
+    PlatformError,
     RegistryError,
     VerifyError,
     WriteError,
@@ -37,9 +40,19 @@ from modelarts_images.fetch import fetcher as fetching
 from modelarts_images.fetch.fetcher import format_fetched
 from modelarts_images.inputs import INPUTS_LABEL, Steps, cell_inputs, image_hash, tree_digest
 from modelarts_images.model import FetchedImage, ImageSpec
-from modelarts_images.options import BuildOptions, DeviceChoice, FetchOptions, Options, PushOptions, VerifyOptions
+from modelarts_images.options import (
+    BuildOptions,
+    DeviceChoice,
+    FetchOptions,
+    Options,
+    PlatformOptions,
+    PushOptions,
+    VerifyOptions,
+)
 from modelarts_images.paths import CONTEXT_TEMPLATE
-from modelarts_images.publish import publisher, trainingjob
+from modelarts_images.platform import verifier as platform
+from modelarts_images.platform.watch import REAL_TIME, Pace, sigterm_interrupts
+from modelarts_images.publish import publisher, swr, trainingjob
 from modelarts_images.shared.credentials import Credentials
 from modelarts_images.shared.files import check_writable
 from modelarts_images.shared.progress import ProgressCallback
@@ -227,6 +240,14 @@ def _no_cache(image: ImageSpec) -> RegistryCache | None:
     return None
 
 
+def sdk_cloud(keys: Keys, region: str, options: PlatformOptions) -> tuple[ModelArts, CodeStore]:
+    """ModelArts and OBS of the region through Huawei's SDKs, at the endpoints invoke.yaml sets, if any."""
+    endpoints = Endpoints.of(region, modelarts=options.modelarts_endpoint, obs=options.obs_endpoint,
+                             iam=options.iam_endpoint)
+    return (SdkModelArts(keys, region=region, project_id=options.project_id, endpoints=endpoints),
+            SdkObs(keys, endpoint=endpoints.obs))
+
+
 def _nothing(step: StepName, item: object) -> None:
     return None
 
@@ -254,6 +275,10 @@ class Run:
     reference: str | None = None  # verify this reference instead of the image's own (inv verify --image)
     registries: tuple[str, ...] = ()  # to log in to (default: the images')
     flavor_id: str | None = None  # the training-job bodies' flavour
+    say: Callable[[str], None] = print  # a step's progress in words (a platform job's phases)
+    # ModelArts and OBS for a region (the platform step), and how its watch waits
+    cloud: Callable[[Keys, str, PlatformOptions], tuple[ModelArts, CodeStore]] = sdk_cloud
+    pace: Pace = REAL_TIME
     # given by the steps
     in_registry: tuple[InRegistry, ...] = ()
     fetched: tuple[FetchedImage, ...] = ()
@@ -279,7 +304,7 @@ class Run:
 
 # What the front end gives a Run; every other field a step needs must be given by a step before it.
 GIVEN = frozenset({"options", "images", "env", "connect", "inputs", "cache", "credentials", "reference",
-                   "registries", "flavor_id"})
+                   "registries", "flavor_id", "say", "cloud", "pace"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -369,6 +394,44 @@ def _training_jobs(run: Run) -> tuple[TrainingJob, ...]:
         for record in run.pushed if record.digest))
 
 
+def _target(run: Run, image: ImageSpec) -> platform.Target:
+    """The image as a job pulls it: its tag, which must still name the digest that was pushed (this run's push,
+    else the last push record); RegistryError when the registry cannot say."""
+    credentials = swr.resolve_credentials(image.registry, run.env, region=run.options.push.region,
+                                          project=run.options.push.project)
+    remote = remote_image_step(image, run.options.push, credentials)
+    if remote is None:
+        raise PlatformError(f"{image.id}: {image.reference} is not in its registry as one image: push it first "
+                            "(inv push), ModelArts runs the image from SWR")
+    pushed = next((record.digest for record in run.pushed if record.id == image.id and record.digest), None)
+    pushed = pushed or publisher.pushed_digest(run.options.reports_dir, image)
+    if pushed is not None and pushed != remote.digest:
+        raise PlatformError(f"{image.id}: {image.reference} moved: it names {remote.digest} in the registry, but "
+                            f"{pushed} was pushed (and verified); push it again, or verify what the tag names now "
+                            "after checking it")
+    return platform.Target(image=image, image_url=remote.reference, digest=remote.digest)
+
+
+def _platform(run: Run) -> tuple[Verified, ...]:
+    options = run.options.platform
+    check_writable(run.options.verify.reports_dir, set_by="--reports, or modelarts.reports_dir in invoke.yaml")
+    keys = platform.keys_from(run.env)
+    done = []
+    for image in run.images:
+        region = platform.region_for(image, options)
+        target = _target(run, image)
+        api, store = run.cloud(keys, region, options)
+        with sigterm_interrupts():
+            report = platform.verify_on_modelarts(
+                target, api=api, store=store, options=options, region=region, script_dir=run.options.verify.script_dir,
+                devices=platform.devices_for(image, run.options.verify.device), say=run.say, pace=run.pace)
+        if report is not None:
+            verified = Verified(report=report, path=verify_report.save_report(report, run.options.verify.reports_dir))
+            run.show(StepName.PLATFORM, verified)
+            done.append(verified)
+    return tuple(done)
+
+
 def _say_pushed(records: Sequence[publisher.PushRecord]) -> str:
     return publisher.summary(records)
 
@@ -389,6 +452,8 @@ STEPS: tuple[Step, ...] = (
     Step(name=StepName.LOGIN, body=_login, needs=("images",), gives="logins", error=RegistryError,
          text=lambda login: f"{login[0]}: login accepted for {login[1].user} ({login[1].source})"),
     Step(name=StepName.PUSH, body=_push, needs=("images",), gives="pushed", error=RegistryError, text=_say_pushed),
+    Step(name=StepName.PLATFORM, body=_platform, needs=("images",), gives="verified", error=PlatformError,
+         text=_say_verified),
     Step(name=StepName.TRAINING_JOB, body=_training_jobs, needs=("pushed",), gives="training_jobs",
          error=ConfigError),
 )

@@ -89,6 +89,8 @@ class JobState:
     tasks: tuple[str, ...]  # worker-0, worker-1, ...
     task_statuses: tuple[TaskStatus, ...] = ()
     duration_s: float | None = None  # running time the platform counts
+    flavor: str = ""  # spec.resource.flavor_id, as created
+    command: str = ""  # algorithm.command, as created
 
     def task_status(self, task: str) -> TaskStatus | None:
         return next((status for status in self.task_statuses if status.task == task), None)

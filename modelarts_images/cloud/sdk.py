@@ -106,10 +106,13 @@ def _state(response: Any) -> JobState:
     statuses = tuple(TaskStatus(task=str(item.task), exit_code=item.exit_code, message=str(item.message or ""))
                      for item in (getattr(status, "task_statuses", None) or ()))
     duration = getattr(status, "duration", None)
+    resource = getattr(getattr(response, "spec", None), "resource", None)
     return JobState(id=str(response.metadata.id), name=str(response.metadata.name or ""),
                     phase=Phase.read(str(getattr(status, "phase", "") or "")),
                     tasks=tuple(getattr(status, "tasks", None) or ()), task_statuses=statuses,
-                    duration_s=None if duration is None else duration / 1000)
+                    duration_s=None if duration is None else duration / 1000,
+                    flavor=str(getattr(resource, "flavor_id", "") or ""),
+                    command=str(getattr(getattr(response, "algorithm", None), "command", "") or ""))
 
 
 class SdkModelArts:

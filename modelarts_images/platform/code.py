@@ -66,7 +66,7 @@ class CodeUpload:
         """algorithm.code_dir: /bucket/<folder>, the form of the API's examples."""
         return f"/{self.bucket}/{self.folder}"
 
-    def keys(self) -> tuple[str, ...]:
+    def object_keys(self) -> tuple[str, ...]:
         return tuple(self.folder + file.name for file in self.files)
 
 
@@ -101,7 +101,7 @@ def upload(store: CodeStore, planned: CodeUpload, *, region: str) -> CodeUpload:
                                 "ModelArts reads a job's code only from a bucket of its own region; give --obs-dir "
                                 f"a bucket in {region}")
         sent = []
-        for file, key in zip(planned.files, planned.keys(), strict=True):
+        for file, key in zip(planned.files, planned.object_keys(), strict=True):
             if (store.etag(planned.bucket, key) or "").strip('"').lower() != file.md5:
                 store.put(planned.bucket, key, file.data)
                 sent.append(file.name)

@@ -8,8 +8,12 @@ from modelarts_images.cloud.api import Flavor, FlavorType
 from modelarts_images.errors import ConfigError
 from modelarts_images.options import Device
 
-# The platform's spelling of an image's architecture in flavor_info.cpu.arch.
-ARCH = {"x86_64": "x86", "aarch64": "aarch64"}
+# The spellings of an architecture in flavor_info.cpu.arch (the API's examples write x86; x86_64 is seen too).
+ARCH = {"x86_64": "x86", "amd64": "x86", "x86": "x86", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+def _arch(text: str) -> str:
+    return ARCH.get(text.lower(), text.lower())
 
 
 def flavor_type(device: Device) -> FlavorType:
@@ -27,8 +31,8 @@ def choose(offered: Sequence[Flavor], *, device: Device, arch: str, wanted: str 
     """`wanted` when the region offers it for this device, else the smallest flavour of the device's type and the
     image's architecture (a GPU flavour with at least one GPU); ConfigError listing what the region offers."""
     kind = flavor_type(device)
-    platform_arch = ARCH.get(arch, arch)
-    fitting = [flavor for flavor in offered if flavor.type is kind and flavor.arch in (platform_arch, "")
+    platform_arch = _arch(arch)
+    fitting = [flavor for flavor in offered if flavor.type is kind and _arch(flavor.arch) in (platform_arch, "")
                and (kind is FlavorType.CPU or flavor.accelerators >= 1)]
     where = f" in {region}" if region else ""
     listed = "; ".join(flavor.described for flavor in sorted(fitting, key=_size)) or "none"

@@ -33,6 +33,18 @@ class PollSchedule:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Pace:
+    """How a watch waits: its schedule, its clock and its sleep (tests pass a clock that only counts)."""
+
+    schedule: PollSchedule = PollSchedule()
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+
+REAL_TIME = Pace()
+
+
+@dataclass(frozen=True, kw_only=True)
 class PhaseChange:
     phase: Phase
     at: float  # seconds since the watch began
@@ -84,10 +96,10 @@ def stop_job(api: ModelArts, state: JobState) -> str:
 
 
 def watch(api: ModelArts, first: JobState, *, timeout: float, say: Callable[[str], None],
-          schedule: PollSchedule = PollSchedule(), clock: Callable[[], float] = time.monotonic,
-          sleep: Callable[[float], None] = time.sleep) -> Watched:
+          pace: Pace = REAL_TIME) -> Watched:
     """Poll the job until it finishes; PlatformError after `timeout` seconds, or when the status calls keep
     failing, with the job stopped. Ctrl-C and SIGTERM stop the job too, then go on up."""
+    schedule, clock, sleep = pace.schedule, pace.clock, pace.sleep
     start = clock()
     state, changes, calls, failures = first, [PhaseChange(phase=first.phase, at=0.0, after=None, spent=0.0)], 0, 0
     since = start

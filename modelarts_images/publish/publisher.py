@@ -152,6 +152,20 @@ def write_record(record: PushRecord, reports_dir: Path) -> Path:
     return write_atomic(path, json.dumps(document, indent=2) + "\n", what="push record")
 
 
+def pushed_digest(reports_dir: Path, image: ImageSpec) -> str | None:
+    """The digest the last push of `image` recorded (push-<id>.json), None without a readable record of its
+    reference: what a platform job must find the tag still naming."""
+    path = reports_dir / f"push-{image.id}.json"
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(document, dict) or document.get("reference") != image.reference:
+        return None
+    digest = document.get("digest")
+    return digest if isinstance(digest, str) and digest.startswith("sha256:") else None
+
+
 def summary(records: Sequence[PushRecord]) -> str:
     """One line per tag: outcome, reference, digest."""
     lines = []

@@ -155,7 +155,9 @@ def test_each_flags_field_is_read_by_options_resolve(tmp_path: Path) -> None:
                              "refresh": True, "backend": "docker", "no_cache": True, "base_image": "b:1",
                              "base_prefix": "m/", "platform": "linux/arm64", "device": "cpu", "timeout": "9",
                              "size_budget": "1", "verify_reports": "v", "reports_dir": "r", "replace_tags": True,
-                             "extra_tags": ("{tag}-x",), "region": "cn-south-1", "project": "p", "dry_run": True}
+                             "extra_tags": ("{tag}-x",), "region": "cn-south-1", "project": "p", "dry_run": True,
+                             "on": "modelarts", "obs_dir": "obs://b/x/", "flavor": "f", "project_id": "0" * 32,
+                             "job_timeout": "5", "detach": True, "job": "job-1"}
     assert set(given) == set(declared.FLAG_FIELDS), "a new Flags field needs a value here"
     plain = dataclasses.asdict(resolve(None, root=tmp_path))
     for name, value in given.items():
@@ -172,7 +174,9 @@ def test_each_invoke_yaml_key_is_read_by_options_resolve(tmp_path: Path) -> None
                              "cache_dir": "elsewhere", "backend": "docker", "jobs": 2, "min_speed": 1,
                              "max_file_size": 1, "mirrors": {"https://a.example/": "https://b.example/"},
                              "reports_dir": "r", "extra_tags": ["{tag}-x"], "base_prefix": "m/",
-                             "ci_runners": {"cpu": ["big"]}}
+                             "ci_runners": {"cpu": ["big"]}, "obs_dir": "obs://b/x/", "project_id": "0" * 32,
+                             "modelarts_endpoint": "http://127.0.0.1:1", "obs_endpoint": "http://127.0.0.1:2",
+                             "iam_endpoint": "http://127.0.0.1:3"}
     assert set(given) == {setting.key for setting in declared.SETTINGS if setting.key}, "a new key needs a value"
     plain = dataclasses.asdict(resolve({}, root=tmp_path))
     for key, value in given.items():
@@ -192,6 +196,7 @@ def test_the_pipeline_runs_in_the_recipe_order() -> None:
     assert order[0] is StepName.REGISTRY  # before anything is fetched
     assert order.index(StepName.MANIFEST) > order.index(StepName.VERIFY)
     assert order.index(StepName.TRAINING_JOB) > order.index(StepName.PUSH)
+    assert order.index(StepName.PLATFORM) > order.index(StepName.PUSH)  # the platform pulls what was pushed
 
 
 def test_each_step_needs_what_the_front_end_or_an_earlier_step_gives() -> None:

@@ -15,7 +15,7 @@ from modelarts_images.errors import ConfigError, PlatformError
 from modelarts_images.options import Device
 from modelarts_images.paths import VERIFY_DIR
 from modelarts_images.platform import code, flavors
-from modelarts_images.platform.watch import Interrupted, sigterm_interrupts, watch
+from modelarts_images.platform.watch import Interrupted, Pace, sigterm_interrupts, watch
 
 OFFERED = (
     Flavor(id="modelarts.vm.cpu.8u", type=FlavorType.CPU, arch="x86", cpus=8, memory_gib=32, accelerators=0),
@@ -160,6 +160,10 @@ class Clock:
         self.sleeps.append(seconds)
         self.now += seconds
 
+    @property
+    def pace(self) -> Pace:
+        return Pace(clock=self, sleep=self.sleep)
+
 
 class Jobs:
     """A ModelArts that answers the status calls from a list of phases (or errors), and records stops."""
@@ -197,7 +201,7 @@ def state(phase: Phase) -> JobState:
 def test_the_phases_are_said_as_they_change_with_the_time_spent() -> None:
     clock, said = Clock(), list[str]()
     jobs = Jobs([Phase.PENDING, Phase.PENDING, Phase.RUNNING, Phase.RUNNING, Phase.COMPLETED])
-    watched = watch(jobs, state(Phase.CREATING), timeout=3600, say=said.append, clock=clock, sleep=clock.sleep)
+    watched = watch(jobs, state(Phase.CREATING), timeout=3600, say=said.append, pace=clock.pace)
     assert watched.state.phase is Phase.COMPLETED and watched.calls == 5 and jobs.stopped == []
     assert said == ["verify-x: Creating", "verify-x: Creating -> Pending after 5 s",
                     "verify-x: Pending -> Running after 19 s", "verify-x: Running -> Completed after 42 s"]
@@ -207,7 +211,7 @@ def test_the_phases_are_said_as_they_change_with_the_time_spent() -> None:
 def test_status_calls_back_off_to_at_most_twelve_a_minute() -> None:
     clock = Clock()
     watch(Jobs([*[Phase.RUNNING] * 40, Phase.COMPLETED]), state(Phase.RUNNING), timeout=7200, say=lambda _: None,
-          clock=clock, sleep=clock.sleep)
+          pace=clock.pace)
     assert clock.sleeps[:4] == [5.0, 7.5, 11.25, 16.875] and max(clock.sleeps) == 30.0
     assert min(clock.sleeps) >= 5.0  # 60 s / 5 s: 12 calls a minute at most
 
@@ -216,7 +220,7 @@ def test_a_job_past_its_timeout_is_stopped_and_named() -> None:
     clock, jobs = Clock(), Jobs([Phase.PENDING])
     with pytest.raises(PlatformError, match=r"training job verify-x \(job-1\) was still Pending after 60 s "
                                             r"\(--job-timeout\); stopped it \(terminate\)") as caught:
-        watch(jobs, state(Phase.PENDING), timeout=60, say=lambda _: None, clock=clock, sleep=clock.sleep)
+        watch(jobs, state(Phase.PENDING), timeout=60, say=lambda _: None, pace=clock.pace)
     assert jobs.stopped == ["job-1"] and caught.value.exit_code == 7
     assert clock.now <= 61  # the last sleep is cut to the timeout
 
@@ -226,7 +230,7 @@ def test_throttled_or_failing_status_calls_are_asked_again() -> None:
     busy = CloudError("Too Many Requests", operation="show", status=429, code="APIGW.0308")
     down = CloudError("Service Unavailable", operation="show", status=503, code="ModelArts.0001")
     watched = watch(Jobs([busy, down, Phase.COMPLETED]), state(Phase.RUNNING), timeout=600, say=lambda _: None,
-                    clock=clock, sleep=clock.sleep)
+                    pace=clock.pace)
     assert watched.state.phase is Phase.COMPLETED and watched.calls == 3
 
 
@@ -235,7 +239,7 @@ def test_a_refused_status_call_stops_the_job_and_says_why() -> None:
                          code="APIGW.0301")
     clock, jobs = Clock(), Jobs([refused])
     with pytest.raises(PlatformError, match=r"could not be read: Incorrect IAM .*\[APIGW.0301\]; stopped it"):
-        watch(jobs, state(Phase.RUNNING), timeout=600, say=lambda _: None, clock=clock, sleep=clock.sleep)
+        watch(jobs, state(Phase.RUNNING), timeout=600, say=lambda _: None, pace=clock.pace)
     assert jobs.stopped == ["job-1"]
 
 
@@ -244,7 +248,7 @@ def test_ctrl_c_or_sigterm_while_running_stops_the_job(interruption: BaseExcepti
     clock, said = Clock(), list[str]()
     jobs = Jobs([Phase.RUNNING, interruption])
     with pytest.raises(type(interruption)):
-        watch(jobs, state(Phase.CREATING), timeout=600, say=said.append, clock=clock, sleep=clock.sleep)
+        watch(jobs, state(Phase.CREATING), timeout=600, say=said.append, pace=clock.pace)
     assert jobs.stopped == ["job-1"] and said[-1] == "verify-x: interrupted while Running: stopped it (terminate)"
 
 
@@ -252,7 +256,7 @@ def test_a_stop_that_fails_says_so() -> None:
     clock, jobs = Clock(), Jobs([Phase.PENDING], stop_fails=True)
     with pytest.raises(PlatformError, match=r"stopping it failed \(job is not running \[ModelArts.2836\]\): stop it "
                                             "in the console"):
-        watch(jobs, state(Phase.PENDING), timeout=10, say=lambda _: None, clock=clock, sleep=clock.sleep)
+        watch(jobs, state(Phase.PENDING), timeout=10, say=lambda _: None, pace=clock.pace)
 
 
 def test_sigterm_raises_interrupted_while_watching_and_not_after() -> None:
