@@ -1,0 +1,234 @@
+"""Verification on ModelArts against the loopback stand-in (tests/support/huawei_cloud.py), through Huawei's own
+SDK clients as the tool makes them (pipeline.sdk_cloud): Huawei Cloud cannot be reached from here, so the stand-in
+checks each request's signature and body as the platform does, and plays the jobs' phases and logs. Polls are
+paced fast; everything else is what a user's run does."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from modelarts_images import pipeline
+from modelarts_images.errors import ConfigError, PlatformError, VerifyError
+from modelarts_images.options import Device, DeviceChoice, PlatformOptions, Where
+from modelarts_images.paths import VERIFY_DIR
+from modelarts_images.platform import verifier as platform
+from modelarts_images.platform.watch import Pace, PollSchedule
+from modelarts_images.verify.report import ImageReport, raise_for_reports
+from modelarts_images.verify.verifier import judge_run
+from tests.support.huawei_cloud import JobScript, StandIn
+from tests.unit.test_verify import CPU_ENTRY, entry, log_with, result_dict
+
+FAST = Pace(schedule=PollSchedule(first=0.01, growth=1.0, longest=0.01))
+GPU_ENTRY = entry()  # CUDA 11.8 in swr.cn-north-4: the stand-in's region
+DIGEST = "sha256:" + "d" * 64
+NO_API: Any = None  # a plan that stops before it asks the platform anything
+
+
+@pytest.fixture
+def cloud(monkeypatch: pytest.MonkeyPatch) -> Iterator[StandIn]:
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+    with StandIn() as running:
+        running.behaviour = lambda body: JobScript(phases=[("Creating", 1), ("Pending", 2), ("Running", 2)],
+                                                   log=log_with(result_dict()))
+        yield running
+
+
+def options(cloud: StandIn, **changes: Any) -> PlatformOptions:
+    return dataclasses.replace(PlatformOptions(
+        on=Where.MODELARTS, obs_dir="obs://verify-bucket/ci/", job_timeout=60, modelarts_endpoint=cloud.endpoint,
+        obs_endpoint=cloud.endpoint, iam_endpoint=cloud.endpoint), **changes)
+
+
+def target(image: Any = GPU_ENTRY) -> platform.Target:
+    return platform.Target(image=image, image_url=image.reference, digest=DIGEST)
+
+
+def verify(cloud: StandIn, *, image: Any = GPU_ENTRY, said: list[str] | None = None,
+           devices: tuple[Device, ...] | None = None, **changes: Any) -> ImageReport | None:
+    chosen = options(cloud, **changes)
+    keys = platform.keys_from({"HUAWEICLOUD_SDK_AK": cloud.ak, "HUAWEICLOUD_SDK_SK": cloud.sk})
+    api, store = pipeline.sdk_cloud(keys, cloud.region, chosen)
+    return platform.verify_on_modelarts(
+        target(image), api=api, store=store, options=chosen, region=cloud.region, script_dir=VERIFY_DIR,
+        devices=devices or platform.devices_for(image, DeviceChoice.AUTO),
+        say=(said if said is not None else []).append, pace=FAST)
+
+
+def test_a_gpu_entry_passes_as_a_job_on_the_smallest_gpu_flavour(cloud: StandIn) -> None:
+    said: list[str] = []
+    report = verify(cloud, said=said)  # no project id: the SDK finds the region's project at IAM
+    assert report is not None and report.ok and report.platform == "modelarts"
+    (run,) = report.runs
+    assert run.device is Device.GPU and run.job is not None
+    assert run.job.flavor == "modelarts.vm.gpu.p4" and run.job.phase == "Completed" and run.job.exit_code == 0
+    assert run.job.region == "cn-north-4" and run.job.job_id in cloud.jobs
+    (created,) = [call.json() for call in cloud.calls("create")]
+    assert created["algorithm"]["engine"] == {"image_url": GPU_ENTRY.reference}
+    assert created["algorithm"]["command"].endswith("pytorch-verification.py --require-gpu")
+    assert DIGEST in created["metadata"]["description"]
+    assert created["algorithm"]["code_dir"].startswith(f"/verify-bucket/ci/{GPU_ENTRY.id}/")
+    assert {key for bucket, key in cloud.objects} >= {created["algorithm"]["code_dir"].removeprefix(
+        "/verify-bucket/") + "pytorch-verification.py"}
+    assert cloud.calls("iam"), "the project id came from IAM"
+    assert any("Pending -> Running" in line for line in said)
+    assert json.loads(json.dumps(report.to_json()))["platform"] == "modelarts"
+
+
+def test_the_checks_are_the_local_verifications(cloud: StandIn) -> None:
+    report = verify(cloud)
+    assert report is not None
+    local = judge_run(GPU_ENTRY, Device.GPU, command=report.runs[0].command, log=log_with(result_dict()),
+                      exit_code=0, timed_out=False, seconds=1.0, shown="")
+    assert [outcome.name for outcome in report.runs[0].outcomes] == [outcome.name for outcome in local.outcomes]
+
+
+def test_both_devices_are_two_jobs_and_the_code_is_sent_once(cloud: StandIn) -> None:
+    cloud.behaviour = lambda body: JobScript(phases=[("Running", 1)], log=log_with(result_dict(
+        **({} if "--require-gpu" in body["algorithm"]["command"] else {"device": "cpu"}))))
+    report = verify(cloud, devices=(Device.CPU, Device.GPU), project_id=cloud.project_id)
+    assert report is not None and [run.job.flavor for run in report.runs if run.job] == [
+        "modelarts.vm.cpu.2u", "modelarts.vm.gpu.p4"]
+    puts = len(cloud.calls("put_object"))
+    verify(cloud, devices=(Device.CPU,), project_id=cloud.project_id)
+    assert len(cloud.calls("put_object")) == puts  # the same code is in the bucket already
+
+
+def test_a_failed_job_fails_the_image_naming_the_job_and_its_exit_code(cloud: StandIn) -> None:
+    cloud.behaviour = lambda body: JobScript(phases=[("Running", 1)], final="Failed", exit_code=3,
+                                             message="Command exited with code 3", log="Traceback ...\n")
+    report = verify(cloud)
+    assert report is not None and not report.ok
+    (run,) = report.runs
+    assert run.job is not None and run.job.phase == "Failed" and run.job.exit_code == 3
+    with pytest.raises(VerifyError) as caught:
+        raise_for_reports([report])
+    message = str(caught.value)
+    assert caught.value.exit_code == 5 and run.job.name in message and "ended Failed" in message
+    assert "exit code 3: Command exited with code 3" in message
+
+
+def test_a_log_longer_than_the_preview_says_so_when_the_result_is_missing(cloud: StandIn) -> None:
+    cloud.preview_limit = 1000
+    cloud.behaviour = lambda body: JobScript(phases=[("Running", 1)], log="x" * 5000 + "\n")
+    report = verify(cloud)
+    assert report is not None and not report.ok
+    detail = {outcome.name: outcome for outcome in report.runs[0].outcomes}["result-line"].detail
+    assert "the log preview holds its newest 1000 of 5001 bytes" in detail
+
+
+def test_a_result_at_the_end_of_a_long_log_is_found(cloud: StandIn) -> None:
+    cloud.preview_limit = 4096
+    cloud.behaviour = lambda body: JobScript(phases=[("Running", 1)],
+                                             log="noise\n" * 10_000 + log_with(result_dict()))
+    report = verify(cloud)
+    assert report is not None and report.ok and report.runs[0].job is not None
+    assert report.runs[0].job.log_bytes[0] == 4096
+
+
+def test_a_job_stuck_in_pending_is_stopped_at_its_timeout(cloud: StandIn) -> None:
+    cloud.behaviour = lambda body: JobScript(phases=[("Pending", 10_000)])
+    with pytest.raises(PlatformError, match=r"was still Pending after 0.3 s \(--job-timeout\); stopped it"):
+        verify(cloud, job_timeout=0.3)
+    (job,) = cloud.jobs.values()
+    assert job["stopped"] and cloud.calls("stop")
+
+
+def test_ctrl_c_while_running_stops_the_job(cloud: StandIn) -> None:
+    def say(line: str) -> None:
+        if line.endswith(("-> Running after 0 s", "-> Running after 1 s")):
+            raise KeyboardInterrupt
+
+    keys = platform.keys_from({"HW_ACCESS_KEY": cloud.ak, "HW_SECRET_KEY": cloud.sk})
+    chosen = options(cloud, project_id=cloud.project_id)
+    api, store = pipeline.sdk_cloud(keys, cloud.region, chosen)
+    cloud.behaviour = lambda body: JobScript(phases=[("Running", 10_000)])
+    with pytest.raises(KeyboardInterrupt):
+        platform.verify_on_modelarts(target(), api=api, store=store, options=chosen, region=cloud.region,
+                                     script_dir=VERIFY_DIR, devices=(Device.GPU,), say=say, pace=FAST)
+    (job,) = cloud.jobs.values()
+    assert job["stopped"]
+
+
+def test_status_calls_that_fail_for_a_while_are_asked_again(cloud: StandIn) -> None:
+    cloud.fail("show", status=503, error_code="ModelArts.0001", error_msg="Service Unavailable", times=2)
+    cloud.fail("show", status=429, error_code="APIGW.0308", error_msg="Too Many Requests", times=1)
+    report = verify(cloud)
+    assert report is not None and report.ok
+
+
+@pytest.mark.parametrize(("code", "words", "advice"), [
+    ("ModelArts.2762", "The training job quota is exceeded", "quota is used up"),
+    ("ModelArts.2763", "The flavor is sold out", "sold out in this region"),
+    ("ModelArts.2765", "The image does not exist or you have no permission to pull it", "cannot read the image"),
+])
+def test_a_refused_create_says_what_to_do_with_the_platforms_code(cloud: StandIn, code: str, words: str,
+                                                                   advice: str) -> None:
+    cloud.fail("create", status=400, error_code=code, error_msg=words)
+    with pytest.raises(PlatformError) as caught:
+        verify(cloud)
+    assert f"[{code}]" in str(caught.value) and advice in str(caught.value) and caught.value.exit_code == 7
+    assert not cloud.jobs
+
+
+def test_a_wrong_secret_key_is_refused_by_the_gateway(cloud: StandIn) -> None:
+    chosen = options(cloud, project_id=cloud.project_id)
+    keys = platform.keys_from({"HUAWEICLOUD_SDK_AK": cloud.ak, "HUAWEICLOUD_SDK_SK": "not-the-secret-key"})
+    api, store = pipeline.sdk_cloud(keys, cloud.region, chosen)
+    with pytest.raises(PlatformError, match=r"\[APIGW.0301\]; the access key or secret key is wrong"):
+        platform.verify_on_modelarts(target(), api=api, store=store, options=chosen, region=cloud.region,
+                                     script_dir=VERIFY_DIR, devices=(Device.GPU,), say=lambda _: None, pace=FAST)
+
+
+def test_a_bucket_in_another_region_is_refused_before_any_job(cloud: StandIn) -> None:
+    cloud.buckets["verify-bucket"] = "cn-south-1"
+    with pytest.raises(PlatformError, match="is in cn-south-1, but the job runs in cn-north-4"):
+        verify(cloud)
+    assert not cloud.jobs and not cloud.objects
+
+
+def test_a_dry_run_shows_the_jobs_and_sends_nothing(cloud: StandIn) -> None:
+    said: list[str] = []
+    assert verify(cloud, said=said, dry_run=True, image=CPU_ENTRY) is None
+    assert not cloud.jobs and not cloud.objects and not cloud.calls("put_object")
+    shown = "\n".join(said)
+    assert "on modelarts.vm.cpu.2u (2 vCPU, 8 GiB)" in shown and "obs://verify-bucket/ci/pytorch-2.13.0-cpu/" in shown
+    assert f'"image_url": "{CPU_ENTRY.reference}"' in shown and "--require-gpu" not in shown
+    assert '"flavor_id": "modelarts.vm.cpu.2u"' in shown
+
+
+def test_detach_then_attach(cloud: StandIn) -> None:
+    said: list[str] = []
+    assert verify(cloud, said=said, detach=True) is None
+    (job_id,) = cloud.jobs
+    assert any(f"--job {job_id}" in line for line in said) and not cloud.calls("logs")
+    report = verify(cloud, job=job_id)
+    assert report is not None and report.ok and report.runs[0].job is not None
+    assert report.runs[0].job.job_id == job_id and report.runs[0].device is Device.GPU
+    assert report.runs[0].job.flavor == "modelarts.vm.gpu.p4"
+
+
+def test_no_secret_leaves_the_tool(cloud: StandIn) -> None:
+    report = verify(cloud)
+    assert report is not None
+    sent = b"".join(call.body for call in cloud.requests) + b"".join(cloud.objects.values())
+    headers = json.dumps([call.headers for call in cloud.requests])
+    assert cloud.sk.encode() not in sent and cloud.sk not in headers
+    assert cloud.sk not in json.dumps(report.to_json()) and cloud.ak not in json.dumps(report.to_json())
+    (created,) = [call.json() for call in cloud.calls("create")]
+    assert cloud.ak not in json.dumps(created)
+
+
+def test_keys_and_folder_are_asked_for_by_name() -> None:
+    with pytest.raises(PlatformError, match="HUAWEICLOUD_SDK_AK/HUAWEICLOUD_SDK_SK or HW_ACCESS_KEY/HW_SECRET_KEY"):
+        platform.keys_from({})
+    with pytest.raises(PlatformError, match="HW_SECRET_KEY is not set but HW_ACCESS_KEY is"):
+        platform.keys_from({"HW_ACCESS_KEY": "AK"})
+    with pytest.raises(ConfigError, match="--obs-dir"):
+        platform.plan_jobs(target(), (Device.GPU,), api=NO_API, options=PlatformOptions(), region="r",
+                           script_dir=VERIFY_DIR)
