@@ -8,16 +8,19 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from modelarts_images import pipeline
+from modelarts_images.declared import StepName
 from modelarts_images.errors import ConfigError, PlatformError, VerifyError
-from modelarts_images.options import Device, DeviceChoice, PlatformOptions, Where
+from modelarts_images.options import Device, DeviceChoice, Flags, PlatformOptions, Where, resolve
 from modelarts_images.paths import VERIFY_DIR
 from modelarts_images.platform import verifier as platform
 from modelarts_images.platform.watch import Pace, PollSchedule
+from modelarts_images.publish import publisher
 from modelarts_images.verify.report import ImageReport, raise_for_reports
 from modelarts_images.verify.verifier import judge_run
 from tests.support.huawei_cloud import JobScript, StandIn
@@ -232,3 +235,58 @@ def test_keys_and_folder_are_asked_for_by_name() -> None:
     with pytest.raises(ConfigError, match="--obs-dir"):
         platform.plan_jobs(target(), (Device.GPU,), api=NO_API, options=PlatformOptions(), region="r",
                            script_dir=VERIFY_DIR)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the pipeline's platform step: the tag checked against what was pushed, the report saved
+
+
+def platform_run(cloud: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, remote_digest: str | None,
+                 pushed: str | None = None, **flags: Any) -> pipeline.Run:
+    remote = None if remote_digest is None else publisher.RemoteImage(reference=GPU_ENTRY.reference,
+                                                                      digest=remote_digest, labels={})
+    monkeypatch.setattr(pipeline, "remote_image_step", lambda image, options, credentials: remote)
+    section = {"obs_dir": "obs://verify-bucket/ci/", "modelarts_endpoint": cloud.endpoint,
+               "obs_endpoint": cloud.endpoint, "iam_endpoint": cloud.endpoint, "reports_dir": "reports"}
+    resolved = resolve(section, Flags(on="modelarts", **flags), root=tmp_path)
+    if pushed is not None:
+        (tmp_path / "reports").mkdir(exist_ok=True)
+        (tmp_path / "reports" / f"push-{GPU_ENTRY.id}.json").write_text(json.dumps(
+            {"reference": GPU_ENTRY.reference, "digest": pushed}))
+    run = pipeline.Run(options=resolved, images=(GPU_ENTRY,), env={"HUAWEICLOUD_SDK_AK": cloud.ak,
+                                                                   "HUAWEICLOUD_SDK_SK": cloud.sk},
+                       say=lambda _: None, pace=FAST)
+    return pipeline.execute([StepName.PLATFORM], run)
+
+
+def test_the_step_saves_the_report_where_the_local_one_goes(cloud: StandIn, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    run = platform_run(cloud, tmp_path, monkeypatch, remote_digest=DIGEST, pushed=DIGEST)
+    (verified,) = run.verified
+    assert verified.path == tmp_path / "reports" / "verify" / f"{GPU_ENTRY.id}.json"
+    saved = json.loads(verified.path.read_text())
+    assert saved["platform"] == "modelarts" and saved["image_id"] == DIGEST and saved["runs"][0]["job"]["job_id"]
+    assert ImageReport.from_json(saved) == verified.report
+
+
+def test_a_tag_that_moved_since_its_push_is_refused_before_any_job(cloud: StandIn, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(PlatformError, match=rf"moved: it names sha256:e{{64}} in the registry, but {DIGEST} was "
+                                            "pushed") as caught:
+        platform_run(cloud, tmp_path, monkeypatch, remote_digest="sha256:" + "e" * 64, pushed=DIGEST)
+    assert caught.value.exit_code == 7 and not cloud.jobs and not cloud.objects
+
+
+def test_an_image_that_is_not_in_its_registry_is_named(cloud: StandIn, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(PlatformError, match=r"is not in its registry as one image: push it first \(inv push\)"):
+        platform_run(cloud, tmp_path, monkeypatch, remote_digest=None)
+    assert not cloud.jobs
+
+
+def test_a_bad_job_timeout_names_the_flag(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--job-timeout: 'soon' is not a number"):
+        resolve(None, Flags(job_timeout="soon"), root=tmp_path)
+    assert resolve(None, Flags(job_timeout="2.5"), root=tmp_path).platform.job_timeout == 150
+    with pytest.raises(ConfigError, match="--on: 'cloud' is not one of local, modelarts"):
+        resolve(None, Flags(on="cloud"), root=tmp_path)
