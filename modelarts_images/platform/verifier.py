@@ -218,6 +218,9 @@ def verify_on_modelarts(target: Target, *, api: ModelArts, store: CodeStore, opt
         for job in planned:
             say(job.described())
         return None
+    # Each job is billed for as long as it queues and runs: say so before the first is created.
+    say(f"{target.image.id}: creating {len(planned)} billed training job(s) on ModelArts in {region}: "
+        + ", ".join(f"{job.device} on {job.flavor.id}" for job in planned))
     done = [run_job(job, target=target, api=api, store=store, options=options, region=region, say=say, pace=pace)
             for job in planned]
     runs = [item for item in done if isinstance(item, DeviceRun)]

@@ -80,6 +80,8 @@ def test_a_gpu_entry_passes_as_a_job_on_the_smallest_gpu_flavour(cloud: StandIn)
         "/verify-bucket/") + "pytorch-verification.py"}
     assert cloud.calls("iam"), "the project id came from IAM"
     assert any("Pending -> Running" in line for line in said)
+    assert said[0] == (f"{GPU_ENTRY.id}: creating 1 billed training job(s) on ModelArts in cn-north-4: gpu on "
+                       "modelarts.vm.gpu.p4")  # before anything is sent
     assert json.loads(json.dumps(report.to_json()))["platform"] == "modelarts"
 
 
