@@ -77,6 +77,12 @@ def code_files(script_dir: Path) -> tuple[CodeFile, ...]:
                  if path.is_file() and not any(part in _SKIPPED for part in path.relative_to(script_dir).parts))
 
 
+def job_code(script_dir: Path, checks: Sequence[Path] = ()) -> tuple[CodeFile, ...]:
+    """A job's code: the verification script and its probes, and the entry's stack checks beside the script (as
+    the local verification mounts them: one code folder, so their names are unique)."""
+    return (*code_files(script_dir), *(CodeFile(name=check.name, data=check.read_bytes()) for check in checks))
+
+
 def content_hash(files: Sequence[CodeFile]) -> str:
     digest = hashlib.sha256()
     for file in sorted(files, key=lambda item: item.name):

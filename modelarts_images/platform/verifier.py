@@ -102,7 +102,7 @@ def plan_jobs(target: Target, devices: Sequence[Device], *, api: ModelArts, opti
                           "obs://<bucket>/<folder>/ or set modelarts.obs_dir in invoke.yaml (a bucket in "
                           f"{region})")
     obs_dir = code.ObsDir.parse(options.obs_dir)
-    upload = code.plan_upload(obs_dir, target.image.id, code.code_files(script_dir))
+    upload = code.plan_upload(obs_dir, target.image.id, code.job_code(script_dir, target.image.stack.checks))
     token = token or secrets.token_hex(3)
     planned = []
     for device in devices:

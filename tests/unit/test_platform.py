@@ -112,6 +112,13 @@ def test_the_code_is_the_script_and_its_probes_only() -> None:
     assert all(not name.endswith(".pyc") for name in names)
 
 
+def test_the_stack_checks_go_beside_the_script(tmp_path: Path) -> None:
+    check = tmp_path / "check_tokenizers.py"
+    check.write_text("import tokenizers\n")
+    names = [file.name for file in code.job_code(VERIFY_DIR, (check,))]
+    assert names[-1] == "check_tokenizers.py" and "pytorch-verification.py" in names
+
+
 def test_code_goes_under_its_content_hash_and_is_sent_once(tmp_path: Path) -> None:
     (tmp_path / "pytorch-verification.py").write_text("print('x')\n")
     files = code.code_files(tmp_path)
