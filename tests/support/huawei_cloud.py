@@ -50,28 +50,55 @@ errors) up to max_retry_count (3) times, sleeping 0.2 s, 0.4 s, 0.8 s.
 
 Each response closes its connection (HTTP/1.0) and every response carries Content-Length, so nothing idles at
 shutdown; the server's handler threads are joined when the `with` block ends.
+
+Jobs that run for real. By default a job only plays its JobScript, one phase per status poll. After
+
+    cloud.run_jobs_with(docker_client, {"127.0.0.1:5000": ("user", "password")})   # registry host -> login
+
+every job created runs as the platform runs it, on a thread of its own, with the docker SDK client given:
+- Creating, then Pending while it pulls algorithm.engine.image_url with that host's login (none: anonymous; the
+  platform pulls with the account's rights) and fetches its code, the stand-in's own objects under
+  algorithm.code_dir, into a temporary directory (removed afterwards);
+- Running while a container runs the boot command: user `user` (1000:100, the images' training uid), the
+  platform's MA_* and VC_* variables (MA_NUM_GPUS from the flavour: 0 on a CPU one) plus
+  algorithm.environments, the code read-only at ${MA_JOB_DIR}/<last level of code_dir>, working directory
+  /home/ma-user, no network; algorithm.command with the job's variables ($NAME, ${NAME}) expanded, split as a
+  shell would split it but run without one: its first word is the entrypoint, the rest its arguments;
+- Completed when the container exits 0, else Failed (the task's exit_code, "Command exited with code N"); a pull
+  or code download that fails ends the job Failed with the platform's kind of message and no exit code;
+- a stop (terminate) kills the container and leaves the job Terminated; the container is removed in every case.
+The log preview serves the container's stdout and stderr as the engine combined them. Everything a job did is in
+`cloud.runs[job_id]` (JobRun: the reference and login pulled, the code fetched, and the container's argv, user,
+environment, mounts and network as the engine reports them, its exit code and log). `close()` stops what still
+runs and waits for each job's thread.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import copy
+import dataclasses
 import hashlib
 import hmac
 import json
 import re
 import secrets
+import shlex
+import shutil
 import string
+import tempfile
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -106,6 +133,14 @@ _JOB_KINDS = ("job", "federated_pool_job", "edge_job", "hetero_job", "mrs_job", 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _RESERVED_CODE_DIRS = ("/home/ma-user/modelarts", "/home/ma-user/modelarts-dev", "/home/ma-user/infer")
+# What the platform gives a training container (ModelArts' training-job pages, "Environment variables"): written
+# out here rather than taken from modelarts_images.contract, so that the stand-in plays the platform, not the tool.
+TRAINING_USER = "1000:100"  # ma-user in ma-group: the uid and gid custom training images are built for
+_HOME = "/home/ma-user"
+_JOB_DIR = f"{_HOME}/modelarts/user-job-dir"
+_WORKER = "modelarts-job-worker-0"
+_CONTAINER_LABEL = "modelarts-images.stand-in-job"
+_VARIABLE = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
 _SDK_DATE = "%Y%m%dT%H%M%SZ"
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _APIG_AUTH = re.compile(r"SDK-HMAC-SHA256\s+Access=([^,\s]+),\s*SignedHeaders=([^,\s]+),\s*Signature=(\S+)")
@@ -160,6 +195,47 @@ class Recorded:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+@dataclass
+class JobRun:
+    """What a job did when jobs run for real (StandIn.run_jobs_with); filled in as it goes."""
+
+    job_id: str
+    image: str  # algorithm.engine.image_url, the reference pulled
+    phases: list[str] = field(default_factory=lambda: ["Creating"])
+    login: str | None = None  # the registry user the pull logged in as; None: anonymous
+    pulled_id: str | None = None  # the image id the pull gave
+    pulled_digests: tuple[str, ...] = ()  # its RepoDigests
+    code: dict[str, bytes] = field(default_factory=dict)  # name under code_dir -> content, as fetched from OBS
+    container_id: str | None = None
+    # the container as the engine reports it (docker inspect): the process and how it was started
+    argv: tuple[str, ...] = ()  # Path, then Args
+    user: str = ""
+    environment: dict[str, str] = field(default_factory=dict)  # Config.Env: the image's ENV included
+    working_dir: str = ""
+    hostname: str = ""
+    network_mode: str = ""
+    mounts: tuple[dict[str, Any], ...] = ()
+    exit_code: int | None = None
+    log: bytes = b""  # stdout and stderr as the engine combined them
+    message: str = ""  # the task's message once the job ended
+    removed: bool = False  # the container and the code's directory are gone
+
+
+@dataclass
+class _Runner:
+    client: Any  # a docker SDK DockerClient
+    logins: dict[str, tuple[str, str]]
+    user: str
+
+
+@dataclass
+class _Live:
+    record: JobRun
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    started: bool = False  # reached Running: the log preview has something to show
 
 
 def default_behaviour(body: dict[str, Any]) -> JobScript:
@@ -252,6 +328,7 @@ class StandIn:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.requests: list[Recorded] = []
         self.objects: dict[tuple[str, str], bytes] = {}
+        self.runs: dict[str, JobRun] = {}  # what each job did, when jobs run for real
         self.buckets: dict[str, str] = {DEFAULT_BUCKET: region}
         self._object_types: dict[tuple[str, str], str] = {}
         self._object_times: dict[tuple[str, str], float] = {}
@@ -259,6 +336,7 @@ class StandIn:
         self._lock = threading.RLock()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._runner: _Runner | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -277,6 +355,13 @@ class StandIn:
         self._thread.start()
 
     def close(self) -> None:
+        with self._lock:
+            running = [job["live"] for job in self.jobs.values() if job.get("live") is not None]
+        for live in running:
+            live.stop.set()  # nothing may outlive the `with` block: a container still running is killed
+        for live in running:
+            if live.thread is not None:
+                live.thread.join(timeout=120)
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()  # joins the handler threads
@@ -303,6 +388,13 @@ class StandIn:
         with self._lock:
             self._failures.setdefault(operation, deque()).extend(
                 [_Failure(status, error_code, error_msg)] * times)
+
+    def run_jobs_with(self, client: Any, registry_auth: Mapping[str, tuple[str, str]] | None = None, *,
+                      user: str = TRAINING_USER) -> None:
+        """From now on each created job really runs, with this docker SDK client (see the module doc);
+        `registry_auth` maps a registry host to the (user, password) the pull logs in with."""
+        with self._lock:
+            self._runner = _Runner(client=client, logins=dict(registry_auth or {}), user=user)
 
     def calls(self, operation: str) -> list[Recorded]:
         with self._lock:
@@ -358,7 +450,7 @@ class StandIn:
         if job is None:
             raise _refuse(404, NOT_FOUND, f"The resource you requested is not exist: training job {job_id}")
         if operation == "show":
-            if not job["stopped"]:
+            if not job["stopped"] and job.get("live") is None:  # a live job's thread sets its phase
                 job["polls"] += 1
                 job["phase"] = _phase_after(job["script"], job["polls"])
             return _json(200, self._job_view(job_id, job))
@@ -437,7 +529,9 @@ class StandIn:
             raise _invalid("the request body must be a JSON object (Job)")
         _check_model(body, "Job", "")
         flavor = self._check_job(body)
-        script = self.behaviour(body)
+        runner = self._runner
+        # a live job's task ends as its container does: no exit code until then
+        script = self.behaviour(body) if runner is None else JobScript(phases=[], exit_code=None)
         if flavor is not None:
             node_count = body["spec"]["resource"].get("node_count") or 1
             if node_count < 1 or node_count > int(flavor.get("max_num", 1)):
@@ -445,7 +539,16 @@ class StandIn:
                                f"for flavor {flavor['flavor_id']}")
         job_id = str(uuid.uuid4())
         self.jobs[job_id] = {"body": body, "script": script, "polls": 0, "phase": "Creating", "stopped": False,
-                             "created_at": time.time()}
+                             "created_at": time.time(), "live": None}
+        if runner is not None:
+            image = str(((body.get("algorithm") or {}).get("engine") or {}).get("image_url") or "")
+            live = _Live(record=JobRun(job_id=job_id, image=image))
+            self.runs[job_id] = live.record
+            self.jobs[job_id]["live"] = live
+            gpus = int(((flavor or {}).get("flavor_info") or {}).get("gpu", {}).get("unit_num", 0))
+            live.thread = threading.Thread(target=self._run_live, args=(job_id, runner, gpus),
+                                           name=f"stand-in-job-{job_id[:8]}", daemon=True)
+            live.thread.start()  # it waits for the lock this request holds: the job exists before it moves
         return _json(201, self._job_view(job_id, self.jobs[job_id]))
 
     def _check_job(self, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -488,6 +591,9 @@ class StandIn:
                           "or Running job can be terminated")
         job["phase"] = "Terminated"
         job["stopped"] = True
+        if job.get("live") is not None:
+            job["live"].record.phases.append("Terminated")
+            job["live"].stop.set()  # its thread kills the container
         return _json(202, self._job_view(job_id, job))
 
     def _log_preview(self, job: dict[str, Any], task: str) -> _Reply:
@@ -495,7 +601,12 @@ class StandIn:
         if task not in script.tasks:
             raise _refuse(404, NOT_FOUND, f"The resource you requested is not exist: task {task}")
         # No log before the job runs: a Creating or Pending job has started no process yet.
-        log = b"" if not _started(job) else script.log.encode()
+        if not _started(job):
+            log = b""
+        elif job.get("live") is not None:
+            log = job["live"].record.log
+        else:
+            log = script.log.encode()
         content = log[-self.preview_limit:] if self.preview_limit > 0 else b""
         text = content.decode("utf-8", "ignore")  # a cut through a multi-byte character drops its head
         return _json(200, {"content": text, "current_size": len(text.encode()), "full_size": len(log)})
@@ -535,6 +646,173 @@ class StandIn:
                 for task in script.tasks]
         return {"kind": body.get("kind") or "job", "metadata": metadata, "status": status, "algorithm": algorithm,
                 "spec": spec}
+
+    # -- jobs that run for real (run_jobs_with) ----------------------------------------------------------------
+
+    def _run_live(self, job_id: str, runner: _Runner, gpus: int) -> None:
+        """A job's life on its own thread: pull, fetch the code, run the container, end as it ended."""
+        with self._lock:
+            job = self.jobs[job_id]
+            live: _Live = job["live"]
+            algorithm: dict[str, Any] = copy.deepcopy(job["body"]["algorithm"])
+        record = live.record
+        code_dir: Path | None = None
+        container: Any = None
+        try:
+            if not self._enter(job, "Pending"):
+                return
+            image = self._pull(job, runner, record)
+            if image is None or live.stop.is_set():
+                return
+            code_dir = self._fetch_code(job, str(algorithm.get("code_dir") or ""))
+            if code_dir is None or live.stop.is_set():
+                return
+            container = self._create_container(job, runner, image, algorithm, code_dir, gpus)
+            if container is None:
+                return
+            self._watch_container(job, runner, container)
+        except Exception as error:  # a fault of the stand-in or the engine: the job ends, the test does not hang
+            self._finish(job, "Abnormal", None, f"stand-in: {type(error).__name__}: {error}")
+        finally:
+            if container is not None:
+                with contextlib.suppress(Exception):  # gone already is as good
+                    container.remove(force=True)
+            if code_dir is not None:
+                shutil.rmtree(code_dir, ignore_errors=True)
+            with self._lock:
+                record.removed = True
+
+    def _enter(self, job: dict[str, Any], phase: str) -> bool:
+        """Move a live job on; False when it was stopped meanwhile (a stop's phase stays)."""
+        with self._lock:
+            if job["stopped"]:
+                return False
+            job["phase"] = phase
+            job["live"].record.phases.append(phase)
+            if phase == "Running":
+                job["live"].started = True
+            return True
+
+    def _finish(self, job: dict[str, Any], phase: str, exit_code: int | None, message: str) -> None:
+        with self._lock:
+            live: _Live = job["live"]
+            live.record.exit_code = exit_code if exit_code is not None else live.record.exit_code
+            live.record.message = message
+            if job["stopped"]:
+                return
+            job["phase"] = phase
+            live.record.phases.append(phase)
+            job["script"] = dataclasses.replace(job["script"], exit_code=exit_code, message=message)
+
+    def _pull(self, job: dict[str, Any], runner: _Runner, record: JobRun) -> Any:
+        """The job's image pulled from its registry with the login given for its host; None (the job Failed)
+        when the pull fails."""
+        reference = record.image
+        first = reference.split("/", 1)[0]
+        host = first if "/" in reference and ("." in first or ":" in first or first == "localhost") else "docker.io"
+        login = runner.logins.get(host)
+        auth = None if login is None else {"username": login[0], "password": login[1]}
+        with self._lock:
+            record.login = None if login is None else login[0]
+        try:
+            image = runner.client.images.pull(reference, auth_config=auth)
+        except Exception as error:  # the docker SDK's APIError, ImageNotFound, a refused connection ...
+            detail = getattr(error, "explanation", None) or str(error)
+            self._finish(job, "Failed", None, f"Failed to pull image {reference}: {detail}")
+            return None
+        with self._lock:
+            record.pulled_id = str(image.id)
+            record.pulled_digests = tuple(image.attrs.get("RepoDigests") or ())
+        return image
+
+    def _fetch_code(self, job: dict[str, Any], code_dir: str) -> Path | None:
+        """The objects under code_dir (/bucket/folder/ or obs://bucket/folder/), written into a new directory the
+        container's user can read; None (the job Failed) when there are none."""
+        bucket, _, prefix = code_dir.removeprefix("obs:/").lstrip("/").partition("/")
+        prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+        with self._lock:
+            files = {key[len(prefix):]: data for (in_bucket, key), data in self.objects.items()
+                     if in_bucket == bucket and key.startswith(prefix) and not key.endswith("/")}
+            job["live"].record.code = dict(files)
+        if not files:
+            self._finish(job, "Failed", None, f"Failed to download the code from obs://{bucket}/{prefix}: "
+                         "no object there (ModelArts copies the code directory into the container)")
+            return None
+        directory = Path(tempfile.mkdtemp(prefix="stand-in-code-"))
+        directory.chmod(0o755)  # mkdtemp's 0700 would keep the container's user out
+        for name, data in files.items():
+            path = directory / name
+            for parent in reversed(path.relative_to(directory).parents[:-1]):
+                (directory / parent).mkdir(mode=0o755, exist_ok=True)
+            path.write_bytes(data)
+            path.chmod(0o644)
+        return directory
+
+    def _create_container(self, job: dict[str, Any], runner: _Runner, image: Any, algorithm: dict[str, Any],
+                          code_dir: Path, gpus: int) -> Any:
+        """The training container, created (not started); None (the job Failed) without a boot command."""
+        environment = {"MA_HOME": _HOME, "MA_MOUNT_PATH": f"{_HOME}/modelarts", "MA_JOB_DIR": _JOB_DIR,
+                       "MA_LOG_DIR": f"{_HOME}/modelarts/log", "MA_NUM_GPUS": str(gpus), "MA_NUM_HOSTS": "1",
+                       "MA_TASK_NAME": "worker", "VC_TASK_INDEX": "0", "VC_WORKER_NUM": "1",
+                       "VC_WORKER_HOSTS": _WORKER}
+        environment.update({str(name): str(value) for name, value in (algorithm.get("environments") or {}).items()})
+        argv = shlex.split(_expand(str(algorithm.get("command") or ""), environment))
+        if not argv:
+            self._finish(job, "Failed", None, "the job has no boot command")
+            return None
+        last_level = str(algorithm.get("code_dir") or "").rstrip("/").rsplit("/", 1)[-1] or "code"
+        device_requests = None
+        if gpus:
+            from docker.types import DeviceRequest  # only a GPU flavour needs the docker SDK's types
+
+            device_requests = [DeviceRequest(count=gpus, capabilities=[["gpu"]])]
+        container = runner.client.containers.create(
+            image.id, entrypoint=argv[:1], command=argv[1:], user=runner.user, environment=environment,
+            working_dir=_HOME, hostname=_WORKER, network_mode="none",
+            labels={_CONTAINER_LABEL: job["live"].record.job_id}, device_requests=device_requests,
+            volumes={str(code_dir): {"bind": f"{_JOB_DIR}/{last_level}", "mode": "ro"}})
+        with self._lock:
+            job["live"].record.container_id = str(container.id)
+        return container
+
+    def _watch_container(self, job: dict[str, Any], runner: _Runner, container: Any) -> None:
+        live: _Live = job["live"]
+        if live.stop.is_set():
+            return
+        container.start()
+        facts = runner.client.api.inspect_container(container.id)
+        config, host = facts.get("Config") or {}, facts.get("HostConfig") or {}
+        with self._lock:
+            record = live.record
+            record.argv = (str(facts.get("Path") or ""), *(str(arg) for arg in facts.get("Args") or ()))
+            record.user = str(config.get("User") or "")
+            record.environment = dict(item.partition("=")[::2] for item in config.get("Env") or ())
+            record.working_dir = str(config.get("WorkingDir") or "")
+            record.hostname = str(config.get("Hostname") or "")
+            record.network_mode = str(host.get("NetworkMode") or "")
+            record.mounts = tuple(facts.get("Mounts") or ())
+        if not self._enter(job, "Running"):
+            live.stop.set()
+        while True:
+            if live.stop.is_set():
+                with contextlib.suppress(Exception):  # it may have exited meanwhile
+                    container.kill()
+            container.reload()
+            self._take_log(live, container)
+            if container.status in ("exited", "dead"):
+                break
+            live.stop.wait(0.1)
+        exit_code = int(container.wait().get("StatusCode", -1))
+        self._take_log(live, container)
+        if exit_code == 0:
+            self._finish(job, "Completed", 0, "")
+        else:
+            self._finish(job, "Failed", exit_code, f"Command exited with code {exit_code}")
+
+    def _take_log(self, live: _Live, container: Any) -> None:
+        log = bytes(container.logs(stdout=True, stderr=True))
+        with self._lock:
+            live.record.log = log
 
     # -- OBS ---------------------------------------------------------------------------------------------------
 
@@ -650,6 +928,8 @@ def _route(request: _Request) -> tuple[str, dict[str, str]]:
 
 def _started(job: dict[str, Any]) -> bool:
     """Whether the job got past Creating and Pending (before a stop, if it was stopped)."""
+    if job.get("live") is not None:
+        return bool(job["live"].started)
     observed = _phase_after(job["script"], job["polls"]) if job["polls"] else "Creating"
     return observed not in ("Creating", "Pending")
 
@@ -661,6 +941,12 @@ def _phase_after(script: JobScript, polls: int) -> str:
             return phase
         remaining -= count
     return script.final
+
+
+def _expand(command: str, environment: Mapping[str, str]) -> str:
+    """The boot command with the job's variables expanded, as the platform does before it runs it; any other
+    $NAME stays as typed."""
+    return _VARIABLE.sub(lambda match: environment.get(match["braced"] or match["plain"], match[0]), command)
 
 
 def _canonical_uri(raw_path: str) -> str:
