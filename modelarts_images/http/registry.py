@@ -199,6 +199,24 @@ class Registry:
                                 f"{error}") from None
         return {str(key): str(value) for key, value in labels.items()} if isinstance(labels, dict) else {}
 
+    def retag(self, name: str, tag: str, new_tag: str) -> str:
+        """Put name:tag's manifest, byte for byte, under new_tag (no layer is sent again); the digest the
+        registry gives it, which must be the source's."""
+        source = self._get_or_head("GET", name, tag)
+        if source is None:
+            raise RegistryError(f"{self.registry}/{name}:{tag} is not in the registry: nothing to tag {new_tag}")
+        body = source.content
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        response = self.request("PUT", f"/v2/{name}/manifests/{new_tag}", scope=f"repository:{name}:pull,push",
+                                headers={"Content-Type": _media_type(source) or DOCKER_MANIFEST}, body=body)
+        if response.status_code not in (200, 201):
+            raise RegistryError(self._explain(response, f"tagging {name}:{tag} as {new_tag}"))
+        given = response.headers.get("Docker-Content-Digest") or digest
+        if given != digest:
+            raise RegistryError(f"{self.registry}/{name}:{new_tag}: the registry stored {given}, but the manifest of "
+                                f"{tag} is {digest}")
+        return digest
+
     def _get_or_head(self, method: str, name: str, tag: str) -> requests.Response | None:
         response = self.request(method, f"/v2/{name}/manifests/{tag}", scope=f"repository:{name}:pull",
                                 headers={"Accept": ACCEPT})
@@ -211,29 +229,29 @@ class Registry:
     # ----------------------------------------------------------------------------------------------------------
     # Requests, authentication, retries
 
-    def request(self, method: str, path: str, *, scope: str, headers: dict[str, str] | None = None
-                ) -> requests.Response:
+    def request(self, method: str, path: str, *, scope: str, headers: dict[str, str] | None = None,
+                body: bytes | None = None) -> requests.Response:
         """One API request with authentication and retries; the response of any status but 401."""
         headers = dict(headers or {})
         url = self.url + path
         if scope in self._authorization:
             headers["Authorization"] = self._authorization[scope]
-        response = self._send(method, url, headers)
+        response = self._send(method, url, headers, body=body)
         if response.status_code != 401:
             return response
         header = self._authenticate(response, scope)
         headers["Authorization"] = header
-        response = self._send(method, url, headers)
+        response = self._send(method, url, headers, body=body)
         if response.status_code == 401:
             raise RegistryError(self._rejected(response))
         self._authorization[scope] = header
         return response
 
     def _send(self, method: str, url: str, headers: dict[str, str], auth: tuple[str, str] | None = None,
-              params: dict[str, str] | None = None) -> requests.Response:
+              params: dict[str, str] | None = None, body: bytes | None = None) -> requests.Response:
         def once(attempt: int) -> requests.Response:
             try:
-                response = self.session.request(method, url, headers=headers, auth=auth, params=params,
+                response = self.session.request(method, url, headers=headers, auth=auth, params=params, data=body,
                                                 timeout=self.timeout, allow_redirects=True, stream=True)
                 _read_bounded(response, f"{self.registry}: {method} {redact.url(url)}")
             except requests.exceptions.SSLError as error:  # a certificate problem does not heal by retrying

@@ -84,6 +84,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.answer(head=False)
 
+    def do_PUT(self) -> None:
+        self.answer(head=False)
+
     def send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, head: bool = False) -> None:
         self.send_response(status)
         for key, value in (headers or {}).items():
@@ -121,6 +124,11 @@ class Handler(BaseHTTPRequestHandler):
                       {"WWW-Authenticate": challenge, "Content-Type": "application/json"}, head=head)
             return
         name, _, tag = parts.path.removeprefix("/v2/").partition("/manifests/")
+        if self.command == "PUT":
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            state.manifests[f"{name}:{tag}"] = (self.headers.get("Content-Type", ""), body)
+            self.send(201, headers={"Docker-Content-Digest": "sha256:" + hashlib.sha256(body).hexdigest()})
+            return
         found = state.manifests.get(f"{name}:{tag}")
         if found is None:
             self.send(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}', head=head)
@@ -535,3 +543,21 @@ def test_a_registry_reply_is_read_within_a_bound(monkeypatch: pytest.MonkeyPatch
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_retag_puts_the_same_manifest_under_the_new_tag() -> None:
+    state = State(manifests={"org/repo:staged": (registry.DOCKER_MANIFEST, manifest_body())})
+    with serve(state) as host, registry.Registry(host, creds(host)) as client:
+        digest = client.retag("org/repo", "staged", "2.1.0")
+        assert state.manifests["org/repo:2.1.0"] == state.manifests["org/repo:staged"]
+        assert digest == "sha256:" + hashlib.sha256(manifest_body()).hexdigest()
+        assert client.manifest("org/repo", "2.1.0") == client.manifest("org/repo", "staged")
+    puts = [request for request in state.requests if request[0] == "PUT"]
+    assert puts and puts[-1][2]["Content-Type"] == registry.DOCKER_MANIFEST
+
+
+def test_retag_of_an_absent_tag_is_named() -> None:
+    with serve(State()) as host, registry.Registry(host, creds(host)) as client, pytest.raises(
+            RegistryError, match=r"org/repo:staged is not in the registry: nothing to tag 2.1.0"):
+        client.retag("org/repo", "staged", "2.1.0")
+
