@@ -38,6 +38,7 @@ class StepName(Choice):
     LOGIN = "login"
     PUSH = "push"
     PLATFORM = "platform"  # the verification as training jobs on ModelArts
+    RELEASE = "release"  # the release tag, given to a staged image once it passed on the platform
     TRAINING_JOB = "training_job"
 
 
@@ -213,7 +214,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(name="on", default="local", flag="--on", fills="on", choices=("local", "modelarts"),
             steps=(_S.VERIFY, _S.PLATFORM),
             help="where the verification runs: local (containers on this engine) or modelarts (one billed training "
-                 "job per device on ModelArts, of the image in SWR; see docs/guide/modelarts.md) (default: local)"),
+                 "job per device on ModelArts, of the image in SWR; see docs/guide/modelarts.md) (default: local)",
+            help_for={"matrix": "with --push, modelarts: each cell pushed under a staging tag, verified as training "
+                                "jobs on ModelArts, and given its own tag only once it passed (default: local)"}),
     Setting(name="obs_dir", key="obs_dir", default="", flag="--obs-dir", fills="obs_dir", steps=(_S.PLATFORM,),
             help="OBS folder for the jobs' code, obs://<bucket>/<folder>/ in the job's region (default: "
                  "modelarts.obs_dir in invoke.yaml)",
@@ -394,9 +397,11 @@ TASKS: Mapping[str, Command] = {
 # Every step a cell can take: the registry step only with --push or --check-registry (and not --rerun), push and
 # the training-job body only with --push.
 MATRIX = Command(
-    steps=(_S.REGISTRY, _S.CHECK_BASES, _S.FETCH, _S.BUILD, _S.VERIFY, _S.MANIFEST, _S.PUSH, _S.TRAINING_JOB),
+    steps=(_S.REGISTRY, _S.CHECK_BASES, _S.FETCH, _S.BUILD, _S.VERIFY, _S.MANIFEST, _S.PUSH, _S.PLATFORM, _S.RELEASE,
+           _S.TRAINING_JOB),
     flags=("versions", "only", "device", "push", "backend", "rerun", "force", "check_registry", "replace_tag",
-           "shard", "timeout", "offline", "locked", "region", "swr_project", "flavor", "config", "summary",
+           "shard", "timeout", "offline", "locked", "region", "swr_project", "flavor", "on", "obs_dir", "job_timeout",
+           "config", "summary",
            "records", "list_json", "gitlab_pipeline", "no_summary", "run"),
 )
 

@@ -44,6 +44,7 @@ class Steps:
     device: DeviceChoice
     push: bool
     extra_tags: tuple[str, ...] = ()
+    platform: bool = False  # verified on ModelArts before its release tag is written
 
 
 def cell_inputs(fetched: FetchedImage, steps: Steps, *, context_digest: str, verify_digest: str) -> dict[str, str]:
@@ -76,7 +77,9 @@ def cell_inputs(fetched: FetchedImage, steps: Steps, *, context_digest: str, ver
         "backend": _digest({"backend": steps.build.backend, "target": inputs.target}),
         "device": _digest({"device": steps.device}),
         # what the cell does after verifying: not part of what its image is (REGISTRY_PARTS)
-        "publish": _digest({"push": steps.push, "extra_tags": steps.extra_tags}),
+        # (the platform only when asked: a cell that never asked keeps the hash it had before)
+        "publish": _digest({"push": steps.push, "extra_tags": steps.extra_tags,
+                            **({"platform": "modelarts"} if steps.platform else {})}),
     }
 
 

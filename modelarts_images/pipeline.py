@@ -180,6 +180,7 @@ def push_step(images: Sequence[ImageSpec], options: PushOptions, engine: Engine,
     with stage(RegistryError):
         return publisher.push_images(images, options, engine=engine, env=env, progress=progress)
 
+
 def credentials_step(registry: str, options: PushOptions, engine: Engine, env: Mapping[str, str],
                      ) -> Credentials | None:
     """The login the environment (or, when allowed, the docker config) gives for a registry, if any."""
@@ -279,6 +280,9 @@ class Run:
     # ModelArts and OBS for a region (the platform step), and how its watch waits
     cloud: Callable[[Keys, str, PlatformOptions], tuple[ModelArts, CodeStore]] = sdk_cloud
     pace: Pace = REAL_TIME
+    # With the platform verification before the release (the matrix's --push --on modelarts): the image under the
+    # tag it is pushed and verified as; the release step then gives it the entry's own tag.
+    staged: Callable[[ImageSpec], ImageSpec] | None = None
     # given by the steps
     in_registry: tuple[InRegistry, ...] = ()
     fetched: tuple[FetchedImage, ...] = ()
@@ -288,6 +292,7 @@ class Run:
     logins: tuple[tuple[str, publisher.LoginResult], ...] = ()
     pushed: tuple[publisher.PushRecord, ...] = ()
     training_jobs: tuple[TrainingJob, ...] = ()
+    released: tuple[publisher.Released, ...] = ()
     stopped_at: StepName | None = None  # the step whose `show` raised Stop
     running: Step | None = field(default=None, repr=False)  # set by execute()
     _engines: dict[str, Engine] = field(default_factory=dict, repr=False)
@@ -304,7 +309,7 @@ class Run:
 
 # What the front end gives a Run; every other field a step needs must be given by a step before it.
 GIVEN = frozenset({"options", "images", "env", "connect", "inputs", "cache", "credentials", "reference",
-                   "registries", "flavor_id", "say", "cloud", "pace"})
+                   "registries", "flavor_id", "say", "cloud", "pace", "staged"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -380,8 +385,14 @@ def _login(run: Run) -> tuple[tuple[str, publisher.LoginResult], ...]:
 
 def _push(run: Run) -> tuple[publisher.PushRecord, ...]:
     engine = run.engine()
+    images = run.images
+    if run.staged is not None:
+        images = tuple(run.staged(image) for image in run.images)
+        with stage(RegistryError):
+            for image, staged in zip(run.images, images, strict=True):
+                engine.tag(image.reference, staged.reference.rpartition(":")[0], staged.tag)
     with run.progress(StepName.PUSH) as progress:
-        records = tuple(push_step(run.images, run.options.push, engine, run.env, progress=progress))
+        records = tuple(push_step(images, run.options.push, engine, run.env, progress=progress))
     run.show(StepName.PUSH, records)
     return records
 
@@ -394,11 +405,15 @@ def _training_jobs(run: Run) -> tuple[TrainingJob, ...]:
         for record in run.pushed if record.digest))
 
 
+def _registry_credentials(run: Run, image: ImageSpec) -> Credentials | None:
+    return swr.resolve_credentials(image.registry, run.env, region=run.options.push.region,
+                                   project=run.options.push.project)
+
+
 def _target(run: Run, image: ImageSpec) -> platform.Target:
     """The image as a job pulls it: its tag, which must still name the digest that was pushed (this run's push,
     else the last push record); RegistryError when the registry cannot say."""
-    credentials = swr.resolve_credentials(image.registry, run.env, region=run.options.push.region,
-                                          project=run.options.push.project)
+    credentials = _registry_credentials(run, image)
     remote = remote_image_step(image, run.options.push, credentials)
     if remote is None:
         raise PlatformError(f"{image.id}: {image.reference} is not in its registry as one image: push it first "
@@ -417,7 +432,7 @@ def _platform(run: Run) -> tuple[Verified, ...]:
     check_writable(run.options.verify.reports_dir, set_by="--reports, or modelarts.reports_dir in invoke.yaml")
     keys = platform.keys_from(run.env)
     done = []
-    for image in run.images:
+    for image in (run.staged(image) for image in run.images) if run.staged else run.images:
         region = platform.region_for(image, options)
         target = _target(run, image)
         api, store = run.cloud(keys, region, options)
@@ -430,6 +445,22 @@ def _platform(run: Run) -> tuple[Verified, ...]:
             run.show(StepName.PLATFORM, verified)
             done.append(verified)
     return tuple(done)
+
+
+def _release(run: Run) -> tuple[publisher.Released, ...]:
+    staged = run.staged
+    if staged is None:
+        return ()
+    passed = {item.report.id for item in run.verified if item.report.platform == "modelarts" and item.report.ok}
+    with stage(RegistryError):
+        return _each(run, StepName.RELEASE, (
+            publisher.release(image, staged(image), run.options.push, credentials=_registry_credentials(run, image))
+            for image in run.images if image.id in passed))
+
+
+def _say_released(released: publisher.Released) -> str:
+    replaced = f" (it named {released.previous})" if released.previous else ""
+    return f"{released.id}: released {released.staged} as {released.reference}{replaced}, {released.digest}"
 
 
 def _say_pushed(records: Sequence[publisher.PushRecord]) -> str:
@@ -454,6 +485,8 @@ STEPS: tuple[Step, ...] = (
     Step(name=StepName.PUSH, body=_push, needs=("images",), gives="pushed", error=RegistryError, text=_say_pushed),
     Step(name=StepName.PLATFORM, body=_platform, needs=("images",), gives="verified", error=PlatformError,
          text=_say_verified),
+    Step(name=StepName.RELEASE, body=_release, needs=("pushed", "verified"), gives="released", error=RegistryError,
+         text=_say_released),
     Step(name=StepName.TRAINING_JOB, body=_training_jobs, needs=("pushed",), gives="training_jobs",
          error=ConfigError),
 )

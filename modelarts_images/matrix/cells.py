@@ -92,7 +92,9 @@ class CellRecord:
     verification: ImageReport | None = None
     manifest: Manifest = field(default_factory=dict)
     digest: str | None = None  # when pushed
-    pushed: str | None = None
+    pushed: str | None = None  # the reference pushed (with the platform verification: the release tag)
+    platform: ImageReport | None = None  # the verification as training jobs on ModelArts (--on modelarts)
+    staged: str | None = None  # the tag pushed and verified on the platform before the release tag
     training_job: str | None = None  # path of the ModelArts training-job body
     finished: str = ""  # ISO 8601, UTC
     run: str = ""  # the run (nox invocation) that wrote it
@@ -116,6 +118,7 @@ class CellRecord:
             "verification": self.verification.to_json() if self.verification is not None else None,
             "manifest": {section: list(lines) for section, lines in self.manifest.items()},
             "digest": self.digest, "pushed": self.pushed, "training_job": self.training_job,
+            **({"platform": self.platform.to_json(), "staged": self.staged} if self.platform is not None else {}),
             "finished": self.finished, "run": self.run,
         }
 
@@ -139,5 +142,7 @@ class CellRecord:
             verification=ImageReport.from_json(verification) if verification else None,
             manifest={str(k): tuple(str(line) for line in v) for k, v in (data.get("manifest") or {}).items()},
             digest=data.get("digest"), pushed=data.get("pushed"), training_job=data.get("training_job"),
+            platform=ImageReport.from_json(data["platform"]) if data.get("platform") else None,
+            staged=data.get("staged"),
             finished=str(data.get("finished", "")), run=str(data.get("run", "")),
         )

@@ -16,7 +16,7 @@ from modelarts_images.matrix import ci
 from modelarts_images.matrix import report as reporting
 from modelarts_images.matrix.cells import parse_shard, shard_cells
 from modelarts_images.matrix.runner import MatrixOptions, run_matrix
-from modelarts_images.options import Flags, resolve
+from modelarts_images.options import Flags, Where, resolve
 from modelarts_images.paths import ROOT
 
 RUN_TOKEN_ENV = "MODELARTS_MATRIX_RUN"
@@ -94,9 +94,12 @@ def _main(argv: Sequence[str] | None) -> int:
             document = ci.github_matrix(cells) if args.list_json else ci.gitlab_pipeline(cells)
             print(json.dumps(document, indent=None if args.list_json else 2))
             return 0
+        on_platform = options.platform.on is Where.MODELARTS
+        if on_platform and not args.push:
+            raise ConfigError("--on modelarts: needs --push (ModelArts runs the image from SWR)")
         matrix = MatrixOptions(options=options, push=args.push, rerun=args.rerun or args.force,
                                shard=parse_shard(args.shard), flavor_id=args.flavor, run_token=args.run,
-                               check_registry=args.check_registry)
+                               check_registry=args.check_registry, on_platform=on_platform)
         show_engine_log()
         run_matrix(images, matrix, file_ids=file_ids, summary=not args.no_summary)
     except ModelArtsImagesError as error:

@@ -122,6 +122,24 @@ def table_rows(records: Sequence[CellRecord]) -> list[list[str]]:
 HEADERS = ["cell", "status", "size", "fetch", "build", "verify", "CPU", "GPU", "conformance", "digest"]
 
 
+def platform_lines(record: CellRecord) -> list[str]:
+    """The cell's training jobs on ModelArts: id, flavour, phase, queue and run time, and each check."""
+    report = record.platform
+    if report is None:
+        return []
+    lines = [f"- verified on ModelArts as `{record.staged}`"
+             + (f", released as `{record.pushed}`" if record.pushed != record.staged else ", not released")]
+    for run in report.runs:
+        job = run.job
+        if job is None:
+            continue
+        lines += ["", f"{run.device.value.upper()} on ModelArts ({'pass' if run.ok else 'FAIL'}): job `{job.job_id}` "
+                      f"({job.name}) on {job.flavor} in {job.region}, {job.phase}, queued {job.queued:.0f} s, ran "
+                      f"{job.ran:.0f} s", ""]
+        lines += [f"- [{check.status}] {check.name}: {check.detail}" for check in run.outcomes]
+    return lines
+
+
 def render_markdown(records: Sequence[CellRecord]) -> str:
     def cells(values: Sequence[str]) -> str:
         return "| " + " | ".join(value.replace("|", "\\|") for value in values) + " |"
@@ -141,6 +159,7 @@ def render_markdown(records: Sequence[CellRecord]) -> str:
                   f"{', '.join(record.changed) or 'nothing'}"]
         if record.training_job:
             lines.append(f"- ModelArts training-job body: `{record.training_job}`")
+        lines += platform_lines(record)
         if record.layers:
             lines += ["", "Layers, oldest first (shared: the other images of this report with the same layer):", ""]
             for layer in record.layers:

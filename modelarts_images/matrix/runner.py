@@ -56,6 +56,7 @@ class MatrixOptions:
     run_token: str = ""  # marks the records of one nox run, for its closing summary
     template_dir: Path = CONTEXT_TEMPLATE  # hashed into every cell's inputs
     check_registry: bool = False  # ask the registry whether a cell changed, and build with its cache
+    on_platform: bool = False  # with push: staged, verified on ModelArts, then released under its own tag
 
     @property
     def asks_registry(self) -> bool:
@@ -65,7 +66,7 @@ class MatrixOptions:
     def steps(self) -> Steps:
         options = self.options
         return Steps(build=options.build, device=options.verify.device, push=self.push,
-                     extra_tags=options.push.extra_tags if self.push else ())
+                     extra_tags=options.push.extra_tags if self.push else (), platform=self.on_platform)
 
 
 def _now() -> str:
@@ -140,10 +141,18 @@ class Runner:
         left_out = {StepName.REGISTRY} if not matrix.asks_registry or matrix.rerun else set()
         if not matrix.push:
             left_out |= {StepName.PUSH, StepName.TRAINING_JOB}
+        if not matrix.on_platform:
+            left_out |= {StepName.PLATFORM, StepName.RELEASE}
         steps = [step for step in declared.MATRIX.steps if step not in left_out]
+
+        def staged(image: ImageSpec) -> ImageSpec:
+            """The tag a cell is pushed and verified under on the platform: its own, with its input hash."""
+            return dataclasses.replace(image, tag=f"{image.tag}-staging-{cell.record.hash[:12]}")
+
         run = pipeline.Run(options=self.options, images=(cell.image,), connect=lambda error: self._engine(),
                            show=lambda step, item: self._show(cell, last, step, item), inputs=self._inputs,
-                           cache=self._registry_cache, credentials=self._credentials, flavor_id=matrix.flavor_id)
+                           cache=self._registry_cache, credentials=self._credentials, flavor_id=matrix.flavor_id,
+                           staged=staged if matrix.on_platform else None, say=self.out)
         if pipeline.execute(steps, run, timed=cell.clock).stopped_at is None:
             cell.add(status=CellStatus.PASSED)
 
@@ -170,7 +179,17 @@ class Runner:
         elif step is StepName.PUSH:
             self.out(pipeline.text(step, item))
             (record,) = item
-            cell.add(digest=record.digest, pushed=record.reference)
+            cell.add(digest=record.digest, pushed=record.reference,
+                     staged=record.reference if self.matrix.on_platform else None)
+        elif step is StepName.PLATFORM:
+            cell.add(platform=item.report)
+            self.out(pipeline.format_report(item.report))
+            failure = item.report.failure()
+            if failure is not None:  # the staged tag stays; the release tag is not written
+                raise VerifyError(failure)
+        elif step is StepName.RELEASE:
+            self.out(pipeline.text(step, item))
+            cell.add(pushed=item.reference, digest=item.digest)
         elif step is StepName.TRAINING_JOB:
             cell.add(training_job=str(item.body))
 

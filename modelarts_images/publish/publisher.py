@@ -152,6 +152,36 @@ def write_record(record: PushRecord, reports_dir: Path) -> Path:
     return write_atomic(path, json.dumps(document, indent=2) + "\n", what="push record")
 
 
+@dataclass(frozen=True, kw_only=True)
+class Released:
+    """A staged image given its release tag once it passed on the platform."""
+
+    id: str
+    reference: str  # the release tag
+    staged: str  # the tag it was pushed and verified under
+    digest: str
+    previous: str | None  # what the release tag named before, when it was replaced
+
+
+def release(image: ImageSpec, staged: ImageSpec, options: PushOptions, *, credentials: Credentials | None,
+            ) -> Released:
+    """Give the staged image its release tag through the registry's API (the same manifest, no layer sent); the
+    tag guard holds as for a push: a release tag naming another image is replaced only with --replace-tag."""
+    target, source = swr.validate(swr.Reference.of(image)), swr.validate(swr.Reference.of(staged))
+    with Registry(target.registry, credentials, retries=options.retries, backoff=options.backoff,
+                  login_hint=_login_hint(target.registry, options)) as registry:
+        verified = registry.head_manifest(source.name, source.tag)
+        current = registry.head_manifest(target.name, target.tag)
+        if verified is None:
+            raise RegistryError(f"{source} is gone from the registry: nothing to release as {target}")
+        if current is not None and current[0] != verified[0] and not options.replace_tags:
+            raise RegistryError(f"refusing to release {source} as {target}: the tag already names {current[0]}. "
+                                "Tags are kept immutable: choose a new tag, or pass --replace-tag to replace it")
+        digest = registry.retag(target.name, source.tag, target.tag)
+    return Released(id=image.id, reference=str(target), staged=str(source), digest=digest,
+                    previous=current[0] if current is not None and current[0] != digest else None)
+
+
 def pushed_digest(reports_dir: Path, image: ImageSpec) -> str | None:
     """The digest the last push of `image` recorded (push-<id>.json), None without a readable record of its
     reference: what a platform job must find the tag still naming."""
