@@ -5,6 +5,7 @@ the engine refused, over the loopback registry and a fake engine that feeds such
 from __future__ import annotations
 
 import base64
+import dataclasses
 import email.utils
 import hashlib
 import json
@@ -560,4 +561,35 @@ def test_retag_of_an_absent_tag_is_named() -> None:
     with serve(State()) as host, registry.Registry(host, creds(host)) as client, pytest.raises(
             RegistryError, match=r"org/repo:staged is not in the registry: nothing to tag 2.1.0"):
         client.retag("org/repo", "staged", "2.1.0")
+
+
+def release_of(state: State, host: str, *, replace: bool = False) -> publisher.Released:
+    image = ImageSpec(id="p", default=True, python="3.11", cuda="cpu", torch="2.13.0", torchvision=None,
+                      torchaudio=None, tag="2.13.0-cpu", registry=host, organization="org", repository="repo",
+                      base_image="ubuntu:22.04", pip_index="", apt_mirror="",
+                      installer=Artifact(url="https://x.invalid/i.sh", sha256=None), wheels=())
+    staged = dataclasses.replace(image, tag="2.13.0-cpu-staging-0123456789ab")
+    options = PushOptions(reports_dir=Path("/nonexistent"), replace_tags=replace, retries=0, backoff=0.01)
+    return publisher.release(image, staged, options, credentials=creds(host))
+
+
+def test_a_release_gives_the_staged_image_its_own_tag() -> None:
+    state = State(manifests={"org/repo:2.13.0-cpu-staging-0123456789ab": (registry.DOCKER_MANIFEST, manifest_body())})
+    with serve(state) as host:
+        released = release_of(state, host)
+    assert state.manifests["org/repo:2.13.0-cpu"] == state.manifests["org/repo:2.13.0-cpu-staging-0123456789ab"]
+    assert released.reference.endswith("/org/repo:2.13.0-cpu") and released.previous is None
+    assert released.digest == "sha256:" + hashlib.sha256(manifest_body()).hexdigest()
+
+
+def test_a_release_tag_naming_another_image_is_kept_unless_replace_tag() -> None:
+    other = manifest_body(registry.OCI_MANIFEST)
+    state = State(manifests={"org/repo:2.13.0-cpu-staging-0123456789ab": (registry.DOCKER_MANIFEST, manifest_body()),
+                             "org/repo:2.13.0-cpu": (registry.OCI_MANIFEST, other)})
+    with serve(state) as host:
+        with pytest.raises(RegistryError, match=r"refusing to release .* the tag already names sha256:.*--replace-tag"):
+            release_of(state, host)
+        assert state.manifests["org/repo:2.13.0-cpu"][1] == other
+        released = release_of(state, host, replace=True)
+    assert released.previous == "sha256:" + hashlib.sha256(other).hexdigest()
 

@@ -21,7 +21,7 @@ from modelarts_images.publish import trainingjob
 from modelarts_images.shared import files
 from modelarts_images.verify import manifest, probes
 from modelarts_images.verify.checks import CheckOutcome
-from modelarts_images.verify.report import DeviceRun, Expected, ImageReport
+from modelarts_images.verify.report import DeviceRun, Expected, ImageReport, PlatformJob
 from modelarts_images.verify.result import VerificationResult
 from tests.support.fake_engine import FakeEngine
 
@@ -315,6 +315,33 @@ def full_record() -> CellRecord:
                    CheckOutcome(name="conda-channel", ok=True, skipped=True, detail="no conda metadata"))
     return dataclasses.replace(base, verification=dataclasses.replace(
         base.verification, runs=(cpu, gpu), skipped=(), conformance=conformance))
+
+
+def platform_record() -> CellRecord:
+    """A cell verified on ModelArts under its staging tag and released."""
+    base = record("modelarts", digest="sha256:" + "d" * 64, pushed="swr.cn-north-4.myhuaweicloud.com/org/pytorch:p")
+    assert base.verification is not None
+    job = PlatformJob(job_id="5c0ff", name="verify-p-cpu-1a2b3c", region="cn-north-4", flavor="modelarts.vm.cpu.2u",
+                      phase="Completed", exit_code=0, message="", queued=12.0, ran=40.5,
+                      console_url="https://console.huaweicloud.com/modelarts/?region=cn-north-4#/trainingJobs",
+                      log_bytes=(900, 900))
+    run = dataclasses.replace(base.verification.runs[0], job=job)
+    verified = dataclasses.replace(base.verification, runs=(run,), conformance=(), platform="modelarts")
+    return dataclasses.replace(base, platform=verified,
+                               staged="swr.cn-north-4.myhuaweicloud.com/org/pytorch:p-staging-0123456789ab")
+
+
+def test_a_cell_verified_on_modelarts_keeps_its_jobs_and_shows_them() -> None:
+    made = platform_record()
+    assert CellRecord.from_json(json.loads(json.dumps(made.to_json()))) == made
+    assert "platform" not in record("a").to_json()  # a cell that never asked keeps its record's shape
+    shown = report.render_markdown([made])
+    assert "- verified on ModelArts as `swr.cn-north-4.myhuaweicloud.com/org/pytorch:p-staging-0123456789ab`, " \
+           "released as `swr.cn-north-4.myhuaweicloud.com/org/pytorch:p`" in shown
+    assert ("CPU on ModelArts (pass): job `5c0ff` (verify-p-cpu-1a2b3c) on modelarts.vm.cpu.2u in cn-north-4, "
+            "Completed, queued 12 s, ran 40 s") in shown
+    unreleased = dataclasses.replace(made, pushed=made.staged)
+    assert ", not released" in report.render_markdown([unreleased])
 
 
 def test_a_verification_report_comes_back_from_its_json() -> None:
