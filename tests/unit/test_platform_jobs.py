@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -218,9 +219,15 @@ def test_detach_then_attach(cloud: StandIn) -> None:
     assert report.runs[0].job.flavor == "modelarts.vm.gpu.p4"
 
 
-def test_no_secret_leaves_the_tool(cloud: StandIn) -> None:
-    report = verify(cloud)
+def test_no_secret_leaves_the_tool(cloud: StandIn, caplog: pytest.LogCaptureFixture,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.DEBUG)  # the SDKs' own loggers too
+    said: list[str] = []
+    report = verify(cloud, said=said)
     assert report is not None
+    printed = capsys.readouterr()
+    for shown in (caplog.text, printed.out, printed.err, "\n".join(said)):
+        assert cloud.sk not in shown
     sent = b"".join(call.body for call in cloud.requests) + b"".join(cloud.objects.values())
     headers = json.dumps([call.headers for call in cloud.requests])
     assert cloud.sk.encode() not in sent and cloud.sk not in headers
