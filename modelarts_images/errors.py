@@ -46,6 +46,13 @@ class PlatformError(ModelArtsImagesError):
     exit_code = 7
 
 
+class Interrupted(BaseException):
+    """SIGTERM while something billed or half-done runs (a training job being watched): what runs is stopped
+    first, then the tool exits 143, as a process killed by SIGTERM does. Ctrl-C is KeyboardInterrupt (130)."""
+
+    exit_code = 143
+
+
 class EngineError(ModelArtsImagesError):
     """The container engine did not do what was asked: unreachable, refused, or failed.
 

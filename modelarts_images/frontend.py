@@ -19,7 +19,7 @@ from invoke.exceptions import Exit
 
 from modelarts_images import declared
 from modelarts_images.config import settings, versions
-from modelarts_images.errors import ConfigError, ModelArtsImagesError
+from modelarts_images.errors import ConfigError, Interrupted, ModelArtsImagesError
 from modelarts_images.model import ImageSpec
 from modelarts_images.options import Flags, Options, resolve
 from modelarts_images.paths import ROOT
@@ -230,6 +230,10 @@ def exits_cleanly(task_body: Callable[P, R]) -> Callable[P, R]:
             if logging.getLogger().isEnabledFor(logging.DEBUG):
                 raise
             raise Exit(f"error: {error}", code=error.exit_code) from None
+        except Interrupted:  # what it interrupted said so, and stopped what it had started
+            raise Exit("interrupted (SIGTERM)", code=Interrupted.exit_code) from None
+        except KeyboardInterrupt:
+            raise Exit("interrupted", code=130) from None
         except OSError as error:
             failure = output_failure(error)
             if failure is None:

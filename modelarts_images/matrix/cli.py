@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from modelarts_images import declared
-from modelarts_images.errors import ConfigError, ModelArtsImagesError
+from modelarts_images.errors import ConfigError, Interrupted, ModelArtsImagesError
 from modelarts_images.frontend import file_images, load_section, options_for, output_failure, show_engine_log
 from modelarts_images.matrix import ci
 from modelarts_images.matrix import report as reporting
@@ -70,6 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         code, message = failure
         if message:
             print(message, file=sys.stderr)
+    except Interrupted:  # the cell's training jobs were stopped before this
+        print("matrix: interrupted (SIGTERM)", file=sys.stderr)
+        code = Interrupted.exit_code
+    except KeyboardInterrupt:
+        print("matrix: interrupted", file=sys.stderr)
+        code = 130
     return code
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from modelarts_images.cloud.api import CloudError, JobState, ModelArts, Phase
-from modelarts_images.errors import PlatformError
+from modelarts_images.errors import Interrupted, PlatformError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,10 +63,6 @@ class Watched:
         """Seconds spent in `phase`, as the polls saw it."""
         following = {change.after: change.spent for change in self.changes if change.after is not None}
         return following.get(phase, 0.0)
-
-
-class Interrupted(BaseException):
-    """SIGTERM while a job was watched (Ctrl-C is KeyboardInterrupt): the job is stopped, then the tool exits."""
 
 
 @contextlib.contextmanager

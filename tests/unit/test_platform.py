@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from modelarts_images.cloud.api import CloudError, Flavor, FlavorType, JobState, LogPreview, Phase
-from modelarts_images.errors import ConfigError, PlatformError
+from modelarts_images.errors import ConfigError, Interrupted, PlatformError
 from modelarts_images.options import Device
 from modelarts_images.paths import VERIFY_DIR
 from modelarts_images.platform import code, flavors
-from modelarts_images.platform.watch import Interrupted, Pace, sigterm_interrupts, watch
+from modelarts_images.platform.watch import Pace, sigterm_interrupts, watch
 
 OFFERED = (
     Flavor(id="modelarts.vm.cpu.8u", type=FlavorType.CPU, arch="x86", cpus=8, memory_gib=32, accelerators=0),
@@ -276,3 +276,18 @@ def test_sigterm_raises_interrupted_while_watching_and_not_after() -> None:
 def test_an_unknown_phase_is_no_success() -> None:
     assert Phase.read("Exploded") is Phase.ABNORMAL and Phase.read("Running") is Phase.RUNNING
     assert all(not phase.stoppable for phase in Phase if phase.finished)
+
+
+@pytest.mark.parametrize(("interruption", "code"), [(Interrupted("signal 15"), 143), (KeyboardInterrupt(), 130)])
+def test_an_interrupted_task_ends_with_the_signals_code_and_no_traceback(interruption: BaseException,
+                                                                         code: int) -> None:
+    from invoke.exceptions import Exit
+
+    from modelarts_images.frontend import exits_cleanly
+
+    def task() -> None:
+        raise interruption
+
+    with pytest.raises(Exit) as caught:
+        exits_cleanly(task)()
+    assert caught.value.code == code and "interrupted" in str(caught.value.message)
