@@ -30,13 +30,15 @@ from modelarts_images import pipeline
 from modelarts_images.cloud.api import Phase
 from modelarts_images.declared import StepName
 from modelarts_images.engine.adapter import DockerEngine
-from modelarts_images.errors import VerifyError
+from modelarts_images.errors import RegistryError, VerifyError
+from modelarts_images.http.registry import Registry
 from modelarts_images.model import ImageSpec
 from modelarts_images.options import Device, Flags, PlatformOptions, PushOptions, VerifyOptions, resolve
 from modelarts_images.platform import verifier as platform
 from modelarts_images.platform.watch import Pace, PollSchedule
 from modelarts_images.publish import publisher as publish
 from modelarts_images.publish import swr
+from modelarts_images.shared.credentials import Credentials
 from modelarts_images.verify.verifier import verify_image
 from tests.support.huawei_cloud import JobRun, StandIn
 from tests.support.registry import RunningRegistry, fresh_client, running_registry, spec, tag_local
@@ -288,3 +290,70 @@ def test_an_image_the_registry_lacks_fails_the_job_at_its_pull(good_pushed: Push
     assert status.exit_code is None and status.message.startswith(f"Failed to pull image {missing}: ")
     job = cloud.runs[created.id]
     assert job.phases == ["Creating", "Pending", "Failed"] and job.container_id is None and job.argv == ()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the matrix's release: pushed under a staging tag, verified on the platform, then given its own tag
+
+
+def staged(image: ImageSpec) -> ImageSpec:
+    return dataclasses.replace(image, tag=f"{image.tag}-staging-test")
+
+
+def release_run(push_engine: DockerEngine, cloud: StandIn, root: Path, image: ImageSpec, account: Account,
+                **push: Any) -> pipeline.Run:
+    """PUSH, PLATFORM and RELEASE as the matrix runs them with --push --on modelarts."""
+    section = {"obs_dir": "obs://verify-bucket/ci/", "modelarts_endpoint": cloud.endpoint,
+               "obs_endpoint": cloud.endpoint, "iam_endpoint": cloud.endpoint, "reports_dir": "reports"}
+    options = resolve(section, Flags(on="modelarts", region=REGION, device="cpu", job_timeout="2"), root=root)
+    options = dataclasses.replace(options, push=dataclasses.replace(options.push, retries=2, backoff=0.05, **push))
+    run = pipeline.Run(options=options, images=(image,), env=env_of(account), connect=lambda error: push_engine,
+                       say=lambda _: None, pace=POLLS, staged=staged)
+    return pipeline.execute([StepName.PUSH, StepName.PLATFORM, StepName.RELEASE], run)
+
+
+def registry_digest(registry: RunningRegistry, image: ImageSpec) -> str | None:
+    login = Credentials(registry=registry.host, username=registry.user, password=registry.password, source="test")
+    with Registry(registry.host, login) as client:
+        found = client.head_manifest(f"{image.organization}/{image.repository}", image.tag)
+    return None if found is None else found[0]
+
+
+def test_a_staged_image_is_released_only_once_it_passed(push_engine: DockerEngine, good_image: str,
+                                                        no_torch_image: str, cloud: StandIn, account: Account,
+                                                        swr_registry: RunningRegistry, run_id: str,
+                                                        local_tags: list[str], tmp_path: Path) -> None:
+    good = entry_for(swr_registry, f"release-{run_id}", "platform-release")
+    tag_local(push_engine.client, good_image, good.reference, local_tags)
+    local_tags.append(staged(good).reference)
+    run = release_run(push_engine, cloud, tmp_path, good, account)
+    (pushed,) = run.pushed
+    assert pushed.reference == staged(good).reference and pushed.digest
+    (job,) = [call.json() for call in cloud.calls("create")]
+    assert job["algorithm"]["engine"]["image_url"] == staged(good).reference
+    (released,) = run.released
+    assert released.reference == good.reference and released.digest == pushed.digest and released.previous is None
+    assert registry_digest(swr_registry, good) == pushed.digest == registry_digest(swr_registry, staged(good))
+
+    broken = entry_for(swr_registry, f"release-broken-{run_id}", "platform-release-broken")
+    tag_local(push_engine.client, no_torch_image, broken.reference, local_tags)
+    local_tags.append(staged(broken).reference)
+    failed = release_run(push_engine, cloud, tmp_path, broken, account)
+    (verified,) = failed.verified
+    assert not verified.report.ok and failed.released == ()
+    assert registry_digest(swr_registry, broken) is None and registry_digest(swr_registry, staged(broken))
+
+
+def test_a_release_tag_naming_another_image_is_replaced_only_with_replace_tag(
+        push_engine: DockerEngine, good_image: str, no_torch_image: str, cloud: StandIn, account: Account,
+        swr_registry: RunningRegistry, run_id: str, local_tags: list[str], tmp_path: Path) -> None:
+    image = entry_for(swr_registry, f"guarded-{run_id}", "platform-guarded")
+    other = push(push_engine, no_torch_image, image, tmp_path / "other", account, local_tags)  # the tag is taken
+    tag_local(push_engine.client, good_image, image.reference, local_tags)
+    local_tags.append(staged(image).reference)
+    with pytest.raises(RegistryError, match=r"refusing to release .* --replace-tag"):
+        release_run(push_engine, cloud, tmp_path, image, account)
+    assert registry_digest(swr_registry, image) == other.digest
+    run = release_run(push_engine, cloud, tmp_path, image, account, replace_tags=True)
+    (released,) = run.released
+    assert released.previous == other.digest and registry_digest(swr_registry, image) == released.digest
