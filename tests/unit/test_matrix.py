@@ -7,11 +7,14 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from modelarts_images import inputs as hashing
+from modelarts_images import pipeline
+from modelarts_images.declared import StepName
 from modelarts_images.engine.api import Backend
 from modelarts_images.errors import ConfigError, RegistryError
 from modelarts_images.fetch import fetcher
@@ -19,8 +22,10 @@ from modelarts_images.matrix import cells as matrix
 from modelarts_images.matrix import cli, report, runner
 from modelarts_images.matrix.cells import CellRecord, CellStatus
 from modelarts_images.model import FetchedFile, FetchedImage, ImageSpec
-from modelarts_images.options import BuildOptions, DeviceChoice, resolve
+from modelarts_images.options import BuildOptions, Device, DeviceChoice, resolve
 from modelarts_images.publish import publisher
+from modelarts_images.verify.checks import CheckOutcome
+from modelarts_images.verify.report import DeviceRun, Expected, ImageReport, PlatformJob
 from tests.support.matrix_harness import fetched, spec
 
 
@@ -400,3 +405,94 @@ def test_the_registry_decides_before_any_fetch(harness: Any, monkeypatch: pytest
     assert any("the registry cannot say whether it changed (127.0.0.1:5999: connection refused): running it"
                in line for line in harness.lines)
     assert harness.calls == ["a"] * 4
+
+
+# --------------------------------------------------------------------------------------------------------------
+# --push --on modelarts: staged, verified on the platform, then released
+
+
+def on_the_platform(monkeypatch: pytest.MonkeyPatch, *, passes: set[str]) -> list[str]:
+    """Stand-in push, platform and release steps: what each was given, as `step:reference` lines."""
+    seen: list[str] = []
+
+    def push(run: pipeline.Run) -> tuple[Any, ...]:
+        pushing = run.staged or (lambda image: image)
+        records = tuple(SimpleNamespace(id=image.id, reference=pushing(image).reference,
+                                        digest="sha256:" + "d" * 64) for image in run.images)
+        seen.extend(f"push:{record.reference}" for record in records)
+        run.show(StepName.PUSH, records)
+        return records
+
+    def verify_there(run: pipeline.Run) -> tuple[pipeline.Verified, ...]:
+        assert run.staged is not None
+        done = []
+        for image in run.images:
+            target = run.staged(image)
+            seen.append(f"platform:{target.reference}")
+            check = CheckOutcome(name="torch-version", ok=image.id in passes, detail="torch 2.13.0")
+            job = PlatformJob(job_id=f"job-{image.id}", name=f"verify-{image.id}", region="cn-north-4",
+                              flavor="modelarts.vm.cpu.2u", phase="Completed", exit_code=0, message="", queued=1.0,
+                              ran=2.0, console_url="")
+            report = ImageReport(id=image.id, reference=target.reference, expected=Expected.of(image),
+                                 image_id="sha256:" + "d" * 64, size=0, skipped=(), conformance=(),
+                                 platform="modelarts",
+                                 runs=(DeviceRun(device=Device.CPU, command=("python",), exit_code=0, timed_out=False,
+                                                 seconds=2.0, result=None, outcomes=(check,), output_tail=(),
+                                                 job=job),))
+            verified = pipeline.Verified(report=report, path=Path("/reports") / f"{image.id}.json")
+            run.show(StepName.PLATFORM, verified)
+            done.append(verified)
+        return tuple(done)
+
+    def release(run: pipeline.Run) -> tuple[publisher.Released, ...]:
+        assert run.staged is not None
+        done = tuple(publisher.Released(id=image.id, reference=image.reference, staged=run.staged(image).reference,
+                                        digest="sha256:" + "d" * 64, previous=None)
+                     for image in run.images if any(item.report.ok for item in run.verified))
+        for item in done:
+            seen.append(f"release:{item.reference}")
+            run.show(StepName.RELEASE, item)
+        return done
+
+    bodies = {StepName.PUSH: push, StepName.PLATFORM: verify_there, StepName.RELEASE: release}
+    steps = tuple(dataclasses.replace(step, body=bodies[step.name], text=str) if step.name in bodies else step
+                  for step in pipeline.STEPS if step.name is not StepName.TRAINING_JOB)
+    monkeypatch.setattr(pipeline, "STEPS", steps)
+    monkeypatch.setattr(pipeline, "BY_NAME", {step.name: step for step in steps})
+    return seen
+
+
+def test_a_cell_is_released_only_after_it_passed_on_the_platform(harness: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = on_the_platform(monkeypatch, passes={"a"})
+    with pytest.raises(runner.MatrixError, match="1 of 2 matrix cell"):
+        harness.run([spec("a"), spec("b")], push=True, on_platform=True)
+    good, bad = report.read_cells(harness.reports, ["a", "b"])
+    assert [good.status, bad.status] == [CellStatus.PASSED, CellStatus.FAILED]
+    staged_a = f"localhost:5999/tests/matrix:a-staging-{good.hash[:12]}"
+    assert good.staged == staged_a and good.pushed == "localhost:5999/tests/matrix:a"
+    assert good.platform is not None and good.platform.runs[0].job is not None
+    assert bad.pushed == bad.staged and bad.platform is not None and "torch-version" in bad.reason
+    assert seen == [f"push:{staged_a}", f"platform:{staged_a}", "release:localhost:5999/tests/matrix:a",
+                    f"push:localhost:5999/tests/matrix:b-staging-{bad.hash[:12]}",
+                    f"platform:localhost:5999/tests/matrix:b-staging-{bad.hash[:12]}"]
+    assert "job `job-a` (verify-a) on modelarts.vm.cpu.2u" in (harness.reports / "matrix.md").read_text()
+
+
+def test_a_cell_that_passed_on_the_platform_is_not_submitted_again(harness: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = on_the_platform(monkeypatch, passes={"a"})
+    harness.run([spec("a")], push=True)  # pushed, verified only locally
+    first = len(seen)
+    (record,) = harness.run([spec("a")], push=True, on_platform=True)
+    assert record.status is CellStatus.PASSED and len(seen) == first + 3  # the platform is a new input: it runs
+    (again,) = harness.run([spec("a")], push=True, on_platform=True)
+    assert again.status is CellStatus.SKIPPED and len(seen) == first + 3
+
+
+def test_on_modelarts_needs_push(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    versions = tmp_path / "versions.yaml"
+    versions.write_text("images:\n  - {id: a, python: '3.11', cuda: cpu, torch: 2.13.0, base_image: 'ubuntu:22.04',"
+                        " installer: {url: 'https://x.invalid/i.sh'}}\n")
+    assert cli.main(["--versions", str(versions), "--on", "modelarts"]) == 2
+    assert "--on modelarts: needs --push (ModelArts runs the image from SWR)" in capsys.readouterr().err
