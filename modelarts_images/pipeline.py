@@ -21,8 +21,8 @@ from typing import Any
 
 from modelarts_images.build import builder
 from modelarts_images.build.builder import BuildResult, RegistryCache, build_command_preview, format_result
-from modelarts_images.cloud.api import CodeStore, ModelArts
-from modelarts_images.cloud.sdk import Endpoints, Keys, SdkModelArts, SdkObs
+from modelarts_images.cloud.api import CodeStore, Keys, ModelArts
+from modelarts_images.cloud.sdk import Endpoints, SdkModelArts, SdkObs
 from modelarts_images.declared import StepName
 from modelarts_images.engine.api import Engine
 from modelarts_images.errors import (

@@ -120,6 +120,18 @@ class CloudError(Exception):
         return self.status is None or self.status == 429 or self.status >= 500
 
 
+@dataclass(frozen=True, kw_only=True)
+class Keys:
+    """An access key: what both clients sign with (never shown: the repr keeps 4 characters of the AK)."""
+
+    access_key: str
+    secret_key: str
+    security_token: str | None = None  # a temporary key's
+
+    def __repr__(self) -> str:
+        return f"Keys(access_key={self.access_key[:4]}..., secret_key=***)"
+
+
 class ModelArts(Protocol):
     """The training-job calls of ModelArts' v2 API, for one project in one region."""
 

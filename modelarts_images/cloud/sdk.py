@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from modelarts_images.cloud.api import CloudError, Flavor, FlavorType, JobState, LogPreview, Phase, TaskStatus
+from modelarts_images.cloud.api import CloudError, Flavor, FlavorType, JobState, Keys, LogPreview, Phase, TaskStatus
 from modelarts_images.errors import PlatformError
 
 T = TypeVar("T")
@@ -39,16 +39,6 @@ class Endpoints:
         return cls(modelarts=modelarts or f"https://modelarts.{region}.myhuaweicloud.com",
                    obs=obs or f"https://obs.{region}.myhuaweicloud.com",
                    iam=iam or f"https://iam.{region}.myhuaweicloud.com")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Keys:
-    access_key: str
-    secret_key: str
-    security_token: str | None = None
-
-    def __repr__(self) -> str:
-        return f"Keys(access_key={self.access_key[:4]}..., secret_key=***)"
 
 
 def as_model(models: Any, type_name: str, value: Any, where: str) -> Any:

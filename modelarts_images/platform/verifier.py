@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from modelarts_images.cloud.api import CloudError, CodeStore, Flavor, JobState, ModelArts, Phase
-from modelarts_images.cloud.sdk import Keys
+from modelarts_images.cloud.api import CloudError, CodeStore, Flavor, JobState, Keys, ModelArts, Phase
 from modelarts_images.config.wheels import IMAGE_ARCH
 from modelarts_images.contract import REQUIRE_GPU, SCRIPT_NAME
 from modelarts_images.errors import ConfigError, PlatformError
