@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -299,3 +300,25 @@ def test_a_bad_job_timeout_names_the_flag(tmp_path: Path) -> None:
     assert resolve(None, Flags(job_timeout="2.5"), root=tmp_path).platform.job_timeout == 150
     with pytest.raises(ConfigError, match="--on: 'cloud' is not one of local, modelarts"):
         resolve(None, Flags(on="cloud"), root=tmp_path)
+
+
+def test_an_abnormal_job_fails_the_image_with_the_platforms_words(cloud: StandIn) -> None:
+    cloud.behaviour = lambda body: JobScript(phases=[("Running", 1)], final="Abnormal", exit_code=None,
+                                             message="The node was lost", log="")
+    report = verify(cloud)
+    assert report is not None and not report.ok
+    (run,) = report.runs
+    assert run.job is not None and run.job.phase == "Abnormal"
+    with pytest.raises(VerifyError, match="ended Abnormal, task worker-0 exit code None: The node was lost"):
+        raise_for_reports([report])
+
+
+@pytest.mark.parametrize("module", ["obs", "huaweicloudsdkmodelarts.v1"])
+def test_a_missing_sdk_is_named_with_how_to_install_it(cloud: StandIn, monkeypatch: pytest.MonkeyPatch,
+                                                       module: str) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # what an uninstalled package imports as
+    keys = platform.keys_from({"HUAWEICLOUD_SDK_AK": cloud.ak, "HUAWEICLOUD_SDK_SK": cloud.sk})
+    with pytest.raises(PlatformError, match=r"needs Huawei Cloud's SDKs: pip install huaweicloudsdkmodelarts "
+                                            r"esdk-obs-python") as caught:
+        pipeline.sdk_cloud(keys, cloud.region, options(cloud))
+    assert caught.value.exit_code == 7
