@@ -24,6 +24,7 @@ class PollSchedule:
     growth: float = 1.5
     longest: float = 30.0
     transient_retries: int = 5  # status calls in a row that may fail with 429 or 5xx before the watch gives up
+    still: float = 60.0  # seconds between "still Running" lines while the phase does not change
 
     def delays(self) -> Iterator[float]:
         delay = self.first
@@ -98,7 +99,7 @@ def watch(api: ModelArts, first: JobState, *, timeout: float, say: Callable[[str
     schedule, clock, sleep = pace.schedule, pace.clock, pace.sleep
     start = clock()
     state, changes, calls, failures = first, [PhaseChange(phase=first.phase, at=0.0, after=None, spent=0.0)], 0, 0
-    since = start
+    since = said = start
     say(f"{state.name}: {state.phase}")
     delays = schedule.delays()
     try:
@@ -125,7 +126,10 @@ def watch(api: ModelArts, first: JobState, *, timeout: float, say: Callable[[str
                     changes.append(PhaseChange(phase=seen.phase, at=now - start, after=state.phase,
                                                spent=now - since))
                     say(f"{seen.name}: {state.phase} -> {seen.phase} after {now - since:.0f} s")
-                    since = now
+                    since = said = now
+                elif clock() - said >= schedule.still:  # a long queue or run shows it is alive
+                    said = clock()
+                    say(f"{seen.name}: still {seen.phase}, {said - since:.0f} s so far")
                 state = seen
     except (KeyboardInterrupt, Interrupted):
         if not state.phase.finished:

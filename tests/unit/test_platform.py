@@ -215,6 +215,14 @@ def test_the_phases_are_said_as_they_change_with_the_time_spent() -> None:
     assert watched.time_in(Phase.PENDING) == pytest.approx(18.75)
 
 
+def test_a_long_phase_says_it_is_still_going_about_once_a_minute() -> None:
+    clock, said = Clock(), list[str]()
+    watch(Jobs([*[Phase.PENDING] * 12, Phase.COMPLETED]), state(Phase.PENDING), timeout=7200, say=said.append,
+          pace=clock.pace)
+    still = [line for line in said if "still Pending" in line]
+    assert still[0] == "verify-x: still Pending, 66 s so far" and 3 <= len(still) <= 6
+
+
 def test_status_calls_back_off_to_at_most_twelve_a_minute() -> None:
     clock = Clock()
     watch(Jobs([*[Phase.RUNNING] * 40, Phase.COMPLETED]), state(Phase.RUNNING), timeout=7200, say=lambda _: None,
