@@ -33,12 +33,13 @@ from modelarts_images.engine.adapter import DockerEngine
 from modelarts_images.errors import RegistryError, VerifyError
 from modelarts_images.http.registry import Registry
 from modelarts_images.model import ImageSpec
-from modelarts_images.options import Device, Flags, PlatformOptions, PushOptions, VerifyOptions, resolve
+from modelarts_images.options import Device, Flags, Options, PlatformOptions, PushOptions, VerifyOptions, resolve
 from modelarts_images.platform import verifier as platform
 from modelarts_images.platform.watch import Pace, PollSchedule
 from modelarts_images.publish import publisher as publish
 from modelarts_images.publish import swr
 from modelarts_images.shared.credentials import Credentials
+from modelarts_images.verify.report import ImageReport
 from modelarts_images.verify.verifier import verify_image
 from tests.support.huawei_cloud import JobRun, StandIn
 from tests.support.registry import RunningRegistry, fresh_client, running_registry, spec, tag_local
@@ -293,67 +294,201 @@ def test_an_image_the_registry_lacks_fails_the_job_at_its_pull(good_pushed: Push
 
 
 # --------------------------------------------------------------------------------------------------------------
-# the matrix's release: pushed under a staging tag, verified on the platform, then given its own tag
+# The release flow (the matrix's --push --on modelarts): pushed under a staging tag, verified on the platform
+# under it, then given the entry's own tag through the registry's API only when the platform passed it.
+
+FLOW = (StepName.PUSH, StepName.PLATFORM, StepName.RELEASE)
 
 
 def staged(image: ImageSpec) -> ImageSpec:
-    return dataclasses.replace(image, tag=f"{image.tag}-staging-test")
+    return dataclasses.replace(image, tag=image.tag + "-staging-test")
 
 
-def release_run(push_engine: DockerEngine, cloud: StandIn, root: Path, image: ImageSpec, account: Account,
-                **push: Any) -> pipeline.Run:
-    """PUSH, PLATFORM and RELEASE as the matrix runs them with --push --on modelarts."""
+def api_name(image: ImageSpec) -> str:
+    return f"{image.organization}/{image.repository}"
+
+
+def registry_api(registry: RunningRegistry) -> Registry:
+    """The registry's v2 API with the account's login, as the tool reads it."""
+    login = Credentials(registry=registry.host, username=registry.user, password=registry.password,
+                        source="the engine tests' SWR login")
+    return Registry(registry.host, login, retries=1, backoff=0.05)
+
+
+def registry_dir(registry: RunningRegistry) -> Path:
+    """Where scripts/registry-up.sh keeps the registry's log and data (its state file: "PID DIR")."""
+    _, directory = Path(f"/tmp/registry-{registry.port}.state").read_text(encoding="utf-8").split()
+    return Path(directory)
+
+
+def blobs(registry: RunningRegistry) -> set[str]:
+    """Every blob the registry stores (layers, configs and manifests), by digest."""
+    root = registry_dir(registry) / "data" / "docker" / "registry" / "v2" / "blobs" / "sha256"
+    return {path.parent.name for path in root.glob("*/*/data")}
+
+
+@dataclasses.dataclass
+class AtRelease:
+    """What the registry held when the release step started: its log's length and its blobs."""
+
+    log: Path
+    offset: int | None = None
+    blobs: frozenset[str] = frozenset()
+
+    def requests(self) -> list[str]:
+        """The request lines of the registry's access log since the release step started."""
+        assert self.offset is not None, "the release step never started"
+        with self.log.open("rb") as log:
+            log.seek(self.offset)
+            written = log.read().decode("utf-8", "replace")
+        return [line for line in written.splitlines() if '"' in line and " /v2/" in line]
+
+
+def release_run(push_engine: DockerEngine, cloud: StandIn, registry: RunningRegistry, root: Path,
+                image: ImageSpec, source: str, account: Account, made: list[str],
+                said: list[str] | None = None) -> tuple[pipeline.Run, AtRelease]:
+    """A run of the release flow for `image` as built from `source` (the local image tagged as the entry): its
+    push options with the fast retries, the engine with no stored logins; once pushed, both local tags are dropped,
+    so that the job can only run what the registry holds under the staging tag."""
     section = {"obs_dir": "obs://verify-bucket/ci/", "modelarts_endpoint": cloud.endpoint,
                "obs_endpoint": cloud.endpoint, "iam_endpoint": cloud.endpoint, "reports_dir": "reports"}
     options = resolve(section, Flags(on="modelarts", region=REGION, device="cpu", job_timeout="2"), root=root)
-    options = dataclasses.replace(options, push=dataclasses.replace(options.push, retries=2, backoff=0.05, **push))
+    options = dataclasses.replace(options, push=dataclasses.replace(options.push, retries=2, backoff=0.05))
+    tag_local(push_engine.client, source, image.reference, made)
+    made.append(staged(image).reference)  # the push step tags it, a job's pull makes it again
+    marks = AtRelease(log=registry_dir(registry) / "registry.log")
+
+    def show(step: StepName, item: Any) -> None:
+        if step is StepName.PUSH:
+            for reference in (image.reference, staged(image).reference):
+                push_engine.client.images.remove(reference)  # an untag: `source` still names the image
+
+    def starting(step: StepName) -> None:
+        if step is StepName.RELEASE:
+            marks.offset, marks.blobs = marks.log.stat().st_size, frozenset(blobs(registry))
+
     run = pipeline.Run(options=options, images=(image,), env=env_of(account), connect=lambda error: push_engine,
-                       say=lambda _: None, pace=POLLS, staged=staged)
-    return pipeline.execute([StepName.PUSH, StepName.PLATFORM, StepName.RELEASE], run)
+                       show=show, starting=starting, say=(said if said is not None else []).append, pace=POLLS,
+                       staged=staged)
+    return run, marks
 
 
-def registry_digest(registry: RunningRegistry, image: ImageSpec) -> str | None:
-    login = Credentials(registry=registry.host, username=registry.user, password=registry.password, source="test")
-    with Registry(registry.host, login) as client:
-        found = client.head_manifest(f"{image.organization}/{image.repository}", image.tag)
-    return None if found is None else found[0]
+def with_replace_tags(options: Options) -> Options:
+    return dataclasses.replace(options, push=dataclasses.replace(options.push, replace_tags=True))
 
 
-def test_a_staged_image_is_released_only_once_it_passed(push_engine: DockerEngine, good_image: str,
-                                                        no_torch_image: str, cloud: StandIn, account: Account,
-                                                        swr_registry: RunningRegistry, run_id: str,
-                                                        local_tags: list[str], tmp_path: Path) -> None:
-    good = entry_for(swr_registry, f"release-{run_id}", "platform-release")
-    tag_local(push_engine.client, good_image, good.reference, local_tags)
-    local_tags.append(staged(good).reference)
-    run = release_run(push_engine, cloud, tmp_path, good, account)
-    (pushed,) = run.pushed
-    assert pushed.reference == staged(good).reference and pushed.digest
-    (job,) = [call.json() for call in cloud.calls("create")]
-    assert job["algorithm"]["engine"]["image_url"] == staged(good).reference
+def assert_ran_staged(cloud: StandIn, run: pipeline.Run, registry: RunningRegistry, image: ImageSpec,
+                      ) -> ImageReport:
+    """The platform's one job named the staging tag and pulled the pushed digest; its report, which the run
+    saved."""
+    (record,) = run.pushed
+    (verified,) = run.verified
+    (ran,) = verified.report.runs
+    assert ran.job is not None
+    (created,) = [call.json() for call in cloud.calls("create")]
+    assert created["algorithm"]["engine"] == {"image_url": staged(image).reference}
+    job = cloud.runs[ran.job.job_id]
+    assert job.image == staged(image).reference and job.login == registry.user
+    assert f"{registry.host}/{api_name(image)}@{record.digest}" in job.pulled_digests
+    assert verified.report.platform == "modelarts" and verified.report.image_id == record.digest
+    assert verified.path == run.options.verify.reports_dir / f"{image.id}.json"
+    return verified.report
+
+
+def assert_retagged(marks: AtRelease, registry: RunningRegistry, image: ImageSpec) -> None:
+    """The release sent the release tag's manifest and nothing else: no blob upload, no new blob."""
+    release_put = f'"PUT /v2/{api_name(image)}/manifests/{image.tag} '
+    wait_for("logged", lambda: any(release_put in line for line in marks.requests()), seconds=10)
+    sent = [line for line in marks.requests() if '"PUT ' in line or '"POST ' in line or '"PATCH ' in line]
+    assert sent and all(release_put in line for line in sent), sent
+    assert not any("/blobs/" in line for line in marks.requests()), marks.requests()
+    assert blobs(registry) == marks.blobs  # the manifest's bytes are the staged one's: not even a new blob
+
+
+def test_a_good_image_is_released_under_its_own_tag_once_it_passed(
+        push_engine: DockerEngine, good_image: str, cloud: StandIn, account: Account, swr_registry: RunningRegistry,
+        run_id: str, local_tags: list[str], tmp_path: Path) -> None:
+    image, said = entry_for(swr_registry, f"release-{run_id}", "platform-release"), list[str]()
+    run, marks = release_run(push_engine, cloud, swr_registry, tmp_path, image, good_image, account, local_tags, said)
+    assert pipeline.execute(FLOW, run) is run and run.stopped_at is None
+
+    # pushed under the staging tag only, verified there on the platform
+    (record,) = run.pushed
+    assert record.reference == staged(image).reference and record.digest is not None
+    assert [tag.reference for tag in record.tags] == [staged(image).reference]
+    assert json.loads((tmp_path / "reports" / f"push-{image.id}.json").read_text())["reference"] == record.reference
+    report = assert_ran_staged(cloud, run, swr_registry, image)
+    pipeline.raise_for_reports([report])  # nothing failed
+    assert report.ok and report.reference == staged(image).reference
+
+    # released: the entry's own tag now names the digest that was pushed and verified
     (released,) = run.released
-    assert released.reference == good.reference and released.digest == pushed.digest and released.previous is None
-    assert registry_digest(swr_registry, good) == pushed.digest == registry_digest(swr_registry, staged(good))
+    assert (released.id, released.reference, released.staged) == (image.id, image.reference, record.reference)
+    assert released.digest == record.digest and released.previous is None
+    with registry_api(swr_registry) as registry:
+        release, staging = registry.manifest(api_name(image), image.tag), registry.manifest(api_name(image),
+                                                                                             staged(image).tag)
+    assert release is not None and staging is not None
+    assert release == staging and release.digest == record.digest and release.is_docker_v2
+    assert_retagged(marks, swr_registry, image)
+    assert any(f"released {record.reference} as {image.reference}" in pipeline.text(StepName.RELEASE, item)
+               for item in run.released)
 
-    broken = entry_for(swr_registry, f"release-broken-{run_id}", "platform-release-broken")
-    tag_local(push_engine.client, no_torch_image, broken.reference, local_tags)
-    local_tags.append(staged(broken).reference)
-    failed = release_run(push_engine, cloud, tmp_path, broken, account)
-    (verified,) = failed.verified
-    assert not verified.report.ok and failed.released == ()
-    assert registry_digest(swr_registry, broken) is None and registry_digest(swr_registry, staged(broken))
+
+def test_an_image_that_fails_on_the_platform_keeps_only_its_staging_tag(
+        push_engine: DockerEngine, no_torch_image: str, cloud: StandIn, account: Account,
+        swr_registry: RunningRegistry, run_id: str, local_tags: list[str], tmp_path: Path) -> None:
+    image = entry_for(swr_registry, f"no-torch-release-{run_id}", "platform-no-torch-release")
+    run, marks = release_run(push_engine, cloud, swr_registry, tmp_path, image, no_torch_image, account, local_tags)
+    pipeline.execute(FLOW, run)  # a failed report is in the run, not raised: raise_for_reports says it
+
+    (record,) = run.pushed
+    assert record.reference == staged(image).reference
+    report = assert_ran_staged(cloud, run, swr_registry, image)
+    (ran,) = report.runs
+    assert not report.ok and ran.job is not None and ran.job.phase == "Failed" and ran.job.exit_code == 1
+    with pytest.raises(VerifyError, match="No module named 'torch'"):
+        pipeline.raise_for_reports([report])
+
+    assert run.released == ()
+    with registry_api(swr_registry) as registry:
+        assert registry.head_manifest(api_name(image), image.tag) is None  # never released
+        staging = registry.head_manifest(api_name(image), staged(image).tag)
+    assert staging is not None and staging[0] == record.digest
+    assert not [line for line in marks.requests() if '"PUT ' in line or '"POST ' in line], marks.requests()
 
 
-def test_a_release_tag_naming_another_image_is_replaced_only_with_replace_tag(
+def test_a_release_tag_naming_another_image_is_replaced_only_when_asked(
         push_engine: DockerEngine, good_image: str, no_torch_image: str, cloud: StandIn, account: Account,
         swr_registry: RunningRegistry, run_id: str, local_tags: list[str], tmp_path: Path) -> None:
     image = entry_for(swr_registry, f"guarded-{run_id}", "platform-guarded")
-    other = push(push_engine, no_torch_image, image, tmp_path / "other", account, local_tags)  # the tag is taken
-    tag_local(push_engine.client, good_image, image.reference, local_tags)
-    local_tags.append(staged(image).reference)
-    with pytest.raises(RegistryError, match=r"refusing to release .* --replace-tag"):
-        release_run(push_engine, cloud, tmp_path, image, account)
-    assert registry_digest(swr_registry, image) == other.digest
-    run = release_run(push_engine, cloud, tmp_path, image, account, replace_tags=True)
-    (released,) = run.released
-    assert released.previous == other.digest and registry_digest(swr_registry, image) == released.digest
+    # another image already under the release tag, pushed by an earlier run with its own reports
+    earlier = push(push_engine, no_torch_image, image, tmp_path / "earlier", account, local_tags)
+    run, marks = release_run(push_engine, cloud, swr_registry, tmp_path / "now", image, good_image, account,
+                             local_tags)
+    with pytest.raises(RegistryError) as caught:
+        pipeline.execute(FLOW, run)
+    message = str(caught.value)
+    assert caught.value.exit_code == 6 and message.startswith("refusing to release") and "--replace-tag" in message
+    assert f"already names {earlier.digest}" in message and image.reference in message
+
+    # pushed and passed under the staging tag; the release tag still names the earlier image
+    (record,) = run.pushed
+    assert record.reference == staged(image).reference and record.digest != earlier.digest
+    report = assert_ran_staged(cloud, run, swr_registry, image)
+    assert report.ok and run.released == ()
+    with registry_api(swr_registry) as registry:
+        assert registry.head_manifest(api_name(image), image.tag) == (earlier.digest, earlier.media_type)
+
+    # with --replace-tag, the release replaces it (the run's push and platform results as they were)
+    run.options = with_replace_tags(run.options)
+    (released,) = pipeline.execute([StepName.RELEASE], run).released
+    assert (released.reference, released.digest, released.previous) == (image.reference, record.digest,
+                                                                        earlier.digest)
+    assert f"(it named {earlier.digest})" in pipeline.text(StepName.RELEASE, released)
+    with registry_api(swr_registry) as registry:
+        release = registry.manifest(api_name(image), image.tag)
+    assert release is not None and release.digest == record.digest
+    assert release == registry_api(swr_registry).manifest(api_name(image), staged(image).tag)
+    assert_retagged(marks, swr_registry, image)
+    assert len(cloud.calls("create")) == 1  # the release reran nothing on the platform
