@@ -297,6 +297,10 @@ class Run:
     running: Step | None = field(default=None, repr=False)  # set by execute()
     _engines: dict[str, Engine] = field(default_factory=dict, repr=False)
 
+    def published(self, image: ImageSpec) -> ImageSpec:
+        """The image as it is pushed and verified on the platform: under its staging tag, if it has one."""
+        return self.staged(image) if self.staged is not None else image
+
     def engine(self) -> Engine:
         """The engine, connected when a step first needs it: no engine is that step's error."""
         if "engine" not in self._engines:
@@ -364,9 +368,12 @@ def _build(run: Run) -> tuple[BuildResult, ...]:
         for item in run.fetched))
 
 
+# What sets the verification reports' directory, for the message when it cannot be written.
+_VERIFY_REPORTS = "--reports, or modelarts.reports_dir in invoke.yaml"
+
+
 def _verify(run: Run) -> tuple[Verified, ...]:
-    check_writable(run.options.verify.reports_dir,  # before any run
-                   set_by="--reports, or modelarts.reports_dir in invoke.yaml")
+    check_writable(run.options.verify.reports_dir, set_by=_VERIFY_REPORTS)  # before any run
     engine = run.engine()
     return _each(run, StepName.VERIFY, (verify_step(image, run.options.verify, engine, reference=run.reference)
                                         for image in run.images))
@@ -385,12 +392,10 @@ def _login(run: Run) -> tuple[tuple[str, publisher.LoginResult], ...]:
 
 def _push(run: Run) -> tuple[publisher.PushRecord, ...]:
     engine = run.engine()
-    images = run.images
-    if run.staged is not None:
-        images = tuple(run.staged(image) for image in run.images)
-        with stage(RegistryError):
-            for image, staged in zip(run.images, images, strict=True):
-                engine.tag(image.reference, staged.reference.rpartition(":")[0], staged.tag)
+    images = tuple(run.published(image) for image in run.images)
+    for image, published in zip(run.images, images, strict=True):
+        if published != image:  # the local image, named as it is pushed
+            engine.tag(image.reference, swr.Reference.of(published).repository_reference, published.tag)
     with run.progress(StepName.PUSH) as progress:
         records = tuple(push_step(images, run.options.push, engine, run.env, progress=progress))
     run.show(StepName.PUSH, records)
@@ -429,10 +434,10 @@ def _target(run: Run, image: ImageSpec) -> platform.Target:
 
 def _platform(run: Run) -> tuple[Verified, ...]:
     options = run.options.platform
-    check_writable(run.options.verify.reports_dir, set_by="--reports, or modelarts.reports_dir in invoke.yaml")
+    check_writable(run.options.verify.reports_dir, set_by=_VERIFY_REPORTS)
     keys = platform.keys_from(run.env)
     done = []
-    for image in (run.staged(image) for image in run.images) if run.staged else run.images:
+    for image in map(run.published, run.images):
         region = platform.region_for(image, options)
         target = _target(run, image)
         api, store = run.cloud(keys, region, options)
@@ -448,14 +453,11 @@ def _platform(run: Run) -> tuple[Verified, ...]:
 
 
 def _release(run: Run) -> tuple[publisher.Released, ...]:
-    staged = run.staged
-    if staged is None:
-        return ()
     passed = {item.report.id for item in run.verified if item.report.platform == "modelarts" and item.report.ok}
-    with stage(RegistryError):
-        return _each(run, StepName.RELEASE, (
-            publisher.release(image, staged(image), run.options.push, credentials=_registry_credentials(run, image))
-            for image in run.images if image.id in passed))
+    return _each(run, StepName.RELEASE, (
+        publisher.release(image, run.published(image), run.options.push,
+                          credentials=_registry_credentials(run, image))
+        for image in run.images if image.id in passed and run.published(image) != image))
 
 
 def _say_released(released: publisher.Released) -> str:

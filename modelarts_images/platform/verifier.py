@@ -143,12 +143,10 @@ def advice(error: CloudError) -> str:
     return ""
 
 
-def run_job(planned: PlannedJob, *, target: Target, api: ModelArts, store: CodeStore, options: PlatformOptions,
-            region: str, say: Callable[[str], None], pace: Pace = REAL_TIME) -> DeviceRun | JobState:
-    """Upload the code, create the job, watch it and judge its log; with --detach, the created job's state."""
-    sent = code.upload(store, planned.upload, region=region)
-    say(f"{target.image.id}: code at obs://{sent.bucket}/{sent.folder} ({len(sent.sent)} of {len(sent.files)} "
-        "files sent)")
+def run_job(planned: PlannedJob, *, target: Target, api: ModelArts, options: PlatformOptions, region: str,
+            say: Callable[[str], None], pace: Pace = REAL_TIME) -> DeviceRun | JobState:
+    """Create the job (its code is on OBS already), watch it and judge its log; with --detach, the created job's
+    state."""
     created = _asked(lambda: api.create(planned.body), what=f"create the training job for {target.image.id}",
                      region=region)
     say(f"{target.image.id}: training job {created.name} ({created.id}) on {planned.flavor.id}")
@@ -220,7 +218,11 @@ def verify_on_modelarts(target: Target, *, api: ModelArts, store: CodeStore, opt
     # Each job is billed for as long as it queues and runs: say so before the first is created.
     say(f"{target.image.id}: creating {len(planned)} billed training job(s) on ModelArts in {region}: "
         + ", ".join(f"{job.device} on {job.flavor.id}" for job in planned))
-    done = [run_job(job, target=target, api=api, store=store, options=options, region=region, say=say, pace=pace)
+    # every device's job reads the same code: it is uploaded once
+    sent = code.upload(store, planned[0].upload, region=region)
+    say(f"{target.image.id}: code at obs://{sent.bucket}/{sent.folder} ({len(sent.sent)} of {len(sent.files)} "
+        "files sent)")
+    done = [run_job(job, target=target, api=api, options=options, region=region, say=say, pace=pace)
             for job in planned]
     runs = [item for item in done if isinstance(item, DeviceRun)]
     if len(runs) < len(done):  # --detach
