@@ -10,13 +10,14 @@ invoke.yaml's values as fallbacks; only --base-image and --base-prefix override 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from modelarts_images import declared
 from modelarts_images.config import settings
+from modelarts_images.config.tag_templates import check_templates
 from modelarts_images.declared import DeviceChoice
 
 __all__ = ["BuildOptions", "Device", "DeviceChoice", "FetchOptions", "Flags", "Options", "PushOptions",
@@ -202,7 +203,7 @@ def resolve(section: Mapping[str, Any] | None, flags: Flags | None = None, *, ro
         push=PushOptions(
             reports_dir=reports_dir,
             replace_tags=flags.replace_tags,
-            extra_tags=tuple(flags.extra_tags) or configured.extra_tags,
+            extra_tags=_extra_tags(flags.extra_tags, configured.extra_tags),
             revision=revision,
             region=flags.region or None,
             project=flags.project or configured.swr_project or None,
@@ -261,3 +262,13 @@ def _gigabytes(flag: str, text: str | None) -> int | None:
     if gigabytes > 1e9:  # a billion GB: no image is that large, and the product must stay a finite number
         raise ConfigError(f"{flag}: {text} GB is beyond any image size; give the budget in GB, e.g. 9.5")
     return int(gigabytes * 1e9)
+
+
+def _extra_tags(flagged: Sequence[str], configured: tuple[str, ...]) -> tuple[str, ...]:
+    """The extra-tag templates, checked now (before any engine or registry is asked) and named by where they were
+    set: the flags replace the configured list as a whole."""
+    if flagged:
+        check_templates(flagged, source="--extra-tag")
+        return tuple(flagged)
+    check_templates(configured, source=settings.where("extra_tags"))
+    return configured

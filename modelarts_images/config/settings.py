@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from modelarts_images import declared
-from modelarts_images.config.versions import key_path, schema_problems, split_ids, suggest, text_problems
+from modelarts_images.config.versions import schema_problems, split_ids, suggest, text_problems
 from modelarts_images.declared import SECTION, Kind
 from modelarts_images.errors import ConfigError
+from modelarts_images.shared import redact
+from modelarts_images.shared.yamlio import key_path
 
 # Built-in values; invoke.yaml beats them and flags beat invoke.yaml (declared once, with every other setting).
 BUILTIN = declared.BUILTIN
@@ -74,11 +76,11 @@ def _check_types(values: Mapping[str, Any], env: Mapping[str, str] | None) -> No
     for key, setting in declared.BY_KEY.items():
         value = values[key]
         if setting.kind in (Kind.TEXT, Kind.PATH) and not isinstance(value, str):
-            raise ConfigError(f"{where(key, env)}: must be a string (got {value!r})")
+            raise ConfigError(f"{where(key, env)}: must be a string (got {redact.excerpt(repr(value))})")
         if setting.kind is Kind.WORDS and not (
                 isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
             raise ConfigError(f"{where(key, env)}: must be a list of strings or one comma-separated string "
-                              f"(got {value!r})")
+                              f"(got {redact.excerpt(repr(value))})")
 
 
 def _positive(value: object, source: str, root: Path) -> int:
@@ -87,7 +89,8 @@ def _positive(value: object, source: str, root: Path) -> int:
     except ValueError:  # not a number, or more digits than Python converts
         number = 0
     if number < 1:
-        raise ConfigError(f"{source}: must be a whole number of at least 1 (got {str(value)[:40]!r})")
+        raise ConfigError(f"{source}: must be a whole number of at least 1 "
+                          f"(got {redact.excerpt(str(value), limit=40)})")
     return number
 
 
@@ -113,11 +116,13 @@ def _runners(value: object, source: str, root: Path) -> Mapping[str, tuple[str, 
     runners = {}
     for key, labels in value.items():
         if not isinstance(key, str) or not _RUNNER_KEY.match(key):
-            raise ConfigError(f"{source}: {key!r} is not a cell tag (cpu, cudaNN, gpu or default), {example}")
+            raise ConfigError(f"{source}: {redact.excerpt(str(key))} is not a cell tag (cpu, cudaNN, gpu or default), "
+                              f"{example}")
         listed = [labels] if isinstance(labels, str) else labels
         if not isinstance(listed, list) or not listed or not all(
                 isinstance(label, str) and label.strip() for label in listed):
-            raise ConfigError(f"{source}.{key}: must be a runner label or a list of them (got {labels!r}), {example}")
+            raise ConfigError(f"{source}.{key}: must be a runner label or a list of them "
+                              f"(got {redact.excerpt(repr(labels))}), {example}")
         runners[key] = tuple(label.strip() for label in listed)
     return runners
 

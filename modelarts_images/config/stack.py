@@ -10,7 +10,9 @@ How an entry combines with `defaults:` — one common stack on every image, with
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,10 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 from modelarts_images.config.wheels import TORCH_FAMILY
+from modelarts_images.errors import ConfigError
 from modelarts_images.model import Accelerator, Requirement, Stack, sha256_problem
-from modelarts_images.shared import redact
+from modelarts_images.shared import files, redact
+from modelarts_images.shared.text import size
 
 Where = tuple[str | int, ...]
 Problems = list[tuple[Where, str]]
@@ -32,11 +36,15 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # variables, the user's home, and the variables the platform injects into every job.
 PROTECTED_ENV = ("PATH", "HOME", "PYTHONUNBUFFERED", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES")
 PROTECTED_PREFIXES = ("MA_", "VC_")
-# Whole words of a name (HF_TOKEN, DB_PASSWORD, WANDB_API_KEY, SSH_KEY), not parts of one (TOKENIZERS_PARALLELISM,
-# MONKEY_PATCH).
-_SECRET_NAME = re.compile(r"(^|_)(PASSWORD|PASSWD|PASSPHRASE|SECRET|TOKEN|CREDENTIALS?|AK|SK|APIKEY|KEY)(_|$)",
-                          re.IGNORECASE)
 _HASH_OPTION = re.compile(r"--hash[= ](?P<algorithm>[a-z0-9]+):(?P<digest>\S+)")
+# Bounds on the files versions.yaml names: real requirements files and check scripts are a few kilobytes.
+MAX_REQUIREMENTS_BYTES = 1_000_000
+MAX_CHECK_BYTES = 1_000_000
+# Lines of one requirements file quoted before the rest are only counted: a file that is not a requirements
+# file (a key, an environment dump) is then refused without being shown line by line.
+_QUOTED_LINES = 3
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
 
 
 def read_stack(defaults: Mapping[str, Any], entry: Mapping[str, Any], *, base: Path,
@@ -77,25 +85,62 @@ def _requirement(text: str, where: Where, problems: Problems,
     try:
         parsed = Pep508(text)
     except InvalidRequirement as error:
-        problems.append((where, f"{text!r} is not a pip requirement (PEP 508): {error}"))
+        # packaging's message goes on with the line and a caret under it: its first line is the reason.
+        reason = str(error).splitlines()[0] if str(error) else "not PEP 508"
+        problems.append((where, f"{redact.excerpt(text)} is not a pip requirement (PEP 508): {redact.text(reason)}"))
         return None
     if parsed.url:
-        problems.append((where, f"{text!r} names a URL; list the project and its version instead (the file it "
-                                "resolves to is pinned in versions.lock)"))
+        problems.append((where, f"{redact.excerpt(text)} names a URL; list the project and its version instead "
+                                "(the file it resolves to is pinned in versions.lock)"))
         return None
     return Requirement(text=str(parsed), name=canonicalize_name(parsed.name), hashes=tuple(hashes))
+
+
+def named_file(base: Path, name: str, *, limit: int, what: str) -> tuple[Path | None, str | None]:
+    """The file `name` (relative to the versions file's folder `base`) as a path that may be read, or why not:
+    it must be a regular file of at most `limit` bytes inside `base`, links followed and the target checked, so
+    that a changed versions.yaml cannot make the tool read (and quote, or mount into a container) what lies
+    elsewhere, nor wait forever on a FIFO."""
+    folder = Path(os.path.realpath(base))
+    if Path(name).is_absolute():
+        return None, f"{name}: {what} is named relative to the versions file's folder ({folder}), not absolutely"
+    path = Path(os.path.realpath(folder / name))  # not Path.resolve(): a link loop is a RuntimeError in 3.11
+    if not path.is_relative_to(folder):
+        return None, (f"{name}: resolves to {path}, outside the versions file's folder ({folder}); {what} must "
+                      "be a file inside it (links are followed and checked too)")
+    try:
+        status = path.stat()
+    except OSError as error:
+        return None, f"{name}: {'no such file' if isinstance(error, FileNotFoundError) else error.strerror}"
+    if not stat.S_ISREG(status.st_mode):
+        kind = _KINDS.get(stat.S_IFMT(status.st_mode), "not a regular file")
+        return None, f"{name}: is {kind}; {what} must be a regular file"
+    if status.st_size > limit:
+        return None, f"{name}: is {size(status.st_size)}; {what} may be at most {size(limit)}"
+    return path, None
 
 
 def _requirements_file(base: Path, name: str, where: Where, problems: Problems) -> list[tuple[Requirement, Where]]:
     """The requirements of a pip requirements file: one per line (a trailing backslash continues it), comments
     dropped, `--hash=sha256:...` kept; other options refused (the index is pip_index, the file's pins are ours)."""
-    path = base / name
+    path, problem = named_file(base, name, limit=MAX_REQUIREMENTS_BYTES, what="a requirements file")
+    if path is None:
+        problems.append((where, str(problem)))
+        return []
     try:
-        text = path.read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        problems.append((where, f"{path}: cannot be read ({getattr(error, 'strerror', None) or error})"))
+        data = files.read_bounded(path, limit=MAX_REQUIREMENTS_BYTES, what="requirements file")
+        text = data.decode("utf-8")
+    except ConfigError as error:
+        problems.append((where, str(error)))
+        return []
+    except UnicodeDecodeError as error:
+        problems.append((where, f"{name}: not a text file (byte {error.start} is not UTF-8)"))
+        return []
+    if "\0" in text:
+        problems.append((where, f"{name}: holds NUL bytes, so it is not a requirements file"))
         return []
     found: list[tuple[Requirement, Where]] = []
+    file_problems: Problems = []
     for number, line in _logical_lines(text):
         spot = (*where[:-1], f"{where[-1]} ({path.name} line {number})")
         hashes = []
@@ -103,16 +148,21 @@ def _requirements_file(base: Path, name: str, where: Where, problems: Problems) 
             problem = sha256_problem(option["digest"]) if option["algorithm"] == "sha256" else \
                 f"--hash={option['algorithm']}:... is not sha256"
             if problem:
-                problems.append((spot, problem))
+                file_problems.append((spot, problem))
             hashes.append(option["digest"])
         requirement = _HASH_OPTION.sub("", line).strip()
         if requirement.startswith("-"):
-            problems.append((spot, f"{requirement.split()[0]}: only requirements and --hash are read from a "
-                                   "requirements file here (the index comes from pip_index)"))
+            file_problems.append((spot, f"{redact.excerpt(requirement.split()[0], limit=30)}: only requirements "
+                                        "and --hash are read from a requirements file here (the index comes "
+                                        "from pip_index)"))
             continue
-        parsed = _requirement(requirement, spot, problems, hashes)
+        parsed = _requirement(requirement, spot, file_problems, hashes)
         if parsed is not None:
             found.append((parsed, spot))
+    problems += file_problems[:_QUOTED_LINES]
+    if len(file_problems) > _QUOTED_LINES:
+        problems.append((where, f"{name}: {len(file_problems) - _QUOTED_LINES} more lines are not requirements; "
+                                "is it a pip requirements file?"))
     return found
 
 
@@ -148,7 +198,7 @@ def _env(env: Mapping[str, Any], at: Where, problems: Problems) -> dict[str, str
             problems.append((where, "is not a variable name (letters, digits and '_', not starting with a digit)"))
         elif name in PROTECTED_ENV or str(name).startswith(PROTECTED_PREFIXES):
             problems.append((where, "is set by the image or by ModelArts itself and cannot be replaced"))
-        elif _SECRET_NAME.search(str(name)) or redact.has_credentials(str(value)) or redact.has_token(str(value)):
+        elif redact.secret_name(str(name)) or redact.has_credentials(str(value)) or redact.has_token(str(value)):
             problems.append((where, "looks like a credential, which would be stored in the image's config for "
                                     "anyone who pulls it; give it to the training job at run time instead"))
         else:
@@ -159,12 +209,13 @@ def _env(env: Mapping[str, Any], at: Where, problems: Problems) -> dict[str, str
 def _checks(base: Path, names: Sequence[Any], at: Where, problems: Problems) -> list[Path]:
     found: dict[str, Path] = {}
     for index, name in enumerate(names):
-        path = (base / str(name)).resolve()
         where = (*at, "checks", index)
-        if path.suffix != ".py":
+        if not str(name).endswith(".py"):
             problems.append((where, f"{name}: a check is a Python script (*.py), run as the boot command would"))
-        elif not path.is_file():
-            problems.append((where, f"{path}: no such file"))
+            continue
+        path, problem = named_file(base, str(name), limit=MAX_CHECK_BYTES, what="a check script")
+        if path is None:
+            problems.append((where, str(problem)))
         elif path.name in found and found[path.name] != path:
             problems.append((where, f"{name}: another check is also named {path.name}; checks share one code "
                                     "directory in the container"))

@@ -25,6 +25,7 @@ from modelarts_images.contract import RunUser
 from modelarts_images.errors import ConfigError
 from modelarts_images.model import Artifact, ImageSpec, Stack, VersionsFile, filename_problem
 from modelarts_images.shared import redact, yamlio
+from modelarts_images.shared.yamlio import key_path
 
 # Keys that must have a value once defaults are applied; registry, organization and repository
 # may also come from invoke.yaml.
@@ -94,14 +95,6 @@ def schema() -> dict[str, Any]:
     return loaded
 
 
-def key_path(parts: Iterable[str | int]) -> str:
-    """('images', 2, 'installer', 'sha256') -> 'images[2].installer.sha256'."""
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return text
-
-
 def suggest(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
@@ -163,7 +156,8 @@ def _fail(label: str, problems: Sequence[tuple[tuple[str | int, ...] | str, str]
     for path, message in problems:
         where = path if isinstance(path, str) else key_path(path)
         lines.append(f"{label}: {where}: {message}" if where else f"{label}: {message}")
-    return ConfigError("\n".join(dict.fromkeys(lines)))
+    # The last line of defence: whatever a check quoted, no URL credentials or token-shaped word is shown.
+    return ConfigError("\n".join(dict.fromkeys(redact.text(line) for line in lines)))
 
 
 def parse_yaml(path: Path) -> object:
@@ -182,7 +176,10 @@ def text_problems(value: object, path: tuple[str | int, ...] = ()) -> list[tuple
     problems: list[tuple[tuple[str | int, ...], str]] = []
     if isinstance(value, str):
         if value != value.strip() or any(ord(char) < 32 or ord(char) == 127 for char in value):
-            problems.append((path, f"{value!r} must be one line, without control characters or spaces at either "
+            # Masked whichever check fails first: a PEM key or a token with a newline fails this one.
+            secret = bool(path) and redact.secret_name(str(path[-1]))
+            shown = "the value" if secret else redact.excerpt(value)
+            problems.append((path, f"{shown} must be one line, without control characters or spaces at either "
                                    "end"))
     elif isinstance(value, dict):
         for key, item in value.items():

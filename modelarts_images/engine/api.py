@@ -122,7 +122,7 @@ class ImageSummary:
 
 @dataclass(frozen=True, kw_only=True)
 class Mount:
-    """A bind mount of a host directory into the container."""
+    """A bind mount of a host directory or file into the container."""
 
     source: str  # absolute host path
     target: str  # absolute path in the container

@@ -17,6 +17,7 @@ from typing import Any
 from modelarts_images.engine.api import Layer
 from modelarts_images.errors import ConfigError
 from modelarts_images.model import ImageSpec
+from modelarts_images.shared import redact
 from modelarts_images.shared.choices import Choice
 from modelarts_images.verify.manifest import Manifest
 from modelarts_images.verify.report import ImageReport
@@ -26,8 +27,9 @@ from modelarts_images.verify.report import ImageReport
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """'K/N' -> (K, N), 1 <= K <= N; None for no sharding."""
-    if text is None or text == "":
+    """'K/N' -> (K, N), 1 <= K <= N; None for no sharding (no --shard at all: `--shard=` is a mistake, often an
+    unset CI variable, and would silently run every cell)."""
+    if text is None:
         return None
     head, slash, tail = text.partition("/")
     try:
@@ -35,7 +37,7 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     except ValueError:
         index = count = 0
     if not slash or count < 1 or not 1 <= index <= count:
-        raise ConfigError(f"--shard: {text!r} must be K/N with 1 <= K <= N, e.g. --shard 2/3")
+        raise ConfigError(f"--shard: {redact.excerpt(text)} must be K/N with 1 <= K <= N, e.g. --shard 2/3")
     return index, count
 
 

@@ -22,12 +22,12 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import string
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from modelarts_images.config.tag_templates import expand_tags
 from modelarts_images.engine.api import (
     Engine,
     ImageConfig,
@@ -36,7 +36,7 @@ from modelarts_images.engine.api import (
     RegistryLogin,
     RegistryRefusedError,
 )
-from modelarts_images.errors import ConfigError, EngineError, ModelArtsImagesError, RegistryError
+from modelarts_images.errors import EngineError, ModelArtsImagesError, RegistryError
 from modelarts_images.http.registry import Manifest, Registry
 from modelarts_images.model import ImageSpec
 from modelarts_images.options import PushOptions
@@ -48,9 +48,6 @@ from modelarts_images.shared.progress import ProgressCallback
 from modelarts_images.shared.text import one_line, size
 
 log = logging.getLogger(__name__)
-
-PLACEHOLDERS = ("tag", "date", "revision")
-
 
 class Outcome(Choice):
     """What a push did to one tag (or, on a dry run, would do)."""
@@ -100,43 +97,6 @@ class LoginResult:
 
 # --------------------------------------------------------------------------------------------------------------
 # Pure helpers
-
-
-def expand_tags(templates: Iterable[str], *, tag: str, date: str, revision: str | None) -> tuple[str, ...]:
-    """Extra tags from their templates, without duplicates or the main tag itself, in order."""
-    values = {"tag": tag, "date": date, "revision": revision}
-    tags: list[str] = []
-    for template in templates:
-        fields = template_fields(template)
-        if "revision" in fields and revision is None:
-            raise ConfigError(f"extra tag {template!r}: no git revision is known here (not a git checkout?)")
-        expanded = template.format(**values)
-        if expanded != tag and expanded not in tags:
-            tags.append(expanded)
-    return tuple(tags)
-
-
-def template_fields(template: str) -> list[str]:
-    """The fields an extra-tag template names; ConfigError for anything but a plain {tag}, {date} or {revision}.
-
-    A format spec or a conversion ({date:%Y}, {tag!r}) would reach str.format and fail there with a bare
-    ValueError, or quietly make a tag SWR refuses; the documented fields are plain substitutions only."""
-    use = "use " + ", ".join(f"{{{name}}}" for name in PLACEHOLDERS) + " (plain, without a format spec or conversion)"
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as error:
-        raise ConfigError(f"extra tag {template!r}: {error}; {use}") from None
-    fields = []
-    for _, name, spec, conversion in parsed:
-        if name is None:
-            continue
-        shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-        if name not in PLACEHOLDERS:
-            raise ConfigError(f"extra tag {template!r}: unknown placeholder {shown}; {use}")
-        if spec or conversion:
-            raise ConfigError(f"extra tag {template!r}: {shown} has a format spec or conversion; {use}")
-        fields.append(name)
-    return fields
 
 
 def utc_now() -> dt.datetime:

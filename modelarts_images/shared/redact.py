@@ -74,10 +74,11 @@ def url_secrets(address: str) -> tuple[str, ...]:
 
 def text(message: str, secrets: Iterable[str] = ()) -> str:
     """`message` with every secret replaced by ***, longest first (a secret containing another is fully masked),
-    and every URL's credentials masked as url() shows them (HTTP libraries quote URLs in their errors)."""
+    every URL's credentials masked as url() shows them (HTTP libraries quote URLs in their errors), and every
+    token- or key-shaped word masked (has_token)."""
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         message = message.replace(secret, MASK)
-    return _mask_urls(message)
+    return _TOKEN.sub(MASK, _mask_urls(message))
 
 
 def command(argv: Sequence[str], secrets: Iterable[str] = ()) -> str:
@@ -91,13 +92,38 @@ def about(address: str, message: str) -> str:
 
 
 # Tokens whose issuers give them a recognisable shape: Hugging Face, GitHub, GitLab, OpenAI-style API keys,
-# AWS access key ids, Slack, JSON web tokens, and PEM private keys.
-_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{30,}|\bgh[pousr]_[A-Za-z0-9]{30,}|\bgithub_pat_[A-Za-z0-9_]{20,}|"
+# AWS access key ids, Slack, JSON web tokens, crypt(3) password hashes (a shadow file's), and PEM private keys.
+_TOKEN = re.compile(r"\$(?:[0-9]{1,2}[a-z]?|y|gy|7)\$[./A-Za-z0-9=$,-]{8,}|"
+                    r"\bhf_[A-Za-z0-9]{30,}|\bgh[pousr]_[A-Za-z0-9]{30,}|\bgithub_pat_[A-Za-z0-9_]{20,}|"
                     r"\bglpat-[A-Za-z0-9_-]{20,}|\bsk-[A-Za-z0-9_-]{20,}|\b(AKIA|ASIA)[0-9A-Z]{16}\b|"
                     r"\bxox[abprs]-[A-Za-z0-9-]{10,}|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.|"
-                    r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+                    r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?:.*?-----END [A-Z ]*PRIVATE KEY-----|.*)", re.DOTALL)
+# A word that reads as an assignment of a secret: PASSWORD=..., api_key: ..., "token": "..." (an environment
+# dump, a .env file, a JSON document), its value masked up to the next space, quote or separator.
+_ASSIGNED = re.compile(r"(?P<name>\b[\w.-]*(?:PASSWORD|PASSWD|PASSPHRASE|SECRET|TOKEN|CREDENTIALS?|_AK|_SK|APIKEY|"
+                       r"API_KEY|ACCESS_KEY|SECRET_KEY|AUTH)\w*[\"']?\s*[:=]\s*[\"']?)(?P<value>[^\s\"',;&\x00]+)",
+                       re.IGNORECASE)
+# Whole words of a variable's name (HF_TOKEN, DB_PASSWORD, WANDB_API_KEY, SSH_KEY), not parts of one
+# (TOKENIZERS_PARALLELISM, MONKEY_PATCH).
+_SECRET_NAME = re.compile(r"(^|_)(PASSWORD|PASSWD|PASSPHRASE|SECRET|TOKEN|CREDENTIALS?|AK|SK|APIKEY|KEY)(_|$)",
+                          re.IGNORECASE)
+# Longest excerpt of a hostile value a message quotes: enough to find it, too short to carry a file's contents.
+EXCERPT = 60
 
 
 def has_token(value: str) -> bool:
     """Whether the text holds something shaped like an access token or a private key."""
     return _TOKEN.search(value) is not None
+
+
+def excerpt(value: str, *, limit: int = EXCERPT) -> str:
+    """`value` as a message may quote it: credentials of URLs, token-shaped words and assigned secrets masked,
+    control characters and line breaks escaped (repr), cut to `limit` characters with '…' where it was longer."""
+    masked = _ASSIGNED.sub(lambda m: m["name"] + MASK, text(value))
+    shown = repr(masked[:limit])
+    return shown[:-1] + "…" + shown[-1] if len(masked) > limit else shown
+
+
+def secret_name(name: str) -> bool:
+    """Whether a variable or key of this name holds a secret by its name (DB_PASSWORD, HF_TOKEN, SSH_KEY)."""
+    return _SECRET_NAME.search(name) is not None

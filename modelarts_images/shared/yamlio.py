@@ -7,12 +7,14 @@ own (versions.yaml's, which refuses duplicate keys) can be passed instead.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from modelarts_images.errors import ConfigError
+from modelarts_images.shared import redact
 
 SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # Nodes a document may hold once its aliases are expanded. Aliases let a few lines stand for billions of nodes
@@ -59,7 +61,10 @@ def parse(text: str, *, label: str, loader: type[yaml.SafeLoader] = SafeLoader) 
                                   "expanded; write the values out instead of nesting aliases")
             if depth > MAX_DEPTH:
                 raise ConfigError(_too_deep(label))
-            return reader.construct_document(node)
+            try:
+                return reader.construct_document(node)
+            except (ValueError, TypeError, OverflowError) as error:  # raised by PyYAML's constructors
+                raise ConfigError(_unreadable(label, reader, node, error)) from None
         finally:
             reader.dispose()
     except yaml.MarkedYAMLError as error:
@@ -70,8 +75,6 @@ def parse(text: str, *, label: str, loader: type[yaml.SafeLoader] = SafeLoader) 
         raise ConfigError(f"{label}: not valid YAML: {error}") from None
     except RecursionError:  # PyYAML's pure-Python composer recurses before the depth can be checked
         raise ConfigError(_too_deep(label)) from None
-    except (ValueError, TypeError, OverflowError) as error:  # raised by PyYAML's constructors
-        raise ConfigError(f"{label}: a value cannot be read: {error}") from None
 
 
 def _too_deep(label: str) -> str:
@@ -117,3 +120,52 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.SequenceNode):
         return list(node.value)
     return []
+
+
+def key_path(parts: Iterable[str | int]) -> str:
+    """('images', 2, 'installer', 'sha256') -> 'images[2].installer.sha256'."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def _unreadable(label: str, reader: yaml.SafeLoader, root: yaml.Node, error: Exception) -> str:
+    """Which value no Python type can hold, where it is (line, column, key path) and what to do: YAML reads
+    `2024-02-30` as a date and a long run of digits as an integer, so either is text only when quoted."""
+    reader.constructed_objects, reader.recursive_objects = {}, {}  # what the failed construction left behind
+    for path, node in _scalars(root):
+        try:
+            reader.construct_object(node, deep=True)
+        except (ValueError, TypeError, OverflowError) as failed:
+            error = failed
+        else:
+            continue
+        mark = node.start_mark
+        reason = str(error)
+        if "integer string conversion" in reason:
+            reason = f"an integer of {len(node.value):,} digits is more than a value here can hold"
+        elif node.tag == "tag:yaml.org,2002:timestamp":
+            reason = f"YAML reads it as a date, and there is no such date ({reason})"
+        return (f"{label}: line {mark.line + 1}, column {mark.column + 1} ({key_path(path) or 'the document'}): "
+                f"{redact.excerpt(node.value)} cannot be read: {reason}; quote it if it is text")
+    return f"{label}: a value cannot be read: {redact.text(str(error))}"
+
+
+def _scalars(root: yaml.Node) -> Iterator[tuple[tuple[str | int, ...], yaml.ScalarNode]]:
+    """Every scalar node (keys included) with the key path to it, in document order; each node once."""
+    seen: set[int] = set()
+    stack: list[tuple[tuple[str | int, ...], yaml.Node]] = [((), root)]
+    while stack:
+        path, node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            yield path, node
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in reversed(node.value):
+                name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+                stack += [((*path, name), value), ((*path, name), key)]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += [((*path, index), item) for index, item in reversed(list(enumerate(node.value)))]

@@ -33,10 +33,12 @@ def imports_run(reference: str, user: RunUser, names: tuple[str, ...], *, timeou
 
 
 def check_run(reference: str, user: RunUser, script: Path, *, timeout: float) -> ContainerRun:
-    """The check script as a boot command: `python ${MA_JOB_DIR}/code/<script>`, its folder mounted as the job's
-    code from OBS would be."""
-    return _as_job(reference, user, (user.boot_python, f"{user.code_dir}/{script.name}"), timeout=timeout,
-                   mounts=(Mount(source=str(script.parent), target=user.code_dir, read_only=True),))
+    """The check script as a boot command: `python ${MA_JOB_DIR}/code/<script>`, where the job's code from OBS
+    would be. The script alone is mounted, not its folder: what lies beside it (a .env, a checkout's .git, a
+    CI home's .docker/config.json) must not be readable in the container, whose output reaches the report."""
+    target = f"{user.code_dir}/{script.name}"
+    return _as_job(reference, user, (user.boot_python, target), timeout=timeout,
+                   mounts=(Mount(source=str(script), target=target, read_only=True),))
 
 
 def _tail(output: ContainerOutput) -> str:

@@ -9,6 +9,7 @@ import pytest
 from modelarts_images.config import versions as config
 from modelarts_images.errors import ConfigError
 from modelarts_images.model import Accelerator, Artifact
+from modelarts_images.shared import yamlio
 from tests.conftest import INVOKE_FALLBACKS, ROOT
 
 TWO_IMAGES = """
@@ -174,8 +175,8 @@ def test_a_misspelt_key_in_defaults_is_suggested(write_versions) -> None:  # typ
 
 
 def test_paths_in_messages(tmp_path: Path) -> None:
-    assert config.key_path(("images", 2, "installer", "sha256")) == "images[2].installer.sha256"
-    assert config.key_path(()) == ""
+    assert yamlio.key_path(("images", 2, "installer", "sha256")) == "images[2].installer.sha256"
+    assert yamlio.key_path(()) == ""
 
 
 def test_the_user_defaults_to_ma_user_and_merges_key_by_key(write_versions) -> None:  # type: ignore[no-untyped-def]

@@ -241,9 +241,13 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(  # nine levels of nine-f
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("d: 2024-13-45\n", "a value cannot be read: month must be in 1..12"),
+    ("d: 2024-13-45\n", "line 1, column 4 (d): '2024-13-45' cannot be read: YAML reads it as a date, and there is "
+                       "no such date (month must be in 1..12); quote it if it is text"),
     ("? [a]\n: b\n", "unhashable"),
-    ("n: " + "9" * 5000 + "\n", "a value cannot be read: Exceeds the limit"),
+    ("n: " + "9" * 5000 + "\n", "line 1, column 4 (n): '999"),
+    ("a: [1, {b: " + "9" * 5000 + "}]\n", "(a[1].b): '" + "9" * 60 + "…' cannot be read: an integer of 5,000 "
+                                      "digits is more than a value here can hold"),
+    ("a: &d 2023-02-29\nb: [*d]\n", "line 1, column 4 (a): '2023-02-29' cannot be read"),
     ("[" * 3000 + "]" * 3000 + "\n", "not valid YAML"),
     (BOMB, "holds more than 1,000,000 values once its YAML aliases are expanded"),
     ("x: &x [*x]\n", "holds more than 1,000,000 values"),
@@ -260,7 +264,7 @@ def test_yaml_that_cannot_become_values_is_a_config_error(text: str, message: st
 def test_versions_and_lock_files_refuse_it_too(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     path.write_text("images: 2024-13-45\n")
-    with pytest.raises(ConfigError, match=f"{name}: a value cannot be read"):
+    with pytest.raises(ConfigError, match=f"{name}: line 1, column 9 \\(images\\): '2024-13-45' cannot be read"):
         versions.load_versions(path) if name == "versions.yaml" else lockfile.read(path)
 
 
@@ -269,7 +273,7 @@ def test_versions_and_lock_files_refuse_it_too(tmp_path: Path, name: str) -> Non
     ("modelarts: [1, 2\n", "not valid YAML"),
     ("modelarts: 5\n", "modelarts: must be a mapping of settings (got int)"),
     ("- a\n", "must be a mapping of config sections (got list)"),
-    ("modelarts:\n  when: 2024-13-45\n", "a value cannot be read"),
+    ("modelarts:\n  when: 2024-13-45\n", "bad.yaml: line 2, column 9 (modelarts.when): '2024-13-45' cannot be read"),
     ("modelarts:\n  cache_dir: \"cache\\n\"\n", "modelarts.cache_dir: 'cache\\n' must be one line"),
 ])
 def test_a_bad_invoke_config_file_exits_2_with_one_message(tmp_path: Path, text: str, message: str) -> None:

@@ -69,7 +69,7 @@ def test_requirements_files_keep_their_hashes_and_refuse_other_options(tmp_path:
     digest = "a" * 64
     (tmp_path / "req.txt").write_text(f"einops==0.8.2 --hash=sha256:{digest}\n-i https://other.example/simple\n")
     message = refused(tmp_path, {"requirements": "req.txt"})
-    assert "images[0].requirements (req.txt line 2): -i: only requirements and --hash are read" in message
+    assert "images[0].requirements (req.txt line 2): '-i': only requirements and --hash are read" in message
     (tmp_path / "req.txt").write_text(f"einops==0.8.2 \\\n    --hash=sha256:{digest}\n")
     (requirement,) = load(tmp_path, {"requirements": "req.txt"}).stack.requirements
     assert requirement == Requirement(text="einops==0.8.2", name="einops", hashes=(digest,))

@@ -15,6 +15,7 @@ import pytest
 
 from modelarts_images import frontend
 from modelarts_images.config import versions as config
+from modelarts_images.config.tag_templates import expand_tags
 from modelarts_images.errors import ConfigError, RegistryError, WriteError
 from modelarts_images.publish import publisher as publish
 from modelarts_images.publish import swr
@@ -292,18 +293,18 @@ def test_validate_registry_and_tag() -> None:
 
 
 def test_expand_tags() -> None:
-    tags = publish.expand_tags(["{tag}-{date}", "{revision}", "latest", "{tag}", "{tag}-{date}"],
+    tags = expand_tags(["{tag}-{date}", "{revision}", "latest", "{tag}", "{tag}-{date}"],
                                tag="2.1.2-cuda12.1", date="20240601", revision="0123456789ab")
     assert tags == ("2.1.2-cuda12.1-20240601", "0123456789ab", "latest")
 
 
 def test_expand_tags_errors() -> None:
     with pytest.raises(ConfigError, match=r"unknown placeholder \{sha\}; use \{tag\}, \{date\}, \{revision\}"):
-        publish.expand_tags(["{sha}"], tag="t", date="d", revision=None)
+        expand_tags(["{sha}"], tag="t", date="d", revision=None)
     with pytest.raises(ConfigError, match=r"no git revision"):
-        publish.expand_tags(["{revision}"], tag="t", date="d", revision=None)
+        expand_tags(["{revision}"], tag="t", date="d", revision=None)
     with pytest.raises(ConfigError, match=r"extra tag '\{tag'"):
-        publish.expand_tags(["{tag"], tag="t", date="d", revision=None)
+        expand_tags(["{tag"], tag="t", date="d", revision=None)
 
 
 @pytest.mark.parametrize(("template", "shown", "why"), [
@@ -318,7 +319,7 @@ def test_expand_tags_errors() -> None:
 ])
 def test_expand_tags_takes_only_plain_fields(template: str, shown: str, why: str) -> None:
     with pytest.raises(ConfigError) as raised:
-        publish.expand_tags([template], tag="t", date="20240601", revision="0123456789ab")
+        expand_tags([template], tag="t", date="20240601", revision="0123456789ab")
     message = str(raised.value)
     assert message.startswith(f"extra tag {template!r}: ") and f"{why}" in message and shown in message
     assert message.endswith("use {tag}, {date}, {revision} (plain, without a format spec or conversion)")
