@@ -76,11 +76,11 @@ def _check_types(values: Mapping[str, Any], env: Mapping[str, str] | None) -> No
     for key, setting in declared.BY_KEY.items():
         value = values[key]
         if setting.kind in (Kind.TEXT, Kind.PATH) and not isinstance(value, str):
-            raise ConfigError(f"{where(key, env)}: must be a string (got {redact.excerpt(repr(value))})")
+            raise ConfigError(f"{where(key, env)}: must be a string (got {redact.excerpt(value)})")
         if setting.kind is Kind.WORDS and not (
                 isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
             raise ConfigError(f"{where(key, env)}: must be a list of strings or one comma-separated string "
-                              f"(got {redact.excerpt(repr(value))})")
+                              f"(got {redact.excerpt(value)})")
 
 
 def _positive(value: object, source: str, root: Path) -> int:
@@ -122,7 +122,7 @@ def _runners(value: object, source: str, root: Path) -> Mapping[str, tuple[str, 
         if not isinstance(listed, list) or not listed or not all(
                 isinstance(label, str) and label.strip() for label in listed):
             raise ConfigError(f"{source}.{key}: must be a runner label or a list of them "
-                              f"(got {redact.excerpt(repr(labels))}), {example}")
+                              f"(got {redact.excerpt(labels)}), {example}")
         runners[key] = tuple(label.strip() for label in listed)
     return runners
 

@@ -116,12 +116,17 @@ def has_token(value: str) -> bool:
     return _TOKEN.search(value) is not None
 
 
-def excerpt(value: str, *, limit: int = EXCERPT) -> str:
-    """`value` as a message may quote it: credentials of URLs, token-shaped words and assigned secrets masked,
-    control characters and line breaks escaped (repr), cut to `limit` characters with '…' where it was longer."""
-    masked = _ASSIGNED.sub(lambda m: m["name"] + MASK, text(value))
-    shown = repr(masked[:limit])
-    return shown[:-1] + "…" + shown[-1] if len(masked) > limit else shown
+def excerpt(value: object, *, limit: int = EXCERPT) -> str:
+    """`value` as a message may quote it: credentials of URLs, token-shaped words and assigned secrets masked, cut
+    to `limit` characters with '…' where it was longer. A string is quoted (repr: line breaks and control
+    characters escaped); anything else (a list, a number YAML gave) is shown as Python writes it."""
+    raw = value if isinstance(value, str) else repr(value)
+    masked = _ASSIGNED.sub(lambda m: m["name"] + MASK, text(raw))
+    more = "…" if len(masked) > limit else ""
+    if not isinstance(value, str):
+        return masked[:limit] + more
+    quoted = repr(masked[:limit])
+    return quoted[:-1] + more + quoted[-1]
 
 
 def secret_name(name: str) -> bool:

@@ -7,6 +7,7 @@ own (versions.yaml's, which refuses duplicate keys) can be passed instead.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import yaml
 
 from modelarts_images.errors import ConfigError
-from modelarts_images.shared import redact
+from modelarts_images.shared import files, redact
 
 SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # Nodes a document may hold once its aliases are expanded. Aliases let a few lines stand for billions of nodes
@@ -24,6 +25,8 @@ MAX_NODES = 1_000_000
 # Collections nested in one another, aliases expanded. libyaml refuses only 1000 levels, but invoke's config merge
 # (and any other recursive walk) exhausts Python's stack well before that; real files here nest a few levels.
 MAX_DEPTH = 64
+# Bytes a YAML file may have: a versions.lock of thousands of wheels is a few megabytes.
+MAX_BYTES = 64 * 1024 * 1024
 
 
 def safe_load(text: str) -> Any:
@@ -34,14 +37,14 @@ def safe_load(text: str) -> Any:
 def read(path: Path, *, loader: type[yaml.SafeLoader] = SafeLoader, label: str | None = None) -> Any:
     """The document in a YAML file; ConfigError naming the file (`label`, default its name) when it cannot be read
     or parsed."""
+    if not os.path.lexists(path):
+        raise ConfigError(f"{path}: no such file")
+    # A file a pull request can change may be a link to /dev/zero or to a huge file; the path may be a FIFO.
+    data = files.read_bounded(path, limit=MAX_BYTES, what="YAML file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot be read: {error.strerror or error}") from None
     return parse(text, label=label or path.name, loader=loader)
 
 

@@ -26,6 +26,9 @@ CHECK_OK = """import os, sys
 import einops, six, docopt
 assert os.getuid() == 1000, os.getuid()
 assert os.environ["HF_HOME"] == "/home/ma-user/work/.cache/huggingface", os.environ.get("HF_HOME")
+# The script alone is mounted: the .env beside it on the host is not in the container.
+here = os.path.dirname(os.path.abspath(__file__))
+assert sorted(os.listdir(here)) == ["stack_ok.py"], os.listdir(here)
 print("stack check ok", einops.__version__, sys.executable)
 """
 CHECK_FAILS = """import sys
@@ -70,6 +73,7 @@ def test_a_stack_is_built_hermetically_verified_and_kept_in_its_own_layer(
     (tmp_path / "checks").mkdir()
     (tmp_path / "checks" / "stack_ok.py").write_text(CHECK_OK)
     (tmp_path / "checks" / "stack_fails.py").write_text(CHECK_FAILS)
+    (tmp_path / "checks" / ".env").write_text("HW_SECRET_KEY=not-for-the-container\n")
     (tmp_path / "stacks").mkdir()
     (tmp_path / "stacks" / "common.txt").write_text(
         f"packaging --hash=sha256:{_hash_of('packaging', tmp_path / 'hash')}\nsix\n")

@@ -84,7 +84,7 @@ def test_a_wrong_type_in_invoke_yaml_is_quoted_masked_and_short(tmp_path: Path) 
     with pytest.raises(ConfigError) as caught:
         settings.resolve({"cache_dir": [f"https://u:{TOKEN}@x.example/" + "y" * 500]}, root=tmp_path, env={})
     message = str(caught.value)
-    assert message.startswith("invoke.yaml: modelarts.cache_dir: must be a string (got \"['https://u:***@x.example/")
+    assert message.startswith("invoke.yaml: modelarts.cache_dir: must be a string (got ['https://u:***@x.example/")
     assert TOKEN not in message and "y" * 100 not in message
 
 
