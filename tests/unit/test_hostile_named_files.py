@@ -5,6 +5,8 @@ size, read without blocking; a refusal names the file and the key and quotes at 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +19,9 @@ from modelarts_images.config import versions
 from modelarts_images.contract import RunUser
 from modelarts_images.errors import ConfigError
 from modelarts_images.model import ImageSpec, VersionsFile
+from modelarts_images.shared import yamlio
 from modelarts_images.verify.stack import check_run
+from tests.conftest import ROOT
 
 ENTRY: dict[str, Any] = {
     "id": "cell", "python": "3.11", "cuda": "cpu", "torch": "2.13.0", "registry": "localhost:5999",
@@ -223,3 +227,35 @@ def test_a_check_is_mounted_alone_not_with_its_folder(tmp_path: Path) -> None:
         (str(script), f"{user.code_dir}/smoke.py", True)]
     assert run.command[-1] == f"{user.code_dir}/smoke.py"
 
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The YAML files themselves
+
+
+@pytest.mark.parametrize("make", ["fifo", "zero", "huge"])
+def test_a_versions_file_or_lock_that_is_not_a_bounded_regular_file_is_refused_unread(tmp_path: Path,
+                                                                                       make: str) -> None:
+    for name in ("versions.yaml", "versions.lock"):
+        path = tmp_path / make / name
+        path.parent.mkdir(exist_ok=True)
+        if make == "fifo":
+            os.mkfifo(path)
+        elif make == "zero":
+            path.symlink_to("/dev/zero")
+        else:
+            with path.open("wb") as sparse:
+                sparse.truncate(yamlio.MAX_BYTES + 1)
+        caught = within(20, lambda: yamlio.read(path))  # noqa: B023 - called before the loop goes on
+        assert isinstance(caught, ConfigError), caught
+        assert str(path) in str(caught)
+        assert {"fifo": "is a named pipe (FIFO)", "zero": "(a link to /dev/zero) is a device",
+                "huge": f"has {yamlio.MAX_BYTES + 1} bytes, more than"}[make] in str(caught)
+
+
+def test_an_invoke_config_file_that_is_a_fifo_exits_2(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "invoke-extra.yaml")
+    result = subprocess.run([sys.executable, "-m", "invoke", "-f", str(tmp_path / "invoke-extra.yaml"), "plan"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "is a named pipe (FIFO), not a regular file" in result.stderr and "Traceback" not in result.stderr
