@@ -1,4 +1,5 @@
-"""fetch: put every artifact the selected images need into the cache, verified, and keep versions.lock current."""
+"""fetch: put every artifact the selected images need into the cache, verified, and keep versions.lock current
+(never under --offline: it asks no server and changes no pin)."""
 
 from __future__ import annotations
 
@@ -68,10 +69,14 @@ class _Fetcher:
                              "set cache_dir in invoke.yaml (or INVOKE_MODELARTS_CACHE_DIR) to a directory this user "
                              "can create and write") from None
 
-    def text(self, url: str, image: ImageSpec) -> str:
+    def may_ask_index(self, image: ImageSpec, what: str) -> None:
+        """Before anything asks an index for `what` (pip, or a wheel page): --offline refuses, naming it. The check
+        of fetch_images names all that is missing first; this one keeps any later path from reaching a server."""
         if self.options.offline:
-            raise FetchError(f"{image.id}: --offline, but its wheels must be looked up at {redact.url(url)}; "
-                             "run `inv lock` online once so versions.lock pins them")
+            raise _offline_refusal(image, [what])
+
+    def text(self, url: str, image: ImageSpec) -> str:
+        self.may_ask_index(image, f"the wheels looked up at {redact.url(url)}")
         try:
             return pages.get_text(mirrored(url, self.options.mirrors), session=self.session,
                                      min_speed=self.options.min_speed)
@@ -99,9 +104,13 @@ class _Fetcher:
             self.count(reused=1)
             return FetchedFile(filename=artifact.filename, path=cache.blob(artifact.sha256), url=artifact.url,
                                sha256=artifact.sha256)
+        if options.offline and not artifact.sha256:
+            raise FetchError(f"{owner}: --offline, and nothing pins the sha256 of {artifact.filename} "
+                             f"({redact.url(artifact.url)}): neither versions.yaml nor versions.lock; run `inv fetch` "
+                             "online once to fetch and pin it")
         if options.offline:
             raise FetchError(f"{owner}: --offline, and {artifact.filename} is not in the cache "
-                             f"({redact.url(artifact.url)})")
+                             f"({redact.url(artifact.url)}); run `inv fetch` online once to fetch it")
         if options.locked and not artifact.sha256:
             raise FetchError(f"{owner}: --locked, and {redact.url(artifact.url)} has no sha256 in versions.yaml or "
                              "versions.lock")
@@ -197,6 +206,54 @@ def _pinned(image: ImageSpec, locked: lockfile.LockedImage | None) -> lockfile.L
     return locked
 
 
+_TOOL = f"the install tool {pip_resolver.INSTALL_TOOL} (tools:)"
+
+
+def _stack_of(image: ImageSpec) -> str:
+    return f"the stack ({' '.join(requirement.text for requirement in image.stack.requirements)})"
+
+
+def _offline_refusal(image: ImageSpec, missing: Sequence[str], *, why: str = "versions.lock does not pin",
+                     hint: str = "") -> FetchError:
+    return FetchError(f"{image.id}: --offline, and {why} {', '.join(missing)}; run `inv fetch` (or `inv lock`) "
+                      f"online once to pin what is missing{hint}")
+
+
+def _refuse_offline_gaps(image: ImageSpec, pinned: lockfile.LockedImage | None,
+                         earlier: lockfile.LockedImage | None, options: FetchOptions) -> None:
+    """FetchError naming everything fetching `image` would ask an index for because versions.lock does not pin it
+    (the conditions of fetch_images and _resolved, read before anything is asked or downloaded). The build
+    requirements of a stack's sdists are read from the sdists themselves: that check waits for the cache."""
+    if options.refresh:
+        raise FetchError(f"{image.id}: --offline, and resolving it again (what `inv lock` does) needs the package "
+                         "index; run `inv lock` online")
+    missing = []
+    if pinned is None and not image.wheels:
+        source = wheel_source(image)
+        missing += [f"the {name}=={version} wheel (looked up at {redact.url(index.page_urls(source.index_url, name))})"
+                    for name, version in image.packages]
+    closure = None if pinned is None else pinned.closure
+    if options.closure and closure is None:
+        missing.append("the dependency wheels of torch" + (" (an earlier --no-closure left them out, or pip could "
+                                                           "not resolve them)" if pinned is not None else ""))
+    if (closure is not None or options.closure) and (pinned is None or pinned.tools is None) \
+            and pip_resolver.serves_tool(image):
+        missing.append(_TOOL)
+    if image.stack.requirements and (pinned is None or pinned.stack is None):
+        missing.append(_stack_of(image))
+    if not missing:
+        return
+    if pinned is None:
+        why = ("versions.lock has no entry for it" if earlier is None else "its versions.lock entry was locked for "
+               "other inputs (versions.yaml changed since)") + ", so nothing pins"
+    else:
+        why = "versions.lock does not pin"
+    closure_only = options.closure and closure is None and not image.stack.requirements
+    raise _offline_refusal(image, missing, why=why,
+                           hint=", or pass --no-closure to build without the dependency wheels" if closure_only
+                           else "")
+
+
 def locked_plan(image: ImageSpec, options: FetchOptions) -> FetchedImage | None:
     """What fetching `image` would give, read from versions.lock alone (nothing is downloaded or checked, the
     paths are where the cache would keep the files), or None when the lock does not pin all of it: for deciding
@@ -239,6 +296,8 @@ def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress
         pinned = None if options.refresh else _pinned(image, lock.get(image.id))
         if pinned is None and options.locked:
             raise FetchError(f"{image.id}: --locked, but versions.lock has no current entry for it; run `inv lock`")
+        if options.offline and not options.locked:  # --locked takes the lock's word for what it leaves out
+            _refuse_offline_gaps(image, pinned, lock.get(image.id), options)
         if pinned is None:
             earlier = lock.get(image.id)  # a time chosen for the entry's layers stays when its inputs change
             pinned = lockfile.LockedImage(inputs=lockfile.inputs_of(image), installer=image.installer,
@@ -248,6 +307,7 @@ def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress
         plans[image.id] = pinned
         if image.stack.requirements and (pinned.stack is None or pinned is not lock.get(image.id)) \
                 and not options.locked:
+            fetcher.may_ask_index(image, _stack_of(image))
             pip_resolver.refuse_pinned_torch_needs(image, scratch_parent=fetcher.cache.incoming)
     first = fetcher.many([(artifact, image_id) for image_id, plan in plans.items()
                           for artifact in (plan.installer, *plan.wheels)])
@@ -265,7 +325,11 @@ def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress
         build_deps = resolved.build_deps
         sdists = [item for item in stack if sources.is_sdist(item.filename)]
         if sdists and (fresh or not build_deps) and not options.locked:
-            build_deps = pip_resolver.resolve_build_requirements(image, sources.build_requirements(sdists),
+            requirements = sources.build_requirements(sdists)
+            if requirements:  # read from the cached sdists; only looking them up asks the index
+                fetcher.may_ask_index(image, f"the wheels that building {', '.join(item.filename for item in sdists)}"
+                                             f" needs ({', '.join(requirements)})")
+            build_deps = pip_resolver.resolve_build_requirements(image, requirements,
                                                                  scratch_parent=fetcher.cache.incoming)
         built = fetcher.many([(artifact, image.id) for artifact in build_deps])
         results.append(FetchedImage(
@@ -290,6 +354,13 @@ def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress
                 build_deps=tuple(_as_artifact(built[a.url]) for a in build_deps),
                 tools=None if resolved.tools is None else tuple(_as_artifact(rest[a.url]) for a in resolved.tools),
             )
+    if changes and options.offline:
+        # --offline changes no pin: the entry fetched from versions.yaml's own pins stays to be locked online.
+        for image_id in changes:
+            if plans[image_id] is not lock.get(image_id):
+                log.warning("%s: versions.lock not updated (--offline pins nothing); `inv fetch` online pins its "
+                            "entry", image_id)
+        changes = {}
     if changes:
         lockfile.update(options.lock_path, changes, guard=options.cache_dir / "versions-lock.flock")
     summary = FetchSummary(fetched=fetcher.fetched, reused=fetcher.reused, bytes_transferred=fetcher.bytes,
@@ -307,11 +378,14 @@ def _resolved(image: ImageSpec, plan: lockfile.LockedImage, wheels: Sequence[Fet
     closure, stack, tools = plan.closure, plan.stack, plan.tools
     scratch = fetcher.cache.incoming
     if options.closure and (fresh or closure is None) and not options.locked:
+        fetcher.may_ask_index(image, "the dependency wheels of torch")
         closure = pip_resolver.resolve(image, wheels, scratch_parent=scratch)
     # The install tool serves only an install without an index: with the closure, looked for once.
     if closure is None:
         tools = None
     elif (fresh or tools is None) and not options.locked:
+        if pip_resolver.serves_tool(image):
+            fetcher.may_ask_index(image, _TOOL)
         tools = pip_resolver.resolve_tools(image, scratch_parent=scratch)
     plan = replace(plan, tools=tools)
     if not image.stack.requirements:
@@ -325,6 +399,7 @@ def _resolved(image: ImageSpec, plan: lockfile.LockedImage, wheels: Sequence[Fet
               "warning above says why)"
         raise FetchError(f"{image.id}: a stack is installed only from files pinned in versions.lock, resolved with "
                          f"the dependency wheels of torch, and {why}")
+    fetcher.may_ask_index(image, _stack_of(image))
     resolution = pip_resolver.resolve_stack(image, wheels, closure, scratch_parent=scratch)
     return replace(plan, closure=resolution.closure, stack=resolution.stack, build_deps=())
 

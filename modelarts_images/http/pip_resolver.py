@@ -133,10 +133,15 @@ def resolve(image: ImageSpec, wheels: Sequence[FetchedFile], *, scratch_parent: 
                         key=lambda artifact: artifact.filename))
 
 
+def serves_tool(image: ImageSpec) -> bool:
+    """Whether the install tool serves the image's Python: only then is it looked up on the index."""
+    return python_version(image.python) >= INSTALL_TOOL_PYTHON
+
+
 def resolve_tools(image: ImageSpec, *, scratch_parent: Path | None = None) -> tuple[Artifact, ...]:
     """The wheel of the install tool for the image's platform, or () (logged) where it does not serve the image's
     Python or the index does not have it: the build then installs with pip, as fast as pip is."""
-    if python_version(image.python) < INSTALL_TOOL_PYTHON:
+    if not serves_tool(image):
         return ()
     with tempfile.TemporaryDirectory(prefix="modelarts-tools-", dir=scratch_parent) as scratch:
         try:
