@@ -85,6 +85,8 @@ def _main(argv: Sequence[str] | None) -> int:
         options = options_for(load_section(args.config), _flags(args))
         if args.records and not args.summary:
             raise ConfigError("--records: goes with --summary (merge collected cell records into one report)")
+        if any(not path for path in args.records):  # Path("") is ".": the whole working directory searched
+            raise ConfigError("--records: an empty path; give a cell record, or a directory of them")
         if args.summary and not args.records:
             return reporting.print_summary(options.reports_dir, run_token=args.run)
         if args.force:

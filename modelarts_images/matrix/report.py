@@ -10,6 +10,8 @@ Rendering is pure (`render_json`, `render_markdown`, `summary_table` over CellRe
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -17,14 +19,19 @@ from pathlib import Path
 
 from modelarts_images.errors import ConfigError
 from modelarts_images.matrix.cells import CellRecord, CellStatus
-from modelarts_images.shared.files import write_atomic
+from modelarts_images.matrix.records import RECORD_LIMIT, collect, load_json, load_record, read_record
+from modelarts_images.shared.files import read_bounded, write_atomic
 from modelarts_images.shared.text import size
 from modelarts_images.verify.manifest import SECTIONS
+
+log = logging.getLogger(__name__)
 
 JSON_NAME = "matrix.json"
 MD_NAME = "matrix.md"
 CELLS_DIR = "matrix"
 SCHEMA = 1
+# matrix.json holds every cell's record: room for 64 of the largest.
+REPORT_LIMIT = 64 * RECORD_LIMIT
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -37,27 +44,34 @@ def write_cell(reports_dir: Path, record: CellRecord) -> Path:
 
 
 def read_cells(reports_dir: Path, ids: Sequence[str] | None = None) -> list[CellRecord]:
-    """The last record of each cell (of `ids`, in that order; else every record, by id); unreadable ones are
-    left out (a cell that never ran has none)."""
+    """The last record of each cell (of `ids`, in that order; else every record, by id); one that cannot be read
+    or is not a valid record filed under its own id is left out with a warning (a cell that never ran has none)."""
     directory = reports_dir / CELLS_DIR
     paths = [directory / f"{cell_id}.json" for cell_id in ids] if ids is not None else sorted(
         directory.glob("*.json"))
     records = []
     for path in paths:
-        try:
-            records.append(CellRecord.from_json(json.loads(path.read_text("utf-8"))))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):  # JSON nested too deeply
+        if not os.path.lexists(path):
             continue
+        record, problems = read_record(path)
+        if record is None:
+            log.warning("%s; the report leaves that cell out", problems[0])
+        else:
+            records.append(record)
     return records
 
 
 def write_reports(reports_dir: Path, ids: Sequence[str]) -> list[CellRecord]:
     """matrix.json and matrix.md from the cell records of `ids` (the versions file's cells, in its order)."""
     records = read_cells(reports_dir, ids)
+    _write_report_files(reports_dir, records)
+    return records
+
+
+def _write_report_files(reports_dir: Path, records: Sequence[CellRecord]) -> None:
     # atomically: concurrent shards sharing the directory each rewrite both files
     write_atomic(reports_dir / JSON_NAME, render_json(records), what="matrix report")
     write_atomic(reports_dir / MD_NAME, render_markdown(records), what="matrix report")
-    return records
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -211,36 +225,15 @@ def summary_table(records: Sequence[CellRecord], *, tty: bool) -> str:
                      for line in [HEADERS, *rows])
 
 
-def collect(paths: Sequence[Path], ids: Sequence[str]) -> tuple[list[CellRecord], list[str]]:
-    """The cell records found in `paths` (files, or directories searched for *.json, as a CI system downloads its
-    jobs' artifacts) for the cells `ids`, in that order, and the ids with none. Of two records of one cell the
-    later finished one counts (a job run again); a file that is not a cell record is named in the error."""
-    found: dict[str, CellRecord] = {}
-    files = [item for path in paths for item in (sorted(path.rglob("*.json")) if path.is_dir() else [path])]
-    for path in files:
-        try:
-            record = CellRecord.from_json(json.loads(path.read_text("utf-8")))
-        except FileNotFoundError:
-            raise ConfigError(f"--records: {path} does not exist") from None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
-            raise ConfigError(f"--records: {path} is not a matrix cell record ({error!r})") from None
-        if record.id in found and found[record.id].finished >= record.finished:
-            continue
-        found[record.id] = record
-    unknown = sorted(set(found) - set(ids))
-    if unknown:
-        raise ConfigError(f"--records: {', '.join(unknown)} not among the selected cells of the versions file "
-                          "(another versions file's records, or --only leaves them out?)")
-    return [found[cell_id] for cell_id in ids if cell_id in found], [cell_id for cell_id in ids if cell_id not in found]
-
-
 def merge(reports_dir: Path, paths: Sequence[Path], ids: Sequence[str], *, tty: bool | None = None) -> int:
     """The closing job of a CI matrix: the records its cell jobs left (`paths`), written as this directory's
-    report (matrix/<id>.json, matrix.json, matrix.md); the table; 1 when a cell failed or left no record."""
+    report (matrix/<id>.json, matrix.json, matrix.md); the table; 1 when a cell failed or left no record.
+    Nothing is written unless every record is valid (collect)."""
     records, missing = collect(paths, ids)
     for record in records:
         write_cell(reports_dir, record)
-    write_reports(reports_dir, ids)
+    # from the records merged, not the directory: a record left there by an earlier merge is no cell of this one
+    _write_report_files(reports_dir, records)
     return _show(records, tty=tty, missing=missing)
 
 
@@ -259,14 +252,22 @@ def print_summary(reports_dir: Path, *, run_token: str = "", tty: bool | None = 
     """For `nox -s matrix`'s closing session: the table of matrix.json's cells (those of run `run_token` when
     given); 1 when any of them failed, listing each with its reason."""
     path = reports_dir / JSON_NAME
-    try:
-        document = json.loads(path.read_text("utf-8"))
-        records = [CellRecord.from_json(cell) for cell in document["cells"]]
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         print(f"no matrix report at {path}")
         return 1
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
-        print(f"the matrix report {path} cannot be read ({error!r}); run the matrix again to rewrite it")
+    try:
+        document = load_json(read_bounded(path, limit=REPORT_LIMIT, what="matrix report"))
+        cells = document.get("cells") if isinstance(document, dict) else None
+        if not isinstance(cells, list):
+            raise ValueError("it holds no 'cells' list")
+        records = []
+        for index, cell in enumerate(cells):
+            try:
+                records.append(load_record(cell))
+            except ValueError as error:
+                raise ValueError(f"cells[{index}]: {error}") from None
+    except (ConfigError, ValueError) as error:
+        print(f"the matrix report {path} cannot be read ({error}); run the matrix again to rewrite it")
         return 1
     if run_token:
         records = [record for record in records if record.run == run_token]

@@ -7,17 +7,22 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from modelarts_images.errors import WriteError
+from modelarts_images.errors import ConfigError, WriteError
 from modelarts_images.matrix.cells import CellRecord
-from modelarts_images.shared.files import write_atomic
+from modelarts_images.matrix.records import RECORD_LIMIT, load_json, load_record
+from modelarts_images.shared.files import read_bounded, write_atomic
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "matrix-state.json"
 SCHEMA = 1
+# The last success of each cell: room for 64 cells of the largest record; a larger file only means every cell runs.
+STATE_LIMIT = 64 * RECORD_LIMIT
 # A state file that cannot be updated keeps what it held: a cell that failed now may still look built to the next
 # run (which checks that the image is still there), hence the pointer to --rerun.
 _UNRECORDED = ("the matrix goes on without recording its cells' results (the next run, not knowing them, may "
@@ -39,11 +44,11 @@ class State:
 
     def read(self) -> dict[str, CellRecord]:
         """The last success of each cell; an entry that cannot be read counts as none (the cell runs)."""
-        try:
-            document = json.loads(self.path.read_text("utf-8"))
-        except FileNotFoundError:
+        if not os.path.lexists(self.path):
             return {}
-        except (OSError, ValueError, RecursionError) as error:  # RecursionError: JSON nested too deeply
+        try:  # bounded, regular files only: a FIFO in its place must not hang the run, nor /dev/zero fill memory
+            document = load_json(read_bounded(self.path, limit=STATE_LIMIT, what="matrix state"))
+        except (ConfigError, ValueError) as error:
             self._warn(f"matrix state {self.path} cannot be read ({error}): every cell runs")
             return {}
         cells = document.get("cells") if isinstance(document, dict) else None
@@ -52,17 +57,22 @@ class State:
             return {}
         found = {}
         for cell_id, entry in cells.items():
-            try:
-                found[str(cell_id)] = CellRecord.from_json(entry)
-            except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as error:
-                self._warn(f"matrix state {self.path}: the entry of {cell_id} cannot be read ({error!r}): that "
+            try:  # checked as a merged record is: a wrong type would fail the run in the middle of a cell
+                found[str(cell_id)] = load_record(entry)
+            except ValueError as error:
+                self._warn(f"matrix state {self.path}: the entry of {cell_id} cannot be read ({error}): that "
                            "cell runs")
         return found
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.with_name(self.path.name + ".lock").open("a") as handle:
+        lock = self.path.with_name(self.path.name + ".lock")
+        # O_NONBLOCK: a FIFO planted at the lock's name fails to open (ENXIO) instead of waiting for a reader.
+        descriptor = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+        with os.fdopen(descriptor, "a") as handle:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                raise OSError(f"{lock} is not a regular file")
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
