@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from modelarts_images.contract import IMAGE_SIZE_BUDGET, VERIFY_TIMEOUT_S
+from modelarts_images.contract import DEFAULT_MASTER_PORT, IMAGE_SIZE_BUDGET, VERIFY_TIMEOUT_S
 from modelarts_images.engine.api import Backend
 from modelarts_images.paths import GITLAB_CELL_FILE
 from modelarts_images.shared.choices import Choice
@@ -49,6 +49,13 @@ class DeviceChoice(Choice):
     GPU = "gpu"
     BOTH = "both"
     AUTO = "auto"  # the GPU when the engine can give one, else the CPU
+
+
+class Launcher(Choice):
+    """How each worker of a distributed verification starts the script."""
+
+    BOOT = "boot"  # the plain boot command; the script starts the node's other processes itself
+    TORCHRUN = "torchrun"  # python -m torch.distributed.run (torch.distributed.launch before torch 1.9)
 
 
 class Kind(Choice):
@@ -249,6 +256,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(name="size_budget", flag="--size-budget", fills="size_budget", steps=(_S.VERIFY,),
             help=f"image size budget in GB (10^9 bytes): a larger image fails conformance (without it, an image "
                  f"over {IMAGE_SIZE_BUDGET / 1e9:g} GB, the limit of ModelArts' legacy pages, only draws a warning)"),
+    Setting(name="nodes", flag="--nodes", fills="nodes", steps=(_S.VERIFY,), metavar="N",
+            help="verify as a distributed job of N workers, each in a container of its own (default: the entry's "
+                 "verify.nodes, else 1)"),
+    Setting(name="procs_per_node", flag="--procs-per-node", fills="procs_per_node", steps=(_S.VERIFY,),
+            metavar="P", help="processes per worker of a distributed run (default: 1 on the CPU, the GPU count on "
+                              "a GPU)"),
+    Setting(name="launcher", flag="--launcher", fills="launcher", choices=Launcher.names(), steps=(_S.VERIFY,),
+            help="how a distributed run's workers start the script: boot (the plain boot command) or torchrun "
+                 "(python -m torch.distributed.run, as ModelArts' examples do; default: boot)"),
+    Setting(name="master_port", flag="--master-port", fills="master_port", steps=(_S.VERIFY,), metavar="PORT",
+            help=f"the master's rendezvous port of a distributed run (default: {DEFAULT_MASTER_PORT})"),
     Setting(name="reports", flag="--reports", fills="verify_reports", steps=(_S.VERIFY,),
             help="directory for the JSON results, one <id>.json per image (default: <reports_dir>/verify)"),
     Setting(name="image", flag="--image", steps=(_S.VERIFY,),
@@ -391,7 +409,8 @@ TASKS: Mapping[str, Command] = {
                                              "region", "swr_project", "dry_run")),
     # --on chooses between the two steps
     "verify": Command(steps=(_S.VERIFY, _S.PLATFORM),
-                      flags=(*SELECTION, "image", "device", "timeout", "size_budget", "reports", "on", "obs_dir",
+                      flags=(*SELECTION, "image", "device", "timeout", "size_budget", "reports", "nodes",
+                             "procs_per_node", "launcher", "master_port", "on", "obs_dir",
                              "flavor", "region", "project_id", "job_timeout", "detach", "job", "dry_run")),
 }
 # Every step a cell can take: the registry step only with --push or --check-registry (and not --rerun), push and
@@ -400,7 +419,8 @@ MATRIX = Command(
     steps=(_S.REGISTRY, _S.CHECK_BASES, _S.FETCH, _S.BUILD, _S.VERIFY, _S.MANIFEST, _S.PUSH, _S.PLATFORM, _S.RELEASE,
            _S.TRAINING_JOB),
     flags=("versions", "only", "device", "push", "backend", "rerun", "force", "check_registry", "replace_tag",
-           "shard", "timeout", "offline", "locked", "region", "swr_project", "flavor", "on", "obs_dir", "job_timeout",
+           "shard", "timeout", "nodes", "procs_per_node", "launcher", "master_port", "offline", "locked", "region",
+           "swr_project", "flavor", "on", "obs_dir", "job_timeout",
            "config", "summary",
            "records", "list_json", "gitlab_pipeline", "no_summary", "run"),
 )

@@ -45,6 +45,8 @@ class Steps:
     push: bool
     extra_tags: tuple[str, ...] = ()
     platform: bool = False  # verified on ModelArts before its release tag is written
+    nodes: int | None = None  # --nodes (None: the entry's verify.nodes)
+    distributed: tuple[str, ...] = ()  # how a distributed run starts: launcher, processes per node, master port
 
 
 def cell_inputs(fetched: FetchedImage, steps: Steps, *, context_digest: str, verify_digest: str) -> dict[str, str]:
@@ -75,7 +77,9 @@ def cell_inputs(fetched: FetchedImage, steps: Steps, *, context_digest: str, ver
         "verify-script": verify_digest,
         # the backend decides the Dockerfile's target, and the stack's variables add a stage to it
         "backend": _digest({"backend": steps.build.backend, "target": inputs.target}),
-        "device": _digest({"device": steps.device}),
+        # the node count and how the workers start: a single-node cell keeps the hash it had before
+        "device": _digest({"device": steps.device, **({"nodes": nodes, "start": steps.distributed}
+                                                      if (nodes := steps.nodes or image.nodes) > 1 else {})}),
         # what the cell does after verifying: not part of what its image is (REGISTRY_PARTS)
         # (the platform only when asked: a cell that never asked keeps the hash it had before)
         "publish": _digest({"push": steps.push, "extra_tags": steps.extra_tags,

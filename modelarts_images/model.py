@@ -148,6 +148,7 @@ class ImageSpec:
     wheels: tuple[Artifact, ...]  # empty: derived from the PyTorch wheel index when fetched
     stack: Stack = Stack()
     user: RunUser = DEFAULT_USER
+    nodes: int = 1  # workers of its verification (versions.yaml's verify.nodes): more than one is a distributed run
 
     @property
     def reference(self) -> str:

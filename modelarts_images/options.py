@@ -18,12 +18,12 @@ from typing import Any, TypeVar
 from modelarts_images import declared
 from modelarts_images.config import settings
 from modelarts_images.config.tag_templates import check_templates
-from modelarts_images.declared import DeviceChoice
+from modelarts_images.declared import DeviceChoice, Launcher
 
 __all__ = ["BuildOptions", "Device", "DeviceChoice", "FetchOptions", "Flags", "Options", "PushOptions",
            "Selection", "VerifyOptions", "resolve"]
 from modelarts_images.config.versions import split_ids, suggest
-from modelarts_images.contract import JOB_TIMEOUT_S, VERIFY_TIMEOUT_S
+from modelarts_images.contract import DEFAULT_MASTER_PORT, JOB_TIMEOUT_S, MAX_NODES, VERIFY_TIMEOUT_S
 from modelarts_images.engine.api import Backend
 from modelarts_images.errors import ConfigError
 from modelarts_images.paths import ROOT, VERIFY_DIR
@@ -92,6 +92,12 @@ class VerifyOptions:
     timeout: float = VERIFY_TIMEOUT_S
     size_budget: int | None = None  # bytes; None: over contract.IMAGE_SIZE_BUDGET only warns
     script_dir: Path = VERIFY_DIR  # mounted where ModelArts puts the job's code
+    # A distributed run (verify.distributed): None takes the entry's verify.nodes (else 1), and the device's
+    # processes per node (1 on the CPU, the GPU count on a GPU).
+    nodes: int | None = None
+    procs_per_node: int | None = None
+    launcher: Launcher = Launcher.BOOT
+    master_port: int = DEFAULT_MASTER_PORT
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,6 +205,11 @@ def resolve(section: Mapping[str, Any] | None, flags: Flags | None = None, *, ro
             device=choice("--device", flags.device, DeviceChoice),
             timeout=positive_number("--timeout", flags.timeout, VERIFY_TIMEOUT_S, float),
             size_budget=_gigabytes("--size-budget", flags.size_budget),
+            nodes=_nodes(flags.nodes),
+            procs_per_node=None if flags.procs_per_node is None else positive_number(
+                "--procs-per-node", flags.procs_per_node, 1, int),
+            launcher=choice("--launcher", flags.launcher or Launcher.BOOT.value, Launcher),
+            master_port=_port(flags.master_port),
         ),
         push=PushOptions(
             reports_dir=reports_dir,
@@ -272,3 +283,17 @@ def _extra_tags(flagged: Sequence[str], configured: tuple[str, ...]) -> tuple[st
         return tuple(flagged)
     check_templates(configured, source=settings.where("extra_tags"))
     return configured
+
+
+def _nodes(text: str | None) -> int | None:
+    nodes = None if text is None else positive_number("--nodes", text, 1, int)
+    if nodes is not None and nodes > MAX_NODES:
+        raise ConfigError(f"--nodes: {nodes} is more than the {MAX_NODES} workers a verification may have")
+    return nodes
+
+
+def _port(text: str | None) -> int:
+    port = positive_number("--master-port", text, DEFAULT_MASTER_PORT, int)
+    if not 1024 <= port <= 65535:
+        raise ConfigError(f"--master-port: {port} must be a port from 1024 to 65535 (one a user may listen on)")
+    return port

@@ -16,14 +16,66 @@ Checks: torch imports; tensors print; a matrix product on the device; a small au
 steps on the device; on a GPU both are compared with the same computation on the CPU. `--require-gpu` adds
 `cuda-available`, which fails when CUDA is unavailable instead of falling back to the CPU.
 
+In a distributed job (MA_NUM_HOSTS > 1, or RANK and WORLD_SIZE from a launcher), `distributed:` checks follow:
+the backend (gloo on the CPU, NCCL on a GPU), the master (the first host of VC_WORKER_HOSTS) resolving, the
+rendezvous on --master-port (6060), an all_reduce of a known sum, a broadcast and a barrier, each timed. A worker
+that cannot reach the others fails after --rendezvous-timeout seconds (60), naming the host and port. Under the
+plain boot command the script starts the node's other --procs-per-node processes itself; under torchrun (or
+torch.distributed.launch --use_env) every process runs it and local rank 0 prints the result line.
+
+A distributed job (MA_NUM_HOSTS > 1, or WORLD_SIZE > 1 under a launcher) adds the `distributed:` checks after
+those, and the boot command is one of:
+
+    # the plain boot command on every worker: the script is local rank 0 of its node and starts the node's
+    # other processes itself (copies of itself, with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)
+    /home/ma-user/miniconda3/bin/python ${MA_JOB_DIR}/code/pytorch-verification.py \
+        [--procs-per-node P] [--master-port 6060] [--rendezvous-timeout 60]
+
+    # under a launcher, through a shell: every process runs the script, rank and world from the environment
+    /bin/sh -c 'python -m torch.distributed.run --nnodes=$MA_NUM_HOSTS --node_rank=$VC_TASK_INDEX \
+        --nproc_per_node=P --master_addr="${VC_WORKER_HOSTS%%,*}" --master_port=6060 \
+        ${MA_JOB_DIR}/code/pytorch-verification.py'
+    # torch < 1.9: python -m torch.distributed.launch --use_env (same arguments)
+
+ModelArts gives every worker MA_NUM_HOSTS (= VC_WORKER_NUM), VC_TASK_INDEX (0-based), VC_WORKER_HOSTS (the workers'
+names in order, `<job>-worker-0.<job>,...`), MA_CURRENT_IP, MA_CURRENT_INSTANCE_NAME, MA_NUM_GPUS; the master is
+the first host of VC_WORKER_HOSTS, as Huawei's docs derive MASTER_ADDR. With the plain boot command (launcher
+"boot": MA_NUM_HOSTS > 1 and no RANK/WORLD_SIZE in the environment) world size = MA_NUM_HOSTS * P and rank =
+VC_TASK_INDEX * P + local rank; the rendezvous is tcp://<master>:<port>. Under a launcher (RANK, LOCAL_RANK,
+WORLD_SIZE, MASTER_ADDR, MASTER_PORT set; "torchrun" when TORCHELASTIC_RUN_ID or GROUP_RANK is set, else "launch")
+the rendezvous is env:// and --master-port is not used. Only local rank 0 runs the device checks and prints the
+result line; the other processes of a node print their `distributed:` check lines after `[rank R] ` and exit 0/1
+(with the plain boot command local rank 0 relays their lines and fails `distributed:local_ranks` naming any that
+failed).
+
+Options of a distributed job:
+    --master-port PORT           the master's rendezvous port with the plain boot command (default 6060)
+    --procs-per-node P           processes per node (default 1 on the CPU, torch.cuda.device_count() with CUDA)
+    --rendezvous-timeout SECONDS how long a worker waits for the master and the others, and each collective
+                                 (default 60, not torch's 30 minutes)
+
+The checks, each detail ending with its time as `(0.12 s)`: `distributed:available` (torch.distributed and the
+backend: gloo on the CPU, nccl on CUDA), `distributed:master` (the master's name resolves, retried until the
+rendezvous deadline), `distributed:rendezvous` (init_process_group), `distributed:all_reduce` (every rank adds
+rank + 1: the sum is W(W+1)/2), `distributed:broadcast` (rank 0's known values arrive exactly), `distributed:barrier`;
+`distributed:environment` only when the variables above are missing or inconsistent. The bound: resolving the
+master and the rendezvous together end within --rendezvous-timeout seconds, each collective within as many again;
+where torch's own timeout does not hold (a client's connect retries past it, NCCL waits on a dead peer), a watchdog
+thread ends the process a few seconds after the deadline with the step's check failed and the result line
+printed, once. Tensors are on the CPU for gloo, on cuda:<local rank> for NCCL.
+
 Exit status: 0 when every check passed, 1 when one failed, 2 for a usage error.
 """
 
 import argparse
+import datetime
 import json
 import os
 import platform
+import socket
+import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -38,18 +90,39 @@ TOLERANCE = 1e-3  # GPU against CPU, float32 (relative and absolute)
 # libraries, as happens to a conda python started without `conda activate` when its prefix is wrong.
 SHARED_LIBRARY_MODULES = ("ssl", "ctypes", "zlib", "sqlite3", "bz2", "lzma")
 ACTIVATION_VARIABLES = ("CONDA_PREFIX", "CONDA_DEFAULT_ENV", "VIRTUAL_ENV")
+# A distributed job: the master's port when none is given (ModelArts documents none; the community copies of its
+# PyTorch examples use 6060), and how long a worker waits for the others before it fails naming whom it tried
+# (torch's own default is 30 minutes of a billed job doing nothing).
+DEFAULT_MASTER_PORT = 6060
+RENDEZVOUS_TIMEOUT_S = 60
+WATCHDOG_GRACE_S = 3  # after a step's deadline, how long torch has to fail on its own before the watchdog ends it
+RESOLVE_PAUSE_S = 1.0  # between tries to resolve the master's name
+CHILD_MARKER = "MODELARTS_VERIFY_PARENT"  # the parent's pid, in the processes the plain boot command starts
+BROADCAST_VALUES = 16
+OUTPUT_LOCK = threading.Lock()  # one line at a time: the watchdog and the children's relays print too
+
+
+def say(line):
+    """Print one line and flush it (a locale that cannot encode it gets escapes, not an exception)."""
+    with OUTPUT_LOCK:
+        try:
+            sys.stdout.write(line + "\n")
+        except UnicodeEncodeError:
+            encoding = sys.stdout.encoding or "ascii"
+            sys.stdout.write(line.encode(encoding, "backslashreplace").decode(encoding) + "\n")
+        sys.stdout.flush()
 
 
 class Checks:
     """The checks run so far, printed as they finish."""
 
-    def __init__(self):
+    def __init__(self, label=""):
         self.items = []
+        self.label = label  # "[rank 3] " in the processes that print no result line
 
     def add(self, name, ok, detail):
         self.items.append({"name": name, "ok": bool(ok), "detail": str(detail)})
-        print("[{}] {}: {}".format(" ok " if ok else "FAIL", name, detail))
-        sys.stdout.flush()
+        say("{}[{}] {}: {}".format(self.label, " ok " if ok else "FAIL", name, detail))
         return ok
 
     def run(self, name, function):
@@ -216,7 +289,145 @@ def autograd_check(torch, device):
     return True, detail
 
 
-def verify(require_gpu):
+DEFAULT_MASTER_PORT = 6060  # ModelArts documents none; the community copies of its PyTorch examples use 6060
+RENDEZVOUS_TIMEOUT_S = 60  # a worker that cannot reach the others fails after this, not torch's 30 minutes
+CHILD_MARKER = "MODELARTS_VERIFY_CHILD"  # set on the processes the plain boot command starts beside itself
+
+
+def job_shape(procs_per_node):
+    """(nodes, rank, local_rank, world_size, master, launcher) of a distributed job, or None on one node."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by a launcher (or by this script)
+        if os.environ.get(CHILD_MARKER):
+            launcher = "boot"
+        else:
+            launcher = "torchrun" if ("TORCHELASTIC_RUN_ID" in os.environ or "GROUP_RANK" in os.environ) \
+                else "launch"
+        world = int(os.environ["WORLD_SIZE"])
+        nodes = int(os.environ.get("MA_NUM_HOSTS") or 1)
+        return (nodes, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK") or 0), world,
+                os.environ.get("MASTER_ADDR", ""), launcher) if world > 1 else None
+    nodes = int(os.environ.get("MA_NUM_HOSTS") or 1)
+    if nodes <= 1:
+        return None
+    hosts = [host for host in os.environ.get("VC_WORKER_HOSTS", "").split(",") if host]
+    index = int(os.environ.get("VC_TASK_INDEX") or 0)
+    return (nodes, index * procs_per_node, 0, nodes * procs_per_node, hosts[0] if hosts else "", "boot")
+
+
+def timed(function):
+    started = time.time()
+    ok, detail = function()
+    return ok, "{} ({:.2f} s)".format(detail, time.time() - started)
+
+
+def resolve_master(host, deadline):
+    import socket
+
+    error = None
+    started = time.time()
+    while True:
+        try:
+            socket.getaddrinfo(host, None)
+            return True, "{} resolves".format(host)
+        except OSError as failure:
+            error = failure
+        if time.time() >= deadline:
+            return False, "{} does not resolve (tried for {:.0f} s): {}".format(host, time.time() - started, error)
+        time.sleep(0.5)
+
+
+def distributed_checks(torch, checks, device, shape, port, bound):
+    """The distributed group: backend, master, rendezvous, all_reduce, broadcast, barrier, each bounded."""
+    import datetime
+    import threading
+
+    nodes, rank, local_rank, world, master, launcher = shape
+    deadline = time.time() + bound
+    dist = getattr(torch, "distributed", None)
+    gpu = device.type == "cuda"
+    backend = "nccl" if gpu else "gloo"
+    if dist is None or not dist.is_available():
+        checks.add("distributed:available", False, "torch.distributed is not available in this torch build")
+        return
+    has_backend = getattr(dist, "is_nccl_available" if gpu else "is_gloo_available", lambda: True)()
+    if not has_backend:
+        checks.add("distributed:available", False, "this torch has no {} backend".format(backend))
+        return
+    procs = world // max(nodes, 1)
+    checks.add("distributed:available", True, "torch.distributed with {}, {} nodes × {}, launcher {}".format(
+        backend, nodes, procs, launcher))
+    if not checks.run("distributed:master", lambda: resolve_master(master, deadline)):
+        return
+    port = int(os.environ.get("MASTER_PORT") or port)
+    # Past the bound, whatever blocks (a peer that died, a master that never listens) ends the run here.
+    done = threading.Event()
+
+    def watchdog():
+        if not done.wait(max(deadline - time.time(), 0) + bound):
+            checks.add("distributed:rendezvous", False, "no end with {}:{} within {} s (a peer died or never "
+                       "came)".format(master, port, bound))
+            finish(checks)
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    method = "env://" if launcher != "boot" or os.environ.get(CHILD_MARKER) else "tcp://{}:{}".format(master, port)
+
+    def rendezvous():
+        try:
+            dist.init_process_group(backend, init_method=method, rank=rank, world_size=world,
+                                    timeout=datetime.timedelta(seconds=max(deadline - time.time(), 1)))
+        except Exception as error:
+            return False, "could not rendezvous with {}:{} within {} s: {}: {}".format(
+                master, port, bound, type(error).__name__, error)
+        return True, "{}, world size {} ({} nodes × {}), master {}:{}, rank {}".format(
+            backend, world, nodes, procs, master, port, rank)
+
+    if not checks.run("distributed:rendezvous", lambda: timed(rendezvous)):
+        done.set()
+        return
+    where = torch.device("cuda", local_rank) if gpu else torch.device("cpu")
+
+    def all_reduce():
+        value = torch.tensor([float(rank + 1)], device=where)
+        dist.all_reduce(value)
+        expected = world * (world + 1) / 2
+        got = float(value.item())
+        return got == expected, "sum of rank + 1 over {} ranks = {:g} (expected {:g})".format(world, got, expected)
+
+    def broadcast():
+        value = torch.arange(4, dtype=torch.float32, device=where) * 7 if rank == 0 else \
+            torch.zeros(4, device=where)
+        dist.broadcast(value, src=0)
+        got = value.cpu().tolist()
+        return got == [0.0, 7.0, 14.0, 21.0], "from rank 0: {}".format(got)
+
+    def barrier():
+        dist.barrier()
+        return True, "every rank reached it"
+
+    for name, function in (("all_reduce", all_reduce), ("broadcast", broadcast), ("barrier", barrier)):
+        if not checks.run("distributed:" + name, lambda function=function: timed(function)):
+            break
+    done.set()
+    try:
+        dist.destroy_process_group()
+    except Exception:
+        pass
+
+
+def start_children(procs_per_node, shape, port):
+    """The plain boot command's other processes of this node: the same script, as a launcher would start it."""
+    import subprocess
+
+    nodes, rank, _, world, master, _ = shape
+    children = []
+    for local in range(1, procs_per_node):
+        env = dict(os.environ, RANK=str(rank + local), LOCAL_RANK=str(local), WORLD_SIZE=str(world),
+                   MASTER_ADDR=master, MASTER_PORT=str(port), **{CHILD_MARKER: "1"})
+        children.append(subprocess.Popen([sys.executable] + sys.argv, env=env))
+    return children
+
+
+def verify(require_gpu, arguments=None):
     """Run every check; returns the result dictionary (the JSON line)."""
     started = time.time()
     checks = Checks()
@@ -267,6 +478,17 @@ def verify(require_gpu):
             checks.run("tensor", lambda: original_output(torch, device))
             checks.run("matmul", lambda: matmul_check(torch, device))
             checks.run("autograd-sgd", lambda: autograd_check(torch, device))
+        if arguments is not None and device is not None:
+            procs = arguments.procs_per_node or (result["device_count"] if device.type == "cuda" else 1)
+            shape = job_shape(procs)
+            if shape is not None:
+                children = [] if os.environ.get("RANK") else start_children(procs, shape, arguments.master_port)
+                distributed_checks(torch, checks, device, shape, arguments.master_port,
+                                   arguments.rendezvous_timeout)
+                for local, child in enumerate(children, start=1):
+                    code = child.wait()
+                    checks.add("distributed:process-{}".format(local), code == 0,
+                               "local process {} of this node exited with {}".format(local, code))
     result["checks"] = checks.items
     result["ok"] = checks.all_ok
     result["seconds"] = round(time.time() - started, 3)
@@ -277,16 +499,38 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Verify PyTorch inside a ModelArts training image.")
     parser.add_argument("--require-gpu", action="store_true",
                         help="fail when CUDA is unavailable instead of falling back to the CPU")
+    parser.add_argument("--procs-per-node", type=int, default=None,
+                        help="processes per worker of a distributed job (default: 1 on the CPU, the GPU count)")
+    parser.add_argument("--master-port", type=int, default=DEFAULT_MASTER_PORT,
+                        help="the master's rendezvous port (default: %(default)s)")
+    parser.add_argument("--rendezvous-timeout", type=int, default=RENDEZVOUS_TIMEOUT_S,
+                        help="seconds a worker waits for the others (default: %(default)s)")
     arguments = parser.parse_args(argv)
     try:
-        result = verify(arguments.require_gpu)
+        result = verify(arguments.require_gpu, arguments)
     except Exception as error:  # a bug in this script: still end with a result line the tools can read
         traceback.print_exc()
         result = {"schema": SCHEMA, "python": platform.python_version(), "ok": False,
                   "checks": [{"name": "script", "ok": False, "detail": f"{type(error).__name__}: {error}"}]}
+    return finish(None, result)
+
+
+_FINISHED = []
+
+
+def finish(checks, result=None):
+    """Print the result line once (the watchdog may get here first) and end the process."""
+    if _FINISHED:
+        return 0
+    _FINISHED.append(True)
+    if result is None:  # from the watchdog: what ran so far, and a failure
+        result = {"schema": SCHEMA, "python": platform.python_version(), "ok": False, "checks": checks.items}
     sys.stderr.flush()
-    print(RESULT_PREFIX + json.dumps(result, sort_keys=True))
+    if not os.environ.get(CHILD_MARKER) and int(os.environ.get("LOCAL_RANK") or 0) == 0:
+        print(RESULT_PREFIX + json.dumps(result, sort_keys=True))
     sys.stdout.flush()
+    if checks is not None:
+        os._exit(1)
     return 0 if result["ok"] else 1
 
 

@@ -325,6 +325,7 @@ def _to_spec(entry: Mapping[str, Any], stack: Stack) -> ImageSpec:
         wheels=tuple(_artifact(wheel) for wheel in entry.get("wheels", [])),
         stack=stack,
         user=RunUser(**entry["user"]),
+        nodes=int(entry.get("verify", {}).get("nodes", 1)),
     )
 
 

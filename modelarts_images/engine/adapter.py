@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 
 import docker
 import docker.errors
@@ -17,6 +18,7 @@ from modelarts_images.engine.api import (
     ContainerOutput,
     ContainerRun,
     GpuSupport,
+    GroupNetwork,
     ImageConfig,
     ImageSummary,
     Pushed,
@@ -102,6 +104,10 @@ class DockerEngine:
 
     def run(self, spec: ContainerRun) -> ContainerOutput:
         return containers.run_container(self.client, spec)
+
+    def run_group(self, plan: Callable[[GroupNetwork], Sequence[ContainerRun]], *,
+                  network: str) -> tuple[ContainerOutput, ...]:
+        return containers.run_group(self.client, plan, network=network)
 
     def gpu_support(self, image: str | None = None) -> GpuSupport:
         return containers.gpu_support(self.client, image)

@@ -7,10 +7,10 @@ pipeline step that asked turns it into its stage's error (build 4, verify 5, reg
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from modelarts_images.contract import VERIFY_TIMEOUT_S
 from modelarts_images.errors import EngineError
@@ -144,6 +144,9 @@ class ContainerRun:
     gpus: int = 0  # 0: no GPU asked for; N: N GPUs; -1: all the engine has
     hostname: str | None = None
     network: bool = True  # False: no network at all (probes)
+    # On a group's network (Engine.run_group): the names the others reach this container by, and its address.
+    aliases: tuple[str, ...] = ()
+    address: str | None = None
     timeout: float = VERIFY_TIMEOUT_S  # seconds before the container is killed
     # A probe that runs beside the boot command's own run: it gets the CPU only when that run leaves some.
     background: bool = False
@@ -151,6 +154,19 @@ class ContainerRun:
     @property
     def env(self) -> dict[str, str]:
         return dict(self.environment)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupNetwork:
+    """A network of its own for a group of containers that talk to one another (the workers of a distributed
+    job): created for the run, internal (no route out), removed after it."""
+
+    name: str
+    subnet: str  # e.g. 10.213.7.0/24; the containers' addresses are taken from it
+
+    def address(self, index: int) -> str:
+        """The address of the index-th container (from 0): .10, .11, ... of the subnet."""
+        return self.subnet.rsplit(".", 1)[0] + f".{10 + index}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -261,3 +277,15 @@ class Engine(Protocol):
 
     def push(self, repository: str, tag: str, *, auth: RegistryAuth | None, secrets: tuple[str, ...] = (),
              progress: ProgressCallback | None = None) -> Pushed: ...
+
+
+@runtime_checkable
+class GroupEngine(Protocol):
+    """An engine that can also run a group of containers on a network of their own (a distributed run)."""
+
+    def run_group(self, plan: Callable[[GroupNetwork], Sequence[ContainerRun]], *,
+                  network: str) -> tuple[ContainerOutput, ...]:
+        """Create a network of its own named `network` (internal: no route out), run the containers that `plan`
+        gives for it all at once, each to completion; at the first timeout every one still running is killed.
+        Every container and the network are removed whatever happens, Ctrl-C included."""
+        ...

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import docker
+import docker.constants
 import docker.errors
 import docker.types
 import requests
 from docker.models.containers import Container
 
-from modelarts_images.engine.api import ContainerOutput, ContainerRun, GpuSupport
+from modelarts_images.engine.api import ContainerOutput, ContainerRun, GpuSupport, GroupNetwork
 from modelarts_images.engine.images import explanation
 from modelarts_images.errors import EngineError
 
@@ -36,8 +38,9 @@ OUTPUT_LIMIT = 4 << 20  # bytes of stdout and of stderr kept from one container
 BACKGROUND_CPU_SHARES = 2
 
 
-def container_options(spec: ContainerRun) -> dict[str, Any]:
-    """The keyword arguments of `client.containers.create()` for `spec` (pure; the tests read them)."""
+def container_options(spec: ContainerRun, *, network: str | None = None) -> dict[str, Any]:
+    """The keyword arguments of `client.containers.create()` for `spec` (pure; the tests read them), on the
+    group network `network` when given."""
     options: dict[str, Any] = {
         "entrypoint": list(spec.command),
         "user": spec.user,
@@ -55,6 +58,11 @@ def container_options(spec: ContainerRun) -> dict[str, Any]:
         options["hostname"] = spec.hostname
     if not spec.network:
         options["network_mode"] = "none"
+    elif network is not None:
+        options["network"] = network
+        options["networking_config"] = {network: docker.types.EndpointConfig(
+            version=docker.constants.DEFAULT_DOCKER_API_VERSION, aliases=list(spec.aliases),
+            ipv4_address=spec.address)}
     if spec.background:
         options["cpu_shares"] = BACKGROUND_CPU_SHARES
     if spec.gpus:
@@ -121,6 +129,86 @@ def run_container(client: docker.DockerClient, spec: ContainerRun, *, name: str 
                                seconds=time.monotonic() - started, timed_out=timed_out)
     finally:
         remove_container(client, name, container)
+
+
+# Private subnets tried for a group's network, at random, until one is free on the engine.
+_SUBNETS = [f"10.{second}.{third}.0/24" for second in range(200, 216) for third in range(256)]
+_NETWORK_TRIES = 8
+
+
+def create_network(client: docker.DockerClient, name: str) -> GroupNetwork:
+    """An internal bridge network of its own (no route out of it), on a private /24 no other network holds."""
+    for subnet in random.sample(_SUBNETS, _NETWORK_TRIES):
+        pool = docker.types.IPAMPool(subnet=subnet)
+        try:
+            client.networks.create(name, driver="bridge", internal=True, labels={LABEL: "1"},
+                                   ipam=docker.types.IPAMConfig(pool_configs=[pool]))
+        except docker.errors.APIError as error:
+            if "overlap" in explanation(error).lower():
+                continue  # another network holds that subnet: try the next
+            raise EngineError(f"could not create the network {name}: {explanation(error)}") from error
+        return GroupNetwork(name=name, subnet=subnet)
+    raise EngineError(f"could not create the network {name}: {_NETWORK_TRIES} private subnets tried, each "
+                      "already taken by another network of the engine (`docker network ls`)")
+
+
+def remove_network(client: docker.DockerClient, name: str) -> None:
+    try:
+        client.networks.get(name).remove()
+    except docker.errors.NotFound:
+        pass
+    except (docker.errors.APIError, requests.RequestException) as error:
+        log.warning("could not remove network %s: %s (remove it with `docker network rm %s`)", name, error, name)
+
+
+def run_group(client: docker.DockerClient, plan: Callable[[GroupNetwork], Sequence[ContainerRun]], *,
+              network: str) -> tuple[ContainerOutput, ...]:
+    """Every container `plan` gives, started together on a new internal network and run to completion; at the
+    earliest timeout the ones still running are killed. The containers, then the network, are always removed."""
+    created: list[tuple[str, Container | None]] = []
+    group = create_network(client, network)
+    try:
+        specs = list(plan(group))
+        started = time.monotonic()
+        for index, spec in enumerate(specs):
+            name = f"{network}-{index}"
+            created.append((name, None))
+            log.debug("+ run %s as %s on %s (%s): %s", spec.image, spec.user, network, ", ".join(spec.aliases),
+                      list(spec.command))
+            try:
+                container = client.containers.create(spec.image, name=name,
+                                                     **container_options(spec, network=network))
+                created[-1] = (name, container)
+                container.start()
+            except docker.errors.ImageNotFound as error:
+                raise EngineError(f"image {spec.image} is not in the engine: build or pull it first "
+                                  f"({explanation(error)})") from error
+            except docker.errors.APIError as error:
+                raise start_error(error, spec) from error
+        deadline = started + min(spec.timeout for spec in specs)
+        outputs = []
+        for (name, member), spec in zip(created, specs, strict=True):
+            assert member is not None  # every one was created and started, or the loop above raised
+            exit_code: int | None = None
+            timed_out = False
+            try:
+                status = member.wait(timeout=max(deadline - time.monotonic(), 1.0))
+                exit_code = int(status.get("StatusCode", -1))
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as error:
+                if time.monotonic() < deadline - 0.1 * spec.timeout:
+                    raise EngineError(f"lost the Docker Engine while {name} was running: {error}") from error
+                timed_out = True
+                with contextlib.suppress(docker.errors.APIError):
+                    member.kill()
+            outputs.append(ContainerOutput(
+                name=name, exit_code=exit_code, stdout=_text(member.logs(stdout=True, stderr=False)),
+                stderr=_text(member.logs(stdout=False, stderr=True)), seconds=time.monotonic() - started,
+                timed_out=timed_out))
+        return tuple(outputs)
+    finally:
+        for name, left in created:
+            remove_container(client, name, left)
+        remove_network(client, network)
 
 
 def remove_container(client: docker.DockerClient, name: str, container: Container | None = None) -> None:

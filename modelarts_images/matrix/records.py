@@ -78,7 +78,10 @@ _RUN = _object(("device", "command", "exit_code", "timed_out", "seconds", "resul
     "device": {"enum": list(Device.names())}, "ok": _BOOLEAN, "command": _TEXTS, "exit_code": _EXIT_CODE,
     "timed_out": _BOOLEAN, "seconds": _SECONDS, "result": _or_null(_RESULT),
     "checks": {"type": "array", "items": _CHECK}, "output_tail": _TEXTS,
-    "job": _or_null(_JOB)})
+    "job": _or_null(_JOB),
+    "worker": _object(("index", "nodes", "procs_per_node", "launcher"), {
+        "index": {**_COUNT, "maximum": 2**16}, "nodes": {**_COUNT, "maximum": 2**16},
+        "procs_per_node": {**_COUNT, "maximum": 2**16}, "launcher": _TEXT})})
 _IMAGE_REPORT = _object(("id", "reference", "expected", "image_id", "size", "runs", "skipped", "conformance"), {
     "schema": {"type": "integer"}, "platform": _TEXT, "id": _TEXT, "reference": _TEXT, "image_id": _TEXT,
     "size": _COUNT, "ok": _BOOLEAN,

@@ -92,7 +92,9 @@ def device_results(record: CellRecord) -> dict[str, str]:
     report = record.verification
     if report is None:
         return {}
-    results = {run.device.value: ("pass" if run.ok else "FAIL") for run in report.runs}
+    results: dict[str, str] = {}
+    for run in report.runs:  # a distributed run has a run per worker: the device passes when every one does
+        results[run.device.value] = "FAIL" if not run.ok or results.get(run.device.value) == "FAIL" else "pass"
     if any(note.startswith("GPU") for note in report.skipped):
         results.setdefault("gpu", "skipped")
     return results
@@ -188,7 +190,7 @@ def render_markdown(records: Sequence[CellRecord]) -> str:
         report = record.verification
         if report is not None:
             for run in report.runs:
-                lines += ["", f"{run.device.value.upper()} verification ({'pass' if run.ok else 'FAIL'}):", ""]
+                lines += ["", f"{run.label.upper()} verification ({'pass' if run.ok else 'FAIL'}):", ""]
                 lines += [f"- [{check.status}] {check.name}: {check.detail}" for check in run.outcomes]
             lines += [f"- {note}" for note in report.skipped]
             for title, checks in (("ModelArts conformance", report.conformance), ("Stack", report.stack)):

@@ -65,8 +65,11 @@ class MatrixOptions:
     @property
     def steps(self) -> Steps:
         options = self.options
-        return Steps(build=options.build, device=options.verify.device, push=self.push,
-                     extra_tags=options.push.extra_tags if self.push else (), platform=self.on_platform)
+        verify = options.verify
+        return Steps(build=options.build, device=verify.device, push=self.push,
+                     extra_tags=options.push.extra_tags if self.push else (), platform=self.on_platform,
+                     nodes=verify.nodes, distributed=(verify.launcher.value, str(verify.procs_per_node or ""),
+                                                      str(verify.master_port)))
 
 
 def _now() -> str:

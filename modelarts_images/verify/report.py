@@ -68,6 +68,25 @@ class PlatformJob:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Worker:
+    """Which worker of a distributed run a run was, and the run's shape."""
+
+    index: int
+    nodes: int
+    procs_per_node: int
+    launcher: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "nodes": self.nodes, "procs_per_node": self.procs_per_node,
+                "launcher": self.launcher}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Worker:
+        return cls(index=int(data["index"]), nodes=int(data["nodes"]), procs_per_node=int(data["procs_per_node"]),
+                   launcher=str(data["launcher"]))
+
+
+@dataclass(frozen=True, kw_only=True)
 class DeviceRun:
     device: Device
     command: tuple[str, ...]
@@ -78,10 +97,17 @@ class DeviceRun:
     outcomes: tuple[CheckOutcome, ...]
     output_tail: tuple[str, ...]  # the last lines of the output (stdout then stderr), for the report
     job: PlatformJob | None = None  # the training job it ran as on ModelArts; None: a local container
+    worker: Worker | None = None  # the worker of a distributed run it was; None: a single-node run
 
     @property
     def ok(self) -> bool:
         return not any(outcome.blocking for outcome in self.outcomes)
+
+    @property
+    def label(self) -> str:
+        """'cpu', or 'cpu worker 1/2' for a worker of a distributed run (counted from 0, as VC_TASK_INDEX)."""
+        worker = self.worker
+        return str(self.device) if worker is None else f"{self.device} worker {worker.index}/{worker.nodes}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,6 +121,7 @@ class DeviceRun:
             "checks": [outcome.to_json() for outcome in self.outcomes],
             "output_tail": list(self.output_tail),
             **({"job": self.job.to_json()} if self.job is not None else {}),
+            **({"worker": self.worker.to_json()} if self.worker is not None else {}),
         }
 
     @classmethod
@@ -104,7 +131,8 @@ class DeviceRun:
                    result=None if data["result"] is None else VerificationResult.from_json(data["result"]),
                    outcomes=tuple(CheckOutcome.from_json(item) for item in data["checks"]),
                    output_tail=tuple(data["output_tail"]),
-                   job=PlatformJob.from_json(data["job"]) if data.get("job") else None)
+                   job=PlatformJob.from_json(data["job"]) if data.get("job") else None,
+                   worker=Worker.from_json(data["worker"]) if data.get("worker") else None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,7 +149,7 @@ class ImageReport:
     platform: str = "local"  # where the runs were: local containers, or "modelarts" training jobs
 
     def outcomes(self) -> list[tuple[str, CheckOutcome]]:
-        pairs = [(str(run.device), outcome) for run in self.runs for outcome in run.outcomes]
+        pairs = [(run.label, outcome) for run in self.runs for outcome in run.outcomes]
         return (pairs + [("conformance", outcome) for outcome in self.conformance]
                 + [("stack", outcome) for outcome in self.stack])
 
@@ -186,7 +214,7 @@ def format_report(report: ImageReport) -> str:
             result = run.result
             facts = (f" python {result.python}, torch {result.torch}, CUDA {result.torch_cuda}, "
                      f"device {result.device}, uid {result.uid} gid {result.gid}")
-        lines.append(f"  {run.device.value.upper()} run ({run.seconds:.1f} s, exit {run.exit_code}):{facts}")
+        lines.append(f"  {run.label.upper()} run ({run.seconds:.1f} s, exit {run.exit_code}):{facts}")
         lines += [f"    {outcome.line()}" for outcome in run.outcomes]
         if run.output_tail and not run.ok:
             lines.append("    output (last lines):")

@@ -3,21 +3,26 @@ rules checked on the image; everything lands in the report, a failed check inclu
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
-from modelarts_images.engine.api import Engine, ImageConfig
+from modelarts_images.contract import RENDEZVOUS_TIMEOUT_S
+from modelarts_images.engine.api import ContainerRun, Engine, GroupEngine, GroupNetwork, ImageConfig
 from modelarts_images.errors import EngineError, VerifyError
 from modelarts_images.model import ImageSpec
 from modelarts_images.options import Device, VerifyOptions
 from modelarts_images.verify import conformance
 from modelarts_images.verify.checks import CheckOutcome
-from modelarts_images.verify.report import DeviceRun, Expected, ImageReport
+from modelarts_images.verify.distributed import Topology, worker_runs
+from modelarts_images.verify.report import DeviceRun, Expected, ImageReport, Worker
 from modelarts_images.verify.result import VerificationResult, check_against, parse_result
 from modelarts_images.verify.runs import run_spec
 from modelarts_images.verify.stack import check_stack
 
 LOG_TAIL = 40  # lines of a run's output kept in the report
+JOB_PREFIX = "modelarts-verify-"  # a distributed run's job name: its network and its workers' names
 
 
 def _run_device(engine: Engine, image: ImageSpec, reference: str, device: Device, options: VerifyOptions,
@@ -34,6 +39,41 @@ def _run_device(engine: Engine, image: ImageSpec, reference: str, device: Device
                      timed_out=output.timed_out, seconds=output.seconds,
                      shown=output.stdout.rstrip("\n") + "\n" + output.stderr,
                      timeout_detail=f"timed out after {output.seconds:.0f} s; the container was killed")
+
+
+def _run_workers(engine: Engine, image: ImageSpec, reference: str, device: Device, options: VerifyOptions,
+                 gpus: int, nodes: int) -> tuple[DeviceRun, ...]:
+    """The workers of a distributed run, each judged as a run of its own; a failed start fails every worker."""
+    topology = Topology(nodes=nodes, procs_per_node=options.procs_per_node or (gpus if device is Device.GPU else 1),
+                        launcher=options.launcher, master_port=options.master_port, timeout=options.timeout,
+                        rendezvous_timeout=RENDEZVOUS_TIMEOUT_S)
+    job = f"{JOB_PREFIX}{uuid.uuid4().hex[:8]}"
+    planned: list[ContainerRun] = []
+
+    def plan(network: GroupNetwork) -> Sequence[ContainerRun]:
+        planned.extend(worker_runs(reference, network, job=job, device=device, topology=topology, user=image.user,
+                                   script_dir=options.script_dir))
+        return planned
+
+    def worker(index: int) -> Worker:
+        return Worker(index=index, nodes=nodes, procs_per_node=topology.procs_per_node,
+                      launcher=topology.launcher.value)
+
+    try:
+        if not isinstance(engine, GroupEngine):
+            raise EngineError(f"{engine.endpoint} cannot run a group of containers on a network of their own")
+        outputs = engine.run_group(plan, network=job)
+    except EngineError as error:
+        command = planned[0].command if planned else ()
+        return tuple(DeviceRun(device=device, command=command, exit_code=None, timed_out=False, seconds=0.0,
+                               result=None, outcomes=(CheckOutcome(name="run", ok=False, detail=str(error)),),
+                               output_tail=(), worker=worker(index)) for index in range(nodes))
+    return tuple(replace(judge_run(image, device, command=spec.command, log=output.stdout, exit_code=output.exit_code,
+                                   timed_out=output.timed_out, seconds=output.seconds,
+                                   shown=output.stdout.rstrip("\n") + "\n" + output.stderr,
+                                   timeout_detail=f"timed out after {output.seconds:.0f} s; every worker's "
+                                                  "container was killed"), worker=worker(index))
+                 for index, (spec, output) in enumerate(zip(planned, outputs, strict=True)))
 
 
 def judge_run(image: ImageSpec, device: Device, *, command: tuple[str, ...], log: str, exit_code: int | None,
@@ -90,12 +130,16 @@ def verify_image(engine: Engine, image: ImageSpec, *, options: VerifyOptions, re
     # nothing but the image: they all start at once. How the boot command's python started is judged on what the
     # device runs reported.
     with ThreadPoolExecutor(max_workers=len(devices) + 2) as pool:
-        running = [pool.submit(_run_device, engine, image, reference, device, options, gpus) for device in devices]
+        nodes = options.nodes or image.nodes
+        running = [pool.submit(_run_workers, engine, image, reference, device, options, gpus, nodes) if nodes > 1
+                   else pool.submit(lambda device: (_run_device(engine, image, reference, device, options, gpus),),
+                                    device)
+                   for device in devices]
         gathering = pool.submit(conformance.gather, engine, config, base_image=base_image_of(config, image),
                                 timeout=options.timeout, user=image.user) if check_conformance else None
         stacking = pool.submit(check_stack, engine, image, reference, timeout=options.timeout) \
             if check_conformance else None
-    runs = tuple(future.result() for future in running)
+    runs = tuple(run for future in running for run in future.result())
     checks: tuple[CheckOutcome, ...] = ()
     if gathering is not None:
         checks = tuple(conformance.evaluate(gathering.result(), boot=_boot_of(runs, image),

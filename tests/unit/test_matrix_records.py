@@ -32,7 +32,7 @@ from modelarts_images.matrix.state import STATE_FILE, State
 from modelarts_images.options import Device
 from modelarts_images.shared.files import read_bounded
 from modelarts_images.verify.checks import CheckOutcome
-from modelarts_images.verify.report import DeviceRun, Expected, ImageReport, PlatformJob
+from modelarts_images.verify.report import DeviceRun, Expected, ImageReport, PlatformJob, Worker
 from modelarts_images.verify.result import VerificationResult
 from tests.conftest import ROOT
 from tests.support.matrix_harness import spec
@@ -166,7 +166,8 @@ def full_record(cell_id: str = "a") -> CellRecord:
     def image_report(*, on_platform: bool) -> ImageReport:
         run = DeviceRun(device=Device.CPU, command=("python", "pytorch-verification.py"), exit_code=0,
                         timed_out=False, seconds=12.5, result=result, outcomes=(check,), output_tail=("done",),
-                        job=job if on_platform else None)
+                        job=job if on_platform else None,
+                        worker=Worker(index=0, nodes=2, procs_per_node=1, launcher="boot"))
         return ImageReport(id=cell_id, reference=f"r/o/p:{cell_id}",
                            expected=Expected(python="3.11", cuda="cpu", variant="cpu",
                                              packages=(("torch", "2.13.0"),)),

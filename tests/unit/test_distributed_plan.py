@@ -1,0 +1,70 @@
+"""A distributed verification's plan: each worker's container, its variables as ModelArts sets them, the
+launcher's command line, and the limits of the flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelarts_images.contract import RunUser
+from modelarts_images.declared import Launcher
+from modelarts_images.engine.api import GroupNetwork
+from modelarts_images.engine.containers import container_options
+from modelarts_images.errors import ConfigError
+from modelarts_images.options import Device, Flags, resolve
+from modelarts_images.verify.distributed import Topology, worker_names, worker_runs
+
+USER = RunUser()
+NETWORK = GroupNetwork(name="job-x", subnet="10.213.7.0/24")
+
+
+def topology(nodes: int = 3, launcher: Launcher = Launcher.BOOT) -> Topology:
+    return Topology(nodes=nodes, procs_per_node=1, launcher=launcher, master_port=6060, timeout=30,
+                    rendezvous_timeout=60)
+
+
+def test_each_worker_gets_modelarts_variables_and_a_name_that_resolves(tmp_path: Path) -> None:
+    runs = worker_runs("img:1", NETWORK, job="job-x", device=Device.CPU, topology=topology(), user=USER,
+                       script_dir=tmp_path)
+    names = worker_names("job-x", 3)
+    assert names == ("job-x-worker-0.job-x", "job-x-worker-1.job-x", "job-x-worker-2.job-x")
+    for index, run in enumerate(runs):
+        env = run.env
+        assert (env["MA_NUM_HOSTS"], env["VC_WORKER_NUM"], env["VC_TASK_INDEX"]) == ("3", "3", str(index))
+        assert env["VC_WORKER_HOSTS"] == ",".join(names) and env["MA_TASK_NAME"] == "worker"
+        assert env["MA_CURRENT_IP"] == f"10.213.7.{10 + index}" == run.address
+        assert env["MA_CURRENT_INSTANCE_NAME"] == f"job-x-worker-{index}" and env["MA_NUM_GPUS"] == "0"
+        assert env["MA_JOB_DIR"] == USER.job_dir  # everything the single-node run sets, too
+        assert run.aliases == (names[index], f"job-x-worker-{index}")
+        options = container_options(run, network="job-x")
+        assert options["network"] == "job-x" and "network_mode" not in options
+        assert options["networking_config"]["job-x"]["IPAMConfig"]["IPv4Address"] == run.address
+    assert runs[0].command == (USER.boot_python, f"{USER.code_dir}/pytorch-verification.py", "--procs-per-node",
+                               "1", "--master-port", "6060", "--rendezvous-timeout", "60")
+
+
+def test_torchrun_goes_through_a_shell_and_falls_back_to_launch(tmp_path: Path) -> None:
+    (run, *_) = worker_runs("img:1", NETWORK, job="job-x", device=Device.CPU,
+                            topology=topology(2, Launcher.TORCHRUN), user=USER, script_dir=tmp_path)
+    shell, flag, line = run.command
+    assert (shell, flag) == ("/bin/sh", "-c")
+    assert "-m torch.distributed.run --nnodes=$MA_NUM_HOSTS --node_rank=$VC_TASK_INDEX --nproc_per_node=1 " \
+           "--master_addr=\"${VC_WORKER_HOSTS%%,*}\" --master_port=6060" in line
+    assert "torch.distributed.launch --use_env" in line and "does not exist in this torch (< 1.9)" in line
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (Flags(nodes="17"), "--nodes: 17 is more than the 16 workers"),
+    (Flags(nodes="0"), "--nodes: must be above 0"),
+    (Flags(master_port="80"), "--master-port: 80 must be a port from 1024 to 65535"),
+    (Flags(launcher="mpirun"), "--launcher: 'mpirun' is not one of boot, torchrun"),
+])
+def test_bad_flags_are_named(flags: Flags, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        resolve(None, flags, root=tmp_path)
+
+
+def test_a_single_worker_is_not_a_distributed_topology() -> None:
+    with pytest.raises(ConfigError, match="1 is the single-node run"):
+        topology(1)
