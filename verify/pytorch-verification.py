@@ -68,6 +68,7 @@ Exit status: 0 when every check passed, 1 when one failed, 2 for a usage error.
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -317,28 +318,26 @@ def job_shape(procs_per_node):
 def timed(function):
     started = time.time()
     ok, detail = function()
-    return ok, "{} ({:.2f} s)".format(detail, time.time() - started)
+    return ok, f"{detail} ({time.time() - started:.2f} s)"
 
 
 def resolve_master(host, deadline):
-    import socket
 
     error = None
     started = time.time()
     while True:
         try:
             socket.getaddrinfo(host, None)
-            return True, "{} resolves".format(host)
+            return True, f"{host} resolves"
         except OSError as failure:
             error = failure
         if time.time() >= deadline:
-            return False, "{} does not resolve (tried for {:.0f} s): {}".format(host, time.time() - started, error)
+            return False, f"{host} does not resolve (tried for {time.time() - started:.0f} s): {error}"
         time.sleep(0.5)
 
 
 def distributed_checks(torch, checks, device, shape, port, bound):
     """The distributed group: backend, master, rendezvous, all_reduce, broadcast, barrier, each bounded."""
-    import datetime
     import threading
 
     nodes, rank, local_rank, world, master, launcher = shape
@@ -351,11 +350,11 @@ def distributed_checks(torch, checks, device, shape, port, bound):
         return
     has_backend = getattr(dist, "is_nccl_available" if gpu else "is_gloo_available", lambda: True)()
     if not has_backend:
-        checks.add("distributed:available", False, "this torch has no {} backend".format(backend))
+        checks.add("distributed:available", False, f"this torch has no {backend} backend")
         return
     procs = world // max(nodes, 1)
-    checks.add("distributed:available", True, "torch.distributed with {}, {} nodes × {}, launcher {}".format(
-        backend, nodes, procs, launcher))
+    checks.add("distributed:available", True,
+               f"torch.distributed with {backend}, {nodes} nodes × {procs}, launcher {launcher}")
     if not checks.run("distributed:master", lambda: resolve_master(master, deadline)):
         return
     port = int(os.environ.get("MASTER_PORT") or port)
@@ -364,22 +363,20 @@ def distributed_checks(torch, checks, device, shape, port, bound):
 
     def watchdog():
         if not done.wait(max(deadline - time.time(), 0) + bound):
-            checks.add("distributed:rendezvous", False, "no end with {}:{} within {} s (a peer died or never "
-                       "came)".format(master, port, bound))
+            checks.add("distributed:rendezvous", False,
+                       f"no end with {master}:{port} within {bound} s (a peer died or never came)")
             finish(checks)
 
     threading.Thread(target=watchdog, daemon=True).start()
-    method = "env://" if launcher != "boot" or os.environ.get(CHILD_MARKER) else "tcp://{}:{}".format(master, port)
+    method = "env://" if launcher != "boot" or os.environ.get(CHILD_MARKER) else f"tcp://{master}:{port}"
 
     def rendezvous():
         try:
             dist.init_process_group(backend, init_method=method, rank=rank, world_size=world,
                                     timeout=datetime.timedelta(seconds=max(deadline - time.time(), 1)))
         except Exception as error:
-            return False, "could not rendezvous with {}:{} within {} s: {}: {}".format(
-                master, port, bound, type(error).__name__, error)
-        return True, "{}, world size {} ({} nodes × {}), master {}:{}, rank {}".format(
-            backend, world, nodes, procs, master, port, rank)
+            return False, f"could not rendezvous with {master}:{port} within {bound} s: {type(error).__name__}: {error}"
+        return True, f"{backend}, world size {world} ({nodes} nodes × {procs}), master {master}:{port}, rank {rank}"
 
     if not checks.run("distributed:rendezvous", lambda: timed(rendezvous)):
         done.set()
@@ -391,14 +388,14 @@ def distributed_checks(torch, checks, device, shape, port, bound):
         dist.all_reduce(value)
         expected = world * (world + 1) / 2
         got = float(value.item())
-        return got == expected, "sum of rank + 1 over {} ranks = {:g} (expected {:g})".format(world, got, expected)
+        return got == expected, f"sum of rank + 1 over {world} ranks = {got:g} (expected {expected:g})"
 
     def broadcast():
         value = torch.arange(4, dtype=torch.float32, device=where) * 7 if rank == 0 else \
             torch.zeros(4, device=where)
         dist.broadcast(value, src=0)
         got = value.cpu().tolist()
-        return got == [0.0, 7.0, 14.0, 21.0], "from rank 0: {}".format(got)
+        return got == [0.0, 7.0, 14.0, 21.0], f"from rank 0: {got}"
 
     def barrier():
         dist.barrier()
@@ -408,22 +405,19 @@ def distributed_checks(torch, checks, device, shape, port, bound):
         if not checks.run("distributed:" + name, lambda function=function: timed(function)):
             break
     done.set()
-    try:
+    with contextlib.suppress(Exception):
         dist.destroy_process_group()
-    except Exception:
-        pass
 
 
 def start_children(procs_per_node, shape, port):
     """The plain boot command's other processes of this node: the same script, as a launcher would start it."""
-    import subprocess
 
-    nodes, rank, _, world, master, _ = shape
+    _nodes, rank, _, world, master, _ = shape
     children = []
     for local in range(1, procs_per_node):
         env = dict(os.environ, RANK=str(rank + local), LOCAL_RANK=str(local), WORLD_SIZE=str(world),
                    MASTER_ADDR=master, MASTER_PORT=str(port), **{CHILD_MARKER: "1"})
-        children.append(subprocess.Popen([sys.executable] + sys.argv, env=env))
+        children.append(subprocess.Popen([sys.executable, *sys.argv], env=env))
     return children
 
 
@@ -487,8 +481,8 @@ def verify(require_gpu, arguments=None):
                                    arguments.rendezvous_timeout)
                 for local, child in enumerate(children, start=1):
                     code = child.wait()
-                    checks.add("distributed:process-{}".format(local), code == 0,
-                               "local process {} of this node exited with {}".format(local, code))
+                    checks.add(f"distributed:process-{local}", code == 0,
+                               f"local process {local} of this node exited with {code}")
     result["checks"] = checks.items
     result["ok"] = checks.all_ok
     result["seconds"] = round(time.time() - started, 3)
