@@ -41,9 +41,6 @@ class Topology:
         if self.procs_per_node < 1:
             raise ConfigError(f"--procs-per-node: {self.procs_per_node} must be 1 or more")
 
-    def shown(self, backend: str) -> str:
-        return f"{self.nodes} nodes × {self.procs_per_node}, {backend}"
-
 
 def worker_names(job: str, nodes: int) -> tuple[str, ...]:
     """The workers' names in ModelArts' pattern: `<job>-worker-<k>.<job>`."""

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from modelarts_images.contract import RENDEZVOUS_TIMEOUT_S
-from modelarts_images.engine.api import ContainerRun, Engine, GroupEngine, GroupNetwork, ImageConfig
+from modelarts_images.engine.api import ContainerOutput, ContainerRun, Engine, GroupEngine, GroupNetwork, ImageConfig
 from modelarts_images.errors import EngineError, VerifyError
 from modelarts_images.model import ImageSpec
 from modelarts_images.options import Device, VerifyOptions
@@ -25,20 +25,31 @@ LOG_TAIL = 40  # lines of a run's output kept in the report
 JOB_PREFIX = "modelarts-verify-"  # a distributed run's job name: its network and its workers' names
 
 
+def _not_started(device: Device, command: tuple[str, ...], error: EngineError,
+                 worker: Worker | None = None) -> DeviceRun:
+    """A run whose container did not start (no GPU runtime, ...): failed, saying why."""
+    return DeviceRun(device=device, command=command, exit_code=None, timed_out=False, seconds=0.0, result=None,
+                     outcomes=(CheckOutcome(name="run", ok=False, detail=str(error)),), output_tail=(), worker=worker)
+
+
+def _judged(image: ImageSpec, device: Device, spec: ContainerRun, output: ContainerOutput, *,
+            killed: str) -> DeviceRun:
+    """A local container's run judged on its output; `killed`: what a timeout killed."""
+    return judge_run(image, device, command=spec.command, log=output.stdout, exit_code=output.exit_code,
+                     timed_out=output.timed_out, seconds=output.seconds,
+                     shown=output.stdout.rstrip("\n") + "\n" + output.stderr,
+                     timeout_detail=f"timed out after {output.seconds:.0f} s; {killed} was killed")
+
+
 def _run_device(engine: Engine, image: ImageSpec, reference: str, device: Device, options: VerifyOptions,
                 gpus: int) -> DeviceRun:
     spec = run_spec(reference, device=device, script_dir=options.script_dir, gpus=gpus, timeout=options.timeout,
                     user=image.user)
     try:
         output = engine.run(spec)
-    except EngineError as error:  # the container did not start: no GPU runtime, ...
-        return DeviceRun(device=device, command=spec.command, exit_code=None, timed_out=False, seconds=0.0,
-                         result=None, outcomes=(CheckOutcome(name="run", ok=False, detail=str(error)),),
-                         output_tail=())
-    return judge_run(image, device, command=spec.command, log=output.stdout, exit_code=output.exit_code,
-                     timed_out=output.timed_out, seconds=output.seconds,
-                     shown=output.stdout.rstrip("\n") + "\n" + output.stderr,
-                     timeout_detail=f"timed out after {output.seconds:.0f} s; the container was killed")
+    except EngineError as error:
+        return _not_started(device, spec.command, error)
+    return _judged(image, device, spec, output, killed="the container")
 
 
 def _run_workers(engine: Engine, image: ImageSpec, reference: str, device: Device, options: VerifyOptions,
@@ -65,14 +76,9 @@ def _run_workers(engine: Engine, image: ImageSpec, reference: str, device: Devic
         outputs = engine.run_group(plan, network=job)
     except EngineError as error:
         command = planned[0].command if planned else ()
-        return tuple(DeviceRun(device=device, command=command, exit_code=None, timed_out=False, seconds=0.0,
-                               result=None, outcomes=(CheckOutcome(name="run", ok=False, detail=str(error)),),
-                               output_tail=(), worker=worker(index)) for index in range(nodes))
-    return tuple(replace(judge_run(image, device, command=spec.command, log=output.stdout, exit_code=output.exit_code,
-                                   timed_out=output.timed_out, seconds=output.seconds,
-                                   shown=output.stdout.rstrip("\n") + "\n" + output.stderr,
-                                   timeout_detail=f"timed out after {output.seconds:.0f} s; every worker's "
-                                                  "container was killed"), worker=worker(index))
+        return tuple(_not_started(device, command, error, worker(index)) for index in range(nodes))
+    return tuple(replace(_judged(image, device, spec, output, killed="every worker's container"),
+                         worker=worker(index))
                  for index, (spec, output) in enumerate(zip(planned, outputs, strict=True)))
 
 
