@@ -16,13 +16,6 @@ Checks: torch imports; tensors print; a matrix product on the device; a small au
 steps on the device; on a GPU both are compared with the same computation on the CPU. `--require-gpu` adds
 `cuda-available`, which fails when CUDA is unavailable instead of falling back to the CPU.
 
-In a distributed job (MA_NUM_HOSTS > 1, or RANK and WORLD_SIZE from a launcher), `distributed:` checks follow:
-the backend (gloo on the CPU, NCCL on a GPU), the master (the first host of VC_WORKER_HOSTS) resolving, the
-rendezvous on --master-port (6060), an all_reduce of a known sum, a broadcast and a barrier, each timed. A worker
-that cannot reach the others fails after --rendezvous-timeout seconds (60), naming the host and port. Under the
-plain boot command the script starts the node's other --procs-per-node processes itself; under torchrun (or
-torch.distributed.launch --use_env) every process runs it and local rank 0 prints the result line.
-
 A distributed job (MA_NUM_HOSTS > 1, or WORLD_SIZE > 1 under a launcher) adds the `distributed:` checks after
 those, and the boot command is one of:
 
@@ -35,7 +28,8 @@ those, and the boot command is one of:
     /bin/sh -c 'python -m torch.distributed.run --nnodes=$MA_NUM_HOSTS --node_rank=$VC_TASK_INDEX \
         --nproc_per_node=P --master_addr="${VC_WORKER_HOSTS%%,*}" --master_port=6060 \
         ${MA_JOB_DIR}/code/pytorch-verification.py'
-    # torch < 1.9: python -m torch.distributed.launch --use_env (same arguments)
+    # torch < 1.9: python -m torch.distributed.launch --use_env (same arguments; without --use_env the script
+    # takes the local rank from its --local_rank argument)
 
 ModelArts gives every worker MA_NUM_HOSTS (= VC_WORKER_NUM), VC_TASK_INDEX (0-based), VC_WORKER_HOSTS (the workers'
 names in order, `<job>-worker-0.<job>,...`), MA_CURRENT_IP, MA_CURRENT_INSTANCE_NAME, MA_NUM_GPUS; the master is
@@ -48,21 +42,34 @@ result line; the other processes of a node print their `distributed:` check line
 (with the plain boot command local rank 0 relays their lines and fails `distributed:local_ranks` naming any that
 failed).
 
-Options of a distributed job:
-    --master-port PORT           the master's rendezvous port with the plain boot command (default 6060)
-    --procs-per-node P           processes per node (default 1 on the CPU, torch.cuda.device_count() with CUDA)
+Options of a distributed job (a single-node run ignores them):
+    --master-port PORT           the master's rendezvous port with the plain boot command (default 6060,
+                                 DEFAULT_MASTER_PORT; under a launcher MASTER_PORT)
+    --procs-per-node P           processes per node with the plain boot command (default 1 on the CPU,
+                                 torch.cuda.device_count() with CUDA; under a launcher LOCAL_WORLD_SIZE when set)
     --rendezvous-timeout SECONDS how long a worker waits for the master and the others, and each collective
-                                 (default 60, not torch's 30 minutes)
+                                 (default 60, RENDEZVOUS_TIMEOUT_S, not torch's 30 minutes)
 
-The checks, each detail ending with its time as `(0.12 s)`: `distributed:available` (torch.distributed and the
-backend: gloo on the CPU, nccl on CUDA), `distributed:master` (the master's name resolves, retried until the
-rendezvous deadline), `distributed:rendezvous` (init_process_group), `distributed:all_reduce` (every rank adds
-rank + 1: the sum is W(W+1)/2), `distributed:broadcast` (rank 0's known values arrive exactly), `distributed:barrier`;
-`distributed:environment` only when the variables above are missing or inconsistent. The bound: resolving the
-master and the rendezvous together end within --rendezvous-timeout seconds, each collective within as many again;
-where torch's own timeout does not hold (a client's connect retries past it, NCCL waits on a dead peer), a watchdog
-thread ends the process a few seconds after the deadline with the step's check failed and the result line
-printed, once. Tensors are on the CPU for gloo, on cuda:<local rank> for NCCL.
+The distributed checks, in order, each detail ending with its time as `(0.12 s)`; after a failure the rest are
+not run, but for the collectives' wrong values:
+- `distributed:available`: torch.distributed and the backend (gloo on the CPU, nccl on CUDA); the launcher, the
+  rank and the world;
+- `distributed:environment`, only when it fails: a variable above missing or inconsistent;
+- `distributed:master`: the master's name resolves (retried until the rendezvous deadline);
+- `distributed:rendezvous`: init_process_group with the backend, the master host:port, the world as
+  "N nodes × P = W ranks"; a rank other than 0 first waits for the master's port to accept a connection;
+- `distributed:all_reduce`: every rank adds rank + 1, the sum must be W(W+1)/2;
+- `distributed:broadcast`: rank 0's known values (arange) arrive exactly on every rank;
+- `distributed:barrier` (a wrong value above fails its check and the next collectives still run, since the other
+  ranks wait for them; an error of a collective itself ends them);
+- `distributed:local_ranks` (plain boot command, P > 1, local rank 0 only): the node's other processes passed.
+Tensors are on the CPU for gloo, on cuda:<local rank> for NCCL; then destroy_process_group.
+
+The bound: resolving the master and the rendezvous end within --rendezvous-timeout seconds of the start of the
+distributed checks, and each collective within as many again (torch's timeout is set to it). Where torch's own
+timeout does not hold (a client's connect retries past it, NCCL may wait on a dead peer for ever), a watchdog
+thread ends the process WATCHDOG_GRACE_S (3) seconds after the deadline: the step's check fails naming what it
+waited for, the result line is printed (once: by the watchdog or at the end, never both) and the exit status is 1.
 
 Exit status: 0 when every check passed, 1 when one failed, 2 for a usage error.
 """
@@ -290,141 +297,474 @@ def autograd_check(torch, device):
     return True, detail
 
 
-DEFAULT_MASTER_PORT = 6060  # ModelArts documents none; the community copies of its PyTorch examples use 6060
-RENDEZVOUS_TIMEOUT_S = 60  # a worker that cannot reach the others fails after this, not torch's 30 minutes
-CHILD_MARKER = "MODELARTS_VERIFY_CHILD"  # set on the processes the plain boot command starts beside itself
+# --------------------------------------------------------------------------------------------------------------
+# A distributed job
 
 
-def job_shape(procs_per_node):
-    """(nodes, rank, local_rank, world_size, master, launcher) of a distributed job, or None on one node."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by a launcher (or by this script)
-        if os.environ.get(CHILD_MARKER):
-            launcher = "boot"
-        else:
-            launcher = "torchrun" if ("TORCHELASTIC_RUN_ID" in os.environ or "GROUP_RANK" in os.environ) \
-                else "launch"
-        world = int(os.environ["WORLD_SIZE"])
-        nodes = int(os.environ.get("MA_NUM_HOSTS") or 1)
-        return (nodes, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK") or 0), world,
-                os.environ.get("MASTER_ADDR", ""), launcher) if world > 1 else None
-    nodes = int(os.environ.get("MA_NUM_HOSTS") or 1)
-    if nodes <= 1:
+def integer_variable(environ, name):
+    """The variable as an integer, None when it is unset or not one."""
+    try:
+        return int(environ.get(name, "").strip())
+    except ValueError:
         return None
-    hosts = [host for host in os.environ.get("VC_WORKER_HOSTS", "").split(",") if host]
-    index = int(os.environ.get("VC_TASK_INDEX") or 0)
-    return (nodes, index * procs_per_node, 0, nodes * procs_per_node, hosts[0] if hosts else "", "boot")
 
 
-def timed(function):
-    started = time.time()
-    ok, detail = function()
-    return ok, f"{detail} ({time.time() - started:.2f} s)"
+def is_distributed(environ):
+    """A job of several workers (MA_NUM_HOSTS > 1), or several processes under a launcher (WORLD_SIZE > 1)."""
+    return (integer_variable(environ, "MA_NUM_HOSTS") or 1) > 1 or (integer_variable(environ, "WORLD_SIZE") or 1) > 1
 
 
-def resolve_master(host, deadline):
+def launched(environ):
+    """Under a launcher (or a child of the plain boot command): the process's rank is in the environment."""
+    return "RANK" in environ and "WORLD_SIZE" in environ
 
-    error = None
+
+def early_local_rank(environ, arguments):
+    """This process's local rank from the environment alone (before torch imports): 0 outside a launcher."""
+    if not launched(environ):
+        return 0
+    rank = integer_variable(environ, "LOCAL_RANK")
+    if rank is None:
+        rank = arguments.local_rank  # torch.distributed.launch without --use_env
+    return rank or 0
+
+
+def seconds_text(seconds):
+    return f"{seconds:g}"
+
+
+def timed(detail, seconds):
+    """A check's detail with its time last, as `(0.12 s)`."""
+    return f"{detail} ({seconds:.2f} s)"
+
+
+def error_text(error, limit=400):
+    """An exception in one line: its type and the first line of its message (torch's carry C++ frames)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    message = lines[0] if lines else ""
+    if len(message) > limit:
+        message = message[:limit] + "..."
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def url_host(host):
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+class Plan:
+    """Where this process stands in the job: its launcher, rank, the world, the master."""
+
+    def __init__(self):
+        self.launcher = "boot"  # boot, torchrun or launch
+        self.child = False  # started by the plain boot command of its node
+        self.rank = 0
+        self.local_rank = 0
+        self.world_size = 1
+        self.nodes = 1
+        self.procs_per_node = 1
+        self.master = None
+        self.master_source = None  # where the master's name came from
+        self.port = None
+        self.problems = []  # what is missing or inconsistent: a failed distributed:environment
+
+    @property
+    def spawns(self):
+        """Local rank 0 of the plain boot command starts the node's other processes."""
+        return self.launcher == "boot" and not self.child and self.procs_per_node > 1
+
+    @property
+    def init_method(self):
+        if self.launcher == "boot":
+            return f"tcp://{url_host(self.master)}:{self.port}"
+        return "env://"
+
+    @property
+    def shape(self):
+        """The world as "N nodes × P" (and its size)."""
+        if self.nodes * self.procs_per_node == self.world_size:
+            nodes = "1 node" if self.nodes == 1 else f"{self.nodes} nodes"
+            return f"{nodes} × {self.procs_per_node} = {self.world_size} ranks"
+        return f"{self.world_size} ranks"
+
+    @property
+    def where(self):
+        return f"{self.master}:{self.port}"
+
+
+def distributed_plan(environ, arguments, cuda):
+    """The plan of this process from the variables ModelArts (or a launcher) set; cuda: the CUDA device count
+    when the work runs on CUDA, else None."""
+    plan = Plan()
+    default_procs = arguments.procs_per_node or (cuda if cuda else 1)
+    if launched(environ):
+        plan.child = bool(environ.get(CHILD_MARKER))
+        if plan.child:
+            plan.launcher = "boot"
+        elif environ.get("TORCHELASTIC_RUN_ID") or environ.get("GROUP_RANK"):
+            plan.launcher = "torchrun"
+        else:
+            plan.launcher = "launch"
+        for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            if not environ.get(name, "").strip():
+                plan.problems.append(f"{name} is not set")
+        plan.rank = integer_variable(environ, "RANK")
+        plan.world_size = integer_variable(environ, "WORLD_SIZE")
+        plan.local_rank = early_local_rank(environ, arguments)
+        plan.procs_per_node = integer_variable(environ, "LOCAL_WORLD_SIZE") or default_procs
+        plan.master = environ.get("MASTER_ADDR", "").strip() or None
+        plan.master_source = "MASTER_ADDR, from local rank 0" if plan.child else "MASTER_ADDR"
+        plan.port = integer_variable(environ, "MASTER_PORT")
+        if plan.rank is None or plan.world_size is None or plan.port is None:
+            plan.problems.append("RANK={!r}, WORLD_SIZE={!r} and MASTER_PORT={!r} must be integers".format(
+                environ.get("RANK"), environ.get("WORLD_SIZE"), environ.get("MASTER_PORT")))
+            plan.rank, plan.world_size = plan.rank or 0, plan.world_size or 1
+        nodes = integer_variable(environ, "GROUP_WORLD_SIZE")
+        if not nodes and plan.procs_per_node and plan.world_size % plan.procs_per_node == 0:
+            nodes = plan.world_size // plan.procs_per_node
+        plan.nodes = nodes or integer_variable(environ, "MA_NUM_HOSTS") or 1
+    else:
+        plan.launcher = "boot"
+        plan.nodes = integer_variable(environ, "MA_NUM_HOSTS") or 1
+        plan.procs_per_node = default_procs
+        plan.world_size = plan.nodes * plan.procs_per_node
+        index = integer_variable(environ, "VC_TASK_INDEX")
+        if index is None or not 0 <= index < plan.nodes:
+            plan.problems.append("VC_TASK_INDEX={!r} is not a worker index of MA_NUM_HOSTS={} (0 to {})".format(
+                environ.get("VC_TASK_INDEX"), plan.nodes, plan.nodes - 1))
+            index = 0
+        plan.rank = index * plan.procs_per_node
+        hosts = [host.strip() for host in environ.get("VC_WORKER_HOSTS", "").split(",") if host.strip()]
+        if not hosts:
+            plan.problems.append("VC_WORKER_HOSTS is not set: the master is its first host")
+        elif len(hosts) != plan.nodes:
+            plan.problems.append(f"VC_WORKER_HOSTS names {len(hosts)} hosts, MA_NUM_HOSTS is {plan.nodes}")
+        plan.master = hosts[0] if hosts else None
+        plan.master_source = "first of VC_WORKER_HOSTS"
+        plan.port = arguments.master_port
+    if cuda and plan.local_rank >= cuda:
+        plan.problems.append(f"local rank {plan.local_rank} has no CUDA device of its own ({cuda} visible): "
+                             "NCCL needs one per process")
+    return plan
+
+
+class Watchdog:
+    """Ends the process when a distributed step outlives its deadline: torch's own timeouts do not always hold (a
+    client's connect retries past it; NCCL may wait on a dead peer for ever).
+
+    The main thread arms it around each step that may block; once the deadline and WATCHDOG_GRACE_S have passed,
+    the watchdog fails the step's check, prints the result (once: the main thread prints it only after claim(),
+    which it cannot get once the watchdog fired) and ends the process with os._exit(1)."""
+
+    def __init__(self, on_fire):
+        self.lock = threading.Lock()
+        self.on_fire = on_fire
+        self.armed = None  # (deadline, check name or None for the clean-up, its failure detail, when armed)
+        self.fired = False  # the watchdog is ending the process, or the main thread is printing the result
+        thread = threading.Thread(target=self.watch, name="verify-watchdog")
+        thread.daemon = True
+        thread.start()
+
+    def arm(self, deadline, name, detail):
+        with self.lock:
+            fired = self.fired
+            self.armed = (deadline, name, detail, time.time())
+        if fired:
+            self.wait_for_the_end()
+
+    def disarm(self):
+        with self.lock:
+            fired = self.fired
+            self.armed = None
+        if fired:
+            self.wait_for_the_end()
+
+    def claim(self):
+        """For the main thread's result line: the watchdog will not fire after this."""
+        with self.lock:
+            fired = self.fired
+            self.fired = True
+            self.armed = None
+        if fired:
+            self.wait_for_the_end()
+
+    @staticmethod
+    def wait_for_the_end():
+        while True:  # the watchdog thread is printing the result and ending the process
+            time.sleep(60)
+
+    def watch(self):
+        while True:
+            time.sleep(0.1)
+            with self.lock:
+                if self.fired or self.armed is None or time.time() < self.armed[0] + WATCHDOG_GRACE_S:
+                    continue
+                self.fired = True
+                armed = self.armed
+            try:
+                self.on_fire(armed)
+            finally:
+                os._exit(1)
+
+
+class Children:
+    """The other processes of this node, started by local rank 0 of the plain boot command."""
+
+    def __init__(self):
+        self.processes = []  # (local rank, rank, Popen, relay thread, failed check names)
+        self.started = None
+
+    def start(self, plan, arguments_given):
+        self.started = time.time()
+        for local_rank in range(1, plan.procs_per_node):
+            rank = plan.rank + local_rank
+            env = dict(os.environ)
+            env.update({"RANK": str(rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(plan.world_size),
+                        "LOCAL_WORLD_SIZE": str(plan.procs_per_node), "MASTER_ADDR": plan.master,
+                        "MASTER_PORT": str(plan.port), CHILD_MARKER: str(os.getpid())})
+            command = [sys.executable, str(Path(sys.argv[0]).resolve()), *arguments_given]
+            process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, universal_newlines=True,
+                                       errors="replace")
+            failed = []
+            relay = threading.Thread(target=self.relay, args=(process, failed))
+            relay.daemon = True
+            relay.start()
+            self.processes.append((local_rank, rank, process, relay, failed))
+
+    @staticmethod
+    def relay(process, failed):
+        """Print the child's lines (they carry its `[rank R] ` label) and note the checks it failed."""
+        for line in process.stdout:
+            line = line.rstrip("\n")
+            say(line)
+            body = line.split("] ", 1)[1] if line.startswith("[rank ") and "] " in line else line
+            if body.startswith("[FAIL] "):
+                failed.append(body[len("[FAIL] "):].split(": ", 1)[0])  # `[FAIL] name: detail`
+
+    def kill(self):
+        for _, _, process, _, _ in self.processes:
+            if process.poll() is None:
+                with contextlib.suppress(OSError):  # it ended meanwhile
+                    process.kill()
+
+    def wait(self, deadline):
+        """(ok, detail) once every child ended, killing those still running at the deadline."""
+        problems = []
+        for local_rank, rank, process, relay, failed in self.processes:
+            stopped = False
+            try:
+                process.wait(timeout=max(deadline - time.time(), 0.1))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                stopped = True
+            relay.join(5)
+            if stopped:
+                problems.append(f"local rank {local_rank} (rank {rank}, pid {process.pid}) was still running "
+                                f"after {time.time() - self.started:.0f} s and was stopped")
+            elif process.returncode != 0:
+                problem = f"local rank {local_rank} (rank {rank}, pid {process.pid}) exited {process.returncode}"
+                if failed:
+                    problem += " after failing " + ", ".join(failed)
+                problems.append(problem)
+        took = time.time() - self.started
+        if problems:
+            return False, timed("; ".join(problems), took)
+        first, last = self.processes[0], self.processes[-1]
+        if len(self.processes) == 1:
+            which = f"local rank {first[0]} (rank {first[1]})"
+        else:
+            which = f"local ranks {first[0]}-{last[0]} (ranks {first[1]}-{last[1]})"
+        return True, timed(f"{which} passed every check", took)
+
+
+def resolve(host, port, deadline):
+    """(ok, detail): the master's name resolved, retried until the deadline."""
     started = time.time()
     while True:
         try:
-            socket.getaddrinfo(host, None)
-            return True, f"{host} resolves"
-        except OSError as failure:
-            error = failure
-        if time.time() >= deadline:
-            return False, f"{host} does not resolve (tried for {time.time() - started:.0f} s): {error}"
-        time.sleep(0.5)
+            addresses = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as error:  # socket.gaierror, or a name IDNA cannot encode
+            now = time.time()
+            if now >= deadline:
+                return False, f"{host} does not resolve (tried for {now - started:.0f} s): {error}"
+            time.sleep(min(RESOLVE_PAUSE_S, deadline - now))  # the last try at the deadline
+            continue
+        shown = []
+        for address in addresses:
+            if address[4][0] not in shown:
+                shown.append(address[4][0])
+        return True, "resolves to " + ", ".join(shown)
 
 
-def distributed_checks(torch, checks, device, shape, port, bound):
-    """The distributed group: backend, master, rendezvous, all_reduce, broadcast, barrier, each bounded."""
-    import threading
+def reach(host, port, deadline):
+    """None once something accepts a TCP connection at host:port, else the last error at the deadline.
 
-    nodes, rank, local_rank, world, master, launcher = shape
-    deadline = time.time() + bound
-    dist = getattr(torch, "distributed", None)
-    gpu = device.type == "cuda"
-    backend = "nccl" if gpu else "gloo"
-    if dist is None or not dist.is_available():
-        checks.add("distributed:available", False, "torch.distributed is not available in this torch build")
-        return
-    has_backend = getattr(dist, "is_nccl_available" if gpu else "is_gloo_available", lambda: True)()
-    if not has_backend:
-        checks.add("distributed:available", False, f"this torch has no {backend} backend")
-        return
-    procs = world // max(nodes, 1)
-    checks.add("distributed:available", True,
-               f"torch.distributed with {backend}, {nodes} nodes × {procs}, launcher {launcher}")
-    if not checks.run("distributed:master", lambda: resolve_master(master, deadline)):
-        return
-    port = int(os.environ.get("MASTER_PORT") or port)
-    # Past the bound, whatever blocks (a peer that died, a master that never listens) ends the run here.
-    done = threading.Event()
-
-    def watchdog():
-        if not done.wait(max(deadline - time.time(), 0) + bound):
-            checks.add("distributed:rendezvous", False,
-                       f"no end with {master}:{port} within {bound} s (a peer died or never came)")
-            finish(checks)
-
-    threading.Thread(target=watchdog, daemon=True).start()
-    method = "env://" if launcher != "boot" or os.environ.get(CHILD_MARKER) else f"tcp://{master}:{port}"
-
-    def rendezvous():
+    torch's own client retries its connect past the timeout it was given (twice as long with torch 2.x): a rank
+    that is not the master first waits here, within the bound, and names what it got (refused, unreachable)."""
+    while True:
+        now = time.time()
         try:
-            dist.init_process_group(backend, init_method=method, rank=rank, world_size=world,
-                                    timeout=datetime.timedelta(seconds=max(deadline - time.time(), 1)))
-        except Exception as error:
-            return False, f"could not rendezvous with {master}:{port} within {bound} s: {type(error).__name__}: {error}"
-        return True, f"{backend}, world size {world} ({nodes} nodes × {procs}), master {master}:{port}, rank {rank}"
-
-    if not checks.run("distributed:rendezvous", lambda: timed(rendezvous)):
-        done.set()
-        return
-    where = torch.device("cuda", local_rank) if gpu else torch.device("cpu")
-
-    def all_reduce():
-        value = torch.tensor([float(rank + 1)], device=where)
-        dist.all_reduce(value)
-        expected = world * (world + 1) / 2
-        got = float(value.item())
-        return got == expected, f"sum of rank + 1 over {world} ranks = {got:g} (expected {expected:g})"
-
-    def broadcast():
-        value = torch.arange(4, dtype=torch.float32, device=where) * 7 if rank == 0 else \
-            torch.zeros(4, device=where)
-        dist.broadcast(value, src=0)
-        got = value.cpu().tolist()
-        return got == [0.0, 7.0, 14.0, 21.0], f"from rank 0: {got}"
-
-    def barrier():
-        dist.barrier()
-        return True, "every rank reached it"
-
-    for name, function in (("all_reduce", all_reduce), ("broadcast", broadcast), ("barrier", barrier)):
-        if not checks.run("distributed:" + name, lambda function=function: timed(function)):
-            break
-    done.set()
-    with contextlib.suppress(Exception):
-        dist.destroy_process_group()
+            connection = socket.create_connection((host, port), timeout=max(min(deadline - now, 2.0), 0.1))
+        except OSError as error:
+            now = time.time()
+            if now >= deadline:
+                return error_text(error)
+            time.sleep(min(RESOLVE_PAUSE_S / 2, deadline - now))
+            continue
+        connection.close()
+        return None
 
 
-def start_children(procs_per_node, shape, port):
-    """The plain boot command's other processes of this node: the same script, as a launcher would start it."""
-
-    _nodes, rank, _, world, master, _ = shape
-    children = []
-    for local in range(1, procs_per_node):
-        env = dict(os.environ, RANK=str(rank + local), LOCAL_RANK=str(local), WORLD_SIZE=str(world),
-                   MASTER_ADDR=master, MASTER_PORT=str(port), **{CHILD_MARKER: "1"})
-        children.append(subprocess.Popen([sys.executable, *sys.argv], env=env))
-    return children
-
-
-def verify(require_gpu, arguments=None):
-    """Run every check; returns the result dictionary (the JSON line)."""
+def distributed_checks(torch, device, plan, arguments, checks, watchdog, children):
+    """The distributed: checks; False when one failed (the rest are then not run)."""
+    bound = arguments.rendezvous_timeout
+    phase_started = time.time()
+    backend = "nccl" if device.type == "cuda" else "gloo"
     started = time.time()
-    checks = Checks()
+    try:
+        import torch.distributed as dist
+        if not dist.is_available():
+            ok, detail = False, "torch.distributed is not available in this torch build"
+        else:
+            probe = getattr(dist, f"is_{backend}_available", None)
+            if probe is not None and not probe():
+                ok, detail = False, f"this torch has no {backend} backend"
+            else:
+                ok, detail = True, (f"torch.distributed with the {backend} backend; launcher {plan.launcher}, "
+                                    f"rank {plan.rank} of {plan.shape}, local rank {plan.local_rank}")
+    except Exception as error:  # a broken build: the fact to report
+        traceback.print_exc()
+        ok, detail = False, error_text(error)
+    if not checks.add("distributed:available", ok, timed(detail, time.time() - started)):
+        return False
+    if plan.problems:
+        checks.add("distributed:environment", False, timed("; ".join(plan.problems), time.time() - started))
+        return False
+    if plan.spawns:
+        try:
+            children.start(plan, arguments.given)
+        except Exception as error:  # could not start a process: the others would wait for it in vain
+            traceback.print_exc()
+            children.kill()
+            detail = f"could not start local ranks 1-{plan.procs_per_node - 1}: {error_text(error)}"
+            checks.add("distributed:local_ranks", False, timed(detail, time.time() - started))
+            return False
+
+    # the master's name, then the rendezvous: together within the bound
+    deadline = phase_started + bound
+    started = time.time()
+    watchdog.arm(deadline, "distributed:master",
+                 f"{plan.master} does not resolve (tried for {seconds_text(bound)} s): the resolver did not answer")
+    ok, detail = resolve(plan.master, plan.port, deadline)
+    watchdog.disarm()
+    where = f"{plan.master} ({plan.master_source})"
+    if not checks.add("distributed:master", ok, timed(detail if not ok else where + " " + detail,
+                                                      time.time() - started)):
+        return False
+
+    if backend == "nccl":
+        torch.cuda.set_device(plan.local_rank)
+    remaining = max(deadline - time.time(), 1.0)
+    # torch's timeout is also the collectives' (the watchdog holds the rendezvous to its deadline); NCCL's own
+    # watchdog aborts the process at it, without a result line: this script's comes first
+    torch_timeout = bound if backend == "gloo" else bound + 2 * WATCHDOG_GRACE_S
+    failure = f"could not rendezvous with {plan.where} within {seconds_text(bound)} s"
+    started = time.time()
+    watchdog.arm(time.time() + remaining, "distributed:rendezvous",
+                 failure + ": no answer, the wait was stopped by this script")
+    if plan.rank != 0:  # the master listens (or, under torchrun, its agent does)
+        error = reach(plan.master, plan.port, started + remaining)
+        if error is not None:
+            watchdog.disarm()
+            checks.add("distributed:rendezvous", False, timed(
+                f"{failure}: nothing accepted a connection there ({error})", time.time() - started))
+            return False
+    try:
+        dist.init_process_group(backend, init_method=plan.init_method, rank=plan.rank, world_size=plan.world_size,
+                                timeout=datetime.timedelta(seconds=torch_timeout))
+    except Exception as error:
+        watchdog.disarm()
+        traceback.print_exc()
+        checks.add("distributed:rendezvous", False, timed(f"{failure}: {error_text(error)}",
+                                                          time.time() - started))
+        return False
+    watchdog.disarm()
+    via = plan.init_method.split(":", 1)[0] + "://"
+    detail = f"{backend} with master {plan.where} via {via} ({plan.launcher}), {plan.shape}, rank {plan.rank}"
+    checks.add("distributed:rendezvous", True, timed(detail, time.time() - started))
+
+    on = torch.device("cuda", plan.local_rank) if backend == "nccl" else torch.device("cpu")
+    all_ok = True
+    for name, step in (("all_reduce", all_reduce_step), ("broadcast", broadcast_step), ("barrier", barrier_step)):
+        started = time.time()
+        watchdog.arm(time.time() + bound, "distributed:" + name,
+                     f"{name} did not end within {seconds_text(bound)} s: a peer stopped answering, the wait was "
+                     "stopped by this script")
+        broken = False
+        try:
+            ok, detail = step(torch, dist, on, plan)
+            if on.type == "cuda":
+                torch.cuda.synchronize(on)
+        except Exception as error:  # the group is broken: the next collective would wait in vain
+            watchdog.disarm()
+            traceback.print_exc()
+            ok, detail, broken = False, f"{name} failed: {error_text(error)}", True
+        watchdog.disarm()
+        # a wrong value still goes on: the other ranks wait for this one in the next collective
+        all_ok = checks.add("distributed:" + name, ok, timed(detail, time.time() - started)) and all_ok
+        if broken:
+            break
+    watchdog.arm(time.time() + bound, None, None)  # the clean-up may hang on a broken group: end without it
+    try:
+        dist.destroy_process_group()
+    except Exception:  # the verdict stands; the story goes to the log
+        traceback.print_exc()
+    watchdog.disarm()
+    return all_ok
+
+
+def all_reduce_step(torch, dist, on, plan):
+    value = torch.tensor([float(plan.rank + 1)], dtype=torch.float64, device=on)
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    got = float(value.item())
+    expected = plan.world_size * (plan.world_size + 1) // 2
+    detail = f"sum of rank + 1 over {plan.world_size} ranks = {got:g}, expected {expected}"
+    return got == expected, detail
+
+
+def broadcast_step(torch, dist, on, plan):
+    expected = torch.arange(BROADCAST_VALUES, dtype=torch.float64) * 1.5 + 1
+    values = expected.to(on) if plan.rank == 0 else torch.full((BROADCAST_VALUES,), -1.0, dtype=torch.float64,
+                                                                device=on)
+    dist.broadcast(values, src=0)
+    got = values.cpu()
+    if bool(torch.equal(got, expected)):
+        return True, f"{BROADCAST_VALUES} values from rank 0 received exactly on rank {plan.rank}"
+    return False, f"rank {plan.rank} received {got.tolist()} from rank 0, expected {expected.tolist()}"
+
+
+def barrier_step(torch, dist, on, plan):
+    dist.barrier()
+    return True, f"all {plan.world_size} ranks reached the barrier"
+
+
+def finish(result, checks, started):
+    result["checks"] = checks.items
+    result["ok"] = checks.all_ok
+    result["seconds"] = round(time.time() - started, 3)
+    return result
+
+
+def verify(arguments, context):
+    """Run every check; returns the result dictionary (the JSON line). context["watchdog"]: the distributed
+    watchdog, once there is one; context["full"]: whether this process prints the result line."""
+    require_gpu = arguments.require_gpu
+    started = time.time()
+    distributed = is_distributed(os.environ)
+    # local rank 0 runs every check and prints the result; a node's other processes only the distributed ones
+    full = not distributed or (early_local_rank(os.environ, arguments) == 0 and not os.environ.get(CHILD_MARKER))
+    context["full"] = full
+    checks = Checks("" if full else "[rank {}] ".format(os.environ.get("RANK", "?")))
     result = {
         "schema": SCHEMA,
         "python": platform.python_version(),
@@ -450,8 +790,9 @@ def verify(require_gpu, arguments=None):
         checks.add("import-torch", False, f"{type(error).__name__}: {error}")
     else:
         result.update(torch_facts(torch))
-        checks.add("import-torch", True, f"torch {torch.__version__} from {Path(torch.__file__).parent}")
-        if require_gpu:
+        if full:
+            checks.add("import-torch", True, f"torch {torch.__version__} from {Path(torch.__file__).parent}")
+        if require_gpu and (full or not result["cuda_available"]):
             if result["cuda_available"]:
                 detail = f"{result['device_count']} CUDA device(s): {', '.join(result['devices'])}"
             else:
@@ -469,62 +810,104 @@ def verify(require_gpu, arguments=None):
             device = torch.device("cpu")
         if device is not None:
             result["device"] = str(torch.device(device.type, 0)) if device.type == "cuda" else "cpu"
-            checks.run("tensor", lambda: original_output(torch, device))
-            checks.run("matmul", lambda: matmul_check(torch, device))
-            checks.run("autograd-sgd", lambda: autograd_check(torch, device))
-        if arguments is not None and device is not None:
-            procs = arguments.procs_per_node or (result["device_count"] if device.type == "cuda" else 1)
-            shape = job_shape(procs)
-            if shape is not None:
-                children = [] if os.environ.get("RANK") else start_children(procs, shape, arguments.master_port)
-                distributed_checks(torch, checks, device, shape, arguments.master_port,
-                                   arguments.rendezvous_timeout)
-                for local, child in enumerate(children, start=1):
-                    code = child.wait()
-                    checks.add(f"distributed:process-{local}", code == 0,
-                               f"local process {local} of this node exited with {code}")
-    result["checks"] = checks.items
-    result["ok"] = checks.all_ok
-    result["seconds"] = round(time.time() - started, 3)
-    return result
+            if full:
+                checks.run("tensor", lambda: original_output(torch, device))
+                checks.run("matmul", lambda: matmul_check(torch, device))
+                checks.run("autograd-sgd", lambda: autograd_check(torch, device))
+            if distributed:
+                run_distributed(torch, device, arguments, context, result, checks, started)
+    return finish(result, checks, started)
+
+
+def run_distributed(torch, device, arguments, context, result, checks, started):
+    """The distributed checks under the watchdog, then the node's other processes waited for."""
+    full = context["full"]
+    children = Children()
+
+    def on_fire(armed):
+        _, name, detail, since = armed
+        if name is not None:
+            checks.add(name, False, timed(detail, time.time() - since))
+        children.kill()
+        finish(result, checks, started)
+        sys.stderr.flush()
+        if full:
+            say(RESULT_PREFIX + json.dumps(result, sort_keys=True))
+        os._exit(0 if name is None and result["ok"] else 1)
+
+    context["watchdog"] = Watchdog(on_fire)
+    plan = distributed_plan(os.environ, arguments, result["device_count"] if device.type == "cuda" else None)
+    ok = distributed_checks(torch, device, plan, arguments, checks, context["watchdog"], children)
+    if children.processes:
+        # after a failure here the others cannot succeed: a moment to say why, then they are stopped
+        wait = arguments.rendezvous_timeout if ok else WATCHDOG_GRACE_S
+        checks.add("distributed:local_ranks", *children.wait(time.time() + wait))
+
+
+def positive_seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 24 * 3600:
+        raise argparse.ArgumentTypeError(f"{text} must be more than 0 seconds and at most a day")
+    return value
+
+
+def procs_count(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
+
+
+def port_number(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} must be a port from 1 to 65535")
+    return value
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Verify PyTorch inside a ModelArts training image.")
     parser.add_argument("--require-gpu", action="store_true",
                         help="fail when CUDA is unavailable instead of falling back to the CPU")
-    parser.add_argument("--procs-per-node", type=int, default=None,
-                        help="processes per worker of a distributed job (default: 1 on the CPU, the GPU count)")
-    parser.add_argument("--master-port", type=int, default=DEFAULT_MASTER_PORT,
-                        help="the master's rendezvous port (default: %(default)s)")
-    parser.add_argument("--rendezvous-timeout", type=int, default=RENDEZVOUS_TIMEOUT_S,
-                        help="seconds a worker waits for the others (default: %(default)s)")
-    arguments = parser.parse_args(argv)
+    parser.add_argument("--master-port", type=port_number, default=DEFAULT_MASTER_PORT, metavar="PORT",
+                        help="the master's rendezvous port of a distributed job started with the plain boot command "
+                             "(default: %(default)s; under a launcher MASTER_PORT is used)")
+    parser.add_argument("--procs-per-node", type=procs_count, default=None, metavar="P",
+                        help="processes per node of a distributed job (default: 1 on the CPU, the number of CUDA "
+                             "devices with CUDA)")
+    parser.add_argument("--rendezvous-timeout", type=positive_seconds, default=RENDEZVOUS_TIMEOUT_S,
+                        metavar="SECONDS",
+                        help="how long a worker of a distributed job waits for the master and the others, and each "
+                             "collective operation, before it fails (default: %(default)s)")
+    # torch.distributed.launch without --use_env passes the local rank as an argument
+    parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=None,
+                        help=argparse.SUPPRESS)
+    given = list(sys.argv[1:] if argv is None else argv)
+    arguments = parser.parse_args(given)
+    arguments.given = [item for item in given if not item.startswith(("--local_rank", "--local-rank"))]
+    context = {"watchdog": None, "full": True}
     try:
-        result = verify(arguments.require_gpu, arguments)
+        result = verify(arguments, context)
     except Exception as error:  # a bug in this script: still end with a result line the tools can read
         traceback.print_exc()
         result = {"schema": SCHEMA, "python": platform.python_version(), "ok": False,
                   "checks": [{"name": "script", "ok": False, "detail": f"{type(error).__name__}: {error}"}]}
-    return finish(None, result)
-
-
-_FINISHED = []
-
-
-def finish(checks, result=None):
-    """Print the result line once (the watchdog may get here first) and end the process."""
-    if _FINISHED:
-        return 0
-    _FINISHED.append(True)
-    if result is None:  # from the watchdog: what ran so far, and a failure
-        result = {"schema": SCHEMA, "python": platform.python_version(), "ok": False, "checks": checks.items}
+        if not context["full"]:
+            say("[FAIL] script: " + result["checks"][0]["detail"])
+    if context["watchdog"] is not None:
+        context["watchdog"].claim()  # the result line is printed once: here, or by the watchdog
     sys.stderr.flush()
-    if not os.environ.get(CHILD_MARKER) and int(os.environ.get("LOCAL_RANK") or 0) == 0:
-        print(RESULT_PREFIX + json.dumps(result, sort_keys=True))
-    sys.stdout.flush()
-    if checks is not None:
-        os._exit(1)
+    if context["full"]:
+        say(RESULT_PREFIX + json.dumps(result, sort_keys=True))
     return 0 if result["ok"] else 1
 
 
