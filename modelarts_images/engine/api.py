@@ -142,6 +142,9 @@ class ContainerRun:
     environment: tuple[tuple[str, str], ...] = ()
     mounts: tuple[Mount, ...] = ()
     gpus: int = 0  # 0: no GPU asked for; N: N GPUs; -1: all the engine has
+    # Particular GPUs by index, in place of a count: the workers of a distributed run on one host each get
+    # GPUs of their own (a count would hand every worker the first ones).
+    gpu_ids: tuple[str, ...] = ()
     hostname: str | None = None
     network: bool = True  # False: no network at all (probes)
     # On a group's network (Engine.run_group): the names the others reach this container by, and its address.

@@ -65,7 +65,10 @@ def container_options(spec: ContainerRun, *, network: str | None = None) -> dict
             ipv4_address=spec.address)}
     if spec.background:
         options["cpu_shares"] = BACKGROUND_CPU_SHARES
-    if spec.gpus:
+    if spec.gpu_ids:
+        options["device_requests"] = [docker.types.DeviceRequest(device_ids=list(spec.gpu_ids),
+                                                                 capabilities=[["gpu"]])]
+    elif spec.gpus:
         options["device_requests"] = [docker.types.DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])]
     return options
 
@@ -79,7 +82,12 @@ def start_error(error: docker.errors.APIError, spec: ContainerRun) -> EngineErro
             "NVIDIA Container Toolkit on the engine's host and restart dockerd, or verify on the CPU "
             "(--device cpu; --device auto chooses the CPU on such an engine)."
         )
-    if spec.gpus and "nvidia" in detail.lower():
+    if spec.gpu_ids and "unknown device" in detail.lower():
+        return EngineError(
+            f"the host's GPU {'/'.join(spec.gpu_ids)} was asked for, and the host does not have it (the NVIDIA "
+            f"runtime answered: {detail}). Each worker of a distributed run gets GPUs of its own: --nodes × "
+            "--procs-per-node must not exceed the host's GPUs; fewer nodes or processes per node, or --device cpu.")
+    if (spec.gpus or spec.gpu_ids) and "nvidia" in detail.lower():
         return EngineError(f"a GPU was asked for, but the NVIDIA container runtime failed: {detail}")
     return EngineError(f"could not start a container of {spec.image}: {detail}")
 

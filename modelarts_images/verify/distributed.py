@@ -60,6 +60,13 @@ def worker_environment(user: RunUser, *, gpus: int, names: tuple[str, ...], inde
     return tuple(sorted({**single, **distributed}.items()))
 
 
+def worker_gpus(topology: Topology, index: int) -> tuple[str, ...]:
+    """The host GPUs worker `index` is handed: P of its own, after the earlier workers' (NCCL refuses two ranks
+    on one GPU, and on ModelArts each node has GPUs of its own)."""
+    first = index * topology.procs_per_node
+    return tuple(str(gpu) for gpu in range(first, first + topology.procs_per_node))
+
+
 def _script_arguments(topology: Topology, *, gpu: bool) -> tuple[str, ...]:
     return (("--require-gpu",) if gpu else ()) + (
         "--procs-per-node", str(topology.procs_per_node), "--master-port", str(topology.master_port),
@@ -97,6 +104,7 @@ def worker_runs(reference: str, network: GroupNetwork, *, job: str, device: Devi
             environment=worker_environment(user, gpus=topology.procs_per_node if gpu else 0, names=names,
                                            index=index, address=address),
             mounts=(Mount(source=str(Path(script_dir).resolve()), target=user.code_dir, read_only=True),),
-            gpus=topology.procs_per_node if gpu else 0, hostname=name.split(".", 1)[0],
+            gpus=topology.procs_per_node if gpu else 0, gpu_ids=worker_gpus(topology, index) if gpu else (),
+            hostname=name.split(".", 1)[0],
             aliases=(name, name.split(".", 1)[0]), address=address, timeout=topology.timeout))
     return tuple(runs)

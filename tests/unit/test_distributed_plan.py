@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import docker
 import pytest
 
 from modelarts_images.contract import RunUser
 from modelarts_images.declared import Launcher
 from modelarts_images.engine.api import GroupNetwork
-from modelarts_images.engine.containers import container_options
+from modelarts_images.engine.containers import container_options, start_error
 from modelarts_images.errors import ConfigError
 from modelarts_images.options import Device, Flags, resolve
 from modelarts_images.verify.distributed import Topology, worker_names, worker_runs
@@ -68,3 +69,29 @@ def test_bad_flags_are_named(flags: Flags, message: str, tmp_path: Path) -> None
 def test_a_single_worker_is_not_a_distributed_topology() -> None:
     with pytest.raises(ConfigError, match="1 is the single-node run"):
         topology(1)
+
+
+def test_on_a_gpu_each_worker_gets_gpus_of_its_own(tmp_path: Path) -> None:
+    shape = Topology(nodes=3, procs_per_node=2, master_port=6060, timeout=30, rendezvous_timeout=60)
+    runs = worker_runs("img:1", NETWORK, job="job-x", device=Device.GPU, topology=shape, user=USER,
+                       script_dir=tmp_path)
+    assert [run.gpu_ids for run in runs] == [("0", "1"), ("2", "3"), ("4", "5")]
+    assert all(run.env["MA_NUM_GPUS"] == "2" and "--require-gpu" in run.command for run in runs)
+    (request,) = container_options(runs[1], network="job-x")["device_requests"]
+    assert request["DeviceIDs"] == ["2", "3"] and request["Count"] == 0
+    cpu = worker_runs("img:1", NETWORK, job="job-x", device=Device.CPU, topology=shape, user=USER,
+                      script_dir=tmp_path)
+    assert all(run.gpu_ids == () and "device_requests" not in container_options(run) for run in cpu)
+
+
+def test_a_worker_asking_for_a_gpu_the_host_lacks_is_told_how_many_fit(tmp_path: Path) -> None:
+    shape = Topology(nodes=2, procs_per_node=1, master_port=6060, timeout=30, rendezvous_timeout=60)
+    runs = worker_runs("img:1", NETWORK, job="job-x", device=Device.GPU, topology=shape, user=USER,
+                       script_dir=tmp_path)
+    # what nvidia-container-cli answers for an index the host does not have
+    refused = docker.errors.APIError("500 Server Error", explanation=(
+        "failed to create task for container: OCI runtime create failed: nvidia-container-cli: device error: "
+        "1: unknown device: unknown"))
+    message = str(start_error(refused, runs[1]))
+    assert message.startswith("the host's GPU 1 was asked for, and the host does not have it")
+    assert "--nodes × --procs-per-node must not exceed the host's GPUs" in message
