@@ -90,6 +90,7 @@ DEFAULT_MASTER_PORT = 6060
 # How long a worker waits for the others (and the master) before it fails naming whom it tried: torch's own
 # default is 30 minutes of a billed job doing nothing.
 RENDEZVOUS_TIMEOUT_S = 60
+MIN_RENDEZVOUS_TIMEOUT_S, MAX_RENDEZVOUS_TIMEOUT_S = 5, 3600  # --rendezvous-timeout's range
 MAX_NODES = 16  # workers of a distributed verification (versions.schema.json says the same): more is a typo
 REQUIRE_GPU = "--require-gpu"  # the script's flag on a GPU flavour: no CUDA is a failure, not a CPU run
 WORKER_HOSTNAME = "modelarts-job-worker-0"  # the pod name pattern of a single-worker job

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from modelarts_images.contract import DEFAULT_MASTER_PORT, IMAGE_SIZE_BUDGET, VERIFY_TIMEOUT_S
+from modelarts_images.contract import DEFAULT_MASTER_PORT, IMAGE_SIZE_BUDGET, RENDEZVOUS_TIMEOUT_S, VERIFY_TIMEOUT_S
 from modelarts_images.engine.api import Backend
 from modelarts_images.paths import GITLAB_CELL_FILE
 from modelarts_images.shared.choices import Choice
@@ -267,6 +267,11 @@ SETTINGS: tuple[Setting, ...] = (
                  "(python -m torch.distributed.run, as ModelArts' examples do; default: boot)"),
     Setting(name="master_port", flag="--master-port", fills="master_port", steps=(_S.VERIFY,), metavar="PORT",
             help=f"the master's rendezvous port of a distributed run (default: {DEFAULT_MASTER_PORT})"),
+    Setting(name="rendezvous_timeout", flag="--rendezvous-timeout", fills="rendezvous_timeout", steps=(_S.VERIFY,),
+            metavar="SECONDS",
+            help=f"how long a worker of a distributed run waits for the master and the others, and for each "
+                 f"collective, before it fails naming what it waited for (default: {RENDEZVOUS_TIMEOUT_S}; torch's "
+                 f"own is 30 minutes)"),
     Setting(name="reports", flag="--reports", fills="verify_reports", steps=(_S.VERIFY,),
             help="directory for the JSON results, one <id>.json per image (default: <reports_dir>/verify)"),
     Setting(name="image", flag="--image", steps=(_S.VERIFY,),
@@ -410,7 +415,7 @@ TASKS: Mapping[str, Command] = {
     # --on chooses between the two steps
     "verify": Command(steps=(_S.VERIFY, _S.PLATFORM),
                       flags=(*SELECTION, "image", "device", "timeout", "size_budget", "reports", "nodes",
-                             "procs_per_node", "launcher", "master_port", "on", "obs_dir",
+                             "procs_per_node", "launcher", "master_port", "rendezvous_timeout", "on", "obs_dir",
                              "flavor", "region", "project_id", "job_timeout", "detach", "job", "dry_run")),
 }
 # Every step a cell can take: the registry step only with --push or --check-registry (and not --rerun), push and
@@ -419,7 +424,8 @@ MATRIX = Command(
     steps=(_S.REGISTRY, _S.CHECK_BASES, _S.FETCH, _S.BUILD, _S.VERIFY, _S.MANIFEST, _S.PUSH, _S.PLATFORM, _S.RELEASE,
            _S.TRAINING_JOB),
     flags=("versions", "only", "device", "push", "backend", "rerun", "force", "check_registry", "replace_tag",
-           "shard", "timeout", "nodes", "procs_per_node", "launcher", "master_port", "offline", "locked", "region",
+           "shard", "timeout", "nodes", "procs_per_node", "launcher", "master_port", "rendezvous_timeout", "offline",
+           "locked", "region",
            "swr_project", "flavor", "on", "obs_dir", "job_timeout",
            "config", "summary",
            "records", "list_json", "gitlab_pipeline", "no_summary", "run"),

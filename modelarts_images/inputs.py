@@ -46,7 +46,7 @@ class Steps:
     extra_tags: tuple[str, ...] = ()
     platform: bool = False  # verified on ModelArts before its release tag is written
     nodes: int | None = None  # --nodes (None: the entry's verify.nodes)
-    distributed: tuple[str, ...] = ()  # how a distributed run starts: launcher, processes per node, master port
+    distributed: tuple[str, ...] = ()  # how a distributed run starts: launcher, processes per node, port, bound
 
 
 def cell_inputs(fetched: FetchedImage, steps: Steps, *, context_digest: str, verify_digest: str) -> dict[str, str]:

@@ -23,7 +23,15 @@ from modelarts_images.declared import DeviceChoice, Launcher
 __all__ = ["BuildOptions", "Device", "DeviceChoice", "FetchOptions", "Flags", "Options", "PushOptions",
            "Selection", "VerifyOptions", "resolve"]
 from modelarts_images.config.versions import split_ids, suggest
-from modelarts_images.contract import DEFAULT_MASTER_PORT, JOB_TIMEOUT_S, MAX_NODES, VERIFY_TIMEOUT_S
+from modelarts_images.contract import (
+    DEFAULT_MASTER_PORT,
+    JOB_TIMEOUT_S,
+    MAX_NODES,
+    MAX_RENDEZVOUS_TIMEOUT_S,
+    MIN_RENDEZVOUS_TIMEOUT_S,
+    RENDEZVOUS_TIMEOUT_S,
+    VERIFY_TIMEOUT_S,
+)
 from modelarts_images.engine.api import Backend
 from modelarts_images.errors import ConfigError
 from modelarts_images.paths import ROOT, VERIFY_DIR
@@ -98,6 +106,7 @@ class VerifyOptions:
     procs_per_node: int | None = None
     launcher: Launcher = Launcher.BOOT
     master_port: int = DEFAULT_MASTER_PORT
+    rendezvous_timeout: int = RENDEZVOUS_TIMEOUT_S
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,6 +219,7 @@ def resolve(section: Mapping[str, Any] | None, flags: Flags | None = None, *, ro
                 "--procs-per-node", flags.procs_per_node, 1, int),
             launcher=choice("--launcher", flags.launcher or Launcher.BOOT.value, Launcher),
             master_port=_port(flags.master_port),
+            rendezvous_timeout=_rendezvous_timeout(flags.rendezvous_timeout),
         ),
         push=PushOptions(
             reports_dir=reports_dir,
@@ -290,6 +300,15 @@ def _nodes(text: str | None) -> int | None:
     if nodes is not None and nodes > MAX_NODES:
         raise ConfigError(f"--nodes: {nodes} is more than the {MAX_NODES} workers a verification may have")
     return nodes
+
+
+def _rendezvous_timeout(text: str | None) -> int:
+    seconds = positive_number("--rendezvous-timeout", text, RENDEZVOUS_TIMEOUT_S, int)
+    if not MIN_RENDEZVOUS_TIMEOUT_S <= seconds <= MAX_RENDEZVOUS_TIMEOUT_S:
+        raise ConfigError(f"--rendezvous-timeout: {seconds} must be from {MIN_RENDEZVOUS_TIMEOUT_S} to "
+                          f"{MAX_RENDEZVOUS_TIMEOUT_S} seconds (workers start within seconds of one another; "
+                          "an hour of waiting is what the bound is there to prevent)")
+    return seconds
 
 
 def _port(text: str | None) -> int:

@@ -40,7 +40,8 @@ WORLD_SIZE, MASTER_ADDR, MASTER_PORT set; "torchrun" when TORCHELASTIC_RUN_ID or
 the rendezvous is env:// and --master-port is not used. Only local rank 0 runs the device checks and prints the
 result line; the other processes of a node print their `distributed:` check lines after `[rank R] ` and exit 0/1
 (with the plain boot command local rank 0 relays their lines and fails `distributed:local_ranks` naming any that
-failed).
+failed). A failed rendezvous or collective also says which other workers of VC_WORKER_HOSTS no longer resolve:
+a worker that is gone (its container or pod removed) shows so, and the detail names it.
 
 Options of a distributed job (a single-node run ignores them):
     --master-port PORT           the master's rendezvous port with the plain boot command (default 6060,
@@ -105,6 +106,7 @@ DEFAULT_MASTER_PORT = 6060
 RENDEZVOUS_TIMEOUT_S = 60
 WATCHDOG_GRACE_S = 3  # after a step's deadline, how long torch has to fail on its own before the watchdog ends it
 RESOLVE_PAUSE_S = 1.0  # between tries to resolve the master's name
+PEERS_LOOKUP_S = 2.0  # after a failure, how long the other workers' names may take to resolve, all together
 CHILD_MARKER = "MODELARTS_VERIFY_PARENT"  # the parent's pid, in the processes the plain boot command starts
 BROADCAST_VALUES = 16
 OUTPUT_LOCK = threading.Lock()  # one line at a time: the watchdog and the children's relays print too
@@ -596,6 +598,49 @@ def resolve(host, port, deadline):
         return True, "resolves to " + ", ".join(shown)
 
 
+def peers_gone(environ, plan):
+    """After a failed rendezvous or collective: the other workers whose names no longer resolve, which is how a
+    worker that is gone shows (its container or pod removed from the job's network), as text for the detail.
+
+    Each name is looked up in a thread of its own, PEERS_LOOKUP_S in all: a resolver that does not answer is said
+    as such rather than waited for."""
+    hosts = [host.strip() for host in environ.get("VC_WORKER_HOSTS", "").split(",") if host.strip()]
+    index = integer_variable(environ, "VC_TASK_INDEX")
+    others = [(number, host) for number, host in enumerate(hosts) if number != index]
+    if not others:
+        return ""
+    answers = {}
+
+    def look_up(host):
+        try:
+            socket.getaddrinfo(host, plan.port or DEFAULT_MASTER_PORT, 0, socket.SOCK_STREAM)
+            answers[host] = True
+        except (OSError, UnicodeError):
+            answers[host] = False
+
+    threads = [threading.Thread(target=look_up, args=(host,)) for _, host in others]
+    for thread in threads:
+        thread.daemon = True
+        thread.start()
+    deadline = time.time() + PEERS_LOOKUP_S
+    for thread in threads:
+        thread.join(max(deadline - time.time(), 0))
+    said = []
+    for number, host in others:
+        if answers.get(host) is False:
+            said.append(f"{host} (worker {number}) no longer resolves: gone from the job")
+        elif host not in answers:  # what a name the job's DNS no longer knows gets from a resolver with no route out
+            said.append(f"{host} (worker {number}) no longer resolves (no answer within {PEERS_LOOKUP_S:g} s): "
+                        "gone from the job, or the resolver is slow")
+    return "; ".join(said) or "every other worker's name still resolves"
+
+
+def with_peers(detail, plan):
+    """A failure's detail and what became of the other workers (a callable for the watchdog, which says it when
+    it fires)."""
+    return lambda: f"{detail}; {peers_gone(os.environ, plan)}"
+
+
 def reach(host, port, deadline):
     """None once something accepts a TCP connection at host:port, else the last error at the deadline.
 
@@ -671,13 +716,14 @@ def distributed_checks(torch, device, plan, arguments, checks, watchdog, childre
     failure = f"could not rendezvous with {plan.where} within {seconds_text(bound)} s"
     started = time.time()
     watchdog.arm(time.time() + remaining, "distributed:rendezvous",
-                 failure + ": no answer, the wait was stopped by this script")
+                 with_peers(failure + ": no answer, the wait was stopped by this script", plan))
     if plan.rank != 0:  # the master listens (or, under torchrun, its agent does)
         error = reach(plan.master, plan.port, started + remaining)
         if error is not None:
             watchdog.disarm()
             checks.add("distributed:rendezvous", False, timed(
-                f"{failure}: nothing accepted a connection there ({error})", time.time() - started))
+                with_peers(f"{failure}: nothing accepted a connection there ({error})", plan)(),
+                time.time() - started))
             return False
     try:
         dist.init_process_group(backend, init_method=plan.init_method, rank=plan.rank, world_size=plan.world_size,
@@ -685,7 +731,7 @@ def distributed_checks(torch, device, plan, arguments, checks, watchdog, childre
     except Exception as error:
         watchdog.disarm()
         traceback.print_exc()
-        checks.add("distributed:rendezvous", False, timed(f"{failure}: {error_text(error)}",
+        checks.add("distributed:rendezvous", False, timed(with_peers(f"{failure}: {error_text(error)}", plan)(),
                                                           time.time() - started))
         return False
     watchdog.disarm()
@@ -697,9 +743,9 @@ def distributed_checks(torch, device, plan, arguments, checks, watchdog, childre
     all_ok = True
     for name, step in (("all_reduce", all_reduce_step), ("broadcast", broadcast_step), ("barrier", barrier_step)):
         started = time.time()
-        watchdog.arm(time.time() + bound, "distributed:" + name,
-                     f"{name} did not end within {seconds_text(bound)} s: a peer stopped answering, the wait was "
-                     "stopped by this script")
+        watchdog.arm(time.time() + bound, "distributed:" + name, with_peers(
+            f"{name} did not end within {seconds_text(bound)} s: a peer stopped answering, the wait was stopped by "
+            "this script", plan))
         broken = False
         try:
             ok, detail = step(torch, dist, on, plan)
@@ -708,7 +754,7 @@ def distributed_checks(torch, device, plan, arguments, checks, watchdog, childre
         except Exception as error:  # the group is broken: the next collective would wait in vain
             watchdog.disarm()
             traceback.print_exc()
-            ok, detail, broken = False, f"{name} failed: {error_text(error)}", True
+            ok, detail, broken = False, with_peers(f"{name} failed: {error_text(error)}", plan)(), True
         watchdog.disarm()
         # a wrong value still goes on: the other ranks wait for this one in the next collective
         all_ok = checks.add("distributed:" + name, ok, timed(detail, time.time() - started)) and all_ok
@@ -827,7 +873,7 @@ def run_distributed(torch, device, arguments, context, result, checks, started):
     def on_fire(armed):
         _, name, detail, since = armed
         if name is not None:
-            checks.add(name, False, timed(detail, time.time() - since))
+            checks.add(name, False, timed(detail() if callable(detail) else detail, time.time() - since))
         children.kill()
         finish(result, checks, started)
         sys.stderr.flush()

@@ -69,7 +69,7 @@ class MatrixOptions:
         return Steps(build=options.build, device=verify.device, push=self.push,
                      extra_tags=options.push.extra_tags if self.push else (), platform=self.on_platform,
                      nodes=verify.nodes, distributed=(verify.launcher.value, str(verify.procs_per_node or ""),
-                                                      str(verify.master_port)))
+                                                      str(verify.master_port), str(verify.rendezvous_timeout)))
 
 
 def _now() -> str:

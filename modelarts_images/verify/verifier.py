@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from modelarts_images.contract import RENDEZVOUS_TIMEOUT_S
 from modelarts_images.engine.api import ContainerOutput, ContainerRun, Engine, GroupEngine, GroupNetwork, ImageConfig
 from modelarts_images.errors import EngineError, VerifyError
 from modelarts_images.model import ImageSpec
@@ -57,7 +56,7 @@ def _run_workers(engine: Engine, image: ImageSpec, reference: str, device: Devic
     """The workers of a distributed run, each judged as a run of its own; a failed start fails every worker."""
     topology = Topology(nodes=nodes, procs_per_node=options.procs_per_node or (gpus if device is Device.GPU else 1),
                         launcher=options.launcher, master_port=options.master_port, timeout=options.timeout,
-                        rendezvous_timeout=RENDEZVOUS_TIMEOUT_S)
+                        rendezvous_timeout=options.rendezvous_timeout)
     job = f"{JOB_PREFIX}{uuid.uuid4().hex[:8]}"
     planned: list[ContainerRun] = []
 

@@ -158,7 +158,7 @@ def test_each_flags_field_is_read_by_options_resolve(tmp_path: Path) -> None:
                              "extra_tags": ("{tag}-x",), "region": "cn-south-1", "project": "p", "dry_run": True,
                              "on": "modelarts", "obs_dir": "obs://b/x/", "flavor": "f", "project_id": "0" * 32,
                              "job_timeout": "5", "detach": True, "job": "job-1", "nodes": "2", "procs_per_node": "2",
-                             "launcher": "torchrun", "master_port": "7070"}
+                             "launcher": "torchrun", "master_port": "7070", "rendezvous_timeout": "30"}
     assert set(given) == set(declared.FLAG_FIELDS), "a new Flags field needs a value here"
     plain = dataclasses.asdict(resolve(None, root=tmp_path))
     for name, value in given.items():

@@ -59,6 +59,8 @@ def test_torchrun_goes_through_a_shell_and_falls_back_to_launch(tmp_path: Path) 
     (Flags(nodes="17"), "--nodes: 17 is more than the 16 workers"),
     (Flags(nodes="0"), "--nodes: must be above 0"),
     (Flags(master_port="80"), "--master-port: 80 must be a port from 1024 to 65535"),
+    (Flags(rendezvous_timeout="2"), "--rendezvous-timeout: 2 must be from 5 to 3600 seconds"),
+    (Flags(rendezvous_timeout="1.5"), "--rendezvous-timeout: '1.5' is not a whole number"),
     (Flags(launcher="mpirun"), "--launcher: 'mpirun' is not one of boot, torchrun"),
 ])
 def test_bad_flags_are_named(flags: Flags, message: str, tmp_path: Path) -> None:

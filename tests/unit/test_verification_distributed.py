@@ -267,13 +267,20 @@ def test_a_worker_alone_fails_the_rendezvous(python_with_torch: str, tmp_path: P
     assert_within_the_bound(failed, worker)
 
 
-def test_the_master_alone_fails_the_rendezvous(python_with_torch: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("other", "peers"), [
+    ("127.0.0.1", "; every other worker's name still resolves ("),
+    # a worker whose container or pod is gone: its name left the job's DNS
+    ("job-worker-1.invalid", "; job-worker-1.invalid (worker 1) no longer resolves: gone from the job ("),
+])
+def test_the_master_alone_fails_the_rendezvous(python_with_torch: str, tmp_path: Path, other: str,
+                                               peers: str) -> None:
     port = free_port()  # the master listens, no other worker comes
-    (worker,) = run_workers(python_with_torch, ["localhost", "127.0.0.1"], "--master-port", str(port),
+    (worker,) = run_workers(python_with_torch, ["localhost", other], "--master-port", str(port),
                             "--rendezvous-timeout", str(BOUND), cwd=tmp_path, only=[0])
     failed = only_failure(worker)
     assert failed.name == "distributed:rendezvous"
     assert failed.detail.startswith(f"could not rendezvous with localhost:{port} within {BOUND} s: "), failed.detail
+    assert peers in failed.detail, failed.detail
     assert_within_the_bound(failed, worker)
 
 
