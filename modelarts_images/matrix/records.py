@@ -89,6 +89,8 @@ _IMAGE_REPORT = _object(("id", "reference", "expected", "image_id", "size", "run
         "python": _TEXT, "cuda": _TEXT, "variant": _TEXT, "packages": _TEXT_MAP,
         "user": _object(("name", "uid", "gid"), {"name": _TEXT, "uid": _ID_NUMBER, "gid": _ID_NUMBER})}),
     "boot_command": _TEXT, "runs": {"type": "array", "items": _RUN}, "skipped": _TEXTS,
+    "distributed": {"type": "object", "propertyNames": {"enum": list(Device.names())},
+                    "additionalProperties": _TEXT},
     "conformance": {"type": "array", "items": _CHECK}, "stack": {"type": "array", "items": _CHECK}})
 RECORD_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -172,7 +172,9 @@ def render_markdown(records: Sequence[CellRecord]) -> str:
                   f"- size: {_size(record.size)}; fetch {_seconds(record, 'fetch')}, build "
                   f"{_seconds(record, 'build')}, verify {_seconds(record, 'verify')}, push {_seconds(record, 'push')}",
                   f"- input hash: `{record.hash[:16]}`; changed since the last success: "
-                  f"{', '.join(record.changed) or 'nothing'}"]
+                  f"{', '.join(record.changed) or 'nothing'}",
+                  *(f"- distributed on the {device.upper()}: {line}" for device, line in (
+                      record.verification.distributed().items() if record.verification is not None else ()))]
         if record.training_job:
             lines.append(f"- ModelArts training-job body: `{record.training_job}`")
         lines += platform_lines(record)

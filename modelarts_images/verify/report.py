@@ -4,6 +4,7 @@ read back by the matrix, shown on a terminal."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from modelarts_images.verify.checks import CheckOutcome, failure_message
 from modelarts_images.verify.result import RESULT_PREFIX, VerificationResult
 
 SCHEMA = 1
+COLLECTIVES = ("all_reduce", "broadcast", "barrier")  # the script's distributed:<name> checks after the rendezvous
+_CHECK_SECONDS = re.compile(r"\((\d+(?:\.\d+)?) s\)$")  # the time the script's distributed details end with
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,6 +151,13 @@ class ImageReport:
     stack: tuple[CheckOutcome, ...] = ()  # pip check, imports and the checks: scripts, for an image with a stack
     platform: str = "local"  # where the runs were: local containers, or "modelarts" training jobs
 
+    def distributed(self) -> dict[str, str]:
+        """{device: its distributed run in one line} (none for a single-node run); see distributed_summary."""
+        lines = {}
+        for device in dict.fromkeys(run.device for run in self.runs if run.worker is not None):
+            lines[device.value] = distributed_summary([run for run in self.runs if run.device is device])
+        return lines
+
     def outcomes(self) -> list[tuple[str, CheckOutcome]]:
         pairs = [(run.label, outcome) for run in self.runs for outcome in run.outcomes]
         return (pairs + [("conformance", outcome) for outcome in self.conformance]
@@ -176,6 +186,7 @@ class ImageReport:
                          "user": {"name": expected.user.name, "uid": expected.user.uid, "gid": expected.user.gid}},
             "boot_command": expected.user.boot_command,
             "runs": [run.to_json() for run in self.runs],
+            **({"distributed": distributed} if (distributed := self.distributed()) else {}),
             "skipped": list(self.skipped),
             "conformance": [outcome.to_json() for outcome in self.conformance],
             "stack": [outcome.to_json() for outcome in self.stack],
@@ -199,6 +210,29 @@ class ImageReport:
                    platform=str(data.get("platform", "local")))
 
 
+def distributed_summary(runs: Sequence[DeviceRun]) -> str:
+    """A distributed run's workers (of one device) in one line: the shape, the backend, and the collectives with
+    the slowest worker's time for them, e.g. '2 nodes × 2, gloo: all_reduce, broadcast, barrier ok (0.4 s)', or
+    the first failed check and the worker that failed it."""
+    workers = [(run.worker, run) for run in runs if run.worker is not None]
+    shape = workers[0][0]
+    head = f"{shape.nodes} nodes × {shape.procs_per_node}, {'nccl' if workers[0][1].device is Device.GPU else 'gloo'}"
+    failed = [(worker.index, outcome) for worker, run in workers for outcome in run.outcomes if outcome.blocking]
+    if failed:
+        index, first = failed[0]
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        return f"{head}: FAIL, worker {index} {first.name}{more}"
+    seconds = max(sum(_seconds_of(check.detail) for check in run.result.checks
+                      if check.name in {f"distributed:{name}" for name in COLLECTIVES})
+                  for _, run in workers if run.result is not None)
+    return f"{head}: {', '.join(COLLECTIVES)} ok ({seconds:.1f} s)"
+
+
+def _seconds_of(detail: str) -> float:
+    found = _CHECK_SECONDS.search(detail)
+    return float(found.group(1)) if found else 0.0
+
+
 def save_report(report: ImageReport, directory: Path) -> Path:
     """<directory>/<id>.json, replaced whole; WriteError naming it when it cannot be written."""
     text = json.dumps(report.to_json(), indent=2) + "\n"
@@ -208,6 +242,7 @@ def save_report(report: ImageReport, directory: Path) -> Path:
 def format_report(report: ImageReport) -> str:
     """The report for a terminal: one line per check, grouped by device and conformance."""
     lines = [f"{report.id}: {report.reference} ({'passed' if report.ok else 'FAILED'})"]
+    lines += [f"  {device.upper()} distributed: {line}" for device, line in report.distributed().items()]
     for run in report.runs:
         facts = ""
         if run.result is not None:

@@ -21,7 +21,7 @@ from modelarts_images.publish import trainingjob
 from modelarts_images.shared import files
 from modelarts_images.verify import manifest, probes
 from modelarts_images.verify.checks import CheckOutcome
-from modelarts_images.verify.report import DeviceRun, Expected, ImageReport, PlatformJob
+from modelarts_images.verify.report import DeviceRun, Expected, ImageReport, PlatformJob, Worker, format_report
 from modelarts_images.verify.result import VerificationResult
 from tests.support.fake_engine import FakeEngine
 
@@ -371,3 +371,43 @@ def test_a_full_record_renders_its_verification_layers_and_manifest(tmp_path: Pa
     assert "- [skip] conda-channel: no conda metadata" in text
     assert "- [FAIL] run: no GPU runtime" in text
     assert "<summary>error (1 entries)</summary>" in text and "- ModelArts training-job body: `reports/" in text
+
+
+def distributed_record(*, fail_worker: int | None = None) -> CellRecord:
+    """A cell verified as 2 nodes × 2 on the CPU: a run per worker, each with the script's distributed checks."""
+    def worker_run(index: int) -> DeviceRun:
+        times = {"all_reduce": 0.1 * (index + 1), "broadcast": 0.1, "barrier": 0.1}
+        checks = tuple(CheckOutcome(name=f"distributed:{name}", ok=True, detail=f"{name} fine ({seconds:.2f} s)")
+                       for name, seconds in times.items())
+        result = VerificationResult(
+            ok=True, python="3.11.9", python_executable="/home/ma-user/miniconda3/bin/python", torch="2.13.0",
+            torch_cuda=None, cudnn=None, cuda_available=False, device_count=0, devices=(), device="cpu", uid=1000,
+            gid=100, user="ma-user", cwd="/home/ma-user", environment=(), checks=checks, seconds=3.0)
+        failed = index == fail_worker
+        outcomes = (CheckOutcome(name="script:distributed:rendezvous", ok=not failed, detail="..."),
+                    CheckOutcome(name="exit-status", ok=not failed, detail="exit"))
+        return DeviceRun(device=Device.CPU, command=("python",), exit_code=1 if failed else 0, timed_out=False,
+                         seconds=9.0, result=result, outcomes=outcomes, output_tail=(),
+                         worker=Worker(index=index, nodes=2, procs_per_node=2, launcher="boot"))
+
+    base = record("d")
+    assert base.verification is not None
+    return dataclasses.replace(base, verification=dataclasses.replace(
+        base.verification, runs=(worker_run(0), worker_run(1))))
+
+
+def test_a_distributed_cell_is_summed_up_in_one_line() -> None:
+    passed = distributed_record()
+    line = "2 nodes × 2, gloo: all_reduce, broadcast, barrier ok (0.4 s)"  # the slower worker: 0.2 + 0.1 + 0.1
+    assert passed.verification is not None and passed.verification.distributed() == {"cpu": line}
+    assert f"- distributed on the CPU: {line}" in report.render_markdown([passed])
+    assert f"  CPU distributed: {line}" in format_report(passed.verification)
+    written = passed.to_json()
+    assert written["verification"]["distributed"] == {"cpu": line}
+    assert CellRecord.from_json(written) == passed  # the line is derived, not read back
+    failed = distributed_record(fail_worker=1)
+    assert failed.verification is not None
+    assert failed.verification.distributed() == {
+        "cpu": "2 nodes × 2, gloo: FAIL, worker 1 script:distributed:rendezvous (and 1 more)"}
+    single = record("s").verification
+    assert single is not None and single.distributed() == {}
