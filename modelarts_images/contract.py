@@ -59,7 +59,12 @@ class RunUser:
     def boot_command(self) -> str:
         """The boot command as typed in the ModelArts console; the platform expands ${MA_JOB_DIR} before running
         it without a shell, so a container's argv carries the expanded path (code_dir)."""
-        return f"{self.boot_python} ${{MA_JOB_DIR}}/code/{SCRIPT_NAME}"
+        return f"{self.boot_python} {self.platform_code_dir}/{SCRIPT_NAME}"
+
+    @property
+    def platform_code_dir(self) -> str:
+        """code_dir as a training job's command names it (the platform expands the variable)."""
+        return "${MA_JOB_DIR}/code"
 
     @property
     def spec(self) -> str:
@@ -84,6 +89,7 @@ class RunUser:
 
 
 SCRIPT_NAME = "pytorch-verification.py"
+LAUNCHER_SCRIPT = "launch-torchrun.sh"  # beside the script: torchrun on every worker, through a shell
 # The script's port for the master's rendezvous when none is given: ModelArts documents none; the community copies
 # of its PyTorch examples use 6060.
 DEFAULT_MASTER_PORT = 6060

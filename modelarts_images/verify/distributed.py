@@ -7,17 +7,17 @@ MA_TASK_NAME=worker and MA_NUM_GPUS. The master is the first host of VC_WORKER_H
 MASTER_ADDR. Two launchers:
 - boot: the plain boot command on every worker; the script starts the node's other processes itself;
 - torchrun: `python -m torch.distributed.run --nnodes=$MA_NUM_HOSTS --node_rank=$VC_TASK_INDEX ...`, through a
-  shell, as ModelArts' distributed examples start PyTorch; torch.distributed.launch --use_env where
-  torch.distributed.run does not exist (torch < 1.9), said in the output.
+  shell (verify/launch-torchrun.sh, uploaded with the script to a ModelArts job), as ModelArts' distributed
+  examples start PyTorch; torch.distributed.launch --use_env where torch.distributed.run does not exist
+  (torch < 1.9), said in the output.
 """
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelarts_images.contract import MAX_NODES, SCRIPT_NAME, RunUser
+from modelarts_images.contract import LAUNCHER_SCRIPT, MAX_NODES, SCRIPT_NAME, RunUser
 from modelarts_images.engine.api import ContainerRun, GroupNetwork, Mount
 from modelarts_images.errors import ConfigError
 from modelarts_images.declared import Launcher
@@ -73,21 +73,22 @@ def _script_arguments(topology: Topology, *, gpu: bool) -> tuple[str, ...]:
         "--rendezvous-timeout", str(topology.rendezvous_timeout))
 
 
-def launch_command(user: RunUser, topology: Topology, *, gpu: bool) -> tuple[str, ...]:
-    """The argv of every worker: the boot command itself, or a shell line starting the launcher."""
-    script = f"{user.code_dir}/{SCRIPT_NAME}"
+def launch_command(user: RunUser, topology: Topology, *, gpu: bool, code_dir: str | None = None) -> tuple[str, ...]:
+    """The argv of every worker: the boot command itself, or the shell starting the launcher
+    (verify/launch-torchrun.sh, beside the script). `code_dir`: where the script is (default: where the
+    platform puts a job's code; ModelArts' command names it as ${MA_JOB_DIR}/code)."""
+    code = code_dir or user.code_dir
     arguments = _script_arguments(topology, gpu=gpu)
     if topology.launcher is Launcher.BOOT:
-        return (user.boot_python, script, *arguments)
-    python = shlex.quote(user.boot_python)
-    launch = ("--nnodes=$MA_NUM_HOSTS --node_rank=$VC_TASK_INDEX "
-              f"--nproc_per_node={topology.procs_per_node} --master_addr=\"${{VC_WORKER_HOSTS%%,*}}\" "
-              f"--master_port={topology.master_port} {shlex.quote(script)} {shlex.join(arguments)}")
-    line = (f"if {python} -c 'import torch.distributed.run' 2>/dev/null; then "
-            f"exec {python} -m torch.distributed.run {launch}; else "
-            "echo 'torch.distributed.run does not exist in this torch (< 1.9): starting torch.distributed.launch "
-            f"--use_env instead' >&2; exec {python} -m torch.distributed.launch --use_env {launch}; fi")
-    return ("/bin/sh", "-c", line)
+        return (user.boot_python, f"{code}/{SCRIPT_NAME}", *arguments)
+    return ("/bin/sh", f"{code}/{LAUNCHER_SCRIPT}", user.boot_python, str(topology.procs_per_node),
+            str(topology.master_port), *arguments)
+
+
+def platform_command(user: RunUser, topology: Topology, *, gpu: bool) -> str:
+    """algorithm.command of a distributed training job: the same argv, as the boot command is typed (the
+    platform expands ${MA_JOB_DIR}; no word needs quoting)."""
+    return " ".join(launch_command(user, topology, gpu=gpu, code_dir=user.platform_code_dir))
 
 
 def worker_runs(reference: str, network: GroupNetwork, *, job: str, device: Device, topology: Topology,

@@ -212,7 +212,7 @@ class ImageReport:
 
 def distributed_summary(runs: Sequence[DeviceRun]) -> str:
     """A distributed run's workers (of one device) in one line: the shape, the backend, and the collectives with
-    the slowest worker's time for them, e.g. '2 nodes × 2, gloo: all_reduce, broadcast, barrier ok (0.4 s)', or
+    the slowest worker's time for them, e.g. '2 nodes × 2, gloo: all_reduce, broadcast, barrier ok (0.40 s)', or
     the first failed check and the worker that failed it."""
     workers = [(run.worker, run) for run in runs if run.worker is not None]
     shape = workers[0][0]
@@ -225,7 +225,7 @@ def distributed_summary(runs: Sequence[DeviceRun]) -> str:
     seconds = max(sum(_seconds_of(check.detail) for check in run.result.checks
                       if check.name in {f"distributed:{name}" for name in COLLECTIVES})
                   for _, run in workers if run.result is not None)
-    return f"{head}: {', '.join(COLLECTIVES)} ok ({seconds:.1f} s)"
+    return f"{head}: {', '.join(COLLECTIVES)} ok ({seconds:.2f} s)"
 
 
 def _seconds_of(detail: str) -> float:

@@ -44,7 +44,7 @@ def test_workers_meet_and_reduce(engine: DockerEngine, docker_client: Any, verif
                           devices=(Device.CPU,), check_conformance=False)
     assert report.ok, report.failure()
     assert [run.worker.index for run in report.runs if run.worker] == list(range(nodes))
-    assert re.fullmatch(rf"{nodes} nodes × 1, gloo: all_reduce, broadcast, barrier ok \(\d+\.\d s\)",
+    assert re.fullmatch(rf"{nodes} nodes × 1, gloo: all_reduce, broadcast, barrier ok \(\d+\.\d\d s\)",
                         report.distributed()["cpu"]), report.distributed()
     for index, run in enumerate(report.runs):
         assert run.result is not None

@@ -3,6 +3,7 @@ launcher's command line, and the limits of the flags."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import docker
@@ -14,7 +15,8 @@ from modelarts_images.engine.api import GroupNetwork
 from modelarts_images.engine.containers import container_options, start_error
 from modelarts_images.errors import ConfigError
 from modelarts_images.options import Device, Flags, resolve
-from modelarts_images.verify.distributed import Topology, worker_names, worker_runs
+from modelarts_images.paths import VERIFY_DIR
+from modelarts_images.verify.distributed import Topology, platform_command, worker_names, worker_runs
 
 USER = RunUser()
 NETWORK = GroupNetwork(name="job-x", subnet="10.213.7.0/24")
@@ -45,14 +47,49 @@ def test_each_worker_gets_modelarts_variables_and_a_name_that_resolves(tmp_path:
                                "1", "--master-port", "6060", "--rendezvous-timeout", "60")
 
 
-def test_torchrun_goes_through_a_shell_and_falls_back_to_launch(tmp_path: Path) -> None:
+def test_torchrun_goes_through_the_launcher_script_beside_the_verification(tmp_path: Path) -> None:
     (run, *_) = worker_runs("img:1", NETWORK, job="job-x", device=Device.CPU,
                             topology=topology(2, Launcher.TORCHRUN), user=USER, script_dir=tmp_path)
-    shell, flag, line = run.command
-    assert (shell, flag) == ("/bin/sh", "-c")
-    assert "-m torch.distributed.run --nnodes=$MA_NUM_HOSTS --node_rank=$VC_TASK_INDEX --nproc_per_node=1 " \
-           "--master_addr=\"${VC_WORKER_HOSTS%%,*}\" --master_port=6060" in line
-    assert "torch.distributed.launch --use_env" in line and "does not exist in this torch (< 1.9)" in line
+    assert run.command == ("/bin/sh", f"{USER.code_dir}/launch-torchrun.sh", USER.boot_python, "1", "6060",
+                           "--procs-per-node", "1", "--master-port", "6060", "--rendezvous-timeout", "60")
+    assert platform_command(USER, topology(2, Launcher.TORCHRUN), gpu=True) == (
+        "/bin/sh ${MA_JOB_DIR}/code/launch-torchrun.sh /home/ma-user/miniconda3/bin/python 1 6060 --require-gpu "
+        "--procs-per-node 1 --master-port 6060 --rendezvous-timeout 60")
+    assert platform_command(USER, topology(2), gpu=False) == (
+        "/home/ma-user/miniconda3/bin/python ${MA_JOB_DIR}/code/pytorch-verification.py --procs-per-node 1 "
+        "--master-port 6060 --rendezvous-timeout 60")
+
+
+FAKE_PYTHON = """#!/bin/sh
+# a python whose torch has {has_run}torch.distributed.run: prints how it was started
+if [ "$1" = "-c" ]; then
+    [ "{has_run}" = "" ]
+    exit $?
+fi
+echo "argv: $*"
+"""
+
+
+@pytest.mark.parametrize(("has_run", "module"), [("", "torch.distributed.run"),
+                                                 ("no ", "torch.distributed.launch --use_env")])
+def test_the_launcher_script_starts_torchrun_or_falls_back_to_launch(tmp_path: Path, has_run: str,
+                                                                     module: str) -> None:
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON.format(has_run=has_run), encoding="utf-8")
+    python.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "MA_NUM_HOSTS": "3", "VC_TASK_INDEX": "2",
+           "VC_WORKER_HOSTS": "job-worker-0.job,job-worker-1.job,job-worker-2.job"}
+    launcher = VERIFY_DIR / "launch-torchrun.sh"
+    done = subprocess.run(["/bin/sh", str(launcher), str(python), "4", "7070", "--require-gpu"], env=env,
+                          capture_output=True, text=True, check=False, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (f"argv: -m {module} --nnodes=3 --node_rank=2 --nproc_per_node=4 "
+                           f"--master_addr=job-worker-0.job --master_port=7070 {VERIFY_DIR}/pytorch-verification.py "
+                           "--require-gpu\n")
+    assert ("does not exist in this torch (< 1.9)" in done.stderr) is bool(has_run)
+    usage = subprocess.run(["/bin/sh", str(launcher), str(python)], env=env, capture_output=True, text=True,
+                           check=False, timeout=30)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: ")
 
 
 @pytest.mark.parametrize(("flags", "message"), [

@@ -398,7 +398,7 @@ def distributed_record(*, fail_worker: int | None = None) -> CellRecord:
 
 def test_a_distributed_cell_is_summed_up_in_one_line() -> None:
     passed = distributed_record()
-    line = "2 nodes × 2, gloo: all_reduce, broadcast, barrier ok (0.4 s)"  # the slower worker: 0.2 + 0.1 + 0.1
+    line = "2 nodes × 2, gloo: all_reduce, broadcast, barrier ok (0.40 s)"  # the slower worker: 0.2 + 0.1 + 0.1
     assert passed.verification is not None and passed.verification.distributed() == {"cpu": line}
     assert f"- distributed on the CPU: {line}" in report.render_markdown([passed])
     assert f"  CPU distributed: {line}" in format_report(passed.verification)
