@@ -444,7 +444,8 @@ def _platform(run: Run) -> tuple[Verified, ...]:
         with sigterm_interrupts():
             report = platform.verify_on_modelarts(
                 target, api=api, store=store, options=options, region=region, script_dir=run.options.verify.script_dir,
-                devices=platform.devices_for(image, run.options.verify.device), say=run.say, pace=run.pace)
+                devices=platform.devices_for(image, run.options.verify.device), say=run.say, pace=run.pace,
+                verify=run.options.verify)
         if report is not None:
             verified = Verified(report=report, path=verify_report.save_report(report, run.options.verify.reports_dir))
             run.show(StepName.PLATFORM, verified)

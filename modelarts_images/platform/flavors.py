@@ -27,24 +27,34 @@ def _size(flavor: Flavor) -> tuple[int, int, float, str]:
 
 
 def choose(offered: Sequence[Flavor], *, device: Device, arch: str, wanted: str | None = None,
-           region: str = "") -> Flavor:
+           region: str = "", nodes: int = 1) -> Flavor:
     """`wanted` when the region offers it for this device, else the smallest flavour of the device's type and the
-    image's architecture (a GPU flavour with at least one GPU); ConfigError listing what the region offers."""
+    image's architecture (a GPU flavour with at least one GPU) that takes `nodes` nodes (its max_num); ConfigError
+    listing what the region offers."""
     kind = flavor_type(device)
     platform_arch = _arch(arch)
     fitting = [flavor for flavor in offered if flavor.type is kind and _arch(flavor.arch) in (platform_arch, "")
                and (kind is FlavorType.CPU or flavor.accelerators >= 1)]
     where = f" in {region}" if region else ""
-    listed = "; ".join(flavor.described for flavor in sorted(fitting, key=_size)) or "none"
+    if nodes > 1:
+        listed = "; ".join(f"{flavor.described} up to {flavor.max_nodes} node(s)"
+                           for flavor in sorted(fitting, key=_size)) or "none"
+        fitting = [flavor for flavor in fitting if flavor.max_nodes >= nodes]
+    else:
+        listed = "; ".join(flavor.described for flavor in sorted(fitting, key=_size)) or "none"
     if wanted:
         chosen = next((flavor for flavor in offered if flavor.id == wanted), None)
         if chosen is None or chosen not in fitting:
             why = ("is not offered" if chosen is None else
-                   f"is a {chosen.type} flavour for {chosen.arch or 'any architecture'}")
+                   f"takes at most {chosen.max_nodes} node(s)" if chosen.type is kind and chosen.max_nodes < nodes
+                   else f"is a {chosen.type} flavour for {chosen.arch or 'any architecture'}")
             raise ConfigError(f"--flavor {wanted}: {why}{where}; {kind} flavours for {platform_arch} offered: "
                               f"{listed}")
         return chosen
     if not fitting:
+        if nodes > 1:
+            raise ConfigError(f"no {kind} flavour for {platform_arch}{where} takes {nodes} nodes (offered: {listed}); "
+                              "fewer --nodes, or another region")
         raise ConfigError(f"no {kind} flavour for {platform_arch} is offered{where} (training-job flavours: "
                           f"{', '.join(sorted(flavor.id for flavor in offered)) or 'none'}); pick another region "
                           "or --device")

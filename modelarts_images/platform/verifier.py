@@ -5,26 +5,29 @@ checks as a local run, and the same report written (with `"platform": "modelarts
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from modelarts_images.cloud.api import CloudError, CodeStore, Flavor, JobState, Keys, ModelArts, Phase
 from modelarts_images.config.wheels import IMAGE_ARCH
-from modelarts_images.contract import REQUIRE_GPU, SCRIPT_NAME
+from modelarts_images.contract import LAUNCHER_SCRIPT, REQUIRE_GPU, SCRIPT_NAME
+from modelarts_images.declared import Launcher
 from modelarts_images.errors import ConfigError, PlatformError
 from modelarts_images.model import ImageSpec
-from modelarts_images.options import Device, DeviceChoice, PlatformOptions
+from modelarts_images.options import Device, DeviceChoice, PlatformOptions, VerifyOptions
 from modelarts_images.platform import code, flavors
 from modelarts_images.platform.watch import REAL_TIME, Pace, Watched, watch
 from modelarts_images.publish import swr
 from modelarts_images.publish.trainingjob import training_job_body
 from modelarts_images.verify.checks import CheckOutcome
-from modelarts_images.verify.report import DeviceRun, Expected, ImageReport, PlatformJob
+from modelarts_images.verify.distributed import Topology, platform_command
+from modelarts_images.verify.report import DeviceRun, Expected, ImageReport, PlatformJob, Worker
 from modelarts_images.verify.verifier import judge_run
 
 T = TypeVar("T")
@@ -49,6 +52,7 @@ class PlannedJob:
     flavor: Flavor
     upload: code.CodeUpload
     body: Mapping[str, Any]
+    shape: Worker | None = None  # a distributed job's shape (index 0 stands for each worker); None: one node
 
     def described(self) -> str:
         keys = "\n".join(f"  obs://{self.upload.bucket}/{key}" for key in self.upload.object_keys())
@@ -94,8 +98,11 @@ def job_name(image: ImageSpec, device: Device, token: str) -> str:
 
 
 def plan_jobs(target: Target, devices: Sequence[Device], *, api: ModelArts, options: PlatformOptions,
-              region: str, script_dir: Path, token: str | None = None) -> tuple[PlannedJob, ...]:
-    """Each device's job: its flavour (asked of the region), the code's OBS keys and the request body."""
+              region: str, script_dir: Path, token: str | None = None,
+              verify: VerifyOptions | None = None) -> tuple[PlannedJob, ...]:
+    """Each device's job: its flavour (asked of the region), the code's OBS keys and the request body; a job of
+    `verify.nodes` (else the entry's verify.nodes) nodes when that is more than one, started as the local
+    distributed verification starts its workers."""
     if not options.obs_dir:
         raise ConfigError("verification on ModelArts needs an OBS folder for the jobs' code: give --obs-dir "
                           "obs://<bucket>/<folder>/ or set modelarts.obs_dir in invoke.yaml (a bucket in "
@@ -103,16 +110,42 @@ def plan_jobs(target: Target, devices: Sequence[Device], *, api: ModelArts, opti
     obs_dir = code.ObsDir.parse(options.obs_dir)
     upload = code.plan_upload(obs_dir, target.image.id, code.job_code(script_dir, target.image.stack.checks))
     token = token or secrets.token_hex(3)
+    nodes = (verify.nodes if verify is not None else None) or target.image.nodes
     planned = []
     for device in devices:
         kind = flavors.flavor_type(device)
         offered = _asked(functools.partial(api.flavors, kind), what="list the training-job flavours", region=region)
-        flavor = flavors.choose(offered, device=device, arch=IMAGE_ARCH, wanted=options.flavor, region=region)
+        flavor = flavors.choose(offered, device=device, arch=IMAGE_ARCH, wanted=options.flavor, region=region,
+                                nodes=nodes)
+        gpu = device is Device.GPU
+        topology = None if nodes == 1 else _topology(verify or VerifyOptions(reports_dir=Path()), nodes=nodes,
+                                                     flavor=flavor, gpu=gpu, timeout=options.job_timeout)
         body = training_job_body(target.image, digest=target.digest, flavor_id=flavor.id, code_dir=upload.code_dir,
-                                 gpu=device is Device.GPU, image_url=target.image_url,
-                                 name=job_name(target.image, device, token))
-        planned.append(PlannedJob(device=device, flavor=flavor, upload=upload, body=body))
+                                 gpu=gpu, image_url=target.image_url, name=job_name(target.image, device, token),
+                                 node_count=nodes, command=None if topology is None else platform_command(
+                                     target.image.user, topology, gpu=gpu))
+        shape = None if topology is None else Worker(index=0, nodes=nodes, procs_per_node=topology.procs_per_node,
+                                                     launcher=topology.launcher.value)
+        planned.append(PlannedJob(device=device, flavor=flavor, upload=upload, body=body, shape=shape))
     return tuple(planned)
+
+
+def _topology(verify: VerifyOptions, *, nodes: int, flavor: Flavor, gpu: bool, timeout: float) -> Topology:
+    """A distributed job's: a process per GPU of the flavour (or --procs-per-node), one on a CPU flavour."""
+    return Topology(nodes=nodes, procs_per_node=verify.procs_per_node or (max(flavor.accelerators, 1) if gpu else 1),
+                    launcher=verify.launcher, master_port=verify.master_port, timeout=timeout,
+                    rendezvous_timeout=verify.rendezvous_timeout)
+
+
+def shape_of(job: JobState) -> Worker | None:
+    """The shape of a job read back (--job): its tasks are its nodes, and its command says how each started."""
+    if len(job.tasks) < 2:
+        return None
+    words = job.command.split()
+    procs = next((int(after) for before, after in itertools.pairwise(words)
+                  if before == "--procs-per-node" and after.isdigit()), 1)
+    launcher = Launcher.TORCHRUN if any(word.endswith("/" + LAUNCHER_SCRIPT) for word in words) else Launcher.BOOT
+    return Worker(index=0, nodes=len(job.tasks), procs_per_node=procs, launcher=launcher.value)
 
 
 def _asked(call: Callable[[], T], *, what: str, region: str) -> T:
@@ -144,34 +177,46 @@ def advice(error: CloudError) -> str:
 
 
 def run_job(planned: PlannedJob, *, target: Target, api: ModelArts, options: PlatformOptions, region: str,
-            say: Callable[[str], None], pace: Pace = REAL_TIME) -> DeviceRun | JobState:
+            say: Callable[[str], None], pace: Pace = REAL_TIME) -> tuple[DeviceRun, ...] | JobState:
     """Create the job (its code is on OBS already), watch it and judge its log; with --detach, the created job's
     state."""
     created = _asked(lambda: api.create(planned.body), what=f"create the training job for {target.image.id}",
                      region=region)
-    say(f"{target.image.id}: training job {created.name} ({created.id}) on {planned.flavor.id}")
+    nodes = f" × {planned.shape.nodes} nodes" if planned.shape is not None else ""
+    say(f"{target.image.id}: training job {created.name} ({created.id}) on {planned.flavor.id}{nodes}")
     if options.detach:
         return created
     return read_job(created, planned.device, flavor=planned.flavor.id, target=target, api=api, options=options,
-                    region=region, say=say, pace=pace)
+                    region=region, say=say, pace=pace, shape=planned.shape)
 
 
 def read_job(created: JobState, device: Device, *, flavor: str, target: Target, api: ModelArts,
-             options: PlatformOptions, region: str, say: Callable[[str], None], pace: Pace = REAL_TIME) -> DeviceRun:
-    """Watch a job to its end and judge what its first task printed."""
+             options: PlatformOptions, region: str, say: Callable[[str], None], pace: Pace = REAL_TIME,
+             shape: Worker | None = None) -> tuple[DeviceRun, ...]:
+    """Watch a job to its end and judge what each of its tasks printed: one run, or a run per worker of a
+    distributed job (`shape`)."""
     watched = watch(api, created, timeout=options.job_timeout, say=say, pace=pace)
-    return judged(watched, device, flavor=flavor, target=target, api=api, region=region)
+    if shape is None:
+        return (judged(watched, device, flavor=flavor, target=target, api=api, region=region),)
+    tasks = watched.state.tasks or tuple(f"worker-{index}" for index in range(shape.nodes))
+    command = tuple(watched.state.command.split()) or None
+    return tuple(replace(judged(watched, device, flavor=flavor, target=target, api=api, region=region, task=task,
+                                command=command), worker=replace(shape, index=index))
+                 for index, task in enumerate(tasks))
 
 
 def judged(watched: Watched, device: Device, *, flavor: str, target: Target, api: ModelArts,
-           region: str) -> DeviceRun:
+           region: str, task: str | None = None, command: tuple[str, ...] | None = None) -> DeviceRun:
+    """What one task printed, judged as a local run is; `task`: the first by default."""
     state = watched.state
-    task = state.tasks[0] if state.tasks else "worker-0"
+    task = task or (state.tasks[0] if state.tasks else "worker-0")
     status = state.task_status(task)
     exit_code = status.exit_code if status is not None else None
-    preview = _asked(lambda: api.log_preview(state.id, task), what=f"read the log of {state.name}", region=region)
+    preview = _asked(lambda: api.log_preview(state.id, task), what=f"read the log of {state.name} ({task})",
+                     region=region)
     user = target.image.user
-    command = (user.boot_python, f"{user.code_dir}/{SCRIPT_NAME}", *((REQUIRE_GPU,) if device is Device.GPU else ()))
+    command = command or (user.boot_python, f"{user.code_dir}/{SCRIPT_NAME}",
+                          *((REQUIRE_GPU,) if device is Device.GPU else ()))
     partial = (f" (the log preview holds its newest {preview.current_size} of {preview.full_size} bytes)"
                if preview.truncated else "")
     phase_note = "" if state.phase is Phase.COMPLETED else (
@@ -201,34 +246,38 @@ def report_of(target: Target, runs: Sequence[DeviceRun]) -> ImageReport:
 
 def verify_on_modelarts(target: Target, *, api: ModelArts, store: CodeStore, options: PlatformOptions,
                         devices: Sequence[Device], region: str, script_dir: Path, say: Callable[[str], None],
-                        pace: Pace = REAL_TIME) -> ImageReport | None:
-    """The image's report from a job per device (or from the job --job names); None when nothing was judged:
-    --dry-run (the jobs are shown) or --detach (they were created and named)."""
+                        pace: Pace = REAL_TIME, verify: VerifyOptions | None = None) -> ImageReport | None:
+    """The image's report from a job per device (or from the job --job names), a run per worker of a distributed
+    job; None when nothing was judged: --dry-run (the jobs are shown) or --detach (they were created and named).
+    `verify`: the distributed settings (--nodes, --procs-per-node, --launcher, --master-port,
+    --rendezvous-timeout)."""
     if options.job:
         attached = _asked(lambda: api.job(str(options.job)), what=f"read training job {options.job}", region=region)
-        device = Device.GPU if REQUIRE_GPU in attached.command else devices[0]
-        run = read_job(attached, device, flavor=attached.flavor or options.flavor or "", target=target, api=api,
-                       options=options, region=region, say=say, pace=pace)
-        return report_of(target, [run])
-    planned = plan_jobs(target, devices, api=api, options=options, region=region, script_dir=script_dir)
+        device = Device.GPU if REQUIRE_GPU in attached.command.split() else devices[0]
+        runs = read_job(attached, device, flavor=attached.flavor or options.flavor or "", target=target, api=api,
+                        options=options, region=region, say=say, pace=pace, shape=shape_of(attached))
+        return report_of(target, runs)
+    planned = plan_jobs(target, devices, api=api, options=options, region=region, script_dir=script_dir,
+                        verify=verify)
     if options.dry_run:
         for job in planned:
             say(job.described())
         return None
     # Each job is billed for as long as it queues and runs: say so before the first is created.
     say(f"{target.image.id}: creating {len(planned)} billed training job(s) on ModelArts in {region}: "
-        + ", ".join(f"{job.device} on {job.flavor.id}" for job in planned))
+        + ", ".join(f"{job.device} on {job.flavor.id}" + (f" × {job.shape.nodes} nodes" if job.shape else "")
+                    for job in planned))
     # every device's job reads the same code: it is uploaded once
     sent = code.upload(store, planned[0].upload, region=region)
     say(f"{target.image.id}: code at obs://{sent.bucket}/{sent.folder} ({len(sent.sent)} of {len(sent.files)} "
         "files sent)")
     done = [run_job(job, target=target, api=api, options=options, region=region, say=say, pace=pace)
             for job in planned]
-    runs = [item for item in done if isinstance(item, DeviceRun)]
-    if len(runs) < len(done):  # --detach
+    judged_runs = [run for item in done if not isinstance(item, JobState) for run in item]
+    if any(isinstance(item, JobState) for item in done):  # --detach
         for item in done:
             if isinstance(item, JobState):
                 say(f"{target.image.id}: created {item.name} ({item.id}); read it later with "
                     f"inv verify --on modelarts --only {target.image.id} --job {item.id}")
         return None
-    return report_of(target, runs)
+    return report_of(target, judged_runs)

@@ -58,10 +58,11 @@ def job_name(image: ImageSpec) -> str:
 
 def training_job_body(image: ImageSpec, *, digest: str, flavor_id: str | None = None, node_count: int = 1,
                       code_dir: str = CODE_DIR_PLACEHOLDER, gpu: bool | None = None, image_url: str | None = None,
-                      name: str | None = None) -> dict[str, Any]:
+                      name: str | None = None, command: str | None = None) -> dict[str, Any]:
     """The v2 training-jobs body that runs the verification script in the pushed image as ModelArts would, the
     boot command as the local verification runs it (with --require-gpu on a GPU flavour; `gpu` None: a CUDA
-    entry's image runs on one). `image_url`: the image as the job names it (by default pinned to `digest`)."""
+    entry's image runs on one). `image_url`: the image as the job names it (by default pinned to `digest`);
+    `command`: a distributed job's (verify.distributed.platform_command), in place of the single-node one."""
     gpu = not image.is_cpu if gpu is None else gpu
     code_dir = code_dir.rstrip("/") + "/"
     description = (f"Verify {image.reference} {digest} (PyTorch {image.torch}, {image.variant}, Python "
@@ -76,7 +77,7 @@ def training_job_body(image: ImageSpec, *, digest: str, flavor_id: str | None = 
             "code_dir": code_dir,
             "boot_file": f"{code_dir}{SCRIPT_NAME}",
             # ModelArts expands ${MA_JOB_DIR} and runs the command without a shell profile
-            "command": image.user.boot_command + (f" {REQUIRE_GPU}" if gpu else ""),
+            "command": command or image.user.boot_command + (f" {REQUIRE_GPU}" if gpu else ""),
             "engine": {"image_url": image_url or pinned_reference(image, digest)},
             "parameters": [],
             "environments": {"PYTHONUNBUFFERED": "1"},

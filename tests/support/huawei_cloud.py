@@ -177,7 +177,14 @@ class JobScript:
     exit_code: int | None = 0  # each task's exit code once final
     message: str = ""  # each task's message once final
     log: str = ""  # the whole log of each task; the preview serves only its newest `preview_limit` bytes
-    tasks: tuple[str, ...] = ("worker-0",)
+    # worker-0 ... worker-<node_count - 1>, as the platform names a job's tasks, unless given
+    tasks: tuple[str, ...] | None = None
+    logs: dict[str, str] = field(default_factory=dict)  # a task's own log, in place of `log`
+    exit_codes: dict[str, int | None] = field(default_factory=dict)  # a task's own exit code
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return self.tasks or ("worker-0",)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -458,7 +465,7 @@ class StandIn:
             return self._stop(request, job_id, job)
         if operation == "tasks":
             return _json(200, [{"task": task, "ip": f"192.168.0.{10 + index}", "host_ip": f"10.0.0.{10 + index}",
-                                "schedule_count": 0} for index, task in enumerate(job["script"].tasks)])
+                                "schedule_count": 0} for index, task in enumerate(job["script"].task_names)])
         return self._log_preview(job, params["task"])
 
     def _check_apig_signature(self, request: _Request, path_project: str | None) -> None:
@@ -532,11 +539,13 @@ class StandIn:
         runner = self._runner
         # a live job's task ends as its container does: no exit code until then
         script = self.behaviour(body) if runner is None else JobScript(phases=[], exit_code=None)
-        if flavor is not None:
-            node_count = body["spec"]["resource"].get("node_count") or 1
-            if node_count < 1 or node_count > int(flavor.get("max_num", 1)):
-                raise _invalid(f"spec.resource.node_count {node_count} is out of range [1, {flavor.get('max_num')}] "
-                               f"for flavor {flavor['flavor_id']}")
+        node_count = int(((body.get("spec") or {}).get("resource") or {}).get("node_count") or 1)
+        if flavor is not None and (node_count < 1 or node_count > int(flavor.get("max_num", 1))):
+            raise _invalid(f"spec.resource.node_count {node_count} is out of range [1, {flavor.get('max_num')}] "
+                           f"for flavor {flavor['flavor_id']}")
+        if runner is not None and node_count > 1:
+            raise _invalid("this stand-in runs a live job on one node only")
+        script = dataclasses.replace(script, tasks=script.tasks or tuple(f"worker-{k}" for k in range(node_count)))
         job_id = str(uuid.uuid4())
         self.jobs[job_id] = {"body": body, "script": script, "polls": 0, "phase": "Creating", "stopped": False,
                              "created_at": time.time(), "live": None}
@@ -598,7 +607,7 @@ class StandIn:
 
     def _log_preview(self, job: dict[str, Any], task: str) -> _Reply:
         script: JobScript = job["script"]
-        if task not in script.tasks:
+        if task not in script.task_names:
             raise _refuse(404, NOT_FOUND, f"The resource you requested is not exist: task {task}")
         # No log before the job runs: a Creating or Pending job has started no process yet.
         if not _started(job):
@@ -606,7 +615,7 @@ class StandIn:
         elif job.get("live") is not None:
             log = job["live"].record.log
         else:
-            log = script.log.encode()
+            log = script.logs.get(task, script.log).encode()
         content = log[-self.preview_limit:] if self.preview_limit > 0 else b""
         text = content.decode("utf-8", "ignore")  # a cut through a multi-byte character drops its head
         return _json(200, {"content": text, "current_size": len(text.encode()), "full_size": len(log)})
@@ -635,15 +644,15 @@ class StandIn:
             "phase": phase,
             "secondary_phase": _SECONDARY.get(phase, phase),
             "duration": int((time.time() - job["created_at"]) * 1000) if started else 0,
-            "tasks": list(script.tasks),
+            "tasks": list(script.task_names),
         }
         if started:
             status["start_time"] = created_ms
         if phase in FINAL_PHASES:
+            codes = {task: script.exit_codes.get(task, script.exit_code) for task in script.task_names}
             status["task_statuses"] = [
-                {"task": task, "message": script.message,
-                 **({} if script.exit_code is None else {"exit_code": script.exit_code})}
-                for task in script.tasks]
+                {"task": task, "message": script.message, **({} if code is None else {"exit_code": code})}
+                for task, code in codes.items()]
         return {"kind": body.get("kind") or "job", "metadata": metadata, "status": status, "algorithm": algorithm,
                 "spec": spec}
 

@@ -62,6 +62,19 @@ def test_no_flavour_of_the_architecture_is_an_error_listing_the_region() -> None
         flavors.choose(OFFERED, device=Device.GPU, arch="aarch64", region="cn-north-4")
 
 
+def test_a_distributed_job_takes_the_smallest_flavour_that_takes_its_nodes() -> None:
+    offered = (*OFFERED, Flavor(id="modelarts.vm.cpu.4u", type=FlavorType.CPU, arch="x86", cpus=4, memory_gib=16,
+                                accelerators=0, max_nodes=4))
+    assert flavors.choose(offered, device=Device.CPU, arch="x86_64", nodes=2).id == "modelarts.vm.cpu.4u"
+    assert flavors.choose(offered, device=Device.CPU, arch="x86_64", nodes=1).id == "modelarts.vm.cpu.2u"
+    with pytest.raises(ConfigError) as caught:
+        flavors.choose(offered, device=Device.CPU, arch="x86_64", nodes=5, region="cn-north-4")
+    assert str(caught.value) == (
+        "no CPU flavour for x86 in cn-north-4 takes 5 nodes (offered: modelarts.vm.cpu.2u (2 vCPU, 8 GiB) up to 1 "
+        "node(s); modelarts.vm.cpu.4u (4 vCPU, 16 GiB) up to 4 node(s); modelarts.vm.cpu.8u (8 vCPU, 32 GiB) up to "
+        "1 node(s)); fewer --nodes, or another region")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # code on OBS
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from modelarts_images import pipeline
-from modelarts_images.declared import StepName
+from modelarts_images.declared import Launcher, StepName
 from modelarts_images.errors import ConfigError, PlatformError, VerifyError
-from modelarts_images.options import Device, DeviceChoice, Flags, PlatformOptions, Where, resolve
+from modelarts_images.options import Device, DeviceChoice, Flags, PlatformOptions, VerifyOptions, Where, resolve
 from modelarts_images.paths import VERIFY_DIR
 from modelarts_images.platform import verifier as platform
 from modelarts_images.platform.watch import Pace, PollSchedule
@@ -55,14 +55,15 @@ def target(image: Any = GPU_ENTRY) -> platform.Target:
 
 
 def verify(cloud: StandIn, *, image: Any = GPU_ENTRY, said: list[str] | None = None,
-           devices: tuple[Device, ...] | None = None, **changes: Any) -> ImageReport | None:
+           devices: tuple[Device, ...] | None = None, distributed: VerifyOptions | None = None,
+           **changes: Any) -> ImageReport | None:
     chosen = options(cloud, **changes)
     keys = platform.keys_from({"HUAWEICLOUD_SDK_AK": cloud.ak, "HUAWEICLOUD_SDK_SK": cloud.sk})
     api, store = pipeline.sdk_cloud(keys, cloud.region, chosen)
     return platform.verify_on_modelarts(
         target(image), api=api, store=store, options=chosen, region=cloud.region, script_dir=VERIFY_DIR,
         devices=devices or platform.devices_for(image, DeviceChoice.AUTO),
-        say=(said if said is not None else []).append, pace=FAST)
+        say=(said if said is not None else []).append, pace=FAST, verify=distributed)
 
 
 def test_a_gpu_entry_passes_as_a_job_on_the_smallest_gpu_flavour(cloud: StandIn) -> None:
@@ -322,3 +323,93 @@ def test_a_missing_sdk_is_named_with_how_to_install_it(cloud: StandIn, monkeypat
                                             r"esdk-obs-python") as caught:
         pipeline.sdk_cloud(keys, cloud.region, options(cloud))
     assert caught.value.exit_code == 7
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A distributed job: node_count, the same start as the local workers, every worker's log
+
+
+def worker_log(index: int, nodes: int = 2, *, rendezvous: bool = True) -> str:
+    """What worker `index` of a CPU job prints: the single-node checks, then the distributed ones."""
+    hosts = ",".join(f"job-worker-{k}.job" for k in range(nodes))
+    checks = [{"name": "import-torch", "ok": True, "detail": "torch 2.13.0"},
+              {"name": "distributed:available", "ok": True, "detail": "gloo (0.01 s)"},
+              {"name": "distributed:master", "ok": True, "detail": "job-worker-0.job resolves (0.01 s)"},
+              {"name": "distributed:rendezvous", "ok": rendezvous,
+               "detail": ("gloo with master job-worker-0.job:6060 (0.50 s)" if rendezvous else
+                          "could not rendezvous with job-worker-0.job:6060 within 60 s: no answer (63.00 s)")}]
+    if rendezvous:
+        checks += [{"name": f"distributed:{name}", "ok": True, "detail": f"{name} fine (0.{index + 1}0 s)"}
+                   for name in ("all_reduce", "broadcast", "barrier")]
+    result = result_dict(torch="2.13.0", torch_cuda=None, cudnn=None, cuda_available=False, device_count=0, devices=[],
+                         device="cpu", python="3.11.9", ok=rendezvous, checks=checks,
+                         environment={"MA_JOB_DIR": "/home/ma-user/modelarts/user-job-dir", "MA_NUM_GPUS": "0",
+                                      "MA_NUM_HOSTS": str(nodes), "VC_TASK_INDEX": str(index),
+                                      "VC_WORKER_HOSTS": hosts})
+    return log_with(result)
+
+
+def two_nodes(**changes: Any) -> VerifyOptions:
+    return dataclasses.replace(VerifyOptions(reports_dir=Path("unused"), nodes=2), **changes)
+
+
+def test_a_distributed_job_takes_its_nodes_and_every_workers_log_is_judged(cloud: StandIn) -> None:
+    cloud.behaviour = lambda body: JobScript(phases=[("Running", 1)],
+                                             logs={"worker-0": worker_log(0), "worker-1": worker_log(1)})
+    said: list[str] = []
+    report = verify(cloud, image=CPU_ENTRY, said=said, distributed=two_nodes())
+    assert report is not None and report.ok, report and report.failure()
+    (created,) = [call.json() for call in cloud.calls("create")]
+    # the smallest CPU flavour takes one node only: the one that takes two
+    assert created["spec"]["resource"] == {"flavor_id": "modelarts.vm.cpu.8u", "node_count": 2}
+    assert created["algorithm"]["command"] == (
+        "/home/ma-user/miniconda3/bin/python ${MA_JOB_DIR}/code/pytorch-verification.py --procs-per-node 1 "
+        "--master-port 6060 --rendezvous-timeout 60")
+    assert sorted(call.path.split("/")[-3] for call in cloud.calls("logs")) == ["worker-0", "worker-1"]
+    assert [(run.worker.index, run.worker.nodes) for run in report.runs if run.worker] == [(0, 2), (1, 2)]
+    assert all(run.job is not None and run.job.job_id in cloud.jobs for run in report.runs)
+    assert report.distributed() == {"cpu": "2 nodes × 1, gloo: all_reduce, broadcast, barrier ok (0.60 s)"}
+    assert any("modelarts.vm.cpu.8u × 2 nodes" in line for line in said)
+
+
+def test_a_worker_that_fails_on_the_platform_fails_the_image_naming_it(cloud: StandIn) -> None:
+    cloud.behaviour = lambda body: JobScript(
+        phases=[("Running", 1)], final="Failed", exit_codes={"worker-0": 0, "worker-1": 1},
+        logs={"worker-0": worker_log(0), "worker-1": worker_log(1, rendezvous=False)})
+    report = verify(cloud, image=CPU_ENTRY, distributed=two_nodes())
+    assert report is not None and not report.ok
+    message = report.failure() or ""
+    assert "cpu worker 1/2/script:distributed:rendezvous: could not rendezvous with job-worker-0.job:6060" in message
+    assert "cpu worker 1/2/exit-status" in message and "task worker-1 exit code 1" in message, message
+    assert report.distributed()["cpu"].startswith("2 nodes × 1, gloo: FAIL, worker 0 job")
+
+
+def test_torchrun_on_a_gpu_flavour_runs_a_process_per_gpu(cloud: StandIn) -> None:
+    chosen = options(cloud, flavor="modelarts.vm.gpu.8v100")
+    api, _ = pipeline.sdk_cloud(platform.keys_from({"HUAWEICLOUD_SDK_AK": cloud.ak, "HUAWEICLOUD_SDK_SK": cloud.sk}),
+                                cloud.region, chosen)
+    planned = platform.plan_jobs(target(), (Device.GPU,), api=api, options=chosen, region=cloud.region,
+                                 script_dir=VERIFY_DIR, verify=two_nodes(launcher=Launcher.TORCHRUN, master_port=7070))
+    (job,) = planned
+    assert job.body["spec"]["resource"]["node_count"] == 2
+    assert job.body["algorithm"]["command"] == (
+        "/bin/sh ${MA_JOB_DIR}/code/launch-torchrun.sh /home/ma-user/miniconda3/bin/python 8 7070 --require-gpu "
+        "--procs-per-node 8 --master-port 7070 --rendezvous-timeout 60")
+    assert "launch-torchrun.sh" in [file.name for file in job.upload.files]
+
+
+def test_a_flavour_that_takes_fewer_nodes_is_refused_before_any_job(cloud: StandIn) -> None:
+    with pytest.raises(ConfigError, match=r"--flavor modelarts.vm.gpu.p4: takes at most 1 node\(s\)"):
+        verify(cloud, flavor="modelarts.vm.gpu.p4", distributed=two_nodes())
+    assert not cloud.calls("create")
+
+
+def test_a_distributed_job_is_read_back_with_every_worker(cloud: StandIn) -> None:
+    cloud.behaviour = lambda body: JobScript(phases=[("Running", 1)],
+                                             logs={"worker-0": worker_log(0), "worker-1": worker_log(1)})
+    assert verify(cloud, image=CPU_ENTRY, detach=True, distributed=two_nodes()) is None
+    (job_id,) = cloud.jobs
+    report = verify(cloud, image=CPU_ENTRY, job=job_id)  # no --nodes: the job's own tasks say it
+    assert report is not None and report.ok
+    assert [run.worker.index for run in report.runs if run.worker] == [0, 1]
+    assert report.distributed() == {"cpu": "2 nodes × 1, gloo: all_reduce, broadcast, barrier ok (0.60 s)"}
