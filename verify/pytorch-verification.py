@@ -24,12 +24,13 @@ those, and the boot command is one of:
     /home/ma-user/miniconda3/bin/python ${MA_JOB_DIR}/code/pytorch-verification.py \
         [--procs-per-node P] [--master-port 6060] [--rendezvous-timeout 60]
 
-    # under a launcher, through a shell: every process runs the script, rank and world from the environment
-    /bin/sh -c 'python -m torch.distributed.run --nnodes=$MA_NUM_HOSTS --node_rank=$VC_TASK_INDEX \
+    # under a launcher, through a shell (launch-torchrun.sh beside this script starts the first, or on torch < 1.9
+    # python -m torch.distributed.launch --use_env with the same arguments; without --use_env the script takes
+    # the local rank from its --local_rank argument): every process runs the script, rank and world from the
+    # environment
+    python -m torch.distributed.run --nnodes=$MA_NUM_HOSTS --node_rank=$VC_TASK_INDEX \
         --nproc_per_node=P --master_addr="${VC_WORKER_HOSTS%%,*}" --master_port=6060 \
-        ${MA_JOB_DIR}/code/pytorch-verification.py'
-    # torch < 1.9: python -m torch.distributed.launch --use_env (same arguments; without --use_env the script
-    # takes the local rank from its --local_rank argument)
+        ${MA_JOB_DIR}/code/pytorch-verification.py
 
 ModelArts gives every worker MA_NUM_HOSTS (= VC_WORKER_NUM), VC_TASK_INDEX (0-based), VC_WORKER_HOSTS (the workers'
 names in order, `<job>-worker-0.<job>,...`), MA_CURRENT_IP, MA_CURRENT_INSTANCE_NAME, MA_NUM_GPUS; the master is
