@@ -3,6 +3,7 @@ the install tool (uv) on the host's package index, and the matrix runner with st
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,6 +14,7 @@ from modelarts_images.http import pip_resolver
 from modelarts_images.shared import retry
 from tests.support.http_server import FileServer, serve
 from tests.support.matrix_harness import make_harness
+from tests.unit.test_verification_script import TORCH_PYTHON, torch_python
 
 T = TypeVar("T")
 
@@ -50,3 +52,16 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The matrix runner with stand-in fetch and build steps (tests/support/matrix_harness.py)."""
     return make_harness(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def python_with_torch() -> str:
+    """An interpreter with torch, for the verification script's host tests; the tests are skipped, saying how
+    to run them, without one, and fail when the one named cannot import torch."""
+    found, tried = torch_python()
+    if found is None and os.environ.get(TORCH_PYTHON):
+        pytest.fail(f"{TORCH_PYTHON}={os.environ[TORCH_PYTHON]} cannot import torch (tried {tried})", pytrace=False)
+    if found is None:
+        pytest.skip(f"no Python with torch (tried {tried}): set {TORCH_PYTHON}=/path/to/python of an environment with "
+                    "torch installed to run these")
+    return found

@@ -27,7 +27,7 @@ import pytest
 
 from modelarts_images.verify.checks import CheckOutcome
 from modelarts_images.verify.result import RESULT_PREFIX, VerificationResult, parse_result
-from tests.unit.test_verification_script import SCRIPT, TORCH_PYTHON, torch_python
+from tests.unit.test_verification_script import SCRIPT
 
 BOUND = 5  # --rendezvous-timeout of the fault tests
 GRACE = 3  # the script's WATCHDOG_GRACE_S: how long past the deadline its watchdog ends a step
@@ -40,17 +40,6 @@ LAUNCH_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GRO
                     "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "MODELARTS_VERIFY_PARENT")
 TIME = re.compile(r"\((\d+(?:\.\d+)?) s\)$")
 PYTHON37 = "MODELARTS_IMAGES_PYTHON37"
-
-
-@pytest.fixture
-def python_with_torch() -> str:
-    found, tried = torch_python()
-    if found is None and os.environ.get(TORCH_PYTHON):
-        pytest.fail(f"{TORCH_PYTHON}={os.environ[TORCH_PYTHON]} cannot import torch (tried {tried})", pytrace=False)
-    if found is None:
-        pytest.skip(f"no Python with torch (tried {tried}): set {TORCH_PYTHON}=/path/to/python of an environment with "
-                    "torch installed to run these")
-    return found
 
 
 # --------------------------------------------------------------------------------------------------------------

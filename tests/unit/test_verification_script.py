@@ -15,8 +15,6 @@ import sys
 from functools import cache
 from pathlib import Path
 
-import pytest
-
 from modelarts_images.verify.result import RESULT_PREFIX, parse_result
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,17 +38,6 @@ def torch_python() -> tuple[str | None, str]:
         if probe.returncode == 0:
             return candidate, ""
     return None, ", ".join(tried)
-
-
-@pytest.fixture
-def python_with_torch() -> str:
-    found, tried = torch_python()
-    if found is None and os.environ.get(TORCH_PYTHON):
-        pytest.fail(f"{TORCH_PYTHON}={os.environ[TORCH_PYTHON]} cannot import torch (tried {tried})", pytrace=False)
-    if found is None:
-        pytest.skip(f"no Python with torch (tried {tried}): set {TORCH_PYTHON}=/path/to/python of an environment with "
-                    "torch installed to run these")
-    return found
 
 
 def run_script(python: str, *arguments: str, cwd: Path, extra_env: dict[str, str] | None = None,
