@@ -891,34 +891,24 @@ def run_distributed(torch, device, arguments, context, result, checks, started):
         checks.add("distributed:local_ranks", *children.wait(time.time() + wait))
 
 
-def positive_seconds(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value <= 24 * 3600:
-        raise argparse.ArgumentTypeError(f"{text} must be more than 0 seconds and at most a day")
-    return value
+def number_type(kind, what, fits, bounds):
+    """An argparse type: a `kind` number for which fits(value) holds, else a usage error naming the option and
+    saying what it takes (`what`: what the text is not; `bounds`: what the number must be)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not fits(value):  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{text} must be {bounds}")
+        return value
+    return parse
 
 
-def procs_count(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
-    return value
-
-
-def port_number(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} must be a port from 1 to 65535")
-    return value
+positive_seconds = number_type(float, "a number of seconds", lambda value: 0 < value <= 24 * 3600,
+                               "more than 0 seconds and at most a day")
+procs_count = number_type(int, "a whole number", lambda value: value >= 1, "1 or more")
+port_number = number_type(int, "a port number", lambda value: 1 <= value <= 65535, "a port from 1 to 65535")
 
 
 def main(argv=None):

@@ -54,6 +54,11 @@ class PlannedJob:
     body: Mapping[str, Any]
     shape: Worker | None = None  # a distributed job's shape (index 0 stands for each worker); None: one node
 
+    @property
+    def where(self) -> str:
+        """The flavour, and the nodes of a distributed job."""
+        return self.flavor.id + (f" × {self.shape.nodes} nodes" if self.shape is not None else "")
+
     def described(self) -> str:
         keys = "\n".join(f"  obs://{self.upload.bucket}/{key}" for key in self.upload.object_keys())
         return (f"{self.body['metadata']['name']}: {self.device} on {self.flavor.described}\ncode:\n{keys}\n"
@@ -182,8 +187,7 @@ def run_job(planned: PlannedJob, *, target: Target, api: ModelArts, options: Pla
     state."""
     created = _asked(lambda: api.create(planned.body), what=f"create the training job for {target.image.id}",
                      region=region)
-    nodes = f" × {planned.shape.nodes} nodes" if planned.shape is not None else ""
-    say(f"{target.image.id}: training job {created.name} ({created.id}) on {planned.flavor.id}{nodes}")
+    say(f"{target.image.id}: training job {created.name} ({created.id}) on {planned.where}")
     if options.detach:
         return created
     return read_job(created, planned.device, flavor=planned.flavor.id, target=target, api=api, options=options,
@@ -265,8 +269,7 @@ def verify_on_modelarts(target: Target, *, api: ModelArts, store: CodeStore, opt
         return None
     # Each job is billed for as long as it queues and runs: say so before the first is created.
     say(f"{target.image.id}: creating {len(planned)} billed training job(s) on ModelArts in {region}: "
-        + ", ".join(f"{job.device} on {job.flavor.id}" + (f" × {job.shape.nodes} nodes" if job.shape else "")
-                    for job in planned))
+        + ", ".join(f"{job.device} on {job.where}" for job in planned))
     # every device's job reads the same code: it is uploaded once
     sent = code.upload(store, planned[0].upload, region=region)
     say(f"{target.image.id}: code at obs://{sent.bucket}/{sent.folder} ({len(sent.sent)} of {len(sent.files)} "

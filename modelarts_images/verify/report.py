@@ -20,6 +20,7 @@ from modelarts_images.verify.result import RESULT_PREFIX, VerificationResult
 
 SCHEMA = 1
 COLLECTIVES = ("all_reduce", "broadcast", "barrier")  # the script's distributed:<name> checks after the rendezvous
+_COLLECTIVE_CHECKS = frozenset(f"distributed:{name}" for name in COLLECTIVES)
 _CHECK_SECONDS = re.compile(r"\((\d+(?:\.\d+)?) s\)$")  # the time the script's distributed details end with
 
 
@@ -222,8 +223,7 @@ def distributed_summary(runs: Sequence[DeviceRun]) -> str:
         index, first = failed[0]
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         return f"{head}: FAIL, worker {index} {first.name}{more}"
-    seconds = max(sum(_seconds_of(check.detail) for check in run.result.checks
-                      if check.name in {f"distributed:{name}" for name in COLLECTIVES})
+    seconds = max(sum(_seconds_of(check.detail) for check in run.result.checks if check.name in _COLLECTIVE_CHECKS)
                   for _, run in workers if run.result is not None)
     return f"{head}: {', '.join(COLLECTIVES)} ok ({seconds:.2f} s)"
 
