@@ -99,6 +99,26 @@ RENDEZVOUS_TIMEOUT_S = 60
 MIN_RENDEZVOUS_TIMEOUT_S, MAX_RENDEZVOUS_TIMEOUT_S = 5, 3600  # --rendezvous-timeout's range
 MAX_NODES = 16  # workers of a distributed verification (versions.schema.json says the same): more is a typo
 REQUIRE_GPU = "--require-gpu"  # the script's flag on a GPU flavour: no CUDA is a failure, not a CPU run
+REQUIRE_NPU = "--require-npu"  # the same on an Ascend flavour: no usable NPU is a failure
+
+
+@dataclass(frozen=True, kw_only=True)
+class NpuGroup:
+    """The group the host's Ascend devices belong to. Ascend's driver gives /dev/davinci* to HwHiAiUser (mode 0660)
+    and its cluster docs have HwHiAiUser at uid and gid 1000 on every host and in every container: the training
+    user (uid 1000) joins the group, so it reaches the devices by the group as well as by its uid."""
+
+    name: str = "HwHiAiUser"
+    gid: int = 1000
+
+
+NPU_GROUP = NpuGroup()
+# What Ascend's container docs pass into a container for the NPU: device files (davinci0, davinci1, ... one per
+# chip, plus the managers) and the host driver's directories and tool, mounted read-only. ModelArts mounts them
+# itself; `inv verify --device npu` passes the host's own.
+NPU_DEVICE_GLOB = "/dev/davinci[0-9]*"
+NPU_CONTROL_DEVICES = ("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc")
+NPU_DRIVER_MOUNTS = ("/usr/local/Ascend/driver", "/usr/local/dcmi", "/usr/local/bin/npu-smi")
 WORKER_HOSTNAME = "modelarts-job-worker-0"  # the pod name pattern of a single-worker job
 DEFAULT_USER = RunUser()
 

@@ -47,8 +47,9 @@ class DeviceChoice(Choice):
 
     CPU = "cpu"
     GPU = "gpu"
+    NPU = "npu"  # an Ascend NPU of this host: its device files and driver passed into the container
     BOTH = "both"
-    AUTO = "auto"  # the GPU when the engine can give one, else the CPU
+    AUTO = "auto"  # the GPU when the engine can give one (the NPU, for an Ascend image), else the CPU
 
 
 class Launcher(Choice):
@@ -250,7 +251,8 @@ SETTINGS: tuple[Setting, ...] = (
     # -- verify
     Setting(name="device", default=DeviceChoice.AUTO.value, flag="--device", fills="device",
             choices=DeviceChoice.names(), steps=(_S.VERIFY,),
-            help="cpu, gpu, both, or auto: the GPU when the engine can give one, else the CPU (default: auto)"),
+            help="cpu, gpu, npu, both (cpu and gpu), or auto: the GPU when the engine can give one (an Ascend "
+                 "image: the host's NPU when it has one), else the CPU (default: auto)"),
     Setting(name="timeout", flag="--timeout", fills="timeout", steps=(_S.VERIFY, _S.MANIFEST),
             help=f"seconds a verification container may run before it is killed (default: {VERIFY_TIMEOUT_S:g})"),
     Setting(name="size_budget", flag="--size-budget", fills="size_budget", steps=(_S.VERIFY,),

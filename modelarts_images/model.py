@@ -17,7 +17,23 @@ DEFAULT_SOURCE_DATE_EPOCH = 315_532_800
 MAX_NAME_BYTES = 255  # what ext4, xfs and tmpfs allow for one file name
 CPU = "cpu"  # versions.yaml's `cuda` for the CPU build, and that build's name wherever it is named
 _CUDA = "cuda"
+NPU = "npu"  # the matrix cell's tag of an Ascend image, and the verification's device there
 _BUILD_TAG = re.compile(r"cpu|cu\d+")  # what Accelerator.tag spells: PyTorch's local labels of its builds
+X86_64 = "x86_64"
+AARCH64 = "aarch64"
+# An image's architecture as versions.yaml may spell it (Docker's names too), and as the tool names it.
+ARCH_SPELLINGS = {"x86_64": X86_64, "amd64": X86_64, "aarch64": AARCH64, "arm64": AARCH64}
+_DOCKER_ARCH = {X86_64: "amd64", AARCH64: "arm64"}
+
+
+def docker_platform(arch: str) -> str:
+    """The engine's platform for an image's architecture: 'linux/amd64', 'linux/arm64'."""
+    return f"linux/{_DOCKER_ARCH[arch]}"
+
+
+def docker_arch(arch: str) -> str:
+    """How the engine's image config spells an architecture ('amd64', 'arm64')."""
+    return _DOCKER_ARCH[arch]
 
 
 def sha256_problem(value: object) -> str | None:
@@ -41,11 +57,14 @@ def filename_problem(name: str) -> str | None:
 
 @dataclass(frozen=True)
 class Accelerator:
-    """What an image's PyTorch is built for: the CPU, or one CUDA release. CUDA releases are an open set (what
-    versions.yaml and the compatibility table name), so this is a value rather than an Enum; every spelling of a
-    build ('cpu', 'cu121', 'cuda12', 'cuda12.1') is derived here and nowhere else."""
+    """What an image's PyTorch is built for: the CPU, one CUDA release, or an Ascend NPU through torch_npu on CANN
+    (whose torch is the CPU build). CUDA and CANN releases are open sets (what versions.yaml and the compatibility
+    tables name), so this is a value rather than an Enum; every spelling of a build ('cpu', 'cu121', 'cuda12',
+    'cuda12.1', 'npu') is derived here and nowhere else."""
 
     cuda: str | None = None  # the CUDA release, e.g. "12.1"; None: the CPU build
+    cann: str | None = None  # an Ascend image's CANN release, e.g. "8.2.RC1" (its torch is the CPU build)
+    chip: str | None = None  # an Ascend image's NPU chip, e.g. "910b"
 
     @classmethod
     def of(cls, cuda: str) -> Accelerator:
@@ -59,7 +78,12 @@ class Accelerator:
 
     @property
     def is_cpu(self) -> bool:
+        """Whether no CUDA is involved: a CPU image or an Ascend one (whose torch is the CPU build)."""
         return self.cuda is None
+
+    @property
+    def is_npu(self) -> bool:
+        return self.cann is not None
 
     @property
     def tag(self) -> str:
@@ -69,12 +93,18 @@ class Accelerator:
 
     @property
     def cell_tag(self) -> str:
-        """The matrix cell's tag (nox's -t, invoke.yaml's ci_runners): 'cpu', or 'cuda' and the CUDA major."""
+        """The matrix cell's tag (nox's -t, invoke.yaml's ci_runners): 'cpu', 'npu', or 'cuda' and the CUDA
+        major."""
+        if self.cann is not None:
+            return NPU
         return CPU if self.cuda is None else _CUDA + self.cuda.split(".")[0]
 
     @property
     def label(self) -> str:
-        """What a derived image tag ends with: 'cpu', or 'cuda' and the release ('cuda12.1')."""
+        """What a derived image tag ends with: 'cpu', 'cuda' and the release ('cuda12.1'), or the CANN release and
+        the chip ('cann8.2.RC1-910b')."""
+        if self.cann is not None:
+            return f"cann{self.cann}-{self.chip}"
         return CPU if self.cuda is None else _CUDA + self.cuda
 
     @property
@@ -84,8 +114,20 @@ class Accelerator:
 
     @property
     def described(self) -> str:
-        """For messages: 'the CPU build' or 'CUDA 12.1'."""
+        """For messages: 'the CPU build', 'CUDA 12.1' or 'Ascend 910b, CANN 8.2.RC1'."""
+        if self.cann is not None:
+            return f"Ascend {self.chip}, CANN {self.cann}"
         return "the CPU build" if self.cuda is None else f"CUDA {self.cuda}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ascend:
+    """An Ascend image's NPU software: CANN (from its base image) and torch_npu (a wheel beside torch)."""
+
+    cann: str  # e.g. "8.2.RC1"
+    chip: str  # versions.yaml's `npu`, e.g. "910b"
+    torch_npu: str  # the torch_npu release, e.g. "2.6.0" or "2.1.0.post13"
+    set_env: str | None = None  # where the base keeps CANN's set_env.sh; None: looked for where CANN puts it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,6 +191,8 @@ class ImageSpec:
     stack: Stack = Stack()
     user: RunUser = DEFAULT_USER
     nodes: int = 1  # workers of its verification (versions.yaml's verify.nodes): more than one is a distributed run
+    arch: str = X86_64  # the machine the image runs on: x86_64 or aarch64 (every Ascend image)
+    ascend: Ascend | None = None  # an Ascend NPU image's CANN and torch_npu
 
     @property
     def reference(self) -> str:
@@ -156,7 +200,18 @@ class ImageSpec:
 
     @property
     def accelerator(self) -> Accelerator:
+        if self.ascend is not None:
+            return Accelerator(cann=self.ascend.cann, chip=self.ascend.chip)
         return Accelerator.of(self.cuda)
+
+    @property
+    def platform(self) -> str:
+        """The engine's platform of the image: 'linux/amd64' or 'linux/arm64'."""
+        return docker_platform(self.arch)
+
+    @property
+    def is_npu(self) -> bool:
+        return self.ascend is not None
 
     @property
     def is_cpu(self) -> bool:
@@ -170,7 +225,8 @@ class ImageSpec:
     @property
     def packages(self) -> tuple[tuple[str, str], ...]:
         """(name, version) of the PyTorch packages the image carries, torch first."""
-        listed = (("torch", self.torch), ("torchvision", self.torchvision), ("torchaudio", self.torchaudio))
+        listed = (("torch", self.torch), ("torchvision", self.torchvision), ("torchaudio", self.torchaudio),
+                  ("torch_npu", self.ascend.torch_npu if self.ascend else None))
         return tuple((name, version) for name, version in listed if version is not None)
 
 

@@ -46,6 +46,7 @@ class Device(Choice):
 
     CPU = "cpu"
     GPU = "gpu"
+    NPU = "npu"
 
 
 class Flags(declared.Values):

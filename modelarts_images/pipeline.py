@@ -152,8 +152,10 @@ def verify_step(image: ImageSpec, options: VerifyOptions, engine: Engine, *, ref
     against ModelArts' rules, and save the report. A failed check is in the report, not raised."""
     with stage(VerifyError):
         reference = reference or image.reference
-        gpu = engine.gpu_support(reference) if options.device is DeviceChoice.AUTO else None
-        devices, skipped = runs.resolve_devices(options.device, gpu)
+        auto = options.device is DeviceChoice.AUTO
+        gpu = engine.gpu_support(reference) if auto and not image.is_npu else None
+        npu = runs.npu_host() if image.is_npu or options.device is DeviceChoice.NPU else None
+        devices, skipped = runs.resolve_devices(options.device, gpu, npu_image=image.is_npu, npu=npu)
         report = verifier.verify_image(engine, image, reference=reference, devices=devices, skipped=skipped,
                                        options=options)
         return Verified(report=report, path=verify_report.save_report(report, options.reports_dir))

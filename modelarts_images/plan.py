@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from modelarts_images.config import compat
+from modelarts_images.contract import NPU_GROUP
 from modelarts_images.model import DEFAULT_SOURCE_DATE_EPOCH, Artifact, FetchedImage, ImageSpec
 from modelarts_images.shared import redact
 
@@ -67,6 +68,9 @@ def build_args(image: ImageSpec, *, base_image: str | None = None, hermetic: boo
         # CUDA wheels carry their own CUDA runtime; the variables tell the NVIDIA runtime to mount the driver.
         ("GPU_RUNTIME", image.accelerator.runtime),
     ]
+    if image.ascend is not None:
+        # The host's NPU devices belong to this group: the training user joins it (context/user-layer.sh).
+        args += [("NPU_GROUP", NPU_GROUP.name), ("NPU_GID", str(NPU_GROUP.gid))]
     if hermetic is not None:
         args.append(("HERMETIC", "1" if hermetic else "0"))
     if hermetic is False and redact.has_credentials(image.pip_index):
@@ -96,8 +100,11 @@ def labels(image: ImageSpec, *, base_image: str | None = None, fetched: FetchedI
         (f"{LABEL_PREFIX}id", image.id),
         (f"{LABEL_PREFIX}python", image.python),
         (f"{LABEL_PREFIX}cuda", image.cuda),
+        (f"{LABEL_PREFIX}arch", image.arch),
         (f"{LABEL_PREFIX}user", f"{image.user.name} {image.user.spec}"),
     ]
+    if image.ascend is not None:
+        pairs += [(f"{LABEL_PREFIX}cann", image.ascend.cann), (f"{LABEL_PREFIX}npu", image.ascend.chip)]
     pairs += [(f"{LABEL_PREFIX}{name}", version) for name, version in image.packages]
     pairs += _stack_labels(image)
     if fetched is None:
@@ -191,7 +198,9 @@ def as_text(plans: Sequence[ImagePlan]) -> str:
             ("image", image.reference),
             ("base", image.base_image),
             ("python", image.python),
-            ("cuda", f"{image.cuda} ({image.variant})"),
+            ("platform", image.platform),
+            *([("ascend", f"{image.accelerator.described}, torch_npu {image.ascend.torch_npu} (torch's {image.variant} "
+                          "build)")] if image.ascend else [("cuda", f"{image.cuda} ({image.variant})")]),
             ("packages", ", ".join(f"{name} {version}" for name, version in image.packages)),
             ("user", f"{image.user.name} {image.user.spec}, conda at {image.user.conda_prefix}"),
         ]

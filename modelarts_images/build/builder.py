@@ -11,6 +11,7 @@ secret).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shlex
@@ -21,21 +22,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelarts_images import plan
-from modelarts_images.build import context
+from modelarts_images.build import cann_env, context, emulation
 from modelarts_images.engine.api import (
     Backend,
     BaseImage,
     BaseImageSource,
     BuildRequest,
+    ContainerRun,
     Engine,
     Layer,
     RegistryLogin,
 )
 from modelarts_images.errors import BuildError, ConfigError, EngineError
-from modelarts_images.model import Artifact, FetchedFile, FetchedImage, ImageSpec
+from modelarts_images.model import X86_64, Artifact, FetchedFile, FetchedImage, ImageSpec, docker_arch
 from modelarts_images.options import BuildOptions
 from modelarts_images.shared import redact
 from modelarts_images.shared.text import size
+
+log = logging.getLogger(__name__)
+CANN_PROBE_TIMEOUT_S = 300.0  # sourcing set_env.sh once; under emulation a shell starts in about a second
 
 # The Dockerfile's final stage for each backend: BuildKit's bind-mounts the context into its builder stages and
 # takes a pip index with credentials as a secret (see context/Dockerfile).
@@ -111,7 +116,8 @@ def effective_base_image(image: ImageSpec, options: BuildOptions) -> str:
     return reference
 
 
-def build_inputs(fetched: FetchedImage, options: BuildOptions) -> BuildInputs:
+def build_inputs(fetched: FetchedImage, options: BuildOptions, *, base_env: Sequence[tuple[str, str]] = ()
+                 ) -> BuildInputs:
     image = fetched.image
     base = effective_base_image(image, options)
     hermetic = fetched.closure is not None
@@ -119,7 +125,7 @@ def build_inputs(fetched: FetchedImage, options: BuildOptions) -> BuildInputs:
     return BuildInputs(
         reference=image.reference,
         base_image=base,
-        target=TARGETS[options.backend] + (context.ENV_SUFFIX if image.stack.env else ""),
+        target=TARGETS[options.backend] + (context.ENV_SUFFIX if image.stack.env or base_env else ""),
         hermetic=hermetic,
         needs_secret=needs_secret,
         build_args=plan.build_args(image, base_image=base, hermetic=hermetic,
@@ -208,12 +214,69 @@ def base_image_problem(base: BaseImage) -> ConfigError | BuildError | None:
 # With the engine
 
 
+def target_platform(image: ImageSpec, options: BuildOptions) -> str | None:
+    """The platform the build asks for: --platform, or the entry's where it is not x86_64 (None: the engine's own).
+    ConfigError for a --platform that is not the entry's architecture."""
+    if options.platform and options.platform != image.platform:
+        raise ConfigError(f"{image.id}: --platform {options.platform}, but the entry is for {image.arch} "
+                          f"({image.platform}); set arch in versions.yaml instead")
+    return options.platform or (image.platform if image.arch != X86_64 else None)
+
+
+def architecture_problem(image: ImageSpec, base: BaseImage) -> ConfigError | None:
+    """A local base of another architecture than the entry's (its config says which)."""
+    if base.arch is None or base.arch == docker_arch(image.arch):
+        return None
+    return ConfigError(f"{image.id}: base image {base.reference} is linux/{base.arch}, but the entry is for "
+                       f"{image.arch} ({image.platform}): pull the base for that platform (docker pull --platform "
+                       f"{image.platform} {base.reference}) or name one built for it")
+
+
 def check_bases(images: Sequence[ImageSpec], options: BuildOptions, engine: Engine) -> None:
-    """Before any download: every selected image's base exists, in the engine or in a registry that answers."""
-    for base in dict.fromkeys(effective_base_image(image, options) for image in images):
-        problem = base_image_problem(engine.base_image(base))
+    """Before any download: every selected image's base exists, in the engine or in a registry that answers, for
+    the entry's architecture; and an entry for another architecture than the engine's can run under emulation."""
+    seen: dict[str, BaseImage] = {}
+    for image in images:
+        reference = effective_base_image(image, options)
+        if reference not in seen:
+            seen[reference] = engine.base_image(reference)
+        problem = base_image_problem(seen[reference]) or architecture_problem(image, seen[reference])
         if problem is not None:
             raise problem
+    foreign = {image.arch: image for image in images if image.arch != X86_64 or options.platform}
+    if foreign:
+        engine_arch = engine.architecture()
+        local = engine.endpoint.startswith(("unix://", "npipe://"))
+        for arch, image in foreign.items():
+            emulated = emulation.emulation_problem(arch, engine_arch, local_engine=local)
+            if emulated:
+                raise BuildError(f"{image.id}: {emulated}")
+
+
+def cann_environment(image: ImageSpec, base: str, engine: Engine) -> tuple[tuple[str, str], ...]:
+    """What the base's CANN set_env.sh sets (an Ascend image; () for the others), read by running the base once."""
+    if image.ascend is None:
+        return ()
+    run = ContainerRun(image=base, command=cann_env.probe_command(f"{image.user.conda_prefix}/bin",
+                                                                  cann_env.candidates(image.ascend.set_env)),
+                       user="0:0", working_dir="/", network=False, timeout=CANN_PROBE_TIMEOUT_S,
+                       platform=image.platform if image.arch != X86_64 else None)
+    output = engine.run(run)
+    try:
+        found = cann_env.parse(output.stdout) if output.exit_code == 0 else None
+    except ValueError:
+        found = None
+    if found is None:
+        raise BuildError(f"{image.id}: sourcing CANN's set_env.sh in base image {base} failed (exit "
+                         f"{output.exit_code}): {redact.text(output.stderr.strip()[-400:]) or 'no output'}")
+    if found.set_env is None:
+        log.warning("%s: base image %s has no CANN set_env.sh (%s): the image gets no CANN environment, and "
+                    "torch_npu cannot load without CANN; name a CANN base image, or set cann_set_env", image.id,
+                    base, ", ".join(cann_env.candidates(image.ascend.set_env)))
+    else:
+        log.info("%s: CANN's environment from %s: %s", image.id, found.set_env,
+                 ", ".join(name for name, _ in found.variables) or "nothing new")
+    return found.variables
 
 
 @contextlib.contextmanager
@@ -247,7 +310,7 @@ INLINE_CACHE_ARG = ("BUILDKIT_INLINE_CACHE", "1")
 def _request(inputs: BuildInputs, options: BuildOptions, context_dir: Path,
              secrets: tuple[tuple[str, Path], ...] = (), *, labels: tuple[tuple[str, str], ...] = (),
              cache: RegistryCache | None = None, served: context.Bundles = (),
-             served_args: tuple[tuple[str, str], ...] = ()) -> BuildRequest:
+             served_args: tuple[tuple[str, str], ...] = (), platform: str | None = None) -> BuildRequest:
     buildkit = options.backend is Backend.BUILDKIT
     cached_from = cache if cache is not None and buildkit and not options.no_cache else RegistryCache(references=())
     return BuildRequest(
@@ -260,7 +323,7 @@ def _request(inputs: BuildInputs, options: BuildOptions, context_dir: Path,
         cache_from=cached_from.references,
         cache_logins=cached_from.logins,
         no_cache=options.no_cache,
-        platform=options.platform,
+        platform=platform,
         secrets=secrets,
         context_entries=CONTEXT_ENTRIES,
         served=served,
@@ -273,15 +336,17 @@ def build_image(fetched: FetchedImage, options: BuildOptions, engine: Engine, *,
     `labels` are added to the entry's own, `cache` names registry images BuildKit may take layers from."""
     started = time.monotonic()
     image = fetched.image
-    inputs = build_inputs(fetched, options)
+    base_env = cann_environment(image, effective_base_image(image, options), engine)
+    inputs = build_inputs(fetched, options, base_env=base_env)
     check_backend(options.backend, inputs, image_id=image.id)
-    context_dir = context.assemble(fetched, options.work_dir)
+    context_dir = context.assemble(fetched, options.work_dir, base_env=base_env)
     served = served_steps(options.backend)
     served_args = context.bundle_digests(fetched, context_dir, served)
     before = engine.image(inputs.reference)
     with _pip_secret(image, inputs) as secrets:
         built = engine.build(_request(inputs, options, context_dir, secrets, labels=labels, cache=cache,
-                                      served=served, served_args=served_args))
+                                      served=served, served_args=served_args,
+                                      platform=target_platform(image, options)))
     image_id = built.image_id
     if not image_id:
         raise BuildError(f"{image.id}: the build reported no image id")
@@ -304,7 +369,8 @@ def build_command_preview(image: ImageSpec, options: BuildOptions) -> str:
     secrets = ((PIP_SECRET_ID, scratch / "modelarts-pip-XXXXXXXX.conf"),) if inputs.needs_secret else ()
     served = served_steps(options.backend)
     keys = tuple((context.inputs_arg(name), "SHA256") for name, _ in served)  # of files not fetched yet
-    request = _request(inputs, options, context_dir, secrets, served=served, served_args=keys)
+    request = _request(inputs, options, context_dir, secrets, served=served, served_args=keys,
+                       platform=target_platform(image, options))
     if options.backend is Backend.DOCKER:
         return ("# docker SDK, classic builder (client.api.build); the same as:\n"
                 + redact.command(cli.classic_equivalent(request)))

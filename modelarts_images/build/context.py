@@ -88,7 +88,8 @@ def render_pip_conf(index_url: str) -> str:
 
 
 def with_env(dockerfile: str, env: Sequence[tuple[str, str]]) -> str:
-    """The Dockerfile with a stage giving each final target the stack's environment (ENV) when it sets any.
+    """The Dockerfile with a stage giving each final target the image's own environment (ENV) when it has any:
+    CANN's (read from the base's set_env.sh) and the stack's.
 
     A Dockerfile cannot loop over a build argument, so these lines are the one part of the build's Dockerfile that
     is written rather than copied; values are quoted for the Dockerfile (no $ expansion, no line break). The
@@ -98,8 +99,8 @@ def with_env(dockerfile: str, env: Sequence[tuple[str, str]]) -> str:
     assignments = " ".join(f'{name}="{_dockerfile_quoted(value)}"' for name, value in env)
 
     def stage(target: str) -> str:
-        return f"# the stack's environment (versions.yaml: env)\nFROM {target} AS {target}{ENV_SUFFIX}\n" \
-               f"ENV {assignments}\n\n"
+        return (f"# the image's environment (CANN's set_env.sh, versions.yaml: env)\n"
+                f"FROM {target} AS {target}{ENV_SUFFIX}\nENV {assignments}\n\n")
 
     head, marker, tail = dockerfile.partition(BUILDKIT_ONLY)
     if not marker:
@@ -116,8 +117,10 @@ def context_dir(work_dir: Path, image_id: str) -> Path:
     return work_dir / image_id
 
 
-def assemble(fetched: FetchedImage, work_dir: Path, *, template_dir: Path = CONTEXT_TEMPLATE) -> Path:
-    """Put the build context of `fetched` at work_dir/<image id> (replacing what was there) and return it."""
+def assemble(fetched: FetchedImage, work_dir: Path, *, template_dir: Path = CONTEXT_TEMPLATE,
+             base_env: Sequence[tuple[str, str]] = ()) -> Path:
+    """Put the build context of `fetched` at work_dir/<image id> (replacing what was there) and return it;
+    `base_env`: what the base's CANN set_env.sh sets, given to the image as ENV before the stack's own."""
     image = fetched.image
     target = context_dir(work_dir, image.id)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +128,7 @@ def assemble(fetched: FetchedImage, work_dir: Path, *, template_dir: Path = CONT
     try:
         for name in (DOCKERIGNORE, *SCRIPTS):
             _template_copy(template_dir / name, staging / name, fetched.source_date_epoch)
-        dockerfile = with_env((template_dir / DOCKERFILE).read_text("utf-8"), image.stack.env)
+        dockerfile = with_env((template_dir / DOCKERFILE).read_text("utf-8"), (*base_env, *image.stack.env))
         _write(staging / DOCKERFILE, dockerfile, fetched.source_date_epoch)
         for step, files in STEP_FILES.items():
             (staging / step).mkdir()

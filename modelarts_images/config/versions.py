@@ -17,19 +17,37 @@ from typing import Any
 import jsonschema
 import yaml
 
-from modelarts_images.config import compat
+from modelarts_images.config import ascend, compat
 from modelarts_images.config.references import derived_tag
 from modelarts_images.config.stack import read_stack
 from modelarts_images.config.wheels import TORCH_FAMILY, installer_problem, wheel_distribution, wheel_problem
 from modelarts_images.contract import RunUser
 from modelarts_images.errors import ConfigError
-from modelarts_images.model import Artifact, ImageSpec, Stack, VersionsFile, filename_problem
+from modelarts_images.model import (
+    AARCH64,
+    ARCH_SPELLINGS,
+    CPU,
+    X86_64,
+    Accelerator,
+    Artifact,
+    Ascend,
+    ImageSpec,
+    Stack,
+    VersionsFile,
+    filename_problem,
+)
 from modelarts_images.shared import redact, yamlio
 from modelarts_images.shared.yamlio import key_path
 
 # Keys that must have a value once defaults are applied; registry, organization and repository
-# may also come from invoke.yaml.
+# may also come from invoke.yaml. An Ascend entry has no `cuda` (its torch is the CPU build) but needs its own.
 REQUIRED_KEYS = ("python", "cuda", "torch", "installer", "base_image")
+ASCEND = "ascend"
+ASCEND_KEYS = ("cann", "npu")
+ASCEND_ONLY_KEYS = ("cann", "npu", "torch_npu", "cann_set_env")
+# Ascend's CANN images are tagged <cann>-<chip>-<os>-py<python> (quay.io/ascend/cann, SWR's ascendhub/cann).
+_CANN_IMAGE_TAG = re.compile(r":(?P<cann>\d+\.\d+\.[0-9A-Za-z]+)-(?P<chip>[0-9a-z]+)-(?P<os>[a-z]+[0-9.]*)-py"
+                             r"(?P<python>3\.\d+)$")
 PUBLISHING_KEYS = ("registry", "organization", "repository")
 
 # Used when neither versions.yaml nor invoke.yaml says otherwise: the recipe's registry and Huawei's mirrors.
@@ -202,7 +220,8 @@ def load_versions(path: Path, *, fallbacks: Mapping[str, str] | None = None) -> 
         raise _fail(label, sorted(structural, key=lambda p: [str(x).zfill(6) for x in p[0]]))
     defaults = document.get("defaults", {})
     inherited = {**BUILTIN_DEFAULTS, **(fallbacks or {}), **defaults}
-    merged = [{**inherited, **entry, "user": {**defaults.get("user", {}), **entry.get("user", {})}}
+    merged = [_accelerated({**inherited, **entry, "user": {**defaults.get("user", {}), **entry.get("user", {})}},
+                           own=entry)
               for entry in document["images"]]
     problems = [p for index, entry in enumerate(merged) for p in _entry_problems(index, entry)]
     stacks = []
@@ -219,6 +238,53 @@ def load_versions(path: Path, *, fallbacks: Mapping[str, str] | None = None) -> 
                                                                                                strict=True)))
 
 
+def _accelerated(entry: dict[str, Any], *, own: Mapping[str, Any]) -> dict[str, Any]:
+    """The merged entry with its accelerator and architecture spelt out: an Ascend entry's torch is the CPU build
+    (a `cuda` it inherits from defaults is not its own) and it runs on aarch64."""
+    if entry.get("accelerator") == ASCEND:
+        if "cuda" not in own:
+            entry["cuda"] = CPU
+        entry.setdefault("arch", AARCH64)
+    if "arch" in entry:
+        entry["arch"] = ARCH_SPELLINGS.get(entry["arch"], entry["arch"])
+    return entry
+
+
+def _accelerator_problems(at: tuple[str | int, ...], entry: Mapping[str, Any]
+                          ) -> list[tuple[tuple[str | int, ...], str]]:
+    """The accelerator's keys against each other: `accelerator` and `cuda`, an Ascend entry's own keys and arch."""
+    asked = entry.get("accelerator")
+    cuda = entry["cuda"]
+    if asked == ASCEND:
+        problems = [((*at, key), f"an Ascend entry needs '{key}' (e.g. {key}: \"{example}\")")
+                    for key, example in zip(ASCEND_KEYS, ("8.2.RC1", "910b"), strict=True) if key not in entry]
+        if cuda != CPU:
+            problems.append(((*at, "cuda"), f"an Ascend image has no CUDA (its torch is the CPU build, torch_npu runs "
+                                            f"it on the NPU): leave cuda out, not \"{cuda}\""))
+        if entry.get("arch") != AARCH64:
+            problems.append(((*at, "arch"), "ModelArts' Ascend flavours are aarch64: an Ascend entry is arch: aarch64 "
+                                            f"(leave arch out), not {entry.get('arch')}"))
+        return problems
+    problems = [((*at, key), f"'{key}' is for Ascend images only (accelerator: ascend)")
+                for key in ASCEND_ONLY_KEYS if key in entry]
+    if asked == CPU and cuda != CPU:
+        problems.append(((*at, "cuda"), f"accelerator: cpu, but cuda: \"{cuda}\" asks for a CUDA build; use cuda: cpu"))
+    if asked == "cuda" and cuda == CPU:
+        problems.append(((*at, "cuda"), "accelerator: cuda, but cuda: cpu; give the CUDA release (e.g. \"12.1\")"))
+    return problems
+
+
+def _base_image_problem(entry: Mapping[str, Any]) -> str | None:
+    """An Ascend CANN image tag (<cann>-<chip>-<os>-py<python>) that names another CANN, chip or Python."""
+    tag = _CANN_IMAGE_TAG.search(entry["base_image"])
+    if tag is None:
+        return None
+    wrong = [f"{what} {tag[key]} (the entry has {entry[name]})" for what, key, name in
+             (("CANN", "cann", "cann"), ("chip", "chip", "npu"), ("Python", "python", "python"))
+             if tag[key].lower() != str(entry[name]).lower()]
+    return f"the base image's tag names {', '.join(wrong)}: pick the CANN image that matches" if wrong else None
+
+
 def _entry_problems(index: int, entry: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
     at: tuple[str | int, ...] = ("images", index)
     problems: list[tuple[tuple[str | int, ...], str]] = []
@@ -228,6 +294,7 @@ def _entry_problems(index: int, entry: Mapping[str, Any]) -> list[tuple[tuple[st
     for key in PUBLISHING_KEYS:
         if key not in entry:
             problems.append((at, f"missing key '{key}' (set it on the image, under defaults or in invoke.yaml)"))
+    problems += _accelerator_problems(at, entry)
     if problems:
         return problems
     for problem in compat.check(
@@ -239,8 +306,19 @@ def _entry_problems(index: int, entry: Mapping[str, Any]) -> list[tuple[tuple[st
         wheels_listed=bool(entry.get("wheels")),
     ):
         problems.append(((*at, problem.key), problem.message))
+    packages: tuple[str, ...] = TORCH_FAMILY
+    if entry.get("accelerator") == ASCEND:
+        packages += ("torch_npu",)
+        for problem in ascend.check(torch=entry["torch"], python=entry["python"], cann=entry["cann"],
+                                    chip=entry["npu"], torch_npu=entry.get("torch_npu")):
+            problems.append(((*at, problem.key), problem.message))
+        message = _base_image_problem(entry)
+        if message:
+            problems.append(((*at, "base_image"), message))
+    arch = entry.get("arch", X86_64)
     installer = Artifact(url=entry["installer"]["url"], sha256=None)
-    message = artifact_url_problem(installer.url) or installer_problem(installer.filename, python=entry["python"])
+    message = artifact_url_problem(installer.url) or installer_problem(installer.filename, python=entry["python"],
+                                                                       arch=arch)
     if message:
         problems.append(((*at, "installer", "url"), message))
     wheels = entry.get("wheels", [])
@@ -248,12 +326,12 @@ def _entry_problems(index: int, entry: Mapping[str, Any]) -> list[tuple[tuple[st
     for position, wheel in enumerate(wheels):
         filename = Artifact(url=wheel["url"], sha256=None).filename
         message = artifact_url_problem(wheel["url"]) or wheel_problem(filename, python=entry["python"],
-                                                                      cuda=entry["cuda"], versions=entry)
+                                                                      cuda=entry["cuda"], versions=entry, arch=arch)
         if message:
             problems.append(((*at, "wheels", position, "url"), message))
         listed.add(wheel_distribution(filename) or filename)
     if wheels:
-        for package in ("torch", "torchvision", "torchaudio"):
+        for package in packages:
             if package in entry and package not in listed:
                 problems.append(((*at, "wheels"), f"lists no {package} wheel, but {package}: "
                                  f"{entry[package]} is set (add its wheel, or leave wheels out to derive them)"))
@@ -297,8 +375,22 @@ def _cross_entry_problems(entries: Sequence[Mapping[str, Any]]) -> list[tuple[tu
 
 
 def _reference(entry: Mapping[str, Any]) -> str:
-    tag = entry.get("tag") or derived_tag(torch=entry["torch"], cuda=entry["cuda"])
+    tag = entry.get("tag") or derived_tag(torch=entry["torch"], accelerator=_accelerator_of(entry))
     return f"{entry['registry']}/{entry['organization']}/{entry['repository']}:{tag}"
+
+
+def _accelerator_of(entry: Mapping[str, Any]) -> Accelerator:
+    if entry.get("accelerator") == ASCEND:
+        return Accelerator(cann=entry.get("cann"), chip=entry.get("npu"))
+    return Accelerator.of(entry["cuda"])
+
+
+def _ascend_of(entry: Mapping[str, Any]) -> Ascend | None:
+    if entry.get("accelerator") != ASCEND:
+        return None
+    torch_npu = entry.get("torch_npu") or ascend.derive_torch_npu(torch=entry["torch"], cann=entry["cann"])
+    assert torch_npu is not None, "checked by _entry_problems"
+    return Ascend(cann=entry["cann"], chip=entry["npu"], torch_npu=torch_npu, set_env=entry.get("cann_set_env"))
 
 
 def _artifact(raw: Mapping[str, Any]) -> Artifact:
@@ -314,7 +406,7 @@ def _to_spec(entry: Mapping[str, Any], stack: Stack) -> ImageSpec:
         torch=entry["torch"],
         torchvision=entry.get("torchvision"),
         torchaudio=entry.get("torchaudio"),
-        tag=entry.get("tag") or derived_tag(torch=entry["torch"], cuda=entry["cuda"]),
+        tag=entry.get("tag") or derived_tag(torch=entry["torch"], accelerator=_accelerator_of(entry)),
         registry=entry["registry"],
         organization=entry["organization"],
         repository=entry["repository"],
@@ -326,6 +418,8 @@ def _to_spec(entry: Mapping[str, Any], stack: Stack) -> ImageSpec:
         stack=stack,
         user=RunUser(**entry["user"]),
         nodes=int(entry.get("verify", {}).get("nodes", 1)),
+        arch=entry.get("arch", X86_64),
+        ascend=_ascend_of(entry),
     )
 
 

@@ -7,14 +7,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import BuildTag, InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
-from modelarts_images.model import Accelerator
+from modelarts_images.model import X86_64, Accelerator
 
 TORCH_FAMILY = ("torch", "torchvision", "torchaudio")
-# The architecture images are built for; a parameter below so that aarch64 images need no new parsing.
-IMAGE_ARCH = "x86_64"
+TORCH_NPU = "torch_npu"  # Ascend's adapter, beside torch on an Ascend image (its wheels' distribution name)
+IMAGE_ARCH = X86_64  # the architecture of an entry that names none
+# How conda installers name an architecture (Miniconda and Miniforge: Linux-x86_64, Linux-aarch64).
+_INSTALLER_ARCH = {"x86_64": ("x86_64",), "aarch64": ("aarch64", "arm64")}
 _WHEEL_LAYOUT = "name-version[-build]-python-abi-platform.whl"
 _INSTALLER = re.compile(r"^(?P<family>Miniconda3|Miniforge3|Mambaforge|Anaconda3)-(?P<rest>.*)\.sh$")
 _INSTALLER_PYTHON = re.compile(r"^py(?P<major>3)(?P<minor>\d+)_")
@@ -123,6 +126,9 @@ def wheel_problem(filename: str, *, python: str, cuda: str, versions: Mapping[st
                 f"but images are built for Linux {arch}")
     if wheel.distribution in TORCH_FAMILY:
         return _torch_problem(filename, wheel, cuda=cuda, versions=versions)
+    wanted = versions.get(TORCH_NPU)
+    if wheel.distribution == TORCH_NPU and wanted is not None and wheel.version != wanted:
+        return f"'{filename}' is torch_npu {wheel.version}, but torch_npu: {wanted} is set"
     return None
 
 
@@ -142,18 +148,45 @@ def wheel_distribution(filename: str) -> str | None:
     return wheel.distribution if wheel else None
 
 
-def installer_problem(filename: str, *, python: str) -> str | None:
+def installer_problem(filename: str, *, python: str, arch: str = IMAGE_ARCH) -> str | None:
     """Why a conda installer of this name does not fit the image, or None when it fits or cannot tell."""
     match = _INSTALLER.match(filename)
     if match is None:
         return None
     rest = match["rest"]
     platform = _INSTALLER_PLATFORM.search(rest)
-    if platform and (platform["os"], platform["arch"]) != ("Linux", "x86_64"):
+    if platform and (platform["os"] != "Linux" or platform["arch"] not in _INSTALLER_ARCH.get(arch, (arch,))):
         return (f"'{filename}' is an installer for {platform['os']}-{platform['arch']}, "
-                "but images are built for Linux x86_64")
+                f"but the image is built for Linux {arch} (its installer is named ...-Linux-{arch}.sh)")
     bundled = _INSTALLER_PYTHON.match(rest)
     if bundled and f"{bundled['major']}.{bundled['minor']}" != python:
         return (f"'{filename}' installs Python {bundled['major']}.{bundled['minor']}, "
                 f"but the image's python is {python}")
     return None
+
+
+def marker_environment(*, python: str, arch: str) -> dict[str, str]:
+    """PEP 508's marker variables as the image's interpreter has them (CPython `python` on Linux `arch`)."""
+    return {"python_version": python, "python_full_version": f"{python}.0", "sys_platform": "linux",
+            "platform_system": "Linux", "platform_machine": arch, "os_name": "posix",
+            "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+
+
+def cuda_build_problem(filename: str, requires: Iterable[str], *, python: str, arch: str) -> str | None:
+    """Why a torch wheel meant for an image without CUDA (CPU or Ascend) is a CUDA build: it depends on NVIDIA's
+    CUDA wheels on the image's platform (PyPI's aarch64 torch does from about 2.10 on), or None."""
+    environment = {**marker_environment(python=python, arch=arch), "extra": ""}
+    cuda = []
+    for text in requires:
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue
+        if requirement.name.lower().startswith("nvidia-") and (
+                requirement.marker is None or requirement.marker.evaluate(environment)):
+            cuda.append(requirement.name)
+    if not cuda:
+        return None
+    return (f"'{filename}' is a CUDA build (on Linux {arch} it requires {', '.join(sorted(cuda)[:3])}"
+            f"{', ...' if len(cuda) > 3 else ''}); an image without CUDA needs torch's CPU build, from PyTorch's CPU "
+            "index (https://download.pytorch.org/whl/cpu), which torch_npu also requires")

@@ -82,6 +82,12 @@ class DockerEngine:
     def close(self) -> None:
         self.client.close()
 
+    def architecture(self) -> str:
+        try:
+            return str(self.client.info().get("Architecture") or "")
+        except (docker.errors.DockerException, requests.RequestException) as error:
+            raise EngineError(f"the engine at {self._endpoint} did not answer: {error}") from error
+
     def base_image(self, reference: str) -> BaseImage:
         return images.base_image(self.client, reference, self._endpoint)
 

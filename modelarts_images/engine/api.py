@@ -56,6 +56,7 @@ class BaseImage:
     reference: str
     source: BaseImageSource
     reason: str = ""  # the engine's words when it is missing or unreachable
+    arch: str | None = None  # a local base's architecture as its config says ('amd64', 'arm64'); None: not known
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -153,6 +154,8 @@ class ContainerRun:
     timeout: float = VERIFY_TIMEOUT_S  # seconds before the container is killed
     # A probe that runs beside the boot command's own run: it gets the CPU only when that run leaves some.
     background: bool = False
+    platform: str | None = None  # the image's platform where it is not the engine's own ('linux/arm64')
+    devices: tuple[str, ...] = ()  # host device files passed in as they are (an Ascend NPU's /dev/davinci*)
 
     @property
     def env(self) -> dict[str, str]:
@@ -253,6 +256,10 @@ class Engine(Protocol):
         ...
 
     def base_image(self, reference: str) -> BaseImage: ...
+
+    def architecture(self) -> str:
+        """The machine the engine runs on, as `uname -m` says it ('x86_64', 'aarch64')."""
+        ...
 
     def build(self, request: BuildRequest) -> Built:
         """Build and tag; the image id and what the build did."""

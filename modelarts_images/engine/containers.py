@@ -65,6 +65,10 @@ def container_options(spec: ContainerRun, *, network: str | None = None) -> dict
             ipv4_address=spec.address)}
     if spec.background:
         options["cpu_shares"] = BACKGROUND_CPU_SHARES
+    if spec.platform:
+        options["platform"] = spec.platform
+    if spec.devices:
+        options["devices"] = [f"{device}:{device}:rwm" for device in spec.devices]
     if spec.gpu_ids:
         options["device_requests"] = [docker.types.DeviceRequest(device_ids=list(spec.gpu_ids),
                                                                  capabilities=[["gpu"]])]

@@ -29,8 +29,8 @@ def explanation(error: docker.errors.DockerException | requests.RequestException
 def base_image(client: docker.DockerClient, reference: str, endpoint: str) -> BaseImage:
     """Where the base is: in the engine, in a registry that answers, missing there, or unreachable."""
     try:
-        client.images.get(reference)
-        return BaseImage(reference=reference, source=BaseImageSource.LOCAL)
+        local = client.images.get(reference)
+        return BaseImage(reference=reference, source=BaseImageSource.LOCAL, arch=local.attrs.get("Architecture"))
     except docker.errors.ImageNotFound:
         pass
     except (docker.errors.DockerException, requests.RequestException) as error:

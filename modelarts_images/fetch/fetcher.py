@@ -12,7 +12,8 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from modelarts_images.errors import FetchError
+from modelarts_images.config.wheels import TORCH_NPU, cuda_build_problem, wheel_distribution
+from modelarts_images.errors import ConfigError, FetchError
 from modelarts_images.fetch import index, lockfile, sources
 from modelarts_images.fetch.cache import Cache
 from modelarts_images.http import download, pages, pip_resolver, session
@@ -87,6 +88,11 @@ class _Fetcher:
         source = wheel_source(image)
         wheels = []
         for name, version in image.packages:
+            if name == TORCH_NPU:  # Ascend's, on PyPI: the index pip uses, not PyTorch's
+                self.may_ask_index(image, f"the {name}=={version} wheel")
+                wheels.append(pip_resolver.resolve_wheel(image, f"{name}=={version}",
+                                                         scratch_parent=self.cache.incoming))
+                continue
             page = index.page_urls(source.index_url, name)
             links = index.parse_links(self.text(page, image), page)
             wheels.append(index.choose_wheel(links, package=name, version=version, image=image, page_url=page))
@@ -230,8 +236,9 @@ def _refuse_offline_gaps(image: ImageSpec, pinned: lockfile.LockedImage | None,
     missing = []
     if pinned is None and not image.wheels:
         source = wheel_source(image)
-        missing += [f"the {name}=={version} wheel (looked up at {redact.url(index.page_urls(source.index_url, name))})"
-                    for name, version in image.packages]
+        missing += [f"the {name}=={version} wheel (looked up "
+                    + ("with pip" if name == TORCH_NPU else f"at {redact.url(index.page_urls(source.index_url, name))}")
+                    + ")" for name, version in image.packages]
     closure = None if pinned is None else pinned.closure
     if options.closure and closure is None:
         missing.append("the dependency wheels of torch" + (" (an earlier --no-closure left them out, or pip could "
@@ -316,6 +323,7 @@ def fetch_images(images: Sequence[ImageSpec], options: FetchOptions, *, progress
     for image in images:
         plan = plans[image.id]
         wheels = tuple(first[wheel.url] for wheel in plan.wheels)
+        _refuse_cuda_build(image, wheels)
         fresh = plan is not lock.get(image.id)
         resolved = _resolved(image, plan, wheels, fresh=fresh, options=options, fetcher=fetcher)
         rest = fetcher.many([(artifact, image.id) for artifact in
@@ -402,6 +410,20 @@ def _resolved(image: ImageSpec, plan: lockfile.LockedImage, wheels: Sequence[Fet
     fetcher.may_ask_index(image, _stack_of(image))
     resolution = pip_resolver.resolve_stack(image, wheels, closure, scratch_parent=scratch)
     return replace(plan, closure=resolution.closure, stack=resolution.stack, build_deps=())
+
+
+def _refuse_cuda_build(image: ImageSpec, wheels: Iterable[FetchedFile]) -> None:
+    """An image without CUDA (CPU, Ascend) gets torch's CPU build: a torch wheel that depends on NVIDIA's CUDA
+    wheels on the image's platform is refused, from its own metadata, before anything else is resolved."""
+    if not image.is_cpu:
+        return
+    for wheel in wheels:
+        if wheel_distribution(wheel.filename) != "torch":
+            continue
+        problem = cuda_build_problem(wheel.filename, sources.wheel_requires(wheel), python=image.python,
+                                     arch=image.arch)
+        if problem:
+            raise ConfigError(f"{image.id}: {problem} (the entry's {image.accelerator.described})")
 
 
 def _check_hashes(image: ImageSpec, resolved: Iterable[FetchedFile]) -> None:

@@ -11,7 +11,7 @@ import yaml
 from modelarts_images.config.versions import artifact_url_problem, text_problems
 from modelarts_images.errors import ConfigError
 from modelarts_images.fetch.cache import locked
-from modelarts_images.model import DEFAULT_SOURCE_DATE_EPOCH, Artifact, ImageSpec, sha256_problem
+from modelarts_images.model import DEFAULT_SOURCE_DATE_EPOCH, X86_64, Artifact, ImageSpec, sha256_problem
 from modelarts_images.shared import redact, yamlio
 from modelarts_images.shared.files import write_atomic
 
@@ -51,6 +51,8 @@ def inputs_of(image: ImageSpec) -> str:
     packages = " ".join(f"{name}=={version}" for name, version in image.packages)
     inputs = f"python {image.python}; {image.variant}; {packages}; base {image.base_image}; " \
              f"installer {image.installer.url}; wheels {listed}"
+    if image.arch != X86_64:  # only then: the entries locked before the architecture was an input keep their inputs
+        inputs += f"; arch {image.arch}"
     stack = image.stack
     if stack.requirements:  # only then: an entry without a stack keeps the inputs it was locked with
         requirements = " ".join(requirement.text + "".join(f" --hash=sha256:{digest}" for digest in requirement.hashes)

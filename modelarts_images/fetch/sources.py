@@ -3,6 +3,7 @@ project a stack file belongs to."""
 
 from __future__ import annotations
 
+import email.parser
 import sys
 import tarfile
 import zipfile
@@ -38,6 +39,21 @@ def project_of(filename: str) -> str:
         return str(parse_sdist_filename(filename)[0])
     except InvalidSdistFilename:
         return ""
+
+
+def wheel_requires(wheel: FetchedFile) -> tuple[str, ...]:
+    """The Requires-Dist lines of a wheel's METADATA, read without unpacking it."""
+    try:
+        with zipfile.ZipFile(wheel.path) as archive:
+            names = [name for name in archive.namelist()
+                     if name.count("/") == 1 and name.endswith(".dist-info/METADATA")]
+            if not names:
+                raise FetchError(f"{wheel.filename}: the wheel has no .dist-info/METADATA")
+            text = archive.read(names[0])[:MAX_PYPROJECT * 16].decode("utf-8", "replace")
+    except (OSError, zipfile.BadZipFile) as error:
+        raise FetchError(f"{wheel.filename}: the wheel cannot be read: {error}") from None
+    metadata = email.parser.HeaderParser().parsestr(text)
+    return tuple(metadata.get_all("Requires-Dist") or ())
 
 
 def build_requirements(sdists: Sequence[FetchedFile]) -> list[str]:

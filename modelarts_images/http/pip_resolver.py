@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -20,9 +21,17 @@ from packaging.requirements import Requirement as Pep508
 from packaging.utils import canonicalize_name
 
 from modelarts_images.config.stack import excludes_entry_build
-from modelarts_images.config.wheels import TORCH_FAMILY, parse_wheel_name, python_version
+from modelarts_images.config.wheels import TORCH_FAMILY, marker_environment, parse_wheel_name, python_version
 from modelarts_images.errors import ConfigError, FetchError, ModelArtsImagesError
-from modelarts_images.model import Artifact, FetchedFile, ImageSpec, Requirement, filename_problem, sha256_problem
+from modelarts_images.model import (
+    X86_64,
+    Artifact,
+    FetchedFile,
+    ImageSpec,
+    Requirement,
+    filename_problem,
+    sha256_problem,
+)
 from modelarts_images.shared import redact
 from modelarts_images.shared.files import link_or_copy
 
@@ -38,15 +47,40 @@ INSTALL_TOOL_PYTHON = (3, 8)
 # glibc of the base images the shipped entries use; pip needs it to pick manylinux wheels that will load.
 GLIBC_OF_BASE = {"ubuntu:18.04": (2, 27), "ubuntu:20.04": (2, 31), "ubuntu:22.04": (2, 35), "ubuntu:24.04": (2, 39),
                  "debian:bullseye": (2, 31), "debian:bookworm": (2, 36)}
+# The same for the operating systems Ascend's CANN images are tagged with (<cann>-<chip>-<os>-py<python>).
+GLIBC_OF_CANN_OS = {"ubuntu20.04": (2, 31), "ubuntu22.04": (2, 35), "ubuntu24.04": (2, 39),
+                    "openeuler22.03": (2, 34), "openeuler24.03": (2, 38)}
 DEFAULT_GLIBC = (2, 28)
+# pip evaluates dependency markers for the machine it runs on, whatever --platform says: on an x86_64 host an
+# aarch64 torch would pull the nvidia-* wheels its markers keep for x86_64. pip runs with the image's marker
+# environment instead (TARGET_MARKERS, JSON), set in its vendored packaging before pip starts.
+_TARGET_MARKERS = "MODELARTS_IMAGES_TARGET_MARKERS"
+_PIP_FOR_TARGET = (
+    "import json, os, sys\n"
+    "from pip._vendor.packaging import markers\n"
+    f"target = json.loads(os.environ.pop({_TARGET_MARKERS!r}))\n"
+    "host = markers.default_environment\n"
+    "markers.default_environment = lambda: {**host(), **target}\n"
+    "from pip._internal.cli.main import main\n"
+    "sys.exit(main())\n"
+)
 
 
-def platform_tags(base_image: str) -> list[str]:
-    """Every Linux x86_64 platform tag a base image can load, newest first."""
+def glibc_of(base_image: str) -> tuple[int, int]:
+    """The glibc release of a base image, where its name says; DEFAULT_GLIBC otherwise."""
+    known = next((glibc for base, glibc in GLIBC_OF_BASE.items() if base_image.endswith(base)), None)
+    cann_os = re.search(r"-(?P<os>(?:ubuntu|openeuler)[0-9.]+)-py3\.\d+$", base_image)
+    return known or (GLIBC_OF_CANN_OS.get(cann_os["os"], DEFAULT_GLIBC) if cann_os else DEFAULT_GLIBC)
+
+
+def platform_tags(base_image: str, arch: str = X86_64) -> list[str]:
+    """Every Linux platform tag of this architecture a base image can load, newest first."""
     # Built here: packaging's manylinux tag generator is private and reads the running machine's glibc, not the image's.
-    major, minor = next((glibc for base, glibc in GLIBC_OF_BASE.items() if base_image.endswith(base)), DEFAULT_GLIBC)
-    tags = [f"manylinux_{major}_{m}_x86_64" for m in range(minor, 4, -1)]
-    return [*tags, "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64"]
+    major, minor = glibc_of(base_image)
+    tags = [f"manylinux_{major}_{m}_{arch}" for m in range(minor, 4, -1)]
+    # manylinux2010 and manylinux1 were defined for x86 only.
+    legacy = ["manylinux2014", "manylinux2010", "manylinux1"] if arch == X86_64 else ["manylinux2014"]
+    return [*tags, *(f"{name}_{arch}" for name in legacy), f"linux_{arch}"]
 
 
 def target_options(image: ImageSpec) -> list[str]:
@@ -54,14 +88,21 @@ def target_options(image: ImageSpec) -> list[str]:
     minor = image.python.replace(".", "")
     options = ["--only-binary=:all:", "--python-version", image.python, "--implementation", "cp",
                "--abi", f"cp{minor}", "--abi", f"cp{minor}m", "--abi", "abi3", "--abi", "none"]
-    for tag in platform_tags(image.base_image):
+    for tag in platform_tags(image.base_image, image.arch):
         options += ["--platform", tag]
     return options
 
 
+def pip_for(image: ImageSpec) -> tuple[list[str], dict[str, str]]:
+    """The command that starts pip for the image's target (its markers), and the variables it needs."""
+    target = marker_environment(python=image.python, arch=image.arch)
+    environment = {**os.environ, _TARGET_MARKERS: json.dumps(target)}
+    return [sys.executable, "-c", _PIP_FOR_TARGET], environment
+
+
 def pip_command(image: ImageSpec, requirements: Sequence[str | Path], target: Path, report: Path) -> list[str]:
     """pip resolving `requirements` (local wheel files or requirement texts) for the image, writing a report."""
-    return [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+    return [*pip_for(image)[0], "install", "--dry-run", "--ignore-installed",
             "--disable-pip-version-check", *target_options(image), "--target", str(target), "--report", str(report),
             *map(str, requirements)]
 
@@ -96,7 +137,7 @@ def _run(image: ImageSpec, requirements: Sequence[str | Path], scratch: Path, *,
     report = scratch / "report.json"
     command = command or pip_command(image, requirements, scratch / "target", report)
     log.debug("+ %s", redact.command(command))
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=pip_for(image)[1])
     if result.returncode != 0:  # pip explains a conflict on stdout and states it on stderr
         output = result.stdout + "\n" + result.stderr
         lines = [redact.text(line.strip()) for line in output.splitlines() if line.strip()]
@@ -131,6 +172,21 @@ def resolve(image: ImageSpec, wheels: Sequence[FetchedFile], *, scratch_parent: 
     own = {wheel.filename for wheel in wheels}
     return tuple(sorted((artifact for artifact in report.artifacts if artifact.filename not in own),
                         key=lambda artifact: artifact.filename))
+
+
+def resolve_wheel(image: ImageSpec, requirement: str, *, scratch_parent: Path | None = None) -> Artifact:
+    """The one wheel of `requirement` (pinned, `name==version`) for the image's Python and platform, from the index
+    pip uses (PyPI unless the host's pip configuration says otherwise), without its dependencies: torch_npu, which
+    PyTorch's own index does not serve."""
+    with tempfile.TemporaryDirectory(prefix="modelarts-wheel-", dir=scratch_parent) as scratch:
+        command = [*pip_command(image, [requirement], Path(scratch) / "target", Path(scratch) / "report.json"),
+                   "--no-deps"]
+        try:
+            report = _run(image, (), Path(scratch), what=requirement, command=command)
+        except PipFailed as failed:
+            raise _refusal(image, failed, what=f"the {requirement} wheel") from None
+    (artifact,) = report.artifacts
+    return artifact
 
 
 def serves_tool(image: ImageSpec) -> bool:
@@ -261,10 +317,7 @@ def _sdist(image: ImageSpec, requirement: Requirement, scratch: Path) -> tuple[s
 
 def _for_target(image: ImageSpec, requires: Sequence[str]) -> list[str]:
     """The declared dependencies that apply to the image (their markers evaluated for its Python on Linux)."""
-    environment = {"python_version": image.python, "python_full_version": f"{image.python}.0",
-                   "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
-                   "os_name": "posix", "implementation_name": "cpython", "platform_python_implementation": "CPython",
-                   "extra": ""}
+    environment = {**marker_environment(python=image.python, arch=image.arch), "extra": ""}
     kept = []
     for text in requires:
         requirement = Pep508(text)
@@ -282,7 +335,7 @@ def _name_of(artifact: Artifact) -> str:
 def _refusal(image: ImageSpec, failed: PipFailed, *, what: str = "the stack") -> ModelArtsImagesError:
     """pip's own words on why it cannot resolve: a ConfigError when the requirements cannot be met (exit 2), a
     FetchError when the index failed (exit 3)."""
-    target = f"Python {image.python}, Linux x86_64, {image.variant}, torch {image.torch}"
+    target = f"Python {image.python}, Linux {image.arch}, {image.variant}, torch {image.torch}"
     hint = ""
     if any("No matching distribution" in line or "Could not find a version" in line for line in failed.lines):
         hint = ("\n  a project without a wheel for this target can be built from its sdist: list it under "

@@ -17,7 +17,7 @@ def _arch(text: str) -> str:
 
 
 def flavor_type(device: Device) -> FlavorType:
-    return FlavorType.GPU if device is Device.GPU else FlavorType.CPU
+    return {Device.GPU: FlavorType.GPU, Device.NPU: FlavorType.ASCEND}.get(device, FlavorType.CPU)
 
 
 def _size(flavor: Flavor) -> tuple[int, int, float, str]:
@@ -29,8 +29,8 @@ def _size(flavor: Flavor) -> tuple[int, int, float, str]:
 def choose(offered: Sequence[Flavor], *, device: Device, arch: str, wanted: str | None = None,
            region: str = "", nodes: int = 1) -> Flavor:
     """`wanted` when the region offers it for this device, else the smallest flavour of the device's type and the
-    image's architecture (a GPU flavour with at least one GPU) that takes `nodes` nodes (its max_num); ConfigError
-    listing what the region offers."""
+    image's architecture (a GPU or Ascend flavour with at least one chip) that takes `nodes` nodes (its max_num);
+    ConfigError listing what the region offers."""
     kind = flavor_type(device)
     platform_arch = _arch(arch)
     fitting = [flavor for flavor in offered if flavor.type is kind and _arch(flavor.arch) in (platform_arch, "")

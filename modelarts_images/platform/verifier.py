@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from modelarts_images.cloud.api import CloudError, CodeStore, Flavor, JobState, Keys, ModelArts, Phase
-from modelarts_images.config.wheels import IMAGE_ARCH
-from modelarts_images.contract import LAUNCHER_SCRIPT, REQUIRE_GPU, SCRIPT_NAME
+from modelarts_images.contract import LAUNCHER_SCRIPT, REQUIRE_GPU, REQUIRE_NPU, SCRIPT_NAME
 from modelarts_images.declared import Launcher
 from modelarts_images.errors import ConfigError, PlatformError
 from modelarts_images.model import ImageSpec
@@ -92,7 +91,7 @@ def devices_for(image: ImageSpec, choice: DeviceChoice) -> tuple[Device, ...]:
     if choice is DeviceChoice.BOTH:
         return Device.CPU, Device.GPU
     if choice is DeviceChoice.AUTO:
-        return (Device.CPU,) if image.is_cpu else (Device.GPU,)
+        return (Device.NPU,) if image.is_npu else (Device.CPU,) if image.is_cpu else (Device.GPU,)
     return (Device(choice.value),)
 
 
@@ -120,13 +119,14 @@ def plan_jobs(target: Target, devices: Sequence[Device], *, api: ModelArts, opti
     for device in devices:
         kind = flavors.flavor_type(device)
         offered = _asked(functools.partial(api.flavors, kind), what="list the training-job flavours", region=region)
-        flavor = flavors.choose(offered, device=device, arch=IMAGE_ARCH, wanted=options.flavor, region=region,
+        flavor = flavors.choose(offered, device=device, arch=target.image.arch, wanted=options.flavor, region=region,
                                 nodes=nodes)
         gpu = device is Device.GPU
         topology = None if nodes == 1 else _topology(verify or VerifyOptions(reports_dir=Path()), nodes=nodes,
                                                      flavor=flavor, gpu=gpu, timeout=options.job_timeout)
         body = training_job_body(target.image, digest=target.digest, flavor_id=flavor.id, code_dir=upload.code_dir,
-                                 gpu=gpu, image_url=target.image_url, name=job_name(target.image, device, token),
+                                 gpu=gpu, npu=device is Device.NPU, image_url=target.image_url,
+                                 name=job_name(target.image, device, token),
                                  node_count=nodes, command=None if topology is None else platform_command(
                                      target.image.user, topology, gpu=gpu))
         shape = None if topology is None else Worker(index=0, nodes=nodes, procs_per_node=topology.procs_per_node,
@@ -220,7 +220,7 @@ def judged(watched: Watched, device: Device, *, flavor: str, target: Target, api
                      region=region)
     user = target.image.user
     command = command or (user.boot_python, f"{user.code_dir}/{SCRIPT_NAME}",
-                          *((REQUIRE_GPU,) if device is Device.GPU else ()))
+                          *((REQUIRE_GPU,) if device is Device.GPU else (REQUIRE_NPU,) if device is Device.NPU else ()))
     partial = (f" (the log preview holds its newest {preview.current_size} of {preview.full_size} bytes)"
                if preview.truncated else "")
     phase_note = "" if state.phase is Phase.COMPLETED else (
@@ -257,7 +257,8 @@ def verify_on_modelarts(target: Target, *, api: ModelArts, store: CodeStore, opt
     --rendezvous-timeout)."""
     if options.job:
         attached = _asked(lambda: api.job(str(options.job)), what=f"read training job {options.job}", region=region)
-        device = Device.GPU if REQUIRE_GPU in attached.command.split() else devices[0]
+        words = attached.command.split()
+        device = Device.GPU if REQUIRE_GPU in words else Device.NPU if REQUIRE_NPU in words else devices[0]
         runs = read_job(attached, device, flavor=attached.flavor or options.flavor or "", target=target, api=api,
                         options=options, region=region, say=say, pace=pace, shape=shape_of(attached))
         return report_of(target, runs)

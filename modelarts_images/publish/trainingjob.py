@@ -33,12 +33,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from modelarts_images.contract import REQUIRE_GPU, SCRIPT_NAME
+from modelarts_images.contract import REQUIRE_GPU, REQUIRE_NPU, SCRIPT_NAME
 from modelarts_images.model import ImageSpec
 from modelarts_images.shared.files import write_atomic
 
 CPU_FLAVOR = "modelarts.vm.cpu.8u"  # UNCERTAIN: region-dependent
 GPU_FLAVOR = "modelarts.vm.gpu.v100"  # UNCERTAIN: region-dependent
+NPU_FLAVOR = "modelarts.kat1.xlarge"  # UNCERTAIN: region-dependent (one Ascend chip); --on modelarts asks the region
 # The OBS folder holding verify/pytorch-verification.py; its last level (`code`) is the folder the boot
 # command finds under ${MA_JOB_DIR}.
 CODE_DIR_PLACEHOLDER = "obs://<bucket>/<path>/code/"
@@ -58,12 +59,16 @@ def job_name(image: ImageSpec) -> str:
 
 def training_job_body(image: ImageSpec, *, digest: str, flavor_id: str | None = None, node_count: int = 1,
                       code_dir: str = CODE_DIR_PLACEHOLDER, gpu: bool | None = None, image_url: str | None = None,
-                      name: str | None = None, command: str | None = None) -> dict[str, Any]:
+                      name: str | None = None, command: str | None = None, npu: bool | None = None,
+                      ) -> dict[str, Any]:
     """The v2 training-jobs body that runs the verification script in the pushed image as ModelArts would, the
     boot command as the local verification runs it (with --require-gpu on a GPU flavour; `gpu` None: a CUDA
     entry's image runs on one). `image_url`: the image as the job names it (by default pinned to `digest`);
-    `command`: a distributed job's (verify.distributed.platform_command), in place of the single-node one."""
+    `command`: a distributed job's (verify.distributed.platform_command), in place of the single-node one; `npu`:
+    on an Ascend flavour, with --require-npu (None: an Ascend entry's image runs on one)."""
     gpu = not image.is_cpu if gpu is None else gpu
+    npu = image.is_npu if npu is None else npu
+    flag = f" {REQUIRE_GPU}" if gpu else f" {REQUIRE_NPU}" if npu else ""
     code_dir = code_dir.rstrip("/") + "/"
     description = (f"Verify {image.reference} {digest} (PyTorch {image.torch}, {image.variant}, Python "
                    f"{image.python})")
@@ -77,14 +82,14 @@ def training_job_body(image: ImageSpec, *, digest: str, flavor_id: str | None = 
             "code_dir": code_dir,
             "boot_file": f"{code_dir}{SCRIPT_NAME}",
             # ModelArts expands ${MA_JOB_DIR} and runs the command without a shell profile
-            "command": command or image.user.boot_command + (f" {REQUIRE_GPU}" if gpu else ""),
+            "command": command or image.user.boot_command + flag,
             "engine": {"image_url": image_url or pinned_reference(image, digest)},
             "parameters": [],
             "environments": {"PYTHONUNBUFFERED": "1"},
         },
         "spec": {
             "resource": {
-                "flavor_id": flavor_id or (GPU_FLAVOR if gpu else CPU_FLAVOR),
+                "flavor_id": flavor_id or (GPU_FLAVOR if gpu else NPU_FLAVOR if npu else CPU_FLAVOR),
                 "node_count": node_count,
             },
         },

@@ -10,14 +10,14 @@ from dataclasses import replace
 
 from modelarts_images.engine.api import ContainerOutput, ContainerRun, Engine, GroupEngine, GroupNetwork, ImageConfig
 from modelarts_images.errors import EngineError, VerifyError
-from modelarts_images.model import ImageSpec
+from modelarts_images.model import X86_64, ImageSpec
 from modelarts_images.options import Device, VerifyOptions
 from modelarts_images.verify import conformance
 from modelarts_images.verify.checks import CheckOutcome
 from modelarts_images.verify.distributed import Topology, worker_runs
 from modelarts_images.verify.report import DeviceRun, Expected, ImageReport, Worker
 from modelarts_images.verify.result import VerificationResult, check_against, parse_result
-from modelarts_images.verify.runs import run_spec
+from modelarts_images.verify.runs import npu_host, run_spec
 from modelarts_images.verify.stack import check_stack
 
 LOG_TAIL = 40  # lines of a run's output kept in the report
@@ -43,7 +43,8 @@ def _judged(image: ImageSpec, device: Device, spec: ContainerRun, output: Contai
 def _run_device(engine: Engine, image: ImageSpec, reference: str, device: Device, options: VerifyOptions,
                 gpus: int) -> DeviceRun:
     spec = run_spec(reference, device=device, script_dir=options.script_dir, gpus=gpus, timeout=options.timeout,
-                    user=image.user)
+                    user=image.user, platform=image.platform if image.arch != X86_64 else None,
+                    npu=npu_host() if device is Device.NPU else None)
     try:
         output = engine.run(spec)
     except EngineError as error:

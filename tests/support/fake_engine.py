@@ -25,6 +25,9 @@ class FakeEngine:
     def _unexpected(self, what: str) -> AssertionError:
         return AssertionError(f"{type(self).__name__}: {what} was not expected in this test")
 
+    def architecture(self) -> str:
+        return "x86_64"
+
     def base_image(self, reference: str) -> BaseImage:
         raise self._unexpected(f"base_image({reference!r})")
 
