@@ -51,19 +51,9 @@ GLIBC_OF_BASE = {"ubuntu:18.04": (2, 27), "ubuntu:20.04": (2, 31), "ubuntu:22.04
 GLIBC_OF_CANN_OS = {"ubuntu20.04": (2, 31), "ubuntu22.04": (2, 35), "ubuntu24.04": (2, 39),
                     "openeuler22.03": (2, 34), "openeuler24.03": (2, 38)}
 DEFAULT_GLIBC = (2, 28)
-# pip evaluates dependency markers for the machine it runs on, whatever --platform says: on an x86_64 host an
-# aarch64 torch would pull the nvidia-* wheels its markers keep for x86_64. pip runs with the image's marker
-# environment instead (TARGET_MARKERS, JSON), set in its vendored packaging before pip starts.
+# pip with the image's dependency markers, not this machine's (see the script).
+_PIP_FOR_TARGET = "modelarts_images.http.pip_for_target"
 _TARGET_MARKERS = "MODELARTS_IMAGES_TARGET_MARKERS"
-_PIP_FOR_TARGET = (
-    "import json, os, sys\n"
-    "from pip._vendor.packaging import markers\n"
-    f"target = json.loads(os.environ.pop({_TARGET_MARKERS!r}))\n"
-    "host = markers.default_environment\n"
-    "markers.default_environment = lambda: {**host(), **target}\n"
-    "from pip._internal.cli.main import main\n"
-    "sys.exit(main())\n"
-)
 
 
 def glibc_of(base_image: str) -> tuple[int, int]:
@@ -97,7 +87,7 @@ def pip_for(image: ImageSpec) -> tuple[list[str], dict[str, str]]:
     """The command that starts pip for the image's target (its markers), and the variables it needs."""
     target = marker_environment(python=image.python, arch=image.arch)
     environment = {**os.environ, _TARGET_MARKERS: json.dumps(target)}
-    return [sys.executable, "-c", _PIP_FOR_TARGET], environment
+    return [sys.executable, "-m", _PIP_FOR_TARGET], environment
 
 
 def pip_command(image: ImageSpec, requirements: Sequence[str | Path], target: Path, report: Path) -> list[str]:

@@ -64,7 +64,7 @@ def test_all_from_the_environment_is_a_string(tmp_path: Path) -> None:
     (Flags(jobs="two"), "--jobs: 'two' is not a whole number"),
     (Flags(timeout="0"), "--timeout: must be above 0, got 0"),
     (Flags(size_budget="nan"), "--size-budget: must be above 0, got nan"),
-    (Flags(device="gpus"), "--device: 'gpus' is not one of cpu, gpu, both, auto; did you mean 'gpu'?"),
+    (Flags(device="gpus"), "--device: 'gpus' is not one of cpu, gpu, npu, both, auto; did you mean 'gpu'?"),
     (Flags(backend="buildkitt"), "--backend: must be one of docker, buildkit; did you mean 'buildkit'?"),
 ])
 def test_bad_flags_name_the_flag(tmp_path: Path, flags: Flags, message: str) -> None:

@@ -201,8 +201,8 @@ def test_resolve_devices(requested: DeviceChoice, available: bool | None, device
 
 def test_an_unknown_device_is_rejected_naming_the_choices(tmp_path: Path) -> None:
     # resolve_devices takes a DeviceChoice now: --device's text is checked when the options are resolved
-    with pytest.raises(ConfigError, match="--device: 'npu' is not one of cpu, gpu, both, auto"):
-        resolve(None, Flags(device="npu"), root=tmp_path)
+    with pytest.raises(ConfigError, match="--device: 'tpu' is not one of cpu, gpu, npu, both, auto"):
+        resolve(None, Flags(device="tpu"), root=tmp_path)
     assert resolve(None, Flags(device="both"), root=tmp_path).verify.device is DeviceChoice.BOTH
 
 
