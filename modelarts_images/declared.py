@@ -215,9 +215,11 @@ SETTINGS: tuple[Setting, ...] = (
     # -- CI
     Setting(name="ci_runners", key="ci_runners", kind=Kind.RUNNERS, default={},
             help="CI runners for `nox -s matrix -- --list-json` / `--gitlab-pipeline`: a cell tag (cpu, cuda11, "
-                 "cuda12, ...), `gpu` (any CUDA cell) or `default`, mapped to a runner label or a list of labels, "
-                 "e.g.\n  cpu: ubuntu-latest\n  cuda12: [self-hosted, linux, gpu]\nA CUDA cell on a runner mapped "
-                 "by its tag or by `gpu` verifies on the GPU too."),
+                 "cuda12, ..., npu, aarch64), `gpu` (any CUDA cell) or `default`, mapped to a runner label or a list "
+                 "of labels, e.g.\n  cpu: ubuntu-latest\n  cuda12: [self-hosted, linux, gpu]\n  npu: [self-hosted, "
+                 "arm64, ascend]\nA CUDA cell on a runner mapped by its tag or by `gpu` verifies on the GPU too, an "
+                 "Ascend cell on a runner mapped by `npu` on the NPU; an aarch64 cell goes to `aarch64`'s runner "
+                 "before its tag's (elsewhere it builds through QEMU)."),
     # -- verify on ModelArts
     Setting(name="on", default="local", flag="--on", fills="on", choices=("local", "modelarts"),
             steps=(_S.VERIFY, _S.PLATFORM),

@@ -111,7 +111,8 @@ def _runners(value: object, source: str, root: Path) -> Mapping[str, tuple[str, 
     """{tag: label or [labels]} -> {tag: (labels,)}."""
     example = "e.g. {cpu: ubuntu-latest, cuda12: [self-hosted, gpu], default: ubuntu-latest}"
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{source}: must map cell tags (cpu, cuda11, cuda12, gpu, default) to runner labels, "
+        raise ConfigError(f"{source}: must map cell tags (cpu, cuda11, cuda12, npu, aarch64, gpu, default) to runner "
+                          "labels, "
                           f"{example}")
     runners = {}
     for key, labels in value.items():

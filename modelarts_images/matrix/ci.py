@@ -4,11 +4,13 @@
     nox -s matrix -- --gitlab-pipeline   a GitLab child pipeline: one job per cell, extending `.modelarts-cell`,
                                          and `summary` (`.modelarts-summary`), which merges the cells' records
 
-A cell is {"id", "tags", "gpu", "runner", "device"}: its tags are `cpu` or `cudaNN` (the CUDA major, as nox's -t
-takes them); `gpu` says the image needs a GPU to be verified fully; `runner` is the list of runner labels
-invoke.yaml's `ci_runners` maps to the first of the cell's tag, `gpu` (GPU cells only) or `default` that it has
-(unmapped: GitHub's `ubuntu-latest`; on GitLab, no tags: any runner); `device` is what the job verifies on:
-`both` for a GPU cell on a runner mapped by its tag or by `gpu`, else `cpu`.
+A cell is {"id", "tags", "gpu", "runner", "device"}: its tags are `cpu`, `cudaNN` (the CUDA major, as nox's -t
+takes them) or `npu` (an Ascend image), then `aarch64` for an image of that architecture; `gpu` says the image
+needs a GPU to be verified fully; `runner` is the list of runner labels invoke.yaml's `ci_runners` maps to the
+first key it has of: `npu` (Ascend cells), `aarch64` (that architecture's cells: a runner of that machine builds
+natively, any other through QEMU), the cell's tag, `gpu` (GPU cells) or `default` (unmapped: GitHub's
+`ubuntu-latest`; on GitLab, no tags: any runner); `device` is what the job verifies on: `both` for a GPU cell on a
+runner mapped by its tag or by `gpu`, `npu` for an Ascend cell on a runner mapped by `npu`, else `cpu`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modelarts_images.model import ImageSpec
+from modelarts_images.model import NPU, X86_64, ImageSpec
 from modelarts_images.options import DeviceChoice
 from modelarts_images.paths import GITLAB_CELL_FILE
 
@@ -30,8 +32,19 @@ GITHUB_DEFAULT_RUNNER = ("ubuntu-latest",)
 
 
 def cell_tags(image: ImageSpec) -> list[str]:
-    """`cpu`, or `cudaNN` by the CUDA major: what nox's -t and the runner mapping take."""
-    return [image.accelerator.cell_tag]
+    """`cpu`, `cudaNN` by the CUDA major or `npu`, and the architecture where it is not x86_64: what nox's -t and
+    the runner mapping take."""
+    return [image.accelerator.cell_tag, *([image.arch] if image.arch != X86_64 else [])]
+
+
+def runner_keys(image: ImageSpec) -> list[str]:
+    """The ci_runners keys that may place the cell, first match wins: an Ascend host for an Ascend cell, then a
+    runner of the image's architecture, then the accelerator's own, then any GPU runner."""
+    tags = cell_tags(image)
+    first = [NPU] if image.is_npu else []
+    arch = [image.arch] if image.arch != X86_64 else []
+    gpu = [GPU_RUNNER_KEY] if not image.is_cpu else []
+    return list(dict.fromkeys([*first, *arch, *tags, *gpu]))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,13 +63,13 @@ class CiCell:
 def ci_cells(images: Sequence[ImageSpec], runners: Mapping[str, tuple[str, ...]]) -> list[CiCell]:
     cells = []
     for image in images:
-        tags = cell_tags(image)
         gpu = not image.is_cpu
-        keys = [*tags, *([GPU_RUNNER_KEY] if gpu else [])]
-        chosen = next((key for key in keys if key in runners), DEFAULT_RUNNER_KEY)
+        chosen = next((key for key in runner_keys(image) if key in runners), DEFAULT_RUNNER_KEY)
         on_gpu_runner = gpu and chosen != DEFAULT_RUNNER_KEY
-        cells.append(CiCell(id=image.id, tags=tuple(tags), gpu=gpu, runner=runners.get(chosen, ()),
-                            device=DeviceChoice.BOTH if on_gpu_runner else DeviceChoice.CPU))
+        on_npu_runner = image.is_npu and chosen == NPU
+        device = DeviceChoice.BOTH if on_gpu_runner else DeviceChoice.NPU if on_npu_runner else DeviceChoice.CPU
+        cells.append(CiCell(id=image.id, tags=tuple(cell_tags(image)), gpu=gpu, runner=runners.get(chosen, ()),
+                            device=device))
     return cells
 
 

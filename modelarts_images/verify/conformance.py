@@ -15,6 +15,13 @@ Rules (ModelArts, "Specifications for Custom Images Used for Training Jobs", and
   state), a failure over the budget the user sets with --size-budget;
 - `conda-channel` (warning only): conda packages from Anaconda's `defaults` channel, which Anaconda's terms make
   paid for larger organisations.
+Ascend images only (the entry's accelerator: ascend):
+- `cann-environment`: CANN's environment is in the image's config (ENV: ASCEND_HOME_PATH or ASCEND_TOOLKIT_HOME,
+  and LD_LIBRARY_PATH through that home), since the boot command runs without a shell and nothing sources
+  set_env.sh;
+- `npu-driver`: the image holds none of the paths the host's driver is mounted at (/usr/local/Ascend/driver,
+  /usr/local/dcmi, /usr/local/bin/npu-smi): a driver baked in would hide the node's own, which CANN must match;
+- `npu-group`: the training user is in the group of the host's NPU devices (HwHiAiUser).
 
 What a container shows is gathered by probes (`gather()`), each a small program run in a container of the image
 without a network; judging it (`evaluate()`) is pure. The probes (Python ones live in verify/probes/, see
@@ -32,7 +39,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from modelarts_images.contract import DEFAULT_USER, IMAGE_SIZE_BUDGET, VERIFY_TIMEOUT_S, RunUser
+from modelarts_images.contract import DEFAULT_USER, IMAGE_SIZE_BUDGET, NPU_GROUP, VERIFY_TIMEOUT_S, RunUser
 from modelarts_images.engine.api import ContainerOutput, ContainerRun, Engine, ImageConfig
 from modelarts_images.errors import EngineError, VerifyError
 from modelarts_images.shared import text
@@ -88,6 +95,8 @@ class ProbeFacts:
     setuid_files: tuple[str, ...]
     conda_packages: tuple[CondaPackage, ...] | None  # None: no conda-meta (not a conda installation)
     errors: tuple[str, ...]
+    groups: tuple[str, ...] = ()  # the names of the training user's groups
+    driver_paths: tuple[str, ...] = ()  # the NPU driver's mount points the image holds files at
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +122,7 @@ class ImageFacts:
     base_image: str | None
     base_setuid_files: tuple[str, ...] | None  # None: the base image is not available to compare with
     base_error: str | None
+    environment: tuple[str, ...] = ()  # the config's ENV, NAME=value
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -142,6 +152,8 @@ def parse_probe(text: str) -> ProbeFacts:
                 CondaPackage(name=str(item["name"]), version=str(item["version"]), channel=str(item["channel"]))
                 for item in packages),
             errors=tuple(str(error) for error in data.get("errors", ())),
+            groups=tuple(str(name) for name in data.get("groups", ())),
+            driver_paths=tuple(str(path) for path in data.get("driver_paths", ())),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise VerifyError(f"conformance probe: unexpected facts ({type(error).__name__}: {error})") from error
@@ -213,6 +225,12 @@ class Rule(Choice):
     CREDENTIALS = "credentials"
     IMAGE_SIZE = "image-size"
     CONDA_CHANNEL = "conda-channel"
+    CANN_ENVIRONMENT = "cann-environment"
+    NPU_DRIVER = "npu-driver"
+    NPU_GROUP = "npu-group"
+
+
+ASCEND_RULES = (Rule.CANN_ENVIRONMENT, Rule.NPU_DRIVER, Rule.NPU_GROUP)  # judged on Ascend images only
 
 
 class WithoutProbe(Choice):
@@ -231,6 +249,7 @@ class Evidence:
     boot: BootFacts
     size_budget: int | None
     user: RunUser
+    npu_group: str = NPU_GROUP.name
 
     @property
     def probe(self) -> ProbeFacts:
@@ -374,13 +393,50 @@ def check_conda_channels(evidence: Evidence) -> CheckOutcome:
                         detail=f"{len(packages)} conda packages, none from Anaconda's `defaults` channel")
 
 
+@rule(Rule.CANN_ENVIRONMENT)
+def check_cann_environment(evidence: Evidence) -> CheckOutcome:
+    env = dict(item.partition("=")[::2] for item in evidence.facts.environment)
+    home = env.get("ASCEND_HOME_PATH") or env.get("ASCEND_TOOLKIT_HOME")
+    libraries = env.get("LD_LIBRARY_PATH", "")
+    if home and home in libraries:
+        return CheckOutcome(name=Rule.CANN_ENVIRONMENT, ok=True,
+                            detail=f"ENV sets CANN's home {home} and LD_LIBRARY_PATH through it")
+    missing = "LD_LIBRARY_PATH does not reach it" if home else "no ASCEND_HOME_PATH or ASCEND_TOOLKIT_HOME"
+    return CheckOutcome(name=Rule.CANN_ENVIRONMENT, ok=False, detail=(
+        f"CANN's environment is not in the image's ENV ({missing}): ModelArts runs the boot command without a shell, "
+        "so set_env.sh is never sourced; build from a CANN base image (the build puts its set_env.sh's variables "
+        "into ENV)"))
+
+
+@rule(Rule.NPU_DRIVER, without_probe=WithoutProbe.FAILS)
+def check_npu_driver(evidence: Evidence) -> CheckOutcome:
+    held = evidence.probe.driver_paths
+    if held:
+        return CheckOutcome(name=Rule.NPU_DRIVER, ok=False, detail=(
+            f"the image holds {_names(list(held))}, where the node's NPU driver is mounted: a baked-in driver hides "
+            "the node's own, which CANN is checked against; remove it from the image"))
+    return CheckOutcome(name=Rule.NPU_DRIVER, ok=True, detail="no driver files baked in (the node's are mounted)")
+
+
+@rule(Rule.NPU_GROUP, without_probe=WithoutProbe.FAILS)
+def check_npu_group(evidence: Evidence) -> CheckOutcome:
+    groups, wanted = evidence.probe.groups, evidence.npu_group
+    if wanted in groups:
+        return CheckOutcome(name=Rule.NPU_GROUP, ok=True, detail=f"{evidence.user.name} is in {wanted}")
+    return CheckOutcome(name=Rule.NPU_GROUP, ok=False, detail=(
+        f"{evidence.user.name} is not in {wanted} (its groups: {', '.join(groups) or 'none'}): the host's NPU "
+        f"devices belong to that group"))
+
+
 def evaluate(facts: ImageFacts, *, boot: BootFacts, size_budget: int | None = None, user: RunUser = DEFAULT_USER,
-             ) -> list[CheckOutcome]:
+             npu: bool = False) -> list[CheckOutcome]:
     """Every registered rule, in Rule's order, judged on the gathered facts and on how the boot command's python
-    started (judge_boot), for the entry's `user`."""
+    started (judge_boot), for the entry's `user`; the Ascend rules only for an Ascend image (`npu`)."""
     evidence = Evidence(facts=facts, boot=boot, size_budget=size_budget, user=user)
     outcomes: list[CheckOutcome] = []
     for name in Rule:
+        if name in ASCEND_RULES and not npu:
+            continue
         registered = RULES[name]
         if facts.probe is not None or registered.without_probe is WithoutProbe.NOT_NEEDED:
             outcomes.append(registered.judge(evidence))
@@ -453,5 +509,5 @@ def gather(engine: Engine, config: ImageConfig, *, base_image: str | None, timeo
         probe=probe, probe_error=probe_error,
         setuid_files=probe.setuid_files if probe is not None else None,
         setuid_error=None if probe is not None else f"the probe did not run: {probe_error}",
-        base_image=base_image, base_setuid_files=base_files, base_error=base_error,
+        base_image=base_image, base_setuid_files=base_files, base_error=base_error, environment=config.environment,
     )

@@ -149,7 +149,7 @@ def verify_image(engine: Engine, image: ImageSpec, *, options: VerifyOptions, re
     checks: tuple[CheckOutcome, ...] = ()
     if gathering is not None:
         checks = tuple(conformance.evaluate(gathering.result(), boot=_boot_of(runs, image),
-                                            size_budget=options.size_budget, user=image.user))
+                                            size_budget=options.size_budget, user=image.user, npu=image.is_npu))
     stack = stacking.result() if stacking is not None else ()
     return ImageReport(id=image.id, reference=reference, expected=Expected.of(image), image_id=config.image_id,
                        size=config.size, runs=runs, skipped=tuple(skipped), conformance=checks, stack=stack)

@@ -11,13 +11,14 @@ runs the job as. It prints one line, `MODELARTS_CONFORMANCE_FACTS {json}`, holdi
 walk of the root filesystem, every setuid or setgid regular file (what `find / -xdev -type f -perm /6000` lists)
 and every credential-looking file (.netrc, _netrc, .git-credentials, pip.conf, pip.ini, .pypirc,
 .docker/config.json) with whether it holds a password or a URL with user:password@ (never the secret itself); the
-conda packages of <prefix>/conda-meta with their channels (null when there is no conda-meta); and the errors met
-reading files.
+conda packages of <prefix>/conda-meta with their channels (null when there is no conda-meta); the names of the
+groups the user belongs to; which of the host NPU driver's paths (ModelArts mounts them into an Ascend job's
+container) the image holds itself; and the errors met reading files.
 
 Python 3.7 and up, stdlib only: it runs with whatever python the image ships.
 """
 
-# ruff: noqa: PTH112, PTH113, PTH114, PTH116, PTH118, PTH119, PTH123, PTH207
+# ruff: noqa: PTH112, PTH113, PTH114, PTH116, PTH118, PTH119, PTH123, PTH207, PTH208
 # os.path and not pathlib, on purpose: on Python 3.7 Path.is_file() raises PermissionError where os.path.isfile()
 # answers False, and one unreadable corner of an image must not stop the walk.
 
@@ -39,6 +40,8 @@ URL_CREDENTIALS = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+(:[^/\s@]*)?@", re.I
 DOCKER_AUTH = re.compile(r'"(auth|identitytoken|password|registrytoken)"\s*:\s*"[^"]')
 KINDS = {".netrc": "netrc", "_netrc": "netrc", ".git-credentials": "git-credentials", "pip.conf": "pip-config",
          "pip.ini": "pip-config", ".pypirc": "pypirc", "config.json": "docker-config"}
+# Where an Ascend host's driver is mounted into a container: an image that holds files there hides the host's.
+NPU_DRIVER_PATHS = ("/usr/local/Ascend/driver", "/usr/local/dcmi", "/usr/local/bin/npu-smi")
 # Kernel filesystems: nothing of the image's own is there, and walking them is slow or endless.
 PSEUDO_TOPS = ("proc", "sys", "dev")
 
@@ -63,6 +66,30 @@ def user_facts(user):
     home_owner = os.stat(entry.pw_dir).st_uid if home_exists else None
     return {"name": entry.pw_name, "uid": entry.pw_uid, "gid": entry.pw_gid, "home": entry.pw_dir,
             "shell": entry.pw_shell, "home_exists": home_exists, "home_owner": home_owner}
+
+
+def group_names(user, gid):
+    """The names of the user's groups: its primary one and every group that lists it as a member."""
+    names = set()
+    with contextlib.suppress(KeyError):
+        names.add(grp.getgrgid(gid).gr_name)
+    names.update(group.gr_name for group in grp.getgrall() if user in group.gr_mem)
+    return sorted(names)
+
+
+def driver_paths():
+    """The NPU driver paths the image itself holds (an empty directory, a mount point, does not count)."""
+    held = []
+    for path in NPU_DRIVER_PATHS:
+        if os.path.isdir(path):
+            try:
+                if os.listdir(path):
+                    held.append(path)
+            except OSError:
+                held.append(path)
+        elif os.path.lexists(path):
+            held.append(path)
+    return held
 
 
 def scan_files(errors, root="/"):
@@ -121,7 +148,8 @@ def main():
     prefix, user, uid, gid = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     errors = []
     facts = {"python": platform.python_version(), "user": user_facts(user), "uid_owner": None, "group": None,
-             "credential_files": [], "setuid_files": [], "conda_packages": None, "errors": errors}
+             "credential_files": [], "setuid_files": [], "conda_packages": None, "errors": errors,
+             "groups": group_names(user, gid), "driver_paths": driver_paths()}
     with contextlib.suppress(KeyError):
         facts["uid_owner"] = pwd.getpwuid(uid).pw_name
     with contextlib.suppress(KeyError):
