@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from modelarts_images.config import compat
+from modelarts_images.config.wheels import TORCH_NPU
 from modelarts_images.contract import NPU_GROUP
 from modelarts_images.model import DEFAULT_SOURCE_DATE_EPOCH, Artifact, FetchedImage, ImageSpec
 from modelarts_images.shared import redact
@@ -45,7 +46,7 @@ def wheel_source(image: ImageSpec) -> WheelSource:
         index_url = f"{PYTORCH_DOWNLOADS}/{image.variant}"
     return WheelSource(
         index_url=index_url,
-        requirements=tuple(f"{name}=={version}" for name, version in image.packages),
+        requirements=tuple(f"{name}=={version}" for name, version in image.packages if name != TORCH_NPU),
     )
 
 
@@ -210,6 +211,8 @@ def as_text(plans: Sequence[ImagePlan]) -> str:
         if plan.wheel_source is not None:
             rows.append(("wheels", f"from {plan.wheel_source.index_url}, resolved by fetch"))
             rows.append(("", " ".join(plan.wheel_source.requirements)))
+            if image.ascend is not None:
+                rows.append(("", f"{TORCH_NPU}=={image.ascend.torch_npu} from the index pip uses (PyPI)"))
         rows += _stack_rows(image)
         rows += [("build arg", f"{name}={value}") for name, value in plan.build_args]
         title = f"{image.id}{' (default)' if image.default else ''}"

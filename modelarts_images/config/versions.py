@@ -375,7 +375,8 @@ def _cross_entry_problems(entries: Sequence[Mapping[str, Any]]) -> list[tuple[tu
 
 
 def _reference(entry: Mapping[str, Any]) -> str:
-    tag = entry.get("tag") or derived_tag(torch=entry["torch"], accelerator=_accelerator_of(entry))
+    tag = entry.get("tag") or derived_tag(torch=entry["torch"], accelerator=_accelerator_of(entry),
+                                          arch=entry.get("arch", X86_64))
     return f"{entry['registry']}/{entry['organization']}/{entry['repository']}:{tag}"
 
 
@@ -406,7 +407,8 @@ def _to_spec(entry: Mapping[str, Any], stack: Stack) -> ImageSpec:
         torch=entry["torch"],
         torchvision=entry.get("torchvision"),
         torchaudio=entry.get("torchaudio"),
-        tag=entry.get("tag") or derived_tag(torch=entry["torch"], accelerator=_accelerator_of(entry)),
+        tag=entry.get("tag") or derived_tag(torch=entry["torch"], accelerator=_accelerator_of(entry),
+                                            arch=entry.get("arch", X86_64)),
         registry=entry["registry"],
         organization=entry["organization"],
         repository=entry["repository"],
