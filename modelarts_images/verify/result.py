@@ -9,7 +9,7 @@ from typing import Any
 
 from modelarts_images.contract import SCRIPT_NAME
 from modelarts_images.errors import VerifyError
-from modelarts_images.model import ImageSpec
+from modelarts_images.model import X86_64, ImageSpec
 from modelarts_images.options import Device
 from modelarts_images.verify.checks import CheckOutcome
 from modelarts_images.verify.probes import tagged_json
@@ -41,6 +41,11 @@ class VerificationResult:
     prefix: str | None = None  # sys.prefix
     modules: tuple[tuple[str, str], ...] = ()  # library-backed standard modules: "ok" or why they did not import
     activated: tuple[str, ...] = ()  # activation variables that were set (CONDA_PREFIX, ...)
+    platform: str | None = None  # platform.platform(): the machine the interpreter ran as ('...-aarch64-...')
+    torch_npu: str | None = None  # torch_npu's version where it is installed
+    npu_available: bool = False
+    npu_device_count: int = 0
+    npu_devices: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -50,7 +55,9 @@ class VerificationResult:
             "uid": self.uid, "gid": self.gid, "user": self.user, "cwd": self.cwd,
             "environment": dict(self.environment), "checks": [check.to_json() for check in self.checks],
             "seconds": self.seconds, "prefix": self.prefix, "modules": dict(self.modules),
-            "activated": list(self.activated),
+            "activated": list(self.activated), "platform": self.platform, "torch_npu": self.torch_npu,
+            "npu_available": self.npu_available, "npu_device_count": self.npu_device_count,
+            "npu_devices": list(self.npu_devices),
         }
 
     @classmethod
@@ -92,8 +99,9 @@ def _from_object(data: Mapping[str, Any]) -> VerificationResult:
                           "and 'detail'")
     environment = data.get("environment") or {}
     devices = data.get("devices") or []
+    npu_devices = data.get("npu_devices") or []
     modules, activated = data.get("modules") or {}, data.get("activated") or []
-    if not isinstance(environment, dict) or not isinstance(devices, list):
+    if not isinstance(environment, dict) or not isinstance(devices, list) or not isinstance(npu_devices, list):
         raise VerifyError(f"the {RESULT_PREFIX.strip()} line's 'environment' must be an object and 'devices' a list")
     if not isinstance(modules, dict) or not isinstance(activated, list):
         raise VerifyError(f"the {RESULT_PREFIX.strip()} line's 'modules' must be an object and 'activated' a list")
@@ -118,6 +126,11 @@ def _from_object(data: Mapping[str, Any]) -> VerificationResult:
         prefix=_optional(data, "prefix", str),
         modules=tuple(sorted((str(name), str(state)) for name, state in modules.items())),
         activated=tuple(str(name) for name in activated),
+        platform=_optional(data, "platform", str),
+        torch_npu=_optional(data, "torch_npu", str),
+        npu_available=data.get("npu_available") is True,
+        npu_device_count=_optional(data, "npu_device_count", int) or 0,
+        npu_devices=tuple(str(name) for name in npu_devices),
     )
 
 
@@ -142,6 +155,9 @@ def check_against(result: VerificationResult, image: ImageSpec, device: Device) 
       a CPU entry's torch is a CPU build (torch.version.cuda is None);
     - python-version: the entry's Python (major.minor);
     - cuda-available (GPU only): CUDA available, the work ran on a CUDA device;
+    - arch (an image for another machine than x86_64): the interpreter ran as that machine;
+    - torch-npu-version (Ascend images): the torch_npu installed is the entry's;
+    - npu-available (NPU only): torch_npu sees an NPU, the work ran on it;
     - ma-user: the script ran as the entry's user (uid and gid), in its home, with MA_JOB_DIR set.
     """
     outcomes: list[CheckOutcome] = []
@@ -169,6 +185,7 @@ def check_against(result: VerificationResult, image: ImageSpec, device: Device) 
                   if ok else f"CUDA is not available in the container (torch built for CUDA {result.torch_cuda}, "
                              f"{result.device_count} device(s) visible, work ran on {result.device})")
         outcomes.append(CheckOutcome(name="cuda-available", ok=ok, detail=detail))
+    outcomes += _npu_checks(result, image, device)
     env = dict(result.environment)
     user = image.user
     as_ma_user = result.uid == user.uid and result.gid == user.gid
@@ -179,6 +196,28 @@ def check_against(result: VerificationResult, image: ImageSpec, device: Device) 
                f"MA_JOB_DIR={env.get('MA_JOB_DIR')}"))
     outcomes += [CheckOutcome(name=f"script:{check.name}", ok=check.ok, detail=check.detail)
                  for check in result.checks]
+    return outcomes
+
+
+def _npu_checks(result: VerificationResult, image: ImageSpec, device: Device) -> list[CheckOutcome]:
+    outcomes = []
+    if image.arch != X86_64:
+        ran_as = result.platform or "an unknown platform"
+        outcomes.append(CheckOutcome(name="arch", ok=image.arch in ran_as,
+                                     detail=f"ran as {ran_as}" + ("" if image.arch in ran_as else
+                                                                   f", expected {image.arch}")))
+    if image.ascend is not None:
+        wanted = image.ascend.torch_npu
+        ok = result.torch_npu is not None and result.torch_npu.split("+")[0] == wanted
+        outcomes.append(CheckOutcome(name="torch-npu-version", ok=ok, detail=(
+            f"torch_npu {result.torch_npu}" if ok else
+            f"torch_npu {result.torch_npu or 'is not installed'}, expected {wanted}")))
+    if device is Device.NPU:
+        on_npu = result.device is not None and result.device.startswith("npu")
+        ok = result.npu_available and result.npu_device_count > 0 and on_npu
+        outcomes.append(CheckOutcome(name="npu-available", ok=ok, detail=(
+            f"{result.npu_device_count} NPU(s): {', '.join(result.npu_devices)}; the work ran on {result.device}" if ok
+            else f"no usable NPU in the container ({result.npu_device_count} visible, work ran on {result.device})")))
     return outcomes
 
 

@@ -51,6 +51,30 @@ PIP_TARGET = ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp
               *(option for platform in PLATFORMS for option in ("--platform", platform)), "--only-binary=:all:"]
 
 
+# arm64 under QEMU user emulation: a debootstrapped arm64 bookworm base (scripts/test-base-image.sh NAME arm64) and
+# the newest torch whose aarch64 wheel on PyPI is a CPU build, with the torch_npu release that pins it and is built
+# for CANN 8.2.RC1 (the CANN ModelArts' Ascend drivers run).
+ARM64_BASE = "modelarts-test-base:bookworm-arm64"
+ARM64_TORCH = "2.6.0"
+ARM64_TORCH_NPU = "2.6.0"
+ARM64_PIP_TARGET = ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi",
+                    "none", *(option for minor in range(36, 16, -1) for option in ("--platform",
+                                                                                  f"manylinux_2_{minor}_aarch64")),
+                    "--platform", "manylinux2014_aarch64", "--platform", "linux_aarch64", "--only-binary=:all:"]
+
+
+def arm64_wheels(download_dir: Path) -> dict[str, Path]:
+    """The aarch64 torch and torch_npu wheels for Python 3.11, downloaded with the host's pip (no dependencies:
+    fetch resolves those for aarch64 itself)."""
+    download_dir.mkdir(parents=True, exist_ok=True)
+    pip(["download", "--no-deps", *ARM64_PIP_TARGET, "-d", str(download_dir), f"torch=={ARM64_TORCH}",
+         f"torch-npu=={ARM64_TORCH_NPU}"])
+    found = {name: sorted(download_dir.glob(f"{name}-*aarch64.whl")) for name in ("torch", "torch_npu")}
+    if not all(found.values()):
+        unavailable(f"the host's pip gave no aarch64 wheels of torch {ARM64_TORCH} and torch_npu {ARM64_TORCH_NPU}")
+    return {name: paths[0] for name, paths in found.items()}
+
+
 def unavailable(reason: str) -> NoReturn:
     """Skip with the reason, or fail with it when CI requires the engine tier to run."""
     if os.environ.get(REQUIRE_ENGINE) == "1":
