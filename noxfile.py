@@ -56,10 +56,11 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the benchmarks (fetch against nginx, build, matrix rerun, stack, layers, CI, ModelArts, distributed)
-    and write bench/results/; posargs: names."""
+    """Run the benchmarks (fetch against nginx, build, matrix rerun, stack, layers, CI, ModelArts, distributed,
+    arm64 under emulation) and write bench/results/; posargs: names."""
     _install(session)
-    for name in session.posargs or ["fetch", "build", "matrix", "stack", "layers", "ci", "modelarts", "distributed"]:
+    for name in session.posargs or ["fetch", "build", "matrix", "stack", "layers", "ci", "modelarts", "distributed",
+                                    "arm64"]:
         # The engine benchmarks reuse the engine tier's helpers from tests/.
         session.run("python", f"bench/bench_{name}.py", env={"PYTHONPATH": "."})
 
