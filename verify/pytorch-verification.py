@@ -2,19 +2,48 @@
 
 ModelArts boot command (no shell, no `conda activate`):
 
-    /home/ma-user/miniconda3/bin/python ${MA_JOB_DIR}/code/pytorch-verification.py [--require-gpu]
+    /home/ma-user/miniconda3/bin/python ${MA_JOB_DIR}/code/pytorch-verification.py [--require-gpu | --require-npu]
 
 What it prints:
 1. what the original recipe printed: a random 5x3 tensor, then one on the available device (a GPU run shows
-   `device='cuda:0'`);
-2. one line per check, `[ ok ] name: detail` or `[FAIL] name: detail`;
+   `device='cuda:0'`, an NPU run `device='npu:0'`);
+2. one line per check, `[ ok ] name: detail` or `[FAIL] name: detail` (and, when torch_npu is installed but no NPU
+   is usable without --require-npu, one line `[info] npu: ...` saying why, which is not a check);
 3. last, one line `MODELARTS_VERIFY_RESULT {json}` with the facts and every check, for the tools to read. The facts
    include how the interpreter started (sys.prefix, whether the standard modules backed by shared libraries
    import, which activation variables were set), which the conformance check `boot-python` judges.
 
 Checks: torch imports; tensors print; a matrix product on the device; a small autograd backward pass and SGD
-steps on the device; on a GPU both are compared with the same computation on the CPU. `--require-gpu` adds
-`cuda-available`, which fails when CUDA is unavailable instead of falling back to the CPU.
+steps on the device; on a GPU or an NPU both are compared with the same computation on the CPU. `--require-gpu`
+adds `cuda-available`, which fails when CUDA is unavailable instead of falling back to the CPU.
+
+An Ascend NPU (torch_npu, Ascend's PyTorch adapter, on CANN). With torch_npu installed a plain `import torch` loads
+it through torch's device-backend entry point, and fails without CANN. So before torch imports the script looks
+for torch_npu without importing it (importlib.util.find_spec); when it is there, or with --require-npu, it sets
+TORCH_DEVICE_BACKEND_AUTOLOAD=0 (unless the environment set it), so torch imports and the CPU checks still run;
+then it imports torch_npu itself and says why that fails, without a traceback for these expected causes (the
+error's wrapped causes read too: torch wraps the ImportError):
+- `npu:cann`: "CANN missing": a library of CANN's (libhccl.so, libascendcl.so, libacl_*.so, ...; any library but
+  the driver's) "cannot open shared object file". The image needs a CANN base and set_env.sh's environment as ENV
+  (ASCEND_TOOLKIT_HOME, ASCEND_HOME_PATH, ASCEND_OPP_PATH, LD_LIBRARY_PATH). Fails with or without --require-npu:
+  CANN is part of the image.
+- `npu:driver`: libascend_hal.so not found: the host's driver is not mounted at /usr/local/Ascend/driver (the
+  platform mounts it); the detail names the device files missing (/dev/davinci*, /dev/davinci_manager,
+  /dev/devmm_svm, /dev/hisi_hdc).
+- `npu:device`: torch_npu imports but torch.npu.is_available() is False or device_count() is 0: no visible NPU
+  (the detail gives ASCEND_VISIBLE_DEVICES, which ModelArts sets).
+- `npu:import`: anything else (a torch_npu built for another torch, a module it needs missing: its traceback goes
+  to the log); with --require-npu also "torch_npu is not installed". Fails whenever torch_npu is installed.
+npu:driver and npu:device fail only with --require-npu; without it the cause is recorded (npu_unavailable) and
+the checks fall back to the CPU (or CUDA) as the GPU path does. A usable NPU adds `npu-available` (the count and
+names) and the checks run on npu:0. Where `import torch` itself fails loading torch_npu (the environment set
+TORCH_DEVICE_BACKEND_AUTOLOAD=1), `import-torch` fails and so does the npu: check of the cause. --require-gpu and
+--require-npu do not go together (a usage error).
+
+The facts of the NPU in the result line: require_npu; torch_npu (its version, None when not installed);
+npu_available; npu_device_count; npu_devices (names); npu_unavailable ("<cause>: <detail>", cause one of cann,
+driver, device, import, missing; None when an NPU is usable or none was looked for); ascend_home
+(ASCEND_HOME_PATH, else ASCEND_TOOLKIT_HOME, else None).
 
 A distributed job (MA_NUM_HOSTS > 1, or WORLD_SIZE > 1 under a launcher) adds the `distributed:` checks after
 those, and the boot command is one of:
@@ -65,7 +94,8 @@ not run, but for the collectives' wrong values:
 - `distributed:barrier` (a wrong value above fails its check and the next collectives still run, since the other
   ranks wait for them; an error of a collective itself ends them);
 - `distributed:local_ranks` (plain boot command, P > 1, local rank 0 only): the node's other processes passed.
-Tensors are on the CPU for gloo, on cuda:<local rank> for NCCL; then destroy_process_group.
+Tensors are on the CPU for gloo, on cuda:<local rank> for NCCL; then destroy_process_group. On an NPU the
+distributed checks use gloo on the CPU (HCCL is not checked).
 
 The bound: resolving the master and the rendezvous end within --rendezvous-timeout seconds of the start of the
 distributed checks, and each collective within as many again (torch's timeout is set to it). Where torch's own
@@ -79,9 +109,11 @@ Exit status: 0 when every check passed, 1 when one failed, 2 for a usage error.
 import argparse
 import contextlib
 import datetime
+import importlib.util
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -111,6 +143,22 @@ PEERS_LOOKUP_S = 2.0  # after a failure, how long the other workers' names may t
 CHILD_MARKER = "MODELARTS_VERIFY_PARENT"  # the parent's pid, in the processes the plain boot command starts
 BROADCAST_VALUES = 16
 OUTPUT_LOCK = threading.Lock()  # one line at a time: the watchdog and the children's relays print too
+# An Ascend NPU (torch_npu on CANN). With torch_npu installed a plain `import torch` loads it through torch's
+# device-backend entry point and fails without CANN; the variable below (set before torch imports) turns that off,
+# and the script imports torch_npu itself and says why it fails.
+AUTOLOAD_VARIABLE = "TORCH_DEVICE_BACKEND_AUTOLOAD"
+ASCEND_DRIVER_DIR = "/usr/local/Ascend/driver"  # where the platform mounts the host's driver
+NPU_DEVICE_FILES = ("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc")  # and /dev/davinci<N>
+DRIVER_LIBRARIES = ("libascend_hal", "libdrvdsmi_host", "libdcmi")  # the driver's, not CANN's
+# How the libraries of CANN and the driver begin: a failed `import torch` naming one is torch_npu's
+ASCEND_LIBRARY_PREFIXES = ("libascend", "libacl", "libhccl", "libge_", "libge.", "libgraph", "libruntime", "libopapi",
+                           "libtiling", "libplatform", "libregister", "liberror_manager", "libmmpa", "libc_sec",
+                           "libmsprof", "libprofapi", "libnnopbase", "libop", "libfmk", "libaicpu", "libtsd",
+                           "libdrvdsmi", "libdcmi")
+# What a missing shared library reads: `libhccl.so: cannot open shared object file: No such file or directory`
+MISSING_LIBRARY = re.compile(r"([^\s:'\"()\[\]]+\.so(?:\.[0-9]+)*)\s*:\s*cannot open shared object file")
+NPU_CHECKS = {"cann": "npu:cann", "driver": "npu:driver", "device": "npu:device", "import": "npu:import",
+              "missing": "npu:import"}
 
 
 def say(line):
@@ -298,6 +346,182 @@ def autograd_check(torch, device):
                            f"(tolerance {TOLERANCE:.0e})")
         detail += f"; weights match the CPU's within {TOLERANCE:.0e} (max |difference| {difference:.2e})"
     return True, detail
+
+
+# --------------------------------------------------------------------------------------------------------------
+# An Ascend NPU (torch_npu on CANN)
+
+
+def find_torch_npu(require_npu):
+    """Before torch imports: whether torch_npu is installed (True or False; None when looking failed), found
+    without importing it. When it is (or may be), or with --require-npu, torch's auto-load of device backends is
+    turned off (unless the environment set TORCH_DEVICE_BACKEND_AUTOLOAD itself), so that `import torch` works
+    without CANN and the CPU checks still run; torch_npu is imported later, by probe_npu."""
+    try:
+        installed = importlib.util.find_spec("torch_npu") is not None
+    except Exception:  # a finder that fails, or a torch_npu in sys.modules without a spec: the import will say
+        installed = None
+    if installed is not False or require_npu:
+        os.environ.setdefault(AUTOLOAD_VARIABLE, "0")
+    return installed
+
+
+def distribution_version(name):
+    """An installed distribution's version from its metadata (without importing it), None when unknown."""
+    try:
+        from importlib import metadata
+    except ImportError:  # Python 3.7
+        return None
+    for spelling in (name, name.replace("_", "-")):
+        try:
+            return metadata.version(spelling)
+        except Exception:  # not installed, or broken metadata
+            continue
+    return None
+
+
+def ascend_home():
+    return os.environ.get("ASCEND_HOME_PATH") or os.environ.get("ASCEND_TOOLKIT_HOME") or None
+
+
+def error_chain(error, limit=8):
+    """The exception and the ones it wraps (__cause__, else __context__): torch wraps a backend's ImportError."""
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen and len(chain) < limit:
+        seen.add(id(error))
+        chain.append(error)
+        error = error.__cause__ if error.__cause__ is not None else error.__context__
+    return chain
+
+
+def chain_text(error):
+    return "; caused by ".join(error_text(item) for item in error_chain(error))
+
+
+def missing_libraries(error):
+    """The shared libraries the exception (or one it wraps) could not open, by file name, in order."""
+    found = []
+    for item in error_chain(error):
+        for text in (str(item), " ".join(str(argument) for argument in getattr(item, "args", ()))):
+            for library in MISSING_LIBRARY.findall(text):
+                library = Path(library).name
+                if library not in found:
+                    found.append(library)
+    return found
+
+
+def is_driver_library(library):
+    return library.split(".so", 1)[0] in DRIVER_LIBRARIES
+
+
+def missing_device_files():
+    """The NPU device files that are not there (/dev/davinci* when there is no /dev/davinci<N>)."""
+    def there(path, pattern=None):
+        try:
+            return any(Path(path).glob(pattern)) if pattern else Path(path).exists()
+        except OSError:  # not allowed to look: as good as not there
+            return False
+
+    missing = [] if there("/dev", "davinci[0-9]*") else ["/dev/davinci*"]
+    return missing + [path for path in NPU_DEVICE_FILES if not there(path)]
+
+
+def visible_devices_text():
+    value = os.environ.get("ASCEND_VISIBLE_DEVICES")
+    return "ASCEND_VISIBLE_DEVICES is not set" if value is None else f"ASCEND_VISIBLE_DEVICES={value!r}"
+
+
+def cann_detail(library, error):
+    detail = (f"CANN missing: {library} cannot be loaded ({chain_text(error)}); the image needs a CANN base (the "
+              "Ascend toolkit torch_npu was built for) and set_env.sh's environment as ENV (ASCEND_TOOLKIT_HOME, "
+              "ASCEND_HOME_PATH, ASCEND_OPP_PATH, LD_LIBRARY_PATH)")
+    if not os.environ.get("ASCEND_HOME_PATH"):
+        return detail + "; ASCEND_HOME_PATH is not set"
+    return detail + "; ASCEND_HOME_PATH={} but {} is not on LD_LIBRARY_PATH={!r}".format(
+        os.environ["ASCEND_HOME_PATH"], library, os.environ.get("LD_LIBRARY_PATH", ""))
+
+
+def driver_detail(library):
+    if Path(ASCEND_DRIVER_DIR).is_dir():
+        where = f"{ASCEND_DRIVER_DIR} is there but {library} is not on LD_LIBRARY_PATH (its lib64)"
+    else:
+        where = f"the Ascend driver is not mounted at {ASCEND_DRIVER_DIR} (the platform mounts the host's driver there)"
+    missing = missing_device_files()
+    files = ("device files missing: " + ", ".join(missing)) if missing else "the device files are there"
+    return f"{library} not found: {where}; {files}"
+
+
+def npu_failure(error, stage="import"):
+    """(cause, detail, expected) for an exception importing torch_npu (or using torch.npu, stage "device"):
+    cause "cann" (a CANN library missing), "driver" (the driver's libascend_hal missing), "missing" (no torch_npu),
+    "device" (torch.npu failed), "import" (anything else); expected False when a traceback belongs in the log."""
+    libraries = missing_libraries(error)
+    cann = [library for library in libraries if not is_driver_library(library)]
+    if cann:
+        return "cann", cann_detail(cann[0], error), True
+    if libraries:
+        return "driver", driver_detail(libraries[0]), True
+    if isinstance(error, ImportError) and getattr(error, "name", None) == "torch_npu":
+        return "missing", f"torch_npu is not installed (no module torch_npu for {sys.executable})", True
+    if stage == "device":
+        return "device", f"torch.npu cannot count the NPUs: {chain_text(error)}; {visible_devices_text()}", False
+    return "import", f"torch_npu does not import: {chain_text(error)}", False
+
+
+def npu_failure_of_torch(error):
+    """(cause, detail) when `import torch` failed loading torch_npu through the backend entry point (torch's
+    message names it, or a library of CANN's or the driver's is missing), else None: torch's own failure."""
+    names_it = any("backend extension: torch_npu" in str(item) for item in error_chain(error))
+    ascend = any(library.startswith(ASCEND_LIBRARY_PREFIXES) for library in missing_libraries(error))
+    if not (names_it or ascend):
+        return None
+    cause, detail, _ = npu_failure(error)
+    return ("import" if cause == "missing" else cause), detail
+
+
+def npu_fails(cause, require_npu):
+    """Whether an unusable NPU is a failed check: CANN and a broken torch_npu are the image's fault; no driver,
+    no device or no torch_npu only with --require-npu (else the checks fall back like the GPU path does)."""
+    return cause in ("cann", "import") or require_npu
+
+
+def probe_npu(torch):
+    """After torch imports: torch_npu imported, its NPUs counted. (facts, failure): failure is None when an NPU
+    is usable, else (cause, detail); the traceback of an unexpected failure goes to the log."""
+    facts = {"torch_npu": distribution_version("torch_npu"), "npu_available": False, "npu_device_count": 0,
+             "npu_devices": []}
+    try:
+        import torch_npu
+    except Exception as error:  # a missing CANN or driver, a torch it was not built for: say which
+        cause, detail, expected = npu_failure(error)
+        if not expected:
+            traceback.print_exc()
+        return facts, (cause, detail)
+    version = getattr(torch_npu, "__version__", None) or facts["torch_npu"]
+    facts["torch_npu"] = None if version is None else str(version)
+    npu = getattr(torch, "npu", None)
+    if npu is None:
+        return facts, ("import", f"torch_npu {facts['torch_npu']} imported but torch has no torch.npu")
+    try:
+        facts["npu_available"] = bool(npu.is_available())
+        facts["npu_device_count"] = int(npu.device_count())
+        if facts["npu_available"]:
+            facts["npu_devices"] = [str(npu.get_device_name(index)) for index in range(facts["npu_device_count"])]
+    except Exception as error:  # the driver or the device: a fact, not a crash
+        facts["npu_available"] = False
+        cause, detail, expected = npu_failure(error, stage="device")
+        if not expected:
+            traceback.print_exc()
+        return facts, (cause, detail)
+    if not facts["npu_available"] or facts["npu_device_count"] == 0:
+        missing = missing_device_files()
+        detail = (f"no visible NPU: torch.npu.is_available() is {facts['npu_available']}, device_count() "
+                  f"{facts['npu_device_count']}; {visible_devices_text()}")
+        if missing:
+            detail += "; device files missing: " + ", ".join(missing)
+        facts["npu_available"] = False
+        return facts, ("device", detail)
+    return facts, None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -805,7 +1029,7 @@ def finish(result, checks, started):
 def verify(arguments, context):
     """Run every check; returns the result dictionary (the JSON line). context["watchdog"]: the distributed
     watchdog, once there is one; context["full"]: whether this process prints the result line."""
-    require_gpu = arguments.require_gpu
+    require_gpu, require_npu = arguments.require_gpu, arguments.require_npu
     started = time.time()
     distributed = is_distributed(os.environ)
     # local rank 0 runs every check and prints the result; a node's other processes only the distributed ones
@@ -827,18 +1051,57 @@ def verify(arguments, context):
         "device_count": 0,
         "devices": [],
         "device": None,
+        "require_npu": bool(require_npu),
+        "torch_npu": None,
+        "npu_available": False,
+        "npu_device_count": 0,
+        "npu_devices": [],
+        "npu_unavailable": None,
+        "ascend_home": ascend_home(),
     }
     result.update(identity())
     result.update(interpreter())
+    npu_installed = find_torch_npu(require_npu)  # before torch imports: it may turn off the backend auto-load
+    npu_wanted = npu_installed is not False or require_npu
     try:
         import torch
     except Exception as error:  # ImportError, or a broken shared library under it (OSError)
-        traceback.print_exc()
-        checks.add("import-torch", False, f"{type(error).__name__}: {error}")
+        npu = npu_failure_of_torch(error)  # torch_npu auto-loaded (TORCH_DEVICE_BACKEND_AUTOLOAD=1) and failed
+        if npu is None or npu[0] not in ("cann", "driver"):
+            traceback.print_exc()
+        if npu is None:
+            checks.add("import-torch", False, f"{type(error).__name__}: {error}")
+        else:
+            cause, detail = npu
+            result["torch_npu"] = distribution_version("torch_npu")
+            result["npu_unavailable"] = f"{cause}: {detail}"
+            autoload = os.environ.get(AUTOLOAD_VARIABLE)
+            checks.add("import-torch", False, f"{type(error).__name__}: {error} (torch loaded torch_npu itself: "
+                       f"{AUTOLOAD_VARIABLE}={autoload!r} in the environment; the cause is the {NPU_CHECKS[cause]} "
+                       "check)")
+            checks.add(NPU_CHECKS[cause], False, detail)  # torch itself does not import: a failure in any case
     else:
         result.update(torch_facts(torch))
         if full:
             checks.add("import-torch", True, f"torch {torch.__version__} from {Path(torch.__file__).parent}")
+        npu_usable = False
+        if npu_wanted:
+            facts, failure = probe_npu(torch)
+            result.update(facts)
+            if failure is None:
+                npu_usable = True
+                if full:
+                    checks.add("npu-available", True, "{} NPU(s): {} (torch_npu {})".format(
+                        result["npu_device_count"], ", ".join(result["npu_devices"]), result["torch_npu"]))
+            elif failure[0] != "missing" or require_npu:
+                cause, detail = failure
+                result["npu_unavailable"] = f"{cause}: {detail}"
+                if npu_fails(cause, require_npu):
+                    checks.add(NPU_CHECKS[cause], False, detail)
+                elif full:  # the fallback, said once: not a check
+                    installed = " ".join(["torch_npu"] + ([result["torch_npu"]] if result["torch_npu"] else []))
+                    say(f"[info] npu: {installed} is installed but no NPU is usable ({cause}: {detail}); the checks "
+                        "run without it (--require-npu makes this a failure)")
         if require_gpu and (full or not result["cuda_available"]):
             if result["cuda_available"]:
                 detail = f"{result['device_count']} CUDA device(s): {', '.join(result['devices'])}"
@@ -848,7 +1111,11 @@ def verify(arguments, context):
                 if "cuda_error" in result:
                     detail += "; " + result["cuda_error"]
             checks.add("cuda-available", result["cuda_available"], detail)
-        if result["cuda_available"]:
+        if npu_usable:
+            device = torch.device("npu", 0)
+        elif require_npu:
+            device = None
+        elif result["cuda_available"]:
             device = torch.device("cuda")
             disable_tf32(torch)
         elif require_gpu:
@@ -856,7 +1123,7 @@ def verify(arguments, context):
         else:
             device = torch.device("cpu")
         if device is not None:
-            result["device"] = str(torch.device(device.type, 0)) if device.type == "cuda" else "cpu"
+            result["device"] = str(torch.device(device.type, 0)) if device.type != "cpu" else "cpu"
             if full:
                 checks.run("tensor", lambda: original_output(torch, device))
                 checks.run("matmul", lambda: matmul_check(torch, device))
@@ -913,8 +1180,12 @@ port_number = number_type(int, "a port number", lambda value: 1 <= value <= 6553
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Verify PyTorch inside a ModelArts training image.")
-    parser.add_argument("--require-gpu", action="store_true",
-                        help="fail when CUDA is unavailable instead of falling back to the CPU")
+    required = parser.add_mutually_exclusive_group()
+    required.add_argument("--require-gpu", action="store_true",
+                          help="fail when CUDA is unavailable instead of falling back to the CPU")
+    required.add_argument("--require-npu", action="store_true",
+                          help="fail when no Ascend NPU is usable (torch_npu on CANN) instead of falling back to the "
+                               "CPU")
     parser.add_argument("--master-port", type=port_number, default=DEFAULT_MASTER_PORT, metavar="PORT",
                         help="the master's rendezvous port of a distributed job started with the plain boot command "
                              "(default: %(default)s; under a launcher MASTER_PORT is used)")
