@@ -29,7 +29,7 @@ grep -qw binfmt_misc /proc/filesystems ||
 
 archs=("$@")
 ((${#archs[@]})) || archs=(aarch64)
-for i in "${!archs[@]}"; do [[ ${archs[i]} == arm64 ]] && archs[i]=aarch64; done
+for i in "${!archs[@]}"; do if [[ ${archs[i]} == arm64 ]]; then archs[i]=aarch64; fi; done
 
 for arch in "${archs[@]}"; do
   if [[ ! -r /usr/lib/binfmt.d/qemu-$arch.conf ]]; then
