@@ -307,8 +307,12 @@ def _entry_problems(index: int, entry: Mapping[str, Any]) -> list[tuple[tuple[st
     ):
         problems.append(((*at, problem.key), problem.message))
     packages: tuple[str, ...] = TORCH_FAMILY
+    versions: Mapping[str, Any] = entry
     if entry.get("accelerator") == ASCEND:
         packages += ("torch_npu",)
+        derived = None if entry.get("torch_npu") else ascend.derive_torch_npu(torch=entry["torch"], cann=entry["cann"])
+        if derived:  # listed wheels are checked against the torch_npu the image gets, given or derived
+            versions = {**entry, "torch_npu": derived}
         for problem in ascend.check(torch=entry["torch"], python=entry["python"], cann=entry["cann"],
                                     chip=entry["npu"], torch_npu=entry.get("torch_npu")):
             problems.append(((*at, problem.key), problem.message))
@@ -326,16 +330,18 @@ def _entry_problems(index: int, entry: Mapping[str, Any]) -> list[tuple[tuple[st
     for position, wheel in enumerate(wheels):
         filename = Artifact(url=wheel["url"], sha256=None).filename
         message = artifact_url_problem(wheel["url"]) or wheel_problem(filename, python=entry["python"],
-                                                                      cuda=entry["cuda"], versions=entry, arch=arch)
+                                                                      cuda=entry["cuda"], versions=versions, arch=arch)
         if message:
             problems.append(((*at, "wheels", position, "url"), message))
         listed.add(wheel_distribution(filename) or filename)
     if wheels:
         for package in packages:
-            if package in entry and package not in listed:
-                problems.append(((*at, "wheels"), f"lists no {package} wheel, but {package}: "
-                                 f"{entry[package]} is set (add its wheel, or leave wheels out to derive them)"))
-            elif package in listed and package not in entry:
+            if package in versions and package not in listed:
+                given = (f"{package}: {entry[package]} is set" if package in entry else
+                         f"the image gets {package} {versions[package]} (derived from torch and cann)")
+                problems.append(((*at, "wheels"), f"lists no {package} wheel, but {given} (add its wheel, or leave "
+                                 "wheels out to derive them)"))
+            elif package in listed and package not in versions:
                 problems.append(((*at, "wheels"), f"lists a {package} wheel, but {package} is not set"))
     return problems
 

@@ -9,7 +9,6 @@ from urllib.parse import unquote, urldefrag, urljoin
 
 from modelarts_images.config import compat
 from modelarts_images.config.wheels import (
-    IMAGE_ARCH,
     WheelName,
     distribution_name,
     loads_on,
@@ -68,7 +67,8 @@ def choose_wheel(links: list[Link], *, package: str, version: str, image: ImageS
         wheel = parse_wheel_name(link.filename)
         if wheel is None or wheel.distribution != distribution or wheel.version != version:
             continue
-        if wheel_problem(link.filename, python=image.python, cuda=image.cuda, versions={distribution: version}):
+        if wheel_problem(link.filename, python=image.python, cuda=image.cuda, versions={distribution: version},
+                         arch=image.arch):
             continue
         # A flat page mixes variants: '+cu102', '+cpu' and, for the default build, no local tag at all.
         if wheel.local not in (None, image.variant):
@@ -76,7 +76,7 @@ def choose_wheel(links: list[Link], *, package: str, version: str, image: ImageS
         candidates.append((link, wheel))
     if not candidates:
         raise FetchError(f"{image.id}: no {package}=={version} wheel for Python {image.python}, "
-                         f"{image.variant}, Linux x86_64 at {redact.url(page_url)}"
+                         f"{image.variant}, Linux {image.arch} at {redact.url(page_url)}"
                          + _what_the_page_has(links, package=package, version=version, image=image))
     # Prefer the wheel that names the variant over an unlabelled one (old flat pages list both).
     best, _ = sorted(candidates, key=lambda candidate: candidate[1].local is None)[0]
@@ -90,16 +90,17 @@ _CPYTHON = re.compile(r"^cp(?P<major>\d)(?P<minor>\d+)$")
 TABLE = "modelarts_images/config/data/compat.yaml"
 
 
-def offered_pythons(links: list[Link], *, package: str, version: str, variant: str) -> tuple[str, ...] | None:
-    """The CPython minors ('3.11') with a Linux wheel of package==version for this variant on the page; None when
-    one of them is a pure-Python or stable-ABI wheel (it fits every Python)."""
+def offered_pythons(links: list[Link], *, package: str, version: str, variant: str,
+                    arch: str) -> tuple[str, ...] | None:
+    """The CPython minors ('3.11') with a Linux wheel of package==version for this variant and machine on the page;
+    None when one of them is a pure-Python or stable-ABI wheel (it fits every Python)."""
     distribution = distribution_name(package)
     found: set[str] = set()
     for link in links:
         wheel = parse_wheel_name(link.filename)
         if (wheel is None or wheel.distribution != distribution or wheel.version != version
                 or wheel.local not in (None, variant)
-                or not any(loads_on(platform, IMAGE_ARCH) for platform in wheel.platforms)):
+                or not any(loads_on(platform, arch) for platform in wheel.platforms)):
             continue
         if wheel.abi in ("none", "abi3"):
             return None
@@ -120,7 +121,7 @@ def offered_variants(links: list[Link], *, package: str, version: str) -> tuple[
 
 def _what_the_page_has(links: list[Link], *, package: str, version: str, image: ImageSpec) -> str:
     """For a wheel the page lacks: what it has of that release instead, and where the table claims otherwise."""
-    pythons = offered_pythons(links, package=package, version=version, variant=image.variant)
+    pythons = offered_pythons(links, package=package, version=version, variant=image.variant, arch=image.arch)
     release = compat.load_table().get(image.torch) if package == "torch" else None
     if pythons == ():
         listed = release is not None and image.accelerator in release.accelerators
@@ -144,7 +145,8 @@ def table_mismatches(links: list[Link], *, version: str, image: ImageSpec) -> li
     if release is None:
         return []
     notes = []
-    pythons = offered_pythons(links, package="torch", version=version, variant=image.variant) or ()
+    pythons = offered_pythons(links, package="torch", version=version, variant=image.variant,
+                              arch=image.arch) or ()
     extra = [python for python in pythons if python not in release.python]
     if extra:
         notes.append(f"the index has torch {version} wheels for Python {', '.join(extra)} ({image.variant}) too, "
