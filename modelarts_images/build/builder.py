@@ -237,6 +237,7 @@ def check_bases(images: Sequence[ImageSpec], options: BuildOptions, engine: Engi
     the entry's architecture; and an entry for another architecture than the engine's can run under emulation."""
     seen: dict[str, BaseImage] = {}
     for image in images:
+        target_platform(image, options)  # a --platform against the entry's arch is refused before the bases
         reference = effective_base_image(image, options)
         if reference not in seen:
             seen[reference] = engine.base_image(reference)

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from modelarts_images.errors import ConfigError
+from modelarts_images.errors import BuildError, ConfigError
 from modelarts_images.model import FetchedFile, FetchedImage
 from modelarts_images.paths import CONTEXT_TEMPLATE
 from modelarts_images.shared import redact
@@ -92,10 +92,15 @@ def with_env(dockerfile: str, env: Sequence[tuple[str, str]]) -> str:
     CANN's (read from the base's set_env.sh) and the stack's.
 
     A Dockerfile cannot loop over a build argument, so these lines are the one part of the build's Dockerfile that
-    is written rather than copied; values are quoted for the Dockerfile (no $ expansion, no line break). The
+    is written rather than copied; values are quoted for the Dockerfile (no $ expansion; a line break is refused). The
     stage of `image` goes above the BuildKit-only part, which the classic builder must never reach."""
     if not env:
         return dockerfile
+    for name, value in env:
+        if "\n" in value or "\r" in value:  # versions.yaml's env is checked; what set_env.sh sets is not
+            raise BuildError(f"ENV {name}: its value (from CANN's set_env.sh in the base image) has a line break, "
+                             "which a Dockerfile ENV line cannot hold; fix that set_env.sh, or name another with "
+                             "cann_set_env")
     assignments = " ".join(f'{name}="{_dockerfile_quoted(value)}"' for name, value in env)
 
     def stage(target: str) -> str:

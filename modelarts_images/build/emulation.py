@@ -31,9 +31,23 @@ def handler(arch: str, binfmt_dir: Path = BINFMT_DIR) -> str | None:
         except OSError:
             continue
         fields = dict(line.split(" ", 1) for line in lines if " " in line)
-        if lines and lines[0] == "enabled" and fields.get("magic", "").startswith(magic[:36]):
+        if lines and lines[0] == "enabled" and _matches(magic, fields):
             return entry.name
     return None
+
+
+def _matches(header_hex: str, fields: dict[str, str]) -> bool:
+    """Whether a handler's magic, under its mask, matches this ELF header from offset 0, as the kernel compares:
+    e_machine (bytes 18-19) is what tells aarch64's handler from riscv64's or x86_64's."""
+    try:
+        magic = bytes.fromhex(fields.get("magic", ""))
+        mask = bytes.fromhex(fields["mask"]) if "mask" in fields else b"\xff" * len(magic)
+        header = bytes.fromhex(header_hex)
+    except ValueError:  # an extension handler (no magic) or an unreadable one
+        return False
+    if not magic or fields.get("offset", "0") != "0" or len(magic) > len(header):
+        return False
+    return all(header[i] & mask[i] == magic[i] & mask[i] for i in range(len(magic)) if i < len(mask))
 
 
 def emulation_problem(image_arch: str, engine_arch: str, *, local_engine: bool,

@@ -73,8 +73,7 @@ def _chain(tmp_path: Path, entry: dict[str, Any], *steps: str) -> subprocess.Com
     versions.write_text(yaml.safe_dump({"images": [entry]}), "utf-8")
     config = tmp_path / "invoke-arm64.yaml"
     config.write_text(yaml.safe_dump({"modelarts": {
-        "cache_dir": str(tmp_path / "cache"), "reports_dir": str(tmp_path / "reports"),
-        "work_dir": str(tmp_path / "build")}}), "utf-8")
+        "cache_dir": str(tmp_path / "cache"), "reports_dir": str(tmp_path / "reports")}}), "utf-8")
     env = {**os.environ, "INVOKE_MODELARTS_VERSIONS": str(versions)}
     return subprocess.run([sys.executable, "-m", "invoke", "-f", str(config), *steps], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=CHAIN_TIMEOUT, check=False)
