@@ -19,8 +19,10 @@ def _install(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite (unit tier, plus the engine tier when a Docker Engine answers)."""
+    """Run the test suite (unit tier, plus the engine tier when a Docker Engine answers): first the engine tier's
+    base images are made where an engine answers and they are missing (tests/support/bases.py says how)."""
     _install(session)
+    session.run("python", "-m", "tests.support.bases", *session.posargs)
     session.run("pytest", *session.posargs)
 
 

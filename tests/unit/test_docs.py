@@ -63,7 +63,8 @@ def test_the_settings_page_lists_every_shown_setting_once_with_its_front_ends_ow
     assert "&lt;project&gt;@&lt;AK&gt;" in page and "<project>" not in page  # prose outside code is not HTML
     assert "- on the matrix: the old name of --rerun" in page and "- on `inv build`: print each selected" in page
     assert "- set by: `inv lock`, never by a user" in page
-    assert "```yaml\ncpu: ubuntu-latest\ncuda12: [self-hosted, linux, gpu]\nnpu: [self-hosted, arm64, ascend]\n```" in page
+    assert ("```yaml\ncpu: ubuntu-latest\ncuda12: [self-hosted, linux, gpu]\nnpu: [self-hosted, arm64, ascend]\n```"
+            in page)
 
 
 def test_every_generated_page_is_in_the_site_navigation() -> None:
