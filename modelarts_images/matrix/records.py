@@ -68,7 +68,9 @@ _RESULT = _object(("ok", "checks"), {
     "device_count": {**_ID_NUMBER, "maximum": 2**16}, "devices": _TEXTS, "device": _TEXT_OR_NULL,
     "uid": _ID_NUMBER, "gid": _ID_NUMBER, "user": _TEXT_OR_NULL, "cwd": _TEXT_OR_NULL, "environment": _TEXT_MAP,
     "checks": {"type": "array", "items": _CHECK}, "seconds": _or_null(_SECONDS),
-    "prefix": _TEXT_OR_NULL, "modules": _TEXT_MAP, "activated": _TEXTS})
+    "prefix": _TEXT_OR_NULL, "modules": _TEXT_MAP, "activated": _TEXTS, "platform": _TEXT_OR_NULL,
+    "torch_npu": _TEXT_OR_NULL, "npu_available": _BOOLEAN, "npu_device_count": {**_ID_NUMBER, "maximum": 2**16},
+    "npu_devices": _TEXTS})
 _JOB = _object(("job_id", "name", "region", "flavor", "phase", "exit_code", "message", "queued_seconds",
                 "run_seconds", "console_url", "log_bytes"), {
     "job_id": _TEXT, "name": _TEXT, "region": _TEXT, "flavor": _TEXT, "phase": _TEXT, "exit_code": _EXIT_CODE,

@@ -309,7 +309,10 @@ def test_a_hash_is_honoured_for_a_project_that_went_into_the_torch_layer(tmp_pat
     from modelarts_images.options import FetchOptions
     from tests.support.http_server import serve
 
-    files = {"a.sh": b"#!/bin/sh\n", "torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl": b"torch",
+    from tests.support.wheels import make_wheel
+
+    torch = "torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl"  # a real wheel: fetch reads its metadata (no CUDA)
+    files = {"a.sh": b"#!/bin/sh\n", torch: make_wheel(torch),
              "filelock-3.20.0-py3-none-any.whl": b"filelock"}
     (tmp_path / "req.txt").write_text(f"filelock --hash=sha256:{'a' * 64}\n")
     with serve() as server:
