@@ -308,7 +308,6 @@ def test_a_hash_is_honoured_for_a_project_that_went_into_the_torch_layer(tmp_pat
     from modelarts_images.fetch.fetcher import fetch_images
     from modelarts_images.options import FetchOptions
     from tests.support.http_server import serve
-
     from tests.support.wheels import make_wheel
 
     torch = "torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl"  # a real wheel: fetch reads its metadata (no CUDA)
