@@ -23,6 +23,7 @@ from pathlib import Path
 
 from modelarts_images import plan
 from modelarts_images.build import cann_env, context, emulation
+from modelarts_images.engine import failures as engine_failures
 from modelarts_images.engine.api import (
     Backend,
     BaseImage,
@@ -32,6 +33,7 @@ from modelarts_images.engine.api import (
     Engine,
     Layer,
     RegistryLogin,
+    is_local,
 )
 from modelarts_images.errors import BuildError, ConfigError, EngineError
 from modelarts_images.model import X86_64, Artifact, FetchedFile, FetchedImage, ImageSpec, docker_arch
@@ -204,8 +206,11 @@ def base_image_problem(base: BaseImage) -> ConfigError | BuildError | None:
         return ConfigError(f"base image {reference}: not in the engine and not in its registry ({reason}). "
                            + nvidia_replacement(reference))
     if base.source is BaseImageSource.UNREACHABLE:
+        hub = engine_failures.unreachable_hub(reason, reference)
+        if hub is not None:  # the first thing a host without Docker Hub meets: point base_prefix at a mirror
+            return BuildError(engine_failures.docker_hub_line(reference, hub))
         return BuildError(f"base image {reference}: not in the engine, and its registry cannot be reached "
-                          f"({reason}); {_BASE_ADVICE}")
+                          f"({engine_failures.in_brief(reason)}); {_BASE_ADVICE}")
     return ConfigError(f"base image {reference}: not in the engine, and its registry does not have it ({reason}); "
                        f"check base_image in versions.yaml, or {_BASE_ADVICE}")
 
@@ -247,11 +252,20 @@ def check_bases(images: Sequence[ImageSpec], options: BuildOptions, engine: Engi
     foreign = {image.arch: image for image in images if image.arch != X86_64 or options.platform}
     if foreign:
         engine_arch = engine.architecture()
-        local = engine.endpoint.startswith(("unix://", "npipe://"))
+        local = _is_local(engine.endpoint)
         for arch, image in foreign.items():
             emulated = emulation.emulation_problem(arch, engine_arch, local_engine=local)
             if emulated:
                 raise BuildError(f"{image.id}: {emulated}")
+
+
+def _is_local(endpoint: str) -> bool:
+    """Whether an engine's endpoint, in adapter.endpoint()'s words, is a socket on this machine (whose binfmt_misc
+    handlers are then the engine's): `DOCKER_HOST=unix://...`, a docker context's `(unix://...)`, or the default."""
+    address = endpoint.removeprefix("DOCKER_HOST=")
+    if address.startswith("docker context ") and address.endswith(")"):
+        address = address[address.rindex("(") + 1:-1]
+    return is_local(address)
 
 
 def cann_environment(image: ImageSpec, base: str, engine: Engine) -> tuple[tuple[str, str], ...]:

@@ -9,7 +9,7 @@ import docker
 import docker.errors
 import requests
 
-from modelarts_images.engine import builds, containers, images, publishing
+from modelarts_images.engine import builds, containers, failures, images, publishing
 from modelarts_images.engine.api import (
     Backend,
     BaseImage,
@@ -50,18 +50,36 @@ def endpoint() -> str:
     return "unix:///var/run/docker.sock (the default; set DOCKER_HOST or a docker context for another engine)"
 
 
-def connect(*, registry_backoff: retry.Backoff = retry.REGISTRY_BACKOFF) -> DockerEngine:
-    """The engine DOCKER_HOST or the current docker context names, checked with a ping; EngineError if none."""
+DEFAULT_SOCKET = "/var/run/docker.sock"
+
+
+def socket_path() -> str | None:
+    """The Unix socket a client will open: DOCKER_HOST's, the current docker context's, or the default; None for
+    an engine over TCP (or SSH), for messages."""
+    host = os.environ.get("DOCKER_HOST")
+    if not host:
+        try:
+            from docker.context import ContextAPI
+
+            current = ContextAPI.get_current_context()
+            host = current.Host if current is not None else None
+        except Exception:  # only for a message: an unreadable context falls through to the default socket
+            host = None
+    host = host or f"unix://{DEFAULT_SOCKET}"
+    return host.removeprefix("unix://") if host.startswith("unix://") else None
+
+
+def connect(*, registry_backoff: retry.Backoff = retry.REGISTRY_BACKOFF, timeout: int | None = None) -> DockerEngine:
+    """The engine DOCKER_HOST or the current docker context names, checked with a ping; EngineError if none.
+    `timeout` bounds each request of the client in seconds (default: the docker SDK's 60)."""
     where = endpoint()
     try:
-        client = docker.from_env()
+        client = docker.from_env() if timeout is None else docker.from_env(timeout=timeout)
         client.ping()
     except (docker.errors.DockerException, requests.RequestException, OSError, ValueError) as error:
         # ValueError: docker-py's reading of a malformed DOCKER_HOST (a port out of range, not a number)
-        raise EngineError(
-            f"no Docker Engine answers at {where}: {error}. Is dockerd running (scripts/engine-up.sh starts "
-            "one)? DOCKER_HOST or `docker context use` choose another engine."
-        ) from error
+        # One line: no socket, nothing listening on it, no permission to open it, a host out of reach, and what to do.
+        raise EngineError(failures.no_engine_line(where, socket_path(), error)) from error
     return DockerEngine(client, endpoint=where, registry_backoff=registry_backoff)
 
 
@@ -98,9 +116,27 @@ class DockerEngine:
         return self._buildkit
 
     def build(self, request: BuildRequest) -> Built:
-        if request.backend is Backend.BUILDKIT:
-            return builds.build_buildkit(request, self.buildkit_cli())
-        return builds.build_classic(self.client, request)
+        try:
+            if request.backend is Backend.BUILDKIT:
+                return builds.build_buildkit(request, self.buildkit_cli())
+            return builds.build_classic(self.client, request)
+        except builds.BuildFailedError as failed:
+            # The engine's disk full, or a base on Docker Hub out of reach: one line with what to do, instead of
+            # the engine's words and the log's tail (the log went to stderr as it came).
+            full = failures.disk_full(failed.error, failed.tail)
+            line = failures.explain(failed.error, tail=failed.tail, reference=dict(request.build_args).get(
+                "BASE_IMAGE"), data_root=self.data_root() if full else None)
+            if line is None:
+                raise
+            raise EngineError(f"{failed.head}: {line}") from failed
+
+    def data_root(self) -> str | None:
+        """Where the engine keeps images and build cache (docker info's DockerRootDir); None if it does not say."""
+        try:
+            root = self.client.info().get("DockerRootDir")
+        except (docker.errors.DockerException, requests.RequestException):
+            return None
+        return str(root) if root else None
 
     def image(self, reference: str) -> ImageConfig | None:
         return images.image_config(self.client, reference)

@@ -17,6 +17,13 @@ from modelarts_images.errors import EngineError
 from modelarts_images.shared.choices import Choice
 from modelarts_images.shared.progress import ProgressCallback
 
+LOCAL_SCHEMES = ("unix://", "npipe://")  # a socket of this machine: its files, /proc and binfmt are the engine's
+
+
+def is_local(address: str) -> bool:
+    """Whether an engine address (DOCKER_HOST's form) is a socket on this machine."""
+    return address.startswith(LOCAL_SCHEMES)
+
 
 class Refusal(Choice):
     """Why a registry operation through the engine failed, for the message the publish step gives."""

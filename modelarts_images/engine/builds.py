@@ -73,12 +73,20 @@ _BK_PULLING = re.compile(r"^pulling (sha256:[0-9a-f]{64})")
 _MAKES_A_STEP = re.compile(r"^(?:\[[^\]]+\]|Step \d+/\d+ :) (?:RUN|COPY|ADD) ")
 
 
-def _failure(tag: str, step: str | None, error: str, tail: Iterable[str]) -> EngineError:
-    lines = list(tail)
-    where = f" at {one_line(step, 160)}" if step else ""
-    shown = "\n".join(f"  | {line}" for line in lines) or "  | (no output)"
-    return EngineError(f"build of {tag} failed{where}:\n  {error.strip()}\nlast {len(lines)} lines of its log:\n"
-                       f"{shown}")
+class BuildFailedError(EngineError):
+    """A build the engine ended with an error: the step, the engine's words and the tail of the step's log, kept
+    apart so that the adapter can say in one line what a full disk or an unreachable Docker Hub means."""
+
+    def __init__(self, tag: str, step: str | None, error: str, tail: Iterable[str]) -> None:
+        self.tail = tuple(tail)
+        self.error = error.strip()
+        self.head = f"build of {tag} failed" + (f" at {one_line(step, 160)}" if step else "")
+        shown = "\n".join(f"  | {line}" for line in self.tail) or "  | (no output)"
+        super().__init__(f"{self.head}:\n  {self.error}\nlast {len(self.tail)} lines of its log:\n{shown}")
+
+
+def _failure(tag: str, step: str | None, error: str, tail: Iterable[str]) -> BuildFailedError:
+    return BuildFailedError(tag, step, error, tail)
 
 
 def stream_context(root: Path, entries: Sequence[str] = ()) -> Iterator[bytes]:
@@ -304,7 +312,7 @@ def _buildkit_line(transcript: _Transcript, raw: str) -> None:
         logged.group(1) if logged else rest)
 
 
-def _buildkit_failure(tag: str, transcript: _Transcript, returncode: int) -> EngineError:
+def _buildkit_failure(tag: str, transcript: _Transcript, returncode: int) -> BuildFailedError:
     vertex = transcript.failed_vertex
     step = transcript.step_names.get(vertex, transcript.step) if vertex else transcript.step
     errors = [line for line in transcript.tail if re.match(r"^(error|ERROR)\b|^#\d+ ERROR", line)

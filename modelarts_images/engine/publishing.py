@@ -6,7 +6,9 @@
   `modelarts_images.engine.push` logger (and an optional progress callback), in-band ``error`` /
   ``errorDetail`` (the engine reports a failed push with HTTP 200) as RegistryRefusedError, and the pushed digest
   from the ``aux`` event or the ``<tag>: digest: sha256:… size: N`` status line.
-- Connection trouble and 5xx-looking errors are retried (shared.retry); a refused login or push is not.
+- Connection trouble and 5xx-looking errors are retried (shared.retry), as often as their kind deserves
+  (http/failures.py: a name that does not resolve, TLS and a proxy's refusal never, a refused connection once);
+  a refused login or push is not.
 - Every log line and message is masked with the login's secrets.
 """
 
@@ -25,6 +27,7 @@ import requests
 
 from modelarts_images.engine.api import Pushed, Refusal, RegistryAuth, RegistryLogin, RegistryRefusedError
 from modelarts_images.errors import EngineError
+from modelarts_images.http import failures
 from modelarts_images.shared import redact, retry
 from modelarts_images.shared.credentials import Credentials
 from modelarts_images.shared.progress import ProgressCallback
@@ -89,7 +92,7 @@ def login(client: docker.DockerClient, credentials: RegistryLogin, *, backoff: r
             detail = hide(str(error.explanation or error))
             kind = trouble(detail)
             if kind is None:
-                raise retry.TransientError(detail) from None
+                raise _unreachable(f"login to {credentials.registry} failed", detail) from None
             raise RegistryRefusedError(f"login to {credentials.registry} failed: {one_line(detail, 400)}", kind=kind,
                                   detail=detail) from None
         except (requests.ConnectionError, requests.Timeout) as error:
@@ -97,7 +100,7 @@ def login(client: docker.DockerClient, credentials: RegistryLogin, *, backoff: r
 
     def give_up(attempts: int, failure: retry.TransientError) -> EngineError:
         return EngineError(f"login to {credentials.registry} failed after {attempts} attempt(s): "
-                           f"{hide(one_line(str(failure), 400))}")
+                           f"{hide(one_line(failure.final, 600))}")
 
     answer = retry.call(once, backoff=backoff, describe=f"login to {credentials.registry}", give_up=give_up,
                         log=log, mask=lambda text: hide(one_line(text, 400)))
@@ -220,8 +223,20 @@ def read_push_stream(
 def _failure(reference: str, message: str) -> Exception:
     kind = trouble(message)
     if kind is None:
-        return retry.TransientError(message)
+        return _unreachable(f"push of {reference} failed", message)
     return RegistryRefusedError(f"push of {reference} failed: {message}", kind=kind, detail=message)
+
+
+def _unreachable(doing: str, detail: str) -> Exception:
+    """An engine error that is no refusal: the registry out of reach, said in one line with what to do. A name
+    that does not resolve, TLS and a proxy's refusal are not retried (the engine's settings decide them), a
+    refused connection once, the rest (timeouts, resets, 5xx) as the backoff allows (http/failures.py)."""
+    failure = failures.classify_text(detail, failures.ENGINE)
+    if failure is None:
+        return retry.TransientError(detail)
+    if not failure.transient:
+        return RegistryRefusedError(f"{doing}: {failure.text}", kind=Refusal.OTHER, detail=failure.text)
+    return failure.retry()
 
 
 def push(client: docker.DockerClient, repository: str, tag: str, *, auth: RegistryAuth | None,
@@ -250,7 +265,7 @@ def push(client: docker.DockerClient, repository: str, tag: str, *, auth: Regist
                       layers_there=there, bytes_sent=sent_bytes)
 
     def give_up(attempts: int, failure: retry.TransientError) -> EngineError:
-        return EngineError(f"push of {reference} failed after {attempts} attempts: {one_line(str(failure), 400)}")
+        return EngineError(f"push of {reference} failed after {attempts} attempts: {one_line(failure.final, 600)}")
 
     return retry.call(once, backoff=backoff, describe=f"push of {reference}", give_up=give_up, log=log,
                       mask=lambda text: redact.text(one_line(text, 400), secrets))

@@ -541,8 +541,7 @@ class _HttpDownload:
                           describe=redact.url(self.url), give_up=self._give_up, log=log, wait=_pause(self.abort))
 
     def _give_up(self, attempts: int, failure: retry.TransientError) -> FetchError:
-        reason = failure.final if isinstance(failure, _Incomplete) else str(failure)
-        return FetchError(f"download failed after {attempts} attempts: {redact.url(self.url)}: {reason}")
+        return FetchError(f"download failed after {attempts} attempts: {redact.url(self.url)}: {failure.final}")
 
     def _attempt(self) -> None:
         """One request, appending to the partial. Raises retry.TransientError or FetchError."""

@@ -48,7 +48,7 @@ def get_text(
                               speed=Speed(min_speed, speed_window))
 
     def give_up(attempts: int, failure: retry.TransientError) -> FetchError:
-        return FetchError(f"cannot read {redact.url(url)} after {attempts} attempts: {failure}")
+        return FetchError(f"cannot read {redact.url(url)} after {attempts} attempts: {failure.final}")
 
     return retry.call(once, backoff=retry.Backoff(retries=retries, base=backoff), describe=redact.url(url),
                       give_up=give_up, log=log)

@@ -23,6 +23,7 @@ from packaging.utils import canonicalize_name
 from modelarts_images.config.stack import excludes_entry_build
 from modelarts_images.config.wheels import TORCH_FAMILY, marker_environment, parse_wheel_name, python_version
 from modelarts_images.errors import ConfigError, FetchError, ModelArtsImagesError
+from modelarts_images.http import failures
 from modelarts_images.model import (
     X86_64,
     Artifact,
@@ -110,16 +111,29 @@ class Report:
 
 class PipFailed(Exception):  # noqa: N818 - an outcome, not an error of this module
     """pip could not resolve: its last words, and whether they say the requirements cannot be met (as opposed to
-    the index failing)."""
+    the index failing). `failure`: the connection failure that kept pip from its index, when its output shows
+    one; its one line is then pip's last word (pip's "no matching distribution" only means it read no page)."""
 
-    def __init__(self, lines: Sequence[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = tuple(lines)
-        self.unsatisfiable = any(_UNSATISFIABLE.search(line) for line in lines)
+    def __init__(self, lines: Sequence[str], failure: failures.Failure | None = None) -> None:
+        self.failure = failure
+        self.lines = (failure.text,) if failure is not None else tuple(lines)
+        super().__init__("\n".join(self.lines))
+        self.unsatisfiable = failure is None and any(_UNSATISFIABLE.search(line) for line in lines)
 
 
 _UNSATISFIABLE = re.compile(r"ResolutionImpossible|conflict is caused by|depends on|The user requested|"
                             r"Could not find a version|No matching distribution|Cannot install", re.IGNORECASE)
+# Words only an index that answered gives: a conflict between what it listed. A failed connection beside them (one
+# index of several down) is not why the resolution failed.
+_CONFLICT = re.compile(r"ResolutionImpossible|conflict is caused by|Cannot install", re.IGNORECASE)
+
+
+def unreachable_index(output: str) -> failures.Failure | None:
+    """The connection failure pip's output reports (its retries' warnings, its last error), unless what failed is
+    the resolution itself."""
+    if _CONFLICT.search(output):
+        return None
+    return failures.classify_text(output, failures.PIP)
 
 
 def _run(image: ImageSpec, requirements: Sequence[str | Path], scratch: Path, *, what: str,
@@ -131,7 +145,8 @@ def _run(image: ImageSpec, requirements: Sequence[str | Path], scratch: Path, *,
     if result.returncode != 0:  # pip explains a conflict on stdout and states it on stderr
         output = result.stdout + "\n" + result.stderr
         lines = [redact.text(line.strip()) for line in output.splitlines() if line.strip()]
-        raise PipFailed([line for line in lines if _UNSATISFIABLE.search(line)] or lines[-3:] or ["pip failed"])
+        raise PipFailed([line for line in lines if _UNSATISFIABLE.search(line)] or lines[-3:] or ["pip failed"],
+                        unreachable_index("\n".join(lines)))
     try:
         items = json.loads(report.read_text("utf-8"))["install"]
         return Report(items=tuple(
@@ -324,7 +339,9 @@ def _name_of(artifact: Artifact) -> str:
 
 def _refusal(image: ImageSpec, failed: PipFailed, *, what: str = "the stack") -> ModelArtsImagesError:
     """pip's own words on why it cannot resolve: a ConfigError when the requirements cannot be met (exit 2), a
-    FetchError when the index failed (exit 3)."""
+    FetchError when the index failed (exit 3), in one line when pip could not reach it."""
+    if failed.failure is not None:  # pip never read its index: one line, the cause and the next step
+        return FetchError(f"{image.id}: {what} cannot be looked up on pip's index: {failed.failure.text}")
     target = f"Python {image.python}, Linux {image.arch}, {image.variant}, torch {image.torch}"
     hint = ""
     if any("No matching distribution" in line or "Could not find a version" in line for line in failed.lines):

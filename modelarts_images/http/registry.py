@@ -9,9 +9,11 @@
 - ``HEAD``/``GET /v2/<name>/manifests/<tag>`` with Accept for docker v2 schema 2, docker manifest lists, OCI
   manifests and OCI indexes: the digest (Docker-Content-Digest, checked against the body's sha256 on GET) and
   the media type; 404 means the tag is absent.
-- Connection errors, timeouts, bodies cut short, 429 and 5xx answers are retried with exponential backoff,
-  waiting at least what a Retry-After header asks for (up to retry.MAX_RETRY_AFTER); everything else (a
-  malformed token realm, a redirect loop, ...) fails at once with RegistryError (exit 6).
+- Connection timeouts and resets, bodies cut short, 429 and 5xx answers are retried with exponential backoff,
+  waiting at least what a Retry-After header asks for (up to retry.MAX_RETRY_AFTER); a refused connection is
+  retried once (http/failures.py says why); everything else (a name that does not resolve, TLS, a proxy's
+  refusal, a malformed token realm, a redirect loop, ...) fails at once with RegistryError (exit 6), in one line
+  that names the cause and the next step.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 import requests
 
 from modelarts_images.errors import RegistryError
+from modelarts_images.http import failures
 from modelarts_images.shared import redact, retry
 from modelarts_images.shared.credentials import Credentials
 from modelarts_images.shared.text import one_line
@@ -254,13 +257,21 @@ class Registry:
                 response = self.session.request(method, url, headers=headers, auth=auth, params=params, data=body,
                                                 timeout=self.timeout, allow_redirects=True, stream=True)
                 _read_bounded(response, f"{self.registry}: {method} {redact.url(url)}")
-            except requests.exceptions.SSLError as error:  # a certificate problem does not heal by retrying
-                raise RegistryError(self._mask(f"TLS error talking to {self.registry}: {error}")) from None
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
-                raise retry.TransientError(one_line(str(error))) from None
-            except requests.RequestException as error:  # a malformed URL, a redirect loop: retrying cannot help
-                raise RegistryError(self._mask(
-                    f"{self.registry}: {method} {redact.url(url)} failed: {one_line(str(error))}")) from None
+            except requests.exceptions.ReadTimeout:
+                raise retry.TransientError(f"no answer within {self.timeout[1]:g}s") from None
+            except requests.exceptions.ChunkedEncodingError:
+                raise retry.TransientError("the reply was cut short") from None
+            except requests.RequestException as error:
+                failure = failures.classify(error, url, failures.REGISTRY, connect_timeout=self.timeout[0],
+                                            read_timeout=self.timeout[1])
+                if failure is None:  # a malformed URL, a redirect loop: retrying cannot help
+                    raise RegistryError(self._mask(
+                        f"{self.registry}: {method} {redact.url(url)} failed: {one_line(str(error))}")) from None
+                if failure.transient:
+                    raise failure.retry() from None
+                # A name that does not resolve, TLS, a proxy's refusal: no retry changes this machine's settings.
+                raise RegistryError(self._mask(f"cannot reach the registry {self.registry} ({method} "
+                                               f"{redact.url(url)}): {failure.text}")) from None
             if response.status_code == 429 or response.status_code >= 500:
                 # A rate-limited registry says when to come back; asking sooner only earns another 429.
                 raise retry.TransientError(f"HTTP {response.status_code} {response.reason}",
@@ -269,7 +280,7 @@ class Registry:
 
         def give_up(attempts: int, failure: retry.TransientError) -> RegistryError:
             return RegistryError(self._mask(f"cannot reach the registry {self.registry} ({method} {redact.url(url)}) "
-                                            f"after {attempts} attempts: {failure}"))
+                                            f"after {attempts} attempts: {failure.final}"))
 
         return retry.call(once, backoff=retry.Backoff(retries=self.retries, base=self.backoff),
                           describe=f"{method} {redact.url(url)}", give_up=give_up, log=log, mask=self._mask)
@@ -327,8 +338,7 @@ class Registry:
     def _rejected(self, response: requests.Response) -> str:
         if self.credentials is None:
             return self._login_needed()
-        return self._mask(f"{self.registry} rejected the login of {self.credentials.shown_user} (from "
-                          f"{self.credentials.source}): wrong user name or password{_detail(response)}")
+        return self.credentials.rejected(_said(response))
 
     def _explain(self, response: requests.Response, doing: str) -> str:
         if response.status_code == 403:
@@ -347,14 +357,20 @@ def _host_of_url(url: str) -> str:
     return url.split("://", 1)[-1].split("/", 1)[0]
 
 
-def _detail(response: requests.Response) -> str:
-    """The registry's own error message, if its body has the v2 error format."""
+def _said(response: requests.Response) -> str:
+    """The registry's own error message, if its body has the v2 error format; '' otherwise."""
     try:
         errors = response.json().get("errors")
         messages = [str(e.get("message")) for e in errors if isinstance(e, dict) and e.get("message")]
     except (ValueError, AttributeError, TypeError, RecursionError):
         return ""
-    return f" ({'; '.join(messages)})" if messages else ""
+    return "; ".join(messages)
+
+
+def _detail(response: requests.Response) -> str:
+    """The registry's own error message in parentheses, after a space; '' when it gives none."""
+    said = _said(response)
+    return f" ({said})" if said else ""
 
 
 def _read_bounded(response: requests.Response, what: str) -> None:

@@ -34,6 +34,7 @@ import urllib3.response
 
 from modelarts_images import declared
 from modelarts_images.errors import FetchError
+from modelarts_images.http import failures
 from modelarts_images.shared import redact, retry
 
 DEFAULT_MIN_SPEED: int = declared.default("min_speed")  # bytes/s
@@ -89,7 +90,9 @@ def request(
     *, accept_encoding: str = "identity",
 ) -> requests.Response:
     """GET `url` streamed, from byte `offset` on (If-Range `validator` guards a resume). A failure that may heal
-    (no connection, late headers) is a retry.TransientError; one that will not (TLS, an invalid URL) a FetchError."""
+    (a refused or timed-out connection, a reset, late headers) is a retry.TransientError, as often as its kind
+    deserves (failures.RETRIES); one that will not (a name that does not resolve, TLS, a proxy's refusal, an
+    invalid URL) a FetchError, whose message names the cause and the next step in one line."""
     # identity for files: Range offsets and Content-Length then count the bytes we store (pip does the same).
     headers = {"Accept-Encoding": accept_encoding}
     if offset:
@@ -98,16 +101,16 @@ def request(
             headers["If-Range"] = validator  # a changed remote file answers 200 with the whole new body
     try:
         return http.get(url, headers=headers, stream=True, timeout=timeouts)
-    except requests.exceptions.SSLError as exc:  # a certificate problem does not heal by retrying
-        raise FetchError(f"TLS error for {redact.url(url)}: {redact.about(url, str(exc))}") from None
-    except requests.exceptions.ConnectTimeout:
-        raise retry.TransientError(f"no connection within {timeouts[0]:g}s") from None
     except requests.exceptions.ReadTimeout:  # the first byte, or the last header, came too late (_HeaderDeadline)
         raise retry.TransientError(f"no complete response headers within {timeouts[1]:g}s") from None
-    except requests.exceptions.ConnectionError as exc:
-        raise retry.TransientError(f"connection failed: {redact.about(url, str(exc))}") from None
-    except requests.RequestException as exc:  # invalid URL, too many redirects: permanent
-        raise FetchError(f"cannot download {redact.url(url)}: {redact.about(url, str(exc))}") from None
+    except requests.RequestException as exc:
+        failure = failures.classify(exc, url, failures.FETCH, connect_timeout=timeouts[0])
+        if failure is None:  # invalid URL, too many redirects: permanent
+            raise FetchError(f"cannot download {redact.url(url)}: {redact.about(url, str(exc))}") from None
+        if failure.transient:
+            raise failure.retry() from None
+        # A name that does not resolve, TLS, a proxy's refusal: this machine's settings, which no retry changes.
+        raise FetchError(f"{redact.url(url)}: {failure.text}") from None
 
 
 def check_status(url: str, response: requests.Response) -> None:

@@ -182,7 +182,9 @@ def credentials_for(registry: str, env: Mapping[str, str], engine: Engine, *, re
         stored = engine.stored_login(registry)
         if stored is not None:
             found = Credentials(registry=registry, username=stored.username, password=stored.password,
-                                    source="docker config (docker login)")
+                                source="docker config (docker login)",
+                                check=f"the login `docker login {registry}` stored is out of date: run it again, or "
+                                      "set one of the variables in docs/guide/push.md (Credentials)")
     return found
 
 
@@ -193,9 +195,7 @@ def _login(engine: Engine, credentials: Credentials) -> RegistryAuth:
                                           password=credentials.password))
     except RegistryRefusedError as refused:
         if refused.kind is Refusal.AUTH:
-            raise RegistryError(credentials.hide(
-                f"{credentials.registry} rejected the login of {credentials.shown_user} (from {credentials.source}): "
-                f"wrong user name or password ({one_line(refused.detail, 400)})")) from None
+            raise RegistryError(credentials.rejected(one_line(refused.detail, 400))) from None
         raise RegistryError(credentials.hide(str(refused))) from None
     except EngineError as error:  # an engine unreachable, or failing: its message may quote the user's AK
         raise EngineError(credentials.hide(str(error))) from None

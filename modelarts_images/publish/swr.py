@@ -157,14 +157,22 @@ def resolve_credentials(
             return Credentials(registry=registry,
                                username=long_term_user(login_project, access_key),
                                password=login_key(access_key, secret_key),
-                               source=f"{ak_name}/{sk_name} (long-term login)")
+                               source=f"{ak_name}/{sk_name} (long-term login)",
+                               check=f"check that {ak_name}/{sk_name} are a current, permanent AK/SK pair of an IAM "
+                                     f"user who may use SWR, and that the login's project ({login_project}) is the "
+                                     "AK's: a sub-project goes in --project or swr_project in invoke.yaml")
         pair = _pair(env, *SWR_LOGIN)
         if pair is not None:
             return Credentials(registry=registry, username=pair[0], password=pair[1],
-                               source=f"{'/'.join(SWR_LOGIN)} (temporary login)")
+                               source=f"{'/'.join(SWR_LOGIN)} (temporary login)",
+                               check=f"a login command from SWR's console expires: generate a new one and set "
+                                     f"{SWR_LOGIN[0]} and {SWR_LOGIN[1]} from its -u and -p, or use a permanent "
+                                     f"AK/SK ({'/'.join(AK_SK_SOURCES[0][:2])})")
     pair = _pair(env, *REGISTRY_LOGIN)
     if pair is not None:
-        return Credentials(registry=registry, username=pair[0], password=pair[1], source="/".join(REGISTRY_LOGIN))
+        return Credentials(registry=registry, username=pair[0], password=pair[1], source="/".join(REGISTRY_LOGIN),
+                           check=f"check {REGISTRY_LOGIN[0]} and {REGISTRY_LOGIN[1]}: they must be a user and "
+                                 f"password that {registry} knows")
     if skipped:
         raise RegistryError(f"no usable login for {registry}: skipped {'; '.join(skipped)}. Use a permanent AK/SK, "
                             f"or set {'/'.join(SWR_LOGIN)} from SWR's login command")

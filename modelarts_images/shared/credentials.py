@@ -35,6 +35,7 @@ class Credentials:
     username: str
     password: str = field(repr=False)
     source: str  # where it came from, for messages: 'HUAWEICLOUD_SDK_AK/HUAWEICLOUD_SDK_SK (long-term login)'
+    check: str = ""  # what to check when the registry refuses it, naming variables and settings, never values
 
     def __repr__(self) -> str:
         return (f"Credentials(registry={self.registry!r}, username={self.shown_user!r}, password='{redact.MASK}', "
@@ -51,6 +52,14 @@ class Credentials:
     def secrets(self) -> tuple[str, ...]:
         """What every log line and message must mask: the password, and the AK of a long-term login."""
         return tuple(secret for secret in (self.password, access_key_in(self.username)) if secret)
+
+    def rejected(self, detail: str = "") -> str:
+        """The one line for a registry that refused this login (401, 'unauthorized', 'denied'): the registry,
+        whose login and where it came from (variable names), the registry's own words, and what to check."""
+        said = f" ({detail})" if detail else ""
+        check = f"; {self.check}" if self.check else ""
+        return self.hide(f"{self.registry} rejected the login of {self.shown_user} (from {self.source}): wrong user "
+                         f"name or password{said}{check}")
 
     def hide(self, text: str) -> str:
         """`text` as messages may show it: the user name as shown_user (an AK cut to its first characters, as a

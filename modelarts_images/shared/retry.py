@@ -1,8 +1,10 @@
 """One retry loop for every network call: exponential backoff, capped, for failures worth another attempt.
 
 The caller decides what is transient by raising `TransientError` from its action; anything else goes straight
-through. Each retry is logged with the caller's description; when the attempts run out the caller's
-`give_up` turns the last failure into the error the user sees.
+through. A failure may say it is worth fewer retries than the backoff allows (`retries`: a refused connection
+gets one, not five), and carry the full message for the end (`final`: the cause and the next step) beside the
+short one each retry logs. Each retry is logged on one line with the caller's description; when the attempts run
+out the caller's `give_up` turns the last failure into the error the user sees.
 
 A server that answers 429 or 503 may say how long to wait (Retry-After): the pause is then the longer of the
 backoff and that wish, but never more than MAX_RETRY_AFTER, so a hostile or misconfigured header cannot park the
@@ -30,11 +32,17 @@ class TransientError(Exception):
     """A failure worth another attempt: a connection error, a stall, 429 or a 5xx answer.
 
     `retry_after`: the seconds the server asked to wait (its Retry-After header), None when it said nothing.
+    `retries`: the most retries this failure is worth, fewer than the backoff's (None: the backoff decides).
+    `final`: what give_up should say of it once the attempts run out (the cause and what to do); the message,
+    which each retry logs, when not given.
     """
 
-    def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
+    def __init__(self, message: str = "", *, retry_after: float | None = None, retries: int | None = None,
+                 final: str | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.retries = retries
+        self.final = message if final is None else final
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -79,7 +87,8 @@ def call(
     mask: Callable[[str], str] = str,
     wait: Callable[[float], object] = time.sleep,
 ) -> T:
-    """`action(attempt)` until it returns; `TransientError` failures are retried, up to `backoff.retries` times.
+    """`action(attempt)` until it returns; `TransientError` failures are retried, up to `backoff.retries` times
+    (or the fewer a failure's own `retries` allows).
 
     `describe` heads each retry's log line (already masked); `mask` cleans the failure's text; `wait` pauses
     (an abort-aware wait ends early); `give_up(attempts, last)` builds the exception raised at the end. A failure
@@ -91,11 +100,12 @@ def call(
         try:
             return action(attempt)
         except TransientError as failure:
-            if attempt > backoff.retries:
+            allowed = backoff.retries if failure.retries is None else min(backoff.retries, failure.retries)
+            if attempt > allowed:
                 raise give_up(attempt, failure) from None
             delay = _delay(backoff.delay(attempt), failure.retry_after)
             log.warning("%s: %s; retrying in %.2fs%s (attempt %d of %d)", describe, mask(str(failure)), delay,
-                        _capped_note(failure.retry_after), attempt + 1, backoff.retries + 1)
+                        _capped_note(failure.retry_after), attempt + 1, allowed + 1)
             wait(delay)
 
 

@@ -211,11 +211,12 @@ def test_masked_commands_hide_url_credentials() -> None:
 
 def test_an_unreachable_engine_is_a_build_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-    with pytest.raises(EngineError, match="Is dockerd running") as caught:
+    with pytest.raises(EngineError, match=r"there is no socket at /nonexistent/docker\.sock") as caught:
         adapter.connect()
     assert "DOCKER_HOST=unix:///nonexistent/docker.sock" in str(caught.value)
+    assert "scripts/engine-up.sh" in str(caught.value)
     # Through the build stage's step: a build error, exit 4, with the same message.
-    with pytest.raises(BuildError, match="Is dockerd running") as step_caught:
+    with pytest.raises(BuildError, match=r"there is no socket at /nonexistent/docker\.sock") as step_caught:
         pipeline.connect(BuildError)
     assert step_caught.value.exit_code == 4
     assert "DOCKER_HOST=unix:///nonexistent/docker.sock" in str(step_caught.value)

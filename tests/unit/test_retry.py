@@ -173,6 +173,40 @@ def test_the_mask_cleans_the_logged_failure(caplog: pytest.LogCaptureFixture) ->
     assert "s3cret" not in caplog.text
 
 
+def test_a_failure_worth_fewer_retries_stops_there_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    attempts: list[int] = []
+    waits: list[float] = []
+    gave_up: list[tuple[int, str]] = []
+
+    def refused(attempt: int) -> str:
+        attempts.append(attempt)
+        raise retry.TransientError("h:1 refused the connection", retries=1, final="h:1 refused the connection (...)")
+
+    def give_up(count: int, last: retry.TransientError) -> Exception:
+        gave_up.append((count, last.final))
+        return GaveUpError(count, last)
+
+    with caplog.at_level(logging.DEBUG, logger=LOGGER), pytest.raises(GaveUpError):
+        retry.call(refused, backoff=retry.Backoff(retries=5, base=0.25), describe="GET h", give_up=give_up, log=log,
+                   wait=waits.append)
+    assert attempts == [1, 2] and waits == [0.25]
+    # The log line is the short cause; the final word is the whole one, for the message.
+    assert retry_lines(caplog) == ["GET h: h:1 refused the connection; retrying in 0.25s (attempt 2 of 2)"]
+    assert gave_up == [(2, "h:1 refused the connection (...)")]
+
+
+def test_a_failure_worth_no_retry_goes_to_give_up_at_once() -> None:
+    waits: list[float] = []
+
+    def once(attempt: int) -> str:
+        raise retry.TransientError("no", retries=0)
+
+    with pytest.raises(GaveUpError) as caught:
+        retry.call(once, backoff=retry.Backoff(retries=5, base=1.0), describe="x",
+                   give_up=lambda n, last: GaveUpError(n, last), log=log, wait=waits.append)
+    assert caught.value.attempts == 1 and waits == [] and caught.value.last.final == "no"
+
+
 def test_the_wait_gets_each_delay_capped() -> None:
     action = Flaky(100)
     waits: list[float] = []
