@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import uuid
 from typing import Any
@@ -62,7 +63,7 @@ def bench(session: nox.Session) -> None:
     arm64 under emulation) and write bench/results/; posargs: names."""
     _install(session)
     for name in session.posargs or ["fetch", "build", "matrix", "stack", "layers", "ci", "modelarts", "distributed",
-                                    "arm64"]:
+                                    "arm64", "doctor"]:
         # The engine benchmarks reuse the engine tier's helpers from tests/.
         session.run("python", f"bench/bench_{name}.py", env={"PYTHONPATH": "."})
 
@@ -76,6 +77,8 @@ MATRIX_RUN = uuid.uuid4().hex[:12]  # marks the cells this nox run ran, for the 
 def _matrix_params() -> list[Any]:
     """One param per entry of versions.yaml (id = image id, tags cpu / cudaNN); a single 'all' param when the
     file cannot be read, so the session still runs and reports the file's problem."""
+    # nox lets every logger's DEBUG lines through: invoke's config loading would print twenty of them first
+    logging.getLogger("invoke").setLevel(logging.INFO)
     try:
         from modelarts_images.matrix.cli import nox_cells
 

@@ -64,6 +64,20 @@ def plan(c: Context, call: Call) -> None:
     print(planning.shown(selected_images(_options(c, call)), in_json=call.given["json"]))
 
 
+@declared_task("doctor")
+def doctor(c: Context, call: Call) -> None:
+    """Check what this machine and configuration can do for the selected images: Python, the engine, BuildKit,
+    the GPU runtime, emulation, disk, every source, the registry login, ModelArts; exit 8 when something is missing."""
+    from modelarts_images.doctor import report, run
+
+    options = _options(c, call)
+    checked = run.examine(selected_images(options), options, env=os.environ)
+    print(report.shown(checked, in_json=call.given["json"]))
+    problem = report.error(checked)
+    if problem is not None:
+        raise problem
+
+
 @declared_task("fetch")
 def fetch(c: Context, call: Call) -> None:
     """Download the installer and wheels of the selected images into the cache, sha256-verified."""

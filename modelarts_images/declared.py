@@ -226,7 +226,9 @@ SETTINGS: tuple[Setting, ...] = (
             help="where the verification runs: local (containers on this engine) or modelarts (one billed training "
                  "job per device on ModelArts, of the image in SWR; see docs/guide/modelarts.md) (default: local)",
             help_for={"matrix": "with --push, modelarts: each cell pushed under a staging tag, verified as training "
-                                "jobs on ModelArts, and given its own tag only once it passed (default: local)"}),
+                                "jobs on ModelArts, and given its own tag only once it passed (default: local)",
+                      "doctor": "where the verification will run: with modelarts, the ModelArts keys, the OBS folder "
+                                "and Huawei Cloud's SDKs are required, and no local GPU is (default: local)"}),
     Setting(name="obs_dir", key="obs_dir", default="", flag="--obs-dir", fills="obs_dir", steps=(_S.PLATFORM,),
             help="OBS folder for the jobs' code, obs://<bucket>/<folder>/ in the job's region (default: "
                  "modelarts.obs_dir in invoke.yaml)",
@@ -254,7 +256,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(name="device", default=DeviceChoice.AUTO.value, flag="--device", fills="device",
             choices=DeviceChoice.names(), steps=(_S.VERIFY,),
             help="cpu, gpu, npu, both (cpu and gpu), or auto: the GPU when the engine can give one (an Ascend "
-                 "image: the host's NPU when it has one), else the CPU (default: auto)"),
+                 "image: the host's NPU when it has one), else the CPU (default: auto)",
+            help_for={"doctor": "the device the verification will use: gpu or both make the engine's nvidia runtime "
+                                "required; auto makes it a warning when a CUDA image is selected (default: auto)"}),
     Setting(name="timeout", flag="--timeout", fills="timeout", steps=(_S.VERIFY, _S.MANIFEST),
             help=f"seconds a verification container may run before it is killed (default: {VERIFY_TIMEOUT_S:g})"),
     Setting(name="size_budget", flag="--size-budget", fills="size_budget", steps=(_S.VERIFY,),
@@ -297,7 +301,9 @@ SETTINGS: tuple[Setting, ...] = (
                       "verify": "with --on modelarts: print each job's flavour, OBS keys and request body; upload "
                                 "and create nothing"}),
     # -- output
-    Setting(name="json", flag="--json", takes=Takes.SWITCH, help="print the plan as JSON instead of text"),
+    Setting(name="json", flag="--json", takes=Takes.SWITCH, help="print the plan as JSON instead of text",
+            help_for={"doctor": "print the rows as JSON (with the elapsed time and the exit code) instead of a "
+                                "table"}),
     # -- the matrix's own
     Setting(name="push", flag="--push", takes=Takes.SWITCH, steps=(_S.PUSH, _S.TRAINING_JOB),
             help="push each verified image and write its training-job body"),
@@ -407,6 +413,9 @@ class Command:
 SELECTION = ("versions", "only", "all")
 TASKS: Mapping[str, Command] = {
     "plan": Command(steps=(), flags=(*SELECTION, "json")),
+    # runs no step: it asks what each step would need (modelarts_images/doctor/)
+    "doctor": Command(steps=(), flags=(*SELECTION, "backend", "device", "on", "obs_dir", "region", "swr_project",
+                                       "json")),
     "fetch": Command(steps=(_S.FETCH,), flags=(*SELECTION, "jobs", "offline", "locked", "verify_cache",
                                                "no_closure")),
     "lock": Command(steps=(_S.FETCH,), flags=(*SELECTION, "jobs", "no_closure"), fixed={"refresh": True}),

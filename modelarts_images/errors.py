@@ -46,6 +46,13 @@ class PlatformError(ModelArtsImagesError):
     exit_code = 7
 
 
+class DoctorError(ModelArtsImagesError):
+    """`inv doctor` found something the selected work needs missing on this machine or in its configuration (the
+    engine, disk space, a source to download from, ...); its message names each missing check."""
+
+    exit_code = 8
+
+
 class Interrupted(BaseException):
     """SIGTERM while something billed or half-done runs (a training job being watched): what runs is stopped
     first, then the tool exits 143, as a process killed by SIGTERM does. Ctrl-C is KeyboardInterrupt (130)."""

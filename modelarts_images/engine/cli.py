@@ -50,9 +50,12 @@ def _docker_candidates() -> list[str]:
     return found
 
 
-def _probe(command: Sequence[str]) -> subprocess.CompletedProcess[str] | None:
+PROBE_TIMEOUT_S = 30.0  # each `docker ... version` a probe starts
+
+
+def _probe(command: Sequence[str], timeout: float = PROBE_TIMEOUT_S) -> subprocess.CompletedProcess[str] | None:
     try:
-        return subprocess.run(list(command), capture_output=True, text=True, timeout=30, check=False)
+        return subprocess.run(list(command), capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
 
@@ -87,33 +90,34 @@ def buildx_plugin_installed() -> bool:
     return any((directory / "docker-buildx").is_file() for directory in directories)
 
 
-def _with_buildx(paths: Sequence[str]) -> BuildKitCli | None:
+def _with_buildx(paths: Sequence[str], timeout: float = PROBE_TIMEOUT_S) -> BuildKitCli | None:
     for path in paths:
-        result = _probe([path, "buildx", "version"])
+        result = _probe([path, "buildx", "version"], timeout)
         if result is not None and result.returncode == 0:
             return BuildKitCli(path=path, mode=BuildKitMode.BUILDX, version=result.stdout.strip())
     return None
 
 
-def find_buildkit_cli(candidates: Sequence[str] | None = None) -> BuildKitCli:
+def find_buildkit_cli(candidates: Sequence[str] | None = None, *, timeout: float = PROBE_TIMEOUT_S) -> BuildKitCli:
     """`docker buildx` where it works; else a docker CLI older than 23 (DOCKER_BUILDKIT=1); else EngineError.
 
     Each probe starts a docker CLI (tens of milliseconds), so `docker buildx version` runs first only where a
     buildx plugin file exists, and the client version comes from `docker --version`, which asks no engine.
+    `timeout` bounds each of those processes (`inv doctor` gives a short one).
     """
     paths = list(candidates) if candidates is not None else _docker_candidates()
     plugin = buildx_plugin_installed()
-    found = _with_buildx(paths) if plugin else None
+    found = _with_buildx(paths, timeout) if plugin else None
     if found is not None:
         return found
     clients = []
     for path in paths:
-        result = _probe([path, "--version"])
+        result = _probe([path, "--version"], timeout)
         version = _client_version(result.stdout) if result is not None and result.returncode == 0 else None
         if version is not None and int(version.split(".", 1)[0]) < 23:
             return BuildKitCli(path=path, mode=BuildKitMode.LEGACY, version=version)
         clients.append(f"{path} (client {version or 'unknown'}, no buildx)")
-    found = None if plugin else _with_buildx(paths)  # a plugin somewhere the CLI was configured to look
+    found = None if plugin else _with_buildx(paths, timeout)  # a plugin somewhere the CLI was configured to look
     if found is not None:
         return found
     where = "; ".join(clients) if clients else "no docker CLI on PATH"
