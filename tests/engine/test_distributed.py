@@ -60,8 +60,11 @@ def test_workers_meet_and_reduce(engine: DockerEngine, docker_client: Any, verif
 
 
 def test_a_run_past_its_timeout_kills_every_worker_and_removes_the_network(
-        engine: DockerEngine, docker_client: Any, verify_options: VerifyOptions, good_image: str) -> None:
-    options = dataclasses.replace(verify_options, nodes=2, timeout=1.5)
+        engine: DockerEngine, docker_client: Any, verify_options: VerifyOptions, good_image: str,
+        tmp_path: Path) -> None:
+    # every worker holds past the timeout, however fast the machine runs the script itself
+    options = dataclasses.replace(verify_options, nodes=2, timeout=1.5,
+                                  script_dir=stand_in(tmp_path / "slow", EVERY_WORKER_HOLDS))
     report = verify_image(engine, entry(tag=good_image.split(":")[-1]), options=options, reference=good_image,
                           devices=(Device.CPU,), check_conformance=False)
     assert not report.ok
@@ -95,6 +98,8 @@ MASTER_PORT_CLOSED = 'if INDEX == "0":\n    time.sleep({hold})\n    sys.exit(0)'
 # worker 1's torch has no gloo backend
 BACKEND_HIDDEN = ('if INDEX == "1":\n    import torch.distributed as dist\n'
                   '    dist.is_gloo_available = lambda: False')
+# every worker sleeps past any run timeout a test sets
+EVERY_WORKER_HOLDS = "time.sleep(60)"
 # worker 2 comes late, so that the rendezvous is still open when worker 1 is killed in it
 LATE_WORKER = 'if INDEX == "2":\n    time.sleep(6)'
 
