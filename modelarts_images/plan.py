@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from modelarts_images.config import compat
 from modelarts_images.config.wheels import TORCH_NPU
 from modelarts_images.contract import NPU_GROUP
-from modelarts_images.model import DEFAULT_SOURCE_DATE_EPOCH, Artifact, FetchedImage, ImageSpec
+from modelarts_images.model import DEFAULT_SOURCE_DATE_EPOCH, X86_64, Artifact, FetchedImage, ImageSpec
 from modelarts_images.shared import redact
 
 PYTORCH_DOWNLOADS = "https://download.pytorch.org/whl"
@@ -95,8 +95,7 @@ def labels(image: ImageSpec, *, base_image: str | None = None, fetched: FetchedI
     pairs: list[tuple[str, str]] = [
         ("org.opencontainers.image.title", f"{image.repository}:{image.tag}"),
         ("org.opencontainers.image.version", image.tag),
-        ("org.opencontainers.image.description",
-         f"PyTorch {image.torch} ({image.variant}) on Python {image.python} for ModelArts training"),
+        ("org.opencontainers.image.description", _description(image)),
         ("org.opencontainers.image.base.name", base_image or image.base_image),
         (f"{LABEL_PREFIX}id", image.id),
         (f"{LABEL_PREFIX}python", image.python),
@@ -125,6 +124,14 @@ def labels(image: ImageSpec, *, base_image: str | None = None, fetched: FetchedI
     if not hermetic:
         pairs.append((f"{LABEL_PREFIX}pip-index", redact.without_credentials(image.pip_index)))
     return tuple(pairs)
+
+
+def _description(image: ImageSpec) -> str:
+    """The OCI description: torch and its build, torch_npu on an Ascend image, the machine when it is not x86_64."""
+    build = image.variant if image.ascend is None else (f"torch_npu {image.ascend.torch_npu}, "
+                                                         f"{image.accelerator.described}")
+    machine = "" if image.arch == X86_64 else f", {image.arch}"
+    return f"PyTorch {image.torch} ({build}{machine}) on Python {image.python} for ModelArts training"
 
 
 def _stack_labels(image: ImageSpec) -> list[tuple[str, str]]:

@@ -386,10 +386,13 @@ def build_command_preview(image: ImageSpec, options: BuildOptions) -> str:
     keys = tuple((context.inputs_arg(name), "SHA256") for name, _ in served)  # of files not fetched yet
     request = _request(inputs, options, context_dir, secrets, served=served, served_args=keys,
                        platform=target_platform(image, options))
+    # the base is not run for a preview: an Ascend build's target depends on what its set_env.sh sets
+    cann = (f"# CANN's set_env.sh is read from the base when the build runs; what it sets becomes ENV, and the "
+            f"target is then {inputs.target}{context.ENV_SUFFIX}\n") if image.ascend is not None else ""
     if options.backend is Backend.DOCKER:
-        return ("# docker SDK, classic builder (client.api.build); the same as:\n"
+        return (cann + "# docker SDK, classic builder (client.api.build); the same as:\n"
                 + redact.command(cli.classic_equivalent(request)))
-    note = ""
+    note = cann
     try:
         found = cli.find_buildkit_cli()
     except EngineError as error:

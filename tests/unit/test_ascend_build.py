@@ -23,6 +23,7 @@ from typing import Any, cast
 import pytest
 import yaml
 
+from modelarts_images import plan
 from modelarts_images.build import builder, cann_env, context, emulation
 from modelarts_images.cloud.api import Flavor, FlavorType, ModelArts
 from modelarts_images.contract import NPU_GROUP, REQUIRE_GPU, REQUIRE_NPU, SCRIPT_NAME
@@ -429,6 +430,32 @@ def test_the_dry_run_command_names_the_entrys_platform(tmp_path: Path) -> None:
     assert "--platform linux/arm64" in shown
     assert "--platform" not in builder.build_command_preview(image_spec(tag="x86"),
                                                              build_options(Backend.BUILDKIT, tmp_path))
+
+
+@pytest.mark.parametrize("backend", [Backend.BUILDKIT, Backend.DOCKER])
+def test_the_dry_run_of_an_ascend_entry_says_its_target_waits_for_canns_environment(tmp_path: Path,
+                                                                                     backend: Backend) -> None:
+    shown = builder.build_command_preview(ascend_image(), build_options(backend, tmp_path))
+    assert shown.splitlines()[0] == ("# CANN's set_env.sh is read from the base when the build runs; what it sets "
+                                     "becomes ENV, and the target is then image-buildkit-env"
+                                     if backend is Backend.BUILDKIT else
+                                     "# CANN's set_env.sh is read from the base when the build runs; what it sets "
+                                     "becomes ENV, and the target is then image-env")
+    assert "CANN" not in builder.build_command_preview(arm_cpu_image(), build_options(backend, tmp_path))
+
+
+def test_the_description_label_names_torch_npu_cann_and_a_machine_other_than_x86_64() -> None:
+    def description(image: ImageSpec) -> str:
+        return dict(plan.labels(image))["org.opencontainers.image.description"]
+
+    npu = ascend_image()
+    assert npu.ascend is not None
+    assert description(npu) == (f"PyTorch {npu.torch} (torch_npu {npu.ascend.torch_npu}, Ascend {npu.ascend.chip}, "
+                                f"CANN {npu.ascend.cann}, aarch64) on Python {npu.python} for ModelArts training")
+    arm = arm_cpu_image()
+    assert description(arm) == f"PyTorch {arm.torch} (cpu, aarch64) on Python {arm.python} for ModelArts training"
+    x86 = image_spec(tag="x86")
+    assert description(x86) == f"PyTorch {x86.torch} ({x86.variant}) on Python {x86.python} for ModelArts training"
 
 
 def local_base(reference: str, arch: str | None) -> BaseImage:
