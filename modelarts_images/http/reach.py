@@ -29,7 +29,8 @@ from urllib.parse import SplitResult, unquote, urlsplit
 import requests
 import requests.utils
 
-from modelarts_images.http.registry import base_url, is_loopback, parse_challenge
+from modelarts_images.errors import RegistryError
+from modelarts_images.http.registry import LoginRejectedError, Registry, base_url
 from modelarts_images.shared import redact
 from modelarts_images.shared.choices import Choice
 from modelarts_images.shared.credentials import Credentials, hide_key
@@ -412,40 +413,27 @@ def try_login(registry: str, credentials: Credentials | None, *, timeout: float 
     if left <= 0:
         return done(LoginOutcome.FAILED, f"timed out after {timeout:g} s before the login was tried")
     try:
-        outcome, detail = bounded(lambda: _login(url, credentials, left), left, name=f"doctor-login-{registry}")
+        outcome, detail = bounded(lambda: _login(registry, credentials, left), left, name=f"doctor-login-{registry}")
     except TimeoutError:
         return done(LoginOutcome.FAILED, f"timed out after {timeout:g} s during the login")
-    except requests.RequestException as error:
-        return done(LoginOutcome.FAILED, f"the login request failed: {error}")
     return done(outcome, detail)
 
 
-def _login(url: str, credentials: Credentials, timeout: float) -> tuple[LoginOutcome, str]:
-    with requests.Session() as session:
-        session.headers["User-Agent"] = USER_AGENT
-        first = session.get(url, timeout=(timeout, timeout))
-        if first.status_code == 200:
-            return LoginOutcome.ANONYMOUS, "/v2/ answers without a login"
-        if first.status_code != 401:
-            kind = LoginOutcome.NOT_A_REGISTRY if first.status_code == 404 else LoginOutcome.FAILED
-            return kind, f"/v2/ answered HTTP {first.status_code} {first.reason}"
-        scheme, params = parse_challenge(first.headers.get("WWW-Authenticate", ""))
-        auth = (credentials.username, credentials.password)
-        if scheme == "basic":
-            if not (url.startswith("https://") or is_loopback(credentials.registry)):
-                return LoginOutcome.FAILED, "the registry asks for a password over plain http: not sent"
-            answer = session.get(url, auth=auth, timeout=(timeout, timeout))
-        elif scheme == "bearer" and params.get("realm"):
-            realm = params["realm"]
-            realm_host = realm.split("://", 1)[-1].split("/", 1)[0]
-            if not (realm.startswith("https://") or is_loopback(realm_host)):
-                return LoginOutcome.FAILED, f"the token realm {realm} is not https: the password was not sent"
-            query = {"account": credentials.username, **({"service": params["service"]} if "service" in params else {})}
-            answer = session.get(realm, params=query, auth=auth, timeout=(timeout, timeout))
-        else:
-            return LoginOutcome.FAILED, f"the registry wants an authentication this tool does not speak ({scheme!r})"
-        if answer.status_code == 200:
-            return LoginOutcome.ACCEPTED, ""
-        if answer.status_code in (401, 403):
-            return LoginOutcome.REJECTED, f"HTTP {answer.status_code} {answer.reason}"
-        return LoginOutcome.FAILED, f"the login answered HTTP {answer.status_code} {answer.reason}"
+def _login(registry: str, credentials: Credentials, timeout: float) -> tuple[LoginOutcome, str]:
+    """The login as a push would make it (registry.Registry: Basic, or a token from a Bearer realm, never a
+    password over plain http), once, within `timeout` per request."""
+    with Registry(registry, credentials, retries=0, timeout=(timeout, timeout)) as api:
+        api.session.headers["User-Agent"] = USER_AGENT
+        try:
+            answer, logged_in = api.version_check()
+        except LoginRejectedError as rejected:
+            return LoginOutcome.REJECTED, rejected.answer
+        except RegistryError as error:
+            return LoginOutcome.FAILED, str(error)
+    said = f"HTTP {answer.status_code} {answer.reason}"
+    if answer.status_code == 200:
+        return (LoginOutcome.ACCEPTED, "") if logged_in else (LoginOutcome.ANONYMOUS, "/v2/ answers without a login")
+    if logged_in and answer.status_code == 403:
+        return LoginOutcome.REJECTED, said
+    kind = LoginOutcome.NOT_A_REGISTRY if answer.status_code == 404 else LoginOutcome.FAILED
+    return kind, f"/v2/ answered {said}"

@@ -101,6 +101,14 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return match.group("scheme").lower(), params
 
 
+class LoginRejectedError(RegistryError):
+    """The registry refused the credentials that were sent (401 to them); `answer` is its status line."""
+
+    def __init__(self, message: str, *, answer: str) -> None:
+        super().__init__(message)
+        self.answer = answer
+
+
 class Registry:
     """A registry's v2 API for one host, with its login. Use as a context manager, or call close()."""
 
@@ -229,6 +237,12 @@ class Registry:
             raise RegistryError(self._explain(response, f"reading {name}:{tag}"))
         return response
 
+    def version_check(self) -> tuple[requests.Response, bool]:
+        """GET /v2/, logging in as a 401 asks: the answer (any status but 401) and whether a login was sent.
+        LoginRejectedError when the registry refuses the credentials."""
+        response = self.request("GET", "/v2/", scope="")
+        return response, bool(self._authorization)
+
     # ----------------------------------------------------------------------------------------------------------
     # Requests, authentication, retries
 
@@ -246,7 +260,7 @@ class Registry:
         headers["Authorization"] = header
         response = self._send(method, url, headers, body=body)
         if response.status_code == 401:
-            raise RegistryError(self._rejected(response))
+            raise self._rejected(response)
         self._authorization[scope] = header
         return response
 
@@ -302,7 +316,7 @@ class Registry:
 
     def _token(self, params: dict[str, str], scope: str) -> str:
         realm = params["realm"]
-        query = {"scope": params.get("scope") or scope}
+        query = {"scope": params.get("scope") or scope} if params.get("scope") or scope else {}
         if params.get("service"):
             query["service"] = params["service"]
         auth = None
@@ -313,7 +327,7 @@ class Registry:
             auth = (self.credentials.username, self.credentials.password)
         response = self._send("GET", realm, {}, auth=auth, params=query)
         if response.status_code == 401:
-            raise RegistryError(self._rejected(response) if self.credentials else self._login_needed())
+            raise self._rejected(response)
         if response.status_code != 200:
             raise RegistryError(self._explain(response, f"getting a token from {realm}"))
         try:
@@ -335,10 +349,11 @@ class Registry:
         return f"{self.registry} requires a login and no credentials were found" + (
             f": {self.login_hint}" if self.login_hint else "")
 
-    def _rejected(self, response: requests.Response) -> str:
+    def _rejected(self, response: requests.Response) -> RegistryError:
         if self.credentials is None:
-            return self._login_needed()
-        return self.credentials.rejected(_said(response))
+            return RegistryError(self._login_needed())
+        return LoginRejectedError(self.credentials.rejected(_said(response)),
+                             answer=f"HTTP {response.status_code} {response.reason}".rstrip())
 
     def _explain(self, response: requests.Response, doing: str) -> str:
         if response.status_code == 403:
