@@ -33,7 +33,6 @@ from modelarts_images.engine.api import (
     Engine,
     Layer,
     RegistryLogin,
-    is_local,
 )
 from modelarts_images.errors import BuildError, ConfigError, EngineError
 from modelarts_images.model import X86_64, Artifact, FetchedFile, FetchedImage, ImageSpec, docker_arch
@@ -252,20 +251,10 @@ def check_bases(images: Sequence[ImageSpec], options: BuildOptions, engine: Engi
     foreign = {image.arch: image for image in images if image.arch != X86_64 or options.platform}
     if foreign:
         engine_arch = engine.architecture()
-        local = _is_local(engine.endpoint)
         for arch, image in foreign.items():
-            emulated = emulation.emulation_problem(arch, engine_arch, local_engine=local)
+            emulated = emulation.emulation_problem(arch, engine_arch, local_engine=engine.local)
             if emulated:
                 raise BuildError(f"{image.id}: {emulated}")
-
-
-def _is_local(endpoint: str) -> bool:
-    """Whether an engine's endpoint, in adapter.endpoint()'s words, is a socket on this machine (whose binfmt_misc
-    handlers are then the engine's): `DOCKER_HOST=unix://...`, a docker context's `(unix://...)`, or the default."""
-    address = endpoint.removeprefix("DOCKER_HOST=")
-    if address.startswith("docker context ") and address.endswith(")"):
-        address = address[address.rindex("(") + 1:-1]
-    return is_local(address)
 
 
 def cann_environment(image: ImageSpec, base: str, engine: Engine) -> tuple[tuple[str, str], ...]:

@@ -16,6 +16,7 @@ from modelarts_images.build import emulation
 from modelarts_images.doctor import local, needs, rows
 from modelarts_images.doctor.report import Level, Need, Report, Row
 from modelarts_images.engine import probe
+from modelarts_images.engine.adapter import engine_address
 from modelarts_images.engine.api import is_local
 from modelarts_images.engine.cli import BuildKitCli, find_buildkit_cli
 from modelarts_images.errors import ConfigError, EngineError, RegistryError
@@ -142,7 +143,7 @@ def examine(images: Sequence[ImageSpec], options: Options, *, env: Mapping[str, 
 def _emulation(need: needs.Needs, engine: probe.EngineFacts | None) -> tuple[Row, ...]:
     reached = engine is not None and engine.reached and bool(engine.architecture)
     engine_arch = engine.architecture if engine is not None and reached else host_platform.machine()
-    local_engine = engine.local if engine is not None else is_local(probe.engine_host())
+    local_engine = engine.local if engine is not None else is_local(engine_address())
 
     def handlers(arch: str) -> tuple[str | None, str | None]:
         return emulation.handler(arch), emulation.emulation_problem(arch, engine_arch, local_engine=True)

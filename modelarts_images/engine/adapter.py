@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import docker
 import docker.errors
@@ -24,6 +24,7 @@ from modelarts_images.engine.api import (
     Pushed,
     RegistryAuth,
     RegistryLogin,
+    is_local,
 )
 from modelarts_images.engine.cli import BuildKitCli, find_buildkit_cli
 from modelarts_images.errors import EngineError
@@ -53,19 +54,27 @@ def endpoint() -> str:
 DEFAULT_SOCKET = "/var/run/docker.sock"
 
 
-def socket_path() -> str | None:
-    """The Unix socket a client will open: DOCKER_HOST's, the current docker context's, or the default; None for
-    an engine over TCP (or SSH), for messages."""
-    host = os.environ.get("DOCKER_HOST")
-    if not host:
-        try:
-            from docker.context import ContextAPI
+def engine_address(env: Mapping[str, str] | None = None) -> str:
+    """The address a client will talk to: DOCKER_HOST, the current docker context's host, or the default socket
+    (unix://..., tcp://host:port, ssh://...)."""
+    env = os.environ if env is None else env
+    host = env.get("DOCKER_HOST")
+    if host:
+        return host
+    try:
+        from docker.context import ContextAPI
 
-            current = ContextAPI.get_current_context()
-            host = current.Host if current is not None else None
-        except Exception:  # only for a message: an unreadable context falls through to the default socket
-            host = None
-    host = host or f"unix://{DEFAULT_SOCKET}"
+        current = ContextAPI.get_current_context()
+        if current is not None and current.Host:
+            return str(current.Host)
+    except Exception:  # a context that cannot be read leaves the default socket
+        pass
+    return f"unix://{DEFAULT_SOCKET}"
+
+
+def socket_path() -> str | None:
+    """The Unix socket a client will open; None for an engine over TCP (or SSH), for messages."""
+    host = engine_address()
     return host.removeprefix("unix://") if host.startswith("unix://") else None
 
 
@@ -80,16 +89,17 @@ def connect(*, registry_backoff: retry.Backoff = retry.REGISTRY_BACKOFF, timeout
         # ValueError: docker-py's reading of a malformed DOCKER_HOST (a port out of range, not a number)
         # One line: no socket, nothing listening on it, no permission to open it, a host out of reach, and what to do.
         raise EngineError(failures.no_engine_line(where, socket_path(), error)) from error
-    return DockerEngine(client, endpoint=where, registry_backoff=registry_backoff)
+    return DockerEngine(client, endpoint=where, local=is_local(engine_address()), registry_backoff=registry_backoff)
 
 
 class DockerEngine:
     """The Engine protocol over a docker SDK client, and the docker CLI for BuildKit builds."""
 
-    def __init__(self, client: docker.DockerClient, *, endpoint: str,
+    def __init__(self, client: docker.DockerClient, *, endpoint: str, local: bool,
                  registry_backoff: retry.Backoff = retry.REGISTRY_BACKOFF) -> None:
         self.client = client
         self._endpoint = endpoint
+        self.local = local  # a socket on this machine: its binfmt_misc handlers are the engine's
         self.registry_backoff = registry_backoff
         self._buildkit: BuildKitCli | None = None
 

@@ -262,6 +262,11 @@ class Engine(Protocol):
         """Which engine this is, in words, for messages."""
         ...
 
+    @property
+    def local(self) -> bool:
+        """Whether the engine listens on a socket of this machine (whose binfmt_misc handlers it then uses)."""
+        ...
+
     def base_image(self, reference: str) -> BaseImage: ...
 
     def architecture(self) -> str:

@@ -4,7 +4,6 @@ by a short timeout, so an engine that accepts a connection and never answers can
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -13,14 +12,13 @@ from typing import Any
 import docker.errors
 import requests
 
-from modelarts_images.engine.adapter import connect, endpoint
+from modelarts_images.engine.adapter import connect, endpoint, engine_address
 from modelarts_images.engine.api import is_local
 from modelarts_images.errors import EngineError
 from modelarts_images.shared import redact
 from modelarts_images.shared.text import one_line
 
 TIMEOUT_S = 2  # seconds per request to the engine (docker-py takes whole seconds)
-DEFAULT_HOST = "unix:///var/run/docker.sock"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,27 +40,10 @@ class EngineFacts:
     seconds: float = 0.0
 
 
-def engine_host(env: Mapping[str, str] | None = None) -> str:
-    """The address DOCKER_HOST or the current docker context names, else the default socket."""
-    env = os.environ if env is None else env
-    host = env.get("DOCKER_HOST")
-    if host:
-        return host
-    try:
-        from docker.context import ContextAPI
-
-        current = ContextAPI.get_current_context()
-        if current is not None and current.Host:
-            return str(current.Host)
-    except Exception:  # only for a description: a context that cannot be read leaves the default
-        pass
-    return DEFAULT_HOST
-
-
 def probe(timeout: int = TIMEOUT_S) -> EngineFacts:
     """Ping the engine, then `docker info`, each request bounded by `timeout` seconds; never raises."""
     started = time.monotonic()
-    where, host = endpoint(), engine_host()
+    where, host = endpoint(), engine_address()
     base = EngineFacts(endpoint=where, host=redact.url(host), local=is_local(host), reached=False)
     try:
         engine = connect(timeout=timeout)

@@ -24,7 +24,8 @@ import docker.errors
 import pytest
 import requests
 
-from modelarts_images.engine.adapter import DockerEngine, connect, endpoint
+from modelarts_images.engine.adapter import DockerEngine, connect, endpoint, engine_address
+from modelarts_images.engine.api import is_local
 from modelarts_images.errors import EngineError
 from modelarts_images.model import FetchedImage
 from modelarts_images.options import VerifyOptions
@@ -162,7 +163,8 @@ def push_engine() -> Iterator[DockerEngine]:
             client.images.get(TEST_BASE)
         except docker.errors.DockerException as error:
             unavailable(f"base image {TEST_BASE} is missing ({error}); make it with scripts/test-base-image.sh")
-        engine = DockerEngine(client, endpoint=endpoint(), registry_backoff=FAST_BACKOFF)
+        engine = DockerEngine(client, endpoint=endpoint(), local=is_local(engine_address()),
+                              registry_backoff=FAST_BACKOFF)
         yield engine
         engine.close()
 

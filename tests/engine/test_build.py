@@ -91,7 +91,8 @@ def test_buildkit_cli_prefers_buildx_then_an_old_client(tmp_path: Path, monkeypa
     fetched = small_image(tmp_path, "x", "no-buildx")
     with pytest.raises(BuildError, match="docker-buildx") as step_caught:
         pipeline.build_step(fetched, build_options(Backend.BUILDKIT, tmp_path / "work"),
-                            DockerEngine(engine.client, endpoint=engine.endpoint))  # no BuildKit CLI found yet
+                            # no BuildKit CLI found yet
+                            DockerEngine(engine.client, endpoint=engine.endpoint, local=engine.local))
     assert "client 28.2.2, no buildx" in str(step_caught.value) and step_caught.value.exit_code == 4
 
 

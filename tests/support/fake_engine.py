@@ -21,6 +21,7 @@ from modelarts_images.shared.progress import ProgressCallback
 
 class FakeEngine:
     endpoint = "a fake engine"
+    local = True
 
     def _unexpected(self, what: str) -> AssertionError:
         return AssertionError(f"{type(self).__name__}: {what} was not expected in this test")

@@ -482,9 +482,8 @@ def test_a_base_of_another_architecture_is_named_with_both() -> None:
 class BaseEngine(FakeEngine):
     """Answers base_image() and architecture() as the test sets them; counts what it was asked."""
 
-    def __init__(self, *, arch: str | None = "arm64", machine: str = "x86_64",
-                 endpoint: str = "unix:///var/run/docker.sock") -> None:
-        self.arch, self.machine, self.endpoint = arch, machine, endpoint
+    def __init__(self, *, arch: str | None = "arm64", machine: str = "x86_64", local: bool = True) -> None:
+        self.arch, self.machine, self.local = arch, machine, local
         self.asked: list[str] = []
         self.architecture_asked = 0
 
@@ -557,13 +556,12 @@ def test_with_the_handler_registered_the_bases_pass_each_asked_once(tmp_path: Pa
     assert engine.architecture_asked == 1
 
 
-@pytest.mark.parametrize(("machine", "endpoint"), [("aarch64", "unix:///var/run/docker.sock"),
-                                                   ("x86_64", "tcp://build-host.example:2376")])
+@pytest.mark.parametrize(("machine", "local"), [("aarch64", True), ("x86_64", False)], ids=["native", "remote"])
 def test_a_native_or_remote_engine_needs_no_local_handler(tmp_path: Path, binfmt_at: UseBinfmt, machine: str,
-                                                          endpoint: str) -> None:
+                                                          local: bool) -> None:
     binfmt_at(binfmt(tmp_path))  # no handler at all
     builder.check_bases([ascend_image()], build_options(Backend.BUILDKIT, tmp_path),
-                        BaseEngine(machine=machine, endpoint=endpoint))
+                        BaseEngine(machine=machine, local=local))
 
 
 def test_x86_64_entries_do_not_ask_the_engines_architecture(tmp_path: Path) -> None:

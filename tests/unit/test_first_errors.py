@@ -581,7 +581,7 @@ class FullDiskClient:
 
 
 def test_a_build_on_a_full_disk_is_one_line_naming_the_engines_data_root(tmp_path: Path) -> None:
-    engine = DockerEngine(cast(docker.DockerClient, FullDiskClient()), endpoint="a stub")
+    engine = DockerEngine(cast(docker.DockerClient, FullDiskClient()), endpoint="a stub", local=True)
     request = BuildRequest(backend=Backend.DOCKER, context_dir=tmp_path, target="image", tag="x:1",
                            build_args=(("BASE_IMAGE", "modelarts-test-base:bookworm"),), labels=())
     with pytest.raises(EngineError) as caught:
